@@ -1,0 +1,56 @@
+"""Architectures as data: how each family's config names its position parameters.
+
+One row per transformers `model_type`. Nothing here is code that differs per model; the readers
+and writers look the keys up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ropeconv.errors import InputError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    model_type: str
+    position: str = "rope"  # the base position scheme
+    theta_key: str = "rope_theta"  # legacy (transformers 4.x) top-level key for the rope base
+    partial_key: str | None = "partial_rotary_factor"  # legacy top-level key for the rotated fraction
+    default_partial: float = 1.0
+    default_theta: float = 10000.0
+    default_head_dim: int | None = None  # when the config omits head_dim and hidden/heads is not it
+    # rope types transformers accepts for this family (None: all of them)
+    hf_rope_types: frozenset[str] | None = None
+    # Phi-3: transformers 4.x demands rope_scaling == {type, short_factor, long_factor} exactly and
+    # reads the original length from a top-level original_max_position_embeddings.
+    strict_longrope_legacy: bool = False
+
+
+ARCHS: dict[str, ArchSpec] = {
+    a.model_type: a
+    for a in (
+        ArchSpec("llama"),
+        ArchSpec("mistral"),
+        ArchSpec("qwen2"),
+        ArchSpec("gemma", default_head_dim=256),
+        ArchSpec("gemma2", default_head_dim=256),
+        ArchSpec(
+            "phi3",
+            hf_rope_types=frozenset({"default", "longrope"}),
+            strict_longrope_legacy=True,
+        ),
+        ArchSpec("gpt_neox", theta_key="rotary_emb_base", partial_key="rotary_pct", default_partial=0.25),
+    )
+}
+
+
+def arch_for(model_type: str | None) -> ArchSpec:
+    if not model_type:
+        raise InputError("config.json has no model_type; cannot tell the architecture")
+    try:
+        return ARCHS[model_type]
+    except KeyError:
+        raise InputError(
+            f"unknown architecture {model_type!r}; supported: {', '.join(sorted(ARCHS))}"
+        ) from None

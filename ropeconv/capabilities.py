@@ -1,0 +1,47 @@
+"""The capability matrix (method × format), read from the method modules and the architecture table."""
+
+from __future__ import annotations
+
+from ropeconv import methods
+from ropeconv.archs import ARCHS
+from ropeconv.methods.base import Cell, Support
+from ropeconv.pipeline import FORMATS
+
+_NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
+
+
+def matrix() -> list[dict]:
+    rows = []
+    for m in methods.ordered():
+        cells = {f: m.CELLS.get(f, _NOT_YET) for f in FORMATS}
+        rows.append(
+            {
+                "method": m.NAME,
+                "summary": m.SUMMARY,
+                "cells": {f: {"support": c.support.value, "how": c.how} for f, c in cells.items()},
+            }
+        )
+    return rows
+
+
+def arch_notes() -> list[str]:
+    notes = []
+    for arch in ARCHS.values():
+        if arch.hf_rope_types is not None:
+            notes.append(
+                f"{arch.model_type}: transformers accepts only rope_type {', '.join(sorted(arch.hf_rope_types))}; "
+                "methods declared otherwise are refused for safetensors"
+            )
+    return notes
+
+
+def format_markdown() -> str:
+    header = "| method | " + " | ".join(FORMATS) + " |"
+    lines = [header, "|---|" + "---|" * len(FORMATS)]
+    for row in matrix():
+        cells = " | ".join(f"{c['support']} ({c['how']})" for c in row["cells"].values())
+        lines.append(f"| `{row['method']}` | {cells} |")
+    lines.append("")
+    lines.append(f"Architectures: {', '.join(sorted(ARCHS))}.")
+    lines.extend(f"- {n}" for n in arch_notes())
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""A HuggingFace model directory as a Checkpoint: config.json plus safetensors headers.
+
+Reads no tensor bytes (except for opt-in pickle weights, which cannot be indexed without loading).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ropeconv.archs import ArchSpec, arch_for
+from ropeconv.checkpoint.rope_config import read_scheme
+from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
+from ropeconv.checkpoint.sources import PickleSource, SafetensorsSource, TensorSource, entry_for
+from ropeconv.errors import InputError
+from ropeconv.positions import RopeScheme
+
+# Files that travel with the weights unchanged.
+AUX_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+    arch: ArchSpec
+    scheme: RopeScheme
+    tensors: tuple[TensorEntry, ...]  # in data order: file by file, offset by offset
+    weight_format: str  # "safetensors" or "pickle"
+    aux_files: tuple[str, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def open_source(self) -> TensorSource:
+        if self.weight_format == "pickle":
+            return PickleSource(_load_pickles(self.path))
+        return SafetensorsSource()
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{path}: no config.json (expected a HuggingFace model directory)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: base not found")
+    if not path.is_dir():
+        raise InputError(f"{path}: expected a HuggingFace model directory")
+    config = read_config(path)
+    arch = arch_for(config.get("model_type"))
+    scheme = read_scheme(config, arch)
+    safetensors_files = _safetensors_files(path)
+    if safetensors_files:
+        tensors: list[TensorEntry] = []
+        for f in safetensors_files:
+            tensors.extend(read_header(f)[0])
+        _check_index(path, tensors)
+        weight_format = "safetensors"
+    else:
+        pickles = _pickle_files(path)
+        if not pickles:
+            raise InputError(f"{path}: no *.safetensors weights found")
+        if not allow_pickle:
+            raise InputError(
+                f"{path}: weights are pickle files ({pickles[0].name}); loading pickles can run code — "
+                "pass --allow-pickle to load them with torch.load(weights_only=True)"
+            )
+        tensors = [entry_for(n, t, f) for f in pickles for n, t in _load_pickle(f).items()]
+        weight_format = "pickle"
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: the same tensor name appears in more than one weight file")
+    aux = tuple(n for n in AUX_FILES if (path / n).is_file())
+    return Checkpoint(path, config, arch, scheme, tuple(tensors), weight_format, aux)
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InputError(f"{index}: not a valid safetensors index (needs a weight_map)") from None
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise InputError(f"{index}: lists {missing[0]}, which is not in {path}")
+        return [path / f for f in files]
+    return sorted(path.glob("*.safetensors"))
+
+
+def _check_index(path: Path, tensors: list[TensorEntry]) -> None:
+    index = path / INDEX_FILE
+    if not index.is_file():
+        return
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    found = {t.name: t.file.name for t in tensors}
+    for name, file in weight_map.items():
+        if found.get(name) != file:
+            raise InputError(f"{index}: tensor {name!r} is mapped to {file} but is not in that file")
+
+
+def _pickle_files(path: Path) -> list[Path]:
+    return sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("*.bin"))
+
+
+def _load_pickle(file: Path) -> dict:
+    import torch
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises many types for a bad or unsafe pickle
+        raise InputError(f"{file}: cannot load with weights_only=True ({str(exc).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(hasattr(t, "dtype") for t in state.values()):
+        raise InputError(f"{file}: not a state dict of tensors")
+    return state
+
+
+def _load_pickles(path: Path) -> dict:
+    tensors: dict = {}
+    for f in _pickle_files(path):
+        tensors.update(_load_pickle(f))
+    return tensors

@@ -1,0 +1,87 @@
+"""Read a transformers config's rotary parameters, whichever schema (4.x legacy keys or 5.x
+rope_parameters) wrote it."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ropeconv.archs import ArchSpec
+from ropeconv.errors import InputError
+from ropeconv.positions import RopeScheme
+
+_UNSCALED = {None, "default"}
+
+
+def rope_dict(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective rope dict as transformers 5.x resolves it: rope_scaling wins over rope_parameters."""
+    scaling = config.get("rope_scaling")
+    params = config.get("rope_parameters")
+    chosen = scaling or params or {}
+    if not isinstance(chosen, dict):
+        raise InputError(f"config.json: rope_scaling/rope_parameters is {type(chosen).__name__}, expected an object")
+    if any(isinstance(v, dict) for v in chosen.values()):
+        raise InputError("config.json: per-layer-type rope_parameters are not supported yet")
+    return dict(chosen)
+
+
+def head_dim(config: Mapping[str, Any], arch: ArchSpec) -> int:
+    explicit = config.get("head_dim")
+    if isinstance(explicit, int) and explicit > 0:
+        return explicit
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if arch.default_head_dim and not explicit:
+        return arch.default_head_dim
+    if not isinstance(hidden, int) or not isinstance(heads, int) or heads <= 0:
+        raise InputError("config.json: needs hidden_size and num_attention_heads (or head_dim)")
+    return hidden // heads
+
+
+def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
+    rope = rope_dict(config)
+    theta = rope.get("rope_theta", config.get(arch.theta_key, config.get("rope_theta", arch.default_theta)))
+    partial = rope.get("partial_rotary_factor")
+    if partial is None and arch.partial_key:
+        partial = config.get(arch.partial_key)
+    if partial is None:
+        partial = config.get("partial_rotary_factor", arch.default_partial)
+    try:
+        theta, partial = float(theta), float(partial)
+    except (TypeError, ValueError):
+        raise InputError(f"config.json: rope base {theta!r} or rotary fraction {partial!r} is not a number") from None
+    if not theta > 1:
+        raise InputError(f"config.json: rope base {theta} must be > 1")
+    if not 0 < partial <= 1:
+        raise InputError(f"config.json: rotary fraction {partial} must be in (0, 1]")
+    hd = head_dim(config, arch)
+    rotary_dim = int(hd * partial)
+    if rotary_dim < 4 or rotary_dim % 2:
+        raise InputError(f"config.json: rotary dimension {rotary_dim} must be even and at least 4")
+
+    declared = config.get("max_position_embeddings")
+    if not isinstance(declared, int) or declared <= 0:
+        raise InputError("config.json: max_position_embeddings must be a positive integer")
+    rope_type = rope.get("rope_type", rope.get("type"))
+    existing = None if rope_type in _UNSCALED else {k: v for k, v in rope.items() if k != "rope_theta"}
+    original = declared
+    if existing is not None:
+        original = int(
+            existing.get("original_max_position_embeddings") or config.get("original_max_position_embeddings") or declared
+        )
+        if rope_type == "dynamic":
+            original = declared  # dynamic NTK scales beyond max_position_embeddings
+    return RopeScheme(
+        theta=theta,
+        head_dim=hd,
+        rotary_dim=rotary_dim,
+        original_ctx=original,
+        declared_ctx=declared,
+        existing_scaling=existing,
+    )
+
+
+def describe_scaling(scaling: Mapping[str, Any] | None) -> str:
+    if not scaling:
+        return "none"
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = scaling.get("factor")
+    return f"{kind}" + (f" ×{float(factor):g}" if isinstance(factor, (int, float)) else "")

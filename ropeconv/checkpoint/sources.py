@@ -1,0 +1,103 @@
+"""Where tensor bytes come from: memory-mapped safetensors (streamed) or a pickle (opt-in, in memory)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ropeconv.checkpoint.safetensors_header import DTYPE_BYTES, TensorEntry
+
+COPY_CHUNK_BYTES = 16 * 1024 * 1024
+
+TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+SAFETENSORS_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+class TensorSource(Protocol):
+    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None: ...
+
+    def load(self, entry: TensorEntry) -> torch.Tensor: ...
+
+
+class SafetensorsSource:
+    """Byte-copies a tensor's range straight from the file (kernel copy where the OS has one)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def _fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
+        """Append the tensor's bytes at dst_fd's current offset."""
+        src = self._fd(entry.file)
+        dst = dst_fd
+        offset, remaining = entry.offset, entry.nbytes
+        while remaining:
+            n = _copy_range(src, dst, min(remaining, COPY_CHUNK_BYTES), offset)
+            if n <= 0:
+                raise OSError(f"{entry.file}: unexpected end of data in tensor {entry.name!r}")
+            offset += n
+            remaining -= n
+
+    def load(self, entry: TensorEntry) -> torch.Tensor:
+        if entry.nbytes == 0:
+            return torch.empty(entry.shape, dtype=TORCH_DTYPES[entry.dtype])
+        data = bytearray(os.pread(self._fd(entry.file), entry.nbytes, entry.offset))
+        return torch.frombuffer(data, dtype=TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
+    try:
+        return os.copy_file_range(src, dst, count, offset)
+    except (AttributeError, OSError):
+        data = os.pread(src, count, offset)
+        write_all(dst, data)
+        return len(data)
+
+
+class PickleSource:
+    """A torch pickle loaded with weights_only=True; pickles cannot be streamed, so it lives in memory."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = tensors
+
+    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
+        write_all(dst_fd, tensor_bytes(self._tensors[entry.name]))
+
+    def load(self, entry: TensorEntry) -> torch.Tensor:
+        return self._tensors[entry.name]
+
+    def close(self) -> None:
+        self._tensors.clear()
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def entry_for(name: str, tensor: torch.Tensor, file: Path) -> TensorEntry:
+    dtype = SAFETENSORS_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store")
+    return TensorEntry(name, dtype, tuple(tensor.shape), file, -1, tensor.numel() * DTYPE_BYTES[dtype])

@@ -1,0 +1,113 @@
+"""ropeconv extend: apply a context-extension method and write the extended model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from ropeconv import methods
+from ropeconv.cli.options import emit_json, method_option_decorators, method_options_for, parse_bytes
+from ropeconv.errors import InputError
+from ropeconv.methods.base import ExtendRequest
+from ropeconv.parity import Tolerance
+from ropeconv.pipeline import ExtendJob, parse_formats, prepare, run
+from ropeconv.progress import Progress
+
+EPILOG = """\b
+Examples:
+  # YaRN ×4 on a HF directory, proven against the base in transformers
+  ropeconv extend ./SmolLM2-135M --method yarn --factor 4 -o smol-32k/
+\b
+  # Position Interpolation to an explicit length, larger shards, no parity run
+  ropeconv extend ./Llama-2-7b-hf --method linear --target-ctx 32768 \\
+      --max-shard-size 10GB --no-verify -o llama2-32k/
+\b
+  # LongRoPE factor sets from a JSON file; Llama-3.1 scaling
+  ropeconv extend ./Phi-3-mini-4k --method longrope --factors factors.json --target-ctx 131072 -o phi3-128k/
+  ropeconv extend ./Llama-3-8B --method llama3 --factor 8 -o llama3-64k/
+"""
+
+
+def _method_options(fn):
+    for decorator in reversed(method_option_decorators()):
+        fn = decorator(fn)
+    return fn
+
+
+@click.command(epilog=EPILOG)
+@click.argument("base", type=click.Path(path_type=Path))
+@click.option("--method", "method_name", required=True, type=click.Choice([m.NAME for m in methods.ordered()]),
+              help="context-extension method (see `ropeconv methods`)")
+@click.option("--factor", type=float, help="extension factor s = target/original (> 1)")
+@click.option("--target-ctx", type=int, help="target context in tokens (instead of --factor)")
+@click.option("--original-ctx", type=int, help="override the original context read from the config")
+@_method_options
+@click.option("--to", "formats", default="safetensors", show_default=True, help="output formats, comma-separated")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
+@click.option("--force", is_flag=True, help="replace an existing output")
+@click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
+@click.option("--allow-pickle", is_flag=True, help="accept pickle .bin weights (loaded with weights_only=True)")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="shard the safetensors above this size")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="prove parity before publishing")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--tokens", type=int, help="parity probe length (default 1.5× the original context, ≤ 2048)")
+@click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True,
+              help="parity tolerance on max |Δlogit|")
+@click.option("--dry-run", is_flag=True, help="print the plan, write nothing")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
+def extend(base, method_name, factor, target_ctx, original_ctx, formats, out, force, rebase, allow_pickle,
+           max_shard_size, verify, device, tokens, max_abs_logit, dry_run, as_json, quiet, **method_opts):
+    """Extend BASE (a HuggingFace model directory) with --method and write it to --out."""
+    if tokens is not None and tokens < 2:
+        raise InputError(f"--tokens must be at least 2, got {tokens}")
+    if not (math.isfinite(max_abs_logit) and max_abs_logit > 0):
+        raise InputError(f"--max-abs-logit must be a positive number, got {max_abs_logit}")
+    request = ExtendRequest(
+        factor=factor,
+        target_ctx=target_ctx,
+        original_ctx=original_ctx,
+        options=method_options_for(method_name, method_opts),
+    )
+    job = ExtendJob(
+        base=base,
+        method=method_name,
+        request=request,
+        out=out,
+        formats=parse_formats(formats),
+        force=force,
+        rebase=rebase,
+        allow_pickle=allow_pickle,
+        max_shard_bytes=parse_bytes("--max-shard-size", max_shard_size),
+        verify=verify,
+        device=device,
+        tokens=tokens,
+        tolerance=Tolerance(max_abs_logit=max_abs_logit),
+    )
+    if dry_run:
+        prepared = prepare(job)
+        data = {"plan": prepared.plan.to_json(), "config": prepared.hf_config, "out": str(out)}
+        if as_json:
+            emit_json(data)
+        else:
+            p = prepared.plan
+            click.echo(f"{p.method}: {p.original_ctx} → {p.target_ctx} tokens (×{p.factor:g}), "
+                       f"attention factor {p.attention_factor:.6g}, {p.length_rule.value}")
+            click.echo(f"would write {out} ({len(prepared.checkpoint.tensors)} tensors, "
+                       f"{prepared.checkpoint.total_bytes / 1e6:.1f} MB); nothing written (--dry-run)")
+        return 0
+    result = run(job, Progress(enabled=not quiet))
+    if as_json:
+        emit_json({
+            "out": str(result.out),
+            "plan": result.plan.to_json(),
+            "files": list(result.files),
+            "parity": result.parity.to_json() if result.parity else None,
+        })
+    else:
+        p = result.plan
+        click.echo(f"wrote {result.out}: {p.method} {p.original_ctx} → {p.target_ctx} tokens"
+                   + (", parity passed" if result.parity else ", parity not checked (--no-verify)"))
+    return 0

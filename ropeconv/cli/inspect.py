@@ -1,0 +1,61 @@
+"""ropeconv inspect: what a checkpoint is, as ropeconv reads it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from ropeconv.checkpoint import load_checkpoint
+from ropeconv.checkpoint.rope_config import describe_scaling
+from ropeconv.cli.options import emit_json
+from ropeconv.manifest import read_manifest
+
+
+@click.command(epilog="\b\nExamples:\n  ropeconv inspect ./SmolLM2-135M\n  ropeconv inspect out/ --json")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def inspect(path: Path, as_json: bool) -> int:
+    """Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH."""
+    ckpt = load_checkpoint(path, allow_pickle=False)
+    s = ckpt.scheme
+    manifest = read_manifest(ckpt.path)
+    info = {
+        "path": str(ckpt.path),
+        "architecture": ckpt.arch.model_type,
+        "position_scheme": {
+            "type": ckpt.arch.position,
+            "rope_theta": s.theta,
+            "head_dim": s.head_dim,
+            "rotary_dim": s.rotary_dim,
+            "partial_rotary_factor": s.rotary_dim / s.head_dim,
+        },
+        "original_ctx": s.original_ctx,
+        "declared_ctx": s.declared_ctx,
+        "scaling": dict(s.existing_scaling) if s.existing_scaling else None,
+        "weights": ckpt.weight_format,
+        "tensors": len(ckpt.tensors),
+        "tensor_bytes": ckpt.total_bytes,
+        "dtypes": dict(sorted(Counter(t.dtype for t in ckpt.tensors).items())),
+        "files": sorted({t.file.name for t in ckpt.tensors}),
+        "ropeconv": None if not manifest else {"method": manifest.get("method"), "parity": manifest.get("parity")},
+    }
+    if as_json:
+        emit_json(info)
+        return 0
+    scaling = describe_scaling(s.existing_scaling)
+    click.echo(f"{info['path']}")
+    click.echo(f"  architecture     {ckpt.arch.model_type}")
+    click.echo(f"  positions        rope, base {s.theta:g}, rotary {s.rotary_dim}/{s.head_dim} dims per head")
+    click.echo(f"  original context {s.original_ctx}")
+    click.echo(f"  declared context {s.declared_ctx}")
+    click.echo(f"  scaling          {scaling}")
+    dtypes = ", ".join(f"{k}×{v}" for k, v in info["dtypes"].items())
+    click.echo(f"  tensors          {len(ckpt.tensors)} ({dtypes}), {ckpt.total_bytes:,} bytes in "
+               f"{len(info['files'])} file(s)")
+    if manifest:
+        parity = manifest.get("parity") or {}
+        verdict = "not checked" if not parity else ("passed" if parity.get("passed") else "FAILED")
+        click.echo(f"  ropeconv         {manifest.get('method')}, parity {verdict}")
+    return 0

@@ -1,0 +1,75 @@
+"""ropeconv's entry point: turns every user error into one line on stderr and an exit code.
+
+0 ok · 1 parity failed · 2 bad input (no traceback) · 130 interrupted (nothing half-written).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from ropeconv import __version__
+from ropeconv.errors import RopeconvError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ropeconv")
+def cli() -> None:
+    """Extend the context window of a pretrained model and export it with exact position metadata.
+
+    \b
+    Examples:
+      ropeconv extend ./SmolLM2-135M --method yarn --factor 4 -o out/
+      ropeconv verify out/
+      ropeconv inspect out/ --json
+      ropeconv methods
+    """
+
+
+def _register() -> None:
+    from ropeconv.cli import extend, inspect, methods_cmd, verify
+
+    cli.add_command(extend.extend)
+    cli.add_command(inspect.inspect)
+    cli.add_command(verify.verify)
+    cli.add_command(methods_cmd.methods)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so staged outputs are cleaned up on the way out."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Interrupted()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = cli.main(args=argv, prog_name="ropeconv", standalone_mode=False)
+        return int(result or 0)
+    except RopeconvError as exc:
+        click.echo(f"ropeconv: error: {_one_line(str(exc))}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"ropeconv: error: {_one_line(exc.format_message())}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("ropeconv: interrupted; nothing was published", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("ropeconv: interrupted; nothing was published", err=True)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""ropeconv verify: prove an output computes what its manifest says, in its real runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ropeconv.cli.options import emit_json
+from ropeconv.errors import ParityError
+from ropeconv.parity import Tolerance
+from ropeconv.progress import Progress
+from ropeconv.verify import verify_output
+
+EPILOG = """\b
+Examples:
+  ropeconv verify out/
+  ropeconv verify out/ --base ./SmolLM2-135M --tokens 1024 --device cpu
+  ropeconv verify out/ --json > parity.json   # exit 1 when outside tolerance
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--base", type=click.Path(path_type=Path), help="base checkpoint (default: the manifest's)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--tokens", type=int, help="probe length (default 1.5× the original context, ≤ 2048)")
+@click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True)
+@click.option("--min-top1", type=float, default=Tolerance.min_top1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
+def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -> int:
+    """Compare OUT in its runtime with the base weights under the intended rope parameters."""
+    report = verify_output(
+        out,
+        base=base,
+        device=device,
+        tokens=tokens,
+        tolerance=Tolerance(max_abs_logit=max_abs_logit, min_top1=min_top1),
+        progress=Progress(enabled=not quiet),
+    )
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        click.echo(report.format())
+    if not report.passed:
+        raise ParityError(f"parity failed: max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}")
+    return 0

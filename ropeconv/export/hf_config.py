@@ -1,0 +1,70 @@
+"""config.json for the extended model, read the same way by transformers 4.x and 5.x.
+
+5.x reads `rope_parameters` but lets a legacy `rope_scaling` win wholesale when both exist; 4.x
+reads only `rope_theta` + `rope_scaling`. So both are written with the same content. Each family's
+legacy key names come from the architecture table.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from ropeconv.archs import ArchSpec
+from ropeconv.errors import UnsupportedError
+from ropeconv.methods.longrope import default_attention_factor
+from ropeconv.positions import LengthRule, RopePlan, RopeScheme
+
+_DROP = ("rope_scaling", "rope_parameters", "rope_theta", "partial_rotary_factor", "original_max_position_embeddings")
+
+
+def declared_ctx(plan: RopePlan) -> int:
+    # transformers' dynamic NTK starts scaling beyond max_position_embeddings, so it must stay the original
+    return plan.original_ctx if plan.length_rule is LengthRule.DYNAMIC_NTK else plan.target_ctx
+
+
+def extended_config(
+    base: dict[str, Any], arch: ArchSpec, scheme: RopeScheme, plan: RopePlan, rope: dict[str, Any]
+) -> dict[str, Any]:
+    """`rope` is the method's transformers declaration (rope_type and its keys)."""
+    rope_type = rope["rope_type"]
+    if arch.hf_rope_types is not None and rope_type not in arch.hf_rope_types:
+        raise UnsupportedError(
+            f"--method {plan.method} on {arch.model_type}: transformers accepts only rope_type "
+            f"{' or '.join(sorted(arch.hf_rope_types))} for this architecture; use --method longrope or freqs"
+        )
+    cfg = copy.deepcopy(base)
+    for key in _DROP + (arch.theta_key,) + ((arch.partial_key,) if arch.partial_key else ()):
+        cfg.pop(key, None)
+
+    partial = plan.rotary_dim / scheme.head_dim
+    params = dict(rope)
+    params["rope_theta"] = plan.theta
+    cfg["rope_theta"] = plan.theta
+    cfg[arch.theta_key] = plan.theta
+    if partial != 1.0 or arch.default_partial != 1.0:
+        params["partial_rotary_factor"] = partial
+        cfg[arch.partial_key or "partial_rotary_factor"] = partial
+    cfg["max_position_embeddings"] = declared_ctx(plan)
+
+    legacy = None if rope_type == "default" else {"rope_type": rope_type, "type": rope_type, **rope}
+    if arch.strict_longrope_legacy:
+        cfg["original_max_position_embeddings"] = plan.original_ctx
+        if legacy is not None:
+            legacy = _strict_longrope(arch, plan, rope)
+    cfg["rope_scaling"] = legacy
+    cfg["rope_parameters"] = params
+    return cfg
+
+
+def _strict_longrope(arch: ArchSpec, plan: RopePlan, rope: dict[str, Any]) -> dict[str, Any]:
+    # 4.x Phi-3 accepts only these three keys, and 5.x takes rope_scaling over rope_parameters, so
+    # the attention factor cannot be declared: both derive sqrt(1 + ln s / ln L) from the lengths.
+    derived = default_attention_factor(plan.target_ctx / plan.original_ctx, plan.original_ctx)
+    if not math.isclose(plan.attention_factor, derived, rel_tol=1e-12):
+        raise UnsupportedError(
+            f"{arch.model_type}'s config cannot declare attention factor {plan.attention_factor:g}: transformers "
+            f"derives {derived:.10g} from the lengths; pass --attention-factor {derived:.17g} or omit it"
+        )
+    return {"type": "longrope", "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]}

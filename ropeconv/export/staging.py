@@ -1,0 +1,64 @@
+"""Atomic publication of an output directory or file.
+
+Everything is written into a hidden temporary sibling; only a complete result is renamed into
+place. Any exception — including KeyboardInterrupt and the SIGTERM the CLI turns into one — removes
+the temporary and leaves a previous output untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ropeconv.errors import InputError
+
+
+def check_target(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; pass --force to replace it")
+    if not out.parent.exists():
+        raise InputError(f"{out.parent}: output's parent directory does not exist")
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary directory; on clean exit it replaces `out`."""
+    out = Path(out)
+    check_target(out, force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a published model should be readable like any dir
+    try:
+        yield tmp
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    # A directory cannot be renamed over a non-empty one: move the old aside first, then drop it.
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rmdir(old)
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,133 @@
+"""What every method module shares: its request, its options, and the capability cells it declares.
+
+A method is one module in this package with:
+  NAME, SUMMARY        the CLI name and a one-line description
+  OPTIONS              method-specific options (tuple of Option)
+  CELLS                {format: Cell} — how each output format carries the plan
+  plan(scheme, request) -> RopePlan          pure math, no weights
+  hf_rope_parameters(plan) -> dict           transformers' declaration (rope_type and its keys)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ropeconv.errors import InputError
+from ropeconv.positions import RopeScheme
+
+
+class Support(str, enum.Enum):
+    EXACT = "exact"
+    CARRIER = "exact via carrier"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Cell:
+    support: Support
+    how: str  # the declaration used, or why it is refused and what to do instead
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # python name; the CLI flag is --name-with-dashes
+    kind: type  # float, int, bool or Path
+    help: str
+    default: Any = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ExtendRequest:
+    """What the user asked for; lengths are resolved against the checkpoint by resolve_lengths."""
+
+    factor: float | None = None
+    target_ctx: int | None = None
+    original_ctx: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        value = self.options.get(name)
+        return default if value is None else value
+
+
+@dataclass(frozen=True)
+class Lengths:
+    original_ctx: int
+    target_ctx: int
+    factor: float
+
+
+def resolve_lengths(scheme: RopeScheme, request: ExtendRequest) -> Lengths:
+    """Exactly one of factor / target_ctx; original from the override or the checkpoint."""
+    original = request.original_ctx if request.original_ctx is not None else scheme.original_ctx
+    if original is None or original < 1:
+        raise InputError(f"original context must be a positive integer, got {original}")
+    if (request.factor is None) == (request.target_ctx is None):
+        raise InputError("give exactly one of --factor or --target-ctx")
+    if request.factor is not None:
+        factor = require_finite("--factor", request.factor)
+        if factor <= 1:
+            raise InputError(f"--factor must be > 1 (an extension), got {factor:g}")
+        target = int(round(original * factor))
+    else:
+        target = int(request.target_ctx)
+        if target <= original:
+            raise InputError(f"--target-ctx {target} must exceed the original context {original}")
+        factor = target / original
+    return Lengths(original_ctx=int(original), target_ctx=target, factor=float(factor))
+
+
+def require_finite(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def require_positive(name: str, value: float) -> float:
+    value = require_finite(name, value)
+    if value <= 0:
+        raise InputError(f"{name} must be > 0, got {value:g}")
+    return value
+
+
+def check_factor_list(name: str, values: Any, n_pairs: int) -> tuple[float, ...]:
+    """A per-pair divisor list: n_pairs finite numbers, each > 0."""
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        raise InputError(f"{name} must be a list of numbers")
+    if len(values) != n_pairs:
+        raise InputError(f"{name} has {len(values)} values; this model's rotary dim needs {n_pairs} (rotary_dim/2)")
+    out = []
+    for i, v in enumerate(values):
+        v = float(v)
+        if not math.isfinite(v) or v <= 0:
+            raise InputError(f"{name}[{i}] = {v} must be a finite number > 0")
+        out.append(v)
+    return tuple(out)
+
+
+def read_json_file(option: str, path: Path) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        # NaN/Infinity are not JSON; refuse them rather than let Python's parser accept them
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise InputError(f"{option} {path}: not valid JSON ({exc})") from None
+
+
+def _reject_constant(token: str) -> None:
+    raise ValueError(f"{token} is not a finite number")

@@ -1,0 +1,32 @@
+"""Position Interpolation — Chen et al. 2023, arXiv 2306.15595.
+
+    f'(x, m) = f(x, m·L/L')   ⇔   θ'_j = θ_j / s,   s = L'/L;   no attention scaling.
+"""
+
+from __future__ import annotations
+
+from ropeconv.methods.base import Cell, ExtendRequest, Support, resolve_lengths
+from ropeconv.positions import RopePlan, RopeScheme
+
+NAME = "linear"
+SUMMARY = "Position Interpolation: every frequency divided by the factor"
+OPTIONS = ()
+CELLS = {"safetensors": Cell(Support.EXACT, "rope_type linear")}
+
+
+def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+    n = resolve_lengths(scheme, request)
+    return RopePlan(
+        method=NAME,
+        theta=scheme.theta,
+        rotary_dim=scheme.rotary_dim,
+        original_ctx=n.original_ctx,
+        target_ctx=n.target_ctx,
+        factor=n.factor,
+        divisors=(n.factor,) * scheme.n_pairs,
+        params={"factor": n.factor},
+    )
+
+
+def hf_rope_parameters(plan: RopePlan) -> dict:
+    return {"rope_type": "linear", "factor": plan.factor}

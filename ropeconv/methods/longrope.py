@@ -1,0 +1,84 @@
+"""LongRoPE — Ding et al. 2024, arXiv 2402.13753 (Phi-3's short/long factor sets).
+
+    θ'_j = θ_j / λ_j,   λ = short_factor while the running length ≤ L, long_factor beyond
+    mscale = sqrt(1 + ln s / ln L)  (s = L'/L > 1, else 1), multiplied into cos and sin
+
+The factor lists come from a JSON file: {"short_factor": [...], "long_factor": [...]}, d/2 values each.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ropeconv.errors import InputError
+from ropeconv.methods.base import (
+    Cell,
+    ExtendRequest,
+    Option,
+    Support,
+    check_factor_list,
+    read_json_file,
+    require_positive,
+    resolve_lengths,
+)
+from ropeconv.positions import LengthRule, RopePlan, RopeScheme
+
+NAME = "longrope"
+SUMMARY = "LongRoPE: searched per-pair factors, short set up to the original length, long set beyond"
+OPTIONS = (
+    Option("factors", Path, 'JSON file {"short_factor": [...], "long_factor": [...]} (rotary_dim/2 each)'),
+    Option("attention_factor", float, "multiplier on cos/sin; default sqrt(1 + ln s / ln L)"),
+)
+CELLS = {"safetensors": Cell(Support.EXACT, "rope_type longrope")}
+
+
+def default_attention_factor(factor: float, original_ctx: int) -> float:
+    return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original_ctx))
+
+
+def read_factor_sets(path: Path, n_pairs: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    data = read_json_file("--factors", path)
+    if not isinstance(data, dict) or "short_factor" not in data or "long_factor" not in data:
+        raise InputError(f'--factors {path}: expected an object with "short_factor" and "long_factor" lists')
+    short = check_factor_list(f"--factors {path}: short_factor", data["short_factor"], n_pairs)
+    long = check_factor_list(f"--factors {path}: long_factor", data["long_factor"], n_pairs)
+    return short, long
+
+
+def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+    n = resolve_lengths(scheme, request)
+    path = request.options.get("factors")
+    if path is None:
+        raise InputError("--method longrope needs --factors FILE (JSON with short_factor and long_factor)")
+    short, long = read_factor_sets(Path(path), scheme.n_pairs)
+    explicit = request.options.get("attention_factor")
+    attention = (
+        require_positive("--attention-factor", explicit)
+        if explicit is not None
+        else default_attention_factor(n.factor, n.original_ctx)
+    )
+    return RopePlan(
+        method=NAME,
+        theta=scheme.theta,
+        rotary_dim=scheme.rotary_dim,
+        original_ctx=n.original_ctx,
+        target_ctx=n.target_ctx,
+        factor=n.factor,
+        divisors=short,
+        long_divisors=long,
+        attention_factor=attention,
+        length_rule=LengthRule.SWITCH,
+        params={"factor": n.factor, "attention_factor": attention, "factors_file": Path(path).name},
+    )
+
+
+def hf_rope_parameters(plan: RopePlan) -> dict:
+    return {
+        "rope_type": "longrope",
+        "short_factor": list(plan.divisors),
+        "long_factor": list(plan.long_divisors or ()),
+        "factor": plan.factor,
+        "original_max_position_embeddings": plan.original_ctx,
+        "attention_factor": plan.attention_factor,
+    }

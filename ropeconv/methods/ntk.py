@@ -1,0 +1,38 @@
+"""NTK-aware scaled RoPE — bloc97 2023 (YaRN paper eq. 14–16).
+
+    b' = b · s^(d/(d−2)),   θ'_j = b'^(−2j/d);   no attention scaling.
+
+The lowest frequency becomes exactly θ/s (PI-like) while the highest stays unchanged.
+"""
+
+from __future__ import annotations
+
+from ropeconv.methods.base import Cell, ExtendRequest, Support, resolve_lengths
+from ropeconv.positions import RopePlan, RopeScheme
+
+NAME = "ntk"
+SUMMARY = "NTK-aware: a new rope base b·s^(d/(d-2)), static"
+OPTIONS = ()
+CELLS = {"safetensors": Cell(Support.EXACT, "rope_theta changed, rope_type default")}
+
+
+def ntk_theta(theta: float, rotary_dim: int, factor: float) -> float:
+    return theta * factor ** (rotary_dim / (rotary_dim - 2))
+
+
+def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+    n = resolve_lengths(scheme, request)
+    return RopePlan(
+        method=NAME,
+        theta=ntk_theta(scheme.theta, scheme.rotary_dim, n.factor),
+        rotary_dim=scheme.rotary_dim,
+        original_ctx=n.original_ctx,
+        target_ctx=n.target_ctx,
+        factor=n.factor,
+        divisors=(1.0,) * scheme.n_pairs,
+        params={"factor": n.factor, "base_theta": scheme.theta},
+    )
+
+
+def hf_rope_parameters(plan: RopePlan) -> dict:
+    return {"rope_type": "default"}

@@ -1,0 +1,74 @@
+"""Parity: the artifact in its real runtime against the reference, on a probe that crosses the original context."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ropeconv.parity.device import pick_device
+from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
+from ropeconv.parity.reference import load_reference
+from ropeconv.parity.report import ParityReport, Tolerance, compare
+from ropeconv.parity.runtimes import hf as hf_runtime
+from ropeconv.positions import RopePlan
+
+__all__ = ["ParityReport", "Tolerance", "check_parity", "default_tokens", "pick_device"]
+
+
+def check_parity(
+    artifact: Path,
+    base: Path,
+    plan: RopePlan,
+    vocab_size: int,
+    *,
+    device: str | None = None,
+    tokens: int | None = None,
+    tolerance: Tolerance = Tolerance(),
+    notes: tuple[str, ...] = (),
+    progress: Callable[[str], None] = lambda _: None,
+) -> ParityReport:
+    dev = pick_device(device)
+    n_tokens = tokens or default_tokens(plan)
+    passes = plan_passes(plan, n_tokens)
+    ids = probe_ids(vocab_size, n_tokens)
+
+    progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
+    model = load_reference(base, plan, dev)
+    reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
+    _free(model)
+
+    progress(f"candidate: {artifact} in {hf_runtime.NAME}")
+    model = hf_runtime.load(artifact, dev)
+    candidate = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
+    _free(model)
+
+    bands = []
+    for p, ref, cand in zip(passes, reference, candidate):
+        bands.extend(compare(p, ref, cand, plan.original_ctx))
+    probe = passes[-1]
+    if probe.first_position:
+        notes = notes + (
+            f"probe of {n_tokens} tokens placed at positions {probe.first_position}–{probe.last_position} "
+            f"to cross the original context; relative distances reach {n_tokens - 1}",
+        )
+    return ParityReport(
+        runtime=hf_runtime.NAME,
+        device=dev.type,
+        tokens=n_tokens,
+        original_ctx=plan.original_ctx,
+        first_position=probe.first_position,
+        last_position=probe.last_position,
+        bands=tuple(bands),
+        tolerance=tolerance,
+        notes=notes,
+    )
+
+
+def _free(model) -> None:
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,49 @@
+"""The deterministic probe: seeded token ids whose positions cross the original context.
+
+A probe shorter than the original context is placed at an offset so its positions still cross it;
+length-switched rules (dynamic NTK, LongRoPE) get a second, short pass so both sides are checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ropeconv.positions import LengthRule, RopePlan
+
+PROBE_SEED = 20231
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    first_position: int
+    n_tokens: int
+
+    @property
+    def last_position(self) -> int:
+        return self.first_position + self.n_tokens - 1
+
+    def position_ids(self) -> torch.Tensor:
+        return torch.arange(self.first_position, self.first_position + self.n_tokens).unsqueeze(0)
+
+
+def default_tokens(plan: RopePlan) -> int:
+    """1.5× the original context (capped at the target and at 2048 tokens, which a CPU handles)."""
+    return max(8, min(plan.target_ctx, plan.original_ctx + plan.original_ctx // 2, 2048))
+
+
+def plan_passes(plan: RopePlan, n_tokens: int) -> list[Pass]:
+    first = 0 if n_tokens > plan.original_ctx else plan.original_ctx - n_tokens // 2
+    passes = [Pass("probe", first, n_tokens)]
+    if plan.length_rule is not LengthRule.STATIC:
+        passes.insert(0, Pass("short", 0, min(n_tokens, plan.original_ctx)))
+    return passes
+
+
+def probe_ids(vocab_size: int, n_tokens: int, seed: int = PROBE_SEED) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    # skip the lowest ids, where tokenizers keep their special tokens
+    low = min(16, vocab_size // 2)
+    return torch.randint(low, vocab_size, (1, n_tokens), generator=generator)

@@ -1,0 +1,127 @@
+"""Compare candidate logits with reference logits, band by band of position."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ropeconv.parity.probe import Pass
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    # fp32 on both sides: differences come from float32 rope angles (≈ position × 2^-24 rad) and
+    # summation order, orders of magnitude below what a wrong frequency or attention factor gives.
+    max_abs_logit: float = 1e-3
+    min_top1: float = 0.99
+
+
+@dataclass(frozen=True)
+class Band:
+    pass_name: str
+    first_position: int
+    last_position: int
+    tokens: int
+    max_abs_logit: float
+    mean_kl: float
+    top1: float
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    runtime: str
+    device: str
+    tokens: int
+    original_ctx: int
+    first_position: int
+    last_position: int
+    bands: tuple[Band, ...]
+    tolerance: Tolerance
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def max_abs_logit(self) -> float:
+        return max(b.max_abs_logit for b in self.bands)
+
+    @property
+    def top1(self) -> float:
+        return min(b.top1 for b in self.bands)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_logit <= self.tolerance.max_abs_logit and self.top1 >= self.tolerance.min_top1
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.update(passed=self.passed, max_abs_logit=self.max_abs_logit, top1=self.top1)
+        out["bands"] = [asdict(b) for b in self.bands]
+        out["tolerance"] = asdict(self.tolerance)
+        out["notes"] = list(self.notes)
+        return out
+
+    def card_summary(self) -> dict:
+        """The run-independent part, for files that must be byte-identical across runs."""
+        return {
+            "passed": self.passed,
+            "runtime": self.runtime,
+            "device": self.device,
+            "tokens": self.tokens,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "tolerance": asdict(self.tolerance),
+        }
+
+    def format(self) -> str:
+        lines = [
+            f"parity {'PASSED' if self.passed else 'FAILED'}: {self.runtime} on {self.device} vs reference, "
+            f"{self.tokens} tokens, original context {self.original_ctx}",
+            f"  {'pass':<6} {'positions':>15} {'tokens':>7} {'max|Δlogit|':>12} {'mean KL':>10} {'top-1':>7}",
+        ]
+        for b in self.bands:
+            span = f"{b.first_position}–{b.last_position}"
+            lines.append(
+                f"  {b.pass_name:<6} {span:>15} {b.tokens:>7} {b.max_abs_logit:>12.3e} {b.mean_kl:>10.2e} {b.top1:>7.2%}"
+            )
+        lines.append(
+            f"  tolerance: max|Δlogit| ≤ {self.tolerance.max_abs_logit:g}, top-1 ≥ {self.tolerance.min_top1:.0%}"
+        )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def band_edges(original_ctx: int, first: int, last: int) -> list[tuple[int, int]]:
+    """[0, L), [L, 2L), [2L, 4L), … clipped to the pass's positions."""
+    edges = [0, original_ctx]
+    while edges[-1] <= last:
+        edges.append(edges[-1] * 2)
+    spans = []
+    for lo, hi in zip(edges, edges[1:]):
+        lo, hi = max(lo, first), min(hi - 1, last)
+        if lo <= hi:
+            spans.append((lo, hi))
+    return spans
+
+
+def compare(pass_: Pass, reference: torch.Tensor, candidate: torch.Tensor, original_ctx: int) -> list[Band]:
+    """reference/candidate: [n_tokens, vocab] logits for the pass."""
+    ref, cand = reference.double(), candidate.double()
+    abs_diff = (ref - cand).abs().amax(dim=-1)
+    ref_logp, cand_logp = ref.log_softmax(-1), cand.log_softmax(-1)
+    kl = (ref_logp.exp() * (ref_logp - cand_logp)).sum(-1)
+    agree = (ref.argmax(-1) == cand.argmax(-1)).double()
+    bands = []
+    for lo, hi in band_edges(original_ctx, pass_.first_position, pass_.last_position):
+        sl = slice(lo - pass_.first_position, hi - pass_.first_position + 1)
+        bands.append(
+            Band(
+                pass_name=pass_.name,
+                first_position=lo,
+                last_position=hi,
+                tokens=hi - lo + 1,
+                max_abs_logit=float(abs_diff[sl].max()),
+                mean_kl=float(kl[sl].mean()),
+                top1=float(agree[sl].mean()),
+            )
+        )
+    return bands

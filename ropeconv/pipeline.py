@@ -1,0 +1,164 @@
+"""extend: Checkpoint ─► RopePlan ─► stream tensors into the exporters ─► parity ─► card + manifest.
+
+Everything that can be refused is checked before the first byte is written; the output is staged
+in a temporary sibling and published only when complete (and, when verified, proven).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ropeconv.checkpoint import Checkpoint, load_checkpoint
+from ropeconv.checkpoint.rope_config import describe_scaling
+from ropeconv.errors import InputError, ParityError
+from ropeconv.export.card import model_card
+from ropeconv.export.hf_config import extended_config
+from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
+from ropeconv.export.staging import check_target, staged_dir
+from ropeconv.manifest import write_manifest
+from ropeconv import methods
+from ropeconv.methods.base import ExtendRequest
+from ropeconv.parity import ParityReport, Tolerance, check_parity
+from ropeconv.positions import RopePlan
+from ropeconv.progress import Progress
+
+FORMATS = ("safetensors",)
+
+
+@dataclass(frozen=True)
+class ExtendJob:
+    base: Path
+    method: str
+    request: ExtendRequest
+    out: Path
+    formats: tuple[str, ...] = ("safetensors",)
+    force: bool = False
+    rebase: bool = False
+    allow_pickle: bool = False
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    verify: bool = True
+    device: str | None = None
+    tokens: int | None = None
+    tolerance: Tolerance = field(default_factory=Tolerance)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    checkpoint: Checkpoint
+    plan: RopePlan
+    hf_rope: dict[str, Any]
+    hf_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    out: Path
+    plan: RopePlan
+    files: tuple[str, ...]
+    parity: ParityReport | None
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if not formats or unknown:
+        raise InputError(f"--to {text!r}: supported formats are {', '.join(FORMATS)}")
+    return formats
+
+
+def prepare(job: ExtendJob) -> Prepared:
+    """All validation; reads headers only, writes nothing."""
+    ckpt = load_checkpoint(job.base, allow_pickle=job.allow_pickle)
+    existing = ckpt.scheme.existing_scaling
+    if existing and not job.rebase:
+        raise InputError(
+            f"{job.base} already carries rope scaling ({describe_scaling(existing)}, original context "
+            f"{ckpt.scheme.original_ctx}); a second method would stack on weights tuned for the first — "
+            "pass --rebase to replace it, starting from the unscaled frequencies"
+        )
+    method = methods.get(job.method)
+    plan = method.plan(ckpt.scheme, job.request)
+    hf_rope = method.hf_rope_parameters(plan)
+    hf_config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, plan, hf_rope)
+    vocab_size(ckpt.config)
+    return Prepared(ckpt, plan, hf_rope, hf_config)
+
+
+def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
+    progress = progress or Progress(enabled=False)
+    prepared = prepare(job)
+    check_target(job.out, job.force)
+    ckpt, plan = prepared.checkpoint, prepared.plan
+    with staged_dir(job.out, job.force) as tmp:
+        files = _write_safetensors(ckpt, tmp, job.max_shard_bytes, progress)
+        (tmp / "config.json").write_text(json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n")
+        for name in ckpt.aux_files:
+            shutil.copyfile(ckpt.path / name, tmp / name)
+        report = None
+        if job.verify:
+            report = check_parity(
+                tmp,
+                ckpt.path,
+                plan,
+                vocab_size(ckpt.config),
+                device=job.device,
+                tokens=job.tokens,
+                tolerance=job.tolerance,
+                progress=progress.note,
+            )
+            progress.note(report.format())
+            if not report.passed:
+                raise ParityError(
+                    f"parity failed (max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}); "
+                    f"nothing written to {job.out}"
+                )
+        parity = report.card_summary() if report else None
+        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, prepared.hf_rope, parity)
+        (tmp / "README.md").write_text(card)
+        write_manifest(tmp, _manifest_body(job, prepared, parity))
+    return ExtendResult(job.out, plan, tuple(sorted(files)), report)
+
+
+def _write_safetensors(ckpt: Checkpoint, out: Path, max_shard_bytes: int, progress: Progress) -> list[str]:
+    writer = SafetensorsWriter(out, list(ckpt.tensors), max_shard_bytes)
+    source = ckpt.open_source()
+    total, done = ckpt.total_bytes, 0
+    try:
+        for entry in ckpt.tensors:
+            writer.write(entry, source)
+            done += entry.nbytes
+            progress.step("safetensors", done, total)
+    finally:
+        source.close()
+    return writer.close()
+
+
+def vocab_size(config: dict[str, Any]) -> int:
+    size = config.get("vocab_size")
+    if not isinstance(size, int) or size <= 0:
+        raise InputError("config.json: vocab_size must be a positive integer")
+    return size
+
+
+def _manifest_body(job: ExtendJob, prepared: Prepared, parity: dict | None) -> dict[str, Any]:
+    ckpt = prepared.checkpoint
+    config_bytes = (ckpt.path / "config.json").read_bytes()
+    return {
+        "base": {
+            "path": str(ckpt.path.resolve()),
+            "architecture": ckpt.arch.model_type,
+            "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+            "tensors": len(ckpt.tensors),
+            "tensor_bytes": ckpt.total_bytes,
+        },
+        "method": prepared.plan.method,
+        "plan": prepared.plan.to_json(),
+        "formats": {"safetensors": {"declaration": prepared.hf_rope}},
+        "vocab_size": vocab_size(ckpt.config),
+        "parity": parity,
+    }

@@ -1,0 +1,86 @@
+"""The frozen values that flow from a checkpoint's position scheme to a method's plan."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class LengthRule(str, enum.Enum):
+    """How the frequencies depend on the running sequence length."""
+
+    STATIC = "static"  # one table for every length
+    SWITCH = "switch"  # short divisors up to original_ctx, long divisors beyond (LongRoPE)
+    DYNAMIC_NTK = "dynamic_ntk"  # base recomputed from the running length (emozilla)
+
+
+@dataclass(frozen=True)
+class RopeScheme:
+    """The base checkpoint's rotary embedding, before any extension."""
+
+    theta: float
+    head_dim: int
+    rotary_dim: int  # channels rotated per head (partial rotary: < head_dim)
+    original_ctx: int  # the pretraining context the extension starts from
+    declared_ctx: int  # max_position_embeddings as the base config states it
+    existing_scaling: Mapping[str, Any] | None = None  # rope scaling the base already carries
+
+    @property
+    def n_pairs(self) -> int:
+        return self.rotary_dim // 2
+
+
+@dataclass(frozen=True)
+class RopePlan:
+    """Exact per-pair frequency divisors and attention factor that a method asks for.
+
+    inv_freq_j = theta^(-2j/rotary_dim) / divisor_j, and cos/sin are multiplied by attention_factor.
+    For LengthRule.SWITCH, `long_divisors` apply once the running length exceeds original_ctx.
+    For LengthRule.DYNAMIC_NTK, the divisors are 1 and the base is recomputed per length from `factor`.
+    """
+
+    method: str
+    theta: float
+    rotary_dim: int
+    original_ctx: int
+    target_ctx: int
+    factor: float
+    divisors: tuple[float, ...]
+    attention_factor: float = 1.0
+    length_rule: LengthRule = LengthRule.STATIC
+    long_divisors: tuple[float, ...] | None = None
+    # The user-level parameters, normalised, for the model card, the manifest and format declarations.
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "theta": self.theta,
+            "rotary_dim": self.rotary_dim,
+            "original_ctx": self.original_ctx,
+            "target_ctx": self.target_ctx,
+            "factor": self.factor,
+            "divisors": list(self.divisors),
+            "attention_factor": self.attention_factor,
+            "length_rule": self.length_rule.value,
+            "long_divisors": None if self.long_divisors is None else list(self.long_divisors),
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RopePlan":
+        long = data.get("long_divisors")
+        return cls(
+            method=data["method"],
+            theta=float(data["theta"]),
+            rotary_dim=int(data["rotary_dim"]),
+            original_ctx=int(data["original_ctx"]),
+            target_ctx=int(data["target_ctx"]),
+            factor=float(data["factor"]),
+            divisors=tuple(float(x) for x in data["divisors"]),
+            attention_factor=float(data["attention_factor"]),
+            length_rule=LengthRule(data["length_rule"]),
+            long_divisors=None if long is None else tuple(float(x) for x in long),
+            params=dict(data.get("params", {})),
+        )

@@ -1,0 +1,56 @@
+"""verify: re-prove an existing output against the base with the plan its manifest records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ropeconv.errors import InputError
+from ropeconv.manifest import read_manifest
+from ropeconv.parity import ParityReport, Tolerance, check_parity
+from ropeconv.positions import RopePlan
+from ropeconv.progress import Progress
+
+
+def verify_output(
+    out: Path,
+    *,
+    base: Path | None = None,
+    device: str | None = None,
+    tokens: int | None = None,
+    tolerance: Tolerance = Tolerance(),
+    progress: Progress | None = None,
+) -> ParityReport:
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    if not out.exists():
+        raise InputError(f"{out}: not found")
+    if not out.is_dir():
+        raise InputError(f"{out}: expected a ropeconv output directory")
+    manifest = read_manifest(out)
+    if not manifest or "plan" not in manifest:
+        raise InputError(f"{out}: no readable manifest.json (not a ropeconv output?)")
+    plan = RopePlan.from_json(manifest["plan"])
+    notes: tuple[str, ...] = ()
+    if base is None:
+        recorded = Path(manifest["base"]["path"])
+        if recorded.is_dir():
+            base = recorded
+        else:
+            # the tensors are byte copies of the base's, so the output's own weights are the base's
+            base = out
+            notes = (f"base {recorded} not found; reference built from this output's weights",)
+    elif not Path(base).is_dir():
+        raise InputError(f"--base {base}: not a directory")
+    if tokens is not None and tokens < 2:
+        raise InputError(f"--tokens must be at least 2, got {tokens}")
+    return check_parity(
+        out,
+        Path(base),
+        plan,
+        int(manifest["vocab_size"]),
+        device=device,
+        tokens=tokens,
+        tolerance=tolerance,
+        notes=notes,
+        progress=progress.note,
+    )
