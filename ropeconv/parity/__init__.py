@@ -30,6 +30,7 @@ def check_parity(
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
 ) -> ParityReport:
+    _quiet_transformers()
     dev = pick_device(device)
     n_tokens = tokens or default_tokens(plan)
     passes = plan_passes(plan, n_tokens)
@@ -65,6 +66,14 @@ def check_parity(
         tolerance=tolerance,
         notes=notes,
     )
+
+
+def _quiet_transformers() -> None:
+    # weight-loading progress bars would drown ropeconv's own progress lines
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
 
 def _free(model) -> None:

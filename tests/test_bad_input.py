@@ -1,0 +1,510 @@
+"""Bad input: exit 2, exactly one `ropeconv: error:` line on stderr, no traceback, nothing left behind.
+
+Every case runs the CLI in-process (run_cli) on a private copy of a tiny checkpoint, with the output
+in its own directory, so "nothing left behind" is checked as "the output's parent is unchanged": no
+`-o` target and no hidden `.name.*.tmp` / `.name.*.old` sibling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
+
+N_PAIRS = 8  # tiny llama: head_dim 16, full rotary -> 8 frequency pairs
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under root (directories as markers)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+    return out
+
+
+def assert_refused(capsys, rc: int, out: Path, parent_before: list[str], *, mentions: tuple[str, ...] = ()) -> str:
+    """The bad-input contract; returns the one error line."""
+    captured = capsys.readouterr()
+    err = captured.err
+    assert rc == 2, f"exit {rc}, expected 2; stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
+    assert len(err.splitlines()) == 1, f"blank lines on stderr:\n{err!r}"
+    line = lines[0]
+    print("REFUSED:", line)
+    assert line.startswith("ropeconv: error: "), line
+    assert len(line) > len("ropeconv: error: ") + 5, line
+    for word in mentions:
+        assert word.lower() in line.lower(), f"{word!r} not mentioned in: {line}"
+    assert not out.exists() or out.name in parent_before, f"{out} was created"
+    after = listing(out.parent)
+    assert after == parent_before, f"leftovers in {out.parent}: {sorted(set(after) - set(parent_before))}"
+    return line
+
+
+@pytest.fixture
+def base(tiny_llama, tmp_path) -> Path:
+    """A private, editable copy of the session's tiny llama."""
+    return Path(shutil.copytree(tiny_llama, tmp_path / "base"))
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    parent = tmp_path / "outputs"
+    parent.mkdir()
+    return parent / "extended"
+
+
+@pytest.fixture(scope="module")
+def tiny_phi3(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("phi3"), "phi3")
+
+
+def extend(base: Path, out: Path, *args: str) -> int:
+    return run_cli("extend", base, *args, "-o", out)
+
+
+def edit_config(base: Path, **changes) -> None:
+    cfg = read_json(base / "config.json")
+    cfg.update(changes)
+    (base / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def rewrite_header(path: Path, edit) -> None:
+    """Re-emit a safetensors file with edit(header) applied; the data area is kept byte for byte."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
+    edit(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def first_2d_tensor(header: dict) -> str:
+    return next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2)
+
+
+def last_tensor(header: dict) -> str:
+    return max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+
+
+# ----------------------------------------------------------------------------- the checkpoint
+
+
+def test_missing_config_json(capsys, base, out):
+    (base / "config.json").unlink()
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("config.json",))
+
+
+def test_base_not_found(capsys, tmp_path, out):
+    before = listing(out.parent)
+    rc = extend(tmp_path / "nope", out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("nope",))
+
+
+def test_config_json_not_json(capsys, base, out):
+    (base / "config.json").write_text('{"model_type": "llama", ')
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("config.json",))
+
+
+def test_truncated_safetensors(capsys, base, out):
+    weights = base / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("model.safetensors",))
+
+
+@pytest.mark.parametrize("lie", ["shape", "dtype", "offsets"])
+def test_header_lies_about_sizes(capsys, base, out, lie):
+    """One tensor's data_offsets length disagrees with dtype × shape; the file is otherwise well-formed."""
+
+    def edit(header):
+        if lie == "shape":  # says half the rows: the offsets cover twice what dtype × shape needs
+            name = first_2d_tensor(header)
+            header[name]["shape"][0] //= 2
+        elif lie == "dtype":  # F32 bytes declared as F16: the range is twice dtype × shape
+            name = first_2d_tensor(header)
+            assert header[name]["dtype"] == "F32"
+            header[name]["dtype"] = "F16"
+        else:  # the last tensor's range is 4 bytes short; the file keeps the 4 bytes as trailing data
+            name = last_tensor(header)
+            header[name]["data_offsets"][1] -= 4
+
+    rewrite_header(base / "model.safetensors", edit)
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("model.safetensors",))
+
+
+@pytest.mark.parametrize("model_type", ["bert_xyz", None])
+def test_unknown_architecture(capsys, base, out, model_type):
+    edit_config(base, model_type=model_type)
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("bert_xyz",) if model_type else ("model_type",))
+
+
+# ----------------------------------------------------------------------------- lengths
+
+
+@pytest.mark.parametrize("factor", ["1", "0.5", "nan", "inf", "0", "-2"])
+def test_bad_factor(capsys, base, out, factor):
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", f"--factor={factor}", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factor",))
+
+
+@pytest.mark.parametrize("target", [ORIGINAL_CTX, ORIGINAL_CTX // 2, 1, 0, -128])
+def test_target_ctx_not_above_original(capsys, base, out, target):
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "linear", f"--target-ctx={target}", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--target-ctx",))
+
+
+def test_both_factor_and_target_ctx(capsys, base, out):
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--target-ctx", "256", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factor", "--target-ctx"))
+
+
+def test_neither_factor_nor_target_ctx(capsys, base, out):
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factor", "--target-ctx"))
+
+
+# ----------------------------------------------------------------------------- factor files
+
+GOOD = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.0]
+BAD_VALUES = {"negative": "-2.0", "zero": "0", "nan_literal": "NaN", "infinity_literal": "Infinity",
+              "overflow_to_inf": "1e999", "string": '"2.0"', "null": "null", "bool": "true"}  # fmt: skip
+
+
+def _json_list(values: list[str]) -> str:
+    return "[" + ", ".join(values) + "]"
+
+
+def _with_bad(bad: str, at: int = 3) -> str:
+    values = [repr(v) for v in GOOD]
+    values[at] = bad
+    return _json_list(values)
+
+
+@pytest.mark.parametrize("bad", list(BAD_VALUES), ids=list(BAD_VALUES))
+def test_freqs_factor_file_bad_value(capsys, base, out, tmp_path, bad):
+    factors = tmp_path / "factors.json"
+    factors.write_text(_with_bad(BAD_VALUES[bad]))
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "freqs", "--factors", factors, "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factors",))
+
+
+@pytest.mark.parametrize("which", ["short_factor", "long_factor"])
+@pytest.mark.parametrize("bad", list(BAD_VALUES), ids=list(BAD_VALUES))
+def test_longrope_factor_file_bad_value(capsys, base, out, tmp_path, bad, which):
+    good = _json_list([repr(v) for v in GOOD])
+    sets = {"short_factor": good, "long_factor": good}
+    sets[which] = _with_bad(BAD_VALUES[bad])
+    factors = tmp_path / "factors.json"
+    factors.write_text("{" + ", ".join(f'"{k}": {v}' for k, v in sets.items()) + "}")
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "longrope", "--factors", factors, "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factors",))
+
+
+@pytest.mark.parametrize("n", [0, N_PAIRS - 1, N_PAIRS + 1, 2 * N_PAIRS])
+@pytest.mark.parametrize("method", ["freqs", "longrope"])
+def test_factor_list_wrong_length(capsys, base, out, tmp_path, method, n):
+    values = [2.0] * n
+    factors = tmp_path / "factors.json"
+    body = values if method == "freqs" else {"short_factor": [1.0] * N_PAIRS, "long_factor": values}
+    factors.write_text(json.dumps(body))
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", method, "--factors", factors, "--factor", "4", "--no-verify")
+    line = assert_refused(capsys, rc, out, before, mentions=("--factors",))
+    assert str(N_PAIRS) in line
+
+
+@pytest.mark.parametrize("method", ["freqs", "longrope"])
+@pytest.mark.parametrize("problem", ["missing_file", "not_json", "wrong_shape", "no_flag"])
+def test_factor_file_unusable(capsys, base, out, tmp_path, method, problem):
+    factors = tmp_path / "factors.json"
+    if problem == "not_json":
+        factors.write_text("[1.0, 2.0,")
+    elif problem == "wrong_shape":
+        factors.write_text(json.dumps({"something": [1.0] * N_PAIRS}))
+    args = [] if problem == "no_flag" else ["--factors", factors]
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", method, *args, "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factors",))
+
+
+def test_freqs_good_factor_file_is_accepted(capsys, base, out, tmp_path):
+    """Control: the same file without the bad value converts (so the refusals above are about the value)."""
+    factors = tmp_path / "factors.json"
+    factors.write_text(_json_list([repr(v) for v in GOOD]))
+    assert extend(base, out, "--method", "freqs", "--factors", factors, "--factor", "4", "--no-verify", "-q") == 0
+    assert (out / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- the output
+
+
+def test_existing_output_without_force_is_untouched(capsys, base, out):
+    out.mkdir()
+    (out / "keep.txt").write_text("precious\n")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    digest = tree_digest(out)
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--force",))
+    assert tree_digest(out) == digest
+
+
+def test_existing_output_file_without_force_is_untouched(capsys, base, out):
+    out.write_text("not a directory\n")
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--force",))
+    assert out.read_text() == "not a directory\n"
+
+
+def test_existing_output_with_force_is_replaced(capsys, base, out):
+    out.mkdir()
+    (out / "stale.txt").write_text("old\n")
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify", "--force")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert not (out / "stale.txt").exists()
+    assert {"config.json", "model.safetensors", "manifest.json"} <= set(listing(out))
+    assert listing(out.parent) == [out.name], "a staging or old-output sibling was left behind"
+
+
+def test_output_parent_missing(capsys, base, tmp_path):
+    out = tmp_path / "no" / "such" / "dir"
+    before = listing(tmp_path)
+    rc = run_cli("extend", base, "--method", "yarn", "--factor", "4", "--no-verify", "-o", out)
+    captured = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropeconv: error: "), captured.err
+    assert listing(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- pickle weights
+
+
+def _to_pickle(base: Path) -> dict[str, torch.Tensor]:
+    state = load_file(base / "model.safetensors")
+    torch.save(state, base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    return state
+
+
+def test_pickle_weights_refused_without_allow_pickle(capsys, base, out):
+    _to_pickle(base)
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--allow-pickle", "pytorch_model.bin"))
+
+
+def test_pickle_weights_with_allow_pickle(capsys, base, out):
+    from transformers import AutoModelForCausalLM
+
+    state = _to_pickle(base)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--allow-pickle", "-q")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Traceback" not in captured.err
+    assert listing(out.parent) == [out.name]
+    assert not list(out.glob("*.bin")), "the output must be safetensors only"
+    assert load_file(out / "model.safetensors").keys() == state.keys()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    loaded = model.state_dict()
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor), name
+    assert model.config.max_position_embeddings == 4 * ORIGINAL_CTX
+
+
+def test_garbage_pickle_refused_even_with_allow_pickle(capsys, base, out):
+    (base / "model.safetensors").unlink()
+    (base / "pytorch_model.bin").write_bytes(b"\x80\x04this is not a pickle")
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--allow-pickle", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("pytorch_model.bin",))
+
+
+def test_no_weights_at_all(capsys, base, out):
+    (base / "model.safetensors").unlink()
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("safetensors",))
+
+
+# ----------------------------------------------------------------------------- existing rope scaling
+
+
+def _add_linear_scaling(base: Path) -> None:
+    edit_config(base, rope_scaling={"rope_type": "linear", "factor": 2.0})
+
+
+def test_existing_rope_scaling_refused_without_rebase(capsys, base, out):
+    _add_linear_scaling(base)
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--rebase", "linear"))
+
+
+def test_existing_rope_scaling_with_rebase(capsys, base, out):
+    _add_linear_scaling(base)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--rebase", "-q")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert listing(out.parent) == [out.name]
+    cfg = read_json(out / "config.json")
+    assert cfg["rope_parameters"]["rope_type"] == "yarn"
+    assert cfg["rope_parameters"]["factor"] == 4.0
+    assert (cfg.get("rope_scaling") or {}).get("rope_type") in (None, "yarn")
+    assert "linear" not in json.dumps(cfg)
+
+
+# ----------------------------------------------------------------------------- methods and options
+
+
+def test_yarn_on_phi3_refused(capsys, tiny_phi3, out):
+    before = listing(out.parent)
+    rc = extend(tiny_phi3, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("phi3", "yarn"))
+
+
+@pytest.mark.parametrize(
+    "method, args, flag",
+    [
+        ("linear", ["--beta-fast", "16"], "--beta-fast"),
+        ("linear", ["--attention-factor", "1.5"], "--attention-factor"),
+        ("ntk", ["--factors", "factors.json"], "--factors"),
+    ],
+)
+def test_option_that_does_not_apply(capsys, base, out, method, args, flag):
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", method, "--factor", "4", *args, "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=(flag, method))
+
+
+@pytest.mark.parametrize(
+    "args, mentions",
+    [
+        (["--method", "nosuch", "--factor", "4"], ("--method",)),
+        (["--method", "yarn", "--factor", "four"], ("--factor",)),
+        (["--method", "yarn", "--factor", "4", "--to", "pickle"], ("--to",)),
+        (["--method", "yarn", "--factor", "4", "--max-shard-size", "lots"], ("--max-shard-size",)),
+        (["--method", "yarn", "--factor", "4", "--tokens", "1"], ("--tokens",)),
+        (["--method", "yarn", "--factor", "4", "--max-abs-logit", "nan"], ("--max-abs-logit",)),
+        (["--method", "yarn", "--factor", "4", "--beta-fast", "1", "--beta-slow", "2"], ("--beta-fast",)),
+        (["--method", "yarn", "--factor", "4", "--attention-factor=-1"], ("--attention-factor",)),
+        (["--method", "yarn", "--factor", "4", "--no-such-flag"], ("--no-such-flag",)),
+    ],
+    ids=["unknown-method", "factor-not-a-number", "unknown-format", "bad-shard-size", "tokens-1",
+         "max-abs-logit-nan", "beta-fast-below-slow", "negative-attention-factor", "unknown-flag"],
+)
+def test_bad_option_values(capsys, base, out, args, mentions):
+    before = listing(out.parent)
+    rc = extend(base, out, *args, "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=mentions)
+
+
+def test_missing_out_option(capsys, base):
+    rc = run_cli("extend", base, "--method", "yarn", "--factor", "4", "--no-verify")
+    captured = capsys.readouterr()
+    assert rc == 2
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropeconv: error: ") and "--out" in lines[0], captured.err
+
+
+# ----------------------------------------------------------------------------- verify and inspect
+
+
+def _refused_no_output(capsys, rc: int, *mentions: str) -> str:
+    captured = capsys.readouterr()
+    assert rc == 2, f"exit {rc}; stderr:\n{captured.err}"
+    assert "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropeconv: error: "), captured.err
+    for word in mentions:
+        assert word.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+def test_verify_dir_without_manifest(capsys, base):
+    before = tree_digest(base)
+    _refused_no_output(capsys, run_cli("verify", base, "-q"), "manifest")
+    assert tree_digest(base) == before
+
+
+def test_verify_unreadable_manifest(capsys, base):
+    (base / "manifest.json").write_text("{not json")
+    _refused_no_output(capsys, run_cli("verify", base, "-q"), "manifest")
+
+
+def test_verify_missing_path(capsys, tmp_path):
+    _refused_no_output(capsys, run_cli("verify", tmp_path / "nope", "-q"), "nope")
+
+
+def test_verify_file_not_dir(capsys, tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    _refused_no_output(capsys, run_cli("verify", f, "-q"), "file.txt")
+
+
+def test_verify_base_not_a_directory(capsys, base, out, tmp_path):
+    assert extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify", "-q") == 0
+    capsys.readouterr()
+    _refused_no_output(capsys, run_cli("verify", out, "--base", tmp_path / "nope", "-q"), "--base")
+
+
+def test_inspect_missing_path(capsys, tmp_path):
+    _refused_no_output(capsys, run_cli("inspect", tmp_path / "nope"), "nope")
+
+
+def test_inspect_dir_without_config(capsys, tmp_path):
+    _refused_no_output(capsys, run_cli("inspect", tmp_path), "config.json")
+
+
+def test_inspect_pickle_base_refused(capsys, base):
+    _to_pickle(base)
+    _refused_no_output(capsys, run_cli("inspect", base), "--allow-pickle")
+
+
+def test_refusals_never_touch_the_base(capsys, base, out):
+    """Across several refusals the base directory stays byte-identical."""
+    before = tree_digest(base)
+    for args in (["--factor", "1"], ["--target-ctx", "8"], ["--factor", "4", "--beta-fast", "nan"]):
+        assert extend(base, out, "--method", "yarn", *args, "--no-verify") == 2
+    capsys.readouterr()
+    assert tree_digest(base) == before

@@ -1,0 +1,157 @@
+"""Peak memory does not grow with model size: it is a constant plus (at most) the largest tensor.
+
+Synthetic llama-shaped checkpoints are written straight with safetensors (no model is built): the
+same config, the same 8 MiB tensor size, 4 tensors (32 MiB) against 48 (384 MiB). Each conversion
+runs `ropeconv extend --no-verify` in its own child process, whose peak RSS comes from os.wait4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+MiB = 1024 * 1024
+ROWS, COLS = 2048, 1024  # float32: 8 MiB per tensor
+TENSOR_BYTES = ROWS * COLS * 4
+SMALL_N, LARGE_N = 4, 48
+SLACK = 32 * MiB
+ABSOLUTE_LIMIT = 512 * MiB
+TIMEOUT_S = 180.0
+
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 64,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def ropeconv_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("ropeconv")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "ropeconv.cli.main"]
+
+
+def make_synthetic(root: Path, n_big: int) -> Path:
+    """n_big distinct 8 MiB float32 tensors plus a few small ones, in one safetensors file."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps(CONFIG, indent=2))
+    gen = torch.Generator().manual_seed(n_big)
+    tensors = {f"model.layers.{i}.blob.weight": torch.randn(ROWS, COLS, generator=gen) for i in range(n_big)}
+    tensors["model.norm.weight"] = torch.ones(64)
+    tensors["model.small.bf16"] = torch.randn(16, 64, generator=gen).to(torch.bfloat16)
+    tensors["model.small.i64"] = torch.arange(37, dtype=torch.int64)
+    save_file(tensors, root / "model.safetensors", metadata={"format": "pt"})
+    del tensors
+    return root
+
+
+def peak_rss_of(args: list[str]) -> tuple[int, int, float, str]:
+    """Run a command; (exit code, its peak RSS in bytes, seconds, stderr)."""
+    with tempfile.TemporaryFile() as errf:
+        start = time.monotonic()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errf)
+        deadline = start + TIMEOUT_S
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(proc.pid, signal.SIGKILL)
+                os.wait4(proc.pid, 0)
+                proc.returncode = -signal.SIGKILL
+                raise AssertionError(f"{args} ran past {TIMEOUT_S}s")
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+        rc = proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        errf.seek(0)
+        stderr = errf.read().decode(errors="replace")
+    maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # Linux reports KiB
+    return rc, maxrss, elapsed, stderr
+
+
+def output_files(out: Path) -> list[Path]:
+    index = out / "model.safetensors.index.json"
+    if index.is_file():
+        return [out / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [out / "model.safetensors"]
+
+
+def assert_byte_identical(base: Path, out: Path) -> None:
+    """Every tensor of the output has the base's name, dtype, shape and bytes (and nothing else is there)."""
+    with safe_open(base / "model.safetensors", framework="pt") as src:
+        src_keys = set(src.keys())
+        where = {}
+        for f in output_files(out):
+            with safe_open(f, framework="pt") as dst:
+                for k in dst.keys():
+                    assert k not in where, f"{k} appears in two output files"
+                    where[k] = f
+        assert set(where) == src_keys
+        for name in sorted(src_keys):
+            a = src.get_tensor(name)
+            with safe_open(where[name], framework="pt") as dst:
+                b = dst.get_tensor(name)
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)), name
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("memory")
+    return {"small": make_synthetic(root / "small", SMALL_N), "large": make_synthetic(root / "large", LARGE_N)}
+
+
+def convert(base: Path, out: Path, *extra: str) -> int:
+    rc, rss, secs, err = peak_rss_of(
+        ropeconv_cmd() + ["extend", str(base), "--method", "yarn", "--factor", "4", "--no-verify", "-q",
+                          "-o", str(out), *extra]
+    )
+    assert rc == 0, f"exit {rc}:\n{err}"
+    assert err.strip() == "", f"-q run wrote to stderr:\n{err}"
+    size = sum(f.stat().st_size for f in (base / "model.safetensors",))
+    print(f"\n{base.name}{' ' + ' '.join(extra) if extra else ''}: checkpoint {size / MiB:.1f} MiB, "
+          f"peak RSS {rss / MiB:.1f} MiB, {secs:.2f}s")
+    return rss
+
+
+def test_peak_rss_is_constant_plus_largest_tensor(checkpoints, tmp_path):
+    small = convert(checkpoints["small"], tmp_path / "small-out")
+    large = convert(checkpoints["large"], tmp_path / "large-out")
+    sharded = convert(checkpoints["large"], tmp_path / "large-sharded", "--max-shard-size", "100MB")
+    growth = max(large, sharded) - small
+    print(f"growth with model size: {growth / MiB:.1f} MiB for {(LARGE_N - SMALL_N) * TENSOR_BYTES / MiB:.0f} MiB "
+          f"more weights (allowed: largest tensor {TENSOR_BYTES / MiB:.0f} MiB + {SLACK / MiB:.0f} MiB)")
+    assert growth < TENSOR_BYTES + SLACK, f"peak RSS grows with model size: +{growth / MiB:.1f} MiB"
+    for label, rss in (("small", small), ("large", large), ("large sharded", sharded)):
+        assert rss < ABSOLUTE_LIMIT, f"{label}: peak RSS {rss / MiB:.1f} MiB ≥ {ABSOLUTE_LIMIT / MiB:.0f} MiB"
+
+    assert_byte_identical(checkpoints["small"], tmp_path / "small-out")
+    assert_byte_identical(checkpoints["large"], tmp_path / "large-out")
+    assert_byte_identical(checkpoints["large"], tmp_path / "large-sharded")
+    assert len(output_files(tmp_path / "large-sharded")) > 1, "--max-shard-size 100MB should shard 384 MiB"
+    cfg = json.loads((tmp_path / "large-out" / "config.json").read_text())
+    assert cfg["max_position_embeddings"] == 4 * CONFIG["max_position_embeddings"]

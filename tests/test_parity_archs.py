@@ -1,0 +1,126 @@
+"""Each architecture × method: tiny random model → extend → verify passes at 4× the original
+context in transformers; and verify fails once the scaling is taken out of the output's config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
+from ropeconv.archs import ARCHS
+from ropeconv.checkpoint import load_checkpoint
+
+TOKENS = str(4 * ORIGINAL_CTX)
+ALL_METHODS = ["linear", "ntk", "dynamic", "yarn", "longrope", "llama3", "freqs"]
+# transformers' Phi-3 accepts only default and longrope; freqs there must use its derived attention factor
+PHI3_METHODS = ["ntk", "longrope", "freqs"]
+CASES = [(a, m) for a in sorted(ARCHS) for m in (PHI3_METHODS if a == "phi3" else ALL_METHODS)]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bases")
+    return {arch: make_tiny(root, arch) for arch in sorted(ARCHS)}
+
+
+def method_args(tmp: Path, base: Path, arch: str, method: str) -> list[str]:
+    n = load_checkpoint(base).scheme.n_pairs
+    if method == "longrope":
+        path = tmp / "longrope.json"
+        path.write_text(json.dumps({"short_factor": np.linspace(1.0, 1.5, n).tolist(),
+                                    "long_factor": np.linspace(1.0, 5.0, n).tolist()}))
+        return ["--factors", str(path)]
+    if method == "freqs":
+        path = tmp / "freqs.json"
+        path.write_text(json.dumps(np.geomspace(1.0, 6.0, n).tolist()))
+        args = ["--factors", str(path)]
+        if arch == "phi3":
+            from ropeconv.methods.longrope import default_attention_factor
+
+            args += ["--attention-factor", repr(default_attention_factor(4.0, ORIGINAL_CTX))]
+        return args
+    return []
+
+
+def strip_scaling(out: Path, base: Path) -> None:
+    """Rewrite the output's config.json with the base's rope settings: what a converter that drops
+    the extension would ship."""
+    config, base_config = read_json(out / "config.json"), read_json(base / "config.json")
+    for key in ("rope_scaling", "rope_parameters", "rope_theta", "rotary_emb_base", "max_position_embeddings",
+                "original_max_position_embeddings"):
+        config.pop(key, None)
+        if key in base_config:
+            config[key] = base_config[key]
+    (out / "config.json").write_text(json.dumps(config))
+
+
+def extend(base: Path, out: Path, arch: str, method: str, *extra: str) -> int:
+    return run_cli("extend", base, "--method", method, "--factor", "4", "-o", out, "--tokens", TOKENS, "-q",
+                   *method_args(out.parent, base, arch, method), *extra)
+
+
+@pytest.mark.parametrize("arch,method", CASES)
+def test_extend_verifies_and_fails_without_scaling(bases, tmp_path, arch, method, capsys):
+    out = tmp_path / "out"
+    assert extend(bases[arch], out, arch, method) == 0
+    manifest = read_json(out / "manifest.json")
+    assert manifest["parity"]["passed"] is True
+    assert manifest["parity"]["last_position"] >= 3 * ORIGINAL_CTX
+
+    capsys.readouterr()
+    assert run_cli("verify", out, "--tokens", TOKENS, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["max_abs_logit"] <= report["tolerance"]["max_abs_logit"]
+    beyond = [b for b in report["bands"] if b["first_position"] >= ORIGINAL_CTX]
+    assert beyond, "the probe must reach beyond the original context"
+
+    strip_scaling(out, bases[arch])
+    assert run_cli("verify", out, "--tokens", TOKENS) == 1
+
+
+def _edit_rope(out: Path, **changes) -> None:
+    config = read_json(out / "config.json")
+    for key in ("rope_scaling", "rope_parameters"):
+        if config.get(key):
+            config[key].update(changes)
+    (out / "config.json").write_text(json.dumps(config))
+
+
+def test_yarn_attention_factor_off_by_one_percent_fails(bases, tmp_path):
+    out = tmp_path / "out"
+    assert extend(bases["llama"], out, "llama", "yarn") == 0
+    plan = read_json(out / "manifest.json")["plan"]
+    _edit_rope(out, attention_factor=plan["attention_factor"] * 1.01)
+    assert run_cli("verify", out, "--tokens", TOKENS) == 1
+
+
+def test_longrope_swapped_factor_sets_fail(bases, tmp_path):
+    out = tmp_path / "out"
+    assert extend(bases["llama"], out, "llama", "longrope") == 0
+    rope = read_json(out / "config.json")["rope_parameters"]
+    _edit_rope(out, short_factor=rope["long_factor"], long_factor=rope["short_factor"])
+    assert run_cli("verify", out, "--tokens", TOKENS) == 1
+
+
+def test_dynamic_declared_at_target_length_fails(bases, tmp_path):
+    """transformers' dynamic NTK keys off max_position_embeddings: declaring the target there
+    (the natural mistake) silently disables the scaling."""
+    out = tmp_path / "out"
+    assert extend(bases["llama"], out, "llama", "dynamic") == 0
+    config = read_json(out / "config.json")
+    config["max_position_embeddings"] = 4 * ORIGINAL_CTX
+    (out / "config.json").write_text(json.dumps(config))
+    assert run_cli("verify", out, "--tokens", TOKENS) == 1
+
+
+def test_yarn_betas_are_carried(bases, tmp_path):
+    # tiny model (d=16, b=1e4, L=64): defaults ramp over pairs 0..3, these over pairs 1..5
+    out = tmp_path / "out"
+    assert extend(bases["llama"], out, "llama", "yarn", "--beta-fast", "2", "--beta-slow", "0.05") == 0
+    rope = read_json(out / "config.json")["rope_scaling"]
+    assert (rope["beta_fast"], rope["beta_slow"]) == (2.0, 0.05)
+    _edit_rope(out, beta_fast=32.0, beta_slow=1.0)
+    assert run_cli("verify", out, "--tokens", TOKENS) == 1
