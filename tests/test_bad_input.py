@@ -508,3 +508,149 @@ def test_refusals_never_touch_the_base(capsys, base, out):
         assert extend(base, out, "--method", "yarn", *args, "--no-verify") == 2
     capsys.readouterr()
     assert tree_digest(base) == before
+
+
+# ----------------------------------------------------------------------------- the real process
+
+
+@pytest.mark.parametrize("case", ["truncated", "pickle", "exists"])
+def test_real_process_stderr_is_one_line(base, out, case):
+    """Out of process too (imports, warnings and logging included): exit 2 and one stderr line."""
+    import subprocess
+    import sys
+
+    args = ["--method", "yarn", "--factor", "4", "--no-verify"]
+    if case == "truncated":
+        weights = base / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif case == "pickle":
+        _to_pickle(base)
+    else:
+        out.mkdir()
+    before = listing(out.parent)
+    script = Path(sys.executable).with_name("ropeconv")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "ropeconv.cli.main"]
+    proc = subprocess.run(cmd + ["extend", str(base), *args, "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropeconv: error: "), proc.stderr
+    assert proc.stdout == ""
+    assert listing(out.parent) == before
+
+
+# ----------------------------------------------------------------------------- parity failure is exit 1, not 2
+
+
+def test_extend_parity_failure_is_exit_1_and_publishes_nothing(capsys, base, out):
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--max-abs-logit", "1e-30", "--device", "cpu", "-q")
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    assert "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropeconv: error: parity failed"), captured.err
+    assert listing(out.parent) == before
+
+
+def test_verify_parity_failure_is_exit_1(capsys, base, out):
+    assert extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify", "-q") == 0
+    cfg = read_json(out / "config.json")  # tamper: the artifact now declares a different rope than its manifest
+    for key in ("rope_parameters", "rope_scaling"):
+        if cfg.get(key):
+            cfg[key]["factor"] = 8.0
+    (out / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    rc = run_cli("verify", out, "-q", "--device", "cpu")
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    assert "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropeconv: error: parity failed"), captured.err
+
+
+# ----------------------------------------------------------------------------- more malformed input
+# Each of these is a malformed file a user can hand to ropeconv; the contract is the same one line.
+
+
+def _rewrite_metadata(base: Path, metadata) -> None:
+    def edit(header):
+        header["__metadata__"] = metadata
+
+    rewrite_header(base / "model.safetensors", edit)
+
+
+def test_safetensors_metadata_not_an_object(capsys, base, out):
+    _rewrite_metadata(base, ["not", "an", "object"])
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("model.safetensors",))
+
+
+@pytest.mark.parametrize("method", ["freqs", "longrope"])
+def test_factor_file_not_utf8(capsys, base, out, tmp_path, method):
+    factors = tmp_path / "factors.json"
+    factors.write_bytes(b"\xff\xfe[1.0]")
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", method, "--factors", factors, "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factors",))
+
+
+@pytest.mark.parametrize("value", ["abc", [64], {"n": 64}])
+@pytest.mark.parametrize("command", ["extend", "inspect"])
+def test_existing_scaling_original_ctx_not_a_number(capsys, base, out, value, command):
+    edit_config(base, rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": value})
+    before = listing(out.parent)
+    if command == "extend":
+        rc = extend(base, out, "--method", "yarn", "--factor", "4", "--rebase", "--no-verify")
+    else:
+        rc = run_cli("inspect", base)
+    assert_refused(capsys, rc, out, before, mentions=("original_max_position_embeddings",))
+
+
+def test_index_weight_map_with_non_string_file(capsys, base, out):
+    (base / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": 5}}))
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("model.safetensors.index.json",))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float8_e4m3fn], ids=["complex64", "float8_e4m3fn"])
+def test_pickle_with_dtype_safetensors_cannot_carry(capsys, base, out, dtype):
+    state = load_file(base / "model.safetensors")
+    state["extra.weight"] = torch.zeros(4).to(dtype)
+    torch.save(state, base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "yarn", "--factor", "4", "--allow-pickle", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("extra.weight",))
+
+
+@pytest.mark.parametrize("damage", ["plan-empty", "plan-not-object", "no-vocab_size", "no-base", "manifest-a-list"])
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_damaged_manifest(capsys, base, out, damage, command):
+    assert extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify", "-q") == 0
+    capsys.readouterr()
+    manifest = read_json(out / "manifest.json")
+    if damage == "plan-empty":
+        manifest["plan"] = {}
+    elif damage == "plan-not-object":
+        manifest["plan"] = [1, 2]
+    elif damage == "no-vocab_size":
+        del manifest["vocab_size"]
+    elif damage == "no-base":
+        del manifest["base"]
+    else:
+        manifest = [manifest]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    if command == "verify":
+        _refused_no_output(capsys, run_cli("verify", out, "-q", "--device", "cpu"), "manifest")
+    else:
+        # inspect reports what it can read; a damaged manifest must not crash it
+        rc = run_cli("inspect", out, "--json")
+        captured = capsys.readouterr()
+        assert rc in (0, 2), captured.err
+        assert "Traceback" not in captured.err
+        if rc == 2:
+            assert len(captured.err.splitlines()) == 1 and "manifest" in captured.err, captured.err

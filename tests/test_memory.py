@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,28 +68,36 @@ def make_synthetic(root: Path, n_big: int) -> Path:
     return root
 
 
-def peak_rss_of(args: list[str]) -> tuple[int, int, float, str]:
+# A fresh, small parent for the measured process. Measuring a direct child of pytest would be wrong:
+# Linux carries the pre-exec memory high-water mark into ru_maxrss, and a (v)forked child of pytest
+# inherits pytest's own peak (the synthetic tensors were built here), whatever ropeconv itself uses.
+RSS_WRAPPER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+proc.returncode = code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as fh:
+    fh.write(str(usage.ru_maxrss))
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def peak_rss_of(args: list[str], tmp: Path) -> tuple[int, int, float, str]:
     """Run a command; (exit code, its peak RSS in bytes, seconds, stderr)."""
-    with tempfile.TemporaryFile() as errf:
-        start = time.monotonic()
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errf)
-        deadline = start + TIMEOUT_S
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                os.kill(proc.pid, signal.SIGKILL)
-                os.wait4(proc.pid, 0)
-                proc.returncode = -signal.SIGKILL
-                raise AssertionError(f"{args} ran past {TIMEOUT_S}s")
-            time.sleep(0.02)
-        elapsed = time.monotonic() - start
-        rc = proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        errf.seek(0)
-        stderr = errf.read().decode(errors="replace")
-    maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # Linux reports KiB
-    return rc, maxrss, elapsed, stderr
+    report = tmp / "maxrss.txt"
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, str(report), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"{args} ran past {TIMEOUT_S}s") from None
+    elapsed = time.monotonic() - start
+    maxrss = int(report.read_text()) * (1 if sys.platform == "darwin" else 1024)  # Linux reports KiB
+    report.unlink()
+    return proc.returncode, maxrss, elapsed, stderr
 
 
 def output_files(out: Path) -> list[Path]:
@@ -128,7 +135,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 def convert(base: Path, out: Path, *extra: str) -> int:
     rc, rss, secs, err = peak_rss_of(
         ropeconv_cmd() + ["extend", str(base), "--method", "yarn", "--factor", "4", "--no-verify", "-q",
-                          "-o", str(out), *extra]
+                          "-o", str(out), *extra],
+        out.parent,
     )
     assert rc == 0, f"exit {rc}:\n{err}"
     assert err.strip() == "", f"-q run wrote to stderr:\n{err}"

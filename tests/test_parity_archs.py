@@ -89,11 +89,11 @@ def _edit_rope(out: Path, **changes) -> None:
     (out / "config.json").write_text(json.dumps(config))
 
 
-def test_yarn_attention_factor_off_by_one_percent_fails(bases, tmp_path):
+def test_yarn_attention_factor_off_by_a_tenth_of_a_percent_fails(bases, tmp_path):
     out = tmp_path / "out"
     assert extend(bases["llama"], out, "llama", "yarn") == 0
     plan = read_json(out / "manifest.json")["plan"]
-    _edit_rope(out, attention_factor=plan["attention_factor"] * 1.01)
+    _edit_rope(out, attention_factor=plan["attention_factor"] * 1.001)
     assert run_cli("verify", out, "--tokens", TOKENS) == 1
 
 

