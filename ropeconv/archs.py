@@ -25,6 +25,7 @@ class ArchSpec:
     # Phi-3: transformers 4.x demands rope_scaling == {type, short_factor, long_factor} exactly and
     # reads the original length from a top-level original_max_position_embeddings.
     strict_longrope_legacy: bool = False
+    note: str = ""  # shown under the capability matrix
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -39,8 +40,12 @@ ARCHS: dict[str, ArchSpec] = {
             "phi3",
             hf_rope_types=frozenset({"default", "longrope"}),
             strict_longrope_legacy=True,
+            note="transformers accepts only rope_type default or longrope, so safetensors takes ntk, longrope "
+            "and freqs and refuses the rest; its config cannot declare an attention factor (transformers "
+            "derives sqrt(1 + ln s / ln L)), so another one is refused",
         ),
-        ArchSpec("gpt_neox", theta_key="rotary_emb_base", partial_key="rotary_pct", default_partial=0.25),
+        ArchSpec("gpt_neox", theta_key="rotary_emb_base", partial_key="rotary_pct", default_partial=0.25,
+                 note="partial rotary (rotary_pct): methods act on the rotated dims only"),
     )
 }
 

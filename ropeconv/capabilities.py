@@ -25,14 +25,7 @@ def matrix() -> list[dict]:
 
 
 def arch_notes() -> list[str]:
-    notes = []
-    for arch in ARCHS.values():
-        if arch.hf_rope_types is not None:
-            notes.append(
-                f"{arch.model_type}: transformers accepts only rope_type {', '.join(sorted(arch.hf_rope_types))}; "
-                "methods declared otherwise are refused for safetensors"
-            )
-    return notes
+    return [f"{a.model_type}: {a.note}" for a in ARCHS.values() if a.note]
 
 
 def format_markdown() -> str:
