@@ -93,6 +93,9 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     progress = progress or Progress(enabled=False)
     prepared = prepare(job)
     check_target(job.out, job.force)
+    base, out = job.base.resolve(), job.out.resolve()
+    if out == base or base in out.parents or out in base.parents:
+        raise InputError(f"-o {job.out} overlaps the base {job.base}; write the output elsewhere")
     ckpt, plan = prepared.checkpoint, prepared.plan
     with staged_dir(job.out, job.force) as tmp:
         files = _write_safetensors(ckpt, tmp, job.max_shard_bytes, progress)

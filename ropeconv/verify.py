@@ -29,10 +29,14 @@ def verify_output(
     manifest = read_manifest(out)
     if not manifest or "plan" not in manifest:
         raise InputError(f"{out}: no readable manifest.json (not a ropeconv output?)")
-    plan = RopePlan.from_json(manifest["plan"])
+    try:
+        plan = RopePlan.from_json(manifest["plan"])
+        recorded = Path(manifest["base"]["path"])
+        vocab_size = int(manifest["vocab_size"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise InputError(f"{out}/manifest.json: damaged (plan, base or vocab_size missing or malformed)") from None
     notes: tuple[str, ...] = ()
     if base is None:
-        recorded = Path(manifest["base"]["path"])
         if recorded.is_dir():
             base = recorded
         else:
@@ -47,7 +51,7 @@ def verify_output(
         out,
         Path(base),
         plan,
-        int(manifest["vocab_size"]),
+        vocab_size,
         device=device,
         tokens=tokens,
         tolerance=tolerance,

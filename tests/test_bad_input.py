@@ -616,15 +616,25 @@ def test_index_weight_map_with_non_string_file(capsys, base, out):
     assert_refused(capsys, rc, out, before, mentions=("model.safetensors.index.json",))
 
 
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.float8_e4m3fn], ids=["complex64", "float8_e4m3fn"])
-def test_pickle_with_dtype_safetensors_cannot_carry(capsys, base, out, dtype):
+def test_pickle_with_dtype_safetensors_cannot_carry(capsys, base, out):
     state = load_file(base / "model.safetensors")
-    state["extra.weight"] = torch.zeros(4).to(dtype)
+    state["extra.weight"] = torch.zeros(4).to(torch.complex64)
     torch.save(state, base / "pytorch_model.bin")
     (base / "model.safetensors").unlink()
     before = listing(out.parent)
     rc = extend(base, out, "--method", "yarn", "--factor", "4", "--allow-pickle", "--no-verify")
     assert_refused(capsys, rc, out, before, mentions=("extra.weight",))
+
+
+def test_pickle_float8_is_carried_byte_for_byte(base, out):
+    state = load_file(base / "model.safetensors")
+    state["extra.weight"] = torch.linspace(-2, 2, 8).to(torch.float8_e4m3fn)
+    torch.save(state, base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    assert extend(base, out, "--method", "yarn", "--factor", "4", "--allow-pickle", "--no-verify", "-q") == 0
+    written = load_file(out / "model.safetensors")["extra.weight"]
+    assert written.dtype == torch.float8_e4m3fn
+    assert torch.equal(written.view(torch.uint8), state["extra.weight"].view(torch.uint8))
 
 
 @pytest.mark.parametrize("damage", ["plan-empty", "plan-not-object", "no-vocab_size", "no-base", "manifest-a-list"])
@@ -654,3 +664,20 @@ def test_damaged_manifest(capsys, base, out, damage, command):
         assert "Traceback" not in captured.err
         if rc == 2:
             assert len(captured.err.splitlines()) == 1 and "manifest" in captured.err, captured.err
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_overlapping_the_base_is_refused(capsys, base, where):
+    target = base if where == "same" else base / "sub"
+    before = sorted(p.name for p in base.iterdir())
+    rc = extend(base, target, "--method", "yarn", "--factor", "4", "--force", "--no-verify")
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlaps the base" in err[0]
+    assert sorted(p.name for p in base.iterdir()) == before
+
+
+def test_absurd_factor_is_refused(capsys, base, out):
+    before = listing(out.parent)
+    rc = extend(base, out, "--method", "linear", "--factor", "1e300", "--no-verify")
+    assert_refused(capsys, rc, out, before, mentions=("--factor",))

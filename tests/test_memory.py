@@ -2,13 +2,15 @@
 
 Synthetic llama-shaped checkpoints are written straight with safetensors (no model is built): the
 same config, the same 8 MiB tensor size, 4 tensors (32 MiB) against 48 (384 MiB). Each conversion
-runs `ropeconv extend --no-verify` in its own child process, whose peak RSS comes from os.wait4.
+runs `ropeconv extend --no-verify` as the only child of a small wrapper process, which reports the
+child's peak RSS (ru_maxrss from os.wait4).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,9 +129,10 @@ def assert_byte_identical(base: Path, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
+def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory")
-    return {"small": make_synthetic(root / "small", SMALL_N), "large": make_synthetic(root / "large", LARGE_N)}
+    yield {"small": make_synthetic(root / "small", SMALL_N), "large": make_synthetic(root / "large", LARGE_N)}
+    shutil.rmtree(root, ignore_errors=True)  # ~420 MiB; pytest keeps the last three base temp dirs
 
 
 def convert(base: Path, out: Path, *extra: str) -> int:
@@ -140,7 +143,7 @@ def convert(base: Path, out: Path, *extra: str) -> int:
     )
     assert rc == 0, f"exit {rc}:\n{err}"
     assert err.strip() == "", f"-q run wrote to stderr:\n{err}"
-    size = sum(f.stat().st_size for f in (base / "model.safetensors",))
+    size = (base / "model.safetensors").stat().st_size
     print(f"\n{base.name}{' ' + ' '.join(extra) if extra else ''}: checkpoint {size / MiB:.1f} MiB, "
           f"peak RSS {rss / MiB:.1f} MiB, {secs:.2f}s")
     return rss
@@ -163,3 +166,5 @@ def test_peak_rss_is_constant_plus_largest_tensor(checkpoints, tmp_path):
     assert len(output_files(tmp_path / "large-sharded")) > 1, "--max-shard-size 100MB should shard 384 MiB"
     cfg = json.loads((tmp_path / "large-out" / "config.json").read_text())
     assert cfg["max_position_embeddings"] == 4 * CONFIG["max_position_embeddings"]
+    for name in ("small-out", "large-out", "large-sharded"):
+        shutil.rmtree(tmp_path / name)

@@ -91,7 +91,10 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
                 f"{path}: weights are pickle files ({pickles[0].name}); loading pickles can run code — "
                 "pass --allow-pickle to load them with torch.load(weights_only=True)"
             )
-        tensors = [entry_for(n, t, f) for f in pickles for n, t in _load_pickle(f).items()]
+        try:
+            tensors = [entry_for(n, t, f) for f in pickles for n, t in _load_pickle(f).items()]
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from None
         weight_format = "pickle"
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
@@ -106,6 +109,8 @@ def _safetensors_files(path: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = sorted(set(weight_map.values()))
+            if not all(isinstance(f, str) and f and "/" not in f for f in files):
+                raise ValueError("weight_map values must be file names")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InputError(f"{index}: not a valid safetensors index (needs a weight_map)") from None
         missing = [f for f in files if not (path / f).is_file()]
@@ -134,7 +139,13 @@ def _load_pickle(file: Path) -> dict:
     import torch
 
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # pre-zipfile pickles cannot be memory-mapped
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad or unsafe pickle
         raise InputError(f"{file}: cannot load with weights_only=True ({str(exc).splitlines()[0]})") from None
     if not isinstance(state, dict) or not all(hasattr(t, "dtype") for t in state.values()):

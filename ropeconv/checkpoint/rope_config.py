@@ -63,12 +63,12 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
     rope_type = rope.get("rope_type", rope.get("type"))
     existing = None if rope_type in _UNSCALED else {k: v for k, v in rope.items() if k != "rope_theta"}
     original = declared
-    if existing is not None:
-        original = int(
+    if existing is not None and rope_type != "dynamic":  # dynamic NTK scales beyond max_position_embeddings
+        original = (
             existing.get("original_max_position_embeddings") or config.get("original_max_position_embeddings") or declared
         )
-        if rope_type == "dynamic":
-            original = declared  # dynamic NTK scales beyond max_position_embeddings
+        if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
+            raise InputError(f"config.json: original_max_position_embeddings {original!r} is not a positive integer")
     return RopeScheme(
         theta=theta,
         head_dim=hd,

@@ -57,6 +57,8 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
         raise InputError(f"{path}: safetensors header is not a JSON object")
 
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise InputError(f"{path}: safetensors __metadata__ is not an object")
     data_start = 8 + header_len
     data_bytes = file_bytes - data_start
     entries = [_entry(path, name, info, data_start, data_bytes) for name, info in header.items()]

@@ -15,7 +15,7 @@ COPY_CHUNK_BYTES = 16 * 1024 * 1024
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }  # fmt: skip
 SAFETENSORS_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
 

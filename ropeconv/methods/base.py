@@ -59,6 +59,9 @@ class ExtendRequest:
         return default if value is None else value
 
 
+MAX_CTX = 2**31 - 1  # runtimes hold positions in int32
+
+
 @dataclass(frozen=True)
 class Lengths:
     original_ctx: int
@@ -77,9 +80,13 @@ def resolve_lengths(scheme: RopeScheme, request: ExtendRequest) -> Lengths:
         factor = require_finite("--factor", request.factor)
         if factor <= 1:
             raise InputError(f"--factor must be > 1 (an extension), got {factor:g}")
+        if original * factor > MAX_CTX:
+            raise InputError(f"--factor {factor:g} gives a context beyond {MAX_CTX} tokens")
         target = int(round(original * factor))
     else:
         target = int(request.target_ctx)
+        if target > MAX_CTX:
+            raise InputError(f"--target-ctx {target} is beyond {MAX_CTX} tokens")
         if target <= original:
             raise InputError(f"--target-ctx {target} must exceed the original context {original}")
         factor = target / original
@@ -122,6 +129,8 @@ def read_json_file(option: str, path: Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{option} {path}: not UTF-8 text") from None
     try:
         # NaN/Infinity are not JSON; refuse them rather than let Python's parser accept them
         return json.loads(text, parse_constant=_reject_constant)
