@@ -23,7 +23,7 @@ from ropeconv.export.staging import check_target, staged_dir
 from ropeconv.manifest import write_manifest
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
-from ropeconv.parity import ParityReport, Tolerance, check_parity
+from ropeconv.parity import ParityReport, Tolerance, check_parity, pick_device
 from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
@@ -93,6 +93,8 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     progress = progress or Progress(enabled=False)
     prepared = prepare(job)
     check_target(job.out, job.force)
+    if job.verify:
+        pick_device(job.device)  # refuse --device cuda without CUDA before any work
     base, out = job.base.resolve(), job.out.resolve()
     if out == base or base in out.parents or out in base.parents:
         raise InputError(f"-o {job.out} overlaps the base {job.base}; write the output elsewhere")
