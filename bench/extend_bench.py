@@ -106,7 +106,7 @@ def index_json(layout: dict[str, list]) -> dict:
 
 
 def ensure_checkpoint(root: Path, size_gb: float) -> Path:
-    """Build DIR/synthetic once; reuse it when its config and index are the ones this size implies.
+    """Build DIR/synthetic once (about a minute for 2 GB) and reuse it while it matches `size_gb`.
 
     Built in a temporary sibling and renamed into place, so an existing directory is always complete.
     """
@@ -114,7 +114,7 @@ def ensure_checkpoint(root: Path, size_gb: float) -> Path:
     layout = shard_layout(tensor_shapes(config), SHARD_BYTES)
     index = index_json(layout)
     out = root / "synthetic"
-    if _reads_json(out / "config.json") == config and _reads_json(out / INDEX_NAME) == index:
+    if is_built(out, config, layout):
         return out
     shutil.rmtree(out, ignore_errors=True)
     tmp = root / ".synthetic.tmp"
@@ -128,6 +128,17 @@ def ensure_checkpoint(root: Path, size_gb: float) -> Path:
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, out)
     return out
+
+
+def is_built(out: Path, config: dict, layout: dict[str, list]) -> bool:
+    """Same config, same index and every shard at its exact size: cheap, and catches a changed --size-gb."""
+    if _reads_json(out / "config.json") != config or _reads_json(out / INDEX_NAME) != index_json(layout):
+        return False
+    for file, tensors in layout.items():
+        size = len(safetensors_header(tensors)) + sum(nbytes(s) for _, s in tensors)
+        if not (out / file).is_file() or (out / file).stat().st_size != size:
+            return False
+    return True
 
 
 def _reads_json(path: Path):
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_bench(src, args.work, max(1, args.runs))
     table = markdown(report)
     (args.work / "report.md").write_text(table)
-    print(json.dumps(report, indent=2) if args.json else table, end="\n" if args.json else "")
+    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
     return 0
 
 

@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
-
-import torch
+import functools
+from typing import TYPE_CHECKING, Protocol
 
 from ropeconv.checkpoint.safetensors_header import DTYPE_BYTES, TensorEntry
 
+if TYPE_CHECKING:
+    import torch
+
 COPY_CHUNK_BYTES = 16 * 1024 * 1024
 
-TORCH_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}  # fmt: skip
-SAFETENSORS_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
+
+@functools.cache
+def torch_dtypes() -> dict[str, "torch.dtype"]:
+    # torch is imported only when a tensor is touched: a byte-copy extend never needs it (~1.5 s)
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    }  # fmt: skip
 
 
 class TensorSource(Protocol):
     def copy_into(self, entry: TensorEntry, dst_fd: int) -> None: ...
 
-    def load(self, entry: TensorEntry) -> torch.Tensor: ...
+    def load(self, entry: TensorEntry) -> "torch.Tensor": ...
 
 
 class SafetensorsSource:
@@ -49,11 +56,14 @@ class SafetensorsSource:
             offset += n
             remaining -= n
 
-    def load(self, entry: TensorEntry) -> torch.Tensor:
+    def load(self, entry: TensorEntry) -> "torch.Tensor":
+        import torch
+
+        dtype = torch_dtypes()[entry.dtype]
         if entry.nbytes == 0:
-            return torch.empty(entry.shape, dtype=TORCH_DTYPES[entry.dtype])
+            return torch.empty(entry.shape, dtype=dtype)
         data = bytearray(os.pread(self._fd(entry.file), entry.nbytes, entry.offset))
-        return torch.frombuffer(data, dtype=TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
+        return torch.frombuffer(data, dtype=dtype).reshape(entry.shape)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -73,13 +83,13 @@ def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
 class PickleSource:
     """A torch pickle loaded with weights_only=True; pickles cannot be streamed, so it lives in memory."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+    def __init__(self, tensors: dict[str, "torch.Tensor"]) -> None:
         self._tensors = tensors
 
     def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
         write_all(dst_fd, tensor_bytes(self._tensors[entry.name]))
 
-    def load(self, entry: TensorEntry) -> torch.Tensor:
+    def load(self, entry: TensorEntry) -> "torch.Tensor":
         return self._tensors[entry.name]
 
     def close(self) -> None:
@@ -92,12 +102,14 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
+def tensor_bytes(tensor: "torch.Tensor") -> bytes:
+    import torch
+
     return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def entry_for(name: str, tensor: torch.Tensor, file: Path) -> TensorEntry:
-    dtype = SAFETENSORS_DTYPES.get(tensor.dtype)
+def entry_for(name: str, tensor: "torch.Tensor", file: Path) -> TensorEntry:
+    dtype = {v: k for k, v in torch_dtypes().items()}.get(tensor.dtype)
     if dtype is None:
         raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store")
     return TensorEntry(name, dtype, tuple(tensor.shape), file, -1, tensor.numel() * DTYPE_BYTES[dtype])

@@ -11,12 +11,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.checkpoint.sources import TensorSource, tensor_bytes, write_all
 from ropeconv.errors import RopeconvError
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # transformers' default "5GB"
@@ -69,7 +71,7 @@ class SafetensorsWriter:
         self._fd: int | None = None
         self._shard = -1
 
-    def write(self, spec: TensorEntry, source: TensorSource, tensor: torch.Tensor | None = None) -> None:
+    def write(self, spec: TensorEntry, source: TensorSource, tensor: "torch.Tensor | None" = None) -> None:
         """Append a tensor: byte-copied from `source` when `tensor` is None, else from memory."""
         shard_index, expected = self._queue[self._pos]
         if expected.name != spec.name:

@@ -6,14 +6,12 @@ import gc
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from ropeconv.parity.device import pick_device
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
-from ropeconv.parity.reference import load_reference
 from ropeconv.parity.report import ParityReport, Tolerance, compare
-from ropeconv.parity.runtimes import hf as hf_runtime
 from ropeconv.positions import RopePlan
+
+# torch and transformers load only when parity runs: `extend --no-verify`, `inspect` and `methods`
+# never touch a tensor and skip their ~1.5 s import.
 
 __all__ = ["ParityReport", "Tolerance", "check_parity", "default_tokens", "pick_device"]
 
@@ -30,6 +28,9 @@ def check_parity(
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
 ) -> ParityReport:
+    from ropeconv.parity.reference import load_reference
+    from ropeconv.parity.runtimes import hf as hf_runtime
+
     _quiet_transformers()
     dev = pick_device(device)
     n_tokens = tokens or default_tokens(plan)
@@ -76,7 +77,15 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+def pick_device(requested: str | None = None):
+    from ropeconv.parity.device import pick_device as pick
+
+    return pick(requested)
+
+
 def _free(model) -> None:
+    import torch
+
     del model
     gc.collect()
     if torch.cuda.is_available():

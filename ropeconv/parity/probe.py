@@ -7,10 +7,12 @@ length-switched rules (dynamic NTK, LongRoPE) get a second, short pass so both s
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ropeconv.positions import LengthRule, RopePlan
+
+if TYPE_CHECKING:
+    import torch
 
 PROBE_SEED = 20231
 
@@ -25,7 +27,9 @@ class Pass:
     def last_position(self) -> int:
         return self.first_position + self.n_tokens - 1
 
-    def position_ids(self) -> torch.Tensor:
+    def position_ids(self) -> "torch.Tensor":
+        import torch
+
         return torch.arange(self.first_position, self.first_position + self.n_tokens).unsqueeze(0)
 
 
@@ -42,7 +46,9 @@ def plan_passes(plan: RopePlan, n_tokens: int) -> list[Pass]:
     return passes
 
 
-def probe_ids(vocab_size: int, n_tokens: int, seed: int = PROBE_SEED) -> torch.Tensor:
+def probe_ids(vocab_size: int, n_tokens: int, seed: int = PROBE_SEED) -> "torch.Tensor":
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     # skip the lowest ids, where tokenizers keep their special tokens
     low = min(16, vocab_size // 2)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from ropeconv.parity.probe import Pass
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def band_edges(original_ctx: int, first: int, last: int) -> list[tuple[int, int]
     return spans
 
 
-def compare(pass_: Pass, reference: torch.Tensor, candidate: torch.Tensor, original_ctx: int) -> list[Band]:
+def compare(pass_: Pass, reference: "torch.Tensor", candidate: "torch.Tensor", original_ctx: int) -> list[Band]:
     """reference/candidate: [n_tokens, vocab] logits for the pass."""
     ref, cand = reference.double(), candidate.double()
     abs_diff = (ref - cand).abs().amax(dim=-1)
