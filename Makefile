@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PY) -m ropeconv.fixtures.smollm2 $(SMOL)
 	$(ROPE) inspect $(SMOL)
-	$(ROPE) extend $(SMOL) --method yarn --factor 4 -o $(SMOL32) --force --no-verify
+	$(ROPE) extend $(SMOL) --method yarn --factor 4 -o $(SMOL32) --force
 	$(ROPE) verify $(SMOL32)
 	$(ROPE) inspect $(SMOL32)
 
