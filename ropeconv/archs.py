@@ -50,6 +50,42 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class GgufArchSpec:
+    """What the llama.cpp loader of one GGUF architecture reads (from the vendored sources:
+    src/models/<arch>.cpp create_tensor calls and llama_model::get_rope_factors)."""
+
+    name: str  # general.architecture
+    reads_rope_freqs: bool = False  # rope_freqs.weight: a per-pair divisor, always on
+    # rope_factors_long/short: "always" (read whenever present) or "typed" (only with type longrope)
+    longrope: str | None = None
+
+
+GGUF_ARCHS: dict[str, GgufArchSpec] = {
+    a.name: a
+    for a in (
+        GgufArchSpec("llama", reads_rope_freqs=True, longrope="typed"),
+        GgufArchSpec("qwen2"),
+        GgufArchSpec("phi3", longrope="always"),
+        GgufArchSpec("gptneox"),
+        GgufArchSpec("gemma"),
+        GgufArchSpec("gemma2"),
+    )
+}
+# transformers model_type → GGUF architecture (Mistral is written as LLAMA, as llama.cpp's converter does)
+HF_TO_GGUF = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "phi3": "phi3", "gpt_neox": "gptneox",
+              "gemma": "gemma", "gemma2": "gemma2"}
+
+
+def gguf_arch_for(name: str | None) -> GgufArchSpec:
+    if not name:
+        raise InputError("GGUF has no general.architecture")
+    try:
+        return GGUF_ARCHS[name]
+    except KeyError:
+        raise InputError(f"unknown GGUF architecture {name!r}; supported: {', '.join(sorted(GGUF_ARCHS))}") from None
+
+
 def arch_for(model_type: str | None) -> ArchSpec:
     if not model_type:
         raise InputError("config.json has no model_type; cannot tell the architecture")

@@ -124,3 +124,21 @@ def test_yarn_betas_are_carried(bases, tmp_path):
     assert (rope["beta_fast"], rope["beta_slow"]) == (2.0, 0.05)
     _edit_rope(out, beta_fast=32.0, beta_slow=1.0)
     assert run_cli("verify", out, "--tokens", TOKENS) == 1
+
+
+def test_dynamic_baked_at_n_is_a_static_base_exact_at_n(bases, tmp_path):
+    """--bake-at N: the base dynamic NTK would use at N tokens, declared as a plain rope_theta."""
+    from ropeconv.positions.rope import dynamic_ntk_theta
+
+    out = tmp_path / "out"
+    assert extend(bases["llama"], out, "llama", "dynamic", "--bake-at", str(4 * ORIGINAL_CTX)) == 0
+    config = read_json(out / "config.json")
+    expected = dynamic_ntk_theta(10000.0, 16, 4.0, ORIGINAL_CTX, 4 * ORIGINAL_CTX)
+    assert config["rope_scaling"] is None and config["rope_theta"] == pytest.approx(expected, rel=1e-12)
+    # at N tokens it equals dynamic NTK: a dynamic output verifies against the baked plan's manifest
+    dyn = tmp_path / "dyn"
+    assert extend(bases["llama"], dyn, "llama", "dynamic") == 0
+    manifest = read_json(out / "manifest.json")
+    (dyn / "manifest.json").write_text(json.dumps(manifest))
+    assert run_cli("verify", dyn, "--tokens", str(4 * ORIGINAL_CTX)) == 0
+    assert run_cli("verify", dyn, "--tokens", str(3 * ORIGINAL_CTX)) == 1

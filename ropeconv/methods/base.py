@@ -6,6 +6,7 @@ A method is one module in this package with:
   CELLS                {format: Cell} — how each output format carries the plan
   plan(scheme, request) -> RopePlan          pure math, no weights
   hf_rope_parameters(plan) -> dict           transformers' declaration (rope_type and its keys)
+  gguf_declaration(plan, arch) -> GgufDeclaration   llama.cpp's declaration, or UnsupportedError
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ropeconv.errors import InputError
-from ropeconv.positions import RopeScheme
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.positions import RopePlan, RopeScheme
 
 
 class Support(str, enum.Enum):
@@ -140,3 +141,26 @@ def read_json_file(option: str, path: Path) -> Any:
 
 def _reject_constant(token: str) -> None:
     raise ValueError(f"{token} is not a finite number")
+
+
+@dataclass(frozen=True)
+class GgufDeclaration:
+    """Keys are relative to the architecture ("rope.scaling.type" → "llama.rope.scaling.type");
+    values are (gguf value type name, value). Tensors are F32 carriers, one value per rotary pair."""
+
+    kv: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
+    tensors: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+def rope_freqs_carrier(plan: RopePlan, arch: Any, what: str) -> GgufDeclaration:
+    """Any static plan, exactly: llama.cpp divides θ_j by rope_freqs[j] and multiplies cos/sin by
+    rope.scaling.attn_factor when no scaling type is set (ext_factor 0, freq_scale 1)."""
+    if not arch.reads_rope_freqs:
+        raise UnsupportedError(
+            f"{what} needs a rope_freqs tensor in GGUF, which llama.cpp reads only for the llama architecture "
+            f"(this is {arch.name}); use --to safetensors"
+        )
+    kv: dict[str, tuple[str, Any]] = {}
+    if plan.attention_factor != 1.0:
+        kv["rope.scaling.attn_factor"] = ("f32", plan.attention_factor)
+    return GgufDeclaration(kv=kv, tensors={"rope_freqs.weight": tuple(plan.divisors)})

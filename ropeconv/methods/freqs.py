@@ -13,12 +13,14 @@ from ropeconv.errors import InputError
 from ropeconv.methods.base import (
     Cell,
     ExtendRequest,
+    GgufDeclaration,
     Option,
     Support,
     check_factor_list,
     read_json_file,
     require_positive,
     resolve_lengths,
+    rope_freqs_carrier,
 )
 from ropeconv.positions import RopePlan, RopeScheme
 
@@ -28,7 +30,10 @@ OPTIONS = (
     Option("factors", Path, 'JSON file: a list of rotary_dim/2 divisors, or {"factors": [...]}'),
     Option("attention_factor", float, "multiplier on cos/sin (default 1)"),
 )
-CELLS = {"safetensors": Cell(Support.CARRIER, "rope_type longrope with short_factor = long_factor")}
+CELLS = {
+    "safetensors": Cell(Support.CARRIER, "rope_type longrope with short_factor = long_factor"),
+    "gguf": Cell(Support.CARRIER, "rope_freqs tensor + attn_factor; llama only"),
+}
 
 
 def read_factors(path: Path, n_pairs: int) -> tuple[float, ...]:
@@ -69,3 +74,7 @@ def hf_rope_parameters(plan: RopePlan) -> dict:
         "original_max_position_embeddings": plan.original_ctx,
         "attention_factor": plan.attention_factor,
     }
+
+
+def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
+    return rope_freqs_carrier(plan, arch, "per-pair factors")

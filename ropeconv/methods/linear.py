@@ -5,13 +5,16 @@
 
 from __future__ import annotations
 
-from ropeconv.methods.base import Cell, ExtendRequest, Support, resolve_lengths
+from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Support, resolve_lengths
 from ropeconv.positions import RopePlan, RopeScheme
 
 NAME = "linear"
 SUMMARY = "Position Interpolation: every frequency divided by the factor"
 OPTIONS = ()
-CELLS = {"safetensors": Cell(Support.EXACT, "rope_type linear")}
+CELLS = {
+    "safetensors": Cell(Support.EXACT, "rope_type linear"),
+    "gguf": Cell(Support.EXACT, "rope.scaling.type linear + factor"),
+}
 
 
 def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
@@ -30,3 +33,7 @@ def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
 
 def hf_rope_parameters(plan: RopePlan) -> dict:
     return {"rope_type": "linear", "factor": plan.factor}
+
+
+def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
+    return GgufDeclaration(kv={"rope.scaling.type": ("str", "linear"), "rope.scaling.factor": ("f32", plan.factor)})

@@ -11,7 +11,16 @@ from __future__ import annotations
 import math
 
 from ropeconv.errors import InputError
-from ropeconv.methods.base import Cell, ExtendRequest, Option, Support, require_positive, resolve_lengths
+from ropeconv.methods.base import (
+    Cell,
+    ExtendRequest,
+    GgufDeclaration,
+    Option,
+    Support,
+    require_positive,
+    resolve_lengths,
+    rope_freqs_carrier,
+)
 from ropeconv.positions import RopePlan, RopeScheme, default_inv_freq
 
 NAME = "llama3"
@@ -20,7 +29,10 @@ OPTIONS = (
     Option("low_freq_factor", float, "wavelengths above L/low are divided by the factor (default 1)"),
     Option("high_freq_factor", float, "wavelengths below L/high are kept (default 4)"),
 )
-CELLS = {"safetensors": Cell(Support.EXACT, "rope_type llama3")}
+CELLS = {
+    "safetensors": Cell(Support.EXACT, "rope_type llama3"),
+    "gguf": Cell(Support.EXACT, "rope_freqs tensor (as llama.cpp's converter writes it); llama only"),
+}
 
 
 def divisors(
@@ -65,3 +77,7 @@ def hf_rope_parameters(plan: RopePlan) -> dict:
         "high_freq_factor": plan.params["high_freq_factor"],
         "original_max_position_embeddings": plan.original_ctx,
     }
+
+
+def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
+    return rope_freqs_carrier(plan, arch, "llama3 scaling")

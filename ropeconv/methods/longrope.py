@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ropeconv.errors import InputError
+from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.methods.base import (
     Cell,
     ExtendRequest,
+    GgufDeclaration,
     Option,
     Support,
     check_factor_list,
@@ -30,7 +31,14 @@ OPTIONS = (
     Option("factors", Path, 'JSON file {"short_factor": [...], "long_factor": [...]} (rotary_dim/2 each)'),
     Option("attention_factor", float, "multiplier on cos/sin; default sqrt(1 + ln s / ln L)"),
 )
-CELLS = {"safetensors": Cell(Support.EXACT, "rope_type longrope")}
+CELLS = {
+    "safetensors": Cell(Support.EXACT, "rope_type longrope"),
+    "gguf": Cell(
+        Support.EXACT,
+        "rope_factors_long/short + attn_factor + original_context_length (phi3; llama with type longrope); "
+        "llama.cpp picks the set per context size (n_ctx > original → long), not per sequence",
+    ),
+}
 
 
 def default_attention_factor(factor: float, original_ctx: int) -> float:
@@ -82,3 +90,22 @@ def hf_rope_parameters(plan: RopePlan) -> dict:
         "original_max_position_embeddings": plan.original_ctx,
         "attention_factor": plan.attention_factor,
     }
+
+
+def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
+    if arch.longrope is None:
+        raise UnsupportedError(
+            f"LongRoPE factor sets cannot be written for GGUF architecture {arch.name}: llama.cpp reads "
+            "rope_factors_long/short only for phi3 and llama; use --to safetensors"
+        )
+    # no rope.scaling.factor: llama.cpp would add a 1/factor interpolation on top of the factors
+    kv = {
+        "rope.scaling.original_context_length": ("u32", plan.original_ctx),
+        "rope.scaling.attn_factor": ("f32", plan.attention_factor),
+    }
+    if arch.longrope == "typed":
+        kv["rope.scaling.type"] = ("str", "longrope")
+    return GgufDeclaration(
+        kv=kv,
+        tensors={"rope_factors_long.weight": tuple(plan.long_divisors or ()), "rope_factors_short.weight": plan.divisors},
+    )

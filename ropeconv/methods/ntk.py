@@ -7,13 +7,16 @@ The lowest frequency becomes exactly θ/s (PI-like) while the highest stays unch
 
 from __future__ import annotations
 
-from ropeconv.methods.base import Cell, ExtendRequest, Support, resolve_lengths
+from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Support, resolve_lengths
 from ropeconv.positions import RopePlan, RopeScheme
 
 NAME = "ntk"
 SUMMARY = "NTK-aware: a new rope base b·s^(d/(d-2)), static"
 OPTIONS = ()
-CELLS = {"safetensors": Cell(Support.EXACT, "rope_theta changed, rope_type default")}
+CELLS = {
+    "safetensors": Cell(Support.EXACT, "rope_theta changed, rope_type default"),
+    "gguf": Cell(Support.EXACT, "rope.freq_base changed"),
+}
 
 
 def ntk_theta(theta: float, rotary_dim: int, factor: float) -> float:
@@ -36,3 +39,7 @@ def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
 
 def hf_rope_parameters(plan: RopePlan) -> dict:
     return {"rope_type": "default"}
+
+
+def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
+    return GgufDeclaration(kv={"rope.freq_base": ("f32", plan.theta)})

@@ -14,7 +14,16 @@ from __future__ import annotations
 import math
 
 from ropeconv.errors import InputError
-from ropeconv.methods.base import Cell, ExtendRequest, Option, Support, require_positive, resolve_lengths
+from ropeconv.methods.base import (
+    Cell,
+    ExtendRequest,
+    GgufDeclaration,
+    Option,
+    Support,
+    require_positive,
+    resolve_lengths,
+    rope_freqs_carrier,
+)
 from ropeconv.positions import RopePlan, RopeScheme
 
 NAME = "yarn"
@@ -27,7 +36,14 @@ OPTIONS = (
     Option("mscale_all_dim", float, "DeepSeek-style mscale_all_dim (used with --mscale)"),
     Option("truncate", bool, "floor/ceil the correction range (default on)", default=None),
 )
-CELLS = {"safetensors": Cell(Support.EXACT, "rope_type yarn")}
+CELLS = {
+    "safetensors": Cell(Support.EXACT, "rope_type yarn"),
+    "gguf": Cell(
+        Support.EXACT,
+        "rope.scaling.type yarn + factor + original_context_length (+ attn_factor); non-default betas or "
+        "truncate off via a rope_freqs carrier on llama, refused elsewhere",
+    ),
+}
 
 BETA_FAST = 32.0
 BETA_SLOW = 1.0
@@ -113,3 +129,22 @@ def hf_rope_parameters(plan: RopePlan) -> dict:
     if not p.get("truncate", True):
         out["truncate"] = False
     return out
+
+
+def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
+    p = plan.params
+    if p.get("beta_fast", BETA_FAST) != BETA_FAST or p.get("beta_slow", BETA_SLOW) != BETA_SLOW or not p.get(
+        "truncate", True
+    ):
+        # llama.cpp reads betas only for grok/mistral3 and always floors/ceils the range
+        return rope_freqs_carrier(plan, arch, "YaRN with non-default betas or truncate off")
+    kv = {
+        "rope.scaling.type": ("str", "yarn"),
+        "rope.scaling.factor": ("f32", plan.factor),
+        "rope.scaling.original_context_length": ("u32", plan.original_ctx),
+    }
+    # llama.cpp multiplies cos/sin by attn_factor·(0.1·ln s + 1): write the ratio when it is not the default
+    default = get_mscale(plan.factor)
+    if plan.attention_factor != default:
+        kv["rope.scaling.attn_factor"] = ("f32", plan.attention_factor / default)
+    return GgufDeclaration(kv=kv)

@@ -1,0 +1,203 @@
+"""llama.cpp (through llama-cpp-python) running a GGUF, every token placed at the position it is given.
+
+`Llama.eval` always numbers tokens n_past, n_past+1, …, so a probe placed at an offset (positions
+7680–8703 for an 8k model) cannot go through it. This module fills a `llama_batch` itself — token,
+position, sequence 0, output flag per entry — and calls `llama_decode` chunk by chunk on an emptied
+memory, then reads each chunk's logits with `llama_get_logits`. Everything else (model and context
+construction, rope overrides) goes through `llama_cpp.Llama`, so a candidate is run exactly as a user
+of the library would run it.
+
+Positions and n_ctx: llama.cpp stores a position per KV cell and never compares it with n_ctx (the
+batch check, llama_batch_allocr::init, only requires that a sequence's positions be contiguous and
+continue the memory's last one; the rope and the causal mask read the positions themselves). n_ctx
+only sizes the KV cache (padded to 256 cells), so it must hold the probe's tokens, not its last
+position. Neither linear nor YaRN scaling in llama.cpp reads n_ctx (YaRN reads yarn_orig_ctx), so the
+choice of n_ctx does not change the math.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ropeconv.errors import InputError
+
+NAME = "llama.cpp"
+
+N_BATCH = 512  # tokens per llama_decode call (and per micro-batch): one chunk's logits are 512 × vocab floats
+SEED = 20231  # llama.cpp only uses it for sampling; fixed so that nothing here depends on the clock
+INSTALL_HINT = "pip install 'ropeconv[gguf]'"
+
+
+@dataclass
+class LlamaCppHandle:
+    llama: Any  # llama_cpp.Llama
+    batch: Any  # llama_cpp.llama_batch with room for n_batch tokens, one sequence id each
+    n_batch: int
+    n_ctx: int  # KV cells, as llama.cpp padded them
+    n_vocab: int
+    path: Path
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __post_init__(self) -> None:
+        self._finalizer = weakref.finalize(self, _release, self.llama, self.batch)
+
+
+def _release(llama, batch) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_batch_free(batch)
+    llama.close()
+
+
+def _import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise InputError(f"the llama.cpp runtime needs llama-cpp-python: {INSTALL_HINT}") from None
+    return llama_cpp
+
+
+def _gguf_file(artifact: Path) -> Path:
+    artifact = Path(artifact)
+    if artifact.is_dir():
+        found = sorted(artifact.glob("*.gguf"))
+        if len(found) != 1:
+            raise InputError(f"{artifact}: expected exactly one .gguf file, found {len(found)}")
+        return found[0]
+    if not artifact.is_file():
+        raise InputError(f"{artifact}: GGUF file not found")
+    return artifact
+
+
+@contextlib.contextmanager
+def _captured_log(llama_cpp) -> Iterator[list[str]]:
+    """Route llama.cpp's log lines into a list (not stderr) for the duration, then restore the package's callback.
+
+    With verbose=False llama-cpp-python already drops everything below ERROR, but errors (a failed load, a
+    rejected batch) would still reach stderr as several raw lines; the caller turns them into one message.
+    """
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data) -> None:  # noqa: ARG001
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _last_error(lines: list[str]) -> str:
+    text = [line.strip() for line in "".join(lines).splitlines() if line.strip()]
+    errors = [line for line in text if "error" in line.lower() or "failed" in line.lower()]
+    return (errors or text or ["no message from llama.cpp"])[-1]
+
+
+def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> LlamaCppHandle:
+    """Load a GGUF with room for n_ctx tokens (KV cells; positions may go beyond it).
+
+    llama_kwargs go to llama_cpp.Llama on top of ours, e.g. rope_freq_scale=0.25 to override the file's rope.
+    """
+    llama_cpp = _import_llama_cpp()
+    path = _gguf_file(artifact)
+    if n_ctx < 1:
+        raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+    threads = os.cpu_count() or 1
+    kwargs = dict(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=N_BATCH,
+        n_ubatch=N_BATCH,
+        # logits_all would make Llama keep an n_ctx × vocab score matrix for Llama.eval, which is not
+        # used here: the per-token output flags of our own batch decide which logits llama.cpp computes.
+        logits_all=False,
+        n_gpu_layers=-1 if torch.device(device).type == "cuda" else 0,
+        seed=SEED,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    kwargs.update(llama_kwargs)
+    with _captured_log(llama_cpp) as log:
+        try:
+            llama = llama_cpp.Llama(**kwargs)
+        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with a generic text
+            raise InputError(f"{path}: llama.cpp could not load it: {_last_error(log) if log else exc}") from None
+    ctx = llama._ctx.ctx
+    n_batch = int(llama_cpp.llama_n_batch(ctx))
+    batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+    vocab = llama_cpp.llama_model_get_vocab(llama._model.model)
+    return LlamaCppHandle(
+        llama=llama,
+        batch=batch,
+        n_batch=n_batch,
+        n_ctx=int(llama_cpp.llama_n_ctx(ctx)),
+        n_vocab=int(llama_cpp.llama_vocab_n_tokens(vocab)),
+        path=path,
+    )
+
+
+@torch.no_grad()
+def logits(handle: LlamaCppHandle, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """[N, vocab] float32 logits for input_ids [1, N] placed at position_ids [1, N] (contiguous, ascending)."""
+    import numpy as np
+
+    llama_cpp = _import_llama_cpp()
+    ids = input_ids.reshape(-1).to(torch.int64).tolist()
+    positions = position_ids.reshape(-1).to(torch.int64).tolist()
+    n = len(ids)
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1 or position_ids.shape != input_ids.shape:
+        raise ValueError(f"expected input_ids and position_ids of shape [1, N], got {tuple(input_ids.shape)} "
+                         f"and {tuple(position_ids.shape)}")
+    if n == 0:
+        return torch.empty(0, handle.n_vocab)
+    first = positions[0]
+    # llama.cpp requires one sequence's positions to be contiguous and to continue its memory
+    if first < 0 or positions != list(range(first, first + n)):
+        raise ValueError("llama.cpp needs contiguous ascending positions (p, p+1, …)")
+    if n > handle.n_ctx:
+        raise ValueError(f"{n} tokens do not fit the {handle.n_ctx} KV cells of this context; load with n_ctx ≥ {n}")
+    if min(ids) < 0 or max(ids) >= handle.n_vocab:
+        raise ValueError(f"token ids must lie in [0, {handle.n_vocab})")
+
+    ctx = handle.llama._ctx.ctx
+    memory = llama_cpp.llama_get_memory(ctx)
+    batch = handle.batch
+    out = np.empty((n, handle.n_vocab), dtype=np.float32)
+    with _captured_log(llama_cpp) as log:
+        llama_cpp.llama_memory_clear(memory, True)
+        try:
+            for start in range(0, n, handle.n_batch):
+                m = min(handle.n_batch, n - start)
+                batch.n_tokens = m
+                for i in range(m):
+                    batch.token[i] = ids[start + i]
+                    batch.pos[i] = first + start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 1
+                rc = llama_cpp.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise RuntimeError(f"llama_decode returned {rc} at tokens {start}–{start + m - 1}: {_last_error(log)}")
+                # outputs of the last decode, in batch order: m rows of n_vocab
+                chunk = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(m * handle.n_vocab,))
+                out[start : start + m] = chunk.reshape(m, handle.n_vocab)
+        finally:
+            # leave the context empty and the high-level Llama consistent with it
+            llama_cpp.llama_memory_clear(memory, True)
+            handle.llama.n_tokens = 0
+    return torch.from_numpy(out)
