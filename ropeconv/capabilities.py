@@ -8,6 +8,10 @@ from ropeconv.methods.base import Cell, Support
 from ropeconv.pipeline import FORMATS
 
 _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
+FORMAT_NOTES = {
+    "gguf": "from a GGUF base: an existing GGUF, quantized or not, retrofitted in place (HF → GGUF conversion "
+    "is not available yet)",
+}
 
 
 def matrix() -> list[dict]:
@@ -34,6 +38,8 @@ def format_markdown() -> str:
     for row in matrix():
         cells = " | ".join(f"{c['support']} ({c['how']})" for c in row["cells"].values())
         lines.append(f"| `{row['method']}` | {cells} |")
+    lines.append("")
+    lines.extend(f"- {fmt} column: {note}" for fmt, note in FORMAT_NOTES.items())
     lines.append("")
     lines.append(f"Architectures: {', '.join(sorted(ARCHS))}.")
     lines.extend(f"- {n}" for n in arch_notes())

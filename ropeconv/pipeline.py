@@ -27,7 +27,9 @@ from ropeconv.parity import ParityReport, Tolerance, check_parity, pick_device
 from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
-FORMATS = ("safetensors",)
+FORMATS = ("safetensors", "gguf")  # the matrix's columns
+HF_FORMATS = ("safetensors",)  # what a HuggingFace base can be written as today
+GGUF_FORMATS = ("gguf",)  # a GGUF base is retrofitted in place of format conversion
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,17 @@ class ExtendResult:
     parity: ParityReport | None
 
 
-def parse_formats(text: str) -> tuple[str, ...]:
+def parse_formats(text: str | None, base: Path) -> tuple[str, ...]:
+    from ropeconv.retrofit import is_gguf
+
+    allowed = GGUF_FORMATS if is_gguf(base) else HF_FORMATS
+    if text is None:
+        return allowed[:1]
     formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in allowed]
     if not formats or unknown:
-        raise InputError(f"--to {text!r}: supported formats are {', '.join(FORMATS)}")
+        kind = "a GGUF base" if is_gguf(base) else "a HuggingFace base"
+        raise InputError(f"--to {text!r}: {kind} can be written as {', '.join(allowed)}")
     return formats
 
 
@@ -90,6 +98,10 @@ def prepare(job: ExtendJob) -> Prepared:
 
 
 def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
+    from ropeconv.retrofit import is_gguf, run_gguf
+
+    if is_gguf(job.base):
+        return run_gguf(job, progress)
     progress = progress or Progress(enabled=False)
     prepared = prepare(job)
     check_target(job.out, job.force)

@@ -24,6 +24,8 @@ def verify_output(
     out = Path(out)
     if not out.exists():
         raise InputError(f"{out}: not found")
+    if out.suffix == ".gguf" and out.is_file():
+        return _verify_gguf(out, base, device, tokens, tolerance, progress)
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
     manifest = read_manifest(out)
@@ -58,3 +60,19 @@ def verify_output(
         notes=notes,
         progress=progress.note,
     )
+
+
+def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:
+    from ropeconv.retrofit import recorded, verify_gguf_file
+
+    plan, recorded_base = recorded(out)
+    if base is None:
+        if not recorded_base.is_file():
+            raise InputError(f"{out}: its base {recorded_base} is not there; pass --base BASE.gguf")
+        base = recorded_base
+    elif not Path(base).is_file():
+        raise InputError(f"--base {base}: not a file")
+    if tokens is not None and tokens < 2:
+        raise InputError(f"--tokens must be at least 2, got {tokens}")
+    return verify_gguf_file(out, Path(base), plan, device=device, tokens=tokens, tolerance=tolerance,
+                            progress=progress)

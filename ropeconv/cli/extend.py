@@ -27,6 +27,9 @@ Examples:
   # LongRoPE factor sets from a JSON file; Llama-3.1 scaling
   ropeconv extend ./Phi-3-mini-4k --method longrope --factors factors.json --target-ctx 131072 -o phi3-128k/
   ropeconv extend ./Llama-3-8B --method llama3 --factor 8 -o llama3-64k/
+\b
+  # retrofit an existing (quantized) GGUF for llama.cpp: metadata rewritten, tensors copied byte for byte
+  ropeconv extend model-Q4_K_M.gguf --method yarn --factor 4 -o model-32k.gguf
 """
 
 
@@ -44,7 +47,8 @@ def _method_options(fn):
 @click.option("--target-ctx", type=int, help="target context in tokens (instead of --factor)")
 @click.option("--original-ctx", type=int, help="override the original context read from the config")
 @_method_options
-@click.option("--to", "formats", default="safetensors", show_default=True, help="output formats, comma-separated")
+@click.option("--to", "formats", default=None,
+              help="output formats, comma-separated (default: safetensors for a HF base, gguf for a GGUF base)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
 @click.option("--force", is_flag=True, help="replace an existing output")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
@@ -60,7 +64,7 @@ def _method_options(fn):
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def extend(base, method_name, factor, target_ctx, original_ctx, formats, out, force, rebase, allow_pickle,
            max_shard_size, verify, device, tokens, max_abs_logit, dry_run, as_json, quiet, **method_opts):
-    """Extend BASE (a HuggingFace model directory) with --method and write it to --out."""
+    """Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."""
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     if not (math.isfinite(max_abs_logit) and max_abs_logit > 0):
@@ -76,7 +80,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, out, fo
         method=method_name,
         request=request,
         out=out,
-        formats=parse_formats(formats),
+        formats=parse_formats(formats, base),
         force=force,
         rebase=rebase,
         allow_pickle=allow_pickle,
@@ -86,6 +90,20 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, out, fo
         tokens=tokens,
         tolerance=Tolerance(max_abs_logit=max_abs_logit),
     )
+    if dry_run and str(base).endswith(".gguf"):
+        from ropeconv.retrofit import prepare_gguf
+
+        g = prepare_gguf(job)
+        data = {"plan": g.plan.to_json(), "set": {k: v[1] for k, v in g.set_fields.items()},
+                "drop": sorted(g.drop_keys), "add_tensors": sorted(g.add_tensors), "out": str(out)}
+        if as_json:
+            emit_json(data)
+        else:
+            click.echo(f"{g.plan.method}: {g.plan.original_ctx} → {g.plan.target_ctx} tokens; would set "
+                       f"{', '.join(k for k in data['set'] if not k.startswith('ropeconv.'))}"
+                       + (f" and add {', '.join(data['add_tensors'])}" if data["add_tensors"] else "")
+                       + "; nothing written (--dry-run)")
+        return 0
     if dry_run:
         prepared = prepare(job)
         data = {"plan": prepared.plan.to_json(), "config": prepared.hf_config, "out": str(out)}

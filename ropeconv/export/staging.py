@@ -62,3 +62,22 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_file(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary sibling path; on clean exit it atomically replaces `out`."""
+    out = Path(out)
+    check_target(out, force)
+    if out.is_dir():
+        raise InputError(f"{out} is a directory; -o must name a file here")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

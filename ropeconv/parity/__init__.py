@@ -30,6 +30,9 @@ def check_parity(
 ) -> ParityReport:
     from ropeconv.parity.reference import load_reference
     from ropeconv.parity.runtimes import hf as hf_runtime
+    from ropeconv.parity.runtimes import runtime_for
+
+    runtime = runtime_for(artifact)
 
     _quiet_transformers()
     dev = pick_device(device)
@@ -40,12 +43,10 @@ def check_parity(
     progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
     model = load_reference(base, plan, dev)
     reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
-    _free(model)
+    free(model)
 
-    progress(f"candidate: {artifact} in {hf_runtime.NAME}")
-    model = hf_runtime.load(artifact, dev)
-    candidate = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
-    _free(model)
+    progress(f"candidate: {artifact} in {runtime.NAME}")
+    candidate = runtime.run_passes(artifact, dev, ids, passes)
 
     bands = []
     for p, ref, cand in zip(passes, reference, candidate):
@@ -57,7 +58,7 @@ def check_parity(
             f"to cross the original context; relative distances reach {n_tokens - 1}",
         )
     return ParityReport(
-        runtime=hf_runtime.NAME,
+        runtime=runtime.NAME,
         device=dev.type,
         tokens=n_tokens,
         original_ctx=plan.original_ctx,
@@ -83,7 +84,7 @@ def pick_device(requested: str | None = None):
     return pick(requested)
 
 
-def _free(model) -> None:
+def free(model) -> None:
     import torch
 
     del model

@@ -47,11 +47,14 @@ def install_plan_rotary(model: nn.Module, plan: RopePlan) -> int:
 
 
 def load_reference(base: Path, plan: RopePlan, device: torch.device) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32."""
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(base)
-    # the base's own scaling (a --rebase) is replaced anyway; keep transformers from validating it
-    model = AutoModelForCausalLM.from_pretrained(base, config=config, dtype=torch.float32)
+    base = Path(base)
+    if base.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(base.parent, gguf_file=base.name, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if install_plan_rotary(model, plan) == 0:
         raise RuntimeError(f"{type(model).__name__} has no *RotaryEmbedding module to replace")
     return model.to(device).eval()

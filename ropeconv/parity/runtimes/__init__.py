@@ -1,1 +1,20 @@
-"""Candidate runtimes: each loads an artifact from disk in the runtime it is meant for."""
+"""Candidate runtimes: each loads an artifact from disk in the runtime it is meant for.
+
+A runtime module has NAME and run_passes(artifact, device, ids, passes) -> [logits per pass],
+each [n_tokens, vocab] float32 on the CPU, with the tokens at the pass's positions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+
+def runtime_for(artifact: Path) -> ModuleType:
+    if Path(artifact).suffix == ".gguf":
+        from ropeconv.parity.runtimes import llamacpp
+
+        return llamacpp
+    from ropeconv.parity.runtimes import hf
+
+    return hf

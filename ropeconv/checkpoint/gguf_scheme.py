@@ -1,0 +1,66 @@
+"""A GGUF file's rotary embedding as a RopeScheme, from llama.cpp's own metadata keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ropeconv.archs import GgufArchSpec, gguf_arch_for
+from ropeconv.errors import InputError
+from ropeconv.gguf_io.reader import GgufFile
+from ropeconv.positions import RopeScheme
+
+# tensors that carry a rope extension in llama.cpp
+CARRIER_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def gguf_arch(src: GgufFile) -> GgufArchSpec:
+    return gguf_arch_for(src.value("general.architecture"))
+
+
+def existing_scaling(src: GgufFile, arch: GgufArchSpec) -> dict[str, Any] | None:
+    prefix = f"{arch.name}.rope.scaling."
+    found = {f.key[len(prefix):]: f.value for f in src.fields if f.key.startswith(prefix)}
+    kind = found.get("type")
+    carriers = [t.name for t in src.tensors if t.name in CARRIER_TENSORS]
+    factor = found.get("factor")
+    scaled = (kind not in (None, "none")) or (factor not in (None, 0, 0.0, 1, 1.0)) or carriers
+    if not scaled:
+        return None
+    out = {"rope_type": kind or ("tensor factors" if carriers else "scaled"), **found}
+    if carriers:
+        out["tensors"] = carriers
+    return out
+
+
+def read_gguf_scheme(src: GgufFile) -> RopeScheme:
+    arch = gguf_arch(src)
+    a = arch.name
+
+    def positive_int(key: str, default: Any = None) -> int:
+        value = src.value(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InputError(f"{src.path}: {key} = {value!r} is not a positive integer")
+        return value
+
+    embd = positive_int(f"{a}.embedding_length")
+    heads = positive_int(f"{a}.attention.head_count")
+    head_dim = positive_int(f"{a}.attention.key_length", embd // heads)
+    rotary_dim = positive_int(f"{a}.rope.dimension_count", head_dim)
+    context = positive_int(f"{a}.context_length")
+    theta = src.value(f"{a}.rope.freq_base", 10000.0)
+    if not isinstance(theta, (int, float)) or not theta > 1:
+        raise InputError(f"{src.path}: {a}.rope.freq_base = {theta!r} must be a number > 1")
+    if rotary_dim % 2 or rotary_dim < 4 or rotary_dim > head_dim:
+        raise InputError(f"{src.path}: rope dimension count {rotary_dim} must be even, ≥ 4 and ≤ head dim {head_dim}")
+    existing = existing_scaling(src, arch)
+    original = context
+    if existing is not None:
+        original = existing.get("original_context_length") or context
+    return RopeScheme(
+        theta=float(theta),
+        head_dim=head_dim,
+        rotary_dim=rotary_dim,
+        original_ctx=int(original),
+        declared_ctx=context,
+        existing_scaling=existing,
+    )

@@ -1,0 +1,147 @@
+"""extend for a GGUF base: rewrite llama.cpp's rope metadata, add carrier tensors, copy every
+existing tensor's bytes unchanged (quantized or not), prove it in llama.cpp, publish atomically.
+
+The plan travels inside the file (`ropeconv.*` keys, which llama.cpp ignores), so `ropeconv verify
+out.gguf` needs no sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUFValueType
+
+import ropeconv
+from ropeconv import methods
+from ropeconv.archs import GgufArchSpec
+from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, gguf_arch, read_gguf_scheme
+from ropeconv.checkpoint.rope_config import describe_scaling
+from ropeconv.errors import InputError, ParityError
+from ropeconv.export.staging import check_target, staged_file
+from ropeconv.gguf_io.reader import GgufFile, read_gguf
+from ropeconv.gguf_io.writer import rewrite_gguf
+from ropeconv.methods.base import GgufDeclaration
+from ropeconv.positions import RopePlan
+from ropeconv.progress import Progress
+
+VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING}
+PLAN_KEY = "ropeconv.plan"
+BASE_KEY = "ropeconv.base_path"
+VERSION_KEY = "ropeconv.version"
+
+
+@dataclass(frozen=True)
+class GgufPrepared:
+    src: GgufFile
+    arch: GgufArchSpec
+    plan: RopePlan
+    declaration: GgufDeclaration
+    set_fields: dict[str, tuple]
+    drop_keys: frozenset[str]
+    add_tensors: dict[str, np.ndarray]
+
+
+def is_gguf(path: Path) -> bool:
+    return Path(path).suffix == ".gguf"
+
+
+def prepare_gguf(job) -> GgufPrepared:
+    src = read_gguf(job.base)
+    arch = gguf_arch(src)
+    scheme = read_gguf_scheme(src)
+    if scheme.existing_scaling and not job.rebase:
+        raise InputError(
+            f"{job.base} already carries rope scaling ({describe_scaling(scheme.existing_scaling)}, original "
+            f"context {scheme.original_ctx}); a second method would stack on weights tuned for the first — "
+            "pass --rebase to replace it, starting from the unscaled frequencies"
+        )
+    plan = methods.get(job.method).plan(scheme, job.request)
+    declaration = methods.get(job.method).gguf_declaration(plan, arch)
+    a = arch.name
+    # every rope extension key the base had is replaced by this declaration
+    drop = {f.key for f in src.fields if f.key.startswith(f"{a}.rope.scaling.") or f.key.startswith("ropeconv.")}
+    set_fields: dict[str, tuple] = {
+        f"{a}.context_length": (GGUFValueType.UINT32, plan.target_ctx),
+        f"{a}.rope.freq_base": (GGUFValueType.FLOAT32, scheme.theta),
+    }
+    for key, (kind, value) in declaration.kv.items():
+        set_fields[f"{a}.{key}"] = (VALUE_TYPES[kind], value)
+    set_fields[PLAN_KEY] = (GGUFValueType.STRING, json.dumps(plan.to_json(), sort_keys=True))
+    set_fields[BASE_KEY] = (GGUFValueType.STRING, str(Path(job.base).resolve()))
+    set_fields[VERSION_KEY] = (GGUFValueType.STRING, ropeconv.__version__)
+    drop -= set_fields.keys()
+    stale = [t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors]
+    if stale:
+        raise InputError(f"{job.base}: carrier tensor {stale[0]} cannot be removed in a retrofit yet; it would "
+                         "keep acting on the new plan")
+    add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
+    return GgufPrepared(src, arch, plan, declaration, set_fields, frozenset(drop), add)
+
+
+def run_gguf(job, progress: Progress | None = None):
+    from ropeconv.pipeline import ExtendResult
+
+    progress = progress or Progress(enabled=False)
+    if job.formats not in (("gguf",), ()):
+        raise InputError(f"a GGUF base can only be written as GGUF (got --to {','.join(job.formats)})")
+    if not is_gguf(job.out):
+        raise InputError(f"-o {job.out}: a GGUF base is written to a .gguf file")
+    prepared = prepare_gguf(job)
+    check_target(job.out, job.force)
+    if Path(job.out).resolve() == Path(job.base).resolve():
+        raise InputError(f"-o {job.out} is the base itself; write the output elsewhere")
+    if job.verify:
+        from ropeconv.parity import pick_device
+
+        pick_device(job.device)
+    report = None
+    with staged_file(job.out, job.force) as tmp:
+        progress.note(f"gguf: rewriting metadata, copying {len(prepared.src.tensors)} tensors")
+        rewrite_gguf(prepared.src, tmp, set_fields=prepared.set_fields, drop_keys=set(prepared.drop_keys),
+                     add_tensors=prepared.add_tensors)
+        if job.verify:
+            report = verify_gguf_file(tmp, Path(job.base), prepared.plan, device=job.device, tokens=job.tokens,
+                                      tolerance=job.tolerance, progress=progress)
+            progress.note(report.format())
+            if not report.passed:
+                raise ParityError(
+                    f"parity failed (max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}); "
+                    f"nothing written to {job.out}"
+                )
+    return ExtendResult(Path(job.out), prepared.plan, (Path(job.out).name,), report)
+
+
+def gguf_vocab_size(src: GgufFile) -> int:
+    arch = src.value("general.architecture")
+    size = src.value(f"{arch}.vocab_size")
+    if isinstance(size, int) and size > 0:
+        return size
+    tokens = src.value("tokenizer.ggml.tokens")
+    if isinstance(tokens, list) and tokens:
+        return len(tokens)
+    raise InputError(f"{src.path}: cannot tell the vocabulary size")
+
+
+def verify_gguf_file(artifact: Path, base: Path, plan: RopePlan, *, device, tokens, tolerance, progress,
+                     notes: tuple[str, ...] = ()):
+    from ropeconv.parity import check_parity
+
+    return check_parity(artifact, base, plan, gguf_vocab_size(read_gguf(artifact)), device=device, tokens=tokens,
+                        tolerance=tolerance, notes=notes, progress=progress.note)
+
+
+def recorded(artifact: Path) -> tuple[RopePlan, Path]:
+    """The plan and base a ropeconv GGUF carries."""
+    src = read_gguf(artifact)
+    raw: Any = src.value(PLAN_KEY)
+    if not isinstance(raw, str):
+        raise InputError(f"{artifact}: no {PLAN_KEY} metadata (not written by ropeconv?)")
+    try:
+        plan = RopePlan.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{artifact}: {PLAN_KEY} is damaged") from None
+    return plan, Path(str(src.value(BASE_KEY, "")))
