@@ -50,7 +50,7 @@ class SafetensorsSource:
         dst = dst_fd
         offset, remaining = entry.offset, entry.nbytes
         while remaining:
-            n = _copy_range(src, dst, min(remaining, COPY_CHUNK_BYTES), offset)
+            n = copy_range(src, dst, min(remaining, COPY_CHUNK_BYTES), offset)
             if n <= 0:
                 raise OSError(f"{entry.file}: unexpected end of data in tensor {entry.name!r}")
             offset += n
@@ -71,13 +71,18 @@ class SafetensorsSource:
         self._fds.clear()
 
 
-def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
+def copy_range(src: int, dst: int, count: int, offset: int) -> int:
+    """Kernel copy where the OS has one, else pread + write; returns 0 only at the source's end."""
     try:
-        return os.copy_file_range(src, dst, count, offset)
+        n = os.copy_file_range(src, dst, count, offset)
+        if n > 0:
+            return n
     except (AttributeError, OSError):
-        data = os.pread(src, count, offset)
-        write_all(dst, data)
-        return len(data)
+        pass
+    # copy_file_range also returns 0 on filesystems it cannot handle: pread tells that from the end
+    data = os.pread(src, count, offset)
+    write_all(dst, data)
+    return len(data)
 
 
 class PickleSource:

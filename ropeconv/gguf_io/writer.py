@@ -1,0 +1,334 @@
+"""Streamed GGUF output: header computed up front, then tensors appended one at a time.
+
+The whole header (KV pairs, tensor infos with their offsets) is known before any data is written,
+so tensors are streamed in order: untouched ones by a kernel byte copy from the source file, new
+ones from memory. Peak memory is one tensor. Each tensor starts at a multiple of the alignment
+relative to the data section and is followed by zero padding up to the next one, which is the
+exact layout llama.cpp requires (it refuses any other offset). Nothing time- or host-dependent is
+written, so the same inputs give the same bytes. Publishing the file atomically is the caller's job.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from ropeconv.checkpoint.sources import copy_range, write_all
+from ropeconv.errors import InputError, RopeconvError
+from ropeconv.gguf_io.reader import (
+    ALIGNMENT_KEY,
+    DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    MAX_DIMS,
+    SCALAR_FORMATS,
+    STRING_ERRORS,
+    GgufField,
+    GgufFile,
+    GgufTensor,
+    align_up,
+    tensor_nbytes,
+)
+
+WRITE_VERSION = 3
+MAX_NAME_BYTES = 63  # GGML_MAX_NAME is 64 including the terminating NUL; llama.cpp refuses longer
+COPY_CHUNK_BYTES = 16 * 1024 * 1024
+
+INT_RANGES = {
+    GGUFValueType.UINT8: (0, 2**8 - 1), GGUFValueType.INT8: (-(2**7), 2**7 - 1),
+    GGUFValueType.UINT16: (0, 2**16 - 1), GGUFValueType.INT16: (-(2**15), 2**15 - 1),
+    GGUFValueType.UINT32: (0, 2**32 - 1), GGUFValueType.INT32: (-(2**31), 2**31 - 1),
+    GGUFValueType.UINT64: (0, 2**64 - 1), GGUFValueType.INT64: (-(2**63), 2**63 - 1),
+}  # fmt: skip
+NUMPY_TO_GGML = {
+    np.dtype(np.float32): GGMLQuantizationType.F32, np.dtype(np.float16): GGMLQuantizationType.F16,
+    np.dtype(np.float64): GGMLQuantizationType.F64, np.dtype(np.int8): GGMLQuantizationType.I8,
+    np.dtype(np.int16): GGMLQuantizationType.I16, np.dtype(np.int32): GGMLQuantizationType.I32,
+    np.dtype(np.int64): GGMLQuantizationType.I64,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NewField:
+    """A KV pair to serialize (as opposed to a GgufField copied verbatim)."""
+
+    key: str
+    value_type: GGUFValueType
+    value: object
+    item_type: GGUFValueType | None = None  # required when value_type is ARRAY
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "value_type", GGUFValueType(self.value_type))
+            if self.item_type is not None:
+                object.__setattr__(self, "item_type", GGUFValueType(self.item_type))
+        except ValueError:
+            raise InputError(f"GGUF key {self.key!r}: unknown value type {self.value_type!r}") from None
+
+    def pack(self) -> bytes:
+        if self.value_type == GGUFValueType.ARRAY:
+            if self.item_type is None or self.item_type == GGUFValueType.ARRAY:
+                raise InputError(f"GGUF key {self.key!r}: an array needs a scalar or STRING item type")
+            if not isinstance(self.value, (list, tuple)):
+                raise InputError(f"GGUF key {self.key!r}: ARRAY value must be a list, got {type(self.value).__name__}")
+            body = struct.pack("<IQ", self.item_type, len(self.value))
+            body += b"".join(_pack_value(self.key, self.item_type, v) for v in self.value)
+        else:
+            if self.item_type is not None:
+                raise InputError(f"GGUF key {self.key!r}: item type given for a {self.value_type.name}")
+            body = _pack_value(self.key, self.value_type, self.value)
+        return _pack_string(self.key, strict=True) + struct.pack("<I", self.value_type) + body
+
+
+KvEntry = Union[GgufField, NewField]
+
+
+def _pack_string(s: str, strict: bool = False) -> bytes:
+    data = s.encode("utf-8", "strict" if strict else STRING_ERRORS)
+    return struct.pack("<Q", len(data)) + data
+
+
+def _pack_value(key: str, value_type: GGUFValueType, value: object) -> bytes:
+    where = f"GGUF key {key!r}"
+    if value_type == GGUFValueType.STRING:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: STRING value must be a str, got {type(value).__name__}")
+        return _pack_string(value)
+    if value_type == GGUFValueType.BOOL:
+        if not isinstance(value, (bool, np.bool_)):
+            raise InputError(f"{where}: BOOL value must be a bool, got {type(value).__name__}")
+        return struct.pack("<B", int(value))
+    if value_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise InputError(f"{where}: {value_type.name} value must be a number, got {type(value).__name__}")
+        try:
+            return struct.pack(SCALAR_FORMATS[value_type], float(value))
+        except OverflowError:
+            raise InputError(f"{where}: {value} does not fit {value_type.name}") from None
+    if value_type in INT_RANGES:
+        # a float, even an integral one, is refused: it usually means the wrong type was chosen
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise InputError(f"{where}: {value_type.name} value must be an int, got {type(value).__name__}")
+        low, high = INT_RANGES[value_type]
+        if not low <= int(value) <= high:
+            raise InputError(f"{where}: {value} does not fit {value_type.name}")
+        return struct.pack(SCALAR_FORMATS[value_type], int(value))
+    raise InputError(f"{where}: cannot serialize a value of type {value_type!r}")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # GGUF order, ne0 first
+    ggml_type: GGMLQuantizationType
+    nbytes: int
+
+    @classmethod
+    def of(cls, tensor: GgufTensor) -> TensorInfo:
+        return cls(tensor.name, tensor.shape, tensor.ggml_type, tensor.nbytes)
+
+    @classmethod
+    def of_array(cls, name: str, array: np.ndarray) -> TensorInfo:
+        return cls(name, tuple(reversed(array.shape)), ggml_type_of_array(name, array), array.nbytes)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    file: Path
+    offset: int
+    nbytes: int
+
+
+TensorSource = Union[GgufTensor, ByteRange, bytes, bytearray, memoryview, np.ndarray]
+
+
+def ggml_type_of_array(name: str, array: np.ndarray) -> GGMLQuantizationType:
+    ggml_type = NUMPY_TO_GGML.get(array.dtype.newbyteorder("="))
+    if ggml_type is None:
+        raise InputError(f"tensor {name!r}: numpy dtype {array.dtype} has no GGUF type")
+    if not 1 <= array.ndim <= MAX_DIMS:
+        raise InputError(f"tensor {name!r}: {array.ndim} dimensions (GGUF takes 1 to {MAX_DIMS})")
+    return ggml_type
+
+
+def le_contiguous(array: np.ndarray) -> np.ndarray:
+    """The array as GGUF stores it: C order, little-endian."""
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+
+
+def effective_alignment(fields: list[KvEntry]) -> int:
+    for f in fields:
+        if f.key == ALIGNMENT_KEY:
+            # llama.cpp reads this key as u32 and aborts on any other type
+            if f.value_type != GGUFValueType.UINT32 or isinstance(f.value, bool) or not isinstance(f.value, int):
+                raise InputError(f"{ALIGNMENT_KEY} must be a UINT32, got {f.value_type.name} {f.value!r}")
+            return f.value
+    return DEFAULT_ALIGNMENT
+
+
+def build_header(fields: list[KvEntry], tensors: list[TensorInfo], alignment: int) -> tuple[bytes, list[int]]:
+    """Header bytes (padded to the alignment) and each tensor's offset relative to the data section."""
+    _check_plan(fields, tensors, alignment)
+    out = bytearray(GGUF_MAGIC + struct.pack("<IQQ", WRITE_VERSION, len(tensors), len(fields)))
+    for f in fields:
+        out += f.raw if isinstance(f, GgufField) else f.pack()
+    offsets = []
+    offset = 0
+    for t in tensors:
+        offsets.append(offset)
+        out += _pack_string(t.name, strict=True)
+        out += struct.pack(f"<I{len(t.shape)}QIQ", len(t.shape), *t.shape, t.ggml_type, offset)
+        offset += align_up(t.nbytes, alignment)
+    out += bytes(align_up(len(out), alignment) - len(out))
+    return bytes(out), offsets
+
+
+def _check_plan(fields: list[KvEntry], tensors: list[TensorInfo], alignment: int) -> None:
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise InputError(f"GGUF alignment {alignment} is not a power of two")
+    declared = effective_alignment(fields)
+    if declared != alignment:
+        # readers take the alignment from the metadata alone: a mismatch would misplace every tensor
+        raise RopeconvError(f"internal: writing with alignment {alignment} but the metadata declares {declared}")
+    keys = [f.key for f in fields]
+    if len(set(keys)) != len(keys):
+        raise RopeconvError(f"internal: duplicate GGUF keys {sorted({k for k in keys if keys.count(k) > 1})}")
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise RopeconvError(f"internal: duplicate tensor names {sorted({n for n in names if names.count(n) > 1})}")
+    for t in tensors:
+        if len(t.name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise InputError(f"tensor name {t.name!r} is longer than llama.cpp's {MAX_NAME_BYTES} bytes")
+        if not 0 <= len(t.shape) <= MAX_DIMS:
+            raise InputError(f"tensor {t.name!r} has {len(t.shape)} dimensions (at most {MAX_DIMS})")
+        if not all(isinstance(d, (int, np.integer)) and 0 <= d < 2**63 for d in t.shape):
+            raise RopeconvError(f"internal: tensor {t.name!r} has shape {t.shape!r}")
+        try:
+            expected = tensor_nbytes(t.shape, t.ggml_type)
+        except ValueError as exc:
+            raise RopeconvError(f"internal: tensor {t.name!r}: {exc}") from None
+        if expected != t.nbytes:
+            raise RopeconvError(f"internal: tensor {t.name!r} says {t.nbytes} bytes, type and shape need {expected}")
+
+
+class GgufWriter:
+    """write_tensor() must be called once per tensor, in TensorInfo order; then close()."""
+
+    def __init__(self, path: Path, fields: list[KvEntry], tensors: list[TensorInfo],
+                 alignment: int = DEFAULT_ALIGNMENT) -> None:
+        self.path = Path(path)
+        self.alignment = alignment
+        self.tensors = list(tensors)
+        self.header, self.offsets = build_header(list(fields), self.tensors, alignment)
+        self._pos = 0
+        self._fd: int | None = None
+        self._src_fds: dict[Path, int] = {}
+
+    def __enter__(self) -> GgufWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._release()  # the partial file is left for the caller's staging to remove
+
+    def _open(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            write_all(self._fd, self.header)
+
+    def write_tensor(self, name: str, source: TensorSource) -> None:
+        """Append a tensor: byte-copied from a file range (a GgufTensor or ByteRange) or from memory."""
+        if self._pos >= len(self.tensors) or self.tensors[self._pos].name != name:
+            expected = self.tensors[self._pos].name if self._pos < len(self.tensors) else None
+            raise RopeconvError(f"internal: tensor {name!r} written out of order (expected {expected!r})")
+        info = self.tensors[self._pos]
+        self._open()
+        if isinstance(source, (GgufTensor, ByteRange)):
+            if source.nbytes != info.nbytes:
+                raise RopeconvError(
+                    f"internal: tensor {name!r} source has {source.nbytes} bytes, header says {info.nbytes}"
+                )
+            self._copy(source, name)
+        else:
+            data = memoryview(le_contiguous(source) if isinstance(source, np.ndarray) else source).cast("B")
+            if data.nbytes != info.nbytes:
+                raise RopeconvError(f"internal: tensor {name!r} has {data.nbytes} bytes, header says {info.nbytes}")
+            write_all(self._fd, data)
+        write_all(self._fd, bytes(align_up(info.nbytes, self.alignment) - info.nbytes))
+        self._pos += 1
+
+    def _copy(self, source: GgufTensor | ByteRange, name: str) -> None:
+        src = self._src_fds.get(source.file)
+        if src is None:
+            src = self._src_fds[source.file] = os.open(source.file, os.O_RDONLY)
+        offset, remaining = source.offset, source.nbytes
+        while remaining:
+            n = copy_range(src, self._fd, min(remaining, COPY_CHUNK_BYTES), offset)
+            if n <= 0:
+                raise InputError(f"{source.file}: ended inside tensor {name!r} (was the file changed while copying?)")
+            offset += n
+            remaining -= n
+
+    def close(self) -> None:
+        if self._pos != len(self.tensors):
+            missing = len(self.tensors) - self._pos
+            self._release()
+            raise RopeconvError(f"internal: {missing} tensors were never written to {self.path}")
+        self._open()  # a file with no tensors is still written
+        self._release()
+
+    def _release(self) -> None:
+        for fd in self._src_fds.values():
+            os.close(fd)
+        self._src_fds.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, drop_keys: set[str] = frozenset(),
+                 add_tensors: dict[str, np.ndarray] | None = None) -> None:
+    """Copy `src` to `dst` with metadata changed and tensors added; everything else byte for byte.
+
+    set_fields maps a key to (value_type, value) or (value_type, value, item_type): an existing key
+    is replaced where it stands, a new one is appended. drop_keys that are absent are ignored.
+    add_tensors are appended after the existing tensors; a name that already exists is replaced in
+    place (e.g. a Llama-3 GGUF's rope_freqs.weight).
+    """
+    set_fields = dict(set_fields or {})
+    add_tensors = dict(add_tensors or {})
+    for name, array in add_tensors.items():
+        if not isinstance(array, np.ndarray):
+            raise RopeconvError(f"internal: tensor {name!r} to add is a {type(array).__name__}, not a numpy array")
+        add_tensors[name] = le_contiguous(array)
+    dst = Path(dst)
+    if dst.exists() and os.path.samefile(dst, src.path):
+        raise InputError(f"{dst}: refusing to rewrite a GGUF onto itself")
+    both = set_fields.keys() & set(drop_keys)
+    if both:
+        raise RopeconvError(f"internal: keys both set and dropped: {sorted(both)}")
+
+    new = {key: NewField(key, *spec) for key, spec in set_fields.items()}
+    fields: list[KvEntry] = [new.pop(f.key, f) for f in src.fields if f.key not in drop_keys]
+    fields += new.values()
+
+    infos: list[TensorInfo] = []
+    sources: list[TensorSource] = []
+    for t in src.tensors:
+        array = add_tensors.pop(t.name, None)
+        infos.append(TensorInfo.of(t) if array is None else TensorInfo.of_array(t.name, array))
+        sources.append(t if array is None else array)
+    for name, array in add_tensors.items():
+        infos.append(TensorInfo.of_array(name, array))
+        sources.append(array)
+
+    with GgufWriter(dst, fields, infos, effective_alignment(fields)) as writer:
+        for info, source in zip(infos, sources):
+            writer.write_tensor(info.name, source)
