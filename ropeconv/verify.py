@@ -70,8 +70,9 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
         if not recorded_base.is_file():
             raise InputError(f"{out}: its base {recorded_base} is not there; pass --base BASE.gguf")
         base = recorded_base
-    elif not Path(base).is_file():
-        raise InputError(f"--base {base}: not a file")
+    elif not (Path(base).is_file() or (Path(base) / "config.json").is_file()):
+        # a HF directory holding the same weights (e.g. transformers' dequantization of this GGUF) also serves
+        raise InputError(f"--base {base}: neither a GGUF file nor a HuggingFace model directory")
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     return verify_gguf_file(out, Path(base), plan, device=device, tokens=tokens, tolerance=tolerance,

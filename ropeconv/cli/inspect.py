@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from ropeconv.manifest import read_manifest
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def inspect(path: Path, as_json: bool) -> int:
-    """Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH."""
+    """Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH (a HF dir or a GGUF)."""
+    if path.suffix == ".gguf":
+        return _inspect_gguf(path, as_json)
     ckpt = load_checkpoint(path, allow_pickle=False)
     s = ckpt.scheme
     manifest = read_manifest(ckpt.path)
@@ -58,4 +61,41 @@ def inspect(path: Path, as_json: bool) -> int:
         parity = manifest.get("parity") or {}
         verdict = "not checked" if not parity else ("passed" if parity.get("passed") else "FAILED")
         click.echo(f"  ropeconv         {manifest.get('method')}, parity {verdict}")
+    return 0
+
+
+def _inspect_gguf(path: Path, as_json: bool) -> int:
+    from ropeconv.checkpoint.gguf_scheme import read_gguf_scheme
+    from ropeconv.gguf_io.reader import read_gguf
+
+    src = read_gguf(path)
+    s = read_gguf_scheme(src)
+    plan = src.value("ropeconv.plan")
+    info = {
+        "path": str(path),
+        "format": "gguf",
+        "gguf_version": src.version,
+        "architecture": src.arch,
+        "position_scheme": {"type": "rope", "rope_theta": s.theta, "head_dim": s.head_dim, "rotary_dim": s.rotary_dim},
+        "original_ctx": s.original_ctx,
+        "declared_ctx": s.declared_ctx,
+        "scaling": dict(s.existing_scaling) if s.existing_scaling else None,
+        "tensors": len(src.tensors),
+        "tensor_bytes": sum(t.nbytes for t in src.tensors),
+        "types": dict(sorted(Counter(t.ggml_type.name for t in src.tensors).items())),
+        "ropeconv": json.loads(plan)["method"] if isinstance(plan, str) else None,
+    }
+    if as_json:
+        emit_json(info)
+        return 0
+    types = ", ".join(f"{k}×{v}" for k, v in info["types"].items())
+    click.echo(str(path))
+    click.echo(f"  format           GGUF v{src.version} ({src.arch})")
+    click.echo(f"  positions        rope, base {s.theta:g}, rotary {s.rotary_dim}/{s.head_dim} dims per head")
+    click.echo(f"  original context {s.original_ctx}")
+    click.echo(f"  declared context {s.declared_ctx}")
+    click.echo(f"  scaling          {describe_scaling(s.existing_scaling)}")
+    click.echo(f"  tensors          {len(src.tensors)} ({types}), {info['tensor_bytes']:,} bytes")
+    if info["ropeconv"]:
+        click.echo(f"  ropeconv         {info['ropeconv']}")
     return 0

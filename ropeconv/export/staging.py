@@ -71,7 +71,8 @@ def staged_file(out: Path, force: bool) -> Iterator[Path]:
     check_target(out, force)
     if out.is_dir():
         raise InputError(f"{out} is a directory; -o must name a file here")
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    # keep the suffix: runtimes pick themselves by it (a staged .gguf is run by llama.cpp)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}", dir=out.parent)
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, 0o666 & ~_umask())

@@ -45,12 +45,26 @@ def check_parity(
     reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
     free(model)
 
-    progress(f"candidate: {artifact} in {runtime.NAME}")
-    candidate = runtime.run_passes(artifact, dev, ids, passes)
+    runs = _candidate_runs(artifact, runtime)
+    results = []
+    for label, path, quantized in runs:
+        progress(f"candidate: {label} in {runtime.NAME}")
+        try:
+            results.append((runtime.run_passes(path, dev, ids, passes), quantized))
+        finally:
+            if path != Path(artifact):
+                path.unlink(missing_ok=True)
+    if len(runs) > 1:
+        notes = notes + (
+            f"llama.cpp ran a float32 twin of {Path(artifact).name} (same metadata and carriers, tensors "
+            "dequantized) for the strict check, and the quantized file itself for the q- rows",
+        )
 
     bands = []
-    for p, ref, cand in zip(passes, reference, candidate):
-        bands.extend(compare(p, ref, cand, plan.original_ctx))
+    for candidate, quantized in results:
+        for p, ref, cand in zip(passes, reference, candidate):
+            bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized,
+                                 position_noise=getattr(runtime, "POSITION_NOISE", 0.0)))
     probe = passes[-1]
     if probe.first_position:
         notes = notes + (
@@ -68,6 +82,21 @@ def check_parity(
         tolerance=tolerance,
         notes=notes,
     )
+
+
+def _candidate_runs(artifact: Path, runtime) -> list[tuple[str, Path, bool]]:
+    """(label, file, judged as quantized): a quantized GGUF runs twice, as a float32 twin and as is."""
+    if Path(artifact).suffix != ".gguf":
+        return [(str(artifact), Path(artifact), False)]
+    from ropeconv.gguf_io.reader import read_gguf
+    from ropeconv.parity.f32_twin import needs_twin, write_f32_twin
+
+    src = read_gguf(artifact)
+    if not needs_twin(src):
+        return [(str(artifact), Path(artifact), False)]
+    twin = Path(artifact).with_name(f".{Path(artifact).name}.f32-twin.gguf")
+    write_f32_twin(src, twin)
+    return [(f"float32 twin of {artifact}", twin, False), (str(artifact), Path(artifact), True)]
 
 
 def _quiet_transformers() -> None:

@@ -11,8 +11,19 @@ Positions and n_ctx: llama.cpp stores a position per KV cell and never compares 
 batch check, llama_batch_allocr::init, only requires that a sequence's positions be contiguous and
 continue the memory's last one; the rope and the causal mask read the positions themselves). n_ctx
 only sizes the KV cache (padded to 256 cells), so it must hold the probe's tokens, not its last
-position. Neither linear nor YaRN scaling in llama.cpp reads n_ctx (YaRN reads yarn_orig_ctx), so the
-choice of n_ctx does not change the math.
+position. Neither linear nor YaRN scaling in llama.cpp reads n_ctx (YaRN reads yarn_orig_ctx), so for
+them the choice of n_ctx does not change the math (measured: logits bit-identical with n_ctx 1024 and
+8960 at positions 7680–8703). One exception: LongRoPE picks its long or short factor tensor once per
+context, from n_ctx (padded to 256) > original context (llama_model::get_rope_factors), where
+transformers decides per forward from max(position) + 1; `run_passes` therefore gives a file with
+rope_factors_long a context of last position + 1 per pass (exact when the original context is a
+multiple of 256, as it is in practice).
+
+Noise: llama.cpp's rope computes angles by repeated float32 multiplication (ggml_rope_cache_init), so
+its float error grows with position: on a float32 GGUF it matches transformers to 2e-4 below 1k and
+9e-3 around 8k (max |Δlogit|, SmolLM2). Quantized weights add far more: Q4_1 matmuls on q8-rounded
+activations put SmolLM2 at max |Δlogit| 1–5, mean KL 5e-3–8e-3, top-1 87–91% against the float32
+dequantized weights, which hides rope errors below ~1% (see the parity tolerance for GGUF).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +42,11 @@ import torch
 from ropeconv.errors import InputError
 
 NAME = "llama.cpp"
+# ggml builds rope angles by repeated float32 multiplication (theta *= base^(-2/d)), so its error
+# grows with position: measured max|Δlogit| 8.8e-3 at 8.2k on a float32 SmolLM2 with the right
+# rope (3.5e-2 expected near 32k), while a 0.1% attention-factor error gives 0.12. The strict
+# tolerance is widened to this × last position where that is larger than the fixed one.
+POSITION_NOISE = 3e-6
 
 N_BATCH = 512  # tokens per llama_decode call (and per micro-batch): one chunk's logits are 512 × vocab floats
 SEED = 20231  # llama.cpp only uses it for sampling; fixed so that nothing here depends on the clock
@@ -79,18 +96,30 @@ def _gguf_file(artifact: Path) -> Path:
     return artifact
 
 
-@contextlib.contextmanager
-def _captured_log(llama_cpp) -> Iterator[list[str]]:
-    """Route llama.cpp's log lines into a list (not stderr) for the duration, then restore the package's callback.
+# ggml's enum since late 2024: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5. (llama-cpp-python 0.3.36's
+# _logger still maps the older order, INFO 1 … ERROR 3, DEBUG 4, so with verbose=False it prints llama.cpp's
+# warnings, e.g. "n_ctx_seq (8704) > n_ctx_train (8192)", and drops its errors: one more reason to capture.)
+GGML_LOG_LEVEL_ERROR = 4
+GGML_LOG_LEVEL_CONT = 5
 
-    With verbose=False llama-cpp-python already drops everything below ERROR, but errors (a failed load, a
-    rejected batch) would still reach stderr as several raw lines; the caller turns them into one message.
+
+@contextlib.contextmanager
+def _captured_log(llama_cpp) -> Iterator[list[tuple[int, str]]]:
+    """Route llama.cpp's log into a list of (level, text) for the duration, then restore the package's callback.
+
+    With verbose=False llama-cpp-python drops everything below ERROR, but errors (a rejected batch) would
+    still reach stderr as raw lines, and during a load it discards them, root cause included; the caller
+    turns them into one message instead.
     """
-    lines: list[str] = []
+    lines: list[tuple[int, str]] = []
 
     @llama_cpp.llama_log_callback
     def collect(level: int, text: bytes, user_data) -> None:  # noqa: ARG001
-        lines.append(text.decode("utf-8", "replace"))
+        message = text.decode("utf-8", "replace")
+        if level == GGML_LOG_LEVEL_CONT and lines:
+            lines[-1] = (lines[-1][0], lines[-1][1] + message)
+        else:
+            lines.append((level, message))
 
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     try:
@@ -101,10 +130,13 @@ def _captured_log(llama_cpp) -> Iterator[list[str]]:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def _last_error(lines: list[str]) -> str:
-    text = [line.strip() for line in "".join(lines).splitlines() if line.strip()]
-    errors = [line for line in text if "error" in line.lower() or "failed" in line.lower()]
-    return (errors or text or ["no message from llama.cpp"])[-1]
+def _first_error(lines: list[tuple[int, str]], fallback: str) -> str:
+    """The root cause: llama.cpp logs it first and then each caller's "failed" on top."""
+    texts = [(level, " ".join(text.split())) for level, text in lines]
+    errors = [t for level, t in texts if level == GGML_LOG_LEVEL_ERROR and t]
+    # older ggml numbered ERROR 3; fall back to the wording
+    errors = errors or [t for _, t in texts if "error" in t.lower() or "failed" in t.lower()]
+    return re.sub(r"^\w+: ", "", errors[0]) if errors else fallback
 
 
 def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> LlamaCppHandle:
@@ -129,6 +161,12 @@ def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> Ll
         seed=SEED,
         n_threads=threads,
         n_threads_batch=threads,
+        # keys and values kept in float32: the KV cache type is a runtime storage choice, not part of the
+        # artifact, and llama.cpp's default f16 cache alone moves SmolLM2's logits by up to 9e-2 (measured),
+        # which would hide a 0.1% rope error (2e-2). Flash attention stays off (its CPU path rounds to f16 too).
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+        flash_attn=False,
         verbose=False,
     )
     kwargs.update(llama_kwargs)
@@ -136,7 +174,7 @@ def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> Ll
         try:
             llama = llama_cpp.Llama(**kwargs)
         except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with a generic text
-            raise InputError(f"{path}: llama.cpp could not load it: {_last_error(log) if log else exc}") from None
+            raise InputError(f"{path}: llama.cpp could not load it: {_first_error(log, str(exc))}") from None
     ctx = llama._ctx.ctx
     n_batch = int(llama_cpp.llama_n_batch(ctx))
     batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -179,25 +217,55 @@ def logits(handle: LlamaCppHandle, input_ids: torch.Tensor, position_ids: torch.
     batch = handle.batch
     out = np.empty((n, handle.n_vocab), dtype=np.float32)
     with _captured_log(llama_cpp) as log:
+        # start from an empty memory; the probe stays in it afterwards, so llama.cpp itself can be asked
+        # where the tokens sit (llama_memory_seq_pos_min/max), until the next call clears it
         llama_cpp.llama_memory_clear(memory, True)
-        try:
-            for start in range(0, n, handle.n_batch):
-                m = min(handle.n_batch, n - start)
-                batch.n_tokens = m
-                for i in range(m):
-                    batch.token[i] = ids[start + i]
-                    batch.pos[i] = first + start + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = 1
-                rc = llama_cpp.llama_decode(ctx, batch)
-                if rc != 0:
-                    raise RuntimeError(f"llama_decode returned {rc} at tokens {start}–{start + m - 1}: {_last_error(log)}")
-                # outputs of the last decode, in batch order: m rows of n_vocab
-                chunk = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(m * handle.n_vocab,))
-                out[start : start + m] = chunk.reshape(m, handle.n_vocab)
-        finally:
-            # leave the context empty and the high-level Llama consistent with it
-            llama_cpp.llama_memory_clear(memory, True)
-            handle.llama.n_tokens = 0
+        handle.llama.n_tokens = 0  # keep the high-level Llama from assuming a prefix of its own
+        for start in range(0, n, handle.n_batch):
+            m = min(handle.n_batch, n - start)
+            batch.n_tokens = m
+            for i in range(m):
+                batch.token[i] = ids[start + i]
+                batch.pos[i] = first + start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1  # an output row for every token
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc} at tokens {start}–{start + m - 1}: {_first_error(log, 'no message')}")
+            # the outputs of this decode, in batch order: m rows of n_vocab
+            chunk = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(m * handle.n_vocab,))
+            out[start : start + m] = chunk.reshape(m, handle.n_vocab)
     return torch.from_numpy(out)
+
+
+def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) -> list[torch.Tensor]:
+    """Logits per probe pass, each [n_tokens, vocab], tokens at the pass's positions."""
+    path = _gguf_file(artifact)
+    switched = _length_switched(path)
+    handle, handle_ctx, out = None, None, []
+    try:
+        for p in passes:
+            # one context for every pass, holding the longest; per pass for LongRoPE (see the module docstring)
+            n_ctx = max(p.n_tokens, p.last_position + 1) if switched else max(q.n_tokens for q in passes)
+            if n_ctx != handle_ctx:
+                if handle is not None:
+                    handle.close()
+                handle, handle_ctx = load(path, device, n_ctx), n_ctx
+            out.append(logits(handle, ids[:, : p.n_tokens], p.position_ids()))
+    finally:
+        if handle is not None:
+            handle.close()
+    return out
+
+
+def _length_switched(path: Path) -> bool:
+    """Whether llama.cpp would choose between long and short rope factors by context size."""
+    from ropeconv.gguf_io import read_gguf
+
+    try:
+        index = read_gguf(path)  # the header only: ~0.1 s where gguf.GGUFReader takes 3 s on SmolLM2
+    except InputError:  # not readable: load() says why, in llama.cpp's words
+        return False
+    # a rope_freqs tensor takes precedence over both sets (llama_model::get_rope_factors)
+    return index.tensor("rope_factors_long.weight") is not None and index.tensor("rope_freqs.weight") is None
