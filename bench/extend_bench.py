@@ -18,8 +18,10 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 RUNS = 3
 MAX_RATIO = 1.3
@@ -91,6 +93,8 @@ def safetensors_header(tensors: list) -> bytes:
 
 def write_shard(path: Path, tensors: list, gen: torch.Generator) -> None:
     """Written by hand, one random tensor at a time, so memory stays at one tensor (<= 262 MB)."""
+    import torch  # only to build the checkpoint: bench.retrofit_bench shares the helpers below without it
+
     with open(path, "wb") as fh:
         fh.write(safetensors_header(tensors))
         for _, shape in tensors:
@@ -120,6 +124,8 @@ def ensure_checkpoint(root: Path, size_gb: float) -> Path:
     tmp = root / ".synthetic.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    import torch
+
     gen = torch.Generator().manual_seed(0)
     for file, tensors in layout.items():
         print(f"bench: writing {tmp / file}", file=sys.stderr)
@@ -150,9 +156,9 @@ def _reads_json(path: Path):
 
 # --- measuring ----------------------------------------------------------------------------------
 
-def warm_page_cache(directory: Path) -> None:
-    """Read every input file once so neither command pays for cold reads the other did not."""
-    for path in sorted(directory.iterdir()):
+def warm_page_cache(src: Path) -> None:
+    """Read every input file (src, or each file in it) once: no command pays for cold reads another did not."""
+    for path in sorted(src.iterdir()) if src.is_dir() else [src]:
         with open(path, "rb", buffering=0) as fh:
             while fh.read(64 << 20):
                 pass
@@ -180,8 +186,11 @@ def measure(cmd: list[str]) -> tuple[float, float]:
 
 
 def reset(path: Path) -> None:
-    """Remove a previous output and flush dirty pages, so no run pays for another's writeback."""
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a previous output (directory or file) and flush dirty pages: no run pays for another's writeback."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
     os.sync()
 
 

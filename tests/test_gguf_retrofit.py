@@ -89,16 +89,25 @@ CELLS = [
     ("yarn", ["--beta-fast", "16", "--beta-slow", "2"], {"llama.rope.scaling.attn_factor"}, {"rope_freqs.weight"}),
     ("llama3", [], set(), {"rope_freqs.weight"}),
     ("freqs", ["FACTORS"], {"llama.rope.scaling.attn_factor"}, {"rope_freqs.weight"}),
+    # the type must stay: llama's loader reads the factor tensors only with type longrope
+    ("longrope", ["LONGROPE"], {"llama.rope.scaling.attn_factor"},
+     {"rope_factors_long.weight", "rope_factors_short.weight"}),
 ]
 
 
 @pytest.mark.parametrize("method,args,declared_keys,declared_tensors", CELLS,
-                         ids=["linear", "ntk", "dynamic-baked", "yarn-attn", "yarn-betas", "llama3", "freqs"])
+                         ids=["linear", "ntk", "dynamic-baked", "yarn-attn", "yarn-betas", "llama3", "freqs",
+                              "longrope"])
 def test_gguf_cell_is_exact_in_llama_cpp(gguf, smol_hf, tmp_path, method, args, declared_keys, declared_tensors):
     if args == ["FACTORS"]:
         path = tmp_path / "f.json"
         path.write_text(json.dumps(np.geomspace(1.0, 4.0, 32).tolist()))
         args = ["--factors", str(path), "--attention-factor", "1.05"]
+    elif args == ["LONGROPE"]:
+        path = tmp_path / "lr.json"
+        path.write_text(json.dumps({"short_factor": np.linspace(1.0, 1.3, 32).tolist(),
+                                    "long_factor": np.geomspace(1.0, 5.0, 32).tolist()}))
+        args = ["--factors", str(path)]
     out = tmp_path / f"smol-{method}.gguf"
     assert run_cli("extend", gguf, "--method", method, "--factor", "4", "-o", out, "--no-verify", "-q", *args) == 0
     assert tensor_hashes(out).items() >= tensor_hashes(gguf).items()

@@ -94,6 +94,21 @@ def resolve_lengths(scheme: RopeScheme, request: ExtendRequest) -> Lengths:
     return Lengths(original_ctx=int(original), target_ctx=target, factor=float(factor))
 
 
+def build_plan(name: str, scheme: RopeScheme, lengths: Lengths, divisors, **fields: Any) -> RopePlan:
+    """A RopePlan with the fields every method fills the same way; `theta` may be overridden."""
+    theta = fields.pop("theta", scheme.theta)
+    return RopePlan(
+        method=name,
+        theta=theta,
+        rotary_dim=scheme.rotary_dim,
+        original_ctx=lengths.original_ctx,
+        target_ctx=lengths.target_ctx,
+        factor=lengths.factor,
+        divisors=tuple(divisors),
+        **fields,
+    )
+
+
 def require_finite(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value):

@@ -10,7 +10,15 @@ for formats that cannot recompute it per length.
 from __future__ import annotations
 
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Option, Support, resolve_lengths
+from ropeconv.methods.base import (
+    Cell,
+    ExtendRequest,
+    GgufDeclaration,
+    Option,
+    Support,
+    build_plan,
+    resolve_lengths,
+)
 from ropeconv.positions import LengthRule, RopePlan, RopeScheme
 from ropeconv.positions.rope import dynamic_ntk_theta
 
@@ -26,21 +34,15 @@ CELLS = {
 def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
     n = resolve_lengths(scheme, request)
     bake_at = request.options.get("bake_at")
-    common = dict(
-        method=NAME,
-        rotary_dim=scheme.rotary_dim,
-        original_ctx=n.original_ctx,
-        target_ctx=n.target_ctx,
-        factor=n.factor,
-        divisors=(1.0,) * scheme.n_pairs,
-    )
+    ones = (1.0,) * scheme.n_pairs
     if bake_at is None:
-        return RopePlan(theta=scheme.theta, length_rule=LengthRule.DYNAMIC_NTK, params={"factor": n.factor}, **common)
+        return build_plan(NAME, scheme, n, ones, length_rule=LengthRule.DYNAMIC_NTK, params={"factor": n.factor})
     if not n.original_ctx < bake_at <= n.target_ctx:
         raise InputError(f"--bake-at {bake_at} must be above the original context {n.original_ctx} and at most the "
                          f"target {n.target_ctx}")
     theta = dynamic_ntk_theta(scheme.theta, scheme.rotary_dim, n.factor, n.original_ctx, bake_at)
-    return RopePlan(theta=theta, params={"factor": n.factor, "bake_at": bake_at, "base_theta": scheme.theta}, **common)
+    return build_plan(NAME, scheme, n, ones, theta=theta,
+                      params={"factor": n.factor, "bake_at": bake_at, "base_theta": scheme.theta})
 
 
 def hf_rope_parameters(plan: RopePlan) -> dict:

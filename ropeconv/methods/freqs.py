@@ -19,6 +19,7 @@ from ropeconv.methods.base import (
     check_factor_list,
     read_json_file,
     require_positive,
+    build_plan,
     resolve_lengths,
     rope_freqs_carrier,
 )
@@ -52,14 +53,11 @@ def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
         raise InputError("--method freqs needs --factors FILE (JSON list of rotary_dim/2 divisors)")
     factors = read_factors(Path(path), scheme.n_pairs)
     attention = require_positive("--attention-factor", request.option("attention_factor", 1.0))
-    return RopePlan(
-        method=NAME,
-        theta=scheme.theta,
-        rotary_dim=scheme.rotary_dim,
-        original_ctx=n.original_ctx,
-        target_ctx=n.target_ctx,
-        factor=n.factor,
-        divisors=factors,
+    return build_plan(
+        NAME,
+        scheme,
+        n,
+        factors,
         attention_factor=attention,
         params={"factor": n.factor, "attention_factor": attention, "factors_file": Path(path).name},
     )

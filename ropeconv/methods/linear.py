@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Support, resolve_lengths
+from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Support, build_plan, resolve_lengths
 from ropeconv.positions import RopePlan, RopeScheme
 
 NAME = "linear"
@@ -19,14 +19,11 @@ CELLS = {
 
 def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
     n = resolve_lengths(scheme, request)
-    return RopePlan(
-        method=NAME,
-        theta=scheme.theta,
-        rotary_dim=scheme.rotary_dim,
-        original_ctx=n.original_ctx,
-        target_ctx=n.target_ctx,
-        factor=n.factor,
-        divisors=(n.factor,) * scheme.n_pairs,
+    return build_plan(
+        NAME,
+        scheme,
+        n,
+        (n.factor,) * scheme.n_pairs,
         params={"factor": n.factor},
     )
 

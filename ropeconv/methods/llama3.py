@@ -18,6 +18,7 @@ from ropeconv.methods.base import (
     Option,
     Support,
     require_positive,
+    build_plan,
     resolve_lengths,
     rope_freqs_carrier,
 )
@@ -57,14 +58,11 @@ def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
     high = require_positive("--high-freq-factor", request.option("high_freq_factor", 4.0))
     if high <= low:
         raise InputError(f"--high-freq-factor ({high:g}) must exceed --low-freq-factor ({low:g})")
-    return RopePlan(
-        method=NAME,
-        theta=scheme.theta,
-        rotary_dim=scheme.rotary_dim,
-        original_ctx=n.original_ctx,
-        target_ctx=n.target_ctx,
-        factor=n.factor,
-        divisors=divisors(scheme.theta, scheme.rotary_dim, n.factor, n.original_ctx, low, high),
+    return build_plan(
+        NAME,
+        scheme,
+        n,
+        divisors(scheme.theta, scheme.rotary_dim, n.factor, n.original_ctx, low, high),
         params={"factor": n.factor, "low_freq_factor": low, "high_freq_factor": high},
     )
 

@@ -21,6 +21,7 @@ from ropeconv.methods.base import (
     check_factor_list,
     read_json_file,
     require_positive,
+    build_plan,
     resolve_lengths,
 )
 from ropeconv.positions import LengthRule, RopePlan, RopeScheme
@@ -66,14 +67,11 @@ def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
         if explicit is not None
         else default_attention_factor(n.factor, n.original_ctx)
     )
-    return RopePlan(
-        method=NAME,
-        theta=scheme.theta,
-        rotary_dim=scheme.rotary_dim,
-        original_ctx=n.original_ctx,
-        target_ctx=n.target_ctx,
-        factor=n.factor,
-        divisors=short,
+    return build_plan(
+        NAME,
+        scheme,
+        n,
+        short,
         long_divisors=long,
         attention_factor=attention,
         length_rule=LengthRule.SWITCH,

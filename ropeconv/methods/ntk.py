@@ -7,7 +7,7 @@ The lowest frequency becomes exactly θ/s (PI-like) while the highest stays unch
 
 from __future__ import annotations
 
-from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Support, resolve_lengths
+from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Support, build_plan, resolve_lengths
 from ropeconv.positions import RopePlan, RopeScheme
 
 NAME = "ntk"
@@ -25,14 +25,12 @@ def ntk_theta(theta: float, rotary_dim: int, factor: float) -> float:
 
 def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
     n = resolve_lengths(scheme, request)
-    return RopePlan(
-        method=NAME,
+    return build_plan(
+        NAME,
+        scheme,
+        n,
+        (1.0,) * scheme.n_pairs,
         theta=ntk_theta(scheme.theta, scheme.rotary_dim, n.factor),
-        rotary_dim=scheme.rotary_dim,
-        original_ctx=n.original_ctx,
-        target_ctx=n.target_ctx,
-        factor=n.factor,
-        divisors=(1.0,) * scheme.n_pairs,
         params={"factor": n.factor, "base_theta": scheme.theta},
     )
 

@@ -21,6 +21,7 @@ from ropeconv.methods.base import (
     Option,
     Support,
     require_positive,
+    build_plan,
     resolve_lengths,
     rope_freqs_carrier,
 )
@@ -102,14 +103,11 @@ def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
     for key, value in (("attention_factor", explicit), ("mscale", mscale), ("mscale_all_dim", mscale_all_dim)):
         if value is not None:
             params[key] = float(value)
-    return RopePlan(
-        method=NAME,
-        theta=scheme.theta,
-        rotary_dim=scheme.rotary_dim,
-        original_ctx=n.original_ctx,
-        target_ctx=n.target_ctx,
-        factor=n.factor,
-        divisors=divisors,
+    return build_plan(
+        NAME,
+        scheme,
+        n,
+        divisors,
         attention_factor=attention_factor(n.factor, explicit, mscale, mscale_all_dim),
         params=params,
     )
