@@ -34,6 +34,7 @@ test: install
 
 bench: install
 	$(PY) -m bench.extend_bench --work $(WORK)/bench
+	$(PY) -m bench.retrofit_bench --work $(WORK)/bench
 
 clean:
 	rm -rf $(WORK) build *.egg-info

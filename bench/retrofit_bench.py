@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     src = ensure_gguf(args.work, args.size_gb)
     report = run_bench(src, args.work, max(1, args.runs))
     table = report_markdown(report)
-    (args.work / "report.md").write_text(table)
+    (args.work / "retrofit-report.md").write_text(table)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
     return 0 if report["tensor_check"]["identical"] else 1
 

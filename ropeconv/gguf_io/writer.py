@@ -240,7 +240,10 @@ class GgufWriter:
 
     def _open(self) -> None:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            # No O_TRUNC: the staged path already exists (mkstemp), and truncating an existing file to 0
+            # arms ext4's auto_da_alloc, which makes close() write the whole file back (~1.8 s for 2 GB).
+            # A longer stale file is cut to size in close() instead.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
             write_all(self._fd, self.header)
 
     def write_tensor(self, name: str, source: TensorSource) -> None:
@@ -282,6 +285,9 @@ class GgufWriter:
             self._release()
             raise RopeconvError(f"internal: {missing} tensors were never written to {self.path}")
         self._open()  # a file with no tensors is still written
+        end = len(self.header) + sum(align_up(t.nbytes, self.alignment) for t in self.tensors)
+        if os.fstat(self._fd).st_size != end:
+            os.ftruncate(self._fd, end)
         self._release()
 
     def _release(self) -> None:
