@@ -14,14 +14,13 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from bench.extend_bench import MAX_RSS_MB, RUNS, markdown, measure, reset, warm_page_cache
+from bench.extend_bench import MAX_RSS_MB, RUNS, markdown, measure, reset, rows_and_targets, warm_page_cache
 from ropeconv.errors import RopeconvError
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, align_up, read_gguf, tensor_nbytes
 from ropeconv.gguf_io.writer import GgufWriter, NewField, TensorInfo, build_header
@@ -176,21 +175,7 @@ def run_bench(src: Path, root: Path, runs: int = RUNS) -> dict:
 
 
 def summarize(src: Path, samples: dict[str, list[tuple[float, float]]]) -> dict:
-    base = statistics.median(s for s, _ in samples[CP_LABEL])
-    rows = []
-    for label, runs in samples.items():
-        median = statistics.median(s for s, _ in runs)
-        rows.append({
-            "command": label, "median_s": round(median, 3), "runs_s": [round(s, 3) for s, _ in runs],
-            "ratio_to_cp": round(median / base, 3), "peak_rss_mb": round(max(m for _, m in runs), 1),
-        })  # fmt: skip
-    retrofit = rows[1]
-    targets = [
-        {"target": "retrofit time / cp time", "value": retrofit["ratio_to_cp"], "limit": MAX_RATIO,
-         "result": "PASS" if retrofit["ratio_to_cp"] <= MAX_RATIO else "MISS"},
-        {"target": "retrofit peak RSS (MB)", "value": retrofit["peak_rss_mb"], "limit": MAX_RSS_MB,
-         "result": "PASS" if retrofit["peak_rss_mb"] <= MAX_RSS_MB else "MISS"},
-    ]  # fmt: skip
+    rows, targets = rows_and_targets(samples, CP_LABEL, "retrofit", MAX_RATIO, MAX_RSS_MB)
     return {"checkpoint": str(src), "checkpoint_bytes": src.stat().st_size, "runs": len(samples[CP_LABEL]),
             "rows": rows, "targets": targets}  # fmt: skip
 
