@@ -104,12 +104,7 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
         return run_gguf(job, progress)
     progress = progress or Progress(enabled=False)
     prepared = prepare(job)
-    check_target(job.out, job.force)
-    if job.verify:
-        pick_device(job.device)  # refuse --device cuda without CUDA before any work
-    base, out = job.base.resolve(), job.out.resolve()
-    if out == base or base in out.parents or out in base.parents:
-        raise InputError(f"-o {job.out} overlaps the base {job.base}; write the output elsewhere")
+    preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
     with staged_dir(job.out, job.force) as tmp:
         files = _write_safetensors(ckpt, tmp, job.max_shard_bytes, progress)
@@ -128,17 +123,32 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
                 tolerance=job.tolerance,
                 progress=progress.note,
             )
-            progress.note(report.format())
-            if not report.passed:
-                raise ParityError(
-                    f"parity failed (max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}); "
-                    f"nothing written to {job.out}"
-                )
+            gate(report, job.out, progress)
         parity = report.card_summary() if report else None
         card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, prepared.hf_rope, parity)
         (tmp / "README.md").write_text(card)
         write_manifest(tmp, _manifest_body(job, prepared, parity))
     return ExtendResult(job.out, plan, tuple(sorted(files)), report)
+
+
+def preflight(job: ExtendJob) -> None:
+    """The checks every output path makes after planning and before writing a byte."""
+    check_target(job.out, job.force)
+    if job.verify:
+        pick_device(job.device)  # refuse --device cuda without CUDA before any work
+    base, out = job.base.resolve(), job.out.resolve()
+    if out == base or base in out.parents or out in base.parents:
+        raise InputError(f"-o {job.out} overlaps the base {job.base}; write the output elsewhere")
+
+
+def gate(report: ParityReport, out: Path, progress: Progress) -> None:
+    """Show the report; a failed one stops the staged output from being published."""
+    progress.note(report.format())
+    if not report.passed:
+        raise ParityError(
+            f"parity failed (max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}); "
+            f"nothing written to {out}"
+        )
 
 
 def _write_safetensors(ckpt: Checkpoint, out: Path, max_shard_bytes: int, progress: Progress) -> list[str]:

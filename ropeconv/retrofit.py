@@ -20,11 +20,10 @@ from ropeconv import methods
 from ropeconv.archs import GgufArchSpec
 from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, gguf_arch, read_gguf_scheme
 from ropeconv.checkpoint.rope_config import describe_scaling
-from ropeconv.errors import InputError, ParityError
-from ropeconv.export.staging import check_target, staged_file
+from ropeconv.errors import InputError
+from ropeconv.export.staging import staged_file
 from ropeconv.gguf_io.reader import GgufFile, read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
-from ropeconv.methods.base import GgufDeclaration
 from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
@@ -39,7 +38,6 @@ class GgufPrepared:
     src: GgufFile
     arch: GgufArchSpec
     plan: RopePlan
-    declaration: GgufDeclaration
     set_fields: dict[str, tuple]
     drop_keys: frozenset[str]
     add_tensors: dict[str, np.ndarray]
@@ -59,8 +57,9 @@ def prepare_gguf(job) -> GgufPrepared:
             f"context {scheme.original_ctx}); a second method would stack on weights tuned for the first — "
             "pass --rebase to replace it, starting from the unscaled frequencies"
         )
-    plan = methods.get(job.method).plan(scheme, job.request)
-    declaration = methods.get(job.method).gguf_declaration(plan, arch)
+    method = methods.get(job.method)
+    plan = method.plan(scheme, job.request)
+    declaration = method.gguf_declaration(plan, arch)
     a = arch.name
     # every rope extension key the base had is replaced by this declaration
     drop = {f.key for f in src.fields if f.key.startswith(f"{a}.rope.scaling.") or f.key.startswith("ropeconv.")}
@@ -79,11 +78,11 @@ def prepare_gguf(job) -> GgufPrepared:
         raise InputError(f"{job.base}: carrier tensor {stale[0]} cannot be removed in a retrofit yet; it would "
                          "keep acting on the new plan")
     add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
-    return GgufPrepared(src, arch, plan, declaration, set_fields, frozenset(drop), add)
+    return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add)
 
 
 def run_gguf(job, progress: Progress | None = None):
-    from ropeconv.pipeline import ExtendResult
+    from ropeconv.pipeline import ExtendResult, gate, preflight
 
     progress = progress or Progress(enabled=False)
     if job.formats not in (("gguf",), ()):
@@ -91,13 +90,7 @@ def run_gguf(job, progress: Progress | None = None):
     if not is_gguf(job.out):
         raise InputError(f"-o {job.out}: a GGUF base is written to a .gguf file")
     prepared = prepare_gguf(job)
-    check_target(job.out, job.force)
-    if Path(job.out).resolve() == Path(job.base).resolve():
-        raise InputError(f"-o {job.out} is the base itself; write the output elsewhere")
-    if job.verify:
-        from ropeconv.parity import pick_device
-
-        pick_device(job.device)
+    preflight(job)
     report = None
     with staged_file(job.out, job.force) as tmp:
         progress.note(f"gguf: rewriting metadata, copying {len(prepared.src.tensors)} tensors")
@@ -106,12 +99,7 @@ def run_gguf(job, progress: Progress | None = None):
         if job.verify:
             report = verify_gguf_file(tmp, Path(job.base), prepared.plan, device=job.device, tokens=job.tokens,
                                       tolerance=job.tolerance, progress=progress)
-            progress.note(report.format())
-            if not report.passed:
-                raise ParityError(
-                    f"parity failed (max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}); "
-                    f"nothing written to {job.out}"
-                )
+            gate(report, Path(job.out), progress)
     return ExtendResult(Path(job.out), prepared.plan, (Path(job.out).name,), report)
 
 

@@ -24,6 +24,8 @@ def verify_output(
     out = Path(out)
     if not out.exists():
         raise InputError(f"{out}: not found")
+    if tokens is not None and tokens < 2:
+        raise InputError(f"--tokens must be at least 2, got {tokens}")
     if out.suffix == ".gguf" and out.is_file():
         return _verify_gguf(out, base, device, tokens, tolerance, progress)
     if not out.is_dir():
@@ -47,8 +49,6 @@ def verify_output(
             notes = (f"base {recorded} not found; reference built from this output's weights",)
     elif not Path(base).is_dir():
         raise InputError(f"--base {base}: not a directory")
-    if tokens is not None and tokens < 2:
-        raise InputError(f"--tokens must be at least 2, got {tokens}")
     return check_parity(
         out,
         Path(base),
@@ -73,7 +73,5 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
     elif not (Path(base).is_file() or (Path(base) / "config.json").is_file()):
         # a HF directory holding the same weights (e.g. transformers' dequantization of this GGUF) also serves
         raise InputError(f"--base {base}: neither a GGUF file nor a HuggingFace model directory")
-    if tokens is not None and tokens < 2:
-        raise InputError(f"--tokens must be at least 2, got {tokens}")
     return verify_gguf_file(out, Path(base), plan, device=device, tokens=tokens, tolerance=tolerance,
                             progress=progress)
