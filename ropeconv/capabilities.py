@@ -10,7 +10,9 @@ from ropeconv.pipeline import FORMATS
 _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
 FORMAT_NOTES = {
     "gguf": "from a GGUF base: an existing GGUF, quantized or not, retrofitted in place (HF → GGUF conversion "
-    "is not available yet)",
+    "is not available yet). Parity-proven in llama.cpp on the llama architecture (SmolLM2); the other GGUF "
+    "architectures, including phi3's LongRoPE tensors, get the keys llama.cpp's source reads but no parity "
+    "test yet",
 }
 
 
