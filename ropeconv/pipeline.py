@@ -20,6 +20,7 @@ from ropeconv.export.card import model_card
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir
+from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
 from ropeconv.manifest import write_manifest
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
@@ -28,7 +29,7 @@ from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
 FORMATS = ("safetensors", "gguf")  # the matrix's columns
-HF_FORMATS = ("safetensors",)  # what a HuggingFace base can be written as today
+HF_FORMATS = ("safetensors", "gguf")  # what a HuggingFace base can be written as
 GGUF_FORMATS = ("gguf",)  # a GGUF base is retrofitted in place of format conversion
 
 
@@ -39,6 +40,7 @@ class ExtendJob:
     request: ExtendRequest
     out: Path
     formats: tuple[str, ...] = ("safetensors",)
+    outtype: str = "f16"  # GGUF tensor type for weight matrices
     force: bool = False
     rebase: bool = False
     allow_pickle: bool = False
@@ -55,6 +57,7 @@ class Prepared:
     plan: RopePlan
     hf_rope: dict[str, Any]
     hf_config: dict[str, Any]
+    gguf: GgufPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class ExtendResult:
     plan: RopePlan
     files: tuple[str, ...]
     parity: ParityReport | None
+    reports: tuple[ParityReport, ...] = ()
 
 
 def parse_formats(text: str | None, base: Path) -> tuple[str, ...]:
@@ -94,7 +98,8 @@ def prepare(job: ExtendJob) -> Prepared:
     hf_rope = method.hf_rope_parameters(plan)
     hf_config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, plan, hf_rope)
     vocab_size(ckpt.config)
-    return Prepared(ckpt, plan, hf_rope, hf_config)
+    gguf = plan_gguf(ckpt, plan, job.outtype) if "gguf" in job.formats else None
+    return Prepared(ckpt, plan, hf_rope, hf_config, gguf)
 
 
 def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
@@ -106,29 +111,31 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
+    gguf_name = gguf_file_name(ckpt, job.outtype) if prepared.gguf else None
     with staged_dir(job.out, job.force) as tmp:
-        files = _write_safetensors(ckpt, tmp, job.max_shard_bytes, progress)
-        (tmp / "config.json").write_text(json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n")
-        for name in ckpt.aux_files:
-            shutil.copyfile(ckpt.path / name, tmp / name)
-        report = None
+        files = _write_tensors(prepared, job, tmp, gguf_name, progress)
+        if "safetensors" in job.formats:
+            (tmp / "config.json").write_text(json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n")
+            for name in ckpt.aux_files:
+                shutil.copyfile(ckpt.path / name, tmp / name)
+        reports: dict[str, ParityReport] = {}  # by format
         if job.verify:
-            report = check_parity(
-                tmp,
-                ckpt.path,
-                plan,
-                vocab_size(ckpt.config),
-                device=job.device,
-                tokens=job.tokens,
-                tolerance=job.tolerance,
-                progress=progress.note,
-            )
-            gate(report, job.out, progress)
-        parity = report.card_summary() if report else None
-        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, prepared.hf_rope, parity)
+            check = dict(device=job.device, tokens=job.tokens, tolerance=job.tolerance, progress=progress.note)
+            if "safetensors" in job.formats:
+                reports["safetensors"] = check_parity(tmp, ckpt.path, plan, vocab_size(ckpt.config), **check)
+                gate(reports["safetensors"], job.out, progress)
+            if gguf_name:
+                reports["gguf"] = check_gguf_parity(tmp / gguf_name, ckpt.path, plan, vocab_size(ckpt.config),
+                                                    **check)
+                gate(reports["gguf"], job.out, progress)
+        parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
+        gguf_record = _formats_record(job, prepared, gguf_name).get("gguf")
+        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan,
+                          prepared.hf_rope if "safetensors" in job.formats else None, gguf_record, parity)
         (tmp / "README.md").write_text(card)
-        write_manifest(tmp, _manifest_body(job, prepared, parity))
-    return ExtendResult(job.out, plan, tuple(sorted(files)), report)
+        write_manifest(tmp, _manifest_body(job, prepared, gguf_name, parity))
+    first = next(iter(reports.values()), None)
+    return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
 
 
 def preflight(job: ExtendJob) -> None:
@@ -151,18 +158,41 @@ def gate(report: ParityReport, out: Path, progress: Progress) -> None:
         )
 
 
-def _write_safetensors(ckpt: Checkpoint, out: Path, max_shard_bytes: int, progress: Progress) -> list[str]:
-    writer = SafetensorsWriter(out, list(ckpt.tensors), max_shard_bytes)
+def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str | None,
+                   progress: Progress) -> list[str]:
+    """One pass over the base's tensors, feeding every requested format."""
+    ckpt = prepared.checkpoint
+    safetensors = SafetensorsWriter(out, list(ckpt.tensors), job.max_shard_bytes) \
+        if "safetensors" in job.formats else None
+    gguf = GgufConversion(prepared.gguf, out / gguf_name) if gguf_name else None
+    label = "+".join(job.formats)
     source = ckpt.open_source()
     total, done = ckpt.total_bytes, 0
     try:
         for entry in ckpt.tensors:
-            writer.write(entry, source)
+            if safetensors:
+                safetensors.write(entry, source)
+            if gguf:
+                gguf.write(entry, source)
             done += entry.nbytes
-            progress.step("safetensors", done, total)
+            progress.step(label, done, total)
+        files = safetensors.close() if safetensors else []
+        if gguf:
+            gguf.close()
+            files.append(gguf_name)
+    except BaseException:
+        if gguf:
+            gguf.abort()
+        raise
     finally:
         source.close()
-    return writer.close()
+    return files
+
+
+def check_gguf_parity(artifact: Path, base: Path, plan: RopePlan, n_vocab: int, **check) -> ParityReport:
+    """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
+    (strict: names, layout, metadata) and as itself against the quantized limits."""
+    return check_parity(artifact, base, plan, n_vocab, twin=lambda dst: write_f32_twin(base, plan, dst), **check)
 
 
 def vocab_size(config: dict[str, Any]) -> int:
@@ -172,7 +202,7 @@ def vocab_size(config: dict[str, Any]) -> int:
     return size
 
 
-def _manifest_body(job: ExtendJob, prepared: Prepared, parity: dict | None) -> dict[str, Any]:
+def _manifest_body(job: ExtendJob, prepared: Prepared, gguf_name: str | None, parity: dict | None) -> dict[str, Any]:
     ckpt = prepared.checkpoint
     config_bytes = (ckpt.path / "config.json").read_bytes()
     return {
@@ -185,7 +215,25 @@ def _manifest_body(job: ExtendJob, prepared: Prepared, parity: dict | None) -> d
         },
         "method": prepared.plan.method,
         "plan": prepared.plan.to_json(),
-        "formats": {"safetensors": {"declaration": prepared.hf_rope}},
+        "formats": _formats_record(job, prepared, gguf_name),
         "vocab_size": vocab_size(ckpt.config),
         "parity": parity,
     }
+
+
+def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "safetensors" in job.formats:
+        out["safetensors"] = {"declaration": prepared.hf_rope}
+    if gguf_name and prepared.gguf:
+        g = prepared.gguf
+        arch = g.fields[0].value
+        out["gguf"] = {
+            "file": gguf_name,
+            "outtype": g.outtype,
+            "architecture": arch,
+            "declaration": {f.key: f.value for f in g.fields if f.key.startswith(f"{arch}.rope.")
+                            or f.key == f"{arch}.context_length"},
+            "carriers": [name for name, _ in g.carriers],
+        }
+    return out

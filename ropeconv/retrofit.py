@@ -27,7 +27,9 @@ from ropeconv.gguf_io.writer import rewrite_gguf
 from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
-VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING}
+VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING,
+               "bool": GGUFValueType.BOOL}
+# the plan travels in the file, so `ropeconv verify x.gguf` needs no sidecar (llama.cpp ignores these keys)
 PLAN_KEY = "ropeconv.plan"
 BASE_KEY = "ropeconv.base_path"
 VERSION_KEY = "ropeconv.version"

@@ -19,7 +19,8 @@ def verify_output(
     tokens: int | None = None,
     tolerance: Tolerance = Tolerance(),
     progress: Progress | None = None,
-) -> ParityReport:
+) -> list[ParityReport]:
+    """One report per artifact: a .gguf file, or each format an output directory's manifest lists."""
     progress = progress or Progress(enabled=False)
     out = Path(out)
     if not out.exists():
@@ -27,7 +28,7 @@ def verify_output(
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     if out.suffix == ".gguf" and out.is_file():
-        return _verify_gguf(out, base, device, tokens, tolerance, progress)
+        return [_verify_gguf(out, base, device, tokens, tolerance, progress)]
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
     manifest = read_manifest(out)
@@ -37,29 +38,34 @@ def verify_output(
         plan = RopePlan.from_json(manifest["plan"])
         recorded = Path(manifest["base"]["path"])
         vocab_size = int(manifest["vocab_size"])
+        formats = manifest.get("formats") or {"safetensors": {}}
+        gguf_file = out / formats["gguf"]["file"] if "gguf" in formats else None
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise InputError(f"{out}/manifest.json: damaged (plan, base or vocab_size missing or malformed)") from None
+        raise InputError(f"{out}/manifest.json: damaged (plan, base, formats or vocab_size missing or malformed)") \
+            from None
+    if gguf_file is not None and not gguf_file.is_file():
+        raise InputError(f"{gguf_file}: listed in the manifest but missing")
     notes: tuple[str, ...] = ()
     if base is None:
         if recorded.is_dir():
             base = recorded
-        else:
+        elif "safetensors" in formats:
             # the tensors are byte copies of the base's, so the output's own weights are the base's
             base = out
             notes = (f"base {recorded} not found; reference built from this output's weights",)
+        else:
+            raise InputError(f"{out}: its base {recorded} is not there; pass --base BASE_DIR")
     elif not Path(base).is_dir():
         raise InputError(f"--base {base}: not a directory")
-    return check_parity(
-        out,
-        Path(base),
-        plan,
-        vocab_size,
-        device=device,
-        tokens=tokens,
-        tolerance=tolerance,
-        notes=notes,
-        progress=progress.note,
-    )
+    check = dict(device=device, tokens=tokens, tolerance=tolerance, notes=notes, progress=progress.note)
+    reports = []
+    if "safetensors" in formats:
+        reports.append(check_parity(out, Path(base), plan, vocab_size, **check))
+    if gguf_file is not None:
+        from ropeconv.pipeline import check_gguf_parity
+
+        reports.append(check_gguf_parity(gguf_file, Path(base), plan, vocab_size, **check))
+    return reports
 
 
 def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:

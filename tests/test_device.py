@@ -46,4 +46,4 @@ def test_parity_on_cuda(tiny_llama, tmp_path, capsys):
                    "--tokens", "256", "-q") == 0
     import json
 
-    assert json.loads((out / "manifest.json").read_text())["parity"]["device"] == "cuda"
+    assert json.loads((out / "manifest.json").read_text())["parity"]["safetensors"]["device"] == "cuda"

@@ -67,8 +67,8 @@ def test_extend_verifies_and_fails_without_scaling(bases, tmp_path, arch, method
     out = tmp_path / "out"
     assert extend(bases[arch], out, arch, method) == 0
     manifest = read_json(out / "manifest.json")
-    assert manifest["parity"]["passed"] is True
-    assert manifest["parity"]["last_position"] >= 3 * ORIGINAL_CTX
+    assert manifest["parity"]["safetensors"]["passed"] is True
+    assert manifest["parity"]["safetensors"]["last_position"] >= 3 * ORIGINAL_CTX
 
     capsys.readouterr()
     assert run_cli("verify", out, "--tokens", TOKENS, "--json") == 0

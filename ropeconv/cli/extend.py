@@ -10,6 +10,7 @@ import click
 from ropeconv import methods
 from ropeconv.cli.options import emit_json, method_option_decorators, method_options_for, parse_bytes
 from ropeconv.errors import InputError
+from ropeconv.gguf_export.convert import OUTTYPES
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
 from ropeconv.pipeline import ExtendJob, parse_formats, prepare, run
@@ -27,6 +28,9 @@ Examples:
   # LongRoPE factor sets from a JSON file; Llama-3.1 scaling
   ropeconv extend ./Phi-3-mini-4k --method longrope --factors factors.json --target-ctx 131072 -o phi3-128k/
   ropeconv extend ./Llama-3-8B --method llama3 --factor 8 -o llama3-64k/
+\b
+  # safetensors and a GGUF for llama.cpp from one pass over the tensors, both proven
+  ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to safetensors,gguf --outtype q8_0 -o smol-32k/
 \b
   # retrofit an existing (quantized) GGUF for llama.cpp: metadata rewritten, tensors copied byte for byte
   ropeconv extend model-Q4_K_M.gguf --method yarn --factor 4 -o model-32k.gguf
@@ -48,7 +52,10 @@ def _method_options(fn):
 @click.option("--original-ctx", type=int, help="override the original context read from the config")
 @_method_options
 @click.option("--to", "formats", default=None,
-              help="output formats, comma-separated (default: safetensors for a HF base, gguf for a GGUF base)")
+              help="output formats, comma-separated: safetensors, gguf (default: safetensors for a HF base, gguf "
+              "for a GGUF base)")
+@click.option("--outtype", type=click.Choice(list(OUTTYPES)), default="f16", show_default=True,
+              help="GGUF weight type when converting a HF base (norms and biases stay f32)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
 @click.option("--force", is_flag=True, help="replace an existing output")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
@@ -62,7 +69,7 @@ def _method_options(fn):
 @click.option("--dry-run", is_flag=True, help="print the plan, write nothing")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def extend(base, method_name, factor, target_ctx, original_ctx, formats, out, force, rebase, allow_pickle,
+def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, out, force, rebase, allow_pickle,
            max_shard_size, verify, device, tokens, max_abs_logit, dry_run, as_json, quiet, **method_opts):
     """Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."""
     if tokens is not None and tokens < 2:
@@ -81,6 +88,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, out, fo
         request=request,
         out=out,
         formats=parse_formats(formats, base),
+        outtype=outtype,
         force=force,
         rebase=rebase,
         allow_pickle=allow_pickle,
@@ -113,7 +121,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, out, fo
             p = prepared.plan
             click.echo(f"{p.method}: {p.original_ctx} → {p.target_ctx} tokens (×{p.factor:g}), "
                        f"attention factor {p.attention_factor:.6g}, {p.length_rule.value}")
-            click.echo(f"would write {out} ({len(prepared.checkpoint.tensors)} tensors, "
+            click.echo(f"would write {out} as {', '.join(job.formats)} ({len(prepared.checkpoint.tensors)} tensors, "
                        f"{prepared.checkpoint.total_bytes / 1e6:.1f} MB); nothing written (--dry-run)")
         return 0
     result = run(job, Progress(enabled=not quiet))

@@ -18,6 +18,7 @@ Examples:
   ropeconv verify out/ --base ./SmolLM2-135M --tokens 1024 --device cpu
   ropeconv verify out/ --json > parity.json   # exit 1 when outside tolerance
   ropeconv verify model-32k.gguf               # llama.cpp vs transformers on the base GGUF
+  ropeconv verify out/                         # every format in out/ (safetensors and/or GGUF)
 """
 
 
@@ -33,7 +34,7 @@ Examples:
 def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -> int:
     """Compare OUT (an output directory or .gguf) in its runtime with the base weights under the intended
     rope parameters."""
-    report = verify_output(
+    reports = verify_output(
         out,
         base=base,
         device=device,
@@ -42,9 +43,12 @@ def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -
         progress=Progress(enabled=not quiet),
     )
     if as_json:
-        emit_json(report.to_json())
+        # one artifact: its report; several (e.g. safetensors and gguf): a list, in the manifest's order
+        emit_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
     else:
-        click.echo(report.format())
-    if not report.passed:
-        raise ParityError(f"parity failed: max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}")
+        click.echo("\n".join(r.format() for r in reports))
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        r = failed[0]
+        raise ParityError(f"parity failed in {r.runtime}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}")
     return 0

@@ -13,9 +13,20 @@ _RULES = {
 }
 
 
-def model_card(base_name: str, arch: str, plan: RopePlan, rope: dict[str, Any], parity: dict[str, Any] | None) -> str:
+def model_card(base_name: str, arch: str, plan: RopePlan, rope: dict[str, Any] | None, gguf: dict[str, Any] | None,
+               parity: dict[str, dict[str, Any]] | None) -> str:
+    """parity: the report summary per format written ("safetensors", "gguf")."""
     params = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(plan.params.items()))
-    declared = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items() if k not in ("short_factor", "long_factor"))
+    declared = []
+    if rope is not None:
+        keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items() if k not in ("short_factor", "long_factor"))
+        declared.append(f"transformers (`config.json`, both `rope_parameters` and the 4.x `rope_theta` + "
+                        f"`rope_scaling`): {keys}.")
+    if gguf is not None:
+        keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in gguf["declaration"].items())
+        carriers = f"; carrier tensors {', '.join(gguf['carriers'])}" if gguf["carriers"] else ""
+        declared.append(f"llama.cpp (`{gguf['file']}`, {gguf['outtype']}): {keys}{carriers}.")
+    formats = [f for f in ("safetensors", "gguf") if (rope if f == "safetensors" else gguf) is not None]
     lines = [
         f"# {base_name} — context extended with {plan.method} to {plan.target_ctx} tokens",
         "",
@@ -40,22 +51,25 @@ def model_card(base_name: str, arch: str, plan: RopePlan, rope: dict[str, Any], 
         "",
         "## How it is declared",
         "",
-        f"transformers (`config.json`, both `rope_parameters` and the 4.x `rope_theta` + `rope_scaling`): {declared}.",
+        "\n\n".join(declared),
         "",
         "## Parity",
         "",
-        _parity_text(parity),
+        "\n\n".join(_parity_text(f, (parity or {}).get(f)) for f in formats),
         "",
     ]
     return "\n".join(lines)
 
 
-def _parity_text(parity: dict[str, Any] | None) -> str:
+RUNS = {"safetensors": "transformers reloading this directory", "gguf": "llama.cpp running the GGUF"}
+
+
+def _parity_text(fmt: str, parity: dict[str, Any] | None) -> str:
     if not parity:
-        return "Not checked when this artifact was written; run `ropeconv verify` on it."
+        return f"{fmt}: not checked when this artifact was written; run `ropeconv verify` on it."
     verdict = "passed" if parity["passed"] else "FAILED"
     return (
-        f"{verdict}: transformers reloading this directory against the base weights with the intended rope "
+        f"{fmt}: {verdict}: {RUNS[fmt]} against the base weights with the intended rope "
         f"parameters, {parity['tokens']} probe tokens at positions {parity['first_position']}–"
         f"{parity['last_position']} (crossing the original context), on {parity['device']}; tolerance "
         f"max |Δlogit| ≤ {parity['tolerance']['max_abs_logit']:g}, top-1 agreement ≥ "

@@ -236,7 +236,11 @@ class GgufWriter:
         if exc_type is None:
             self.close()
         else:
-            self._release()  # the partial file is left for the caller's staging to remove
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without finishing; the partial file is left for the caller's staging to remove."""
+        self._release()
 
     def _open(self) -> None:
         if self._fd is None:

@@ -90,11 +90,20 @@ def hf_rope_parameters(plan: RopePlan) -> dict:
     }
 
 
+LLAMACPP_CTX_STEP = 256  # src/llama-context.cpp: n_ctx = GGML_PAD(n_ctx, 256)
+
+
 def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
     if arch.longrope is None:
         raise UnsupportedError(
             f"LongRoPE factor sets cannot be written for GGUF architecture {arch.name}: llama.cpp reads "
             "rope_factors_long/short only for phi3 and llama; use --to safetensors"
+        )
+    if plan.original_ctx < LLAMACPP_CTX_STEP and plan.long_divisors is not None:
+        raise UnsupportedError(
+            f"LongRoPE with an original context of {plan.original_ctx}: llama.cpp rounds every context up to a "
+            f"multiple of {LLAMACPP_CTX_STEP} and picks the long factors above the original, so the short factors "
+            "would never apply; use --to safetensors"
         )
     # no rope.scaling.factor: llama.cpp would add a 1/factor interpolation on top of the factors
     kv = {

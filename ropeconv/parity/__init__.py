@@ -27,7 +27,10 @@ def check_parity(
     tolerance: Tolerance = Tolerance(),
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
+    twin: Callable[[Path], Path] | None = None,
 ) -> ParityReport:
+    """twin: writes a float32 twin of a non-f32 GGUF artifact to the path it is given (default: the artifact
+    with its tensors dequantized)."""
     from ropeconv.parity.reference import load_reference
     from ropeconv.parity.runtimes import hf as hf_runtime
     from ropeconv.parity.runtimes import runtime_for
@@ -45,7 +48,7 @@ def check_parity(
     reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
     free(model)
 
-    runs = _candidate_runs(artifact, runtime)
+    runs = _candidate_runs(artifact, twin)
     results = []
     for label, path, quantized in runs:
         progress(f"candidate: {label} in {runtime.NAME}")
@@ -55,9 +58,10 @@ def check_parity(
             if path != Path(artifact):
                 path.unlink(missing_ok=True)
     if len(runs) > 1:
+        how = "converted from the base in float32" if twin else "same metadata and carriers, tensors dequantized"
         notes = notes + (
-            f"llama.cpp ran a float32 twin of {Path(artifact).name} (same metadata and carriers, tensors "
-            "dequantized) for the strict check, and the quantized file itself for the q- rows",
+            f"llama.cpp ran a float32 twin of {Path(artifact).name} ({how}) for the strict check, and the "
+            "file itself for the q- rows",
         )
 
     bands = []
@@ -84,19 +88,29 @@ def check_parity(
     )
 
 
-def _candidate_runs(artifact: Path, runtime) -> list[tuple[str, Path, bool]]:
+def _candidate_runs(artifact: Path, twin: Callable[[Path], Path] | None) -> list[tuple[str, Path, bool]]:
     """(label, file, judged as quantized): a quantized GGUF runs twice, as a float32 twin and as is."""
     if Path(artifact).suffix != ".gguf":
         return [(str(artifact), Path(artifact), False)]
+    from gguf import GGMLQuantizationType
+
     from ropeconv.gguf_io.reader import read_gguf
     from ropeconv.parity.f32_twin import needs_twin, write_f32_twin
 
     src = read_gguf(artifact)
-    if not needs_twin(src):
+    if twin is not None:
+        needed = any(t.ggml_type != GGMLQuantizationType.F32 for t in src.tensors)
+    else:
+        needed = needs_twin(src)
+    if not needed:
         return [(str(artifact), Path(artifact), False)]
-    twin = Path(artifact).with_name(f".{Path(artifact).name}.f32-twin.gguf")
-    write_f32_twin(src, twin)
-    return [(f"float32 twin of {artifact}", twin, False), (str(artifact), Path(artifact), True)]
+    path = Path(artifact).with_name(f".{Path(artifact).name}.f32-twin.gguf")
+    try:
+        twin(path) if twin is not None else write_f32_twin(src, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return [(f"float32 twin of {artifact}", path, False), (str(artifact), Path(artifact), True)]
 
 
 def _quiet_transformers() -> None:

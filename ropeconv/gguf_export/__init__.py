@@ -1,0 +1,1 @@
+"""HuggingFace checkpoint → GGUF for llama.cpp: layouts, vocabulary, streaming conversion."""

@@ -1,0 +1,265 @@
+"""HF checkpoint ─► GGUF for llama.cpp, one tensor in memory at a time.
+
+plan_gguf() decides everything from headers (names, shapes, types, byte counts, metadata) before a
+byte is written, so the GGUF header is complete up front and tensors stream in the checkpoint's
+own order — the same pass that writes the safetensors. A tensor that needs no rewrite and keeps its
+dtype is a kernel byte copy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType, MODEL_ARCH_NAMES, get_tensor_name_map
+
+import ropeconv
+from ropeconv import methods
+from ropeconv.archs import GGUF_ARCHS
+from ropeconv.checkpoint import Checkpoint
+from ropeconv.checkpoint.safetensors_header import TensorEntry
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.gguf_export.layouts import GgufLayout, check_graph, layout_for
+from ropeconv.gguf_export.vocab import tokenizer_fields
+from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
+from ropeconv.gguf_io.writer import ByteRange, GgufWriter, NewField, TensorInfo
+from ropeconv.positions import RopePlan
+from ropeconv.retrofit import BASE_KEY, PLAN_KEY, VALUE_TYPES, VERSION_KEY
+
+G = GGMLQuantizationType
+OUTTYPES = {"f32": G.F32, "f16": G.F16, "bf16": G.BF16, "q8_0": G.Q8_0}
+FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType
+SAME_BYTES = {("F32", G.F32), ("F16", G.F16), ("BF16", G.BF16)}  # safetensors dtype → GGUF type, no conversion
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    entry: TensorEntry
+    info: TensorInfo
+    op: str | None  # "permute_q", "permute_k", "qkv_blocks" or None
+    plus_one: bool
+
+
+@dataclass(frozen=True)
+class GgufPlan:
+    layout: GgufLayout
+    outtype: str
+    fields: tuple[NewField, ...]
+    tensors: tuple[TensorPlan, ...]  # checkpoint order
+    carriers: tuple[tuple[str, np.ndarray], ...]  # F32 tensors appended after the weights
+    heads: int
+    heads_kv: int
+    raw_copy_ok: bool  # safetensors source: untouched tensors can be kernel copies
+
+    @property
+    def infos(self) -> list[TensorInfo]:
+        return [t.info for t in self.tensors] + [TensorInfo.of_array(n, a) for n, a in self.carriers]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self.infos)
+
+
+def gguf_file_name(ckpt: Checkpoint, outtype: str) -> str:
+    return f"{ckpt.path.resolve().name}-{outtype.upper()}.gguf"
+
+
+def plan_gguf(ckpt: Checkpoint, plan: RopePlan, outtype: str) -> GgufPlan:
+    """Everything the GGUF will hold, from headers; raises before any write."""
+    if outtype not in OUTTYPES:
+        raise InputError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    config, scheme = ckpt.config, ckpt.scheme
+    layout = layout_for(ckpt.arch.model_type)
+    check_graph(layout, config, scheme.head_dim, plan.target_ctx)
+    arch_name = MODEL_ARCH_NAMES[layout.arch]
+    declaration = methods.get(plan.method).gguf_declaration(plan, GGUF_ARCHS[arch_name])
+
+    heads = _positive(config, "num_attention_heads")
+    heads_kv = config.get("num_key_value_heads") or heads
+    hidden = _positive(config, "hidden_size")
+    n_vocab = _positive(config, "vocab_size")
+    kv: dict[str, tuple[str, object]] = {"context_length": ("u32", plan.target_ctx)}
+    for h in layout.hparams:
+        value = h.value(config)
+        if value is not None:
+            kv[h.key] = (h.kind, value)
+    if layout.always_key_length or scheme.head_dim != hidden // heads:
+        kv["attention.key_length"] = ("u32", scheme.head_dim)
+        kv["attention.value_length"] = ("u32", scheme.head_dim)
+    kv["rope.dimension_count"] = ("u32", scheme.rotary_dim)
+    kv["rope.freq_base"] = ("f32", scheme.theta)
+    kv["vocab_size"] = ("u32", n_vocab)
+    kv.update(declaration.kv)
+
+    fields = [
+        NewField("general.architecture", GGUFValueType.STRING, arch_name),
+        NewField("general.type", GGUFValueType.STRING, "model"),
+        NewField("general.name", GGUFValueType.STRING, ckpt.path.resolve().name),
+        NewField("general.file_type", GGUFValueType.UINT32, FILE_TYPES[outtype]),
+        NewField("general.quantization_version", GGUFValueType.UINT32, 2),
+    ]
+    for key, (kind, value) in kv.items():
+        value = float(value) if kind == "f32" else int(value) if kind == "u32" else value
+        fields.append(NewField(f"{arch_name}.{key}", VALUE_TYPES[kind], value))
+    fields += tokenizer_fields(ckpt.path, n_vocab)
+    fields += [
+        NewField(PLAN_KEY, GGUFValueType.STRING, _plan_json(plan)),
+        NewField(BASE_KEY, GGUFValueType.STRING, str(ckpt.path.resolve())),
+        NewField(VERSION_KEY, GGUFValueType.STRING, ropeconv.__version__),
+    ]
+
+    tensors = _plan_tensors(ckpt, layout, outtype)
+    carriers = tuple((name, np.asarray(values, dtype=np.float32)) for name, values in declaration.tensors.items())
+    return GgufPlan(layout, outtype, tuple(fields), tensors, carriers, heads, heads_kv,
+                    raw_copy_ok=ckpt.weight_format == "safetensors")
+
+
+def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str) -> tuple[TensorPlan, ...]:
+    config = ckpt.config
+    n_blocks = _positive(config, "num_hidden_layers")
+    names = get_tensor_name_map(layout.arch, n_blocks)
+    tied = layout.output_is_embedding or config.get("tie_word_embeddings", False)
+    out: list[TensorPlan] = []
+    seen: dict[str, str] = {}
+    for entry in ckpt.tensors:
+        if entry.name.endswith("rotary_emb.inv_freq") or (tied and entry.name == "lm_head.weight"):
+            continue  # recomputed by llama.cpp / the output matrix is the token embedding
+        gguf_name = names.get_name(entry.name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UnsupportedError(f"tensor {entry.name!r} has no place in llama.cpp's {layout.arch.name.lower()} "
+                                   "layout; use --to safetensors")
+        if gguf_name in seen:
+            raise InputError(f"tensors {seen[gguf_name]!r} and {entry.name!r} both map to GGUF {gguf_name!r}")
+        seen[gguf_name] = entry.name
+        if entry.dtype not in FLOAT_DTYPES:
+            raise UnsupportedError(f"tensor {entry.name!r} is {entry.dtype}; GGUF conversion takes F32, F16 or BF16 "
+                                   "weights (dequantize first)")
+        shape = tuple(reversed(entry.shape)) or (1,)
+        ggml_type = _out_type(shape, outtype)
+        out.append(TensorPlan(entry, TensorInfo(gguf_name, shape, ggml_type, tensor_nbytes(shape, ggml_type)),
+                              _op(layout, gguf_name), layout.norm_plus_one and entry.name.endswith("norm.weight")))
+    if not any(t.info.name == "token_embd.weight" for t in out):
+        raise InputError(f"{ckpt.path}: no token embedding among the tensors")
+    return tuple(out)
+
+
+def _out_type(shape: tuple[int, ...], outtype: str) -> GGMLQuantizationType:
+    if len(shape) == 1:
+        return G.F32  # norms and biases: tiny, and llama.cpp keeps them in F32
+    if outtype == "q8_0" and shape[0] % 32:
+        return G.F16  # Q8_0 blocks are 32 wide along a row
+    return OUTTYPES[outtype]
+
+
+def _op(layout: GgufLayout, gguf_name: str) -> str | None:
+    if layout.permute_qk and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+        return "permute_q" if ".attn_q." in gguf_name else "permute_k"
+    if layout.qkv_per_head and ".attn_qkv." in gguf_name:
+        return "qkv_blocks"
+    return None
+
+
+def _positive(config: dict, key: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"config.json: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _plan_json(plan: RopePlan) -> str:
+    return json.dumps(plan.to_json(), sort_keys=True)
+
+
+def write_f32_twin(base: Path, plan: RopePlan, dst: Path) -> Path:
+    """The same conversion in float32: what a non-f32 GGUF of `base` is judged against, strictly."""
+    from ropeconv.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(base)
+    conversion = GgufConversion(plan_gguf(ckpt, plan, "f32"), dst)
+    source = ckpt.open_source()
+    try:
+        for entry in ckpt.tensors:
+            conversion.write(entry, source)
+        conversion.close()
+    except BaseException:
+        conversion.abort()
+        raise
+    finally:
+        source.close()
+    return dst
+
+
+class GgufConversion:
+    """write(entry, source) for every checkpoint tensor in order (skipped ones are ignored), then close()."""
+
+    def __init__(self, gplan: GgufPlan, path: Path) -> None:
+        self.plan = gplan
+        self.path = Path(path)
+        self._by_name = {t.entry.name: t for t in gplan.tensors}
+        self._writer = GgufWriter(self.path, list(gplan.fields), gplan.infos, DEFAULT_ALIGNMENT)
+
+    def write(self, entry: TensorEntry, source) -> int:
+        """Bytes written for this tensor (0 when the GGUF does not hold it)."""
+        t = self._by_name.get(entry.name)
+        if t is None:
+            return 0
+        if t.op is None and not t.plus_one and (entry.dtype, t.info.ggml_type) in SAME_BYTES and self.plan.raw_copy_ok:
+            self._writer.write_tensor(t.info.name, ByteRange(entry.file, entry.offset, entry.nbytes))
+        else:
+            self._writer.write_tensor(t.info.name, self._convert(t, source.load(entry)))
+        return t.info.nbytes
+
+    def close(self) -> None:
+        for name, array in self.plan.carriers:
+            self._writer.write_tensor(name, array)
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+    def _convert(self, t: TensorPlan, tensor) -> np.ndarray:
+        import torch
+
+        if t.op == "permute_q":
+            tensor = permute_pairs(tensor, self.plan.heads)
+        elif t.op == "permute_k":
+            tensor = permute_pairs(tensor, self.plan.heads_kv)
+        elif t.op == "qkv_blocks":
+            tensor = qkv_blocks(tensor, self.plan.heads)
+        if t.plus_one:
+            tensor = tensor.float() + 1
+        kind = t.info.ggml_type
+        if kind == G.F32:
+            return tensor.to(torch.float32).numpy()
+        if kind == G.BF16:
+            return tensor.to(torch.bfloat16).view(torch.int16).numpy()
+        if kind == G.F16:
+            half = tensor.to(torch.float16)
+            if tensor.dtype != torch.float16 and torch.isinf(half).any() and not torch.isinf(tensor).any():
+                raise UnsupportedError(f"tensor {t.entry.name!r} has values beyond float16's range (±65504); use "
+                                       "--outtype bf16 or f32")
+            return half.numpy()
+        from gguf.quants import quantize
+
+        return quantize(tensor.to(torch.float32).numpy(), kind)
+
+
+def permute_pairs(w, heads: int):
+    """transformers rotates (x_i, x_{i+d/2}); llama.cpp's NORM rope rotates (x_{2i}, x_{2i+1}): reorder each
+    head's rows so row 2i holds HF row i and row 2i+1 holds HF row i + d/2."""
+    rows = w.shape[0]
+    if rows % (2 * heads):
+        raise InputError(f"cannot split {rows} q/k rows into {heads} heads of rotary pairs")
+    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def qkv_blocks(w, heads: int):
+    """GPT-NeoX's fused [q_h, k_h, v_h] per head ─► [all q; all k; all v] as llama.cpp's gptneox splits it."""
+    rows = w.shape[0]
+    if rows % (3 * heads):
+        raise InputError(f"cannot split {rows} fused qkv rows into {heads} heads")
+    per_head = w.reshape(heads, 3, rows // heads // 3, *w.shape[1:])
+    return per_head.transpose(0, 1).reshape(w.shape)

@@ -1,0 +1,153 @@
+"""The base's tokenizer as llama.cpp's tokenizer.* keys, read with gguf-py's vocabulary helpers.
+
+gguf-py gives the token list (BpeVocab for byte-level BPE, SentencePieceVocab for tokenizer.model,
+LlamaHfVocab for a SentencePiece-style tokenizer.json) and the special tokens and chat template
+(SpecialVocab). What it leaves to the converter is decided here:
+
+- token types: a token the tokenizer marks special is CONTROL (llama.cpp then parses it as one
+  piece and never prints it), another added token is USER_DEFINED, and rows of the embedding beyond
+  the tokenizer are padding tokens of type UNUSED, so the token count equals the vocabulary rows as
+  llama.cpp requires;
+- `tokenizer.ggml.pre`: llama.cpp splits text with the regexes of a named pre-tokenizer
+  (src/llama-vocab.cpp). The name is chosen by matching transformers' own pre_tokenizer in
+  tokenizer.json against the regexes llama.cpp uses for each name; a pre-tokenizer matching none is
+  refused, because llama.cpp would split text differently and tokenize silently otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType, Keys, TokenType
+
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.gguf_io.writer import NewField
+
+# transformers' ByteLevel(use_regex=True) splits with exactly GPT-2's regex
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+# the regexes llama.cpp applies for these names, written as tokenizer.json writes them
+SPLIT_REGEXES = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "qwen2",
+}
+SPECIAL_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk": Keys.Tokenizer.UNK_ID,
+                "sep": Keys.Tokenizer.SEP_ID, "pad": Keys.Tokenizer.PAD_ID}
+
+
+def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
+    from gguf.vocab import BpeVocab, LlamaHfVocab, SentencePieceVocab, SpecialVocab
+
+    tok_json = _read_tokenizer_json(base)
+    byte_level = tok_json is not None and _is_byte_level(tok_json)
+    try:
+        if byte_level:
+            vocab, model, pre = BpeVocab(base), "gpt2", byte_level_pre(tok_json)
+        elif (base / "tokenizer.model").is_file():
+            vocab, model, pre = SentencePieceVocab(base), "llama", None
+        elif tok_json is not None:
+            vocab, model, pre = LlamaHfVocab(base), "llama", None
+        else:
+            raise InputError(f"{base}: no tokenizer.json or tokenizer.model; llama.cpp needs the vocabulary in the "
+                             "GGUF — put the base's tokenizer files beside config.json")
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
+        raise UnsupportedError(f"{base}: tokenizer not supported for GGUF ({exc}); use --to safetensors") from None
+
+    tokens, scores, types = [], [], []
+    for text, score, kind in vocab.all_tokens():
+        tokens.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+        scores.append(float(score))
+        types.append(int(kind))
+    if len(tokens) > n_vocab:
+        raise InputError(f"{base}: the tokenizer has {len(tokens)} tokens but the model only {n_vocab} embedding rows")
+    specials = _special_flags(tok_json)
+    index = {t: i for i, t in enumerate(tokens)}
+    for content, special in specials.items():
+        i = index.get(content)
+        if i is not None and types[i] in (TokenType.NORMAL, TokenType.CONTROL, TokenType.USER_DEFINED):
+            types[i] = TokenType.CONTROL if special else TokenType.USER_DEFINED
+    for i in range(len(tokens), n_vocab):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-1000.0)
+        types.append(TokenType.UNUSED)
+
+    special = SpecialVocab(base, load_merges=model == "gpt2", n_vocab=n_vocab)
+    fields = [NewField("tokenizer.ggml.model", GGUFValueType.STRING, model)]
+    if pre is not None:
+        fields.append(NewField("tokenizer.ggml.pre", GGUFValueType.STRING, pre))
+    fields += [
+        NewField("tokenizer.ggml.tokens", GGUFValueType.ARRAY, tokens, GGUFValueType.STRING),
+        NewField("tokenizer.ggml.scores", GGUFValueType.ARRAY, scores, GGUFValueType.FLOAT32),
+        NewField("tokenizer.ggml.token_type", GGUFValueType.ARRAY, [int(t) for t in types], GGUFValueType.INT32),
+    ]
+    if special.merges:
+        fields.append(NewField("tokenizer.ggml.merges", GGUFValueType.ARRAY, list(special.merges),
+                               GGUFValueType.STRING))
+    for kind, key in SPECIAL_KEYS.items():
+        token_id = special.special_token_ids.get(kind)
+        if isinstance(token_id, int) and 0 <= token_id < n_vocab:
+            fields.append(NewField(key, GGUFValueType.UINT32, token_id))
+    for kind, add in sorted(special.add_special_token.items()):
+        key = {"bos": Keys.Tokenizer.ADD_BOS, "eos": Keys.Tokenizer.ADD_EOS}.get(kind)
+        if key:
+            fields.append(NewField(key, GGUFValueType.BOOL, bool(add)))
+    if isinstance(special.chat_template, str) and special.chat_template:
+        fields.append(NewField(Keys.Tokenizer.CHAT_TEMPLATE, GGUFValueType.STRING, special.chat_template))
+    return fields
+
+
+def byte_level_pre(tok_json: dict[str, Any]) -> str:
+    """llama.cpp's pre-tokenizer name whose regexes equal this tokenizer.json's pre_tokenizer."""
+    steps = _flatten(tok_json.get("pre_tokenizer"))
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
+        return "gpt-2"
+    if (kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True)
+            and not steps[1].get("add_prefix_space")):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) and \
+            steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
+        name = SPLIT_REGEXES.get((steps[0].get("pattern") or {}).get("Regex"))
+        if name:
+            return name
+    raise UnsupportedError(
+        f"tokenizer.json's pre-tokenizer ({' + '.join(map(str, kinds)) or 'none'}) matches none that llama.cpp "
+        "implements here (gpt-2, smollm, llama-bpe, qwen2); llama.cpp would split text differently — use --to "
+        "safetensors"
+    )
+
+
+def _flatten(node: Any) -> list[dict[str, Any]]:
+    if not isinstance(node, dict):
+        return []
+    if node.get("type") == "Sequence":
+        return [s for child in node.get("pretokenizers", []) for s in _flatten(child)]
+    return [node]
+
+
+def _is_byte_level(tok_json: dict[str, Any]) -> bool:
+    model = tok_json.get("model") or {}
+    decoder = tok_json.get("decoder") or {}
+    return model.get("type") == "BPE" and not model.get("byte_fallback") and decoder.get("type") == "ByteLevel"
+
+
+def _special_flags(tok_json: dict[str, Any] | None) -> dict[str, bool]:
+    if not tok_json:
+        return {}
+    return {t["content"]: bool(t.get("special")) for t in tok_json.get("added_tokens", []) if "content" in t}
+
+
+def _read_tokenizer_json(base: Path) -> dict[str, Any] | None:
+    path = base / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a tokenizer (expected a JSON object)")
+    return data

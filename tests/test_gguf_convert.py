@@ -1,0 +1,166 @@
+"""HF → GGUF: tiny random models of every GGUF architecture, converted, run in the real llama.cpp and
+compared with transformers under the same plan; each cell fails once its declaration is dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, make_tiny, read_json, run_cli
+from ropeconv.gguf_io.reader import read_gguf
+from ropeconv.gguf_io.writer import rewrite_gguf
+
+pytest.importorskip("llama_cpp")
+
+# every (architecture, method) the matrix calls exact in GGUF for a converted checkpoint
+CELLS = {
+    "llama": ["linear", "ntk", "yarn", "llama3", "freqs", "longrope", "dynamic"],
+    "mistral": ["linear", "yarn"],
+    "qwen2": ["linear", "ntk", "yarn"],
+    "phi3": ["ntk", "longrope"],
+    "gpt_neox": ["linear", "ntk", "yarn"],
+    "gemma": ["linear", "ntk", "yarn"],
+    "gemma2": ["linear", "ntk", "yarn"],
+}
+# gemma ties lm_head to the embedding in llama.cpp; the tiny configs untie by default
+TIED = {"gemma": dict(tie_word_embeddings=True), "gemma2": dict(tie_word_embeddings=True)}
+HALF = ORIGINAL_CTX // 2
+
+
+def method_args(method: str, rotary_pairs: int, tmp: Path) -> list[str]:
+    if method == "dynamic":
+        return ["--factor", "4", "--bake-at", str(3 * ORIGINAL_CTX)]
+    if method == "freqs":
+        path = tmp / "freqs.json"
+        path.write_text(json.dumps([1.0 + 3.0 * j / (rotary_pairs - 1) for j in range(rotary_pairs)]))
+        return ["--factors", str(path), "--factor", "4"]
+    if method == "longrope":
+        path = tmp / "lr.json"
+        path.write_text(json.dumps({"short_factor": [1.0 + 0.5 * j / rotary_pairs for j in range(rotary_pairs)],
+                                    "long_factor": [1.0 + 3.0 * j / rotary_pairs for j in range(rotary_pairs)]}))
+        return ["--factors", str(path), "--factor", "4"]
+    return ["--factor", "4"]
+
+
+# llama.cpp rounds every context up to a multiple of 256 and picks LongRoPE's long factors above the original
+# context, so the short regime is reachable only from an original context of 256 or more
+LONGROPE_CTX = 256
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gguf-bases")
+    out = {arch: add_byte_level_tokenizer(make_tiny(root, arch, **TIED.get(arch, {}))) for arch in CELLS}
+    for arch in ("llama", "phi3"):
+        longer = dict(max_position_embeddings=LONGROPE_CTX)
+        if arch == "phi3":
+            longer["original_max_position_embeddings"] = LONGROPE_CTX
+        out[f"{arch}-256"] = add_byte_level_tokenizer(make_tiny(root, arch, name=f"{arch}-256", **longer))
+    return out
+
+
+def strip_declaration(gguf_path: Path) -> Path:
+    """The same file without its extension: what a converter that drops it would ship."""
+    src = read_gguf(gguf_path)
+    arch = src.value("general.architecture")
+    drop = {f.key for f in src.fields if f.key.startswith(f"{arch}.rope.scaling.")}
+    drop.discard(f"{arch}.rope.scaling.type")  # llama reads its longrope tensors only under this type
+    if src.value(f"{arch}.rope.scaling.type") != "longrope":
+        drop.add(f"{arch}.rope.scaling.type")
+    add = {t.name: np.ones(t.shape, dtype=np.float32) for t in src.tensors
+           if t.name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")}
+    set_fields = {}
+    plan = json.loads(src.value("ropeconv.plan"))
+    if plan["method"] in ("ntk", "dynamic"):  # the declaration is the base itself
+        from gguf import GGUFValueType
+
+        original_theta = read_json(Path(src.value("ropeconv.base_path")) / "config.json").get("rope_theta", 10000.0)
+        set_fields[f"{arch}.rope.freq_base"] = (GGUFValueType.FLOAT32, float(original_theta))
+    out = gguf_path.with_name("stripped.gguf")
+    rewrite_gguf(src, out, drop_keys=drop, add_tensors=add, set_fields=set_fields)
+    return out
+
+
+@pytest.mark.parametrize("arch,method", [(a, m) for a, ms in CELLS.items() for m in ms])
+def test_converted_gguf_matches_transformers_beyond_the_original_context(bases, tmp_path, arch, method, capsys):
+    base = bases[f"{arch}-256" if method == "longrope" else arch]
+    original = LONGROPE_CTX if method == "longrope" else ORIGINAL_CTX
+    config = read_json(base / "config.json")
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    rotary = int(head_dim * config.get("rotary_pct", 1.0))
+    out = tmp_path / "out"
+    args = method_args(method, rotary // 2, tmp_path)
+    tokens = str(4 * ORIGINAL_CTX if method != "longrope" else 3 * LONGROPE_CTX // 2)
+    assert run_cli("extend", base, "--method", method, *args, "--to", "gguf", "--outtype", "f32",
+                   "--tokens", tokens, "-o", out, "--json", "-q") == 0
+    result = json.loads(capsys.readouterr().out)
+    gguf_file = out / result["files"][0]
+    assert result["parity"]["passed"] and result["parity"]["runtime"] == "llama.cpp"
+    assert result["parity"]["last_position"] >= 3 * original // 2 - 1  # beyond the original context
+    src = read_gguf(gguf_file)
+    assert src.value(f"{src.value('general.architecture')}.context_length") == 4 * original
+    assert {t.ggml_type.name for t in src.tensors} == {"F32"}
+
+    stripped = strip_declaration(gguf_file)
+    assert run_cli("verify", stripped, "--base", base, "--tokens", tokens, "-q") == 1
+
+
+def test_safetensors_and_gguf_from_one_pass_both_proven(bases, tmp_path):
+    out = tmp_path / "both"
+    assert run_cli("extend", bases["qwen2"], "--method", "yarn", "--factor", "4", "--to", "safetensors,gguf",
+                   "--outtype", "f16", "-o", out, "-q") == 0
+    manifest = read_json(out / "manifest.json")
+    name = manifest["formats"]["gguf"]["file"]
+    assert (out / "model.safetensors").is_file() and (out / name).is_file() and (out / "config.json").is_file()
+    assert manifest["parity"]["safetensors"]["passed"] and manifest["parity"]["gguf"]["passed"]
+    assert manifest["files"][name]["bytes"] == (out / name).stat().st_size
+    assert manifest["formats"]["gguf"]["declaration"]["qwen2.rope.scaling.type"] == "yarn"
+    assert not list(out.glob(".*twin*"))  # the float32 twin used for the strict check is gone
+    card = (out / "README.md").read_text()
+    assert "llama.cpp running the GGUF" in card and "transformers reloading" in card
+    # verify re-proves both artifacts from the manifest
+    assert run_cli("verify", out, "-q") == 0
+
+
+@pytest.mark.parametrize("outtype,expected", [("f16", "F16"), ("bf16", "BF16"), ("q8_0", "Q8_0")])
+def test_outtypes_are_written_and_judged_through_a_float32_twin(bases, tmp_path, outtype, expected, capsys):
+    out = tmp_path / outtype
+    assert run_cli("extend", bases["llama"], "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype",
+                   outtype, "-o", out, "--json", "-q") == 0
+    result = json.loads(capsys.readouterr().out)
+    src = read_gguf(out / result["files"][0])
+    kinds = {t.name: t.ggml_type.name for t in src.tensors}
+    assert kinds["blk.0.attn_q.weight"] == expected and kinds["blk.0.attn_norm.weight"] == "F32"
+    bands = result["parity"]["bands"]
+    assert any(b["quantized"] for b in bands) and any(not b["quantized"] for b in bands)
+    assert "converted from the base in float32" in " ".join(result["parity"]["notes"])
+
+
+def test_tokenizer_round_trip_in_llama_cpp(bases):
+    """llama.cpp's tokens for a text equal transformers' for the source model (byte-level BPE, tiny)."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from ropeconv.gguf_export.convert import GgufConversion, plan_gguf
+    from ropeconv.checkpoint import load_checkpoint
+    from ropeconv import methods
+    from ropeconv.methods.base import ExtendRequest
+
+    base = bases["llama"]
+    ckpt = load_checkpoint(base)
+    plan = methods.get("linear").plan(ckpt.scheme, ExtendRequest(factor=2.0))
+    gplan = plan_gguf(ckpt, plan, "f32")
+    out = base.parent / "tok.gguf"
+    conv = GgufConversion(gplan, out)
+    source = ckpt.open_source()
+    for entry in ckpt.tensors:
+        conv.write(entry, source)
+    conv.close()
+    text = "The lazy fox's 12345 naïve café 東京 🚀\n\n    return x  # it'll do</s> ok"
+    hf = AutoTokenizer.from_pretrained(base)(text, add_special_tokens=False)["input_ids"]
+    llm = Llama(str(out), vocab_only=True, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf
+    assert llm.detokenize(hf).decode() == text.replace("</s>", "")  # control tokens are not printed
