@@ -65,26 +65,8 @@ def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("base"), "llama")
 
 
-TOKENIZER_CORPUS = [
-    "The quick brown fox jumps over the lazy dog. It's 12:45 and 3.14159 is pi.",
-    "Context windows grow with rotary position interpolation, NTK, YaRN and LongRoPE.",
-    "naïve café,東京, emoji 🚀 — and code: def f(x):\n    return x * 2  # done",
-]
 
+def add_byte_level_tokenizer(model_dir: Path) -> Path:
+    from ropeconv.fixtures.tokenizers import add_byte_level_bpe
 
-def add_byte_level_tokenizer(model_dir: Path, vocab_size: int = 400) -> Path:
-    """A small byte-level BPE tokenizer (GPT-2 style pre-tokenizer) trained here, saved beside config.json.
-    Ids 0–2 are <unk>, <s>, </s> to match the tiny configs' bos/eos ids; <|endoftext|> is there because
-    llama.cpp's loader looks it up in any model whose name contains "phi3"."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>") \
-        .save_pretrained(model_dir)
-    return model_dir
+    return add_byte_level_bpe(model_dir)
