@@ -35,20 +35,22 @@ def sha256_file(path: Path, chunk_bytes: int = 8 * 1024 * 1024) -> str:
     return h.hexdigest()
 
 
-def file_records(root: Path) -> dict[str, dict[str, Any]]:
+def file_records(root: Path, known_sha256: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """known_sha256: digests computed while the files were written (relative path → hex), not read back."""
+    known = known_sha256 or {}
     records = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
         rel = path.relative_to(root).as_posix()
-        records[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        records[rel] = {"sha256": known.get(rel) or sha256_file(path), "bytes": path.stat().st_size}
     return records
 
 
-def write_manifest(root: Path, body: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(root: Path, body: dict[str, Any], known_sha256: dict[str, str] | None = None) -> dict[str, Any]:
     manifest = {
         "ropeconv_version": ropeconv.__version__,
         "libraries": library_versions(),
         **body,
-        "files": file_records(root),
+        "files": file_records(root, known_sha256),
     }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -113,7 +113,7 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     ckpt, plan = prepared.checkpoint, prepared.plan
     gguf_name = gguf_file_name(ckpt, job.outtype) if prepared.gguf else None
     with staged_dir(job.out, job.force) as tmp:
-        files = _write_tensors(prepared, job, tmp, gguf_name, progress)
+        files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
         if "safetensors" in job.formats:
             (tmp / "config.json").write_text(json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n")
             for name in ckpt.aux_files:
@@ -133,7 +133,7 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
         card = model_card(ckpt.path.name, ckpt.arch.model_type, plan,
                           prepared.hf_rope if "safetensors" in job.formats else None, gguf_record, parity)
         (tmp / "README.md").write_text(card)
-        write_manifest(tmp, _manifest_body(job, prepared, gguf_name, parity))
+        write_manifest(tmp, _manifest_body(job, prepared, gguf_name, parity), known_sha256)
     first = next(iter(reports.values()), None)
     return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
 
@@ -159,8 +159,9 @@ def gate(report: ParityReport, out: Path, progress: Progress) -> None:
 
 
 def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str | None,
-                   progress: Progress) -> list[str]:
-    """One pass over the base's tensors, feeding every requested format."""
+                   progress: Progress) -> tuple[list[str], dict[str, str]]:
+    """One pass over the base's tensors, feeding every requested format. Returns the files written and the
+    sha256 of those hashed on the way."""
     ckpt = prepared.checkpoint
     safetensors = SafetensorsWriter(out, list(ckpt.tensors), job.max_shard_bytes) \
         if "safetensors" in job.formats else None
@@ -177,16 +178,18 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
             done += entry.nbytes
             progress.step(label, done, total)
         files = safetensors.close() if safetensors else []
+        known = {}
         if gguf:
             gguf.close()
             files.append(gguf_name)
+            known[gguf_name] = gguf.sha256
     except BaseException:
         if gguf:
             gguf.abort()
         raise
     finally:
         source.close()
-    return files
+    return files, known
 
 
 def check_gguf_parity(artifact: Path, base: Path, plan: RopePlan, n_vocab: int, **check) -> ParityReport:

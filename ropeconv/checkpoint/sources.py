@@ -56,6 +56,17 @@ class SafetensorsSource:
             offset += n
             remaining -= n
 
+    def read_into(self, entry: TensorEntry, start: int, buf: memoryview) -> None:
+        """Fill buf with the tensor's bytes from `start` (relative to the tensor's data)."""
+        if start < 0 or start + buf.nbytes > entry.nbytes:
+            raise ValueError(f"read of {buf.nbytes} bytes at {start} outside tensor {entry.name!r}")
+        fd, done = self._fd(entry.file), 0
+        while done < buf.nbytes:
+            n = os.preadv(fd, [buf[done:]], entry.offset + start + done)
+            if n <= 0:
+                raise OSError(f"{entry.file}: unexpected end of data in tensor {entry.name!r}")
+            done += n
+
     def load(self, entry: TensorEntry) -> "torch.Tensor":
         import torch
 

@@ -31,6 +31,7 @@ from ropeconv.retrofit import BASE_KEY, PLAN_KEY, VALUE_TYPES, VERSION_KEY
 G = GGMLQuantizationType
 OUTTYPES = {"f32": G.F32, "f16": G.F16, "bf16": G.BF16, "q8_0": G.Q8_0}
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType
+CAST_CHUNK_BYTES = 1 << 20  # per piece of a streamed dtype conversion: stays in L2/L3
 SAME_BYTES = {("F32", G.F32), ("F16", G.F16), ("BF16", G.BF16)}  # safetensors dtype → GGUF type, no conversion
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 
@@ -199,15 +200,23 @@ class GgufConversion:
         self.plan = gplan
         self.path = Path(path)
         self._by_name = {t.entry.name: t for t in gplan.tensors}
-        self._writer = GgufWriter(self.path, list(gplan.fields), gplan.infos, DEFAULT_ALIGNMENT)
+        self._writer = GgufWriter(self.path, list(gplan.fields), gplan.infos, DEFAULT_ALIGNMENT, hash_data=True)
+
+    @property
+    def sha256(self) -> str | None:
+        """Of the whole file, once closed."""
+        return self._writer.sha256
 
     def write(self, entry: TensorEntry, source) -> int:
         """Bytes written for this tensor (0 when the GGUF does not hold it)."""
         t = self._by_name.get(entry.name)
         if t is None:
             return 0
-        if t.op is None and not t.plus_one and (entry.dtype, t.info.ggml_type) in SAME_BYTES and self.plan.raw_copy_ok:
+        elementwise = t.op is None and not t.plus_one and self.plan.raw_copy_ok and entry.nbytes > 0
+        if elementwise and (entry.dtype, t.info.ggml_type) in SAME_BYTES:
             self._writer.write_tensor(t.info.name, ByteRange(entry.file, entry.offset, entry.nbytes))
+        elif elementwise and t.info.ggml_type in (G.F32, G.F16, G.BF16):
+            self._writer.write_tensor_chunks(t.info.name, self._cast_chunks(t, source))
         else:
             self._writer.write_tensor(t.info.name, self._convert(t, source.load(entry)))
         return t.info.nbytes
@@ -219,6 +228,29 @@ class GgufConversion:
 
     def abort(self) -> None:
         self._writer.abort()
+
+    def _cast_chunks(self, t: TensorPlan, source):
+        """A dtype-only conversion streamed in cache-sized pieces: no whole-tensor buffers, and the float16
+        range check runs on data still in cache."""
+        import torch
+
+        from ropeconv.checkpoint.sources import torch_dtypes
+
+        entry = t.entry
+        src_dtype = torch_dtypes()[entry.dtype]
+        dst_dtype = {G.F32: torch.float32, G.F16: torch.float16, G.BF16: torch.bfloat16}[t.info.ggml_type]
+        item = torch.tensor([], dtype=src_dtype).element_size()
+        chunk_bytes = CAST_CHUNK_BYTES - CAST_CHUNK_BYTES % item
+        buf = memoryview(bytearray(chunk_bytes))
+        for start in range(0, entry.nbytes, chunk_bytes):
+            view = buf[: min(chunk_bytes, entry.nbytes - start)]
+            source.read_into(entry, start, view)
+            x = torch.frombuffer(view, dtype=src_dtype)
+            y = x.to(dst_dtype)
+            if dst_dtype == torch.float16 and src_dtype != torch.float16 and _overflowed(x, y):
+                raise UnsupportedError(f"tensor {entry.name!r} has values beyond float16's range (±65504); use "
+                                       "--outtype bf16 or f32")
+            yield y.view(torch.uint8).numpy()
 
     def _convert(self, t: TensorPlan, tensor) -> np.ndarray:
         import torch
@@ -238,13 +270,23 @@ class GgufConversion:
             return tensor.to(torch.bfloat16).view(torch.int16).numpy()
         if kind == G.F16:
             half = tensor.to(torch.float16)
-            if tensor.dtype != torch.float16 and torch.isinf(half).any() and not torch.isinf(tensor).any():
+            if tensor.dtype != torch.float16 and _overflowed(tensor, half):
                 raise UnsupportedError(f"tensor {t.entry.name!r} has values beyond float16's range (±65504); use "
                                        "--outtype bf16 or f32")
             return half.numpy()
         from gguf.quants import quantize
 
         return quantize(tensor.to(torch.float32).numpy(), kind)
+
+
+def _overflowed(x, y) -> bool:
+    """y = x cast to float16 holds an inf that x did not. aminmax first: one cheap pass in the common case."""
+    import torch
+
+    lo, hi = torch.aminmax(y)
+    if torch.isfinite(lo) and torch.isfinite(hi):
+        return False
+    return bool(torch.isinf(y).any()) and not bool(torch.isinf(x).any())
 
 
 def permute_pairs(w, heads: int):

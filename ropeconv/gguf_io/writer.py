@@ -220,7 +220,7 @@ class GgufWriter:
     """write_tensor() must be called once per tensor, in TensorInfo order; then close()."""
 
     def __init__(self, path: Path, fields: list[KvEntry], tensors: list[TensorInfo],
-                 alignment: int = DEFAULT_ALIGNMENT) -> None:
+                 alignment: int = DEFAULT_ALIGNMENT, hash_data: bool = False) -> None:
         self.path = Path(path)
         self.alignment = alignment
         self.tensors = list(tensors)
@@ -228,6 +228,10 @@ class GgufWriter:
         self._pos = 0
         self._fd: int | None = None
         self._src_fds: dict[Path, int] = {}
+        # sha256 of the file as written, computed on a second core while the first converts and writes,
+        # so a manifest need not read the file back
+        self._hasher = _BackgroundSha256() if hash_data else None
+        self.sha256: str | None = None
 
     def __enter__(self) -> GgufWriter:
         return self
@@ -248,14 +252,16 @@ class GgufWriter:
             # arms ext4's auto_da_alloc, which makes close() write the whole file back (~1.8 s for 2 GB).
             # A longer stale file is cut to size in close() instead.
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
-            write_all(self._fd, self.header)
+            self._emit(self.header)
+
+    def _emit(self, data) -> None:
+        if self._hasher:
+            self._hasher.update(data)
+        write_all(self._fd, data)
 
     def write_tensor(self, name: str, source: TensorSource) -> None:
         """Append a tensor: byte-copied from a file range (a GgufTensor or ByteRange) or from memory."""
-        if self._pos >= len(self.tensors) or self.tensors[self._pos].name != name:
-            expected = self.tensors[self._pos].name if self._pos < len(self.tensors) else None
-            raise RopeconvError(f"internal: tensor {name!r} written out of order (expected {expected!r})")
-        info = self.tensors[self._pos]
+        info = self._check_next(name)
         self._open()
         if isinstance(source, (GgufTensor, ByteRange)):
             if source.nbytes != info.nbytes:
@@ -267,8 +273,32 @@ class GgufWriter:
             data = memoryview(le_contiguous(source) if isinstance(source, np.ndarray) else source).cast("B")
             if data.nbytes != info.nbytes:
                 raise RopeconvError(f"internal: tensor {name!r} has {data.nbytes} bytes, header says {info.nbytes}")
-            write_all(self._fd, data)
-        write_all(self._fd, bytes(align_up(info.nbytes, self.alignment) - info.nbytes))
+            self._emit(data)
+        self._finish_tensor(info)
+
+    def write_tensor_chunks(self, name: str, chunks) -> None:
+        """Append a tensor given as consecutive little-endian pieces (numpy arrays or buffers)."""
+        info = self._check_next(name)
+        self._open()
+        written = 0
+        for chunk in chunks:
+            data = memoryview(chunk).cast("B")
+            written += data.nbytes
+            if written > info.nbytes:
+                break
+            self._emit(data)
+        if written != info.nbytes:
+            raise RopeconvError(f"internal: tensor {name!r} streamed {written} bytes, header says {info.nbytes}")
+        self._finish_tensor(info)
+
+    def _check_next(self, name: str) -> TensorInfo:
+        if self._pos >= len(self.tensors) or self.tensors[self._pos].name != name:
+            expected = self.tensors[self._pos].name if self._pos < len(self.tensors) else None
+            raise RopeconvError(f"internal: tensor {name!r} written out of order (expected {expected!r})")
+        return self.tensors[self._pos]
+
+    def _finish_tensor(self, info: TensorInfo) -> None:
+        self._emit(bytes(align_up(info.nbytes, self.alignment) - info.nbytes))
         self._pos += 1
 
     def _copy(self, source: GgufTensor | ByteRange, name: str) -> None:
@@ -276,6 +306,15 @@ class GgufWriter:
         if src is None:
             src = self._src_fds[source.file] = os.open(source.file, os.O_RDONLY)
         offset, remaining = source.offset, source.nbytes
+        if self._hasher:  # the bytes must pass through here to be hashed
+            while remaining:
+                data = os.pread(src, min(remaining, COPY_CHUNK_BYTES), offset)
+                if not data:
+                    raise InputError(f"{source.file}: ended inside tensor {name!r} (was the file changed while copying?)")
+                self._emit(data)
+                offset += len(data)
+                remaining -= len(data)
+            return
         while remaining:
             n = copy_range(src, self._fd, min(remaining, COPY_CHUNK_BYTES), offset)
             if n <= 0:
@@ -292,15 +331,49 @@ class GgufWriter:
         end = len(self.header) + sum(align_up(t.nbytes, self.alignment) for t in self.tensors)
         if os.fstat(self._fd).st_size != end:
             os.ftruncate(self._fd, end)
+        if self._hasher:
+            self.sha256 = self._hasher.hexdigest()
         self._release()
 
     def _release(self) -> None:
+        if self._hasher:
+            self._hasher.close()
         for fd in self._src_fds.values():
             os.close(fd)
         self._src_fds.clear()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _BackgroundSha256:
+    """sha256 on a worker thread (hashlib releases the GIL on large buffers); at most a few buffers queued,
+    so memory stays bounded when hashing is slower than producing."""
+
+    MAX_PENDING = 4
+
+    def __init__(self) -> None:
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._sha = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: list = []
+
+    def update(self, data) -> None:
+        self._pending = [f for f in self._pending if not f.done()]
+        while len(self._pending) >= self.MAX_PENDING:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._sha.update, data))
+
+    def hexdigest(self) -> str:
+        for f in self._pending:
+            f.result()
+        self._pending.clear()
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, drop_keys: set[str] = frozenset(),
