@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PY) -m ropeconv.fixtures.smollm2 $(SMOL)
 	$(ROPE) inspect $(SMOL)
-	$(ROPE) extend $(SMOL) --method yarn --factor 4 -o $(SMOL32) --force
+	$(ROPE) extend $(SMOL) --method yarn --factor 4 --to safetensors,gguf --outtype q8_0 -o $(SMOL32) --force
 	$(ROPE) verify $(SMOL32)
 	$(ROPE) inspect $(SMOL32)
+	$(ROPE) inspect $(SMOL32)/smollm2-135m-Q8_0.gguf
 
 test: install
 	$(PY) -m pytest -q -ra
@@ -35,6 +36,7 @@ test: install
 bench: install
 	$(PY) -m bench.extend_bench --work $(WORK)/bench
 	$(PY) -m bench.retrofit_bench --work $(WORK)/bench
+	$(PY) -m bench.convert_bench --work $(WORK)/bench
 
 clean:
 	rm -rf $(WORK) build *.egg-info

@@ -265,7 +265,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| `{r['command']}` | {r['median_s']:.2f} | {runs} | {r['ratio_to_cp']:.2f} | {r['peak_rss_mb']:.0f} |")
     lines += ["", "| target | value | limit | result |", "|---|---:|---:|---|"]
     for t in report["targets"]:
-        lines.append(f"| {t['target']} | {t['value']:g} | ≤ {t['limit']:g} | {t['result']} |")
+        limit = t.get("limit_text") or f"≤ {t['limit']:g}"
+        lines.append(f"| {t['target']} | {t['value']:g} | {limit} | {t['result']} |")
     return "\n".join(lines) + "\n"
 
 

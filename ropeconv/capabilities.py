@@ -8,12 +8,26 @@ from ropeconv.methods.base import Cell, Support
 from ropeconv.pipeline import FORMATS
 
 _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
-FORMAT_NOTES = {
-    "gguf": "from a GGUF base: an existing GGUF, quantized or not, retrofitted in place (HF → GGUF conversion "
-    "is not available yet). Parity-proven in llama.cpp on the llama architecture (SmolLM2); the other GGUF "
-    "architectures, including phi3's LongRoPE tensors, get the keys llama.cpp's source reads but no parity "
-    "test yet",
-}
+
+
+def _gguf_note() -> str:
+    from ropeconv.archs import GGUF_ARCHS
+    from ropeconv.gguf_export.convert import OUTTYPES
+    from ropeconv.gguf_export.layouts import LAYOUTS
+
+    converted = ", ".join(f"{m} → {l.arch.name.lower()}" for m, l in LAYOUTS.items())
+    freqs = ", ".join(a.name for a in GGUF_ARCHS.values() if a.reads_rope_freqs)
+    longrope = ", ".join(a.name for a in GGUF_ARCHS.values() if a.longrope)
+    return (
+        f"a HF base is converted ({converted}; --outtype {'/'.join(OUTTYPES)}; tokenizer from tokenizer.json or "
+        "tokenizer.model), a GGUF base is retrofitted in place, quantized or not. rope_freqs carriers exist only "
+        f"on {freqs} and LongRoPE tensors on {longrope}; elsewhere those cells are refused. Parity-proven in "
+        "llama.cpp on every converted architecture (tiny random models, f32, each cell also failing once its "
+        "declaration is stripped) and on the real SmolLM2 GGUF for retrofits"
+    )
+
+
+FORMAT_NOTES = {"gguf": _gguf_note()}
 
 
 def matrix() -> list[dict]:

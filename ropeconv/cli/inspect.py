@@ -21,6 +21,9 @@ def inspect(path: Path, as_json: bool) -> int:
     """Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH (a HF dir or a GGUF)."""
     if path.suffix == ".gguf":
         return _inspect_gguf(path, as_json)
+    gguf_only = (read_manifest(path) or {}).get("formats", {}) if path.is_dir() else {}
+    if "gguf" in gguf_only and "safetensors" not in gguf_only:  # an output written with --to gguf alone
+        return _inspect_gguf(path / str(gguf_only["gguf"].get("file")), as_json)
     ckpt = load_checkpoint(path, allow_pickle=False)
     s = ckpt.scheme
     manifest = read_manifest(ckpt.path)
@@ -58,9 +61,12 @@ def inspect(path: Path, as_json: bool) -> int:
     click.echo(f"  tensors          {len(ckpt.tensors)} ({dtypes}), {ckpt.total_bytes:,} bytes in "
                f"{len(info['files'])} file(s)")
     if manifest:
-        parity = manifest.get("parity") or {}
-        verdict = "not checked" if not parity else ("passed" if parity.get("passed") else "FAILED")
-        click.echo(f"  ropeconv         {manifest.get('method')}, parity {verdict}")
+        parity = manifest.get("parity") or {}  # per format
+        verdicts = ", ".join(f"{fmt} {'passed' if (r or {}).get('passed') else 'FAILED'}" for fmt, r in parity.items())
+        click.echo(f"  ropeconv         {manifest.get('method')}, parity {verdicts or 'not checked'}")
+        gguf = (manifest.get("formats") or {}).get("gguf")
+        if gguf:
+            click.echo(f"  gguf             {gguf.get('file')} ({gguf.get('outtype')})")
     return 0
 
 

@@ -37,7 +37,8 @@ CELLS = {
     "gguf": Cell(
         Support.EXACT,
         "rope_factors_long/short + attn_factor + original_context_length (phi3; llama with type longrope); "
-        "llama.cpp picks the set per context size (n_ctx > original → long), not per sequence",
+        "llama.cpp picks the set per context size (n_ctx > original → long), not per sequence, and rounds "
+        "contexts up to 256 tokens (an original context under 256 is refused)",
     ),
 }
 
