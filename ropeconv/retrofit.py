@@ -43,6 +43,7 @@ class GgufPrepared:
     set_fields: dict[str, tuple]
     drop_keys: frozenset[str]
     add_tensors: dict[str, np.ndarray]
+    drop_tensors: frozenset[str] = frozenset()
 
 
 def is_gguf(path: Path) -> bool:
@@ -59,6 +60,9 @@ def prepare_gguf(job) -> GgufPrepared:
             f"context {scheme.original_ctx}); a second method would stack on weights tuned for the first — "
             "pass --rebase to replace it, starting from the unscaled frequencies"
         )
+    if scheme.existing_scaling and scheme.existing_scaling.get("original_unknown") and job.request.original_ctx is None:
+        raise InputError(f"{job.base}: its scaling does not record the original context (context_length "
+                         f"{scheme.declared_ctx} is the extended one); pass --original-ctx N with --rebase")
     method = methods.get(job.method)
     plan = method.plan(scheme, job.request)
     declaration = method.gguf_declaration(plan, arch)
@@ -75,12 +79,10 @@ def prepare_gguf(job) -> GgufPrepared:
     set_fields[BASE_KEY] = (GGUFValueType.STRING, str(Path(job.base).resolve()))
     set_fields[VERSION_KEY] = (GGUFValueType.STRING, ropeconv.__version__)
     drop -= set_fields.keys()
-    stale = [t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors]
-    if stale:
-        raise InputError(f"{job.base}: carrier tensor {stale[0]} cannot be removed in a retrofit yet; it would "
-                         "keep acting on the new plan")
+    # carriers of the scaling being replaced (--rebase) would keep acting on the new plan
+    stale = {t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors}
     add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
-    return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add)
+    return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add, frozenset(stale))
 
 
 def run_gguf(job, progress: Progress | None = None):
@@ -97,7 +99,7 @@ def run_gguf(job, progress: Progress | None = None):
     with staged_file(job.out, job.force) as tmp:
         progress.note(f"gguf: rewriting metadata, copying {len(prepared.src.tensors)} tensors")
         rewrite_gguf(prepared.src, tmp, set_fields=prepared.set_fields, drop_keys=set(prepared.drop_keys),
-                     add_tensors=prepared.add_tensors)
+                     add_tensors=prepared.add_tensors, drop_tensors=set(prepared.drop_tensors))
         if job.verify:
             report = verify_gguf_file(tmp, Path(job.base), prepared.plan, device=job.device, tokens=job.tokens,
                                       tolerance=job.tolerance, progress=progress)

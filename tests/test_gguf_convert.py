@@ -222,3 +222,58 @@ def test_bad_conversions_exit_2_with_one_line_and_write_nothing(tmp_path, case, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no staging leftovers
+
+
+def test_rebase_replaces_a_carrier_scaling_and_drops_its_tensor(bases, tmp_path, capsys):
+    """llama3 (a rope_freqs carrier) → --rebase yarn: the stale carrier goes, the new plan starts from the
+    unscaled base the file records, and llama.cpp proves it against transformers loading the same GGUF."""
+    first = tmp_path / "llama3"
+    assert run_cli("extend", bases["llama"], "--method", "llama3", "--factor", "4", "--to", "gguf", "--outtype",
+                   "f32", "--no-verify", "-o", first, "--json", "-q") == 0
+    scaled = first / json.loads(capsys.readouterr().out)["files"][0]
+    assert read_gguf(scaled).tensor("rope_freqs.weight") is not None
+    out = tmp_path / "yarn.gguf"
+    assert run_cli("extend", scaled, "--method", "yarn", "--factor", "2", "-o", out, "-q") == 2  # no --rebase
+    assert run_cli("extend", scaled, "--method", "yarn", "--factor", "2", "--rebase", "--tokens",
+                   str(2 * ORIGINAL_CTX), "-o", out, "--json", "-q") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["passed"] and result["plan"]["original_ctx"] == ORIGINAL_CTX
+    rebased = read_gguf(out)
+    assert rebased.tensor("rope_freqs.weight") is None
+    assert rebased.value("llama.rope.scaling.type") == "yarn" and rebased.value("llama.context_length") == 2 * ORIGINAL_CTX
+
+    # a GGUF whose carrier scaling records no original context (as llama.cpp's converter writes Llama-3.1)
+    foreign = tmp_path / "foreign.gguf"
+    rewrite_gguf(read_gguf(scaled), foreign, drop_keys={"ropeconv.plan", "ropeconv.base_path", "ropeconv.version"})
+    capsys.readouterr()
+    assert run_cli("extend", foreign, "--method", "yarn", "--factor", "2", "--rebase", "--no-verify",
+                   "-o", tmp_path / "f.gguf") == 2
+    assert "--original-ctx" in capsys.readouterr().err
+    assert run_cli("extend", foreign, "--method", "yarn", "--factor", "2", "--rebase", "--original-ctx",
+                   str(ORIGINAL_CTX), "--no-verify", "-o", tmp_path / "f.gguf", "-q") == 0
+    assert read_gguf(tmp_path / "f.gguf").value("llama.context_length") == 2 * ORIGINAL_CTX
+
+
+def test_smollm2_tokenizer_round_trip(tmp_path, capsys):
+    """The real SmolLM2 tokenizer (49k byte-level BPE, chat specials) converted from its HF directory."""
+    import os
+
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from ropeconv.fixtures import smollm2
+
+    work = Path(os.environ.get("ROPECONV_WORK", Path(__file__).resolve().parents[1] / "work"))
+    base = smollm2.materialize_hf(work / "smollm2-135m")
+    assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype", "q8_0",
+                   "--no-verify", "-o", tmp_path / "out", "--json", "-q") == 0
+    gguf_file = tmp_path / "out" / json.loads(capsys.readouterr().out)["files"][0]
+    src = read_gguf(gguf_file)
+    assert src.value("tokenizer.ggml.pre") == "gpt-2" and len(src.value("tokenizer.ggml.tokens")) == 49152
+    assert src.value("tokenizer.chat_template") == AutoTokenizer.from_pretrained(base).chat_template
+    text = "<|im_start|>user\nWhat's 12+30? Explain naïvely, in 東京 style 🚀<|im_end|>\n<|im_start|>assistant\n"
+    hf = AutoTokenizer.from_pretrained(base)(text)["input_ids"]
+    llm = Llama(str(gguf_file), vocab_only=True, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=bool(src.value("tokenizer.ggml.add_bos_token", False)),
+                        special=True) == hf
+    assert hf[0] == 1 and 2 in hf  # <|im_start|>, <|im_end|> parsed as single control tokens by both

@@ -168,3 +168,49 @@ def test_peak_rss_is_constant_plus_largest_tensor(checkpoints, tmp_path):
     assert cfg["max_position_embeddings"] == 4 * CONFIG["max_position_embeddings"]
     for name in ("small-out", "large-out", "large-sharded"):
         shutil.rmtree(tmp_path / name)
+
+
+GGUF_HIDDEN = 1024  # float32 q/k/v/o 4 MiB each, gate/up/down 8 MiB each: ~40 MiB per layer
+
+
+def make_llama_layers(root: Path, n_layers: int) -> Path:
+    """A real llama layout (so every tensor has a GGUF name) with a trained tokenizer, for HF → GGUF."""
+    from ropeconv.fixtures.tokenizers import add_byte_level_bpe
+
+    root.mkdir(parents=True)
+    h, i = GGUF_HIDDEN, 2 * GGUF_HIDDEN
+    config = dict(CONFIG, hidden_size=h, intermediate_size=i, num_attention_heads=8, num_key_value_heads=8,
+                  num_hidden_layers=n_layers)
+    (root / "config.json").write_text(json.dumps(config, indent=2))
+    gen = torch.Generator().manual_seed(n_layers)
+    tensors = {"model.embed_tokens.weight": torch.randn(512, h, generator=gen), "model.norm.weight": torch.ones(h),
+               "lm_head.weight": torch.randn(512, h, generator=gen)}
+    for n in range(n_layers):
+        p = f"model.layers.{n}."
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            tensors[p + f"self_attn.{name}.weight"] = torch.randn(h, h, generator=gen)
+        tensors[p + "mlp.gate_proj.weight"] = torch.randn(i, h, generator=gen)
+        tensors[p + "mlp.up_proj.weight"] = torch.randn(i, h, generator=gen)
+        tensors[p + "mlp.down_proj.weight"] = torch.randn(h, i, generator=gen)
+        tensors[p + "input_layernorm.weight"] = torch.ones(h)
+        tensors[p + "post_attention_layernorm.weight"] = torch.ones(h)
+    save_file(tensors, root / "model.safetensors", metadata={"format": "pt"})
+    del tensors
+    return add_byte_level_bpe(root)
+
+
+def test_gguf_conversion_peak_rss_does_not_grow_with_model_size(tmp_path):
+    small_base, large_base = make_llama_layers(tmp_path / "s", 1), make_llama_layers(tmp_path / "l", 10)
+    peaks = {}
+    for label, base in (("small", small_base), ("large", large_base)):
+        for outtype in ("f16", "q8_0"):
+            peaks[label, outtype] = convert(base, tmp_path / f"{label}-{outtype}", "--to", "gguf", "--outtype", outtype)
+    largest = 2 * GGUF_HIDDEN * GGUF_HIDDEN * 4  # an 8 MiB float32 MLP matrix
+    for outtype in ("f16", "q8_0"):
+        growth = peaks["large", outtype] - peaks["small", outtype]
+        print(f"gguf {outtype}: growth {growth / MiB:.1f} MiB for 9 more layers (~360 MiB of weights)")
+        # q8_0 quantizes a whole tensor in float32 numpy: a few copies of the largest tensor
+        allowed = (4 if outtype == "q8_0" else 1) * largest + SLACK
+        assert growth < allowed, f"{outtype}: peak RSS grows with model size: +{growth / MiB:.1f} MiB"
+        assert peaks["large", outtype] < ABSOLUTE_LIMIT
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -55,7 +55,14 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
     existing = existing_scaling(src, arch)
     original = context
     if existing is not None:
-        original = existing.get("original_context_length") or context
+        recorded = _recorded_plan(src)  # a ropeconv GGUF knows the unscaled base and length it started from
+        if recorded:
+            theta, original = recorded["theta"], recorded["original_ctx"]
+        elif existing.get("original_context_length"):
+            original = existing["original_context_length"]
+        else:
+            # e.g. Llama-3.1 GGUFs: rope_freqs and the extended context only; the original is not in the file
+            existing = {**existing, "original_unknown": True}
     return RopeScheme(
         theta=float(theta),
         head_dim=head_dim,
@@ -64,3 +71,19 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
         declared_ctx=context,
         existing_scaling=existing,
     )
+
+
+def _recorded_plan(src: GgufFile) -> dict[str, Any] | None:
+    import json
+
+    raw = src.value("ropeconv.plan")
+    try:
+        plan = json.loads(raw) if isinstance(raw, str) else None
+        if not isinstance(plan, dict):
+            return None
+        # ntk and dynamic --bake-at record the raised base as theta and the unscaled one as base_theta
+        theta = float((plan.get("params") or {}).get("base_theta", plan["theta"]))
+        original = int(plan["original_ctx"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {"theta": theta, "original_ctx": original} if theta > 1 and original > 0 else None

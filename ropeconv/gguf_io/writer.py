@@ -377,13 +377,13 @@ class _BackgroundSha256:
 
 
 def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, drop_keys: set[str] = frozenset(),
-                 add_tensors: dict[str, np.ndarray] | None = None) -> None:
+                 add_tensors: dict[str, np.ndarray] | None = None, drop_tensors: set[str] = frozenset()) -> None:
     """Copy `src` to `dst` with metadata changed and tensors added; everything else byte for byte.
 
     set_fields maps a key to (value_type, value) or (value_type, value, item_type): an existing key
     is replaced where it stands, a new one is appended. drop_keys that are absent are ignored.
     add_tensors are appended after the existing tensors; a name that already exists is replaced in
-    place (e.g. a Llama-3 GGUF's rope_freqs.weight).
+    place (e.g. a Llama-3 GGUF's rope_freqs.weight). drop_tensors are left out (absent ones ignored).
     """
     set_fields = dict(set_fields or {})
     add_tensors = dict(add_tensors or {})
@@ -404,7 +404,11 @@ def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, dr
 
     infos: list[TensorInfo] = []
     sources: list[TensorSource] = []
+    if set(drop_tensors) & add_tensors.keys():
+        raise RopeconvError(f"internal: tensors both added and dropped: {sorted(set(drop_tensors) & add_tensors.keys())}")
     for t in src.tensors:
+        if t.name in drop_tensors:
+            continue
         array = add_tensors.pop(t.name, None)
         infos.append(TensorInfo.of(t) if array is None else TensorInfo.of_array(t.name, array))
         sources.append(t if array is None else array)
