@@ -11,7 +11,6 @@ converter, at most 1.5x `cp -r`, peak RSS at most 512 MB. A report: exits 0 on a
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from bench.extend_bench import RUNS, ensure_checkpoint, markdown, measure, reset, warm_page_cache
+from bench.extend_bench import alternate, bench_args, ensure_checkpoint, markdown, reset
 
 MAX_RATIO = 1.5
 MAX_RSS_MB = 512
@@ -68,13 +67,7 @@ def commands(src: Path, root: Path, llama_cpp: Path) -> dict[str, tuple[list[str
 
 def run_bench(src: Path, root: Path, llama_cpp: Path, runs: int) -> dict:
     cmds = commands(src, root, llama_cpp)
-    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in cmds}
-    warm_page_cache(src)
-    for r in range(runs):
-        for label in list(cmds) if r % 2 == 0 else list(reversed(cmds)):
-            cmd, out = cmds[label]
-            reset(out)
-            samples[label].append(measure(cmd))
+    samples = alternate(cmds, src, runs)
     for _, out in cmds.values():
         reset(out)
     median = {label: statistics.median(s for s, _ in runs_) for label, runs_ in samples.items()}
@@ -97,16 +90,10 @@ def run_bench(src: Path, root: Path, llama_cpp: Path, runs: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.convert_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="working directory (checkpoint, outputs, report)")
-    parser.add_argument("--size-gb", type=float, default=2.0, help="size of the synthetic checkpoint (default 2.0)")
-    parser.add_argument("--runs", type=int, default=RUNS, help=f"measured runs per command (default {RUNS})")
-    parser.add_argument("--llama-cpp-src", type=Path, help="llama.cpp sources holding convert_hf_to_gguf.py")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
-    args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
+    args = bench_args("bench.convert_bench", __doc__, argv, lambda p: p.add_argument(
+        "--llama-cpp-src", type=Path, help="llama.cpp sources holding convert_hf_to_gguf.py"))
     src = with_tokenizer(ensure_checkpoint(args.work, args.size_gb))
-    report = run_bench(src, args.work, llama_cpp_sources(args.work, args.llama_cpp_src), max(1, args.runs))
+    report = run_bench(src, args.work, llama_cpp_sources(args.work, args.llama_cpp_src), args.runs)
     table = markdown(report)
     (args.work / "convert-report.md").write_text(table)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)

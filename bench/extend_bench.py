@@ -206,17 +206,24 @@ def commands(src: Path, root: Path) -> dict[str, tuple[list[str], Path]]:
     }  # fmt: skip
 
 
-def run_bench(src: Path, root: Path, runs: int = RUNS) -> dict:
-    """Alternate the commands (swapping which goes first each round) and keep the medians."""
-    cmds = commands(src, root)
-    samples = {label: [] for label in cmds}
+def alternate(cmds: dict[str, tuple[list[str], Path]], src: Path, runs: int) -> dict[str, list[tuple[float, float]]]:
+    """(seconds, peak RSS MB) per run of each command, alternating which goes first each round, every output
+    removed before its run. The outputs of the last round are left for the caller to inspect and reset."""
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in cmds}
+    for _, out in cmds.values():
+        reset(out)
     warm_page_cache(src)
     for r in range(runs):
-        labels = list(cmds) if r % 2 == 0 else list(reversed(cmds))
-        for label in labels:
+        for label in list(cmds) if r % 2 == 0 else list(reversed(cmds)):
             cmd, out = cmds[label]
             reset(out)
             samples[label].append(measure(cmd))
+    return samples
+
+
+def run_bench(src: Path, root: Path, runs: int = RUNS) -> dict:
+    cmds = commands(src, root)
+    samples = alternate(cmds, src, runs)
     for _, out in cmds.values():
         reset(out)
     return summarize(src, samples)
@@ -270,16 +277,25 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.extend_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="working directory (checkpoint, outputs, report)")
-    parser.add_argument("--size-gb", type=float, default=2.0, help="size of the synthetic checkpoint (default 2.0)")
+def bench_args(prog: str, doc: str, argv: list[str] | None, extra=None) -> argparse.Namespace:
+    """The options every benchmark takes; extra(parser) adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="working directory (inputs, outputs, report)")
+    parser.add_argument("--size-gb", type=float, default=2.0, help="size of the synthetic input (default 2.0)")
     parser.add_argument("--runs", type=int, default=RUNS, help=f"measured runs per command (default {RUNS})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
+    if extra:
+        extra(parser)
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    args.runs = max(1, args.runs)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = bench_args("bench.extend_bench", __doc__, argv)
     src = ensure_checkpoint(args.work, args.size_gb)
-    report = run_bench(src, args.work, max(1, args.runs))
+    report = run_bench(src, args.work, args.runs)
     table = markdown(report)
     (args.work / "report.md").write_text(table)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)

@@ -10,7 +10,6 @@ report, not a test: it exits 0 on a missed target, 1 if a command fails or a ten
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from bench.extend_bench import MAX_RSS_MB, RUNS, markdown, measure, reset, rows_and_targets, warm_page_cache
+from bench.extend_bench import MAX_RSS_MB, RUNS, alternate, bench_args, markdown, reset, rows_and_targets
 from ropeconv.errors import RopeconvError
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, align_up, read_gguf, tensor_nbytes
 from ropeconv.gguf_io.writer import GgufWriter, NewField, TensorInfo, build_header
@@ -158,15 +157,7 @@ def commands(src: Path, root: Path) -> dict[str, tuple[list[str], Path]]:
 def run_bench(src: Path, root: Path, runs: int = RUNS) -> dict:
     """Alternate the commands (swapping which goes first each round), keep the medians, then check the bytes."""
     cmds = commands(src, root)
-    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in cmds}
-    for _, out in cmds.values():
-        reset(out)
-    warm_page_cache(src)
-    for r in range(runs):
-        for label in list(cmds) if r % 2 == 0 else list(reversed(cmds)):
-            cmd, out = cmds[label]
-            reset(out)
-            samples[label].append(measure(cmd))
+    samples = alternate(cmds, src, runs)
     report = summarize(src, samples)
     report["tensor_check"] = compare_tensors(src, cmds[RETROFIT_LABEL][1])  # the last timed run's output
     for _, out in cmds.values():
@@ -227,15 +218,9 @@ def report_markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.retrofit_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="working directory (GGUF, outputs, report)")
-    parser.add_argument("--size-gb", type=float, default=2.0, help="size of the synthetic GGUF (default 2.0)")
-    parser.add_argument("--runs", type=int, default=RUNS, help=f"measured runs per command (default {RUNS})")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
-    args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
+    args = bench_args("bench.retrofit_bench", __doc__, argv)
     src = ensure_gguf(args.work, args.size_gb)
-    report = run_bench(src, args.work, max(1, args.runs))
+    report = run_bench(src, args.work, args.runs)
     table = report_markdown(report)
     (args.work / "retrofit-report.md").write_text(table)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
