@@ -277,3 +277,9 @@ def test_smollm2_tokenizer_round_trip(tmp_path, capsys):
     assert llm.tokenize(text.encode(), add_bos=bool(src.value("tokenizer.ggml.add_bos_token", False)),
                         special=True) == hf
     assert hf[0] == 1 and 2 in hf  # <|im_start|>, <|im_end|> parsed as single control tokens by both
+
+
+def test_outtype_without_a_conversion_is_refused(bases, tmp_path, capsys):
+    assert run_cli("extend", bases["llama"], "--method", "yarn", "--factor", "4", "--outtype", "q8_0",
+                   "-o", tmp_path / "out") == 2  # safetensors only: nothing to apply it to
+    assert "--outtype applies" in capsys.readouterr().err and not (tmp_path / "out").exists()

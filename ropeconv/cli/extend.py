@@ -54,8 +54,9 @@ def _method_options(fn):
 @click.option("--to", "formats", default=None,
               help="output formats, comma-separated: safetensors, gguf (default: safetensors for a HF base, gguf "
               "for a GGUF base)")
-@click.option("--outtype", type=click.Choice(list(OUTTYPES)), default="f16", show_default=True,
-              help="GGUF weight type when converting a HF base (norms and biases stay f32)")
+@click.option("--outtype", type=click.Choice(list(OUTTYPES)), default=None,
+              help="GGUF weight type when converting a HF base with --to gguf (default f16; norms and biases "
+              "stay f32)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
 @click.option("--force", is_flag=True, help="replace an existing output")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
@@ -76,6 +77,10 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     if not (math.isfinite(max_abs_logit) and max_abs_logit > 0):
         raise InputError(f"--max-abs-logit must be a positive number, got {max_abs_logit}")
+    chosen = parse_formats(formats, base)
+    if outtype is not None and (str(base).endswith(".gguf") or "gguf" not in chosen):
+        raise InputError("--outtype applies when converting a HuggingFace base with --to gguf (a GGUF base keeps "
+                         "its tensors as they are)")
     request = ExtendRequest(
         factor=factor,
         target_ctx=target_ctx,
@@ -87,8 +92,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         method=method_name,
         request=request,
         out=out,
-        formats=parse_formats(formats, base),
-        outtype=outtype,
+        formats=chosen,
+        outtype=outtype or "f16",
         force=force,
         rebase=rebase,
         allow_pickle=allow_pickle,
