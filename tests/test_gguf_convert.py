@@ -283,3 +283,20 @@ def test_outtype_without_a_conversion_is_refused(bases, tmp_path, capsys):
     assert run_cli("extend", bases["llama"], "--method", "yarn", "--factor", "4", "--outtype", "q8_0",
                    "-o", tmp_path / "out") == 2  # safetensors only: nothing to apply it to
     assert "--outtype applies" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_float16_overflow_is_refused_not_written_as_inf(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base = add_byte_level_tokenizer(make_tiny(tmp_path, "llama"))
+    weights = load_file(base / "model.safetensors")
+    weights["model.layers.0.mlp.down_proj.weight"][3, 5] = 1e6  # fine in float32 and bfloat16
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    capsys.readouterr()
+    assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype", "f16",
+                   "--no-verify", "-o", tmp_path / "out") == 2
+    assert "float16's range" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype", "bf16",
+                   "--no-verify", "-o", tmp_path / "out", "-q") == 0
+    assert torch.isfinite(weights["model.layers.0.mlp.down_proj.weight"]).all()

@@ -247,9 +247,8 @@ class GgufConversion:
             source.read_into(entry, start, view)
             x = torch.frombuffer(view, dtype=src_dtype)
             y = x.to(dst_dtype)
-            if dst_dtype == torch.float16 and src_dtype != torch.float16 and _overflowed(x, y):
-                raise UnsupportedError(f"tensor {entry.name!r} has values beyond float16's range (±65504); use "
-                                       "--outtype bf16 or f32")
+            if dst_dtype == torch.float16:
+                _check_half(entry.name, x, y)
             yield y.view(torch.uint8).numpy()
 
     def _convert(self, t: TensorPlan, tensor) -> np.ndarray:
@@ -270,23 +269,26 @@ class GgufConversion:
             return tensor.to(torch.bfloat16).view(torch.int16).numpy()
         if kind == G.F16:
             half = tensor.to(torch.float16)
-            if tensor.dtype != torch.float16 and _overflowed(tensor, half):
-                raise UnsupportedError(f"tensor {t.entry.name!r} has values beyond float16's range (±65504); use "
-                                       "--outtype bf16 or f32")
+            _check_half(t.entry.name, tensor, half)
             return half.numpy()
         from gguf.quants import quantize
 
         return quantize(tensor.to(torch.float32).numpy(), kind)
 
 
-def _overflowed(x, y) -> bool:
-    """y = x cast to float16 holds an inf that x did not. aminmax first: one cheap pass in the common case."""
+def _check_half(name: str, x, y) -> None:
+    """Refuse when y = x cast to float16 holds an inf that x did not. aminmax first: one cheap pass in the
+    common case."""
     import torch
 
+    if x.dtype == torch.float16:
+        return
     lo, hi = torch.aminmax(y)
     if torch.isfinite(lo) and torch.isfinite(hi):
-        return False
-    return bool(torch.isinf(y).any()) and not bool(torch.isinf(x).any())
+        return
+    if bool(torch.isinf(y).any()) and not bool(torch.isinf(x).any()):
+        raise UnsupportedError(f"tensor {name!r} has values beyond float16's range (±65504); use --outtype bf16 "
+                               "or f32")
 
 
 def permute_pairs(w, heads: int):
