@@ -56,6 +56,31 @@ def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def assert_refused(capsys, rc: int, out: Path, parent_before: list[str], *, mentions: tuple[str, ...] = ()) -> str:
+    """The bad-input contract; returns the one error line."""
+    captured = capsys.readouterr()
+    err = captured.err
+    assert rc == 2, f"exit {rc}, expected 2; stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
+    assert len(err.splitlines()) == 1, f"blank lines on stderr:\n{err!r}"
+    line = lines[0]
+    print("REFUSED:", line)
+    assert line.startswith("ropeconv: error: "), line
+    assert len(line) > len("ropeconv: error: ") + 5, line
+    for word in mentions:
+        assert word.lower() in line.lower(), f"{word!r} not mentioned in: {line}"
+    assert not out.exists() or out.name in parent_before, f"{out} was created"
+    after = listing(out.parent)
+    assert after == parent_before, f"leftovers in {out.parent}: {sorted(set(after) - set(parent_before))}"
+    return line
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -17,16 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
+from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
 
 N_PAIRS = 8  # tiny llama: head_dim 16, full rotary -> 8 frequency pairs
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def listing(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -36,27 +32,6 @@ def tree_digest(root: Path) -> dict[str, str]:
         rel = str(p.relative_to(root))
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
     return out
-
-
-def assert_refused(capsys, rc: int, out: Path, parent_before: list[str], *, mentions: tuple[str, ...] = ()) -> str:
-    """The bad-input contract; returns the one error line."""
-    captured = capsys.readouterr()
-    err = captured.err
-    assert rc == 2, f"exit {rc}, expected 2; stderr:\n{err}"
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
-    assert len(err.splitlines()) == 1, f"blank lines on stderr:\n{err!r}"
-    line = lines[0]
-    print("REFUSED:", line)
-    assert line.startswith("ropeconv: error: "), line
-    assert len(line) > len("ropeconv: error: ") + 5, line
-    for word in mentions:
-        assert word.lower() in line.lower(), f"{word!r} not mentioned in: {line}"
-    assert not out.exists() or out.name in parent_before, f"{out} was created"
-    after = listing(out.parent)
-    assert after == parent_before, f"leftovers in {out.parent}: {sorted(set(after) - set(parent_before))}"
-    return line
 
 
 @pytest.fixture

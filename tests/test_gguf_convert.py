@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, make_tiny, read_json, run_cli
+from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
 from ropeconv.gguf_io.reader import read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
 
@@ -216,12 +216,10 @@ def test_bad_conversions_exit_2_with_one_line_and_write_nothing(tmp_path, case, 
         (tmp_path / "lr.json").write_text(json.dumps({"short_factor": [1.0] * 8, "long_factor": [4.0] * 8}))
         args = [str(tmp_path / "lr.json") if a == "LR" else a for a in args]
     out = tmp_path / "out"
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = listing(tmp_path)
     capsys.readouterr()  # building the base printed transformers' progress
-    assert run_cli("extend", base, *args, "--to", "gguf", "-o", out) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no staging leftovers
+    line = assert_refused(capsys, run_cli("extend", base, *args, "--to", "gguf", "-o", out), out, before)
+    assert words in line
 
 
 def test_rebase_replaces_a_carrier_scaling_and_drops_its_tensor(bases, tmp_path, capsys):
