@@ -24,7 +24,7 @@ from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_nam
 from ropeconv.manifest import write_manifest
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
-from ropeconv.parity import ParityReport, Tolerance, check_parity, pick_device
+from ropeconv.parity import ParityReport, Tolerance, Twin, check_parities, pick_device
 from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
@@ -120,20 +120,21 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
                 shutil.copyfile(ckpt.path / name, tmp / name)
         reports: dict[str, ParityReport] = {}  # by format
         if job.verify:
-            check = dict(device=job.device, tokens=job.tokens, tolerance=job.tolerance, progress=progress.note)
-            if "safetensors" in job.formats:
-                reports["safetensors"] = check_parity(tmp, ckpt.path, plan, vocab_size(ckpt.config), **check)
-                gate(reports["safetensors"], job.out, progress)
+            artifacts = {"safetensors": (tmp, None)} if "safetensors" in job.formats else {}
             if gguf_name:
-                reports["gguf"] = check_gguf_parity(tmp / gguf_name, ckpt.path, plan, vocab_size(ckpt.config),
-                                                    **check)
-                gate(reports["gguf"], job.out, progress)
+                artifacts["gguf"] = (tmp / gguf_name, gguf_twin(ckpt.path, plan))
+            found = check_parities(list(artifacts.values()), ckpt.path, plan, vocab_size(ckpt.config),
+                                   device=job.device, tokens=job.tokens, tolerance=job.tolerance,
+                                   progress=progress.note)
+            reports = dict(zip(artifacts, found))
+            for report in reports.values():
+                gate(report, job.out, progress)
         parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
-        gguf_record = _formats_record(job, prepared, gguf_name).get("gguf")
-        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan,
-                          prepared.hf_rope if "safetensors" in job.formats else None, gguf_record, parity)
+        formats = _formats_record(job, prepared, gguf_name)
+        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats.get("safetensors", {}).get("declaration"),
+                          formats.get("gguf"), parity)
         (tmp / "README.md").write_text(card)
-        write_manifest(tmp, _manifest_body(job, prepared, gguf_name, parity), known_sha256)
+        write_manifest(tmp, _manifest_body(prepared, formats, parity), known_sha256)
     first = next(iter(reports.values()), None)
     return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
 
@@ -192,10 +193,10 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     return files, known
 
 
-def check_gguf_parity(artifact: Path, base: Path, plan: RopePlan, n_vocab: int, **check) -> ParityReport:
+def gguf_twin(base: Path, plan: RopePlan) -> Twin:
     """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
     (strict: names, layout, metadata) and as itself against the quantized limits."""
-    return check_parity(artifact, base, plan, n_vocab, twin=lambda dst: write_f32_twin(base, plan, dst), **check)
+    return lambda dst: write_f32_twin(base, plan, dst)
 
 
 def vocab_size(config: dict[str, Any]) -> int:
@@ -205,7 +206,7 @@ def vocab_size(config: dict[str, Any]) -> int:
     return size
 
 
-def _manifest_body(job: ExtendJob, prepared: Prepared, gguf_name: str | None, parity: dict | None) -> dict[str, Any]:
+def _manifest_body(prepared: Prepared, formats: dict[str, Any], parity: dict | None) -> dict[str, Any]:
     ckpt = prepared.checkpoint
     config_bytes = (ckpt.path / "config.json").read_bytes()
     return {
@@ -218,7 +219,7 @@ def _manifest_body(job: ExtendJob, prepared: Prepared, gguf_name: str | None, pa
         },
         "method": prepared.plan.method,
         "plan": prepared.plan.to_json(),
-        "formats": _formats_record(job, prepared, gguf_name),
+        "formats": formats,
         "vocab_size": vocab_size(ckpt.config),
         "parity": parity,
     }
@@ -230,7 +231,7 @@ def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -
         out["safetensors"] = {"declaration": prepared.hf_rope}
     if gguf_name and prepared.gguf:
         g = prepared.gguf
-        arch = g.fields[0].value
+        arch = g.arch_name
         out["gguf"] = {
             "file": gguf_name,
             "outtype": g.outtype,

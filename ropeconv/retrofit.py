@@ -46,6 +46,15 @@ class GgufPrepared:
     drop_tensors: frozenset[str] = frozenset()
 
 
+def provenance(plan: RopePlan, base: Path) -> dict[str, tuple]:
+    """The ropeconv.* keys every GGUF ropeconv writes: the plan, its base, the writer's version."""
+    return {
+        PLAN_KEY: (GGUFValueType.STRING, json.dumps(plan.to_json(), sort_keys=True)),
+        BASE_KEY: (GGUFValueType.STRING, str(Path(base).resolve())),
+        VERSION_KEY: (GGUFValueType.STRING, ropeconv.__version__),
+    }
+
+
 def is_gguf(path: Path) -> bool:
     return Path(path).suffix == ".gguf"
 
@@ -75,9 +84,7 @@ def prepare_gguf(job) -> GgufPrepared:
     }
     for key, (kind, value) in declaration.kv.items():
         set_fields[f"{a}.{key}"] = (VALUE_TYPES[kind], value)
-    set_fields[PLAN_KEY] = (GGUFValueType.STRING, json.dumps(plan.to_json(), sort_keys=True))
-    set_fields[BASE_KEY] = (GGUFValueType.STRING, str(Path(job.base).resolve()))
-    set_fields[VERSION_KEY] = (GGUFValueType.STRING, ropeconv.__version__)
+    set_fields.update(provenance(plan, Path(job.base)))
     drop -= set_fields.keys()
     # carriers of the scaling being replaced (--rebase) would keep acting on the new plan
     stale = {t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ropeconv.errors import InputError
 from ropeconv.manifest import read_manifest
-from ropeconv.parity import ParityReport, Tolerance, check_parity
+from ropeconv.parity import ParityReport, Tolerance, check_parities
 from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
@@ -57,15 +57,13 @@ def verify_output(
             raise InputError(f"{out}: its base {recorded} is not there; pass --base BASE_DIR")
     elif not Path(base).is_dir():
         raise InputError(f"--base {base}: not a directory")
-    check = dict(device=device, tokens=tokens, tolerance=tolerance, notes=notes, progress=progress.note)
-    reports = []
-    if "safetensors" in formats:
-        reports.append(check_parity(out, Path(base), plan, vocab_size, **check))
-    if gguf_file is not None:
-        from ropeconv.pipeline import check_gguf_parity
+    from ropeconv.pipeline import gguf_twin
 
-        reports.append(check_gguf_parity(gguf_file, Path(base), plan, vocab_size, **check))
-    return reports
+    artifacts = [(out, None)] if "safetensors" in formats else []
+    if gguf_file is not None:
+        artifacts.append((gguf_file, gguf_twin(Path(base), plan)))
+    return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
+                          tolerance=tolerance, notes=notes, progress=progress.note)
 
 
 def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:

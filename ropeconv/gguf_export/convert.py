@@ -8,14 +8,12 @@ dtype is a kernel byte copy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, MODEL_ARCH_NAMES, get_tensor_name_map
 
-import ropeconv
 from ropeconv import methods
 from ropeconv.archs import GGUF_ARCHS
 from ropeconv.checkpoint import Checkpoint
@@ -26,7 +24,7 @@ from ropeconv.gguf_export.vocab import tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
 from ropeconv.gguf_io.writer import ByteRange, GgufWriter, NewField, TensorInfo
 from ropeconv.positions import RopePlan
-from ropeconv.retrofit import BASE_KEY, PLAN_KEY, VALUE_TYPES, VERSION_KEY
+from ropeconv.retrofit import VALUE_TYPES, provenance
 
 G = GGMLQuantizationType
 OUTTYPES = {"f32": G.F32, "f16": G.F16, "bf16": G.BF16, "q8_0": G.Q8_0}
@@ -56,12 +54,13 @@ class GgufPlan:
     raw_copy_ok: bool  # safetensors source: untouched tensors can be kernel copies
 
     @property
-    def infos(self) -> list[TensorInfo]:
-        return [t.info for t in self.tensors] + [TensorInfo.of_array(n, a) for n, a in self.carriers]
+    def arch_name(self) -> str:
+        """general.architecture, e.g. "llama" (mistral's too)."""
+        return MODEL_ARCH_NAMES[self.layout.arch]
 
     @property
-    def total_bytes(self) -> int:
-        return sum(i.nbytes for i in self.infos)
+    def infos(self) -> list[TensorInfo]:
+        return [t.info for t in self.tensors] + [TensorInfo.of_array(n, a) for n, a in self.carriers]
 
 
 def gguf_file_name(ckpt: Checkpoint, outtype: str) -> str:
@@ -106,11 +105,7 @@ def plan_gguf(ckpt: Checkpoint, plan: RopePlan, outtype: str) -> GgufPlan:
         value = float(value) if kind == "f32" else int(value) if kind == "u32" else value
         fields.append(NewField(f"{arch_name}.{key}", VALUE_TYPES[kind], value))
     fields += tokenizer_fields(ckpt.path, n_vocab)
-    fields += [
-        NewField(PLAN_KEY, GGUFValueType.STRING, _plan_json(plan)),
-        NewField(BASE_KEY, GGUFValueType.STRING, str(ckpt.path.resolve())),
-        NewField(VERSION_KEY, GGUFValueType.STRING, ropeconv.__version__),
-    ]
+    fields += [NewField(key, *spec) for key, spec in provenance(plan, ckpt.path).items()]
 
     tensors = _plan_tensors(ckpt, layout, outtype)
     carriers = tuple((name, np.asarray(values, dtype=np.float32)) for name, values in declaration.tensors.items())
@@ -168,10 +163,6 @@ def _positive(config: dict, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InputError(f"config.json: {key} must be a positive integer, got {value!r}")
     return value
-
-
-def _plan_json(plan: RopePlan) -> str:
-    return json.dumps(plan.to_json(), sort_keys=True)
 
 
 def write_f32_twin(base: Path, plan: RopePlan, dst: Path) -> Path:

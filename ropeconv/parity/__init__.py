@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
 from ropeconv.parity.report import ParityReport, Tolerance, compare
@@ -13,11 +13,27 @@ from ropeconv.positions import RopePlan
 # torch and transformers load only when parity runs: `extend --no-verify`, `inspect` and `methods`
 # never touch a tensor and skip their ~1.5 s import.
 
-__all__ = ["ParityReport", "Tolerance", "check_parity", "default_tokens", "pick_device"]
+__all__ = ["ParityReport", "Tolerance", "Twin", "check_parities", "check_parity", "default_tokens", "pick_device"]
+
+
+Twin = Callable[[Path], Path]  # writes a float32 twin of a non-f32 GGUF artifact to the path it is given
 
 
 def check_parity(
     artifact: Path,
+    base: Path,
+    plan: RopePlan,
+    vocab_size: int,
+    *,
+    twin: Twin | None = None,
+    **options,
+) -> ParityReport:
+    """One artifact; options as check_parities. twin default: the artifact with its tensors dequantized."""
+    return check_parities([(artifact, twin)], base, plan, vocab_size, **options)[0]
+
+
+def check_parities(
+    artifacts: Sequence[tuple[Path, Twin | None]],
     base: Path,
     plan: RopePlan,
     vocab_size: int,
@@ -27,15 +43,11 @@ def check_parity(
     tolerance: Tolerance = Tolerance(),
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
-    twin: Callable[[Path], Path] | None = None,
-) -> ParityReport:
-    """twin: writes a float32 twin of a non-f32 GGUF artifact to the path it is given (default: the artifact
-    with its tensors dequantized)."""
+) -> list[ParityReport]:
+    """A report per artifact (e.g. the safetensors directory and the GGUF of one output), against one
+    reference computed once: the same probe, plan and base serve them all."""
     from ropeconv.parity.reference import load_reference
     from ropeconv.parity.runtimes import hf as hf_runtime
-    from ropeconv.parity.runtimes import runtime_for
-
-    runtime = runtime_for(artifact)
 
     _quiet_transformers()
     dev = pick_device(device)
@@ -48,6 +60,23 @@ def check_parity(
     reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
     free(model)
 
+    probe = passes[-1]
+    probe_note: tuple[str, ...] = ()
+    if probe.first_position:
+        probe_note = (
+            f"probe of {n_tokens} tokens placed at positions {probe.first_position}–{probe.last_position} "
+            f"to cross the original context; relative distances reach {n_tokens - 1}",
+        )
+    return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes, probe_note, progress)
+            for artifact, twin in artifacts]
+
+
+def _judge(artifact: Path, twin: Twin | None, reference, plan: RopePlan, dev, ids, passes, tolerance: Tolerance,
+           notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None]) -> ParityReport:
+    """Run one artifact in its runtime over the probe and compare it with the reference logits."""
+    from ropeconv.parity.runtimes import runtime_for
+
+    runtime = runtime_for(artifact)
     runs = _candidate_runs(artifact, twin)
     results = []
     for label, path, quantized in runs:
@@ -70,21 +99,16 @@ def check_parity(
             bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized,
                                  position_noise=getattr(runtime, "POSITION_NOISE", 0.0)))
     probe = passes[-1]
-    if probe.first_position:
-        notes = notes + (
-            f"probe of {n_tokens} tokens placed at positions {probe.first_position}–{probe.last_position} "
-            f"to cross the original context; relative distances reach {n_tokens - 1}",
-        )
     return ParityReport(
         runtime=runtime.NAME,
         device=dev.type,
-        tokens=n_tokens,
+        tokens=ids.shape[1],
         original_ctx=plan.original_ctx,
         first_position=probe.first_position,
         last_position=probe.last_position,
         bands=tuple(bands),
         tolerance=tolerance,
-        notes=notes,
+        notes=notes + probe_note,
     )
 
 
