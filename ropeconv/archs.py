@@ -42,7 +42,7 @@ ARCHS: dict[str, ArchSpec] = {
             strict_longrope_legacy=True,
             note="transformers accepts only rope_type default or longrope, so safetensors takes ntk, longrope "
             "and freqs and refuses the rest; its config cannot declare an attention factor (transformers "
-            "derives sqrt(1 + ln s / ln L)), so another one is refused",
+            "derives sqrt(1 + ln s / ln L)), so another one is refused there (ONNX bakes any method)",
         ),
         ArchSpec("gpt_neox", theta_key="rotary_emb_base", partial_key="rotary_pct", default_partial=0.25,
                  note="partial rotary (rotary_pct): methods act on the rotated dims only"),

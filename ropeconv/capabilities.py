@@ -27,7 +27,22 @@ def _gguf_note() -> str:
     )
 
 
-FORMAT_NOTES = {"gguf": _gguf_note()}
+def _onnx_note() -> str:
+    from ropeconv.onnx_export.export import GENAI_TYPES
+    from ropeconv.onnx_export.layouts import LAYOUTS
+
+    no_genai = ", ".join(m for m in LAYOUTS if m not in GENAI_TYPES)
+    return (
+        f"a HF base ({', '.join(LAYOUTS)}) is exported as a decoder with KV cache (opset 18, float32 compute, "
+        "--dtype fp32/fp16 weights) whose graph computes the plan itself, so every method is available on every "
+        "architecture, phi3 included. Parity-proven in onnxruntime on every architecture × method (tiny random "
+        "models, prefill crossing the original context then decode steps through the cache, each cell also "
+        "failing once the rope constants are reset) and on the real SmolLM2. A genai_config.json is written for "
+        f"onnxruntime-genai, except for {no_genai}, which it has no model type for"
+    )
+
+
+FORMAT_NOTES = {"gguf": _gguf_note(), "onnx": _onnx_note()}
 
 
 def matrix() -> list[dict]:

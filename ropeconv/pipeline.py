@@ -15,21 +15,24 @@ from typing import Any
 
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
-from ropeconv.errors import InputError, ParityError
+from ropeconv.errors import InputError, ParityError, UnsupportedError
 from ropeconv.export.card import model_card
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir
 from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
 from ropeconv.manifest import write_manifest
+from ropeconv.onnx_export.export import MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, plan_onnx, \
+    position_math
+from ropeconv.onnx_export import OPSET
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import ParityReport, Tolerance, Twin, check_parities, pick_device
 from ropeconv.positions import RopePlan
 from ropeconv.progress import Progress
 
-FORMATS = ("safetensors", "gguf")  # the matrix's columns
-HF_FORMATS = ("safetensors", "gguf")  # what a HuggingFace base can be written as
+FORMATS = ("safetensors", "gguf", "onnx")  # the matrix's columns
+HF_FORMATS = ("safetensors", "gguf", "onnx")  # what a HuggingFace base can be written as
 GGUF_FORMATS = ("gguf",)  # a GGUF base is retrofitted in place of format conversion
 
 
@@ -41,6 +44,7 @@ class ExtendJob:
     out: Path
     formats: tuple[str, ...] = ("safetensors",)
     outtype: str = "f16"  # GGUF tensor type for weight matrices
+    onnx_dtype: str = "fp32"  # ONNX weight storage (compute is float32 either way)
     force: bool = False
     rebase: bool = False
     allow_pickle: bool = False
@@ -55,9 +59,10 @@ class ExtendJob:
 class Prepared:
     checkpoint: Checkpoint
     plan: RopePlan
-    hf_rope: dict[str, Any]
+    hf_rope: dict[str, Any] | None  # None: transformers cannot declare the plan (no safetensors output)
     hf_config: dict[str, Any]
     gguf: GgufPlan | None = None
+    onnx: OnnxPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -95,11 +100,25 @@ def prepare(job: ExtendJob) -> Prepared:
         )
     method = methods.get(job.method)
     plan = method.plan(ckpt.scheme, job.request)
-    hf_rope = method.hf_rope_parameters(plan)
-    hf_config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, plan, hf_rope)
+    try:
+        hf_rope = method.hf_rope_parameters(plan)
+        hf_config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, plan, hf_rope)
+    except UnsupportedError:
+        if "safetensors" in job.formats:
+            raise
+        # the graph bakes what transformers' config cannot declare (phi3 + yarn, say): the ONNX directory
+        # then carries the base's config.json, for the shapes only
+        hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
     gguf = plan_gguf(ckpt, plan, job.outtype) if "gguf" in job.formats else None
-    return Prepared(ckpt, plan, hf_rope, hf_config, gguf)
+    onnx = plan_onnx(ckpt, plan, job.onnx_dtype, _provenance(plan, ckpt.path)) if "onnx" in job.formats else None
+    return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
+
+
+def _provenance(plan: RopePlan, base: Path) -> dict[str, str]:
+    from ropeconv.retrofit import provenance
+
+    return {key: value for key, (_, value) in provenance(plan, base).items()}
 
 
 def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
@@ -114,15 +133,22 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     gguf_name = gguf_file_name(ckpt, job.outtype) if prepared.gguf else None
     with staged_dir(job.out, job.force) as tmp:
         files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
-        if "safetensors" in job.formats:
-            (tmp / "config.json").write_text(json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n")
+        config_text = json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n"
+        # the ONNX directory is self-contained: what optimum's ORTModel and onnxruntime-genai look for beside it
+        homes = ([tmp] if "safetensors" in job.formats else []) + ([tmp / ONNX_DIR] if prepared.onnx else [])
+        for home in homes:
+            (home / "config.json").write_text(config_text)
             for name in ckpt.aux_files:
-                shutil.copyfile(ckpt.path / name, tmp / name)
+                shutil.copyfile(ckpt.path / name, home / name)
+        if prepared.onnx and prepared.onnx.genai:
+            (tmp / ONNX_DIR / "genai_config.json").write_text(json.dumps(prepared.onnx.genai, indent=2) + "\n")
         reports: dict[str, ParityReport] = {}  # by format
         if job.verify:
             artifacts = {"safetensors": (tmp, None)} if "safetensors" in job.formats else {}
             if gguf_name:
                 artifacts["gguf"] = (tmp / gguf_name, gguf_twin(ckpt.path, plan))
+            if prepared.onnx:
+                artifacts["onnx"] = (tmp / ONNX_DIR / MODEL_FILE, onnx_twin(ckpt.path, plan))
             found = check_parities(list(artifacts.values()), ckpt.path, plan, vocab_size(ckpt.config),
                                    device=job.device, tokens=job.tokens, tolerance=job.tolerance,
                                    progress=progress.note)
@@ -131,8 +157,7 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
                 gate(report, job.out, progress)
         parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
         formats = _formats_record(job, prepared, gguf_name)
-        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats.get("safetensors", {}).get("declaration"),
-                          formats.get("gguf"), parity)
+        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats, parity)
         (tmp / "README.md").write_text(card)
         write_manifest(tmp, _manifest_body(prepared, formats, parity), known_sha256)
     first = next(iter(reports.values()), None)
@@ -167,6 +192,10 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     safetensors = SafetensorsWriter(out, list(ckpt.tensors), job.max_shard_bytes) \
         if "safetensors" in job.formats else None
     gguf = GgufConversion(prepared.gguf, out / gguf_name) if gguf_name else None
+    onnx = None
+    if prepared.onnx:
+        (out / ONNX_DIR).mkdir()
+        onnx = OnnxExport(prepared.onnx, out / ONNX_DIR / MODEL_FILE)
     label = "+".join(job.formats)
     source = ckpt.open_source()
     total, done = ckpt.total_bytes, 0
@@ -176,6 +205,8 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
                 safetensors.write(entry, source)
             if gguf:
                 gguf.write(entry, source)
+            if onnx:
+                onnx.write(entry, source)
             done += entry.nbytes
             progress.step(label, done, total)
         files = safetensors.close() if safetensors else []
@@ -184,9 +215,14 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
             gguf.close()
             files.append(gguf_name)
             known[gguf_name] = gguf.sha256
+        if onnx:
+            progress.note("onnx: checking the graph with onnx.checker")
+            files.extend(f"{ONNX_DIR}/{p.name}" for p in onnx.close())
     except BaseException:
         if gguf:
             gguf.abort()
+        if onnx:
+            onnx.abort()
         raise
     finally:
         source.close()
@@ -197,6 +233,12 @@ def gguf_twin(base: Path, plan: RopePlan) -> Twin:
     """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
     (strict: names, layout, metadata) and as itself against the quantized limits."""
     return lambda dst: write_f32_twin(base, plan, dst)
+
+
+def onnx_twin(base: Path, plan: RopePlan) -> Twin:
+    """A float16 ONNX is judged strictly through a float32 export of the same base and plan, and as itself
+    against the quantized limits."""
+    return lambda dst: export_file(base, plan, "fp32", dst)
 
 
 def vocab_size(config: dict[str, Any]) -> int:
@@ -239,5 +281,15 @@ def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -
             "declaration": {f.key: f.value for f in g.fields if f.key.startswith(f"{arch}.rope.")
                             or f.key == f"{arch}.context_length"},
             "carriers": [name for name, _ in g.carriers],
+        }
+    if prepared.onnx:
+        o = prepared.onnx
+        out["onnx"] = {
+            "file": f"{ONNX_DIR}/{MODEL_FILE}",
+            "dtype": o.dtype,
+            "opset": OPSET,
+            "external_data": o.external,
+            "position_math": position_math(prepared.plan),
+            "genai_config": o.genai is not None,
         }
     return out

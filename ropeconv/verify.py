@@ -29,6 +29,8 @@ def verify_output(
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     if out.suffix == ".gguf" and out.is_file():
         return [_verify_gguf(out, base, device, tokens, tolerance, progress)]
+    if out.suffix == ".onnx" and out.is_file():
+        return [_verify_onnx(out, base, device, tokens, tolerance, progress)]
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
     manifest = read_manifest(out)
@@ -40,11 +42,13 @@ def verify_output(
         vocab_size = int(manifest["vocab_size"])
         formats = manifest.get("formats") or {"safetensors": {}}
         gguf_file = out / formats["gguf"]["file"] if "gguf" in formats else None
+        onnx_file = out / formats["onnx"]["file"] if "onnx" in formats else None
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(f"{out}/manifest.json: damaged (plan, base, formats or vocab_size missing or malformed)") \
             from None
-    if gguf_file is not None and not gguf_file.is_file():
-        raise InputError(f"{gguf_file}: listed in the manifest but missing")
+    for listed in (gguf_file, onnx_file):
+        if listed is not None and not listed.is_file():
+            raise InputError(f"{listed}: listed in the manifest but missing")
     notes: tuple[str, ...] = ()
     if base is None:
         if recorded.is_dir():
@@ -57,11 +61,13 @@ def verify_output(
             raise InputError(f"{out}: its base {recorded} is not there; pass --base BASE_DIR")
     elif not Path(base).is_dir():
         raise InputError(f"--base {base}: not a directory")
-    from ropeconv.pipeline import gguf_twin
+    from ropeconv.pipeline import gguf_twin, onnx_twin
 
     artifacts = [(out, None)] if "safetensors" in formats else []
     if gguf_file is not None:
         artifacts.append((gguf_file, gguf_twin(Path(base), plan)))
+    if onnx_file is not None:
+        artifacts.append((onnx_file, onnx_twin(Path(base), plan)))
     return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
                           tolerance=tolerance, notes=notes, progress=progress.note)
 
@@ -79,3 +85,36 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
         raise InputError(f"--base {base}: neither a GGUF file nor a HuggingFace model directory")
     return verify_gguf_file(out, Path(base), plan, device=device, tokens=tokens, tolerance=tolerance,
                             progress=progress)
+
+
+def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:
+    """A model.onnx carries its plan and base in metadata_props; the base may also be the output directory
+    above it, whose safetensors are byte copies of the base's."""
+    import json
+
+    from ropeconv.onnx_export.metadata import read_metadata
+    from ropeconv.pipeline import onnx_twin, vocab_size
+    from ropeconv.checkpoint.hf import read_config
+    from ropeconv.retrofit import BASE_KEY, PLAN_KEY
+
+    props = read_metadata(model)
+    if PLAN_KEY not in props:
+        raise InputError(f"{model}: no {PLAN_KEY} metadata (not written by ropeconv?)")
+    try:
+        plan = RopePlan.from_json(json.loads(props[PLAN_KEY]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{model}: {PLAN_KEY} is damaged") from None
+    notes: tuple[str, ...] = ()
+    if base is None:
+        recorded, beside = Path(props.get(BASE_KEY, "")), model.parent.parent
+        if props.get(BASE_KEY) and (recorded / "config.json").is_file():
+            base = recorded
+        elif (beside / "model.safetensors").is_file() or (beside / "model.safetensors.index.json").is_file():
+            base, notes = beside, (f"base {recorded} not found; reference built from {beside}'s weights",)
+        else:
+            raise InputError(f"{model}: its base {recorded} is not there; pass --base BASE_DIR")
+    elif not (Path(base) / "config.json").is_file():
+        raise InputError(f"--base {base}: not a HuggingFace model directory")
+    return check_parities([(model, onnx_twin(Path(base), plan))], Path(base), plan,
+                          vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
+                          notes=notes, progress=progress.note)[0]

@@ -47,3 +47,36 @@ def test_parity_on_cuda(tiny_llama, tmp_path, capsys):
     import json
 
     assert json.loads((out / "manifest.json").read_text())["parity"]["safetensors"]["device"] == "cuda"
+
+
+def test_onnx_runs_on_the_cpu_provider_always_and_cuda_too_on_a_gpu(monkeypatch):
+    import onnxruntime
+
+    from ropeconv.parity.runtimes import ort
+
+    assert ort.providers(torch.device("cpu")) == ["cpu"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ort.providers(torch.device("cuda")) == ["cpu", "cuda"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(InputError, match=r"ropeconv\[gpu\]"):
+        ort.providers(torch.device("cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_onnx_parity_on_cuda(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("extend", tiny_llama, "--method", "longrope", "--factor", "4", "-o", out, "--device", "cuda",
+                   "--to", "onnx", "--tokens", "256", "-q", "--factors", _factors(tmp_path)) == 0
+    import json
+
+    parity = json.loads((out / "manifest.json").read_text())["parity"]["onnx"]
+    assert parity["device"] == "cpu+cuda" and parity["passed"]
+
+
+def _factors(tmp_path) -> str:
+    import json
+
+    path = tmp_path / "factors.json"
+    path.write_text(json.dumps({"short_factor": [1.0 + 0.1 * i for i in range(8)],
+                                "long_factor": [2.0 + 0.5 * i for i in range(8)]}))
+    return str(path)

@@ -199,18 +199,30 @@ def make_llama_layers(root: Path, n_layers: int) -> Path:
     return add_byte_level_bpe(root)
 
 
+def _growth_of(tmp_path: Path, fmt: str, flag: str, kinds: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(small, large) peak RSS per kind: 1 and 10 llama layers (~360 MiB more weights) converted to fmt."""
+    bases = {"small": make_llama_layers(tmp_path / "s", 1), "large": make_llama_layers(tmp_path / "l", 10)}
+    peaks = {kind: tuple(convert(bases[label], tmp_path / f"{label}-{kind}", "--to", fmt, flag, kind)
+                         for label in ("small", "large")) for kind in kinds}
+    for kind, (small, large) in peaks.items():
+        print(f"{fmt} {kind}: growth {(large - small) / MiB:.1f} MiB for 9 more layers (~360 MiB of weights)")
+    return peaks
+
+
+LARGEST = 2 * GGUF_HIDDEN * GGUF_HIDDEN * 4  # an 8 MiB float32 MLP matrix
+
+
 def test_gguf_conversion_peak_rss_does_not_grow_with_model_size(tmp_path):
-    small_base, large_base = make_llama_layers(tmp_path / "s", 1), make_llama_layers(tmp_path / "l", 10)
-    peaks = {}
-    for label, base in (("small", small_base), ("large", large_base)):
-        for outtype in ("f16", "q8_0"):
-            peaks[label, outtype] = convert(base, tmp_path / f"{label}-{outtype}", "--to", "gguf", "--outtype", outtype)
-    largest = 2 * GGUF_HIDDEN * GGUF_HIDDEN * 4  # an 8 MiB float32 MLP matrix
-    for outtype in ("f16", "q8_0"):
-        growth = peaks["large", outtype] - peaks["small", outtype]
-        print(f"gguf {outtype}: growth {growth / MiB:.1f} MiB for 9 more layers (~360 MiB of weights)")
+    for outtype, (small, large) in _growth_of(tmp_path, "gguf", "--outtype", ("f16", "q8_0")).items():
         # q8_0 quantizes a whole tensor in float32 numpy: a few copies of the largest tensor
-        allowed = (4 if outtype == "q8_0" else 1) * largest + SLACK
-        assert growth < allowed, f"{outtype}: peak RSS grows with model size: +{growth / MiB:.1f} MiB"
-        assert peaks["large", outtype] < ABSOLUTE_LIMIT
-    shutil.rmtree(tmp_path, ignore_errors=True)
+        allowed = (4 if outtype == "q8_0" else 1) * LARGEST + SLACK
+        assert large - small < allowed, f"{outtype}: peak RSS grows with model size: +{(large - small) / MiB:.1f} MiB"
+        assert large < ABSOLUTE_LIMIT
+
+
+def test_onnx_export_peak_rss_does_not_grow_with_model_size(tmp_path):
+    """The ONNX weights stream into model.onnx one tensor at a time (transposed in row blocks)."""
+    for dtype, (small, large) in _growth_of(tmp_path, "onnx", "--dtype", ("fp32", "fp16")).items():
+        assert large - small < LARGEST + SLACK, f"{dtype}: peak RSS grows with model size: +{(large - small) / MiB:.1f} MiB"
+        assert large < ABSOLUTE_LIMIT
+    assert (tmp_path / "large-fp32" / "onnx" / "model.onnx").stat().st_size > 360 * MiB

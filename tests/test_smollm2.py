@@ -57,3 +57,41 @@ def test_stripped_scaling_fails_on_the_real_model(smol, tmp_path):
     config["rope_parameters"] = {"rope_type": "default", "rope_theta": 100000.0}
     (out / "config.json").write_text(json.dumps(config))
     assert run_cli("verify", out, "--tokens", "512") == 1
+
+
+@pytest.mark.slow
+def test_onnx_yarn_x4_over_1024_tokens_and_greedy_decoding_matches_transformers(smol, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ropeconv.parity.runtimes import ort as ort_runtime
+    from test_onnx import strip_position_math
+
+    out = tmp_path / "smol-yarn-32k"
+    capsys.readouterr()
+    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "--to", "safetensors,onnx", "-o", out,
+                   "--tokens", "1024", "-q", "--json") == 0
+    manifest = read_json(out / "manifest.json")
+    assert manifest["parity"]["onnx"]["passed"] and manifest["parity"]["onnx"]["tokens"] == 1024
+    assert manifest["parity"]["onnx"]["first_position"] < 8192 <= manifest["parity"]["onnx"]["last_position"]
+    capsys.readouterr()
+    assert run_cli("verify", out / "onnx" / "model.onnx", "--tokens", "1024", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    print(f"SmolLM2 YaRN×4 ONNX parity: max|Δlogit| {report['max_abs_logit']:.3e}, top-1 {report['top1']:.2%}")
+
+    # greedy generation through onnxruntime's KV cache equals transformers' generate on the same output
+    tok = AutoTokenizer.from_pretrained(out / "onnx")
+    prompt = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    expected = model.generate(prompt, max_new_tokens=12, do_sample=False)[0, prompt.shape[1]:].tolist()
+    decoder = ort_runtime.Decoder(ort_runtime.session(out / "onnx" / "model.onnx"))
+    logits = decoder.step(prompt.numpy(), torch.arange(prompt.shape[1])[None].numpy())
+    ours = []
+    for _ in range(12):
+        ours.append(int(logits[-1].argmax()))
+        position = decoder.length
+        logits = decoder.step(torch.tensor([[ours[-1]]]).numpy(), torch.tensor([[position]]).numpy())
+    print(f"onnxruntime greedy: {tok.decode(ours)!r}")
+    assert ours == expected
+
+    strip_position_math(out / "onnx" / "model.onnx", smol)
+    assert run_cli("verify", out / "onnx" / "model.onnx", "--tokens", "1024") == 1

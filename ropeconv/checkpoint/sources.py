@@ -73,7 +73,8 @@ class SafetensorsSource:
         dtype = torch_dtypes()[entry.dtype]
         if entry.nbytes == 0:
             return torch.empty(entry.shape, dtype=dtype)
-        data = bytearray(os.pread(self._fd(entry.file), entry.nbytes, entry.offset))
+        data = bytearray(entry.nbytes)  # read straight into it: pread's bytes + a copy would double the peak
+        self.read_into(entry, 0, memoryview(data))
         return torch.frombuffer(data, dtype=dtype).reshape(entry.shape)
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from ropeconv import methods
 from ropeconv.cli.options import emit_json, method_option_decorators, method_options_for, parse_bytes
 from ropeconv.errors import InputError
 from ropeconv.gguf_export.convert import OUTTYPES
+from ropeconv.onnx_export.export import DTYPES
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
 from ropeconv.pipeline import ExtendJob, parse_formats, prepare, run
@@ -32,6 +33,10 @@ Examples:
   # safetensors and a GGUF for llama.cpp from one pass over the tensors, both proven
   ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to safetensors,gguf --outtype q8_0 -o smol-32k/
 \b
+  # an ONNX decoder with KV cache for onnxruntime, proven on its CPU provider (and CUDA when present)
+  ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to onnx -o smol-32k/
+  ropeconv extend ./Phi-3-mini-4k --method longrope --factors f.json --target-ctx 131072 --to onnx --dtype fp16 -o out/
+\b
   # retrofit an existing (quantized) GGUF for llama.cpp: metadata rewritten, tensors copied byte for byte
   ropeconv extend model-Q4_K_M.gguf --method yarn --factor 4 -o model-32k.gguf
 """
@@ -52,11 +57,13 @@ def _method_options(fn):
 @click.option("--original-ctx", type=int, help="override the original context read from the config")
 @_method_options
 @click.option("--to", "formats", default=None,
-              help="output formats, comma-separated: safetensors, gguf (default: safetensors for a HF base, gguf "
-              "for a GGUF base)")
+              help="output formats, comma-separated: safetensors, gguf, onnx (default: safetensors for a HF base, "
+              "gguf for a GGUF base)")
 @click.option("--outtype", type=click.Choice(list(OUTTYPES)), default=None,
               help="GGUF weight type when converting a HF base with --to gguf (default f16; norms and biases "
               "stay f32)")
+@click.option("--dtype", "onnx_dtype", type=click.Choice(list(DTYPES)), default=None,
+              help="ONNX weight storage with --to onnx (default fp32; fp16 halves the file, compute stays float32)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
 @click.option("--force", is_flag=True, help="replace an existing output")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
@@ -70,7 +77,7 @@ def _method_options(fn):
 @click.option("--dry-run", is_flag=True, help="print the plan, write nothing")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, out, force, rebase, allow_pickle,
+def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, onnx_dtype, out, force, rebase, allow_pickle,
            max_shard_size, verify, device, tokens, max_abs_logit, dry_run, as_json, quiet, **method_opts):
     """Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."""
     if tokens is not None and tokens < 2:
@@ -81,6 +88,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
     if outtype is not None and (str(base).endswith(".gguf") or "gguf" not in chosen):
         raise InputError("--outtype applies when converting a HuggingFace base with --to gguf (a GGUF base keeps "
                          "its tensors as they are)")
+    if onnx_dtype is not None and "onnx" not in chosen:
+        raise InputError("--dtype applies to the ONNX output (--to onnx)")
     request = ExtendRequest(
         factor=factor,
         target_ctx=target_ctx,
@@ -94,6 +103,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         out=out,
         formats=chosen,
         outtype=outtype or "f16",
+        onnx_dtype=onnx_dtype or "fp32",
         force=force,
         rebase=rebase,
         allow_pickle=allow_pickle,

@@ -18,12 +18,18 @@ from ropeconv.manifest import read_manifest
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def inspect(path: Path, as_json: bool) -> int:
-    """Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH (a HF dir or a GGUF)."""
+    """Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH (a HF dir, a GGUF or a
+    ropeconv ONNX model)."""
     if path.suffix == ".gguf":
         return _inspect_gguf(path, as_json)
-    gguf_only = (read_manifest(path) or {}).get("formats", {}) if path.is_dir() else {}
-    if "gguf" in gguf_only and "safetensors" not in gguf_only:  # an output written with --to gguf alone
-        return _inspect_gguf(path / str(gguf_only["gguf"].get("file")), as_json)
+    if path.suffix == ".onnx":
+        return _inspect_onnx(path, as_json)
+    written = (read_manifest(path) or {}).get("formats", {}) if path.is_dir() else {}
+    if "safetensors" not in written:  # an output written as GGUF or ONNX alone
+        if "gguf" in written:
+            return _inspect_gguf(path / str(written["gguf"].get("file")), as_json)
+        if "onnx" in written:
+            return _inspect_onnx(path / str(written["onnx"].get("file")), as_json)
     ckpt = load_checkpoint(path, allow_pickle=False)
     s = ckpt.scheme
     manifest = read_manifest(ckpt.path)
@@ -67,6 +73,49 @@ def inspect(path: Path, as_json: bool) -> int:
         gguf = (manifest.get("formats") or {}).get("gguf")
         if gguf:
             click.echo(f"  gguf             {gguf.get('file')} ({gguf.get('outtype')})")
+        onnx = (manifest.get("formats") or {}).get("onnx")
+        if onnx:
+            click.echo(f"  onnx             {onnx.get('file')} ({onnx.get('dtype')}, opset {onnx.get('opset')})")
+    return 0
+
+
+def _inspect_onnx(path: Path, as_json: bool) -> int:
+    from ropeconv.errors import InputError
+    from ropeconv.onnx_export.export import DTYPE_KEY, position_math
+    from ropeconv.onnx_export.metadata import read_metadata
+    from ropeconv.positions import RopePlan
+    from ropeconv.retrofit import BASE_KEY, PLAN_KEY
+
+    if not path.is_file():
+        raise InputError(f"{path}: not found")
+    props = read_metadata(path)
+    try:
+        plan = RopePlan.from_json(json.loads(props[PLAN_KEY])) if PLAN_KEY in props else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{path}: {PLAN_KEY} is damaged") from None
+    data = path.with_name(path.name + ".data")
+    info = {
+        "path": str(path),
+        "format": "onnx",
+        "bytes": path.stat().st_size + (data.stat().st_size if data.is_file() else 0),
+        "external_data": data.name if data.is_file() else None,
+        "dtype": props.get(DTYPE_KEY),
+        "base": props.get(BASE_KEY),
+        "ropeconv": None if plan is None else {"method": plan.method, "original_ctx": plan.original_ctx,
+                                               "target_ctx": plan.target_ctx, "position_math": position_math(plan)},
+    }
+    if as_json:
+        emit_json(info)
+        return 0
+    click.echo(str(path))
+    click.echo(f"  format           ONNX, {info['dtype'] or 'unknown'} weights, {info['bytes']:,} bytes"
+               + (f" (weights in {data.name})" if info["external_data"] else ""))
+    if plan is None:
+        click.echo("  ropeconv         no plan in metadata_props (not written by ropeconv)")
+        return 0
+    click.echo(f"  ropeconv         {plan.method}, {plan.original_ctx} → {plan.target_ctx} tokens")
+    click.echo(f"  positions        {position_math(plan)}")
+    click.echo(f"  base             {info['base']}")
     return 0
 
 

@@ -22,6 +22,7 @@ def cli() -> None:
     \b
     Examples:
       ropeconv extend ./SmolLM2-135M --method yarn --factor 4 -o out/
+      ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to safetensors,gguf,onnx -o out/
       ropeconv verify out/
       ropeconv inspect out/ --json
       ropeconv methods

@@ -18,7 +18,8 @@ Examples:
   ropeconv verify out/ --base ./SmolLM2-135M --tokens 1024 --device cpu
   ropeconv verify out/ --json > parity.json   # exit 1 when outside tolerance
   ropeconv verify model-32k.gguf               # llama.cpp vs transformers on the base GGUF
-  ropeconv verify out/                         # every format in out/ (safetensors and/or GGUF)
+  ropeconv verify out/                         # every format in out/ (safetensors, GGUF, ONNX)
+  ropeconv verify out/onnx/model.onnx          # onnxruntime (CPU, and CUDA on a GPU) vs transformers
 """
 
 
@@ -32,8 +33,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -> int:
-    """Compare OUT (an output directory or .gguf) in its runtime with the base weights under the intended
-    rope parameters."""
+    """Compare OUT (an output directory, a .gguf or a model.onnx) in its runtime with the base weights under
+    the intended rope parameters."""
     reports = verify_output(
         out,
         base=base,

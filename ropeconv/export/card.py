@@ -13,11 +13,13 @@ _RULES = {
 }
 
 
-def model_card(base_name: str, arch: str, plan: RopePlan, rope: dict[str, Any] | None, gguf: dict[str, Any] | None,
+def model_card(base_name: str, arch: str, plan: RopePlan, formats: dict[str, dict[str, Any]],
                parity: dict[str, dict[str, Any]] | None) -> str:
-    """parity: the report summary per format written ("safetensors", "gguf")."""
+    """formats: the manifest's record per format written; parity: the report summary per format."""
     params = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(plan.params.items()))
     declared = []
+    rope = formats.get("safetensors", {}).get("declaration")
+    gguf, onnx = formats.get("gguf"), formats.get("onnx")
     if rope is not None:
         keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items() if k not in ("short_factor", "long_factor"))
         declared.append(f"transformers (`config.json`, both `rope_parameters` and the 4.x `rope_theta` + "
@@ -26,7 +28,10 @@ def model_card(base_name: str, arch: str, plan: RopePlan, rope: dict[str, Any] |
         keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in gguf["declaration"].items())
         carriers = f"; carrier tensors {', '.join(gguf['carriers'])}" if gguf["carriers"] else ""
         declared.append(f"llama.cpp (`{gguf['file']}`, {gguf['outtype']}): {keys}{carriers}.")
-    formats = [f for f in ("safetensors", "gguf") if (rope if f == "safetensors" else gguf) is not None]
+    if onnx is not None:
+        declared.append(f"onnxruntime (`{onnx['file']}`, {onnx['dtype']} weights, opset {onnx['opset']}): the position "
+                        f"math is baked into the graph — {onnx['position_math']}.")
+    written = [f for f in ("safetensors", "gguf", "onnx") if f in formats]
     lines = [
         f"# {base_name} — context extended with {plan.method} to {plan.target_ctx} tokens",
         "",
@@ -55,13 +60,14 @@ def model_card(base_name: str, arch: str, plan: RopePlan, rope: dict[str, Any] |
         "",
         "## Parity",
         "",
-        "\n\n".join(_parity_text(f, (parity or {}).get(f)) for f in formats),
+        "\n\n".join(_parity_text(f, (parity or {}).get(f)) for f in written),
         "",
     ]
     return "\n".join(lines)
 
 
-RUNS = {"safetensors": "transformers reloading this directory", "gguf": "llama.cpp running the GGUF"}
+RUNS = {"safetensors": "transformers reloading this directory", "gguf": "llama.cpp running the GGUF",
+        "onnx": "onnxruntime running the ONNX decoder (prefill, then decode steps through its KV cache)"}
 
 
 def _parity_text(fmt: str, parity: dict[str, Any] | None) -> str:

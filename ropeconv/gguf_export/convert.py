@@ -19,6 +19,7 @@ from ropeconv.archs import GGUF_ARCHS
 from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.export.half import check_half
 from ropeconv.gguf_export.layouts import GgufLayout, check_graph, layout_for
 from ropeconv.gguf_export.vocab import tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
@@ -239,7 +240,7 @@ class GgufConversion:
             x = torch.frombuffer(view, dtype=src_dtype)
             y = x.to(dst_dtype)
             if dst_dtype == torch.float16:
-                _check_half(entry.name, x, y)
+                check_half(entry.name, x, y)
             yield y.view(torch.uint8).numpy()
 
     def _convert(self, t: TensorPlan, tensor) -> np.ndarray:
@@ -260,26 +261,11 @@ class GgufConversion:
             return tensor.to(torch.bfloat16).view(torch.int16).numpy()
         if kind == G.F16:
             half = tensor.to(torch.float16)
-            _check_half(t.entry.name, tensor, half)
+            check_half(t.entry.name, tensor, half)
             return half.numpy()
         from gguf.quants import quantize
 
         return quantize(tensor.to(torch.float32).numpy(), kind)
-
-
-def _check_half(name: str, x, y) -> None:
-    """Refuse when y = x cast to float16 holds an inf that x did not. aminmax first: one cheap pass in the
-    common case."""
-    import torch
-
-    if x.dtype == torch.float16:
-        return
-    lo, hi = torch.aminmax(y)
-    if torch.isfinite(lo) and torch.isfinite(hi):
-        return
-    if bool(torch.isinf(y).any()) and not bool(torch.isinf(x).any()):
-        raise UnsupportedError(f"tensor {name!r} has values beyond float16's range (±65504); use --outtype bf16 "
-                               "or f32")
 
 
 def permute_pairs(w, heads: int):

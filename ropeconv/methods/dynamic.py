@@ -28,6 +28,8 @@ OPTIONS = (Option("bake_at", int, "freeze the base dynamic NTK uses at N tokens 
 CELLS = {
     "safetensors": Cell(Support.EXACT, "rope_type dynamic, max_position_embeddings kept at the original"),
     "gguf": Cell(Support.REFUSED, "llama.cpp has no length-dependent base; --bake-at N writes the exact base at N"),
+    "onnx": Cell(Support.EXACT, "the base computed in the graph (float64) from max(position_ids) + 1 at every call, "
+                 "as transformers does; --bake-at N gives a constant"),
 }
 
 

@@ -34,6 +34,7 @@ OPTIONS = (
 CELLS = {
     "safetensors": Cell(Support.CARRIER, "rope_type longrope with short_factor = long_factor"),
     "gguf": Cell(Support.CARRIER, "rope_freqs tensor + attn_factor; llama only"),
+    "onnx": Cell(Support.CARRIER, "float32 inv_freq and attention-factor constants in the graph"),
 }
 
 

@@ -14,6 +14,7 @@ OPTIONS = ()
 CELLS = {
     "safetensors": Cell(Support.EXACT, "rope_type linear"),
     "gguf": Cell(Support.EXACT, "rope.scaling.type linear + factor"),
+    "onnx": Cell(Support.CARRIER, "float32 inv_freq constant in the graph"),
 }
 
 

@@ -33,6 +33,7 @@ OPTIONS = (
 CELLS = {
     "safetensors": Cell(Support.EXACT, "rope_type llama3"),
     "gguf": Cell(Support.EXACT, "rope_freqs tensor (as llama.cpp's converter writes it); llama only"),
+    "onnx": Cell(Support.CARRIER, "float32 inv_freq constant in the graph"),
 }
 
 

@@ -40,6 +40,8 @@ CELLS = {
         "llama.cpp picks the set per context size (n_ctx > original → long), not per sequence, and rounds "
         "contexts up to 256 tokens (an original context under 256 is refused)",
     ),
+    "onnx": Cell(Support.EXACT, "short and long inv_freq constants, chosen in the graph per call by "
+                 "max(position_ids) + 1 > original (transformers' rule); attention-factor constant"),
 }
 
 

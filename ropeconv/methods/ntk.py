@@ -16,6 +16,7 @@ OPTIONS = ()
 CELLS = {
     "safetensors": Cell(Support.EXACT, "rope_theta changed, rope_type default"),
     "gguf": Cell(Support.EXACT, "rope.freq_base changed"),
+    "onnx": Cell(Support.CARRIER, "float32 inv_freq constant at the new base in the graph"),
 }
 
 

@@ -44,6 +44,7 @@ CELLS = {
         "rope.scaling.type yarn + factor + original_context_length (+ attn_factor); non-default betas or "
         "truncate off via a rope_freqs carrier on llama, refused elsewhere",
     ),
+    "onnx": Cell(Support.CARRIER, "float32 inv_freq and attention-factor constants in the graph"),
 }
 
 BETA_FAST = 32.0

@@ -57,7 +57,7 @@ def check_parities(
 
     progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
     model = load_reference(base, plan, dev)
-    reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
+    reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
     free(model)
 
     probe = passes[-1]
@@ -78,30 +78,35 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: RopePlan, dev, id
 
     runtime = runtime_for(artifact)
     runs = _candidate_runs(artifact, twin)
+    # onnxruntime: the CPU provider always, CUDA as well on a GPU machine
+    providers = runtime.providers(dev) if hasattr(runtime, "providers") else [None]
     results = []
     for label, path, quantized in runs:
-        progress(f"candidate: {label} in {runtime.NAME}")
         try:
-            results.append((runtime.run_passes(path, dev, ids, passes), quantized))
+            for provider in providers:
+                on = f" ({provider} provider)" if provider else ""
+                progress(f"candidate: {label} in {runtime.NAME}{on}")
+                extra = {"provider": provider} if provider else {}
+                prefix = f"{provider}-" if provider not in (None, "cpu") else ""
+                results.append((runtime.run_passes(path, dev, ids, passes, **extra), quantized, prefix))
         finally:
             if path != Path(artifact):
-                path.unlink(missing_ok=True)
+                _remove_twin(path)
     if len(runs) > 1:
-        how = "converted from the base in float32" if twin else "same metadata and carriers, tensors dequantized"
-        notes = notes + (
-            f"llama.cpp ran a float32 twin of {Path(artifact).name} ({how}) for the strict check, and the "
-            "file itself for the q- rows",
-        )
+        notes = notes + (_twin_note(artifact, twin),)
 
     bands = []
-    for candidate, quantized in results:
+    for candidate, quantized, prefix in results:
         for p, ref, cand in zip(passes, reference, candidate):
-            bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized,
+            bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized, prefix=prefix,
                                  position_noise=getattr(runtime, "POSITION_NOISE", 0.0)))
     probe = passes[-1]
+    if probe.decode_steps and runtime.NAME != "llama.cpp":
+        notes = notes + (f"the last {probe.decode_steps} probe tokens were decoded one at a time through the KV "
+                         "cache, on both sides",)
     return ParityReport(
         runtime=runtime.NAME,
-        device=dev.type,
+        device="+".join(p for p in providers if p) if providers != [None] else dev.type,
         tokens=ids.shape[1],
         original_ctx=plan.original_ctx,
         first_position=probe.first_position,
@@ -112,8 +117,36 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: RopePlan, dev, id
     )
 
 
+def _twin_note(artifact: Path, twin: Twin | None) -> str:
+    name = Path(artifact).name
+    if Path(artifact).suffix == ".onnx":
+        return (f"onnxruntime ran a float32 export of the same base and plan for the strict check, and {name} "
+                "(float16 weights) for the q- rows")
+    how = "converted from the base in float32" if twin else "same metadata and carriers, tensors dequantized"
+    return f"llama.cpp ran a float32 twin of {name} ({how}) for the strict check, and the file itself for the q- rows"
+
+
+def _remove_twin(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)  # an ONNX twin's external weights
+
+
 def _candidate_runs(artifact: Path, twin: Callable[[Path], Path] | None) -> list[tuple[str, Path, bool]]:
-    """(label, file, judged as quantized): a quantized GGUF runs twice, as a float32 twin and as is."""
+    """(label, file, judged as quantized): a quantized GGUF or a float16 ONNX runs twice, as a float32 twin and
+    as is."""
+    if Path(artifact).suffix == ".onnx":
+        from ropeconv.onnx_export.export import DTYPE_KEY
+        from ropeconv.onnx_export.metadata import read_metadata
+
+        if twin is None or read_metadata(artifact).get(DTYPE_KEY, "fp32") == "fp32":
+            return [(str(artifact), Path(artifact), False)]
+        path = Path(artifact).with_name(f".{Path(artifact).name}.f32-twin.onnx")
+        try:
+            twin(path)
+        except BaseException:
+            _remove_twin(path)
+            raise
+        return [(f"float32 twin of {artifact}", path, False), (str(artifact), Path(artifact), True)]
     if Path(artifact).suffix != ".gguf":
         return [(str(artifact), Path(artifact), False)]
     from gguf import GGMLQuantizationType

@@ -2,6 +2,9 @@
 
 A probe shorter than the original context is placed at an offset so its positions still cross it;
 length-switched rules (dynamic NTK, LongRoPE) get a second, short pass so both sides are checked.
+The probe pass ends with DECODE_STEPS tokens fed one at a time through the KV cache, on both sides,
+after a prefill that already crosses the original context (so LongRoPE's cached keys are long ones
+in every runtime). llama.cpp, which reads the probe through its cache in chunks anyway, ignores the split.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 PROBE_SEED = 20231
+DECODE_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class Pass:
     name: str
     first_position: int
     n_tokens: int
+    decode_steps: int = 0  # the last tokens, fed one per call through the runtime's KV cache
 
     @property
     def last_position(self) -> int:
@@ -40,7 +45,9 @@ def default_tokens(plan: RopePlan) -> int:
 
 def plan_passes(plan: RopePlan, n_tokens: int) -> list[Pass]:
     first = 0 if n_tokens > plan.original_ctx else plan.original_ctx - n_tokens // 2
-    passes = [Pass("probe", first, n_tokens)]
+    # the prefill (positions first … first + n − steps − 1) must itself cross the original context
+    steps = max(0, min(DECODE_STEPS, n_tokens // 2, first + n_tokens - plan.original_ctx - 1))
+    passes = [Pass("probe", first, n_tokens, steps)]
     if plan.length_rule is not LengthRule.STATIC:
         passes.insert(0, Pass("short", 0, min(n_tokens, plan.original_ctx)))
     return passes

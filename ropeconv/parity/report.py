@@ -134,8 +134,8 @@ def band_edges(original_ctx: int, first: int, last: int) -> list[tuple[int, int]
 
 
 def compare(pass_: Pass, reference: "torch.Tensor", candidate: "torch.Tensor", original_ctx: int,
-            quantized: bool = False, position_noise: float = 0.0) -> list[Band]:
-    """reference/candidate: [n_tokens, vocab] logits for the pass."""
+            quantized: bool = False, position_noise: float = 0.0, prefix: str = "") -> list[Band]:
+    """reference/candidate: [n_tokens, vocab] logits for the pass; prefix marks the rows of another provider."""
     ref, cand = reference.double(), candidate.double()
     abs_diff = (ref - cand).abs().amax(dim=-1)
     ref_logp, cand_logp = ref.log_softmax(-1), cand.log_softmax(-1)
@@ -146,7 +146,7 @@ def compare(pass_: Pass, reference: "torch.Tensor", candidate: "torch.Tensor", o
         sl = slice(lo - pass_.first_position, hi - pass_.first_position + 1)
         bands.append(
             Band(
-                pass_name=("q-" if quantized else "") + pass_.name,
+                pass_name=prefix + ("q-" if quantized else "") + pass_.name,
                 first_position=lo,
                 last_position=hi,
                 tokens=hi - lo + 1,

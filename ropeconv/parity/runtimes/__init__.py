@@ -15,6 +15,10 @@ def runtime_for(artifact: Path) -> ModuleType:
         from ropeconv.parity.runtimes import llamacpp
 
         return llamacpp
+    if Path(artifact).suffix == ".onnx":
+        from ropeconv.parity.runtimes import ort
+
+        return ort
     from ropeconv.parity.runtimes import hf
 
     return hf

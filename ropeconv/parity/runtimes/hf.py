@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -16,10 +17,22 @@ def load(artifact: Path, device: torch.device):
 
 
 @torch.no_grad()
-def logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, decode_steps: int = 0) -> torch.Tensor:
+    """[n, vocab]: a prefill of all but the last decode_steps tokens, then one token per call through
+    transformers' KV cache."""
     device = next(model.parameters()).device
-    out = model(input_ids=input_ids.to(device), position_ids=position_ids.to(device), use_cache=False)
-    return out.logits[0].float().cpu()
+    ids, positions = input_ids.to(device), position_ids.to(device)
+    prefill = ids.shape[1] - decode_steps
+    out = model(input_ids=ids[:, :prefill], position_ids=positions[:, :prefill], use_cache=decode_steps > 0)
+    chunks = [out.logits[0].float().cpu()]
+    # transformers 5.24 renamed past_key_values to cache (the old name warns); 4.x knows only the old one
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    for i in range(prefill, ids.shape[1]):
+        cache = getattr(out, "cache", None) or out.past_key_values
+        out = model(input_ids=ids[:, i : i + 1], position_ids=positions[:, i : i + 1], use_cache=True,
+                    **{cache_kw: cache})
+        chunks.append(out.logits[0].float().cpu())
+    return torch.cat(chunks)
 
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) -> list[torch.Tensor]:
@@ -27,6 +40,6 @@ def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) 
 
     model = load(artifact, device)
     try:
-        return [logits(model, ids[:, : p.n_tokens], p.position_ids()) for p in passes]
+        return [logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
     finally:
         free(model)

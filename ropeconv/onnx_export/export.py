@@ -1,0 +1,329 @@
+"""HF checkpoint ─► ONNX decoder with KV cache for onnxruntime, the plan's position math baked in.
+
+plan_onnx() decides everything from config.json and the safetensors headers before a byte is written;
+OnnxExport then takes the checkpoint's tensors in file order (the same pass that writes safetensors
+and GGUF), one tensor in memory at a time. Linear weights are stored transposed ([in, out], what
+MatMul reads); a tied output matrix is the embedding written a second time, transposed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ropeconv.checkpoint import Checkpoint
+from ropeconv.checkpoint.safetensors_header import TensorEntry
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.positions import LengthRule, RopePlan
+
+ONNX_DIR = "onnx"
+MODEL_FILE = "model.onnx"
+DTYPES = ("fp32", "fp16")
+DTYPE_KEY = "ropeconv.dtype"
+IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
+GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
+               "gemma2": "gemma2"}  # onnxruntime-genai model types (it has none for gpt_neox)
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    name: str  # initializer name in the graph
+    transpose: bool
+    half: bool  # stored as float16 (weight matrices with --dtype fp16)
+    shape: tuple[int, ...]  # as stored
+
+
+@dataclass(frozen=True)
+class OnnxPlan:
+    layout: Any  # OnnxLayout
+    dims: Any  # DecoderDims
+    dtype: str
+    specs: dict[str, tuple[InitSpec, ...]]  # checkpoint tensor name → initializers made from it
+    external: bool  # weights in model.onnx.data (over protobuf's 2 GB limit)
+    genai: dict[str, Any] | None  # genai_config.json, where onnxruntime-genai knows the family
+    plan: RopePlan
+    metadata: dict[str, str]
+
+
+def _nbytes(spec: InitSpec) -> int:
+    return int(np.prod(spec.shape)) * (2 if spec.half else 4)
+
+
+def plan_onnx(ckpt: Checkpoint, plan: RopePlan, dtype: str, provenance: dict[str, str]) -> OnnxPlan:
+    """provenance: the ropeconv.* keys (plan, base, version) for the model's metadata_props."""
+    from ropeconv.onnx_export import writer
+    from ropeconv.onnx_export.layouts import onnx_layout_for
+
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise InputError("writing ONNX needs the onnx package: pip install 'ropeconv[onnx]'") from None
+    layout = onnx_layout_for(ckpt.arch.model_type)
+    cfg = _hf_config(ckpt)
+    dims = _dims(layout, cfg, ckpt, plan)
+    specs = _specs(layout, dims, ckpt, dtype, bool(getattr(cfg, "tie_word_embeddings", False)))
+    metadata = dict(provenance, **{DTYPE_KEY: dtype})
+    payload_bytes = sum(_nbytes(spec) for tensor_specs in specs.values() for spec in tensor_specs)
+    external = payload_bytes > writer.MAX_INLINE_BYTES
+    return OnnxPlan(layout, dims, dtype, specs, external, _genai_config(ckpt, dims, plan), plan, metadata)
+
+
+def _hf_config(ckpt: Checkpoint):
+    """transformers' own reading of config.json: its defaults (sliding windows, eps, layer types) are the
+    ones the reference runs with."""
+    from transformers import AutoConfig
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    try:
+        return AutoConfig.from_pretrained(ckpt.path)
+    except Exception as exc:  # transformers raises many types for a config it rejects
+        raise InputError(f"{ckpt.path}/config.json: transformers cannot read it ({str(exc).splitlines()[0]})") \
+            from None
+
+
+def _dims(layout, cfg, ckpt: Checkpoint, plan: RopePlan):
+    from ropeconv.onnx_export.decoder import DecoderDims
+    from ropeconv.onnx_export.layouts import ACTIVATIONS
+
+    act = getattr(cfg, layout.activation_key, None)
+    if act not in ACTIVATIONS:
+        raise UnsupportedError(f"{layout.model_type} with activation {act!r}: the ONNX graph computes "
+                               f"{', '.join(sorted(ACTIVATIONS))}; use --to safetensors")
+    heads = int(cfg.num_attention_heads)
+    heads_kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    if heads % heads_kv:
+        raise InputError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {heads_kv}")
+    head_dim = ckpt.scheme.head_dim
+    n_layers = int(cfg.num_hidden_layers)
+    window = getattr(cfg, "sliding_window", None)
+    layer_types = getattr(cfg, "layer_types", None)
+    if layout.sliding_all_layers:
+        windows = (window,) * n_layers
+    elif layer_types:
+        windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
+    else:
+        windows = (None,) * n_layers
+    scalar = getattr(cfg, layout.query_scalar_key) if layout.query_scalar_key else head_dim
+    return DecoderDims(
+        n_layers=n_layers,
+        hidden=int(cfg.hidden_size),
+        heads=heads,
+        heads_kv=heads_kv,
+        head_dim=head_dim,
+        rotary_dim=plan.rotary_dim,
+        vocab=int(cfg.vocab_size),
+        norm_eps=float(cfg.layer_norm_eps if layout.norm == "layer" else cfg.rms_norm_eps),
+        activation=ACTIVATIONS[act],
+        attn_scale=float(scalar) ** -0.5,
+        windows=tuple(int(w) if w else None for w in windows),
+        parallel_residual=bool(getattr(cfg, layout.parallel_residual_key)) if layout.parallel_residual_key else False,
+        embed_scale=float(cfg.hidden_size) ** 0.5 if layout.embed_scale else None,
+        attn_softcap=getattr(cfg, "attn_logit_softcapping", None) if layout.softcaps else None,
+        final_softcap=getattr(cfg, "final_logit_softcapping", None) if layout.softcaps else None,
+    )
+
+
+def _specs(layout, dims, ckpt: Checkpoint, dtype: str, tied: bool) -> dict[str, tuple[InitSpec, ...]]:
+    """Every tensor the graph reads, checked against the checkpoint's headers."""
+    entries = {e.name: e for e in ckpt.tensors}
+    half = dtype == "fp16"
+    specs: dict[str, list[InitSpec]] = {}
+
+    def need(name: str, kind: str, optional: bool = False) -> None:
+        entry = entries.get(name)
+        if entry is None:
+            if optional:
+                return
+            raise InputError(f"{ckpt.path}: tensor {name!r} is missing (the {layout.model_type} graph needs it)")
+        if entry.dtype not in ("F32", "F16", "BF16"):
+            raise UnsupportedError(f"tensor {name!r} is {entry.dtype}; the ONNX export reads float weights only")
+        shape = tuple(entry.shape)
+        if kind == "linear":
+            if len(shape) != 2:
+                raise InputError(f"tensor {name!r} has shape {list(shape)}; a linear weight is 2-D")
+            specs.setdefault(name, []).append(InitSpec(name, True, half, (shape[1], shape[0])))
+        elif kind == "embed":
+            specs.setdefault(name, []).append(InitSpec(name, False, half, shape))
+            if tied:
+                specs[name].append(InitSpec(layout.lm_head, True, half, (shape[1], shape[0])))
+        else:
+            specs.setdefault(name, []).append(InitSpec(name, False, False, shape))
+
+    def norm(prefix: str) -> None:
+        need(f"{prefix}.weight", "vector")
+        if layout.norm == "layer":
+            need(f"{prefix}.bias", "vector")
+
+    def linear(prefix: str) -> None:
+        need(f"{prefix}.weight", "linear")
+        need(f"{prefix}.bias", "vector", optional=True)
+
+    need(layout.embed, "embed")
+    for i in range(dims.n_layers):
+        p = layout.layer.format(i=i)
+        for n in (layout.attn_norm, layout.mlp_norm, layout.post_attn_norm, layout.post_mlp_norm):
+            if n:
+                norm(p + n)
+        for n in layout.qkv + (layout.o_proj,) + layout.mlp:
+            linear(p + n)
+    norm(layout.final_norm)
+    if not tied:
+        need(layout.lm_head, "linear")
+    embed = entries[layout.embed]
+    if tuple(embed.shape) != (dims.vocab, dims.hidden):
+        raise InputError(f"tensor {layout.embed!r} has shape {list(embed.shape)}; config says "
+                         f"[{dims.vocab}, {dims.hidden}]")
+    return {name: tuple(s) for name, s in specs.items()}
+
+
+def _genai_config(ckpt: Checkpoint, dims, plan: RopePlan) -> dict[str, Any] | None:
+    kind = GENAI_TYPES.get(ckpt.arch.model_type)
+    if kind is None:
+        return None
+    config = ckpt.config
+    eos = config.get("eos_token_id")
+    return {
+        "model": {
+            "bos_token_id": config.get("bos_token_id"),
+            "eos_token_id": eos,
+            "pad_token_id": config.get("pad_token_id") if config.get("pad_token_id") is not None else
+            (eos[0] if isinstance(eos, list) else eos),
+            "context_length": plan.target_ctx,
+            "type": kind,
+            "vocab_size": dims.vocab,
+            "decoder": {
+                "filename": MODEL_FILE,
+                "head_size": dims.head_dim,
+                "hidden_size": dims.hidden,
+                "num_attention_heads": dims.heads,
+                "num_hidden_layers": dims.n_layers,
+                "num_key_value_heads": dims.heads_kv,
+                "session_options": {"provider_options": []},
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+            },
+        },
+        "search": {"max_length": plan.target_ctx, "min_length": 0, "do_sample": False, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "early_stopping": True,
+                   "length_penalty": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 1, "top_p": 1.0, "diversity_penalty": 0.0},
+    }
+
+
+class OnnxExport:
+    """Writes model.onnx (+ model.onnx.data) as tensors stream past; abort() removes what it wrote."""
+
+    def __init__(self, plan: OnnxPlan, model_path: Path) -> None:
+        import onnx
+        from onnx import helper
+
+        from ropeconv.onnx_export.decoder import Weights, build_decoder
+        from ropeconv.onnx_export import OPSET
+        from ropeconv.onnx_export.writer import OnnxFileWriter
+
+        self.plan = plan
+        names = frozenset(s.name for specs in plan.specs.values() for s in specs)
+        half = frozenset(s.name for specs in plan.specs.values() for s in specs if s.half)
+        graph = build_decoder(plan.layout, plan.dims, plan.plan, Weights(names, half))
+        self.header = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                        producer_name="ropeconv", ir_version=IR_VERSION)
+        onnx.helper.set_model_props(self.header, plan.metadata)
+        self.writer = OnnxFileWriter(Path(model_path), self.header, external=plan.external)
+        self.written: set[str] = set()
+
+    def write(self, entry: TensorEntry, source) -> None:
+        specs = self.plan.specs.get(entry.name)
+        if not specs:
+            return
+        import torch
+        from onnx import TensorProto
+
+        tensor = source.load(entry)
+        for spec in specs:
+            matrix = tensor.t() if spec.transpose else tensor
+            kind, dtype = (TensorProto.FLOAT16, torch.float16) if spec.half else (TensorProto.FLOAT, torch.float32)
+            nbytes = matrix.numel() * (2 if spec.half else 4)
+            self.writer.add(spec.name, kind, tuple(matrix.shape), nbytes, _rows(entry.name, matrix, dtype))
+            self.written.add(spec.name)
+
+    def close(self, check: bool = True) -> list[Path]:
+        missing = sorted(s.name for specs in self.plan.specs.values() for s in specs if s.name not in self.written)
+        if missing:
+            raise InputError(f"tensors {missing[:3]} were never read from the checkpoint")
+        paths = self.writer.close()
+        if check:
+            self.writer.check(self.header)
+        return paths
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+CHUNK_BYTES = 4 << 20  # per piece of a transposed or converted matrix
+
+
+def _rows(name: str, matrix, dtype):
+    """The matrix in row blocks, converted to dtype: a transposed or converted copy of a whole tensor is
+    never held."""
+    import torch
+
+    from ropeconv.export.half import check_half
+
+    if matrix.dim() < 2:
+        yield matrix.to(dtype).contiguous().numpy()
+        return
+    step = max(1, CHUNK_BYTES // max(1, matrix[0].numel() * 4))
+    for start in range(0, matrix.shape[0], step):
+        block = matrix[start : start + step]
+        converted = block.to(dtype).contiguous()
+        if dtype == torch.float16:
+            check_half(name, block, converted, instead="--dtype fp32")
+        yield converted.numpy()
+
+
+def position_math(plan: RopePlan) -> str:
+    """How the graph computes the plan, for the manifest and the model card."""
+    factor = f", cos/sin × {plan.attention_factor:.10g}" if plan.attention_factor != 1.0 else ""
+    if plan.length_rule is LengthRule.SWITCH:
+        return (f"short and long inv_freq constants, the long ones once max(position_ids) + 1 > {plan.original_ctx} "
+                f"in the call{factor}")
+    if plan.length_rule is LengthRule.DYNAMIC_NTK:
+        return (f"dynamic NTK: the base recomputed in the graph from max(position_ids) + 1 at every call (factor "
+                f"{plan.factor:g}, original {plan.original_ctx}){factor}")
+    return f"a float32 inv_freq constant{factor}"
+
+
+def export_file(base: Path, plan: RopePlan, dtype: str, dst: Path) -> Path:
+    """A whole export of `base` to one path (the float32 twin that proves a float16 export strictly)."""
+    from ropeconv.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(base)
+    export = OnnxExport(plan_onnx(ckpt, plan, dtype, {}), dst)
+    source = ckpt.open_source()
+    try:
+        for entry in ckpt.tensors:
+            export.write(entry, source)
+        export.close(check=False)
+    except BaseException:
+        export.abort()
+        raise
+    finally:
+        source.close()
+    return dst
