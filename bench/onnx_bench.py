@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bench.extend_bench import bench_args, measure, reset
+from ropeconv.parity.runtimes.hf import cache_from
 
 EXPORT = "ropeconv extend --method yarn --factor 4 --to onnx --no-verify"
 
@@ -76,23 +77,13 @@ def torch_latency(model, ids: torch.Tensor, decode: int, runs: int, device: str)
 
     def decode_loop():
         out = model(input_ids=ids, use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
-        token = out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
         for _ in range(decode):
-            out = model(input_ids=token, use_cache=True, **{_cache_kw(model): cache})
-            cache = getattr(out, "cache", None) or out.past_key_values
-            token = out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=out.logits[:, -1:].argmax(-1), use_cache=True, **cache_from(model, out))
         sync()
         return (time.perf_counter() - start) / decode
 
     return prefill, statistics.median(decode_loop() for _ in range(runs))
-
-
-def _cache_kw(model) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def ort_latency(model_path: Path, ids: torch.Tensor, decode: int, runs: int, provider: str) -> tuple[float, float]:

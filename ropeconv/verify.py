@@ -90,20 +90,14 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
 def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:
     """A model.onnx carries its plan and base in metadata_props; the base may also be the output directory
     above it, whose safetensors are byte copies of the base's."""
-    import json
-
-    from ropeconv.onnx_export.metadata import read_metadata
-    from ropeconv.pipeline import onnx_twin, vocab_size
     from ropeconv.checkpoint.hf import read_config
+    from ropeconv.onnx_export.metadata import read_plan
+    from ropeconv.pipeline import onnx_twin, vocab_size
     from ropeconv.retrofit import BASE_KEY, PLAN_KEY
 
-    props = read_metadata(model)
-    if PLAN_KEY not in props:
+    plan, props = read_plan(model)
+    if plan is None:
         raise InputError(f"{model}: no {PLAN_KEY} metadata (not written by ropeconv?)")
-    try:
-        plan = RopePlan.from_json(json.loads(props[PLAN_KEY]))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise InputError(f"{model}: {PLAN_KEY} is damaged") from None
     notes: tuple[str, ...] = ()
     if base is None:
         recorded, beside = Path(props.get(BASE_KEY, "")), model.parent.parent

@@ -82,17 +82,12 @@ def inspect(path: Path, as_json: bool) -> int:
 def _inspect_onnx(path: Path, as_json: bool) -> int:
     from ropeconv.errors import InputError
     from ropeconv.onnx_export.export import DTYPE_KEY, position_math
-    from ropeconv.onnx_export.metadata import read_metadata
-    from ropeconv.positions import RopePlan
-    from ropeconv.retrofit import BASE_KEY, PLAN_KEY
+    from ropeconv.onnx_export.metadata import read_plan
+    from ropeconv.retrofit import BASE_KEY
 
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    props = read_metadata(path)
-    try:
-        plan = RopePlan.from_json(json.loads(props[PLAN_KEY])) if PLAN_KEY in props else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise InputError(f"{path}: {PLAN_KEY} is damaged") from None
+    plan, props = read_plan(path)
     data = path.with_name(path.name + ".data")
     info = {
         "path": str(path),

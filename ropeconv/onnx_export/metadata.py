@@ -6,9 +6,11 @@ by its length, so a 2 GB single-file model costs a few reads, where onnx.load wo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ropeconv.errors import InputError
+from ropeconv.positions import RopePlan
 
 _METADATA_PROPS = 14
 
@@ -60,3 +62,16 @@ def read_metadata(path: Path) -> dict[str, str]:
     except Exception as exc:  # protobuf's DecodeError
         raise InputError(f"{path}: not a readable ONNX model ({exc})") from None
     return props
+
+
+def read_plan(path: Path) -> tuple[RopePlan | None, dict[str, str]]:
+    """The plan a ropeconv ONNX carries (None when it carries none) and all its metadata_props."""
+    from ropeconv.retrofit import PLAN_KEY
+
+    props = read_metadata(path)
+    if PLAN_KEY not in props:
+        return None, props
+    try:
+        return RopePlan.from_json(json.loads(props[PLAN_KEY])), props
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{path}: {PLAN_KEY} is damaged") from None

@@ -134,40 +134,38 @@ def _remove_twin(path: Path) -> None:
 def _candidate_runs(artifact: Path, twin: Callable[[Path], Path] | None) -> list[tuple[str, Path, bool]]:
     """(label, file, judged as quantized): a quantized GGUF or a float16 ONNX runs twice, as a float32 twin and
     as is."""
-    if Path(artifact).suffix == ".onnx":
+    artifact = Path(artifact)
+    as_is = [(str(artifact), artifact, False)]
+    if artifact.suffix == ".onnx":
         from ropeconv.onnx_export.export import DTYPE_KEY
         from ropeconv.onnx_export.metadata import read_metadata
 
         if twin is None or read_metadata(artifact).get(DTYPE_KEY, "fp32") == "fp32":
-            return [(str(artifact), Path(artifact), False)]
-        path = Path(artifact).with_name(f".{Path(artifact).name}.f32-twin.onnx")
-        try:
-            twin(path)
-        except BaseException:
-            _remove_twin(path)
-            raise
-        return [(f"float32 twin of {artifact}", path, False), (str(artifact), Path(artifact), True)]
-    if Path(artifact).suffix != ".gguf":
-        return [(str(artifact), Path(artifact), False)]
-    from gguf import GGMLQuantizationType
+            return as_is
+        write = twin
+    elif artifact.suffix == ".gguf":
+        from gguf import GGMLQuantizationType
 
-    from ropeconv.gguf_io.reader import read_gguf
-    from ropeconv.parity.f32_twin import needs_twin, write_f32_twin
+        from ropeconv.gguf_io.reader import read_gguf
+        from ropeconv.parity.f32_twin import needs_twin, write_f32_twin
 
-    src = read_gguf(artifact)
-    if twin is not None:
-        needed = any(t.ggml_type != GGMLQuantizationType.F32 for t in src.tensors)
+        src = read_gguf(artifact)
+        if twin is not None:
+            needed = any(t.ggml_type != GGMLQuantizationType.F32 for t in src.tensors)
+        else:
+            needed = needs_twin(src)
+        if not needed:
+            return as_is
+        write = twin if twin is not None else (lambda dst: write_f32_twin(src, dst))
     else:
-        needed = needs_twin(src)
-    if not needed:
-        return [(str(artifact), Path(artifact), False)]
-    path = Path(artifact).with_name(f".{Path(artifact).name}.f32-twin.gguf")
+        return as_is
+    path = artifact.with_name(f".{artifact.name}.f32-twin{artifact.suffix}")
     try:
-        twin(path) if twin is not None else write_f32_twin(src, path)
+        write(path)
     except BaseException:
-        path.unlink(missing_ok=True)
+        _remove_twin(path)
         raise
-    return [(f"float32 twin of {artifact}", path, False), (str(artifact), Path(artifact), True)]
+    return [(f"float32 twin of {artifact}", path, False), (str(artifact), artifact, True)]
 
 
 def _quiet_transformers() -> None:

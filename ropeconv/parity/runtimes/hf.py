@@ -25,14 +25,18 @@ def logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, decode_st
     prefill = ids.shape[1] - decode_steps
     out = model(input_ids=ids[:, :prefill], position_ids=positions[:, :prefill], use_cache=decode_steps > 0)
     chunks = [out.logits[0].float().cpu()]
-    # transformers 5.24 renamed past_key_values to cache (the old name warns); 4.x knows only the old one
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for i in range(prefill, ids.shape[1]):
-        cache = getattr(out, "cache", None) or out.past_key_values
         out = model(input_ids=ids[:, i : i + 1], position_ids=positions[:, i : i + 1], use_cache=True,
-                    **{cache_kw: cache})
+                    **cache_from(model, out))
         chunks.append(out.logits[0].float().cpu())
     return torch.cat(chunks)
+
+
+def cache_from(model, out) -> dict:
+    """The keyword that hands `out`'s KV cache to the next call: transformers 5.24 renamed past_key_values
+    to cache (the old name warns); 4.x knows only the old one."""
+    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {keyword: getattr(out, "cache", None) or out.past_key_values}
 
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) -> list[torch.Tensor]:
