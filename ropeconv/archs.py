@@ -25,6 +25,11 @@ class ArchSpec:
     # Phi-3: transformers 4.x demands rope_scaling == {type, short_factor, long_factor} exactly and
     # reads the original length from a top-level original_max_position_embeddings.
     strict_longrope_legacy: bool = False
+    # ALiBi and absolute tables: the config key that states the training length (None: the config states
+    # none, BLOOM), the position table tensor and the rows in front of position 0
+    ctx_key: str | None = "max_position_embeddings"
+    table: str | None = None
+    table_offset: int = 0
     note: str = ""  # shown under the capability matrix
 
 
@@ -46,6 +51,14 @@ ARCHS: dict[str, ArchSpec] = {
         ),
         ArchSpec("gpt_neox", theta_key="rotary_emb_base", partial_key="rotary_pct", default_partial=0.25,
                  note="partial rotary (rotary_pct): methods act on the rotated dims only"),
+        ArchSpec("bloom", position="alibi", ctx_key="seq_length",
+                 note="ALiBi; its config states no training length: pass --original-ctx (2048 for BigScience's "
+                      "BLOOM) unless config.json has seq_length"),
+        ArchSpec("mpt", position="alibi", ctx_key="max_seq_len",
+                 note="ALiBi; transformers builds the bias max_seq_len long, so it is raised to the target"),
+        ArchSpec("gpt2", position="absolute", ctx_key="n_positions", table="transformer.wpe.weight"),
+        ArchSpec("opt", position="absolute", table="model.decoder.embed_positions.weight", table_offset=2,
+                 note="position table with 2 unused rows in front (kept as they are)"),
     )
 }
 
@@ -59,6 +72,7 @@ class GgufArchSpec:
     reads_rope_freqs: bool = False  # rope_freqs.weight: a per-pair divisor, always on
     # rope_factors_long/short: "always" (read whenever present) or "typed" (only with type longrope)
     longrope: str | None = None
+    position: str = "rope"  # "alibi": slopes from max_alibi_bias; "absolute": position_embd rows
 
 
 GGUF_ARCHS: dict[str, GgufArchSpec] = {
@@ -70,11 +84,14 @@ GGUF_ARCHS: dict[str, GgufArchSpec] = {
         GgufArchSpec("gptneox"),
         GgufArchSpec("gemma"),
         GgufArchSpec("gemma2"),
+        GgufArchSpec("bloom", position="alibi"),
+        GgufArchSpec("mpt", position="alibi"),
+        GgufArchSpec("gpt2", position="absolute"),
     )
 }
 # transformers model_type → GGUF architecture (Mistral is written as LLAMA, as llama.cpp's converter does)
 HF_TO_GGUF = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "phi3": "phi3", "gpt_neox": "gptneox",
-              "gemma": "gemma", "gemma2": "gemma2"}
+              "gemma": "gemma", "gemma2": "gemma2", "bloom": "bloom", "mpt": "mpt", "gpt2": "gpt2"}
 
 
 def gguf_arch_for(name: str | None) -> GgufArchSpec:

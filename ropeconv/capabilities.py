@@ -28,17 +28,20 @@ def _gguf_note() -> str:
 
 
 def _onnx_note() -> str:
+    from ropeconv.archs import ARCHS
     from ropeconv.onnx_export.export import GENAI_TYPES
     from ropeconv.onnx_export.layouts import LAYOUTS
 
     no_genai = ", ".join(m for m in LAYOUTS if m not in GENAI_TYPES)
+    rope = ", ".join(m for m in LAYOUTS if ARCHS[m].position == "rope")
+    other = ", ".join(m for m in LAYOUTS if ARCHS[m].position != "rope")
     return (
-        f"a HF base ({', '.join(LAYOUTS)}) is exported as a decoder with KV cache (opset 18, float32 compute, "
-        "--dtype fp32/fp16 weights) whose graph computes the plan itself, so every method is available on every "
-        "architecture, phi3 included. Parity-proven in onnxruntime on every architecture × method (tiny random "
-        "models, prefill crossing the original context then decode steps through the cache, each cell also "
-        "failing once the rope constants are reset) and on the real SmolLM2. A genai_config.json is written for "
-        f"onnxruntime-genai, except for {no_genai}, which it has no model type for"
+        f"a HF base ({rope}; and {other} for alibi, absolute and none) is exported as a decoder with KV cache "
+        "(opset 18, float32 compute, --dtype fp32/fp16 weights) whose graph computes the plan itself, so every RoPE "
+        "method is available on every RoPE architecture, phi3 included. Parity-proven in onnxruntime on every "
+        "architecture × method (tiny random models, prefill crossing the original context then decode steps "
+        "through the cache, each cell also failing once the position math is reset) and on the real SmolLM2. "
+        f"A genai_config.json is written for onnxruntime-genai, except for {no_genai}, which it has no model type for"
     )
 
 
@@ -49,10 +52,13 @@ def matrix() -> list[dict]:
     rows = []
     for m in methods.ordered():
         cells = {f: m.CELLS.get(f, _NOT_YET) for f in FORMATS}
+        positions = methods.positions_of(m)
         rows.append(
             {
                 "method": m.NAME,
                 "summary": m.SUMMARY,
+                "positions": list(positions),
+                "architectures": [a.model_type for a in ARCHS.values() if a.position in positions],
                 "cells": {f: {"support": c.support.value, "how": c.how} for f, c in cells.items()},
             }
         )
@@ -64,11 +70,12 @@ def arch_notes() -> list[str]:
 
 
 def format_markdown() -> str:
-    header = "| method | " + " | ".join(FORMATS) + " |"
-    lines = [header, "|---|" + "---|" * len(FORMATS)]
+    header = "| method | acts on | " + " | ".join(FORMATS) + " |"
+    lines = [header, "|---|---|" + "---|" * len(FORMATS)]
     for row in matrix():
         cells = " | ".join(f"{c['support']} ({c['how']})" for c in row["cells"].values())
-        lines.append(f"| `{row['method']}` | {cells} |")
+        acts = "all" if row["method"] == "none" else f"{'/'.join(row['positions'])}: {', '.join(row['architectures'])}"
+        lines.append(f"| `{row['method']}` | {acts} | {cells} |")
     lines.append("")
     lines.extend(f"- {fmt} column: {note}" for fmt, note in FORMAT_NOTES.items())
     lines.append("")

@@ -1,4 +1,4 @@
-"""extend: Checkpoint ─► RopePlan ─► stream tensors into the exporters ─► parity ─► card + manifest.
+"""extend: Checkpoint ─► PositionPlan ─► stream tensors into the exporters ─► parity ─► card + manifest.
 
 Everything that can be refused is checked before the first byte is written; the output is staged
 in a temporary sibling and published only when complete (and, when verified, proven).
@@ -20,6 +20,7 @@ from ropeconv.export.card import model_card
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir
+from ropeconv.export.table import changes_table, output_entry, resampled
 from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
 from ropeconv.manifest import write_manifest
 from ropeconv.onnx_export.export import MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, plan_onnx, \
@@ -28,7 +29,7 @@ from ropeconv.onnx_export import OPSET
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import ParityReport, Tolerance, Twin, check_parities, pick_device
-from ropeconv.positions import RopePlan
+from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
 
 FORMATS = ("safetensors", "gguf", "onnx")  # the matrix's columns
@@ -58,7 +59,7 @@ class ExtendJob:
 @dataclass(frozen=True)
 class Prepared:
     checkpoint: Checkpoint
-    plan: RopePlan
+    plan: PositionPlan
     hf_rope: dict[str, Any] | None  # None: transformers cannot declare the plan (no safetensors output)
     hf_config: dict[str, Any]
     gguf: GgufPlan | None = None
@@ -68,7 +69,7 @@ class Prepared:
 @dataclass(frozen=True)
 class ExtendResult:
     out: Path
-    plan: RopePlan
+    plan: PositionPlan
     files: tuple[str, ...]
     parity: ParityReport | None
     reports: tuple[ParityReport, ...] = ()
@@ -96,9 +97,10 @@ def prepare(job: ExtendJob) -> Prepared:
         raise InputError(
             f"{job.base} already carries rope scaling ({describe_scaling(existing)}, original context "
             f"{ckpt.scheme.original_ctx}); a second method would stack on weights tuned for the first — "
-            "pass --rebase to replace it, starting from the unscaled frequencies"
+            "pass --rebase to replace it, starting from the unscaled positions"
         )
     method = methods.get(job.method)
+    methods.check_applies(method, ckpt.scheme, ckpt.arch.model_type)
     plan = method.plan(ckpt.scheme, job.request)
     try:
         hf_rope = method.hf_rope_parameters(plan)
@@ -115,7 +117,7 @@ def prepare(job: ExtendJob) -> Prepared:
     return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
 
 
-def _provenance(plan: RopePlan, base: Path) -> dict[str, str]:
+def _provenance(plan: PositionPlan, base: Path) -> dict[str, str]:
     from ropeconv.retrofit import provenance
 
     return {key: value for key, (_, value) in provenance(plan, base).items()}
@@ -189,7 +191,8 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     """One pass over the base's tensors, feeding every requested format. Returns the files written and the
     sha256 of those hashed on the way."""
     ckpt = prepared.checkpoint
-    safetensors = SafetensorsWriter(out, list(ckpt.tensors), job.max_shard_bytes) \
+    plan = prepared.plan
+    safetensors = SafetensorsWriter(out, [output_entry(plan, e) for e in ckpt.tensors], job.max_shard_bytes) \
         if "safetensors" in job.formats else None
     gguf = GgufConversion(prepared.gguf, out / gguf_name) if gguf_name else None
     onnx = None
@@ -202,7 +205,8 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     try:
         for entry in ckpt.tensors:
             if safetensors:
-                safetensors.write(entry, source)
+                new = resampled(plan, entry, source) if changes_table(plan, entry) else None
+                safetensors.write(output_entry(plan, entry), source, new)
             if gguf:
                 gguf.write(entry, source)
             if onnx:
@@ -229,13 +233,13 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     return files, known
 
 
-def gguf_twin(base: Path, plan: RopePlan) -> Twin:
+def gguf_twin(base: Path, plan: PositionPlan) -> Twin:
     """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
     (strict: names, layout, metadata) and as itself against the quantized limits."""
     return lambda dst: write_f32_twin(base, plan, dst)
 
 
-def onnx_twin(base: Path, plan: RopePlan) -> Twin:
+def onnx_twin(base: Path, plan: PositionPlan) -> Twin:
     """A float16 ONNX is judged strictly through a float32 export of the same base and plan, and as itself
     against the quantized limits."""
     return lambda dst: export_file(base, plan, "fp32", dst)

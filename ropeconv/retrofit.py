@@ -24,7 +24,7 @@ from ropeconv.errors import InputError
 from ropeconv.export.staging import staged_file
 from ropeconv.gguf_io.reader import GgufFile, read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
-from ropeconv.positions import RopePlan
+from ropeconv.positions import RopePlan, plan_from_json
 from ropeconv.progress import Progress
 
 VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING,
@@ -62,6 +62,8 @@ def is_gguf(path: Path) -> bool:
 def prepare_gguf(job) -> GgufPrepared:
     src = read_gguf(job.base)
     arch = gguf_arch(src)
+    if arch.position != "rope":
+        refuse_unroped(job, src, arch)
     scheme = read_gguf_scheme(src)
     if scheme.existing_scaling and not job.rebase:
         raise InputError(
@@ -90,6 +92,32 @@ def prepare_gguf(job) -> GgufPrepared:
     stale = {t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors}
     add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
     return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add, frozenset(stale))
+
+
+def refuse_unroped(job, src: GgufFile, arch: GgufArchSpec) -> None:
+    """A GGUF base with ALiBi or a learned position table: every method is refused, with its reason."""
+    from ropeconv.errors import UnsupportedError
+    from ropeconv.positions import AbsoluteScheme, AlibiScheme
+
+    a = arch.name
+    context = src.value(f"{a}.context_length")
+    heads = src.value(f"{a}.attention.head_count")
+    if not isinstance(context, int) or context <= 0 or not isinstance(heads, int) or heads <= 0:
+        raise InputError(f"{src.path}: {a}.context_length and {a}.attention.head_count must be positive integers")
+    if arch.position == "alibi":
+        scheme = AlibiScheme(n_heads=heads, original_ctx=context, declared_ctx=context)
+    else:
+        scheme = AbsoluteScheme(table="position_embd.weight", offset=0, original_ctx=context, declared_ctx=context)
+    method = methods.get(job.method)
+    methods.check_applies(method, scheme, a)
+    if method.NAME == "none":
+        raise UnsupportedError(f"--method none on a GGUF base would only copy it; to write a {a} GGUF, convert the "
+                               "HF checkpoint: ropeconv extend HF_DIR --method none --to gguf")
+    # ALiBi: the method's own refusal (llama.cpp cannot scale the slopes)
+    method.gguf_declaration(method.plan(scheme, job.request), arch)
+    raise UnsupportedError(f"--method {method.NAME} on a {a} GGUF base: resampling a GGUF's position_embd is not "
+                           f"supported; convert from the HF checkpoint (ropeconv extend HF_DIR --method "
+                           f"{method.NAME} --to gguf)")
 
 
 def run_gguf(job, progress: Progress | None = None):
@@ -140,7 +168,7 @@ def recorded(artifact: Path) -> tuple[RopePlan, Path]:
     if not isinstance(raw, str):
         raise InputError(f"{artifact}: no {PLAN_KEY} metadata (not written by ropeconv?)")
     try:
-        plan = RopePlan.from_json(json.loads(raw))
+        plan = plan_from_json(json.loads(raw))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{artifact}: {PLAN_KEY} is damaged") from None
     return plan, Path(str(src.value(BASE_KEY, "")))

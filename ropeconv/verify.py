@@ -7,7 +7,7 @@ from pathlib import Path
 from ropeconv.errors import InputError
 from ropeconv.manifest import read_manifest
 from ropeconv.parity import ParityReport, Tolerance, check_parities
-from ropeconv.positions import RopePlan
+from ropeconv.positions import RopePlan, plan_from_json
 from ropeconv.progress import Progress
 
 
@@ -37,7 +37,7 @@ def verify_output(
     if not manifest or "plan" not in manifest:
         raise InputError(f"{out}: no readable manifest.json (not a ropeconv output?)")
     try:
-        plan = RopePlan.from_json(manifest["plan"])
+        plan = plan_from_json(manifest["plan"])
         recorded = Path(manifest["base"]["path"])
         vocab_size = int(manifest["vocab_size"])
         formats = manifest.get("formats") or {"safetensors": {}}
@@ -53,8 +53,9 @@ def verify_output(
     if base is None:
         if recorded.is_dir():
             base = recorded
-        elif "safetensors" in formats:
-            # the tensors are byte copies of the base's, so the output's own weights are the base's
+        elif "safetensors" in formats and plan.kind != "absolute":
+            # the tensors are byte copies of the base's, so the output's own weights are the base's (not so
+            # when the position table was resampled)
             base = out
             notes = (f"base {recorded} not found; reference built from this output's weights",)
         else:
@@ -103,7 +104,8 @@ def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, prog
         recorded, beside = Path(props.get(BASE_KEY, "")), model.parent.parent
         if props.get(BASE_KEY) and (recorded / "config.json").is_file():
             base = recorded
-        elif (beside / "model.safetensors").is_file() or (beside / "model.safetensors.index.json").is_file():
+        elif plan.kind != "absolute" and ((beside / "model.safetensors").is_file()
+                                          or (beside / "model.safetensors.index.json").is_file()):
             base, notes = beside, (f"base {recorded} not found; reference built from {beside}'s weights",)
         else:
             raise InputError(f"{model}: its base {recorded} is not there; pass --base BASE_DIR")

@@ -25,6 +25,11 @@ TINY = {
     "gemma": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
     "gemma2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                    sliding_window=4096, query_pre_attn_scalar=16),
+    # ALiBi (6 heads: not a power of two, so the interleaved slope order is exercised) and learned tables
+    "bloom": dict(hidden_size=96, n_head=6, seq_length=ORIGINAL_CTX),
+    "mpt": dict(d_model=96, n_heads=6, max_seq_len=ORIGINAL_CTX, expansion_ratio=2),
+    "gpt2": dict(n_embd=64, n_head=4, n_positions=ORIGINAL_CTX),
+    "opt": dict(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64),
 }
 
 

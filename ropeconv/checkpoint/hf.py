@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ropeconv.archs import ArchSpec, arch_for
-from ropeconv.checkpoint.rope_config import read_scheme
+from ropeconv.checkpoint.position_config import read_position_scheme
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
 from ropeconv.checkpoint.sources import PickleSource, SafetensorsSource, TensorSource, entry_for
 from ropeconv.errors import InputError
-from ropeconv.positions import RopeScheme
+from ropeconv.positions import PositionScheme
 
 # Files that travel with the weights unchanged.
 AUX_FILES = (
@@ -38,7 +38,7 @@ class Checkpoint:
     path: Path
     config: dict[str, Any]
     arch: ArchSpec
-    scheme: RopeScheme
+    scheme: PositionScheme
     tensors: tuple[TensorEntry, ...]  # in data order: file by file, offset by offset
     weight_format: str  # "safetensors" or "pickle"
     aux_files: tuple[str, ...]
@@ -74,7 +74,6 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
         raise InputError(f"{path}: expected a HuggingFace model directory")
     config = read_config(path)
     arch = arch_for(config.get("model_type"))
-    scheme = read_scheme(config, arch)
     safetensors_files = _safetensors_files(path)
     if safetensors_files:
         tensors: list[TensorEntry] = []
@@ -99,6 +98,7 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise InputError(f"{path}: the same tensor name appears in more than one weight file")
+    scheme = read_position_scheme(config, arch, tensors)
     aux = tuple(n for n in AUX_FILES if (path / n).is_file())
     return Checkpoint(path, config, arch, scheme, tuple(tensors), weight_format, aux)
 

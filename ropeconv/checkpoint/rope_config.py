@@ -82,6 +82,6 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
 def describe_scaling(scaling: Mapping[str, Any] | None) -> str:
     if not scaling:
         return "none"
-    kind = scaling.get("rope_type", scaling.get("type"))
+    kind = scaling.get("rope_type", scaling.get("type", scaling.get("rule")))
     factor = scaling.get("factor")
     return f"{kind}" + (f" ×{float(factor):g}" if isinstance(factor, (int, float)) else "")

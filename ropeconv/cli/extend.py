@@ -37,6 +37,14 @@ Examples:
   ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to onnx -o smol-32k/
   ropeconv extend ./Phi-3-mini-4k --method longrope --factors f.json --target-ctx 131072 --to onnx --dtype fp16 -o out/
 \b
+  # ALiBi slopes interpolated (BLOOM, MPT): exact in ONNX; safetensors through ropeconv.runtime.apply
+  ropeconv extend ./bloom-560m --method alibi --original-ctx 2048 --factor 4 --to safetensors,onnx -o bloom-8k/
+  ropeconv extend ./mpt-7b --method alibi --dynamic --target-ctx 8192 --to onnx -o mpt-8k/
+\b
+  # a learned position table resampled (GPT-2, OPT); the base converted without extension
+  ropeconv extend ./gpt2 --method absolute --factor 4 --to safetensors,gguf,onnx -o gpt2-4k/
+  ropeconv extend ./bloom-560m --method none --original-ctx 2048 --to gguf -o bloom-gguf/
+\b
   # retrofit an existing (quantized) GGUF for llama.cpp: metadata rewritten, tensors copied byte for byte
   ropeconv extend model-Q4_K_M.gguf --method yarn --factor 4 -o model-32k.gguf
 """
@@ -134,8 +142,9 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
             emit_json(data)
         else:
             p = prepared.plan
+            extra = f"attention factor {p.attention_factor:.6g}, " if p.kind == "rope" else f"{p.kind} positions, "
             click.echo(f"{p.method}: {p.original_ctx} → {p.target_ctx} tokens (×{p.factor:g}), "
-                       f"attention factor {p.attention_factor:.6g}, {p.length_rule.value}")
+                       f"{extra}{p.length_rule.value}")
             click.echo(f"would write {out} as {', '.join(job.formats)} ({len(prepared.checkpoint.tensors)} tensors, "
                        f"{prepared.checkpoint.total_bytes / 1e6:.1f} MB); nothing written (--dry-run)")
         return 0
@@ -146,6 +155,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
             "plan": result.plan.to_json(),
             "files": list(result.files),
             "parity": result.parity.to_json() if result.parity else None,
+            "reports": [r.to_json() for r in result.reports],  # one per format: safetensors, gguf, onnx order
         })
     else:
         p = result.plan

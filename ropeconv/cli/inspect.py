@@ -14,6 +14,23 @@ from ropeconv.cli.options import emit_json
 from ropeconv.manifest import read_manifest
 
 
+def _scheme_json(s) -> dict:
+    if s.kind == "alibi":
+        return {"type": "alibi", "heads": s.n_heads, "max_bias": s.max_bias}
+    if s.kind == "absolute":
+        return {"type": "absolute", "table": s.table, "rows": s.original_ctx, "offset": s.offset}
+    return {"type": "rope", "rope_theta": s.theta, "head_dim": s.head_dim, "rotary_dim": s.rotary_dim,
+            "partial_rotary_factor": s.rotary_dim / s.head_dim}
+
+
+def _scheme_line(s) -> str:
+    if s.kind == "alibi":
+        return f"alibi, {s.n_heads} heads, max bias {s.max_bias:g}"
+    if s.kind == "absolute":
+        return f"learned table {s.table}, {s.original_ctx} positions" + (f" (+{s.offset} leading rows)" if s.offset else "")
+    return f"rope, base {s.theta:g}, rotary {s.rotary_dim}/{s.head_dim} dims per head"
+
+
 @click.command(epilog="\b\nExamples:\n  ropeconv inspect ./SmolLM2-135M\n  ropeconv inspect out/ --json")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -36,13 +53,7 @@ def inspect(path: Path, as_json: bool) -> int:
     info = {
         "path": str(ckpt.path),
         "architecture": ckpt.arch.model_type,
-        "position_scheme": {
-            "type": ckpt.arch.position,
-            "rope_theta": s.theta,
-            "head_dim": s.head_dim,
-            "rotary_dim": s.rotary_dim,
-            "partial_rotary_factor": s.rotary_dim / s.head_dim,
-        },
+        "position_scheme": _scheme_json(s),
         "original_ctx": s.original_ctx,
         "declared_ctx": s.declared_ctx,
         "scaling": dict(s.existing_scaling) if s.existing_scaling else None,
@@ -59,7 +70,7 @@ def inspect(path: Path, as_json: bool) -> int:
     scaling = describe_scaling(s.existing_scaling)
     click.echo(f"{info['path']}")
     click.echo(f"  architecture     {ckpt.arch.model_type}")
-    click.echo(f"  positions        rope, base {s.theta:g}, rotary {s.rotary_dim}/{s.head_dim} dims per head")
+    click.echo(f"  positions        {_scheme_line(s)}")
     click.echo(f"  original context {s.original_ctx}")
     click.echo(f"  declared context {s.declared_ctx}")
     click.echo(f"  scaling          {scaling}")
@@ -141,7 +152,7 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
     types = ", ".join(f"{k}×{v}" for k, v in info["types"].items())
     click.echo(str(path))
     click.echo(f"  format           GGUF v{src.version} ({src.arch})")
-    click.echo(f"  positions        rope, base {s.theta:g}, rotary {s.rotary_dim}/{s.head_dim} dims per head")
+    click.echo(f"  positions        {_scheme_line(s)}")
     click.echo(f"  original context {s.original_ctx}")
     click.echo(f"  declared context {s.declared_ctx}")
     click.echo(f"  scaling          {describe_scaling(s.existing_scaling)}")

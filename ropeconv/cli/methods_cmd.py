@@ -20,6 +20,7 @@ def methods(as_json: bool, markdown: bool) -> int:
     else:
         for row in matrix():
             click.echo(f"{row['method']:<9} {row['summary']}")
+            click.echo(f"  {'acts on':<12} {'/'.join(row['positions'])} positions: {', '.join(row['architectures'])}")
             for fmt, cell in row["cells"].items():
                 click.echo(f"  {fmt:<12} {cell['support']:<18} {cell['how']}")
         for note in arch_notes():

@@ -4,23 +4,55 @@ from __future__ import annotations
 
 from typing import Any
 
-from ropeconv.positions import LengthRule, RopePlan
+from ropeconv.positions import LengthRule, PositionPlan
 
 _RULES = {
     LengthRule.STATIC: "static: the same frequencies at every length",
     LengthRule.SWITCH: "switched: short factors up to the original context, long factors beyond",
     LengthRule.DYNAMIC_NTK: "dynamic: the rope base is recomputed from the running length",
+    LengthRule.PROPORTIONAL: "proportional: slopes unchanged up to the original context, divided by "
+                             "(keys in view / original context) beyond it",
 }
 
 
-def model_card(base_name: str, arch: str, plan: RopePlan, formats: dict[str, dict[str, Any]],
+def _position_rows(plan) -> list[str]:
+    """The table rows that describe the plan's own position math."""
+    rule = f"| length rule | {_RULES[plan.length_rule]} |"
+    if plan.kind == "alibi":
+        return [f"| position scheme | ALiBi, {len(plan.slopes)} heads |",
+                f"| slope divisor | {_fmt(plan.factor)} |" if plan.length_rule is LengthRule.STATIC else rule]
+    if plan.kind == "absolute":
+        return [f"| position scheme | learned absolute table `{plan.table}` |",
+                f"| table rows | {plan.original_ctx} → {plan.target_ctx} (linear interpolation, endpoints kept)"
+                + (f", {plan.offset} leading rows kept" if plan.offset else "") + " |"]
+    return [f"| rope base | {_fmt(plan.theta)} |", f"| rotary dims | {plan.rotary_dim} |",
+            f"| attention factor | {plan.attention_factor:.10g} |", rule]
+
+
+def _alibi_runtime_note(plan) -> list[str]:
+    if plan.kind != "alibi" or plan.factor == 1.0:
+        return []
+    return ["", "**Vanilla transformers ignores `ropeconv_alibi_scaling` and computes the base's unscaled ALiBi.** "
+            "Load with `model = AutoModelForCausalLM.from_pretrained(path)` then `ropeconv.runtime.apply(model)`; "
+            "the ONNX export (when written) carries the scaling itself."]
+
+
+def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str, dict[str, Any]],
                parity: dict[str, dict[str, Any]] | None) -> str:
     """formats: the manifest's record per format written; parity: the report summary per format."""
     params = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(plan.params.items()))
     declared = []
     rope = formats.get("safetensors", {}).get("declaration")
     gguf, onnx = formats.get("gguf"), formats.get("onnx")
-    if rope is not None:
+    if rope is not None and plan.kind == "alibi":
+        keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items())
+        declared.append(f"transformers (`config.json`): `ropeconv_alibi_scaling` = {{{keys}}}, applied by "
+                        "`ropeconv.runtime.apply(model)`." if rope and plan.factor != 1.0 else
+                        "transformers (`config.json`): the base's own ALiBi, unchanged.")
+    elif rope is not None and plan.kind == "absolute":
+        declared.append(f"transformers (`config.json`): the resampled table `{plan.table}` and a context of "
+                        f"{plan.target_ctx} positions.")
+    elif rope is not None:
         keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items() if k not in ("short_factor", "long_factor"))
         declared.append(f"transformers (`config.json`, both `rope_parameters` and the 4.x `rope_theta` + "
                         f"`rope_scaling`): {keys}.")
@@ -43,10 +75,7 @@ def model_card(base_name: str, arch: str, plan: RopePlan, formats: dict[str, dic
         f"| method | {plan.method} |",
         f"| original context | {plan.original_ctx} |",
         f"| target context | {plan.target_ctx} |",
-        f"| rope base | {_fmt(plan.theta)} |",
-        f"| rotary dims | {plan.rotary_dim} |",
-        f"| attention factor | {plan.attention_factor:.10g} |",
-        f"| length rule | {_RULES[plan.length_rule]} |",
+        *_position_rows(plan),
         "",
         "## Method parameters",
         "",
@@ -57,6 +86,7 @@ def model_card(base_name: str, arch: str, plan: RopePlan, formats: dict[str, dic
         "## How it is declared",
         "",
         "\n\n".join(declared),
+        *_alibi_runtime_note(plan),
         "",
         "## Parity",
         "",
@@ -75,8 +105,8 @@ def _parity_text(fmt: str, parity: dict[str, Any] | None) -> str:
         return f"{fmt}: not checked when this artifact was written; run `ropeconv verify` on it."
     verdict = "passed" if parity["passed"] else "FAILED"
     return (
-        f"{fmt}: {verdict}: {RUNS[fmt]} against the base weights with the intended rope "
-        f"parameters, {parity['tokens']} probe tokens at positions {parity['first_position']}–"
+        f"{fmt}: {verdict}: {RUNS[fmt]} against the base weights with the intended position "
+        f"math, {parity['tokens']} probe tokens at positions {parity['first_position']}–"
         f"{parity['last_position']} (crossing the original context), on {parity['device']}; tolerance "
         f"max |Δlogit| ≤ {parity['tolerance']['max_abs_logit']:g}, top-1 agreement ≥ "
         f"{parity['tolerance']['min_top1']:g}."

@@ -14,7 +14,7 @@ from typing import Any
 from ropeconv.archs import ArchSpec
 from ropeconv.errors import UnsupportedError
 from ropeconv.methods.longrope import default_attention_factor
-from ropeconv.positions import LengthRule, RopePlan, RopeScheme
+from ropeconv.positions import LengthRule, PositionPlan, PositionScheme, RopePlan, RopeScheme
 
 _DROP = ("rope_scaling", "rope_parameters", "rope_theta", "partial_rotary_factor", "original_max_position_embeddings")
 
@@ -25,9 +25,41 @@ def declared_ctx(plan: RopePlan) -> int:
 
 
 def extended_config(
+    base: dict[str, Any], arch: ArchSpec, scheme: PositionScheme, plan: PositionPlan, rope: dict[str, Any]
+) -> dict[str, Any]:
+    """`rope` is the method's transformers declaration (rope_type and its keys; for ALiBi, the
+    ropeconv_alibi_scaling record)."""
+    if plan.kind == "alibi":
+        return _alibi_config(base, plan, rope)
+    if plan.kind == "absolute":
+        return _absolute_config(base, arch, plan)
+    return _rope_config(base, arch, scheme, plan, rope)
+
+
+def _alibi_config(base: dict[str, Any], plan: PositionPlan, scaling: dict[str, Any]) -> dict[str, Any]:
+    from ropeconv.runtime import KEY
+
+    cfg = copy.deepcopy(base)
+    cfg.pop(KEY, None)
+    if scaling and plan.factor != 1.0:
+        cfg[KEY] = scaling
+    if "max_seq_len" in cfg or cfg.get("model_type") == "mpt":
+        # transformers' MPT builds its bias max_seq_len keys long: shorter, and longer inputs fail to broadcast
+        cfg["max_seq_len"] = max(int(cfg.get("max_seq_len") or 0), plan.target_ctx)
+    return cfg
+
+
+def _absolute_config(base: dict[str, Any], arch: ArchSpec, plan: PositionPlan) -> dict[str, Any]:
+    cfg = copy.deepcopy(base)
+    cfg[arch.ctx_key or "max_position_embeddings"] = plan.target_ctx
+    if "n_ctx" in cfg:  # GPT-2's older configs state the length twice
+        cfg["n_ctx"] = plan.target_ctx
+    return cfg
+
+
+def _rope_config(
     base: dict[str, Any], arch: ArchSpec, scheme: RopeScheme, plan: RopePlan, rope: dict[str, Any]
 ) -> dict[str, Any]:
-    """`rope` is the method's transformers declaration (rope_type and its keys)."""
     rope_type = rope["rope_type"]
     if arch.hf_rope_types is not None and rope_type not in arch.hf_rope_types:
         raise UnsupportedError(

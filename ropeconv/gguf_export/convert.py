@@ -20,11 +20,12 @@ from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.half import check_half
-from ropeconv.gguf_export.layouts import GgufLayout, check_graph, layout_for
+from ropeconv.export.table import changes_table, output_entry
+from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
 from ropeconv.gguf_export.vocab import tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
 from ropeconv.gguf_io.writer import ByteRange, GgufWriter, NewField, TensorInfo
-from ropeconv.positions import RopePlan
+from ropeconv.positions import PositionPlan
 from ropeconv.retrofit import VALUE_TYPES, provenance
 
 G = GGMLQuantizationType
@@ -39,7 +40,7 @@ FLOAT_DTYPES = ("F32", "F16", "BF16")
 class TensorPlan:
     entry: TensorEntry
     info: TensorInfo
-    op: str | None  # "permute_q", "permute_k", "qkv_blocks" or None
+    op: str | None  # "permute_q", "permute_k", "qkv_blocks", "transpose", "table" or None
     plus_one: bool
 
 
@@ -53,6 +54,7 @@ class GgufPlan:
     heads: int
     heads_kv: int
     raw_copy_ok: bool  # safetensors source: untouched tensors can be kernel copies
+    plan: PositionPlan | None = None  # "table" tensors are resampled for it
 
     @property
     def arch_name(self) -> str:
@@ -68,30 +70,33 @@ def gguf_file_name(ckpt: Checkpoint, outtype: str) -> str:
     return f"{ckpt.path.resolve().name}-{outtype.upper()}.gguf"
 
 
-def plan_gguf(ckpt: Checkpoint, plan: RopePlan, outtype: str) -> GgufPlan:
+def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str) -> GgufPlan:
     """Everything the GGUF will hold, from headers; raises before any write."""
     if outtype not in OUTTYPES:
         raise InputError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
     config, scheme = ckpt.config, ckpt.scheme
     layout = layout_for(ckpt.arch.model_type)
-    check_graph(layout, config, scheme.head_dim, plan.target_ctx)
+    heads = _positive(config, HEAD_KEYS)
+    heads_kv = config.get("num_key_value_heads") or heads
+    hidden = _positive(config, HIDDEN_KEYS)
+    n_vocab = _positive(config, ("vocab_size",))
+    rope = scheme.kind == "rope"  # ALiBi and learned tables: llama.cpp reads no rope key for these archs
+    head_dim = scheme.head_dim if rope else hidden // heads
+    check_graph(layout, config, head_dim, plan.target_ctx)
     arch_name = MODEL_ARCH_NAMES[layout.arch]
     declaration = methods.get(plan.method).gguf_declaration(plan, GGUF_ARCHS[arch_name])
 
-    heads = _positive(config, "num_attention_heads")
-    heads_kv = config.get("num_key_value_heads") or heads
-    hidden = _positive(config, "hidden_size")
-    n_vocab = _positive(config, "vocab_size")
     kv: dict[str, tuple[str, object]] = {"context_length": ("u32", plan.target_ctx)}
     for h in layout.hparams:
         value = h.value(config)
         if value is not None:
             kv[h.key] = (h.kind, value)
-    if layout.always_key_length or scheme.head_dim != hidden // heads:
-        kv["attention.key_length"] = ("u32", scheme.head_dim)
-        kv["attention.value_length"] = ("u32", scheme.head_dim)
-    kv["rope.dimension_count"] = ("u32", scheme.rotary_dim)
-    kv["rope.freq_base"] = ("f32", scheme.theta)
+    if layout.always_key_length or head_dim != hidden // heads:
+        kv["attention.key_length"] = ("u32", head_dim)
+        kv["attention.value_length"] = ("u32", head_dim)
+    if rope:
+        kv["rope.dimension_count"] = ("u32", scheme.rotary_dim)
+        kv["rope.freq_base"] = ("f32", scheme.theta)
     kv["vocab_size"] = ("u32", n_vocab)
     kv.update(declaration.kv)
 
@@ -108,15 +113,15 @@ def plan_gguf(ckpt: Checkpoint, plan: RopePlan, outtype: str) -> GgufPlan:
     fields += tokenizer_fields(ckpt.path, n_vocab)
     fields += [NewField(key, *spec) for key, spec in provenance(plan, ckpt.path).items()]
 
-    tensors = _plan_tensors(ckpt, layout, outtype)
+    tensors = _plan_tensors(ckpt, layout, outtype, plan)
     carriers = tuple((name, np.asarray(values, dtype=np.float32)) for name, values in declaration.tensors.items())
     return GgufPlan(layout, outtype, tuple(fields), tensors, carriers, heads, heads_kv,
-                    raw_copy_ok=ckpt.weight_format == "safetensors")
+                    raw_copy_ok=ckpt.weight_format == "safetensors", plan=plan)
 
 
-def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str) -> tuple[TensorPlan, ...]:
+def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: PositionPlan) -> tuple[TensorPlan, ...]:
     config = ckpt.config
-    n_blocks = _positive(config, "num_hidden_layers")
+    n_blocks = _positive(config, LAYER_KEYS)
     names = get_tensor_name_map(layout.arch, n_blocks)
     tied = layout.output_is_embedding or config.get("tie_word_embeddings", False)
     out: list[TensorPlan] = []
@@ -124,7 +129,12 @@ def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str) -> tuple[T
     for entry in ckpt.tensors:
         if entry.name.endswith("rotary_emb.inv_freq") or (tied and entry.name == "lm_head.weight"):
             continue  # recomputed by llama.cpp / the output matrix is the token embedding
+        if entry.name.endswith(layout.skip):
+            continue  # transformers' causal-mask buffers (old GPT-2 checkpoints)
         gguf_name = names.get_name(entry.name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None and entry.name.startswith("transformer."):
+            # gguf-py lists BLOOM's embedding norm without the prefix
+            gguf_name = names.get_name(entry.name.removeprefix("transformer."), try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise UnsupportedError(f"tensor {entry.name!r} has no place in llama.cpp's {layout.arch.name.lower()} "
                                    "layout; use --to safetensors")
@@ -134,10 +144,24 @@ def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str) -> tuple[T
         if entry.dtype not in FLOAT_DTYPES:
             raise UnsupportedError(f"tensor {entry.name!r} is {entry.dtype}; GGUF conversion takes F32, F16 or BF16 "
                                    "weights (dequantize first)")
-        shape = tuple(reversed(entry.shape)) or (1,)
-        ggml_type = _out_type(shape, outtype)
+        op = _op(layout, gguf_name, entry, plan)
+        if op == "table" or gguf_name == "position_embd.weight":
+            if plan.kind == "absolute" and plan.offset:
+                raise UnsupportedError(f"{entry.name}: llama.cpp's position_embd has no rows before position 0 "
+                                       f"(offset {plan.offset}); use --to safetensors")
+            # the table as the plan has it: exactly context_length rows (llama.cpp checks the shape)
+            stored = output_entry(plan, entry).shape
+            if len(stored) != 2 or stored[0] != plan.target_ctx:
+                raise InputError(f"{entry.name}: {list(stored)} is not a [{plan.target_ctx}, hidden] position "
+                                 "table; llama.cpp needs one row per position of context_length")
+            shape: tuple[int, ...] = tuple(reversed(stored))
+            ggml_type = G.F32  # as llama.cpp's converter: position tables stay F32 at every outtype
+        else:
+            # a transposed Conv1D [in, out] is nn.Linear's [out, in], i.e. GGUF's {in, out}: the stored order
+            shape = (tuple(entry.shape) if op == "transpose" else tuple(reversed(entry.shape))) or (1,)
+            ggml_type = _out_type(shape, outtype)
         out.append(TensorPlan(entry, TensorInfo(gguf_name, shape, ggml_type, tensor_nbytes(shape, ggml_type)),
-                              _op(layout, gguf_name), layout.norm_plus_one and entry.name.endswith("norm.weight")))
+                              op, layout.norm_plus_one and entry.name.endswith("norm.weight")))
     if not any(t.info.name == "token_embd.weight" for t in out):
         raise InputError(f"{ckpt.path}: no token embedding among the tensors")
     return tuple(out)
@@ -151,7 +175,16 @@ def _out_type(shape: tuple[int, ...], outtype: str) -> GGMLQuantizationType:
     return OUTTYPES[outtype]
 
 
-def _op(layout: GgufLayout, gguf_name: str) -> str | None:
+CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")  # GPT-2's [in, out] Conv1D weights
+
+
+def _op(layout: GgufLayout, gguf_name: str, entry: TensorEntry, plan: PositionPlan | None = None) -> str | None:
+    if plan is not None and changes_table(plan, entry):
+        return "table"
+    if layout.conv1d and entry.name.endswith(CONV1D):
+        if len(entry.shape) != 2:
+            raise InputError(f"{entry.name}: a Conv1D weight must be 2-D, got {list(entry.shape)}")
+        return "transpose"
     if layout.permute_qk and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
         return "permute_q" if ".attn_q." in gguf_name else "permute_k"
     if layout.qkv_per_head and ".attn_qkv." in gguf_name:
@@ -159,14 +192,14 @@ def _op(layout: GgufLayout, gguf_name: str) -> str | None:
     return None
 
 
-def _positive(config: dict, key: str) -> int:
-    value = config.get(key)
+def _positive(config: dict, keys: tuple[str, ...]) -> int:
+    value = first(config, keys)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"config.json: {key} must be a positive integer, got {value!r}")
+        raise InputError(f"config.json: {keys[0]} must be a positive integer, got {value!r}")
     return value
 
 
-def write_f32_twin(base: Path, plan: RopePlan, dst: Path) -> Path:
+def write_f32_twin(base: Path, plan: PositionPlan, dst: Path) -> Path:
     """The same conversion in float32: what a non-f32 GGUF of `base` is judged against, strictly."""
     from ropeconv.checkpoint import load_checkpoint
 
@@ -246,7 +279,14 @@ class GgufConversion:
     def _convert(self, t: TensorPlan, tensor) -> np.ndarray:
         import torch
 
-        if t.op == "permute_q":
+        if t.op == "table":
+            from ropeconv.positions.absolute import resample_table
+
+            # float64 all the way, rounded once to the output type
+            tensor = torch.from_numpy(resample_table(tensor.double().numpy(), self.plan.plan))
+        elif t.op == "transpose":
+            tensor = tensor.T.contiguous()
+        elif t.op == "permute_q":
             tensor = permute_pairs(tensor, self.plan.heads)
         elif t.op == "permute_k":
             tensor = permute_pairs(tensor, self.plan.heads_kv)

@@ -10,7 +10,13 @@ rewrites its compute graph needs. Facts from the llama.cpp that llama-cpp-python
 - gptneox: transformers stores query_key_value per head as [q_h, k_h, v_h]; llama.cpp splits the
   fused matrix into all-q, all-k, all-v blocks;
 - gemma/gemma2: transformers' RMSNorm multiplies by (1 + w); llama.cpp multiplies by w, so norm
-  weights are stored as 1 + w; the output projection is always the token embedding.
+  weights are stored as 1 + w; the output projection is always the token embedding;
+- bloom: ALiBi (slopes fixed by llama.cpp at max_alibi_bias 8, no rope keys); query_key_value per head
+  like gptneox, bias included; word_embeddings_layernorm is token_embd_norm;
+- mpt: ALiBi with max_alibi_bias read from the file (without it llama.cpp applies no bias at all);
+  Wqkv is already [q|k|v]; clip_qkv is clamp_kqv; transformers' MPT has no biases and a 4×d_model FFN;
+- gpt2: a learned position table (position_embd, exactly context_length rows); Conv1D weights are stored
+  [in, out] and llama.cpp takes nn.Linear's [out, in].
 """
 
 from __future__ import annotations
@@ -37,16 +43,41 @@ def _get(name: str, default: Any = None) -> Callable[[Config], Any]:
     return lambda c: c.get(name, default)
 
 
+# the same hyperparameter under each family's config.json name (GPT-2: n_embd, MPT: d_model, BLOOM: n_head …)
+HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "n_embed")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
+HEAD_KEYS = ("num_attention_heads", "n_head", "n_heads")
+
+
+def first(config: Config, keys: tuple[str, ...]) -> Any:
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def _first(keys: tuple[str, ...]) -> Callable[[Config], Any]:
+    return lambda c: first(c, keys)
+
+
 def _heads_kv(c: Config) -> Any:
     return c.get("num_key_value_heads") or c.get("num_attention_heads")
 
 
-COMMON = (
-    Hparam("embedding_length", "u32", _get("hidden_size")),
-    Hparam("block_count", "u32", _get("num_hidden_layers")),
-    Hparam("feed_forward_length", "u32", _get("intermediate_size")),
-    Hparam("attention.head_count", "u32", _get("num_attention_heads")),
+def _times_hidden(n: int) -> Callable[[Config], Any]:
+    return lambda c: n * first(c, HIDDEN_KEYS) if isinstance(first(c, HIDDEN_KEYS), int) else None
+
+
+def _attn(name: str, default: Any = None) -> Callable[[Config], Any]:
+    return lambda c: (c.get("attn_config") or {}).get(name, default)
+
+
+SHAPE = (
+    Hparam("embedding_length", "u32", _first(HIDDEN_KEYS)),
+    Hparam("block_count", "u32", _first(LAYER_KEYS)),
+    Hparam("attention.head_count", "u32", _first(HEAD_KEYS)),
 )
+COMMON = SHAPE + (Hparam("feed_forward_length", "u32", _get("intermediate_size")),)
+LAYER_NORM = (Hparam("attention.layer_norm_epsilon", "f32", _get("layer_norm_epsilon", 1e-5)),)
+# BLOOM's loader hard-codes 8 and MPT's reads it (absent: no ALiBi at all); both use 8 in transformers
+ALIBI = (Hparam("attention.max_alibi_bias", "f32", _attn("alibi_bias_max", 8.0)),)
 RMS = (
     Hparam("attention.head_count_kv", "u32", _heads_kv),
     Hparam("attention.layer_norm_rms_epsilon", "f32", _get("rms_norm_eps", 1e-6)),
@@ -66,6 +97,9 @@ class GgufLayout:
     always_key_length: bool = False  # gemma: write attention.key/value_length even when default
     # transformers applies a sliding window here and llama.cpp's graph for the arch has none
     no_sliding_window: bool = False
+    conv1d: bool = False  # gpt2: Conv1D weights stored [in, out], llama.cpp takes [out, in]
+    skip: tuple[str, ...] = ()  # name suffixes of checkpoint buffers the GGUF does not hold
+    act_keys: tuple[str, ...] = ("hidden_act", "hidden_activation")  # where config.json names the activation
 
 
 LAYOUTS: dict[str, GgufLayout] = {
@@ -94,11 +128,36 @@ LAYOUTS: dict[str, GgufLayout] = {
             ),
             ("gelu_pytorch_tanh", "gelu"), norm_plus_one=True, output_is_embedding=True, always_key_length=True,
         ),
+        # llama.cpp computes GELU with the tanh approximation; bloom_gelu and gelu_new are that formula
+        GgufLayout("bloom", MODEL_ARCH.BLOOM, SHAPE + (Hparam("feed_forward_length", "u32", _times_hidden(4)),)
+                   + LAYER_NORM + ALIBI, ("gelu",), qkv_per_head=True),
+        GgufLayout(
+            "mpt", MODEL_ARCH.MPT,
+            SHAPE + (
+                Hparam("feed_forward_length", "u32", _times_hidden(4)),
+                Hparam("attention.clamp_kqv", "f32", _attn("clip_qkv")),
+            ) + LAYER_NORM + ALIBI,
+            ("gelu",),  # transformers' MPT: exact GELU, whatever the config says
+        ),
+        GgufLayout(
+            "gpt2", MODEL_ARCH.GPT2,
+            SHAPE + (Hparam("feed_forward_length", "u32", lambda c: c.get("n_inner") or _times_hidden(4)(c)),)
+            + LAYER_NORM,
+            ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"), conv1d=True, skip=(".attn.bias", ".attn.masked_bias"),
+            act_keys=("activation_function",),
+        ),
     )
+}
+# transformers families llama.cpp has no graph for, and what to use instead
+NO_GGUF = {
+    "opt": "llama.cpp has no OPT architecture (its learned position table with 2 leading rows and ReLU FFN "
+           "match none of llama.cpp's graphs); use --to onnx or --to safetensors",
 }
 
 
 def layout_for(model_type: str) -> GgufLayout:
+    if model_type in NO_GGUF:
+        raise UnsupportedError(f"{model_type} cannot be written as GGUF: {NO_GGUF[model_type]}")
     try:
         return LAYOUTS[model_type]
     except KeyError:
@@ -109,9 +168,10 @@ def layout_for(model_type: str) -> GgufLayout:
 
 def check_graph(layout: GgufLayout, config: Config, head_dim: int, target_ctx: int) -> None:
     """Refuse configs whose transformers forward pass llama.cpp's graph for the arch does not compute."""
-    act = config.get("hidden_act") or config.get("hidden_activation") or layout.activation[0]
+    key = next((k for k in layout.act_keys if config.get(k)), layout.act_keys[0])
+    act = config.get(key) or layout.activation[0]
     if act not in layout.activation:
-        raise UnsupportedError(f"{layout.model_type} with hidden_act {act!r}: llama.cpp's {layout.arch.name.lower()} "
+        raise UnsupportedError(f"{layout.model_type} with {key} {act!r}: llama.cpp's {layout.arch.name.lower()} "
                                f"graph computes {layout.activation[0]}; use --to safetensors")
     window = config.get("sliding_window")
     if layout.no_sliding_window and config.get("use_sliding_window", True) and isinstance(window, int) \
@@ -127,6 +187,41 @@ def check_graph(layout: GgufLayout, config: Config, head_dim: int, target_ctx: i
         if scalar != head_dim and config.get("num_hidden_layers") != 46:
             raise UnsupportedError(f"gemma2 with query_pre_attn_scalar {scalar} ≠ head_dim {head_dim}: llama.cpp "
                                    "scales queries by 1/sqrt(head_dim); use --to safetensors")
+    for refusal in _GRAPH_CHECKS.get(layout.model_type, ()):
+        reason = refusal(config, head_dim)
+        if reason:
+            raise UnsupportedError(f"{layout.model_type} with {reason}; use --to safetensors")
     if layout.output_is_embedding and not config.get("tie_word_embeddings", True):
         raise UnsupportedError(f"{layout.model_type} with untied lm_head: llama.cpp always uses the token embedding "
                                "as the output matrix; use --to safetensors")
+
+
+def _mpt_softmax_scale(config: Config, head_dim: int) -> str | None:
+    scale = _attn("softmax_scale")(config)
+    if scale is not None and abs(scale * head_dim ** 0.5 - 1) > 1e-6:
+        return f"attn_config.softmax_scale {scale}: llama.cpp scales queries by 1/sqrt(head_dim)"
+    return None
+
+
+# config switches transformers honours and llama.cpp's graph for the arch does not (reason, or None)
+_GRAPH_CHECKS: dict[str, tuple[Callable[[Config, int], str | None], ...]] = {
+    "gpt2": (
+        lambda c, d: None if c.get("scale_attn_weights", True) else
+        "scale_attn_weights false: llama.cpp always scales attention by 1/sqrt(head_dim)",
+        lambda c, d: "scale_attn_by_inverse_layer_idx: llama.cpp's gpt2 graph has no per-layer attention scale"
+        if c.get("scale_attn_by_inverse_layer_idx") else None,
+        lambda c, d: "add_cross_attention: llama.cpp's gpt2 is a decoder only" if c.get("add_cross_attention")
+        else None,
+    ),
+    "bloom": (
+        lambda c, d: "apply_residual_connection_post_layernorm: llama.cpp's bloom adds the residual before the norm"
+        if c.get("apply_residual_connection_post_layernorm") else None,
+    ),
+    "mpt": (
+        _mpt_softmax_scale,
+        lambda c, d: "attn_config.qk_ln: transformers' MPT ignores it and llama.cpp applies it"
+        if _attn("qk_ln")(c) else None,
+        lambda c, d: None if c.get("no_bias", True) else
+        "no_bias false: transformers' MPT drops the biases MosaicML's code adds, so the model is ambiguous",
+    ),
+}

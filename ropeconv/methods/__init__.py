@@ -27,7 +27,7 @@ def _discover() -> dict[str, ModuleType]:
 
 METHODS: dict[str, ModuleType] = _discover()
 # The order the papers introduced them, for help text and the matrix.
-ORDER = ["linear", "ntk", "dynamic", "yarn", "longrope", "llama3", "freqs"]
+ORDER = ["linear", "ntk", "dynamic", "yarn", "longrope", "llama3", "freqs", "alibi", "absolute", "none"]
 
 
 def ordered() -> list[ModuleType]:
@@ -40,3 +40,15 @@ def get(name: str) -> ModuleType:
         return METHODS[name]
     except KeyError:
         raise InputError(f"unknown method {name!r}; choose from {', '.join(m.NAME for m in ordered())}") from None
+
+
+def positions_of(module: ModuleType) -> tuple[str, ...]:
+    """The position schemes a method acts on (RoPE unless it says otherwise)."""
+    return getattr(module, "POSITIONS", ("rope",))
+
+
+def check_applies(module: ModuleType, scheme, model_type: str) -> None:
+    if scheme.kind not in positions_of(module):
+        fitting = [m.NAME for m in ordered() if scheme.kind in positions_of(m) and m.NAME != "none"]
+        raise InputError(f"--method {module.NAME} acts on {' or '.join(positions_of(module))} positions; "
+                         f"{model_type} uses {scheme.kind}: use --method {' or '.join(fitting)}")

@@ -3,12 +3,14 @@
 plan_onnx() decides everything from config.json and the safetensors headers before a byte is written;
 OnnxExport then takes the checkpoint's tensors in file order (the same pass that writes safetensors
 and GGUF), one tensor in memory at a time. Linear weights are stored transposed ([in, out], what
-MatMul reads); a tied output matrix is the embedding written a second time, transposed.
+MatMul reads; GPT-2's Conv1D weights already are); a tied output matrix is the embedding written a second
+time, transposed. A learned position table is written resampled to the plan's length (the only tensor
+whose values change).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.positions import LengthRule, RopePlan
+from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
@@ -35,6 +37,7 @@ class InitSpec:
     transpose: bool
     half: bool  # stored as float16 (weight matrices with --dtype fp16)
     shape: tuple[int, ...]  # as stored
+    resample: bool = False  # the position table, resampled to the plan's rows (positions.absolute)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class OnnxPlan:
     specs: dict[str, tuple[InitSpec, ...]]  # checkpoint tensor name → initializers made from it
     external: bool  # weights in model.onnx.data (over protobuf's 2 GB limit)
     genai: dict[str, Any] | None  # genai_config.json, where onnxruntime-genai knows the family
-    plan: RopePlan
+    plan: PositionPlan
     metadata: dict[str, str]
 
 
@@ -53,7 +56,7 @@ def _nbytes(spec: InitSpec) -> int:
     return int(np.prod(spec.shape)) * (2 if spec.half else 4)
 
 
-def plan_onnx(ckpt: Checkpoint, plan: RopePlan, dtype: str, provenance: dict[str, str]) -> OnnxPlan:
+def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict[str, str]) -> OnnxPlan:
     """provenance: the ropeconv.* keys (plan, base, version) for the model's metadata_props."""
     from ropeconv.onnx_export import writer
     from ropeconv.onnx_export.layouts import onnx_layout_for
@@ -65,9 +68,13 @@ def plan_onnx(ckpt: Checkpoint, plan: RopePlan, dtype: str, provenance: dict[str
     except ImportError:
         raise InputError("writing ONNX needs the onnx package: pip install 'ropeconv[onnx]'") from None
     layout = onnx_layout_for(ckpt.arch.model_type)
+    if plan.kind != layout.position:
+        raise UnsupportedError(f"a {plan.kind} plan cannot drive {layout.model_type}'s {layout.position} positions")
+    layout = _resolve_prefix(layout, {e.name for e in ckpt.tensors})
     cfg = _hf_config(ckpt)
+    _refuse_variants(layout, cfg, ckpt)
     dims = _dims(layout, cfg, ckpt, plan)
-    specs = _specs(layout, dims, ckpt, dtype, bool(getattr(cfg, "tie_word_embeddings", False)))
+    specs = _specs(layout, dims, ckpt, plan, dtype, bool(getattr(cfg, "tie_word_embeddings", False)))
     metadata = dict(provenance, **{DTYPE_KEY: dtype})
     payload_bytes = sum(_nbytes(spec) for tensor_specs in specs.values() for spec in tensor_specs)
     external = payload_bytes > writer.MAX_INLINE_BYTES
@@ -88,19 +95,85 @@ def _hf_config(ckpt: Checkpoint):
             from None
 
 
-def _dims(layout, cfg, ckpt: Checkpoint, plan: RopePlan):
-    from ropeconv.onnx_export.decoder import DecoderDims
+def _resolve_prefix(layout, names: set[str]):
+    """The layout's names as this checkpoint spells them: GPT-2, BLOOM and OPT checkpoints saved from the bare
+    model (openai-community/gpt2, facebook/opt-*) lack the "transformer." / "model." prefix."""
+    prefix = layout.optional_prefix
+    if not prefix or layout.embed in names or layout.embed.removeprefix(prefix) not in names:
+        return layout
+    strip = lambda name: name.removeprefix(prefix)  # noqa: E731
+    return dataclasses.replace(
+        layout, embed=strip(layout.embed), layer=strip(layout.layer), final_norm=strip(layout.final_norm),
+        embed_norm=layout.embed_norm and strip(layout.embed_norm),
+        project=layout.project and tuple(strip(n) for n in layout.project),
+    )
+
+
+def _refuse_variants(layout, cfg, ckpt: Checkpoint) -> None:
+    """Config switches the graph does not compute, each refused with what transformers would do instead."""
+    kind = layout.model_type
+    if kind == "mpt":
+        if _attn_config(cfg, "qk_ln"):
+            raise UnsupportedError("mpt with attn_config.qk_ln: transformers' MPT ignores it while MosaicML's "
+                                   "code normalizes q and k, so the model is ambiguous; not exported as ONNX")
+        if _attn_config(cfg, "prefix_lm") or _attn_config(cfg, "attn_uses_sequence_id"):
+            raise UnsupportedError("mpt with prefix_lm or attn_uses_sequence_id: transformers' MPT ignores them, so "
+                                   "the model is ambiguous; not exported as ONNX")
+        if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+            raise UnsupportedError("mpt with logit_scale: transformers' MPT ignores it, so the model is ambiguous; "
+                                   "not exported as ONNX")
+        biases = sorted(e.name for e in ckpt.tensors if e.name.endswith(".bias"))
+        if biases:
+            raise UnsupportedError(f"mpt with bias tensors ({biases[0]}, …; no_bias false): transformers' MPT "
+                                   "drops them, so the model is ambiguous; not exported as ONNX")
+    if kind == "opt" and not getattr(cfg, "layer_norm_elementwise_affine", True):
+        raise UnsupportedError("opt with layer_norm_elementwise_affine false: LayerNorms without weights are not "
+                               "exported as ONNX")
+
+
+def _activation(layout, cfg) -> str:
     from ropeconv.onnx_export.layouts import ACTIVATIONS
 
+    if layout.fixed_activation:
+        return layout.fixed_activation
     act = getattr(cfg, layout.activation_key, None)
     if act not in ACTIVATIONS:
         raise UnsupportedError(f"{layout.model_type} with activation {act!r}: the ONNX graph computes "
                                f"{', '.join(sorted(ACTIVATIONS))}; use --to safetensors")
+    return ACTIVATIONS[act]
+
+
+def _attn_scale(layout, cfg, head_dim: int) -> float:
+    if layout.query_scalar_key:
+        return float(getattr(cfg, layout.query_scalar_key)) ** -0.5
+    softmax_scale = _attn_config(cfg, "softmax_scale")  # mpt
+    if softmax_scale is not None:
+        return float(softmax_scale)
+    if not getattr(cfg, "scale_attn_weights", True):  # gpt2
+        return 1.0
+    return float(head_dim) ** -0.5
+
+
+def _attn_config(cfg, key: str):
+    """MPT's attn_config.<key> (None elsewhere)."""
+    return getattr(getattr(cfg, "attn_config", None), key, None)
+
+
+def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
+    from ropeconv.onnx_export.decoder import DecoderDims
+
+    act = _activation(layout, cfg)
     heads = int(cfg.num_attention_heads)
     heads_kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
     if heads % heads_kv:
         raise InputError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {heads_kv}")
-    head_dim = ckpt.scheme.head_dim
+    hidden = int(cfg.hidden_size)
+    if plan.kind == "rope":
+        head_dim = ckpt.scheme.head_dim
+    elif hidden % heads:
+        raise InputError(f"hidden size {hidden} is not a multiple of the {heads} attention heads")
+    else:
+        head_dim = hidden // heads
     n_layers = int(cfg.num_hidden_layers)
     window = getattr(cfg, "sliding_window", None)
     layer_types = getattr(cfg, "layer_types", None)
@@ -110,33 +183,41 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: RopePlan):
         windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
     else:
         windows = (None,) * n_layers
-    scalar = getattr(cfg, layout.query_scalar_key) if layout.query_scalar_key else head_dim
+    post_norm = layout.post_norm_key is not None and not getattr(cfg, layout.post_norm_key)
+    embed_dim = int(getattr(cfg, "word_embed_proj_dim", None) or hidden) if layout.project else hidden
     return DecoderDims(
         n_layers=n_layers,
-        hidden=int(cfg.hidden_size),
+        hidden=hidden,
         heads=heads,
         heads_kv=heads_kv,
         head_dim=head_dim,
-        rotary_dim=plan.rotary_dim,
+        rotary_dim=plan.rotary_dim if plan.kind == "rope" else 0,
         vocab=int(cfg.vocab_size),
-        norm_eps=float(cfg.layer_norm_eps if layout.norm == "layer" else cfg.rms_norm_eps),
-        activation=ACTIVATIONS[act],
-        attn_scale=float(scalar) ** -0.5,
+        norm_eps=float(getattr(cfg, layout.eps_key) if layout.eps_key else 1e-5),
+        activation=act,
+        attn_scale=_attn_scale(layout, cfg, head_dim),
         windows=tuple(int(w) if w else None for w in windows),
         parallel_residual=bool(getattr(cfg, layout.parallel_residual_key)) if layout.parallel_residual_key else False,
         embed_scale=float(cfg.hidden_size) ** 0.5 if layout.embed_scale else None,
         attn_softcap=getattr(cfg, "attn_logit_softcapping", None) if layout.softcaps else None,
         final_softcap=getattr(cfg, "final_logit_softcapping", None) if layout.softcaps else None,
+        embed_dim=embed_dim if embed_dim != hidden else None,
+        scale_by_layer=bool(getattr(cfg, "scale_attn_by_inverse_layer_idx", False)),  # gpt2
+        post_norm=post_norm,
+        residual_from_norm=bool(getattr(cfg, layout.residual_norm_key)) if layout.residual_norm_key else False,
+        final_norm=not post_norm and not getattr(cfg, "_remove_final_layer_norm", False),
+        clip_qkv=float(_attn_config(cfg, "clip_qkv")) if _attn_config(cfg, "clip_qkv") else None,
     )
 
 
-def _specs(layout, dims, ckpt: Checkpoint, dtype: str, tied: bool) -> dict[str, tuple[InitSpec, ...]]:
+def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
+           tied: bool) -> dict[str, tuple[InitSpec, ...]]:
     """Every tensor the graph reads, checked against the checkpoint's headers."""
     entries = {e.name: e for e in ckpt.tensors}
     half = dtype == "fp16"
     specs: dict[str, list[InitSpec]] = {}
 
-    def need(name: str, kind: str, optional: bool = False) -> None:
+    def need(name: str, kind: str, optional: bool = False, conv1d: bool = False) -> None:
         entry = entries.get(name)
         if entry is None:
             if optional:
@@ -148,7 +229,15 @@ def _specs(layout, dims, ckpt: Checkpoint, dtype: str, tied: bool) -> dict[str, 
         if kind == "linear":
             if len(shape) != 2:
                 raise InputError(f"tensor {name!r} has shape {list(shape)}; a linear weight is 2-D")
-            specs.setdefault(name, []).append(InitSpec(name, True, half, (shape[1], shape[0])))
+            stored = shape if conv1d else (shape[1], shape[0])  # Conv1D keeps [in, out], nn.Linear [out, in]
+            specs.setdefault(name, []).append(InitSpec(name, not conv1d, half, stored))
+        elif kind == "table":
+            assert isinstance(plan, AbsolutePlan)
+            if len(shape) != 2 or shape[0] != plan.offset + plan.original_ctx or shape[1] != dims.hidden:
+                raise InputError(f"tensor {name!r} has shape {list(shape)}; the plan expects "
+                                 f"[{plan.offset + plan.original_ctx}, {dims.hidden}]")
+            specs.setdefault(name, []).append(InitSpec(name, False, half, (plan.offset + plan.target_ctx, shape[1]),
+                                                       resample=True))
         elif kind == "embed":
             specs.setdefault(name, []).append(InitSpec(name, False, half, shape))
             if tied:
@@ -161,29 +250,39 @@ def _specs(layout, dims, ckpt: Checkpoint, dtype: str, tied: bool) -> dict[str, 
         if layout.norm == "layer":
             need(f"{prefix}.bias", "vector")
 
-    def linear(prefix: str) -> None:
-        need(f"{prefix}.weight", "linear")
-        need(f"{prefix}.bias", "vector", optional=True)
+    def linear(prefix: str, conv1d: bool = False) -> None:
+        need(f"{prefix}.weight", "linear", conv1d=conv1d)
+        if layout.linear_bias:
+            need(f"{prefix}.bias", "vector", optional=True)
 
     need(layout.embed, "embed")
+    if plan.kind == "absolute":
+        need(plan.table, "table")
+    if layout.embed_norm:
+        norm(layout.embed_norm)
+    if layout.project and dims.embed_dim:
+        for n in layout.project:
+            linear(n)
     for i in range(dims.n_layers):
         p = layout.layer.format(i=i)
         for n in (layout.attn_norm, layout.mlp_norm, layout.post_attn_norm, layout.post_mlp_norm):
             if n:
                 norm(p + n)
         for n in layout.qkv + (layout.o_proj,) + layout.mlp:
-            linear(p + n)
-    norm(layout.final_norm)
+            linear(p + n, conv1d=layout.conv1d)
+    if dims.final_norm:
+        norm(layout.final_norm)
     if not tied:
         need(layout.lm_head, "linear")
     embed = entries[layout.embed]
-    if tuple(embed.shape) != (dims.vocab, dims.hidden):
+    width = dims.embed_dim or dims.hidden
+    if tuple(embed.shape) != (dims.vocab, width):
         raise InputError(f"tensor {layout.embed!r} has shape {list(embed.shape)}; config says "
-                         f"[{dims.vocab}, {dims.hidden}]")
+                         f"[{dims.vocab}, {width}]")
     return {name: tuple(s) for name, s in specs.items()}
 
 
-def _genai_config(ckpt: Checkpoint, dims, plan: RopePlan) -> dict[str, Any] | None:
+def _genai_config(ckpt: Checkpoint, dims, plan: PositionPlan) -> dict[str, Any] | None:
     kind = GENAI_TYPES.get(ckpt.arch.model_type)
     if kind is None:
         return None
@@ -258,6 +357,8 @@ class OnnxExport:
         tensor = source.load(entry)
         for spec in specs:
             matrix = tensor.t() if spec.transpose else tensor
+            if spec.resample:
+                matrix = _resampled_table(matrix, self.plan.plan)
             kind, dtype = (TensorProto.FLOAT16, torch.float16) if spec.half else (TensorProto.FLOAT, torch.float32)
             nbytes = matrix.numel() * (2 if spec.half else 4)
             self.writer.add(spec.name, kind, tuple(matrix.shape), nbytes, _rows(entry.name, matrix, dtype))
@@ -279,6 +380,15 @@ class OnnxExport:
 CHUNK_BYTES = 4 << 20  # per piece of a transposed or converted matrix
 
 
+def _resampled_table(table, plan: AbsolutePlan):
+    """The position table at the plan's length, from the float64 rows ropeconv.positions computes."""
+    import torch
+
+    from ropeconv.positions.absolute import resample_table
+
+    return torch.from_numpy(resample_table(table.double().numpy(), plan))
+
+
 def _rows(name: str, matrix, dtype):
     """The matrix in row blocks, converted to dtype: a transposed or converted copy of a whole tensor is
     never held."""
@@ -298,8 +408,17 @@ def _rows(name: str, matrix, dtype):
         yield converted.numpy()
 
 
-def position_math(plan: RopePlan) -> str:
+def position_math(plan: PositionPlan) -> str:
     """How the graph computes the plan, for the manifest and the model card."""
+    if plan.kind == "alibi":
+        if plan.length_rule is LengthRule.PROPORTIONAL:
+            return (f"ALiBi: float32 base slope constants divided in the graph by max(1, keys in view / "
+                    f"{plan.original_ctx}) at every call (past + new tokens)")
+        return f"ALiBi: float32 base slope constants divided by a constant {plan.factor:g}"
+    if plan.kind == "absolute":
+        kept = f", its {plan.offset} leading rows kept," if plan.offset else ""
+        return (f"the learned position table resampled to {plan.target_ctx} positions{kept} read at "
+                f"position_ids{f' + {plan.offset}' if plan.offset else ''}")
     factor = f", cos/sin × {plan.attention_factor:.10g}" if plan.attention_factor != 1.0 else ""
     if plan.length_rule is LengthRule.SWITCH:
         return (f"short and long inv_freq constants, the long ones once max(position_ids) + 1 > {plan.original_ctx} "
@@ -310,7 +429,7 @@ def position_math(plan: RopePlan) -> str:
     return f"a float32 inv_freq constant{factor}"
 
 
-def export_file(base: Path, plan: RopePlan, dtype: str, dst: Path) -> Path:
+def export_file(base: Path, plan: PositionPlan, dtype: str, dst: Path) -> Path:
     """A whole export of `base` to one path (the float32 twin that proves a float16 export strictly)."""
     from ropeconv.checkpoint import load_checkpoint
 

@@ -9,8 +9,20 @@ Facts from transformers 5.23's models/<family>/modeling_<family>.py:
   partial rotary, plain GELU MLP, parallel residual (`use_parallel_residual`);
 - gemma/gemma2: RMSNorm scales by (1 + w), embeddings multiplied by sqrt(hidden), GeGLU MLP;
   gemma2 adds post-attention / pre- and post-feed-forward norms, tanh soft-capping of attention and
-  final logits, and scales queries by query_pre_attn_scalar^-1/2.
-Biases are not listed: a linear layer has one exactly when its `.bias` tensor is in the checkpoint.
+  final logits, and scales queries by query_pre_attn_scalar^-1/2;
+- bloom (ALiBi): word_embeddings_layernorm after the embedding, fused query_key_value per head as
+  [q_h | k_h | v_h] (view(…, n_head, 3, head_dim)), a hard-coded tanh GELU with Megatron's constants,
+  residuals taken after the norm when apply_residual_connection_post_layernorm;
+- mpt (ALiBi): LayerNorms built without bias (`norm_1.bias = None`) and every linear without bias whatever
+  `no_bias` says, fused Wqkv as [q | k | v], optional clamp of it (clip_qkv), erf GELU (nn.GELU()),
+  softmax_scale from attn_config;
+- gpt2 (learned table): Conv1D layers store weights [in, out] (what MatMul reads), fused c_attn as
+  [q | k | v], scale_attn_weights / scale_attn_by_inverse_layer_idx;
+- opt (learned table, 2 rows in front): queries scaled right after q_proj, pre-norm blocks unless
+  do_layer_norm_before is false (350m: norms after each residual add, no final norm), project_in/out
+  when word_embed_proj_dim ≠ hidden_size, LayerNorm eps fixed at torch's 1e-5.
+Biases are not listed: a linear layer has one exactly when its `.bias` tensor is in the checkpoint
+(MPT aside, see linear_bias).
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ class OnnxLayout:
     layer: str  # prefix with {i}
     final_norm: str
     lm_head: str
-    norm: str  # "rms", "rms_plus_one" (gemma) or "layer" (LayerNorm with bias)
+    norm: str  # "rms", "rms_plus_one" (gemma), "layer" (LayerNorm with bias) or "layer_no_bias" (mpt)
     attn_norm: str
     mlp_norm: str
     qkv: tuple[str, ...]  # (q, k, v) projections, or one fused projection
@@ -43,11 +55,26 @@ class OnnxLayout:
     query_scalar_key: str | None = None  # gemma2: scores × query_pre_attn_scalar^-1/2 instead of head_dim^-1/2
     softcaps: bool = False  # gemma2: attn_logit_softcapping / final_logit_softcapping
     sliding_all_layers: bool = False  # mistral/phi3: `sliding_window` applies to every layer when set
+    # ALiBi and learned tables ------------------------------------------------------------------
+    position: str = "rope"  # "rope", "alibi" or "absolute" (archs.ArchSpec.position)
+    # ALiBi key positions: "mask" ((cumsum(attention_mask) − 1)·mask, BLOOM) or "cache" (j − (t − 1) over the
+    # t keys in view, padding included, MPT); softmax is shift-invariant per row, both give −m·(i − j)
+    alibi_keys: str | None = None
+    embed_norm: str | None = None  # bloom: word_embeddings_layernorm
+    fixed_activation: str | None = None  # a value of ACTIVATIONS, for MLPs that hard-code theirs
+    eps_key: str | None = None  # config key of the norm epsilon; None: torch's LayerNorm default 1e-5 (OPT)
+    conv1d: bool = False  # gpt2: weights stored [in, out], read without a transpose
+    linear_bias: bool = True  # mpt: transformers builds every linear without bias
+    query_prescaled: bool = False  # opt: q_proj(x)·scale, then scores unscaled (its rounding order)
+    post_norm_key: str | None = None  # opt: do_layer_norm_before (false: norm after each residual add)
+    residual_norm_key: str | None = None  # bloom: apply_residual_connection_post_layernorm
+    project: tuple[str, str] | None = None  # opt: (project_in, project_out), when word_embed_proj_dim ≠ hidden
+    optional_prefix: str | None = None  # checkpoints saved from the bare model lack it ("transformer.", "model.")
 
 
 _LLAMA = dict(
     embed="model.embed_tokens.weight", layer="model.layers.{i}.", final_norm="model.norm", lm_head="lm_head.weight",
-    norm="rms", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+    norm="rms", eps_key="rms_norm_eps", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
     qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_split="separate",
     o_proj="self_attn.o_proj", mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), mlp_kind="gated",
 )
@@ -64,11 +91,44 @@ LAYOUTS: dict[str, OnnxLayout] = {
                    sliding_all_layers=True),
         OnnxLayout(
             "gpt_neox", embed="gpt_neox.embed_in.weight", layer="gpt_neox.layers.{i}.",
-            final_norm="gpt_neox.final_layer_norm", lm_head="embed_out.weight", norm="layer",
+            final_norm="gpt_neox.final_layer_norm", lm_head="embed_out.weight", norm="layer", eps_key="layer_norm_eps",
             attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
             qkv=("attention.query_key_value",), qkv_split="per_head", o_proj="attention.dense",
             mlp=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), mlp_kind="plain",
             parallel_residual_key="use_parallel_residual",
+        ),
+        OnnxLayout(
+            "bloom", embed="transformer.word_embeddings.weight", layer="transformer.h.{i}.",
+            final_norm="transformer.ln_f", lm_head="lm_head.weight", norm="layer",
+            attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+            qkv=("self_attention.query_key_value",), qkv_split="per_head", o_proj="self_attention.dense",
+            mlp=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), mlp_kind="plain", eps_key="layer_norm_epsilon",
+            position="alibi", alibi_keys="mask", embed_norm="transformer.word_embeddings_layernorm",
+            fixed_activation="gelu_bloom", residual_norm_key="apply_residual_connection_post_layernorm",
+            optional_prefix="transformer.",
+        ),
+        OnnxLayout(
+            "mpt", embed="transformer.wte.weight", layer="transformer.blocks.{i}.", final_norm="transformer.norm_f",
+            lm_head="lm_head.weight", norm="layer_no_bias", attn_norm="norm_1", mlp_norm="norm_2",
+            qkv=("attn.Wqkv",), qkv_split="fused", o_proj="attn.out_proj", mlp=("ffn.up_proj", "ffn.down_proj"),
+            mlp_kind="plain", eps_key="layer_norm_epsilon", position="alibi", alibi_keys="cache",
+            fixed_activation="gelu_erf", linear_bias=False, optional_prefix="transformer.",
+        ),
+        OnnxLayout(
+            "gpt2", embed="transformer.wte.weight", layer="transformer.h.{i}.", final_norm="transformer.ln_f",
+            lm_head="lm_head.weight", norm="layer", attn_norm="ln_1", mlp_norm="ln_2", qkv=("attn.c_attn",),
+            qkv_split="fused", o_proj="attn.c_proj", mlp=("mlp.c_fc", "mlp.c_proj"), mlp_kind="plain",
+            activation_key="activation_function", eps_key="layer_norm_epsilon", position="absolute", conv1d=True,
+            optional_prefix="transformer.",
+        ),
+        OnnxLayout(
+            "opt", embed="model.decoder.embed_tokens.weight", layer="model.decoder.layers.{i}.",
+            final_norm="model.decoder.final_layer_norm", lm_head="lm_head.weight", norm="layer",
+            attn_norm="self_attn_layer_norm", mlp_norm="final_layer_norm",
+            qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_split="separate",
+            o_proj="self_attn.out_proj", mlp=("fc1", "fc2"), mlp_kind="plain", activation_key="activation_function",
+            position="absolute", query_prescaled=True, post_norm_key="do_layer_norm_before",
+            project=("model.decoder.project_in", "model.decoder.project_out"), optional_prefix="model.",
         ),
         OnnxLayout("gemma", **_GEMMA),
         OnnxLayout("gemma2", **dict(_GEMMA, mlp_norm="pre_feedforward_layernorm", activation_key="hidden_activation"),
@@ -82,7 +142,10 @@ ACTIVATIONS = {
     "silu": "silu", "swish": "silu",
     "gelu": "gelu_erf",
     "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "relu": "relu",
 }  # fmt: skip
+# hard-coded in a family's MLP (OnnxLayout.fixed_activation), never named by a config
+FIXED_ACTIVATIONS = ("gelu_bloom", "gelu_erf")
 
 
 def onnx_layout_for(model_type: str) -> OnnxLayout:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ropeconv.errors import InputError
-from ropeconv.positions import RopePlan
+from ropeconv.positions import PositionPlan, plan_from_json
 
 _METADATA_PROPS = 14
 
@@ -64,7 +64,7 @@ def read_metadata(path: Path) -> dict[str, str]:
     return props
 
 
-def read_plan(path: Path) -> tuple[RopePlan | None, dict[str, str]]:
+def read_plan(path: Path) -> tuple[PositionPlan | None, dict[str, str]]:
     """The plan a ropeconv ONNX carries (None when it carries none) and all its metadata_props."""
     from ropeconv.retrofit import PLAN_KEY
 
@@ -72,6 +72,6 @@ def read_plan(path: Path) -> tuple[RopePlan | None, dict[str, str]]:
     if PLAN_KEY not in props:
         return None, props
     try:
-        return RopePlan.from_json(json.loads(props[PLAN_KEY])), props
+        return plan_from_json(json.loads(props[PLAN_KEY])), props
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: {PLAN_KEY} is damaged") from None

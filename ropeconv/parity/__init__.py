@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
 from ropeconv.parity.report import ParityReport, Tolerance, compare
-from ropeconv.positions import RopePlan
+from ropeconv.errors import InputError
+from ropeconv.positions import PositionPlan
 
 # torch and transformers load only when parity runs: `extend --no-verify`, `inspect` and `methods`
 # never touch a tensor and skip their ~1.5 s import.
@@ -22,7 +23,7 @@ Twin = Callable[[Path], Path]  # writes a float32 twin of a non-f32 GGUF artifac
 def check_parity(
     artifact: Path,
     base: Path,
-    plan: RopePlan,
+    plan: PositionPlan,
     vocab_size: int,
     *,
     twin: Twin | None = None,
@@ -35,7 +36,7 @@ def check_parity(
 def check_parities(
     artifacts: Sequence[tuple[Path, Twin | None]],
     base: Path,
-    plan: RopePlan,
+    plan: PositionPlan,
     vocab_size: int,
     *,
     device: str | None = None,
@@ -52,6 +53,12 @@ def check_parities(
     _quiet_transformers()
     dev = pick_device(device)
     n_tokens = tokens or default_tokens(plan)
+    if plan.kind == "absolute" and n_tokens > plan.target_ctx:
+        raise InputError(f"--tokens {n_tokens}: the position table has {plan.target_ctx} rows")
+    if plan.kind == "alibi" and n_tokens > plan.target_ctx:
+        # transformers' MPT builds its bias max_seq_len (= the target) keys long and fails beyond it
+        raise InputError(f"--tokens {n_tokens}: beyond the target context {plan.target_ctx} this ALiBi model is "
+                         "not defined (MPT's bias ends there)")
     passes = plan_passes(plan, n_tokens)
     ids = probe_ids(vocab_size, n_tokens)
 
@@ -71,7 +78,7 @@ def check_parities(
             for artifact, twin in artifacts]
 
 
-def _judge(artifact: Path, twin: Twin | None, reference, plan: RopePlan, dev, ids, passes, tolerance: Tolerance,
+def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev, ids, passes, tolerance: Tolerance,
            notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None]) -> ParityReport:
     """Run one artifact in its runtime over the probe and compare it with the reference logits."""
     from ropeconv.parity.runtimes import runtime_for

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ropeconv.positions import LengthRule, RopePlan
+from ropeconv.positions import LengthRule, PositionPlan
 
 if TYPE_CHECKING:
     import torch
@@ -38,13 +38,17 @@ class Pass:
         return torch.arange(self.first_position, self.first_position + self.n_tokens).unsqueeze(0)
 
 
-def default_tokens(plan: RopePlan) -> int:
+def default_tokens(plan: PositionPlan) -> int:
     """1.5× the original context (capped at the target and at 2048 tokens, which a CPU handles)."""
-    return max(8, min(plan.target_ctx, plan.original_ctx + plan.original_ctx // 2, 2048))
+    # ALiBi has no positions to place a short probe at: only a longer one crosses the original context
+    cap = 4096 if plan.kind == "alibi" else 2048
+    return max(8, min(plan.target_ctx, plan.original_ctx + plan.original_ctx // 2, cap))
 
 
-def plan_passes(plan: RopePlan, n_tokens: int) -> list[Pass]:
-    first = 0 if n_tokens > plan.original_ctx else plan.original_ctx - n_tokens // 2
+def plan_passes(plan: PositionPlan, n_tokens: int) -> list[Pass]:
+    first = 0 if n_tokens > plan.original_ctx or plan.kind == "alibi" else plan.original_ctx - n_tokens // 2
+    if plan.kind == "absolute":  # a learned table has no row beyond target_ctx − 1 (llama.cpp asserts)
+        first = max(0, min(first, plan.target_ctx - n_tokens))
     # the prefill (positions first … first + n − steps − 1) must itself cross the original context
     steps = max(0, min(DECODE_STEPS, n_tokens // 2, first + n_tokens - plan.original_ctx - 1))
     passes = [Pass("probe", first, n_tokens, steps)]

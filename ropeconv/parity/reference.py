@@ -1,8 +1,9 @@
-"""The reference: base weights in transformers, rotary embedding computed from our RopePlan.
+"""The reference: base weights in transformers, position math computed from our plan.
 
-Each model's rotary module is replaced by one that evaluates the plan (ropeconv.positions), so the
-reference does not depend on how any config declares the method: parity then proves that the
-artifact's own declaration makes its runtime compute exactly the plan.
+RoPE: each rotary module is replaced by one that evaluates the plan. ALiBi: every block's bias is
+divided by the plan's scale. Absolute: the position table is replaced by the plan's resampled one.
+All of it from ropeconv.positions, so the reference does not depend on how any config declares the
+method: parity then proves that the artifact's own declaration makes its runtime compute the plan.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ropeconv.positions import RopePlan, attention_factor_at, inv_freq_at
+from ropeconv.positions import AbsolutePlan, AlibiPlan, PositionPlan, RopePlan, attention_factor_at, inv_freq_at
 
 
 class PlanRotaryEmbedding(nn.Module):
@@ -46,7 +47,29 @@ def install_plan_rotary(model: nn.Module, plan: RopePlan) -> int:
     return len(targets)
 
 
-def load_reference(base: Path, plan: RopePlan, device: torch.device) -> nn.Module:
+def install_plan_alibi(model: nn.Module, plan: AlibiPlan) -> int:
+    from ropeconv.positions.alibi import alibi_scale_at
+    from ropeconv.runtime import install_alibi_scaling
+
+    if hasattr(model.config, "max_seq_len"):  # MPT builds its bias max_seq_len long
+        model.config.max_seq_len = max(model.config.max_seq_len, plan.target_ctx)
+    return install_alibi_scaling(model, lambda kv_len: alibi_scale_at(plan, kv_len))
+
+
+def install_plan_table(model: nn.Module, plan: AbsolutePlan) -> int:
+    from ropeconv.positions.absolute import resample_table
+
+    suffix = plan.table.split(".")[-2]  # "wpe" / "embed_positions"
+    table = next((m for name, m in model.named_modules() if name.split(".")[-1] == suffix), None)
+    if table is None:
+        raise RuntimeError(f"{type(model).__name__} has no position table {suffix}")
+    rows = torch.from_numpy(resample_table(table.weight.detach().double().cpu().numpy(), plan))
+    table.weight = nn.Parameter(rows.to(table.weight.dtype), requires_grad=False)
+    table.num_embeddings = rows.shape[0]
+    return 1
+
+
+def load_reference(base: Path, plan: PositionPlan, device: torch.device) -> nn.Module:
     """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32."""
     from transformers import AutoModelForCausalLM
 
@@ -55,6 +78,10 @@ def load_reference(base: Path, plan: RopePlan, device: torch.device) -> nn.Modul
         model = AutoModelForCausalLM.from_pretrained(base.parent, gguf_file=base.name, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if install_plan_rotary(model, plan) == 0:
+    if plan.kind == "alibi":
+        install_plan_alibi(model, plan)
+    elif plan.kind == "absolute":
+        install_plan_table(model, plan)
+    elif install_plan_rotary(model, plan) == 0:
         raise RuntimeError(f"{type(model).__name__} has no *RotaryEmbedding module to replace")
     return model.to(device).eval()

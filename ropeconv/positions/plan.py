@@ -13,6 +13,7 @@ class LengthRule(str, enum.Enum):
     STATIC = "static"  # one table for every length
     SWITCH = "switch"  # short divisors up to original_ctx, long divisors beyond (LongRoPE)
     DYNAMIC_NTK = "dynamic_ntk"  # base recomputed from the running length (emozilla)
+    PROPORTIONAL = "proportional"  # ALiBi: slopes divided by max(1, running length / original_ctx)
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,92 @@ class RopeScheme:
     declared_ctx: int  # max_position_embeddings as the base config states it
     existing_scaling: Mapping[str, Any] | None = None  # rope scaling the base already carries
 
+    kind = "rope"
+
     @property
     def n_pairs(self) -> int:
         return self.rotary_dim // 2
+
+
+@dataclass(frozen=True)
+class AlibiScheme:
+    """A base checkpoint whose attention adds −m_h·(i − j) (no position ids at all)."""
+
+    n_heads: int
+    original_ctx: int  # the training length the slopes were learned at
+    declared_ctx: int  # what the config states (MPT's max_seq_len; BLOOM states none)
+    max_bias: float = 8.0
+    existing_scaling: Mapping[str, Any] | None = None  # a ropeconv ALiBi scaling already in the config
+
+    kind = "alibi"
+
+
+@dataclass(frozen=True)
+class AbsoluteScheme:
+    """A base checkpoint with a learned position table added to the token embeddings."""
+
+    table: str  # the checkpoint tensor holding it
+    offset: int  # rows in front of position 0 (OPT: 2)
+    original_ctx: int  # positions the table covers (stored rows − offset)
+    declared_ctx: int
+    existing_scaling: Mapping[str, Any] | None = None
+
+    kind = "absolute"
+
+
+@dataclass(frozen=True)
+class AlibiPlan:
+    """Slopes m_h (float64, before scaling) divided by `factor` (STATIC) or by max(1, n / original_ctx)
+    for n keys in view (PROPORTIONAL)."""
+
+    method: str
+    slopes: tuple[float, ...]
+    original_ctx: int
+    target_ctx: int
+    factor: float
+    length_rule: LengthRule = LengthRule.STATIC
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    kind = "alibi"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "method": self.method, "slopes": list(self.slopes),
+                "original_ctx": self.original_ctx, "target_ctx": self.target_ctx, "factor": self.factor,
+                "length_rule": self.length_rule.value, "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "AlibiPlan":
+        return cls(method=data["method"], slopes=tuple(float(x) for x in data["slopes"]),
+                   original_ctx=int(data["original_ctx"]), target_ctx=int(data["target_ctx"]),
+                   factor=float(data["factor"]), length_rule=LengthRule(data["length_rule"]),
+                   params=dict(data.get("params", {})))
+
+
+@dataclass(frozen=True)
+class AbsolutePlan:
+    """The position table `table` resampled from original_ctx to target_ctx rows (after `offset` kept rows)."""
+
+    method: str
+    table: str
+    offset: int
+    original_ctx: int
+    target_ctx: int
+    factor: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    kind = "absolute"
+    length_rule = LengthRule.STATIC
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "method": self.method, "table": self.table, "offset": self.offset,
+                "original_ctx": self.original_ctx, "target_ctx": self.target_ctx, "factor": self.factor,
+                "length_rule": self.length_rule.value, "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "AbsolutePlan":
+        return cls(method=data["method"], table=str(data["table"]), offset=int(data["offset"]),
+                   original_ctx=int(data["original_ctx"]), target_ctx=int(data["target_ctx"]),
+                   factor=float(data["factor"]), params=dict(data.get("params", {})))
 
 
 @dataclass(frozen=True)
@@ -53,8 +137,11 @@ class RopePlan:
     # The user-level parameters, normalised, for the model card, the manifest and format declarations.
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    kind = "rope"
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "method": self.method,
             "theta": self.theta,
             "rotary_dim": self.rotary_dim,
@@ -84,3 +171,13 @@ class RopePlan:
             long_divisors=None if long is None else tuple(float(x) for x in long),
             params=dict(data.get("params", {})),
         )
+
+
+PositionPlan = RopePlan | AlibiPlan | AbsolutePlan
+PositionScheme = RopeScheme | AlibiScheme | AbsoluteScheme
+
+
+def plan_from_json(data: Mapping[str, Any]) -> PositionPlan:
+    """Any recorded plan; records written before ALiBi and absolute tables existed have no kind: RoPE."""
+    kinds = {"rope": RopePlan, "alibi": AlibiPlan, "absolute": AbsolutePlan}
+    return kinds[data.get("kind", "rope")].from_json(data)

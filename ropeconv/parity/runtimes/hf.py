@@ -13,7 +13,11 @@ NAME = "transformers"
 def load(artifact: Path, device: torch.device):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32).to(device).eval()
+    import ropeconv.runtime
+
+    model = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32)
+    ropeconv.runtime.apply(model)  # ALiBi scaling recorded under ropeconv_alibi_scaling, as a user would load it
+    return model.to(device).eval()
 
 
 @torch.no_grad()
@@ -23,11 +27,13 @@ def logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, decode_st
     device = next(model.parameters()).device
     ids, positions = input_ids.to(device), position_ids.to(device)
     prefill = ids.shape[1] - decode_steps
-    out = model(input_ids=ids[:, :prefill], position_ids=positions[:, :prefill], use_cache=decode_steps > 0)
+    # ALiBi models take no position ids: their bias depends on distances only
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    pos = (lambda a, b: {"position_ids": positions[:, a:b]}) if takes_positions else (lambda a, b: {})
+    out = model(input_ids=ids[:, :prefill], use_cache=decode_steps > 0, **pos(0, prefill))
     chunks = [out.logits[0].float().cpu()]
     for i in range(prefill, ids.shape[1]):
-        out = model(input_ids=ids[:, i : i + 1], position_ids=positions[:, i : i + 1], use_cache=True,
-                    **cache_from(model, out))
+        out = model(input_ids=ids[:, i : i + 1], use_cache=True, **pos(i, i + 1), **cache_from(model, out))
         chunks.append(out.logits[0].float().cpu())
     return torch.cat(chunks)
 

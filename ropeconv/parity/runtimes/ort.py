@@ -56,6 +56,7 @@ class Decoder:
         self.sess = sess
         inputs = {i.name: i for i in sess.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self.takes_positions = "position_ids" in inputs  # ALiBi graphs have none (the bias comes from the mask)
         shape = inputs[self.past_names[0]].shape  # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.outputs = [o.name for o in sess.get_outputs()]
@@ -69,8 +70,10 @@ class Decoder:
     def step(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """ids, positions: [1, n]; returns logits [n, vocab] and keeps the cache."""
         n = ids.shape[1]
-        feeds = {"input_ids": ids.astype(np.int64), "position_ids": positions.astype(np.int64),
-                 "attention_mask": np.ones((1, self.length + n), dtype=np.int64), **self.past}
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((1, self.length + n), dtype=np.int64),
+                 **self.past}
+        if self.takes_positions:
+            feeds["position_ids"] = positions.astype(np.int64)
         out = dict(zip(self.outputs, self.sess.run(None, feeds)))
         self.past = {n: out[n.replace("past_key_values.", "present.")] for n in self.past_names}
         self.length += n
