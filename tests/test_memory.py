@@ -226,3 +226,38 @@ def test_onnx_export_peak_rss_does_not_grow_with_model_size(tmp_path):
         assert large - small < LARGEST + SLACK, f"{dtype}: peak RSS grows with model size: +{(large - small) / MiB:.1f} MiB"
         assert large < ABSOLUTE_LIMIT
     assert (tmp_path / "large-fp32" / "onnx" / "model.onnx").stat().st_size > 360 * MiB
+
+
+def _rank64_adapter(base: Path, out: Path) -> Path:
+    """Rank-64 LoRA factors on every linear of a make_llama_layers base, in peft's on-disk format."""
+    from ropeconv.checkpoint import load_checkpoint
+
+    out.mkdir()
+    gen = torch.Generator().manual_seed(7)
+    factors = {}
+    for entry in load_checkpoint(base).tensors:
+        module = entry.name.removesuffix(".weight")
+        if module.endswith(("_proj",)):
+            rows, cols = entry.shape
+            factors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(64, cols, generator=gen) * 0.01
+            factors[f"base_model.model.{module}.lora_B.weight"] = torch.randn(rows, 64, generator=gen) * 0.01
+    save_file(factors, out / "adapter_model.safetensors")
+    (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 64, "lora_alpha": 128,
+                                                         "bias": "none"}))
+    return out
+
+
+def test_lora_merge_peak_rss_does_not_grow_with_model_size(tmp_path):
+    """Merging streams too: one base tensor and its factors at a time, whatever the model size."""
+    peaks = []
+    for label, layers in (("small", 1), ("large", 10)):
+        base = make_llama_layers(tmp_path / label, layers)
+        adapter = _rank64_adapter(base, tmp_path / f"{label}-adapter")
+        peaks.append(convert(base, tmp_path / f"{label}-out", "--lora", str(adapter), "--force-method",
+                             "--to", "safetensors,gguf", "--outtype", "f16"))
+    small, large = peaks
+    print(f"lora merge: growth {(large - small) / MiB:.1f} MiB for 9 more layers (~360 MiB of weights, "
+          "~45 MiB of factors)")
+    # the merged tensor, its bytes and a float32 working copy: a few times the largest tensor
+    assert large - small < 3 * LARGEST + SLACK, f"peak RSS grows with model size: +{(large - small) / MiB:.1f} MiB"
+    assert large < ABSOLUTE_LIMIT

@@ -42,15 +42,20 @@ class Checkpoint:
     tensors: tuple[TensorEntry, ...]  # in data order: file by file, offset by offset
     weight_format: str  # "safetensors" or "pickle"
     aux_files: tuple[str, ...]
+    lora: Any = None  # a ropeconv.lora.LoraMerge applied to every tensor read through open_source()
 
     @property
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
     def open_source(self) -> TensorSource:
-        if self.weight_format == "pickle":
-            return PickleSource(_load_pickles(self.path))
-        return SafetensorsSource()
+        source: TensorSource = PickleSource(_load_pickles(self.path)) if self.weight_format == "pickle" \
+            else SafetensorsSource()
+        if self.lora is not None:
+            from ropeconv.lora import MergedSource
+
+            source = MergedSource(source, self.lora)
+        return source
 
 
 def read_config(path: Path) -> dict[str, Any]:

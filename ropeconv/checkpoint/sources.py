@@ -28,6 +28,8 @@ def torch_dtypes() -> dict[str, "torch.dtype"]:
 
 
 class TensorSource(Protocol):
+    def raw(self, entry: TensorEntry) -> bool: ...
+
     def copy_into(self, entry: TensorEntry, dst_fd: int) -> None: ...
 
     def load(self, entry: TensorEntry) -> "torch.Tensor": ...
@@ -43,6 +45,10 @@ class SafetensorsSource:
         if path not in self._fds:
             self._fds[path] = os.open(path, os.O_RDONLY)
         return self._fds[path]
+
+    def raw(self, entry: TensorEntry) -> bool:
+        """The entry's byte range in its file is the tensor: writers may copy it without this source."""
+        return True
 
     def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
         """Append the tensor's bytes at dst_fd's current offset."""
@@ -102,6 +108,9 @@ class PickleSource:
 
     def __init__(self, tensors: dict[str, "torch.Tensor"]) -> None:
         self._tensors = tensors
+
+    def raw(self, entry: TensorEntry) -> bool:
+        return False
 
     def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
         write_all(dst_fd, tensor_bytes(self._tensors[entry.name]))

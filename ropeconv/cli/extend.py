@@ -45,6 +45,10 @@ Examples:
   ropeconv extend ./gpt2 --method absolute --factor 4 --to safetensors,gguf,onnx -o gpt2-4k/
   ropeconv extend ./bloom-560m --method none --original-ctx 2048 --to gguf -o bloom-gguf/
 \b
+  # merge a LoRA from a long-context fine-tune (trained under YaRN ×16) and export all three formats
+  ropeconv extend ./Llama-2-7b-hf --lora ./pose-adapter --method yarn --factor 16 --to safetensors,gguf,onnx -o out/
+  ropeconv extend ./base --lora a1/ --lora a2/ --lora-trained-with linear:4 --method linear --factor 4 -o out/
+\b
   # retrofit an existing (quantized) GGUF for llama.cpp: metadata rewritten, tensors copied byte for byte
   ropeconv extend model-Q4_K_M.gguf --method yarn --factor 4 -o model-32k.gguf
 """
@@ -72,6 +76,12 @@ def _method_options(fn):
               "stay f32)")
 @click.option("--dtype", "onnx_dtype", type=click.Choice(list(DTYPES)), default=None,
               help="ONNX weight storage with --to onnx (default fp32; fp16 halves the file, compute stays float32)")
+@click.option("--lora", "lora", multiple=True, type=click.Path(path_type=Path),
+              help="a PEFT LoRA adapter directory to merge into the base (repeat for several; merged in fp32, "
+              "one tensor at a time)")
+@click.option("--lora-trained-with", help="METHOD[:FACTOR] the adapters were trained under, when they do not "
+              "record it (ropeconv finetune writes ropeconv_rope.json)")
+@click.option("--force-method", is_flag=True, help="merge adapters trained under another rope scaling anyway")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
 @click.option("--force", is_flag=True, help="replace an existing output")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
@@ -82,11 +92,14 @@ def _method_options(fn):
 @click.option("--tokens", type=int, help="parity probe length (default 1.5× the original context, ≤ 2048)")
 @click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True,
               help="parity tolerance on max |Δlogit|")
-@click.option("--dry-run", is_flag=True, help="print the plan, write nothing")
+@click.option("--save-recipe", type=click.Path(path_type=Path),
+              help="also write this command line as a YAML recipe (`ropeconv recipe run FILE` repeats it)")
+@click.option("--dry-run", is_flag=True, help="print the plan, write nothing (but --save-recipe)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, onnx_dtype, out, force, rebase, allow_pickle,
-           max_shard_size, verify, device, tokens, max_abs_logit, dry_run, as_json, quiet, **method_opts):
+def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, onnx_dtype, lora, lora_trained_with,
+           force_method, out, force, rebase, allow_pickle, max_shard_size, verify, device, tokens, max_abs_logit,
+           save_recipe, dry_run, as_json, quiet, **method_opts):
     """Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."""
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
@@ -98,6 +111,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
                          "its tensors as they are)")
     if onnx_dtype is not None and "onnx" not in chosen:
         raise InputError("--dtype applies to the ONNX output (--to onnx)")
+    if (lora_trained_with or force_method) and not lora:
+        raise InputError("--lora-trained-with and --force-method apply with --lora")
     request = ExtendRequest(
         factor=factor,
         target_ctx=target_ctx,
@@ -117,10 +132,17 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         allow_pickle=allow_pickle,
         max_shard_bytes=parse_bytes("--max-shard-size", max_shard_size),
         verify=verify,
+        lora=tuple(lora),
+        lora_trained_with=lora_trained_with,
+        force_method=force_method,
         device=device,
         tokens=tokens,
         tolerance=Tolerance(max_abs_logit=max_abs_logit),
     )
+    if save_recipe is not None:
+        from ropeconv.recipe.save import save_recipe as write_recipe
+
+        write_recipe(job, save_recipe, max_shard_size)
     if dry_run and str(base).endswith(".gguf"):
         from ropeconv.retrofit import prepare_gguf
 

@@ -26,16 +26,22 @@ def cli() -> None:
       ropeconv verify out/
       ropeconv inspect out/ --json
       ropeconv methods
+      ropeconv extend ./base --lora ./adapter --method yarn --factor 16 -o out/
+      ropeconv finetune pose ./base --train-ctx 2048 --target-ctx 16384 --method yarn --text book.txt -o adapter/
+      ropeconv recipe run recipes/smollm2-135m-yarn-32k.yaml
+      ropeconv recipe check recipes/*.yaml
     """
 
 
 def _register() -> None:
-    from ropeconv.cli import extend, inspect, methods_cmd, verify
+    from ropeconv.cli import extend, finetune, inspect, methods_cmd, recipe, verify
 
     cli.add_command(extend.extend)
     cli.add_command(inspect.inspect)
     cli.add_command(verify.verify)
     cli.add_command(methods_cmd.methods)
+    cli.add_command(finetune.finetune)
+    cli.add_command(recipe.recipe)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -38,7 +38,10 @@ def _alibi_runtime_note(plan) -> list[str]:
 
 
 def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str, dict[str, Any]],
-               parity: dict[str, dict[str, Any]] | None) -> str:
+               parity: dict[str, dict[str, Any]] | None, lora: list[dict[str, Any]] | None = None,
+               fields: dict[str, Any] | None = None) -> str:
+    """fields: a recipe's card section (title, description, license, tags)."""
+    fields = fields or {}
     """formats: the manifest's record per format written; parity: the report summary per format."""
     params = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(plan.params.items()))
     declared = []
@@ -65,8 +68,10 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
                         f"math is baked into the graph — {onnx['position_math']}.")
     written = [f for f in ("safetensors", "gguf", "onnx") if f in formats]
     lines = [
-        f"# {base_name} — context extended with {plan.method} to {plan.target_ctx} tokens",
+        *_front_matter(fields),
+        f"# {fields.get('title') or f'{base_name} — context extended with {plan.method} to {plan.target_ctx} tokens'}",
         "",
+        *([fields["description"], ""] if fields.get("description") else []),
         "Made with [ropeconv](https://pypi.org/project/ropeconv/).",
         "",
         "| | |",
@@ -83,6 +88,7 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         "|---|---|",
         params,
         "",
+        *_lora_section(lora),
         "## How it is declared",
         "",
         "\n\n".join(declared),
@@ -94,6 +100,26 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         "",
     ]
     return "\n".join(lines)
+
+
+def _front_matter(fields: dict[str, Any]) -> list[str]:
+    """The Hugging Face model-card metadata block, when the recipe gives license or tags."""
+    meta = {k: fields[k] for k in ("license", "tags") if fields.get(k)}
+    if not meta:
+        return []
+    import yaml
+
+    return ["---", yaml.safe_dump(meta, sort_keys=True).rstrip("\n"), "---", ""]
+
+
+def _lora_section(lora: list[dict[str, Any]] | None) -> list[str]:
+    if not lora:
+        return []
+    rows = [f"| `{a['path']}` | {a['r']} | {a['lora_alpha']} | {'yes' if a['use_rslora'] else 'no'} | {a['modules']} | "
+            f"`{a['sha256'][:12]}…` |" for a in lora]
+    return ["## LoRA merged", "", "W' = W + Σ s·B·A in float32, cast back to each weight's dtype; merged before the "
+            "method was applied.", "", "| adapter | r | alpha | rsLoRA | modules | sha256 |", "|---|---|---|---|---|---|",
+            *rows, ""]
 
 
 RUNS = {"safetensors": "transformers reloading this directory", "gguf": "llama.cpp running the GGUF",

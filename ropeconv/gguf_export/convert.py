@@ -199,11 +199,13 @@ def _positive(config: dict, keys: tuple[str, ...]) -> int:
     return value
 
 
-def write_f32_twin(base: Path, plan: PositionPlan, dst: Path) -> Path:
-    """The same conversion in float32: what a non-f32 GGUF of `base` is judged against, strictly."""
+def write_f32_twin(base: Path, plan: PositionPlan, dst: Path, lora=None) -> Path:
+    """The same conversion in float32 (LoRA merged alike): what a non-f32 GGUF of `base` is judged against."""
+    from dataclasses import replace
+
     from ropeconv.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(base)
+    ckpt = replace(load_checkpoint(base), lora=lora)
     conversion = GgufConversion(plan_gguf(ckpt, plan, "f32"), dst)
     source = ckpt.open_source()
     try:
@@ -237,7 +239,9 @@ class GgufConversion:
         t = self._by_name.get(entry.name)
         if t is None:
             return 0
-        elementwise = t.op is None and not t.plus_one and self.plan.raw_copy_ok and entry.nbytes > 0
+        # raw(): a LoRA-merged tensor is not the byte range its entry points at
+        elementwise = t.op is None and not t.plus_one and self.plan.raw_copy_ok and source.raw(entry) \
+            and entry.nbytes > 0
         if elementwise and (entry.dtype, t.info.ggml_type) in SAME_BYTES:
             self._writer.write_tensor(t.info.name, ByteRange(entry.file, entry.offset, entry.nbytes))
         elif elementwise and t.info.ggml_type in (G.F32, G.F16, G.BF16):

@@ -377,14 +377,18 @@ class _BackgroundSha256:
 
 
 def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, drop_keys: set[str] = frozenset(),
-                 add_tensors: dict[str, np.ndarray] | None = None, drop_tensors: set[str] = frozenset()) -> None:
+                 add_tensors: dict[str, np.ndarray] | None = None, drop_tensors: set[str] = frozenset(),
+                 transform_tensors: dict | None = None) -> None:
     """Copy `src` to `dst` with metadata changed and tensors added; everything else byte for byte.
 
     set_fields maps a key to (value_type, value) or (value_type, value, item_type): an existing key
     is replaced where it stands, a new one is appended. drop_keys that are absent are ignored.
     add_tensors are appended after the existing tensors; a name that already exists is replaced in
     place (e.g. a Llama-3 GGUF's rope_freqs.weight). drop_tensors are left out (absent ones ignored).
+    transform_tensors maps an existing tensor's name to a function of its GgufTensor returning new data of the
+    same type and size, called when that tensor is written (one in memory at a time).
     """
+    transform_tensors = dict(transform_tensors or {})
     set_fields = dict(set_fields or {})
     add_tensors = dict(add_tensors or {})
     for name, array in add_tensors.items():
@@ -411,11 +415,12 @@ def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, dr
             continue
         array = add_tensors.pop(t.name, None)
         infos.append(TensorInfo.of(t) if array is None else TensorInfo.of_array(t.name, array))
-        sources.append(t if array is None else array)
+        transform = transform_tensors.get(t.name)
+        sources.append(array if array is not None else (lambda t=t, f=transform: f(t)) if transform else t)
     for name, array in add_tensors.items():
         infos.append(TensorInfo.of_array(name, array))
         sources.append(array)
 
     with GgufWriter(dst, fields, infos, effective_alignment(fields)) as writer:
         for info, source in zip(infos, sources):
-            writer.write_tensor(info.name, source)
+            writer.write_tensor(info.name, source() if callable(source) else source)

@@ -429,11 +429,13 @@ def position_math(plan: PositionPlan) -> str:
     return f"a float32 inv_freq constant{factor}"
 
 
-def export_file(base: Path, plan: PositionPlan, dtype: str, dst: Path) -> Path:
+def export_file(base: Path, plan: PositionPlan, dtype: str, dst: Path, lora=None) -> Path:
     """A whole export of `base` to one path (the float32 twin that proves a float16 export strictly)."""
     from ropeconv.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(base)
+    from dataclasses import replace
+
+    ckpt = replace(load_checkpoint(base), lora=lora)
     export = OnnxExport(plan_onnx(ckpt, plan, dtype, {}), dst)
     source = ckpt.open_source()
     try:

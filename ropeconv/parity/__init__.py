@@ -44,6 +44,7 @@ def check_parities(
     tolerance: Tolerance = Tolerance(),
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
+    lora=None,
 ) -> list[ParityReport]:
     """A report per artifact (e.g. the safetensors directory and the GGUF of one output), against one
     reference computed once: the same probe, plan and base serve them all."""
@@ -63,7 +64,7 @@ def check_parities(
     ids = probe_ids(vocab_size, n_tokens)
 
     progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
-    model = load_reference(base, plan, dev)
+    model = load_reference(base, plan, dev, lora)
     reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
     free(model)
 

@@ -69,7 +69,21 @@ def install_plan_table(model: nn.Module, plan: AbsolutePlan) -> int:
     return 1
 
 
-def load_reference(base: Path, plan: PositionPlan, device: torch.device) -> nn.Module:
+def merge_into(model: nn.Module, lora) -> int:
+    """The LoRA merge exporters stream, applied to the loaded reference's weights: same code, and rounded to the
+    checkpoint's own dtype as the exporters store it."""
+    from ropeconv.checkpoint.sources import torch_dtypes
+
+    state = model.state_dict()
+    names = [n for n in state if lora.touches(n)]
+    with torch.no_grad():
+        for name in names:
+            stored = state[name].to(torch_dtypes()[lora.dtypes[name]])  # exact: the float32 was cast from it
+            state[name].copy_(lora.apply(name, stored))
+    return len(names)
+
+
+def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None) -> nn.Module:
     """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32."""
     from transformers import AutoModelForCausalLM
 
@@ -78,6 +92,8 @@ def load_reference(base: Path, plan: PositionPlan, device: torch.device) -> nn.M
         model = AutoModelForCausalLM.from_pretrained(base.parent, gguf_file=base.name, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if lora is not None:
+        merge_into(model, lora)
     if plan.kind == "alibi":
         install_plan_alibi(model, plan)
     elif plan.kind == "absolute":

@@ -1,0 +1,1 @@
+"""Fine-tuning for a context extension: PoSE position sampling and a LoRA loop (peft, optional)."""

@@ -1,0 +1,94 @@
+"""LoRA merged into a GGUF base while it is rewritten: adapter modules (HF names) found through gguf-py's
+own name map, float tensors (F32/F16/BF16) merged one at a time, quantized ones refused.
+
+llama.cpp's llama architecture stores q/k rows permuted within each head (interleaved rope pairs), so
+such a tensor is un-permuted, merged in transformers' layout, and permuted back (both exact reorders).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from gguf import MODEL_ARCH_NAMES, GGMLQuantizationType, get_tensor_name_map
+
+from ropeconv.checkpoint.safetensors_header import TensorEntry
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.gguf_io.reader import GgufFile, GgufTensor
+from ropeconv.lora.adapter import Adapter
+from ropeconv.lora.merge import LoraMerge, plan_merge
+
+G = GGMLQuantizationType
+FLOAT_TYPES = {G.F32: "F32", G.F16: "F16", G.BF16: "BF16"}
+PERMUTED_QK = {"llama"}  # GGUF architectures whose q/k rows llama.cpp's converter permutes
+
+
+@dataclass(frozen=True)
+class GgufLora:
+    merge: LoraMerge  # keyed by transformers' names, as the reference model knows them
+    targets: Mapping[str, str]  # GGUF tensor name → transformers weight name
+    heads: Mapping[str, int]  # GGUF tensor name → heads of its row permutation (llama q/k)
+
+    def transforms(self) -> dict[str, Callable[[GgufTensor], np.ndarray]]:
+        return {name: self._merged for name in self.targets}
+
+    def _merged(self, t: GgufTensor) -> np.ndarray:
+        import os
+
+        import torch
+
+        from ropeconv.gguf_export.convert import permute_pairs
+
+        dtype = {G.F32: torch.float32, G.F16: torch.float16, G.BF16: torch.bfloat16}[t.ggml_type]
+        fd = os.open(t.file, os.O_RDONLY)
+        try:
+            raw = bytearray(os.pread(fd, t.nbytes, t.offset))
+        finally:
+            os.close(fd)
+        w = torch.frombuffer(raw, dtype=dtype).reshape(t.torch_shape)
+        heads = self.heads.get(t.name)
+        if heads:
+            w = unpermute_pairs(w, heads)
+        merged = self.merge.apply(self.targets[t.name], w)
+        if heads:
+            merged = permute_pairs(merged, heads)
+        return merged.contiguous().view(torch.uint8).numpy()
+
+
+def unpermute_pairs(w, heads: int):
+    """The inverse of gguf_export.convert.permute_pairs."""
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def plan_gguf_lora(src: GgufFile, adapters: Sequence[Adapter]) -> GgufLora:
+    arch_names = {name: arch for arch, name in MODEL_ARCH_NAMES.items()}
+    a = src.arch
+    blocks = src.value(f"{a}.block_count")
+    if a not in arch_names or not isinstance(blocks, int):
+        raise InputError(f"{src.path}: cannot map LoRA modules onto a {a} GGUF (no architecture or block_count)")
+    names = get_tensor_name_map(arch_names[a], blocks)
+    heads_q = src.value(f"{a}.attention.head_count")
+    heads_kv = src.value(f"{a}.attention.head_count_kv") or heads_q
+    targets: dict[str, str] = {}
+    entries: list[TensorEntry] = []
+    heads: dict[str, int] = {}
+    wanted = {m.weight for ad in adapters for m in ad.modules} | {n for ad in adapters for n in ad.replaced}
+    for hf_name in sorted(wanted):
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        t = src.tensor(gguf_name) if gguf_name else None
+        if t is None:
+            raise InputError(f"--lora: {hf_name} has no tensor in this {a} GGUF (an adapter for another model?)")
+        if t.ggml_type not in FLOAT_TYPES:
+            raise UnsupportedError(f"--lora: {t.name} is {t.ggml_type.name}; LoRA merges into F32/F16/BF16 GGUF "
+                                   "tensors only (a quantized base cannot take an exact merge): use an unquantized "
+                                   "GGUF or the HF checkpoint")
+        if ".attn_qkv." in t.name and a == "gptneox":
+            raise UnsupportedError(f"--lora: {t.name} is stored regrouped by llama.cpp's gptneox converter; merge "
+                                   "into the HF checkpoint instead")
+        if a in PERMUTED_QK and (".attn_q." in t.name or ".attn_k." in t.name):
+            heads[t.name] = heads_q if ".attn_q." in t.name else heads_kv
+        targets[t.name] = hf_name
+        entries.append(TensorEntry(hf_name, FLOAT_TYPES[t.ggml_type], t.torch_shape, t.file, t.offset, t.nbytes))
+    return GgufLora(plan_merge(adapters, entries), targets, heads)

@@ -1,0 +1,54 @@
+"""A TensorSource whose tensors are the base's with the LoRA merge applied, for every exporter alike."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ropeconv.checkpoint.safetensors_header import TensorEntry
+from ropeconv.checkpoint.sources import tensor_bytes, write_all
+from ropeconv.lora.merge import LoraMerge
+
+if TYPE_CHECKING:
+    import torch
+
+
+class MergedSource:
+    """Wraps the base's source. Untouched tensors pass straight through (kernel copies stay kernel copies);
+    a touched one is merged once and kept until the next touched one is asked for, so a writer reading it
+    in chunks does not merge it twice. Memory: one merged tensor plus its factors."""
+
+    def __init__(self, inner, merge: LoraMerge) -> None:
+        self._inner = inner
+        self._merge = merge
+        self._cached: tuple[str, "torch.Tensor", bytes] | None = None
+
+    def raw(self, entry: TensorEntry) -> bool:
+        """Whether the entry's bytes in its file are the tensor (a raw byte range may be copied)."""
+        return not self._merge.touches(entry.name) and getattr(self._inner, "raw", lambda e: True)(entry)
+
+    def _merged(self, entry: TensorEntry) -> tuple["torch.Tensor", bytes]:
+        if self._cached is None or self._cached[0] != entry.name:
+            self._cached = None  # drop the previous one before making the next
+            tensor = self._merge.apply(entry.name, self._inner.load(entry))
+            self._cached = (entry.name, tensor, tensor_bytes(tensor))
+        return self._cached[1], self._cached[2]
+
+    def load(self, entry: TensorEntry) -> "torch.Tensor":
+        if not self._merge.touches(entry.name):
+            return self._inner.load(entry)
+        return self._merged(entry)[0]
+
+    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
+        if not self._merge.touches(entry.name):
+            return self._inner.copy_into(entry, dst_fd)
+        write_all(dst_fd, self._merged(entry)[1])
+
+    def read_into(self, entry: TensorEntry, start: int, buf: memoryview) -> None:
+        if not self._merge.touches(entry.name):
+            return self._inner.read_into(entry, start, buf)
+        data = self._merged(entry)[1]
+        buf[:] = data[start : start + buf.nbytes]
+
+    def close(self) -> None:
+        self._cached = None
+        self._inner.close()

@@ -1,0 +1,135 @@
+"""Reading a recipe: YAML, `--set a.b=c` overrides, validation, and every error at once with its YAML path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ropeconv.errors import InputError
+from ropeconv.recipe.schema import Recipe
+
+
+@dataclass(frozen=True)
+class Loaded:
+    recipe: Recipe
+    file: Path
+    sha256: str  # of the validated recipe (overrides applied) and the files it names beside it
+
+    def resolve(self, text: str) -> Path:
+        """A path written in the recipe: relative ones are relative to the recipe's folder."""
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else self.file.parent / path
+
+
+class RecipeErrors(InputError):
+    """Every problem of one or more recipes; str() is one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more: ropeconv recipe check shows them all)" if len(problems) > 1 else ""
+        super().__init__(problems[0] + more)
+
+
+def apply_set(data: dict, assignment: str) -> None:
+    """a.b.c=value (value read as YAML: numbers, booleans, lists); list items by index (outputs.0.dtype)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set {assignment!r}: expected KEY=VALUE, e.g. method.factor=8")
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: i + 1]), assignment)
+    last = parts[-1]
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(node, list):
+        index = _index(node, last, key, assignment)
+        node[index] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise InputError(f"--set {assignment!r}: {'.'.join(parts[:-1])} is not a section")
+
+
+def _child(node: Any, part: str, where: str, assignment: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, where, assignment)]
+    if not isinstance(node, dict):
+        raise InputError(f"--set {assignment!r}: {where} is not a section")
+    return node.setdefault(part, {})
+
+
+def _index(node: list, part: str, where: str, assignment: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise InputError(f"--set {assignment!r}: {where}: no item {part} (the list has {len(node)})")
+    return int(part)
+
+
+_TAG = {"union_tag_invalid": ".name", "union_tag_not_found": ".name"}  # the method's tag is its name
+
+
+def _where(loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    # the method union adds its tag to the path: method.yarn.factor → method.factor
+    if len(parts) > 2 and parts[0] == "method":
+        parts.pop(1)
+    return ".".join(parts) or "(top)"
+
+
+def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, list[str]]:
+    """The loaded recipe, or None and every problem found ("FILE: yaml.path: what")."""
+    file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, [f"{file}: cannot read ({exc.strerror or exc})"]
+    except UnicodeDecodeError:
+        return None, [f"{file}: not UTF-8 text"]
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return None, [f"{file}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}"]
+    if not isinstance(data, dict):
+        return None, [f"{file}: (top): expected a mapping of sections (base, method, outputs, out, …)"]
+    for assignment in sets:
+        try:
+            apply_set(data, assignment)
+        except InputError as exc:
+            return None, [f"{file}: {exc}"]
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        return None, [f"{file}: {_where(e['loc'])}{_TAG.get(e['type'], '')}: {e['msg']}" for e in exc.errors()]
+    loaded = Loaded(recipe, file, "")
+    problems = []
+    for name, value in recipe.path_options().items():
+        if not loaded.resolve(value).is_file():
+            problems.append(f"{file}: method.{name}: {value} not found (beside the recipe)")
+    formats = [o.format for o in recipe.outputs]
+    if len(set(formats)) != len(formats):
+        problems.append(f"{file}: outputs: a format is listed twice")
+    if problems:
+        return None, problems
+    return Loaded(recipe, file, _digest(loaded)), []
+
+
+def _digest(loaded: Loaded) -> str:
+    h = hashlib.sha256(json.dumps(loaded.recipe.model_dump(mode="json"), sort_keys=True).encode())
+    for _, value in sorted(loaded.recipe.path_options().items()):
+        h.update(loaded.resolve(value).read_bytes())  # a sidecar's content is part of the recipe
+    return h.hexdigest()
+
+
+def load_recipe(file: Path, sets: tuple[str, ...] = ()) -> Loaded:
+    loaded, problems = problems_of(file, sets)
+    if problems:
+        raise RecipeErrors(problems)
+    assert loaded is not None
+    return loaded

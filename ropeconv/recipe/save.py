@@ -1,0 +1,62 @@
+"""`extend … --save-recipe FILE`: the command line as a recipe that `ropeconv recipe run FILE` repeats."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ropeconv.errors import InputError
+from ropeconv.recipe.schema import Recipe
+
+
+def recipe_of(job) -> dict[str, Any]:
+    """Paths are written absolute: the recipe may be saved anywhere."""
+    method: dict[str, Any] = {"name": job.method}
+    if job.request.factor is not None:
+        method["factor"] = job.request.factor
+    if job.request.target_ctx is not None:
+        method["target_ctx"] = job.request.target_ctx
+    for key, value in job.request.options.items():
+        method[key] = str(Path(value).resolve()) if isinstance(value, Path) else value
+    outputs = []
+    for fmt in job.formats:
+        item: dict[str, Any] = {"format": fmt}
+        if fmt == "gguf" and not str(job.base).endswith(".gguf"):
+            item["outtype"] = job.outtype
+        if fmt == "onnx":
+            item["dtype"] = job.onnx_dtype
+        outputs.append(item)
+    base: dict[str, Any] = {"path": str(Path(job.base).resolve())}
+    if job.request.original_ctx is not None:
+        base["original_ctx"] = job.request.original_ctx
+    if job.rebase:
+        base["rebase"] = True
+    if job.allow_pickle:
+        base["allow_pickle"] = True
+    data: dict[str, Any] = {"base": base}
+    if job.lora:
+        data["lora"] = [dict({"path": str(Path(p).resolve())},
+                             **({"trained_with": job.lora_trained_with} if job.lora_trained_with else {}))
+                        for p in job.lora]
+    data.update({"method": method, "outputs": outputs, "out": str(Path(job.out).resolve())})
+    if job.force_method:
+        data["force_method"] = True
+    data["parity"] = {"verify": job.verify, "max_abs_logit": job.tolerance.max_abs_logit,
+                      "device": job.device or "auto", **({"tokens": job.tokens} if job.tokens else {})}
+    Recipe.model_validate(data)  # what is saved must load
+    return data
+
+
+def save_recipe(job, file: Path, max_shard_size: str) -> None:
+    data = recipe_of(job)
+    data["max_shard_size"] = max_shard_size
+    file = Path(file)
+    if not file.parent.is_dir():
+        raise InputError(f"--save-recipe {file}: its folder does not exist")
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text("# written by `ropeconv extend --save-recipe`; run it with `ropeconv recipe run`\n"
+                   + yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, file)

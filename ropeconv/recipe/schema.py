@@ -1,0 +1,87 @@
+"""The recipe schema (pydantic v2). The method section is a tagged union with one type per method module,
+built from the module's own OPTIONS: adding a method adds its recipe type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ropeconv import methods
+from ropeconv.gguf_export.convert import OUTTYPES
+from ropeconv.onnx_export.export import DTYPES
+from ropeconv.parity.report import Tolerance
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Base(Strict):
+    path: str = Field(description="a HuggingFace model directory or a GGUF file (relative to the recipe)")
+    original_ctx: int | None = Field(None, gt=0, description="override the original context the config states")
+    rebase: bool = False
+    allow_pickle: bool = False
+
+
+class Lora(Strict):
+    path: str = Field(description="a PEFT LoRA adapter directory (relative to the recipe)")
+    trained_with: str | None = Field(None, description="METHOD[:FACTOR] when the adapter does not record it")
+
+
+class Output(Strict):
+    format: Literal["safetensors", "gguf", "onnx"]
+    outtype: Literal[tuple(OUTTYPES)] | None = Field(None, description="GGUF weight type (HF base only)")  # type: ignore[valid-type]
+    dtype: Literal[tuple(DTYPES)] | None = Field(None, description="ONNX weight storage")  # type: ignore[valid-type]
+
+
+class Parity(Strict):
+    verify: bool = Field(True, description="prove every output before publishing (the gate: exit 1 on failure)")
+    max_abs_logit: float = Field(Tolerance.max_abs_logit, gt=0)
+    tokens: int | None = Field(None, ge=2, description="probe length (default 1.5× the original context)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Card(Strict):
+    title: str | None = None
+    description: str | None = None
+    license: str | None = None
+    tags: list[str] = []
+
+
+_KINDS: dict[type, Any] = {int: int, float: float, bool: bool, Path: str}
+
+
+def _method_model(module) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        "name": (Literal[module.NAME], ...),
+        "factor": (float | None, Field(None, gt=1)),
+        "target_ctx": (int | None, Field(None, gt=0)),
+    }
+    for opt in module.OPTIONS:
+        fields[opt.name] = (_KINDS[opt.kind] | None, Field(None, description=opt.help))
+    title = "".join(part.title() for part in module.NAME.split("_")) + "Method"
+    return create_model(title, __base__=Strict, __doc__=module.SUMMARY, **fields)
+
+
+METHOD_MODELS = {m.NAME: _method_model(m) for m in methods.ordered()}
+Method = Annotated[Union[tuple(METHOD_MODELS.values())], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
+class Recipe(Strict):
+    base: Base
+    lora: list[Lora] = []
+    method: Method
+    outputs: list[Output] = Field(min_length=1)
+    out: str = Field(description="the output directory (a .gguf file for a GGUF base; relative to the recipe)")
+    max_shard_size: str = "5GB"
+    force_method: bool = False
+    parity: Parity = Parity()
+    card: Card = Card()
+
+    def path_options(self) -> dict[str, str]:
+        """Method options that name files (resolved against the recipe's folder)."""
+        module = methods.get(self.method.name)
+        return {o.name: getattr(self.method, o.name) for o in module.OPTIONS
+                if o.kind is Path and getattr(self.method, o.name) is not None}
