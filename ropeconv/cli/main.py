@@ -30,6 +30,8 @@ def cli() -> None:
       ropeconv finetune pose ./base --train-ctx 2048 --target-ctx 16384 --method yarn --text book.txt -o adapter/
       ropeconv recipe run recipes/smollm2-135m-yarn-32k.yaml
       ropeconv recipe check recipes/*.yaml
+      ropeconv eval passkey out/smollm2-135m-Q8_0.gguf --lengths 8k,12k --trials 3 -o eval/
+      ropeconv eval ppl ./base out/ --text book.txt --lengths 2k,8k,16k --stride 512 -o eval/
     """
 
 
@@ -42,6 +44,9 @@ def _register() -> None:
     cli.add_command(methods_cmd.methods)
     cli.add_command(finetune.finetune)
     cli.add_command(recipe.recipe)
+    from ropeconv.cli import eval as eval_cmd  # "eval" is a builtin's name
+
+    cli.add_command(eval_cmd.eval_group)
 
 
 class Interrupted(KeyboardInterrupt):

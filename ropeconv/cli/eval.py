@@ -1,0 +1,270 @@
+"""ropeconv eval: passkey retrieval and perplexity, run in the model's own runtime (transformers, onnxruntime
+or llama.cpp), with results cached so that an interrupted sweep resumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import click
+
+from ropeconv.cli.options import emit_json
+from ropeconv.errors import InputError
+from ropeconv.eval import cache as cache_mod
+from ropeconv.eval import passkey as pk
+from ropeconv.eval import plots
+from ropeconv.eval import ppl as ppl_mod
+from ropeconv.eval import runtimes as rt
+from ropeconv.parity.device import pick_device
+from ropeconv.progress import Progress
+
+PASSKEY_EPILOG = """\b
+Examples:
+  ropeconv eval passkey out/ --lengths 4k,8k,12k,16k -o eval/
+  ropeconv eval passkey out/model-Q8_0.gguf --lengths 11k --trials 3 -o eval/   # llama.cpp
+  ropeconv eval passkey out/onnx/model.onnx --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --trials 2
+  ropeconv eval passkey ./SmolLM2-135M --lengths 2k,4k --runtime hf --json > base.json
+\b
+Lengths: k = 1024 tokens (4k = 4096); the prompt is fitted to each length in the runtime's own tokenizer.
+Results are appended to a cache as each trial finishes (OUT/cache/, or --cache-dir): rerunning the same
+command skips the trials already done.
+"""
+
+PPL_EPILOG = """\b
+Examples:
+  ropeconv eval ppl ./SmolLM2-135M out/ --text book.txt --lengths 1k,2k,4k,8k -o eval/   # base vs extended
+  ropeconv eval ppl yarn/x.gguf pi/x.gguf --text book.txt --lengths 4k,8k --stride 256 -o eval/
+  ropeconv eval ppl out/onnx/model.onnx --text book.txt --lengths 2k --json
+\b
+Without --stride each length scores one window at the start of the text (YaRN's --truncate); with it,
+a sliding window scores only the tokens new to each window, and PPL = exp(mean of window NLLs).
+"""
+
+
+def _device_option(f):
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                        help="where transformers/onnxruntime/llama.cpp run")(f)
+
+
+def _common(f):
+    for decorator in reversed([
+        click.option("--runtime", type=click.Choice(list(rt.RUNTIMES)), default="auto", show_default=True,
+                     help="auto: from the path (.gguf → llama.cpp, .onnx or onnx/ → onnxruntime, else transformers)"),
+        _device_option,
+        click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="directory for results and plot"),
+        click.option("--cache-dir", type=click.Path(path_type=Path),
+                     help="results cache (default OUT/cache, or ~/.cache/ropeconv/eval without -o)"),
+        click.option("--json", "as_json", is_flag=True, help="the results document on stdout"),
+        click.option("-q", "--quiet", is_flag=True, help="no progress on stderr"),
+    ]):
+        f = decorator(f)
+    return f
+
+
+@click.group(name="eval")
+def eval_group() -> None:
+    """Evaluate a model in its target runtime: passkey retrieval and perplexity."""
+
+
+def _prepare_out(out: Path | None) -> None:
+    if out is not None and out.exists() and not out.is_dir():
+        raise InputError(f"-o {out}: exists and is not a directory")
+
+
+def _cache_dir(out: Path | None, cache_dir: Path | None) -> Path:
+    return cache_dir if cache_dir is not None else (out / "cache" if out is not None else cache_mod.default_dir())
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{x:.0%}"
+
+
+# ------------------------------------------------------------------------------------------ passkey
+
+
+@eval_group.command(epilog=PASSKEY_EPILOG)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--lengths", required=True, help="prompt lengths in tokens, e.g. 4k,8k,12k,16k")
+@click.option("--trials", type=int, default=10, show_default=True, help="trials per length (per depth with a grid)")
+@click.option("--depths", default="random", show_default=True,
+              help="'random' (uniform per trial) or a grid of fractions, e.g. 0,0.25,0.5,0.75,1")
+@click.option("--seed", type=int, default=0, show_default=True, help="keys and depths come from this seed")
+@_common
+def passkey(model, lengths, trials, depths, seed, runtime, device, out, cache_dir, as_json, quiet) -> int:
+    """Passkey retrieval (YaRN/LongLoRA template): a 1–50000 key hidden in filler at some depth, greedy
+    answer, hit when the first integer of the answer is the key. Prints accuracy per length and depth."""
+    # every check before anything is written
+    length_list = pk.parse_lengths(lengths)
+    depth_grid = pk.parse_depths(depths)
+    if trials < 1:
+        raise InputError("--trials must be at least 1")
+    ref = rt.resolve(model, runtime)
+    _prepare_out(out)
+    if out is not None:
+        plots.require()
+    dev = pick_device(device)
+    progress = Progress(enabled=not quiet)
+    with rt.open_runtime(ref, dev) as runtime_:
+        template = len(runtime_.tokenize(pk.build_prompt(0, 0.5, pk.KEY_MAX).text))
+        if template > length_list[0]:
+            raise InputError(f"--lengths: {length_list[0]} tokens is shorter than the passkey template alone "
+                             f"({template} tokens in this tokenizer)")
+        key = {"kind": "passkey", "model_hash": rt.model_hash(ref), "runtime": ref.runtime, "device": dev.type,
+               "seed": seed, "depths": depth_grid or "random", "template": pk.TEMPLATE,
+               "max_new_tokens": pk.MAX_NEW_TOKENS}
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "passkey", key)
+        specs = pk.trial_specs(length_list, trials, depth_grid)
+        done = cache.done()
+        cached = sum(s.id in done for s in specs)
+        progress.note(f"passkey: {ref.given} in {ref.runtime_name} ({dev.type}), {len(specs)} trials"
+                      + (f", {cached} from the cache {cache.path}" if cached else ""))
+        records = []
+        for n, spec in enumerate(specs, 1):
+            record = cache.get(spec.id)
+            if record is None:
+                record = pk.run_trial(runtime_, spec, seed, depth_grid)
+                cache.add(spec.id, record)
+                progress.note(f"  trial {n}/{len(specs)}: length {spec.length} ({record['tokens']} tokens), "
+                              f"depth {record['depth']:.2f}, key {record['key']} → {record['output']!r} "
+                              f"{'hit' if record['hit'] else 'miss'}")
+            records.append(record)
+    summary = pk.summarize(records, length_list, depth_grid)
+    doc = {"kind": "passkey", **rt.describe(ref), "model_hash": key["model_hash"], "device": dev.type,
+           "settings": {"lengths": length_list, "trials": trials, "depths": depth_grid or "random", "seed": seed,
+                        "max_new_tokens": pk.MAX_NEW_TOKENS, "template": pk.TEMPLATE,
+                        "length_tolerance": {str(L): pk.tolerance(L) for L in length_list},
+                        "scorer": "first \\d+ of the greedy continuation == key (as integers)"},
+           "summary": summary, "trials": records}
+    if out is not None:
+        _write_json(out / "passkey.json", doc)
+        plots.passkey_heatmap(summary, length_list,
+                              f"passkey: {ref.given.name} ({ref.runtime_name})", out / "passkey.png")
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(_passkey_table(doc))
+        if out is not None:
+            click.echo(f"wrote {out / 'passkey.json'} and {out / 'passkey.png'}")
+    return 0
+
+
+def _passkey_table(doc: dict) -> str:
+    s = doc["summary"]
+    depth_labels = list(dict.fromkeys(c["depth"] for c in s["per_length_depth"]))
+    head = f"passkey  {doc['model']}  ({doc['runtime']}, {doc['device']}, seed {doc['settings']['seed']})"
+    cols = ["length", "tokens", "trials", "accuracy"] + [f"d={d}" for d in depth_labels]
+    rows = [cols]
+    for row in s["per_length"]:
+        cells = {c["depth"]: c for c in s["per_length_depth"] if c["length"] == row["length"]}
+        rows.append([str(row["length"]), f"{row['mean_tokens']:.0f}", str(row["trials"]), _pct(row["accuracy"])]
+                    + [_pct(cells[d]["accuracy"]) for d in depth_labels])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join([head, *lines])
+
+
+# ---------------------------------------------------------------------------------------------- ppl
+
+
+@eval_group.command(epilog=PPL_EPILOG)
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--text", "text_path", required=True, type=click.Path(path_type=Path), help="UTF-8 text to score")
+@click.option("--lengths", required=True, help="context lengths in tokens, e.g. 1k,2k,4k")
+@click.option("--stride", type=int, help="sliding-window stride (YaRN uses 256); default: one window per length")
+@_common
+def ppl(models, text_path, lengths, stride, runtime, device, out, cache_dir, as_json, quiet) -> int:
+    """Perplexity of each MODEL on --text at each length (§15); several MODELs share one plot."""
+    length_list = pk.parse_lengths(lengths)
+    if stride is not None and stride < 1:
+        raise InputError("--stride must be positive")
+    if not text_path.is_file():
+        raise InputError(f"--text {text_path}: file not found")
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--text {text_path}: cannot read it as UTF-8 ({exc})") from None
+    if not text.strip():
+        raise InputError(f"--text {text_path}: empty")
+    refs = [rt.resolve(m, runtime) for m in models]
+    _prepare_out(out)
+    if out is not None:
+        plots.require()
+    dev = pick_device(device)
+    progress = Progress(enabled=not quiet)
+    labels = _labels(refs)
+    text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    # tokenizers first (cheap), so a text too short for any model fails before any output exists
+    opened = []
+    try:
+        for ref, label in zip(refs, labels):
+            runtime_ = rt.open_runtime(ref, dev)
+            opened.append(runtime_)
+            ids = runtime_.tokenize_plain(text)
+            ppl_mod.check_text(len(ids), length_list[-1], runtime_.bos_id, label)
+            ppl_mod.check_stride(stride, length_list[0], runtime_.bos_id)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        results = []
+        for ref, label, runtime_ in zip(refs, labels, opened):
+            ids = runtime_.tokenize_plain(text)
+            key = {"kind": "ppl", "model_hash": rt.model_hash(ref), "runtime": ref.runtime, "device": dev.type,
+                   "text_sha256": text_sha, "stride": stride, "protocol": "yarn-v1"}
+            cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "ppl", key)
+            for L in length_list:
+                record = cache.get(str(L))
+                if record is None:
+                    def on_window(i, n, L=L, label=label):
+                        progress.step(f"  ppl {label} length {L}, windows", i, n, unit="windows")
+                    record = ppl_mod.perplexity(ids, L, runtime_.token_logprobs, runtime_.bos_id, stride, on_window)
+                    cache.add(str(L), record)
+                else:
+                    progress.note(f"  ppl {label} length {L}: from the cache")
+                results.append({"model": str(ref.given), "label": label, "runtime": ref.runtime_name,
+                                "model_hash": key["model_hash"], **record})
+            runtime_.close()
+    finally:
+        for runtime_ in opened:
+            runtime_.close()
+    doc = {"kind": "ppl", "text": str(text_path), "text_sha256": text_sha, "device": dev.type,
+           "settings": {"lengths": length_list, "stride": stride, "mode": ppl_mod.mode_name(stride),
+                        "ppl": "exp(mean over windows of the window's mean NLL) (nll_tokens: token-weighted)"},
+           "results": results}
+    if out is not None:
+        _write_json(out / "ppl.json", doc)
+        plots.ppl_curves(results, out / "ppl.png", f"perplexity on {text_path.name} ({ppl_mod.mode_name(stride)})")
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(_ppl_table(doc))
+        if out is not None:
+            click.echo(f"wrote {out / 'ppl.json'} and {out / 'ppl.png'}")
+    return 0
+
+
+def _labels(refs) -> list[str]:
+    names = [r.given.name or str(r.given) for r in refs]
+    if len(set(names)) == len(names):
+        return names
+    return [str(r.given) for r in refs]
+
+
+def _ppl_table(doc: dict) -> str:
+    rows = [["model", "runtime", "length", "tokens", "nll", "ppl"]]
+    for r in doc["results"]:
+        rows.append([r["label"], r["runtime"], str(r["length"]), str(r["tokens"]), f"{r['nll']:.4f}",
+                     f"{r['ppl']:.3f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    return "\n".join([f"perplexity on {doc['text']}: {doc['settings']['mode']}", *lines])

@@ -1,0 +1,1 @@
+"""Evaluation in the target runtime: passkey retrieval (methods.md §14) and perplexity (§15)."""

@@ -1,0 +1,398 @@
+"""Evaluation adapters over the parity runtimes: tokenizer, greedy generation and per-token log-probabilities.
+
+Each adapter runs a model the way its users would run it, reusing ropeconv.parity.runtimes:
+
+* ``hf``   — an output (or base) directory with config.json + weights: transformers through
+  ``parity.runtimes.hf.load`` (which applies ropeconv's ALiBi scaling), tokenizer from the directory;
+* ``onnx`` — a ``.onnx`` file (or an output directory's onnx/model.onnx): onnxruntime through
+  ``parity.runtimes.ort.Decoder`` with its KV cache, tokenizer from the folder holding model.onnx;
+* ``gguf`` — a ``.gguf`` file: llama.cpp through ``parity.runtimes.llamacpp.load``, with llama.cpp's own
+  tokenizer (``Llama.tokenize``/``detokenize``), never the HF one.
+
+Tokenization: ``tokenize`` adds what the model's tokenizer adds by default (BOS where it is configured to);
+``tokenize_plain`` adds nothing; ``bos_id`` is the token ``tokenize`` prepends, or None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ropeconv.errors import InputError
+
+RUNTIMES = ("auto", "hf", "onnx", "gguf")
+NAMES = {"hf": "transformers", "onnx": "onnxruntime", "gguf": "llama.cpp"}
+WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as given on the command line, resolved to a runtime and the file or directory it loads."""
+
+    given: Path
+    runtime: str  # hf | onnx | gguf
+    path: Path  # hf: the directory; onnx: model.onnx; gguf: the .gguf file
+
+    @property
+    def runtime_name(self) -> str:
+        return NAMES[self.runtime]
+
+
+def _has_weights(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and any(
+        p for g in WEIGHT_GLOBS for p in directory.glob(g))
+
+
+def _single_gguf(directory: Path) -> Path | None:
+    found = sorted(directory.glob("*.gguf"))
+    if len(found) > 1:
+        raise InputError(f"{directory}: {len(found)} .gguf files; name the one to evaluate")
+    return found[0] if found else None
+
+
+def resolve(model: Path, runtime: str = "auto") -> ModelRef:
+    """Pick the runtime from the path (or check the one asked for) without loading anything."""
+    model = Path(model)
+    if runtime not in RUNTIMES:
+        raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if not model.exists():
+        raise InputError(f"{model}: model not found")
+    if model.is_file():
+        kind = {".gguf": "gguf", ".onnx": "onnx"}.get(model.suffix)
+        if kind is None:
+            raise InputError(f"{model}: not a model (expected a directory, a .gguf or a .onnx file)")
+        if runtime not in ("auto", kind):
+            raise InputError(f"{model}: a {model.suffix} file cannot run in --runtime {runtime}")
+        ref = ModelRef(model, kind, model)
+    else:
+        onnx = next((p for p in (model / "onnx" / "model.onnx", model / "model.onnx") if p.is_file()), None)
+        candidates = {"hf": model if _has_weights(model) else None, "onnx": onnx}
+        if runtime in ("auto", "gguf"):
+            candidates["gguf"] = _single_gguf(model)
+        order = ("hf", "onnx", "gguf") if runtime == "auto" else (runtime,)
+        chosen = next((k for k in order if candidates.get(k) is not None), None)
+        if chosen is None:
+            wanted = "config.json with weights, onnx/model.onnx or a .gguf" if runtime == "auto" else {
+                "hf": "config.json with safetensors weights", "onnx": "onnx/model.onnx",
+                "gguf": "a .gguf file"}[runtime]
+            raise InputError(f"{model}: no model for --runtime {runtime} here (expected {wanted})")
+        ref = ModelRef(model, chosen, candidates[chosen])
+    require_runtime(ref.runtime)
+    return ref
+
+
+def require_runtime(kind: str) -> None:
+    """InputError (with the install hint) when the runtime's package is missing."""
+    if kind == "onnx":
+        from ropeconv.parity.runtimes import ort
+
+        ort._ort()
+    elif kind == "gguf":
+        from ropeconv.parity.runtimes import llamacpp
+
+        llamacpp._import_llama_cpp()
+    else:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise InputError("the transformers runtime needs transformers: pip install transformers") from None
+
+
+def model_hash(ref: ModelRef) -> str:
+    """sha256 of the output's manifest.json when there is one, else of its config and weight names/sizes
+    (for a bare GGUF: its name, size and first MiB, which holds the metadata). Cheap: no weights are read."""
+    h = hashlib.sha256(ref.runtime.encode())
+    # an output directory's manifest: the directory itself (transformers), beside a .gguf, or above onnx/
+    homes = (ref.path,) if ref.path.is_dir() else (ref.path.parent, ref.path.parent.parent)
+    for directory in homes:
+        manifest = directory / "manifest.json"
+        if manifest.is_file():
+            h.update(manifest.read_bytes())
+            # the manifest covers every format of the output: say which file runs
+            h.update(str(ref.path.resolve().relative_to(directory.resolve())).encode())
+            return h.hexdigest()
+    if ref.runtime == "gguf":
+        h.update(ref.path.name.encode() + str(ref.path.stat().st_size).encode())
+        with open(ref.path, "rb") as f:
+            h.update(f.read(1 << 20))
+        return h.hexdigest()
+    directory = ref.path if ref.path.is_dir() else ref.path.parent
+    config = directory / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    files = [ref.path] if ref.path.is_file() else [p for g in WEIGHT_GLOBS for p in directory.glob(g)]
+    for p in sorted(files):
+        h.update(f"{p.name}:{p.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def log_softmax_rows(logits, ids_next: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """log p(ids_next[i] | row i) in float64, a chunk of rows at a time (vocab × length can be GBs)."""
+    out = np.empty(len(ids_next), dtype=np.float64)
+    target = torch.as_tensor(np.asarray(ids_next, dtype=np.int64))
+    for a in range(0, len(ids_next), chunk):
+        rows = torch.as_tensor(logits[a : a + chunk]).to(torch.float64)
+        lp = torch.log_softmax(rows, dim=-1)
+        out[a : a + chunk] = lp.gather(1, target[a : a + chunk, None])[:, 0].numpy()
+    return out
+
+
+class Runtime:
+    """Base of the adapters. Subclasses load lazily: the tokenizer first, the weights on first use."""
+
+    kind = ""
+
+    def __init__(self, ref: ModelRef, device: torch.device):
+        self.ref, self.device = ref, device
+        self.name = NAMES[ref.runtime]
+
+    # tokenizer
+    bos_id: int | None = None
+    eos_ids: frozenset = frozenset()
+
+    def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def detokenize(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    # model
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy: argmax each step, stopping after max_new_tokens or an end-of-sequence token."""
+        raise NotImplementedError
+
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """log p(ids[i] | ids[:i]) for i = 1 … n−1, positions 0 … n−1, float64 [n−1]."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _HFTokenizer:
+    """transformers' tokenizer from a directory (the model's, or the one beside model.onnx)."""
+
+    def _load_tokenizer(self, directory: Path) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            self.tok = AutoTokenizer.from_pretrained(directory)
+        except Exception as exc:  # transformers raises OSError/ValueError/… for a missing or bad tokenizer
+            raise InputError(f"{directory}: no usable tokenizer ({str(exc).splitlines()[0][:200]})") from None
+        probe_with = self.tok("a")["input_ids"]
+        probe_without = self.tok("a", add_special_tokens=False)["input_ids"]
+        bos = self.tok.bos_token_id
+        self.bos_id = bos if bos is not None and len(probe_with) > len(probe_without) and probe_with[0] == bos \
+            else None
+        eos = self.tok.eos_token_id
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+    def tokenize(self, text: str) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        return ([self.bos_id] if self.bos_id is not None else []) + list(ids)
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+class HFRuntime(_HFTokenizer, Runtime):
+    kind = "hf"
+
+    def __init__(self, ref: ModelRef, device: torch.device):
+        super().__init__(ref, device)
+        self._load_tokenizer(ref.path)
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from ropeconv.parity.runtimes import hf
+
+            self._model = hf.load(self.ref.path, self.device)
+            import inspect
+
+            params = inspect.signature(self._model.forward).parameters
+            self._takes_positions = "position_ids" in params
+            self._keeps = "logits_to_keep" in params
+        return self._model
+
+    def _positions(self, start: int, n: int) -> dict:
+        if not self._takes_positions:  # ALiBi: the bias depends on distances only
+            return {}
+        return {"position_ids": torch.arange(start, start + n, device=self.device)[None]}
+
+    @torch.no_grad()
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        from ropeconv.parity.runtimes.hf import cache_from
+
+        model = self.model
+        x = torch.tensor([ids], device=self.device)
+        out = model(input_ids=x, use_cache=True, **self._positions(0, len(ids)),
+                    **({"logits_to_keep": 1} if self._keeps else {}))
+        new: list[int] = []
+        for step in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            new.append(token)
+            if token in self.eos_ids or step == max_new_tokens - 1:
+                break
+            out = model(input_ids=torch.tensor([[token]], device=self.device), use_cache=True,
+                        **self._positions(len(ids) + step, 1), **cache_from(model, out))
+        return new
+
+    @torch.no_grad()
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        model = self.model
+        out = model(input_ids=torch.tensor([ids], device=self.device), use_cache=False,
+                    **self._positions(0, len(ids)))
+        logits = out.logits[0, :-1].float().cpu()
+        return log_softmax_rows(logits, np.asarray(ids[1:]))
+
+    def close(self) -> None:
+        if self._model is not None:
+            from ropeconv.parity import free
+
+            model, self._model = self._model, None
+            free(model)
+
+
+class OnnxRuntime(_HFTokenizer, Runtime):
+    kind = "onnx"
+
+    def __init__(self, ref: ModelRef, device: torch.device):
+        super().__init__(ref, device)
+        self._load_tokenizer(ref.path.parent)
+        self._decoder = None
+
+    @property
+    def decoder(self):
+        if self._decoder is None:
+            from ropeconv.parity.runtimes import ort
+
+            provider = ort.providers(self.device)[-1]  # cuda on a GPU, else cpu
+            self._decoder = ort.Decoder(ort.session(self.ref.path, provider))
+        return self._decoder
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        decoder = self.decoder
+        decoder.reset()
+        logits = decoder.step(np.asarray([ids]), np.arange(len(ids))[None])
+        new: list[int] = []
+        for step in range(max_new_tokens):
+            token = int(np.argmax(logits[-1]))
+            new.append(token)
+            if token in self.eos_ids or step == max_new_tokens - 1:
+                break
+            logits = decoder.step(np.asarray([[token]]), np.asarray([[len(ids) + step]]))
+        return new
+
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        decoder = self.decoder
+        decoder.reset()
+        logits = decoder.step(np.asarray([ids]), np.arange(len(ids))[None])
+        decoder.reset()  # drop the cache
+        return log_softmax_rows(logits[:-1], np.asarray(ids[1:]))
+
+    def close(self) -> None:
+        self._decoder = None
+
+
+class GGUFRuntime(Runtime):
+    """llama.cpp: its own tokenizer (a vocab-only load, milliseconds) and a context grown to what is asked."""
+
+    kind = "gguf"
+
+    def __init__(self, ref: ModelRef, device: torch.device):
+        super().__init__(ref, device)
+        from ropeconv.parity.runtimes import llamacpp
+
+        self._lc = llamacpp
+        llama_cpp = llamacpp._import_llama_cpp()
+        with llamacpp._captured_log(llama_cpp) as log:
+            try:
+                self.vocab = llama_cpp.Llama(model_path=str(ref.path), vocab_only=True, verbose=False)
+            except Exception as exc:  # llama-cpp-python's generic ValueError
+                raise InputError(f"{ref.path}: llama.cpp could not load it: "
+                                 f"{llamacpp._first_error(log, str(exc))}") from None
+        self.bos_id = self.vocab.token_bos() if self.vocab._model.add_bos_token() else None
+        self.eos_ids = frozenset(t for t in (self.vocab.token_eos(),) if t >= 0)
+        self._handle = None
+
+    def tokenize(self, text: str) -> list[int]:
+        ids = self.vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return ([self.bos_id] if self.bos_id is not None else []) + list(ids)
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        return list(self.vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.vocab.detokenize(ids).decode("utf-8", "replace")
+
+    def _context(self, n_tokens: int):
+        if self._handle is None or self._handle.n_ctx < n_tokens:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            self._handle = self._lc.load(self.ref.path, self.device, n_tokens)
+        return self._handle
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """Llama.eval numbers tokens 0, 1, … and (logits_all off) asks llama.cpp for the last row only."""
+        handle = self._context(len(ids) + max_new_tokens)
+        llama, n_vocab = handle.llama, handle.n_vocab
+        llama_cpp = self._lc._import_llama_cpp()
+        with self._lc._captured_log(llama_cpp):
+            llama.reset()
+            llama.eval(ids)
+            new: list[int] = []
+            for step in range(max_new_tokens):
+                row = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,))
+                token = int(np.argmax(row))
+                new.append(token)
+                if token in self.eos_ids or step == max_new_tokens - 1:
+                    break
+                llama.eval([token])
+            llama.reset()
+        return new
+
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        handle = self._context(len(ids))
+        x = torch.tensor([ids])
+        logits = self._lc.logits(handle, x, torch.arange(len(ids))[None])
+        return log_softmax_rows(logits[:-1], np.asarray(ids[1:]))
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        vocab, self.vocab = getattr(self, "vocab", None), None
+        if vocab is not None:
+            vocab.close()
+
+
+def open_runtime(ref: ModelRef, device: torch.device) -> Runtime:
+    return {"hf": HFRuntime, "onnx": OnnxRuntime, "gguf": GGUFRuntime}[ref.runtime](ref, device)
+
+
+def describe(ref: ModelRef) -> dict:
+    return {"model": str(ref.given), "file": str(ref.path), "runtime": ref.runtime_name}
+
+
+def dumps(data) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
