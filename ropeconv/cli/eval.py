@@ -145,16 +145,8 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, out, cache_di
                         "length_tolerance": {str(L): pk.tolerance(L) for L in length_list},
                         "scorer": "first \\d+ of the greedy continuation == key (as integers)"},
            "summary": summary, "trials": records}
-    if out is not None:
-        _write_json(out / "passkey.json", doc)
-        plots.passkey_heatmap(summary, length_list,
-                              f"passkey: {ref.given.name} ({ref.runtime_name})", out / "passkey.png")
-    if as_json:
-        emit_json(doc)
-    else:
-        click.echo(_passkey_table(doc))
-        if out is not None:
-            click.echo(f"wrote {out / 'passkey.json'} and {out / 'passkey.png'}")
+    _publish(doc, out, "passkey", lambda png: plots.passkey_heatmap(
+        summary, length_list, f"passkey: {ref.given.name} ({ref.runtime_name})", png), _passkey_table, as_json)
     return 0
 
 
@@ -240,16 +232,22 @@ def ppl(models, text_path, lengths, stride, runtime, device, out, cache_dir, as_
            "settings": {"lengths": length_list, "stride": stride, "mode": ppl_mod.mode_name(stride),
                         "ppl": "exp(mean over windows of the window's mean NLL) (nll_tokens: token-weighted)"},
            "results": results}
+    _publish(doc, out, "ppl", lambda png: plots.ppl_curves(
+        results, png, f"perplexity on {text_path.name} ({ppl_mod.mode_name(stride)})"), _ppl_table, as_json)
+    return 0
+
+
+def _publish(doc: dict, out, name: str, plot, table, as_json: bool) -> None:
+    """OUT/<name>.json and OUT/<name>.png when -o is given; the document or its table on stdout."""
     if out is not None:
-        _write_json(out / "ppl.json", doc)
-        plots.ppl_curves(results, out / "ppl.png", f"perplexity on {text_path.name} ({ppl_mod.mode_name(stride)})")
+        _write_json(out / f"{name}.json", doc)
+        plot(out / f"{name}.png")
     if as_json:
         emit_json(doc)
-    else:
-        click.echo(_ppl_table(doc))
-        if out is not None:
-            click.echo(f"wrote {out / 'ppl.json'} and {out / 'ppl.png'}")
-    return 0
+        return
+    click.echo(table(doc))
+    if out is not None:
+        click.echo(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")
 
 
 def _labels(refs) -> list[str]:
