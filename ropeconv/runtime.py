@@ -25,15 +25,16 @@ _BIAS_KWARG = {"BloomBlock": "alibi", "MptBlock": "position_bias"}
 
 def scale_rule(scaling: Mapping[str, Any]) -> Callable[[int], float]:
     """kv_len (keys in view, cache included) → the divisor of every slope."""
+    from ropeconv.positions import LengthRule
+    from ropeconv.positions.alibi import alibi_divisor
+
     try:
         rule, original, factor = scaling["rule"], int(scaling["original_ctx"]), float(scaling["factor"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{KEY} must hold rule, original_ctx and factor, got {scaling!r}") from None
-    if rule == "static":
-        return lambda kv_len: factor
-    if rule == "proportional":
-        return lambda kv_len: max(1.0, kv_len / original)
-    raise ValueError(f"{KEY}: unknown rule {rule!r} (static or proportional)")
+    if rule not in (LengthRule.STATIC.value, LengthRule.PROPORTIONAL.value):
+        raise ValueError(f"{KEY}: unknown rule {rule!r} (static or proportional)")
+    return lambda kv_len: alibi_divisor(LengthRule(rule), factor, original, kv_len)
 
 
 def apply(model) -> int:

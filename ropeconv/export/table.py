@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,7 @@ def output_entry(plan: PositionPlan, entry: TensorEntry) -> TensorEntry:
     if not changes_table(plan, entry):
         return entry
     shape = (plan.offset + plan.target_ctx, *entry.shape[1:])
-    count = 1
-    for n in shape:
-        count *= n
-    return replace(entry, shape=shape, nbytes=count * DTYPE_BYTES[entry.dtype])
+    return replace(entry, shape=shape, nbytes=math.prod(shape) * DTYPE_BYTES[entry.dtype])
 
 
 def resampled(plan: PositionPlan, entry: TensorEntry, source) -> "torch.Tensor":

@@ -15,40 +15,46 @@ if TYPE_CHECKING:
 class MergedSource:
     """Wraps the base's source. Untouched tensors pass straight through (kernel copies stay kernel copies);
     a touched one is merged once and kept until the next touched one is asked for, so a writer reading it
-    in chunks does not merge it twice. Memory: one merged tensor plus its factors."""
+    in chunks does not merge it twice; its bytes are made only for the writers that copy bytes. Memory: one
+    merged tensor (and its bytes) plus its factors."""
 
     def __init__(self, inner, merge: LoraMerge) -> None:
         self._inner = inner
         self._merge = merge
-        self._cached: tuple[str, "torch.Tensor", bytes] | None = None
+        self._cached: tuple[str, "torch.Tensor"] | None = None
+        self._cached_bytes: bytes | None = None
 
     def raw(self, entry: TensorEntry) -> bool:
         """Whether the entry's bytes in its file are the tensor (a raw byte range may be copied)."""
         return not self._merge.touches(entry.name) and getattr(self._inner, "raw", lambda e: True)(entry)
 
-    def _merged(self, entry: TensorEntry) -> tuple["torch.Tensor", bytes]:
+    def _merged(self, entry: TensorEntry) -> "torch.Tensor":
         if self._cached is None or self._cached[0] != entry.name:
-            self._cached = None  # drop the previous one before making the next
-            tensor = self._merge.apply(entry.name, self._inner.load(entry))
-            self._cached = (entry.name, tensor, tensor_bytes(tensor))
-        return self._cached[1], self._cached[2]
+            self._cached, self._cached_bytes = None, None  # drop the previous one before making the next
+            self._cached = (entry.name, self._merge.apply(entry.name, self._inner.load(entry)))
+        return self._cached[1]
+
+    def _merged_bytes(self, entry: TensorEntry) -> bytes:
+        tensor = self._merged(entry)
+        if self._cached_bytes is None:
+            self._cached_bytes = tensor_bytes(tensor)
+        return self._cached_bytes
 
     def load(self, entry: TensorEntry) -> "torch.Tensor":
         if not self._merge.touches(entry.name):
             return self._inner.load(entry)
-        return self._merged(entry)[0]
+        return self._merged(entry)
 
     def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
         if not self._merge.touches(entry.name):
             return self._inner.copy_into(entry, dst_fd)
-        write_all(dst_fd, self._merged(entry)[1])
+        write_all(dst_fd, self._merged_bytes(entry))
 
     def read_into(self, entry: TensorEntry, start: int, buf: memoryview) -> None:
         if not self._merge.touches(entry.name):
             return self._inner.read_into(entry, start, buf)
-        data = self._merged(entry)[1]
-        buf[:] = data[start : start + buf.nbytes]
+        buf[:] = self._merged_bytes(entry)[start : start + buf.nbytes]
 
     def close(self) -> None:
-        self._cached = None
+        self._cached, self._cached_bytes = None, None
         self._inner.close()

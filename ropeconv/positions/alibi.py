@@ -27,12 +27,12 @@ def base_slopes(n_heads: int, max_bias: float = MAX_BIAS) -> np.ndarray:
     return np.array([m0 ** (h + 1) if h < n2 else m1 ** (2 * (h - n2) + 1) for h in range(n_heads)])
 
 
-def alibi_scale_at(plan: AlibiPlan, kv_len: int) -> float:
+def alibi_divisor(rule: LengthRule, factor: float, original_ctx: int, kv_len: int) -> float:
     """The divisor of every slope when kv_len keys are in view (cache included)."""
-    if plan.length_rule is LengthRule.PROPORTIONAL:
-        return max(1.0, kv_len / plan.original_ctx)
-    return plan.factor
+    if rule is LengthRule.PROPORTIONAL:
+        return max(1.0, kv_len / original_ctx)
+    return factor
 
 
-def slopes_at(plan: AlibiPlan, kv_len: int) -> np.ndarray:
-    return np.asarray(plan.slopes, dtype=np.float64) / alibi_scale_at(plan, kv_len)
+def alibi_scale_at(plan: AlibiPlan, kv_len: int) -> float:
+    return alibi_divisor(plan.length_rule, plan.factor, plan.original_ctx, kv_len)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ropeconv.errors import InputError
-from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES  # noqa: F401  (the schema's default)
 from ropeconv.manifest import read_manifest
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
