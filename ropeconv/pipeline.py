@@ -59,6 +59,8 @@ class ExtendJob:
     device: str | None = None
     tokens: int | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
+    full_length: bool | None = None  # a probe from position 0 to the target (None: so on a GPU, up to 32k)
+    max_memory: str | None = None  # --max-memory caps for the transformers reference and candidate
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,8 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
                 artifacts["onnx"] = (tmp / ONNX_DIR / MODEL_FILE, onnx_twin(ckpt.path, plan, ckpt.lora))
             found = check_parities(list(artifacts.values()), ckpt.path, plan, vocab_size(ckpt.config),
                                    device=job.device, tokens=job.tokens, tolerance=job.tolerance,
-                                   progress=progress.note, lora=ckpt.lora)
+                                   progress=progress.note, lora=ckpt.lora, full_length=job.full_length,
+                                   placement=job_placement(job))
             reports = dict(zip(artifacts, found))
             for report in reports.values():
                 gate(report, job.out, progress)
@@ -185,10 +188,25 @@ def preflight(job: ExtendJob) -> None:
     """The checks every output path makes after planning and before writing a byte."""
     check_target(job.out, job.force)
     if job.verify:
-        pick_device(job.device)  # refuse --device cuda without CUDA before any work
+        from ropeconv.parity.placement import check_fits
+
+        # --device cuda without CUDA, a bad cap, or a model that cannot run under the caps: refused now
+        placed = check_fits(job.base, pick_device(job.device), job_placement(job))
+        if job.lora and placed.offloaded:
+            raise InputError(f"--lora with a reference that does not fit in memory ({placed.describe()}): merging "
+                             "into offloaded weights is not supported; give --max-memory room for the whole model")
+        if job.tokens is not None and job.full_length:
+            raise InputError("--tokens and --full-length: a full-length probe runs to the target context; give one")
     base, out = job.base.resolve(), job.out.resolve()
     if out == base or base in out.parents or out in base.parents:
         raise InputError(f"-o {job.out} overlaps the base {job.base}; write the output elsewhere")
+
+
+def job_placement(job: ExtendJob):
+    """--max-memory caps; disk offload and large logits in a scratch folder beside the output."""
+    from ropeconv.parity.placement import parse_max_memory
+
+    return parse_max_memory(job.max_memory).beside(job.out)
 
 
 def gate(report: ParityReport, out: Path, progress: Progress) -> None:

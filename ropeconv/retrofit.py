@@ -131,7 +131,7 @@ def refuse_unroped(job, src: GgufFile, arch: GgufArchSpec) -> None:
 
 
 def run_gguf(job, progress: Progress | None = None):
-    from ropeconv.pipeline import ExtendResult, gate, preflight
+    from ropeconv.pipeline import ExtendResult, gate, job_placement, preflight
 
     progress = progress or Progress(enabled=False)
     if job.formats not in (("gguf",), ()):
@@ -152,7 +152,8 @@ def run_gguf(job, progress: Progress | None = None):
         if job.verify:
             report = verify_gguf_file(tmp, Path(job.base), prepared.plan, device=job.device, tokens=job.tokens,
                                       tolerance=job.tolerance, progress=progress,
-                                      lora=prepared.lora.merge if prepared.lora else None)
+                                      lora=prepared.lora.merge if prepared.lora else None,
+                                      full_length=job.full_length, placement=job_placement(job))
             gate(report, Path(job.out), progress)
     return ExtendResult(Path(job.out), prepared.plan, (Path(job.out).name,), report)
 
@@ -169,11 +170,12 @@ def gguf_vocab_size(src: GgufFile) -> int:
 
 
 def verify_gguf_file(artifact: Path, base: Path, plan: RopePlan, *, device, tokens, tolerance, progress,
-                     notes: tuple[str, ...] = (), lora=None):
+                     notes: tuple[str, ...] = (), lora=None, **probe):
+    """probe: check_parities' full_length and placement."""
     from ropeconv.parity import check_parity
 
     return check_parity(artifact, base, plan, gguf_vocab_size(read_gguf(artifact)), device=device, tokens=tokens,
-                        tolerance=tolerance, notes=notes, progress=progress.note, lora=lora)
+                        tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
 
 
 def recorded(artifact: Path) -> tuple[RopePlan, Path]:

@@ -19,18 +19,26 @@ def verify_output(
     tokens: int | None = None,
     tolerance: Tolerance = Tolerance(),
     progress: Progress | None = None,
+    full_length: bool | None = None,
+    max_memory: str | None = None,
 ) -> list[ParityReport]:
-    """One report per artifact: a .gguf file, or each format an output directory's manifest lists."""
+    """One report per artifact: a .gguf file, or each format an output directory's manifest lists.
+
+    full_length: a probe from position 0 to the target (None: the default, full length on a GPU up to 32k);
+    max_memory: --max-memory caps for the transformers models (disk offload beside OUT)."""
+    from ropeconv.parity.placement import parse_max_memory
+
     progress = progress or Progress(enabled=False)
     out = Path(out)
+    probe = {"full_length": full_length, "placement": parse_max_memory(max_memory).beside(out)}
     if not out.exists():
         raise InputError(f"{out}: not found")
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     if out.suffix == ".gguf" and out.is_file():
-        return [_verify_gguf(out, base, device, tokens, tolerance, progress)]
+        return [_verify_gguf(out, base, device, tokens, tolerance, progress, probe)]
     if out.suffix == ".onnx" and out.is_file():
-        return [_verify_onnx(out, base, device, tokens, tolerance, progress)]
+        return [_verify_onnx(out, base, device, tokens, tolerance, progress, probe)]
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
     manifest = read_manifest(out)
@@ -78,7 +86,7 @@ def verify_output(
     if onnx_file is not None:
         artifacts.append((onnx_file, onnx_twin(Path(base), plan, lora)))
     return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
-                          tolerance=tolerance, notes=notes, progress=progress.note, lora=lora)
+                          tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
 
 
 def _adapters(records: list) -> list | None:
@@ -107,7 +115,7 @@ def _merge(adapters: list, base: Path):
     return plan_merge(adapters, load_checkpoint(base).tensors)
 
 
-def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:
+def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict) -> ParityReport:
     from ropeconv.retrofit import recorded, verify_gguf_file
 
     plan, recorded_base = recorded(out)
@@ -137,10 +145,10 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
 
             lora = plan_gguf_lora(read_gguf(Path(base)), adapters).merge
     return verify_gguf_file(out, Path(base), plan, device=device, tokens=tokens, tolerance=tolerance,
-                            progress=progress, lora=lora)
+                            progress=progress, lora=lora, **probe)
 
 
-def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress) -> ParityReport:
+def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict) -> ParityReport:
     """A model.onnx carries its plan and base in metadata_props; the base may also be the output directory
     above it, whose safetensors are byte copies of the base's."""
     from ropeconv.checkpoint.hf import read_config
@@ -173,4 +181,4 @@ def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, prog
     lora = _merge(adapters, Path(base)) if adapters else None
     return check_parities([(model, onnx_twin(Path(base), plan, lora))], Path(base), plan,
                           vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
-                          notes=notes, progress=progress.note, lora=lora)[0]
+                          notes=notes, progress=progress.note, lora=lora, **probe)[0]

@@ -53,6 +53,8 @@ def _common(f):
         click.option("--runtime", type=click.Choice(list(rt.RUNTIMES)), default="auto", show_default=True,
                      help="auto: from the path (.gguf → llama.cpp, .onnx or onnx/ → onnxruntime, else transformers)"),
         _device_option,
+        click.option("--max-memory", help="caps for the transformers runtime, e.g. cuda:0=20GiB,cpu=12GiB (layers over "
+                     "every GPU, then the CPU, then disk; default: what the machine has)"),
         click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="directory for results and plot"),
         click.option("--cache-dir", type=click.Path(path_type=Path),
                      help="results cache (default OUT/cache, or ~/.cache/ropeconv/eval without -o)"),
@@ -83,6 +85,19 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _placement(max_memory: str | None, dev, out: Path | None):
+    """--max-memory checked against the device before any work; disk offload beside -o when given."""
+    from ropeconv.parity.placement import budget, parse_max_memory
+
+    from dataclasses import replace
+
+    placement = parse_max_memory(max_memory)
+    if out is not None:
+        placement = replace(placement, scratch_parent=Path(out).resolve())
+    budget(placement, dev)
+    return placement
+
+
 def _pct(x) -> str:
     return "—" if x is None else f"{x:.0%}"
 
@@ -98,7 +113,7 @@ def _pct(x) -> str:
               help="'random' (uniform per trial) or a grid of fractions, e.g. 0,0.25,0.5,0.75,1")
 @click.option("--seed", type=int, default=0, show_default=True, help="keys and depths come from this seed")
 @_common
-def passkey(model, lengths, trials, depths, seed, runtime, device, out, cache_dir, as_json, quiet) -> int:
+def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, out, cache_dir, as_json, quiet) -> int:
     """Passkey retrieval (YaRN/LongLoRA template): a 1–50000 key hidden in filler at some depth, greedy
     answer, hit when the first integer of the answer is the key. Prints accuracy per length and depth."""
     # every check before anything is written
@@ -112,7 +127,8 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, out, cache_di
         plots.require()
     dev = pick_device(device)
     progress = Progress(enabled=not quiet)
-    with rt.open_runtime(ref, dev) as runtime_:
+    placement = _placement(max_memory, dev, out)
+    with rt.open_runtime(ref, dev, placement) as runtime_:
         template = len(runtime_.tokenize(pk.build_prompt(0, 0.5, pk.KEY_MAX).text))
         if template > length_list[0]:
             raise InputError(f"--lengths: {length_list[0]} tokens is shorter than the passkey template alone "
@@ -174,7 +190,7 @@ def _passkey_table(doc: dict) -> str:
 @click.option("--lengths", required=True, help="context lengths in tokens, e.g. 1k,2k,4k")
 @click.option("--stride", type=int, help="sliding-window stride (YaRN uses 256); default: one window per length")
 @_common
-def ppl(models, text_path, lengths, stride, runtime, device, out, cache_dir, as_json, quiet) -> int:
+def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, cache_dir, as_json, quiet) -> int:
     """Perplexity of each MODEL on --text at each length (§15); several MODELs share one plot."""
     length_list = pk.parse_lengths(lengths)
     if stride is not None and stride < 1:
@@ -192,6 +208,7 @@ def ppl(models, text_path, lengths, stride, runtime, device, out, cache_dir, as_
     if out is not None:
         plots.require()
     dev = pick_device(device)
+    placement = _placement(max_memory, dev, out)
     progress = Progress(enabled=not quiet)
     labels = _labels(refs)
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -200,7 +217,7 @@ def ppl(models, text_path, lengths, stride, runtime, device, out, cache_dir, as_
     opened = []
     try:
         for ref, label in zip(refs, labels):
-            runtime_ = rt.open_runtime(ref, dev)
+            runtime_ = rt.open_runtime(ref, dev, placement)
             opened.append(runtime_)
             ids = runtime_.tokenize_plain(text)
             ppl_mod.check_text(len(ids), length_list[-1], runtime_.bos_id, label)

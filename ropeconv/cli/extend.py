@@ -8,12 +8,14 @@ from pathlib import Path
 import click
 
 from ropeconv import methods
-from ropeconv.cli.options import emit_json, method_option_decorators, method_options_for, parse_bytes
+from ropeconv.cli.options import emit_json, full_length_option, max_memory_option, method_option_decorators, \
+    method_options_for, parse_bytes
 from ropeconv.errors import InputError
 from ropeconv.gguf_export.convert import OUTTYPES
 from ropeconv.onnx_export.export import DTYPES
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
+from ropeconv.parity.placement import parse_max_memory
 from ropeconv.pipeline import ExtendJob, parse_formats, prepare, run
 from ropeconv.progress import Progress
 
@@ -48,6 +50,10 @@ Examples:
   # merge a LoRA from a long-context fine-tune (trained under YaRN ×16) and export all three formats
   ropeconv extend ./Llama-2-7b-hf --lora ./pose-adapter --method yarn --factor 16 --to safetensors,gguf,onnx -o out/
   ropeconv extend ./base --lora a1/ --lora a2/ --lora-trained-with linear:4 --method linear --factor 4 -o out/
+\b
+  # a 70B proven under caps: layers over the GPUs, then 64 GiB of RAM, the rest read from disk; the probe
+  # runs from position 0 to the full 32k target
+  ropeconv extend ./Llama-3.1-70B --method yarn --factor 4 --max-memory cuda=70GiB,cpu=64GiB --full-length -o out/
 \b
   # retrofit an existing (quantized) GGUF for llama.cpp: metadata rewritten, tensors copied byte for byte
   ropeconv extend model-Q4_K_M.gguf --method yarn --factor 4 -o model-32k.gguf
@@ -89,7 +95,9 @@ def _method_options(fn):
 @click.option("--max-shard-size", default="5GB", show_default=True, help="shard the safetensors above this size")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="prove parity before publishing")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--tokens", type=int, help="parity probe length (default 1.5× the original context, ≤ 2048)")
+@click.option("--tokens", type=int, help="parity probe length (default on a CPU 1.5× the original context, ≤ 2048)")
+@full_length_option
+@max_memory_option
 @click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True,
               help="parity tolerance on max |Δlogit|")
 @click.option("--save-recipe", type=click.Path(path_type=Path),
@@ -98,11 +106,14 @@ def _method_options(fn):
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, onnx_dtype, lora, lora_trained_with,
-           force_method, out, force, rebase, allow_pickle, max_shard_size, verify, device, tokens, max_abs_logit,
-           save_recipe, dry_run, as_json, quiet, **method_opts):
+           force_method, out, force, rebase, allow_pickle, max_shard_size, verify, device, tokens, full_length,
+           max_memory, max_abs_logit, save_recipe, dry_run, as_json, quiet, **method_opts):
     """Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."""
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
+    if tokens is not None and full_length:
+        raise InputError("--tokens and --full-length: a full-length probe runs to the target context; give one")
+    parse_max_memory(max_memory)
     if not (math.isfinite(max_abs_logit) and max_abs_logit > 0):
         raise InputError(f"--max-abs-logit must be a positive number, got {max_abs_logit}")
     chosen = parse_formats(formats, base)
@@ -138,6 +149,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         device=device,
         tokens=tokens,
         tolerance=Tolerance(max_abs_logit=max_abs_logit),
+        full_length=full_length,
+        max_memory=max_memory,
     )
     if save_recipe is not None:
         from ropeconv.recipe.save import save_recipe as write_recipe

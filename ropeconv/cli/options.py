@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +11,21 @@ import click
 from ropeconv import methods
 from ropeconv.errors import InputError
 from ropeconv.methods.base import Option
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,
-          "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}  # fmt: skip
+from ropeconv.sizes import parse_bytes  # noqa: F401  (re-exported: the CLI's size flags)
 
 
-def parse_bytes(flag: str, text: str) -> int:
-    match = _SIZE.match(text)
-    unit = match.group(2).upper() if match else None
-    if not match or unit not in _UNITS:
-        raise InputError(f"{flag} {text!r}: expected a size like 5GB, 500MB or 2GiB")
-    value = int(float(match.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise InputError(f"{flag} must be positive")
-    return value
+MAX_MEMORY_HELP = ("caps for the transformers models, e.g. cuda:0=20GiB,cpu=12GiB (cuda:N, cuda, cpu, disk); layers "
+                   "go over every GPU, then the CPU, then disk beside the output (default: what the machine has)")
+FULL_LENGTH_HELP = ("probe from position 0 to the target context, prefilled in chunks through the KV cache "
+                    "(default on a GPU, up to 32768 tokens)")
+
+
+def max_memory_option(f):
+    return click.option("--max-memory", help=MAX_MEMORY_HELP)(f)
+
+
+def full_length_option(f):
+    return click.option("--full-length", is_flag=True, default=None, help=FULL_LENGTH_HELP)(f)
 
 
 def emit_json(data: Any) -> None:

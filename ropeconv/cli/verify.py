@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ropeconv.cli.options import emit_json
+from ropeconv.cli.options import emit_json, full_length_option, max_memory_option
 from ropeconv.errors import ParityError
 from ropeconv.parity import Tolerance
 from ropeconv.progress import Progress
@@ -20,6 +20,9 @@ Examples:
   ropeconv verify model-32k.gguf               # llama.cpp vs transformers on the base GGUF
   ropeconv verify out/                         # every format in out/ (safetensors, GGUF, ONNX)
   ropeconv verify out/onnx/model.onnx          # onnxruntime (CPU, and CUDA on a GPU) vs transformers
+  ropeconv verify out/ --full-length           # positions 0 … target, prefilled in chunks through the KV cache
+  ropeconv verify out/ --max-memory cpu=12GiB  # a model larger than RAM: the rest is read from disk
+  ropeconv verify out/ --max-memory cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB
 """
 
 
@@ -27,12 +30,14 @@ Examples:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--base", type=click.Path(path_type=Path), help="base checkpoint (default: the manifest's)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--tokens", type=int, help="probe length (default 1.5× the original context, ≤ 2048)")
+@click.option("--tokens", type=int, help="probe length (default on a CPU 1.5× the original context, ≤ 2048)")
+@full_length_option
+@max_memory_option
 @click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True)
 @click.option("--min-top1", type=float, default=Tolerance.min_top1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -> int:
+def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, min_top1, as_json, quiet) -> int:
     """Compare OUT (an output directory, a .gguf or a model.onnx) in its runtime with the base weights under
     the intended rope parameters."""
     reports = verify_output(
@@ -42,6 +47,8 @@ def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -
         tokens=tokens,
         tolerance=Tolerance(max_abs_logit=max_abs_logit, min_top1=min_top1),
         progress=Progress(enabled=not quiet),
+        full_length=full_length,
+        max_memory=max_memory,
     )
     if as_json:
         # one artifact: its report; several (e.g. safetensors and gguf): a list, in the manifest's order

@@ -213,53 +213,65 @@ class _HFTokenizer:
 
 
 class HFRuntime(_HFTokenizer, Runtime):
+    """transformers, the model placed by ropeconv.parity.placement (GPUs, CPU, disk under --max-memory); a long
+    prompt is prefilled through the KV cache in chunks of PREFILL_CHUNK tokens."""
+
     kind = "hf"
 
-    def __init__(self, ref: ModelRef, device: torch.device):
+    def __init__(self, ref: ModelRef, device: torch.device, placement=None):
         super().__init__(ref, device)
+        self.placement = placement
         self._load_tokenizer(ref.path)
         self._model = None
 
     @property
     def model(self):
         if self._model is None:
+            from ropeconv.parity.placement import input_device
             from ropeconv.parity.runtimes import hf
 
-            self._model = hf.load(self.ref.path, self.device)
+            self._model = hf.load(self.ref.path, self.device, self.placement)
             import inspect
 
             params = inspect.signature(self._model.forward).parameters
             self._takes_positions = "position_ids" in params
             self._keeps = "logits_to_keep" in params
+            self._inputs_on = input_device(self._model)
         return self._model
 
     def _positions(self, start: int, n: int) -> dict:
         if not self._takes_positions:  # ALiBi: the bias depends on distances only
             return {}
-        return {"position_ids": torch.arange(start, start + n, device=self.device)[None]}
+        return {"position_ids": torch.arange(start, start + n, device=self._inputs_on)[None]}
 
     @torch.no_grad()
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        from ropeconv.parity.probe import LONG_PREFILL, PREFILL_CHUNK
         from ropeconv.parity.runtimes.hf import cache_from
 
         model = self.model
-        x = torch.tensor([ids], device=self.device)
-        out = model(input_ids=x, use_cache=True, **self._positions(0, len(ids)),
-                    **({"logits_to_keep": 1} if self._keeps else {}))
+        x = torch.tensor([ids], device=self._inputs_on)
+        step = PREFILL_CHUNK if len(ids) > LONG_PREFILL else len(ids)
+        out = None
+        for a in range(0, len(ids), step):
+            b = min(a + step, len(ids))
+            out = model(input_ids=x[:, a:b], use_cache=True, **self._positions(a, b - a),
+                        **({"logits_to_keep": 1} if self._keeps else {}),
+                        **(cache_from(model, out) if out is not None else {}))
         new: list[int] = []
         for step in range(max_new_tokens):
             token = int(out.logits[0, -1].argmax())
             new.append(token)
             if token in self.eos_ids or step == max_new_tokens - 1:
                 break
-            out = model(input_ids=torch.tensor([[token]], device=self.device), use_cache=True,
+            out = model(input_ids=torch.tensor([[token]], device=self._inputs_on), use_cache=True,
                         **self._positions(len(ids) + step, 1), **cache_from(model, out))
         return new
 
     @torch.no_grad()
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
         model = self.model
-        out = model(input_ids=torch.tensor([ids], device=self.device), use_cache=False,
+        out = model(input_ids=torch.tensor([ids], device=self._inputs_on), use_cache=False,
                     **self._positions(0, len(ids)))
         logits = out.logits[0, :-1].float().cpu()
         return log_softmax_rows(logits, np.asarray(ids[1:]))
@@ -386,8 +398,11 @@ class GGUFRuntime(Runtime):
             vocab.close()
 
 
-def open_runtime(ref: ModelRef, device: torch.device) -> Runtime:
-    return {"hf": HFRuntime, "onnx": OnnxRuntime, "gguf": GGUFRuntime}[ref.runtime](ref, device)
+def open_runtime(ref: ModelRef, device: torch.device, placement=None) -> Runtime:
+    """placement (ropeconv.parity.placement.Placement): --max-memory caps, for the transformers runtime."""
+    if ref.runtime == "hf":
+        return HFRuntime(ref, device, placement)
+    return {"onnx": OnnxRuntime, "gguf": GGUFRuntime}[ref.runtime](ref, device)
 
 
 def describe(ref: ModelRef) -> dict:

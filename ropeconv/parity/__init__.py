@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
 from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.errors import InputError
 from ropeconv.positions import PositionPlan
+
+if TYPE_CHECKING:
+    from ropeconv.parity.placement import Placement
 
 # torch and transformers load only when parity runs: `extend --no-verify`, `inspect` and `methods`
 # never touch a tensor and skip their ~1.5 s import.
@@ -41,53 +44,108 @@ def check_parities(
     *,
     device: str | None = None,
     tokens: int | None = None,
+    full_length: bool | None = None,
+    placement: "Placement | None" = None,
     tolerance: Tolerance = Tolerance(),
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
     lora=None,
 ) -> list[ParityReport]:
     """A report per artifact (e.g. the safetensors directory and the GGUF of one output), against one
-    reference computed once: the same probe, plan and base serve them all."""
-    from ropeconv.parity.reference import load_reference
-    from ropeconv.parity.runtimes import hf as hf_runtime
+    reference computed once: the same probe, plan and base serve them all.
+
+    full_length: a probe from position 0 to the target (None: so on a GPU, up to FULL_LENGTH_GPU_TOKENS, unless
+    tokens is given). placement: --max-memory caps and where scratch folders go (disk offload, large logits)."""
+    import shutil
+
+    from ropeconv.parity.placement import scratch_dir
 
     _quiet_transformers()
     dev = pick_device(device)
-    n_tokens = tokens or default_tokens(plan)
+    n_tokens = probe_tokens(plan, dev, tokens, full_length)
+    passes = plan_passes(plan, n_tokens)
+    ids = probe_ids(vocab_size, n_tokens)
+    scratch = scratch_dir(placement)
+    try:
+        reference, placed = _reference(base, plan, dev, lora, placement, scratch, ids, passes, progress)
+        probe = passes[-1]
+        probe_note: tuple[str, ...] = ()
+        if probe.first_position:
+            probe_note = (
+                f"probe of {n_tokens} tokens placed at positions {probe.first_position}–{probe.last_position} "
+                f"to cross the original context; relative distances reach {n_tokens - 1}",
+            )
+        elif n_tokens >= plan.target_ctx:
+            probe_note = (f"full-length probe: positions 0–{probe.last_position}, relative distances reach the target "
+                          f"context {plan.target_ctx}",)
+        elif n_tokens > plan.original_ctx:
+            probe_note = (f"probe from position 0 to {probe.last_position}; the target context is {plan.target_ctx}",)
+        if probe.chunk_tokens:
+            probe_note += (f"prefill in chunks of {probe.chunk_tokens} tokens through the KV cache, on every side",)
+        return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes + placed, probe_note,
+                       progress, placement, scratch) for artifact, twin in artifacts]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def probe_tokens(plan: PositionPlan, dev, tokens: int | None, full_length: bool | None) -> int:
+    """The probe's length: --tokens, else full length (asked, or by default on a GPU), else default_tokens."""
+    from ropeconv.parity.probe import full_length_tokens
+
+    if tokens is not None and full_length:
+        raise InputError("--tokens and --full-length: a full-length probe runs to the target context; give one")
+    if tokens is not None:
+        n_tokens = tokens
+    elif full_length or (full_length is None and dev.type == "cuda"):
+        n_tokens = full_length_tokens(plan, on_gpu_by_default=not full_length)
+    else:
+        n_tokens = default_tokens(plan)
     if plan.kind == "absolute" and n_tokens > plan.target_ctx:
         raise InputError(f"--tokens {n_tokens}: the position table has {plan.target_ctx} rows")
     if plan.kind == "alibi" and n_tokens > plan.target_ctx:
         # transformers' MPT builds its bias max_seq_len (= the target) keys long and fails beyond it
         raise InputError(f"--tokens {n_tokens}: beyond the target context {plan.target_ctx} this ALiBi model is "
                          "not defined (MPT's bias ends there)")
-    passes = plan_passes(plan, n_tokens)
-    ids = probe_ids(vocab_size, n_tokens)
+    return n_tokens
+
+
+def _reference(base, plan, dev, lora, placement, scratch, ids, passes, progress):
+    """The reference logits per pass, and a note when the reference was placed over several devices."""
+    from ropeconv.parity.reference import load_reference
+    from ropeconv.parity.runtimes import hf as hf_runtime
 
     progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
-    model = load_reference(base, plan, dev, lora)
-    reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
-    free(model)
+    model = load_reference(base, plan, dev, lora, placement, scratch, progress)
+    try:
+        placed = _placement_note(model)
+        reference = [hf_runtime.pass_logits(model, ids, p, scratch) for p in passes]
+    finally:
+        free(model)
+    return reference, placed
 
-    probe = passes[-1]
-    probe_note: tuple[str, ...] = ()
-    if probe.first_position:
-        probe_note = (
-            f"probe of {n_tokens} tokens placed at positions {probe.first_position}–{probe.last_position} "
-            f"to cross the original context; relative distances reach {n_tokens - 1}",
-        )
-    return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes, probe_note, progress)
-            for artifact, twin in artifacts]
+
+def _placement_note(model) -> tuple[str, ...]:
+    plan = getattr(model, "ropeconv_placement", None)
+    if plan is None or len(set(plan.device_map.values())) <= 1 and not plan.offloaded:
+        return ()
+    return (f"transformers models (the reference, and a safetensors candidate alike) were placed by accelerate: "
+            f"{plan.describe()}, float32 throughout",)
 
 
 def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev, ids, passes, tolerance: Tolerance,
-           notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None]) -> ParityReport:
+           notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None],
+           placement=None, scratch: Path | None = None) -> ParityReport:
     """Run one artifact in its runtime over the probe and compare it with the reference logits."""
     from ropeconv.parity.runtimes import runtime_for
 
     runtime = runtime_for(artifact)
     runs = _candidate_runs(artifact, twin)
-    # onnxruntime: the CPU provider always, CUDA as well on a GPU machine
-    providers = runtime.providers(dev) if hasattr(runtime, "providers") else [None]
+    # onnxruntime: the CPU provider always, CUDA as well on a GPU machine (when the weights fit it)
+    providers = runtime.providers(dev, Path(artifact)) if hasattr(runtime, "providers") else [None]
+    if hasattr(runtime, "providers") and dev.type == "cuda" and "cuda" not in providers:
+        notes = notes + (runtime.fits_gpu(Path(artifact), dev)[1],)
+    if hasattr(runtime, "device_note") and runtime.device_note(dev):
+        notes = notes + (runtime.device_note(dev),)
     results = []
     for label, path, quantized in runs:
         try:
@@ -96,7 +154,8 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
                 progress(f"candidate: {label} in {runtime.NAME}{on}")
                 extra = {"provider": provider} if provider else {}
                 prefix = f"{provider}-" if provider not in (None, "cpu") else ""
-                results.append((runtime.run_passes(path, dev, ids, passes, **extra), quantized, prefix))
+                results.append((runtime.run_passes(path, dev, ids, passes, placement=placement, scratch=scratch,
+                                                   **extra), quantized, prefix))
         finally:
             if path != Path(artifact):
                 _remove_twin(path)
@@ -112,9 +171,15 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
     if probe.decode_steps and runtime.NAME != "llama.cpp":
         notes = notes + (f"the last {probe.decode_steps} probe tokens were decoded one at a time through the KV "
                          "cache, on both sides",)
+    if providers != [None]:
+        where = "+".join(p for p in providers if p)
+    elif hasattr(runtime, "device_used"):
+        where = runtime.device_used(dev)
+    else:
+        where = dev.type
     return ParityReport(
         runtime=runtime.NAME,
-        device="+".join(p for p in providers if p) if providers != [None] else dev.type,
+        device=where,
         tokens=ids.shape[1],
         original_ctx=plan.original_ctx,
         first_position=probe.first_position,

@@ -5,6 +5,11 @@ length-switched rules (dynamic NTK, LongRoPE) get a second, short pass so both s
 The probe pass ends with DECODE_STEPS tokens fed one at a time through the KV cache, on both sides,
 after a prefill that already crosses the original context (so LongRoPE's cached keys are long ones
 in every runtime). llama.cpp, which reads the probe through its cache in chunks anyway, ignores the split.
+
+A full-length probe (--full-length, and the default on a GPU up to FULL_LENGTH_GPU_TOKENS) starts at
+position 0 and runs to the target context, so relative distances reach the target. A prefill longer than
+LONG_PREFILL goes through the KV cache in chunks of PREFILL_CHUNK tokens on every side, so that
+activations stay bounded (the attention of one chunk against the keys before it).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ if TYPE_CHECKING:
 
 PROBE_SEED = 20231
 DECODE_STEPS = 8
+FULL_LENGTH_GPU_TOKENS = 32768  # the default probe on a GPU: positions 0 … min(target, this) − 1
+LONG_PREFILL = 2048  # a prefill longer than this goes through the KV cache in chunks …
+PREFILL_CHUNK = 1024  # … of this many tokens (llama.cpp's own micro-batches are smaller still)
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,10 @@ class Pass:
     first_position: int
     n_tokens: int
     decode_steps: int = 0  # the last tokens, fed one per call through the runtime's KV cache
+    chunk_tokens: int = 0  # the prefill through the KV cache this many tokens per call (0: in one call)
+    # a longer first call: a length-switched rule (LongRoPE) decides per call, so the first call must already
+    # cross the original context for every cached key to be a long one (as llama.cpp, deciding per context, has it)
+    lead_tokens: int = 0
 
     @property
     def last_position(self) -> int:
@@ -37,6 +49,14 @@ class Pass:
 
         return torch.arange(self.first_position, self.first_position + self.n_tokens).unsqueeze(0)
 
+    def prefill_chunks(self) -> list[tuple[int, int]]:
+        """[start, end) token offsets of the prefill calls, then one per decode step."""
+        prefill = self.n_tokens - self.decode_steps
+        step = self.chunk_tokens or prefill
+        first = min(prefill, max(step, self.lead_tokens))
+        spans = [(0, first)] + [(a, min(a + step, prefill)) for a in range(first, prefill, step)]
+        return spans + [(i, i + 1) for i in range(prefill, self.n_tokens)]
+
 
 def default_tokens(plan: PositionPlan) -> int:
     """1.5× the original context (capped at the target and at 2048 tokens, which a CPU handles)."""
@@ -45,16 +65,30 @@ def default_tokens(plan: PositionPlan) -> int:
     return max(8, min(plan.target_ctx, plan.original_ctx + plan.original_ctx // 2, cap))
 
 
-def plan_passes(plan: PositionPlan, n_tokens: int) -> list[Pass]:
+def full_length_tokens(plan: PositionPlan, on_gpu_by_default: bool = False) -> int:
+    """Positions 0 … target − 1 (the default on a GPU stops at FULL_LENGTH_GPU_TOKENS)."""
+    return min(plan.target_ctx, FULL_LENGTH_GPU_TOKENS) if on_gpu_by_default else plan.target_ctx
+
+
+def plan_passes(plan: PositionPlan, n_tokens: int, chunk_tokens: int | None = None) -> list[Pass]:
+    """chunk_tokens: None → PREFILL_CHUNK for a prefill longer than LONG_PREFILL, else one call."""
     first = 0 if n_tokens > plan.original_ctx or plan.kind == "alibi" else plan.original_ctx - n_tokens // 2
     if plan.kind == "absolute":  # a learned table has no row beyond target_ctx − 1 (llama.cpp asserts)
         first = max(0, min(first, plan.target_ctx - n_tokens))
     # the prefill (positions first … first + n − steps − 1) must itself cross the original context
     steps = max(0, min(DECODE_STEPS, n_tokens // 2, first + n_tokens - plan.original_ctx - 1))
-    passes = [Pass("probe", first, n_tokens, steps)]
+    lead = plan.original_ctx - first + 1 if plan.length_rule is not LengthRule.STATIC else 0
+    passes = [Pass("probe", first, n_tokens, steps, _chunk(n_tokens - steps, chunk_tokens), max(0, lead))]
     if plan.length_rule is not LengthRule.STATIC:
-        passes.insert(0, Pass("short", 0, min(n_tokens, plan.original_ctx)))
+        short = min(n_tokens, plan.original_ctx)
+        passes.insert(0, Pass("short", 0, short, chunk_tokens=_chunk(short, chunk_tokens)))
     return passes
+
+
+def _chunk(prefill: int, chunk_tokens: int | None) -> int:
+    if chunk_tokens is None:
+        chunk_tokens = PREFILL_CHUNK if prefill > LONG_PREFILL else 0
+    return chunk_tokens if 0 < chunk_tokens < prefill else 0
 
 
 def probe_ids(vocab_size: int, n_tokens: int, seed: int = PROBE_SEED) -> "torch.Tensor":

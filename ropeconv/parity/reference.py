@@ -9,11 +9,15 @@ method: parity then proves that the artifact's own declaration makes its runtime
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ropeconv.positions import AbsolutePlan, AlibiPlan, PositionPlan, RopePlan, attention_factor_at, inv_freq_at
+
+if TYPE_CHECKING:
+    from ropeconv.parity.placement import Placement
 
 
 class PlanRotaryEmbedding(nn.Module):
@@ -25,6 +29,8 @@ class PlanRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **kwargs):
+        # a placed model (accelerate) may hand the ids on another device than its hidden states
+        position_ids = position_ids.to(x.device)
         seq_len = int(position_ids.max()) + 1
         inv_freq = torch.tensor(inv_freq_at(self.plan, seq_len), dtype=torch.float32, device=x.device)
         scale = attention_factor_at(self.plan, seq_len)
@@ -63,8 +69,13 @@ def install_plan_table(model: nn.Module, plan: AbsolutePlan) -> int:
     table = next((m for name, m in model.named_modules() if name.split(".")[-1] == suffix), None)
     if table is None:
         raise RuntimeError(f"{type(model).__name__} has no position table {suffix}")
+    if table.weight.is_meta:
+        from ropeconv.errors import InputError
+
+        raise InputError(f"the position table {plan.table} was offloaded under --max-memory; give the first device "
+                         "room for the embeddings")
     rows = torch.from_numpy(resample_table(table.weight.detach().double().cpu().numpy(), plan))
-    table.weight = nn.Parameter(rows.to(table.weight.dtype), requires_grad=False)
+    table.weight = nn.Parameter(rows.to(table.weight.device, table.weight.dtype), requires_grad=False)
     table.num_embeddings = rows.shape[0]
     return 1
 
@@ -74,8 +85,16 @@ def merge_into(model: nn.Module, lora) -> int:
     checkpoint's own dtype as the exporters store it."""
     from ropeconv.checkpoint.sources import torch_dtypes
 
+    from ropeconv.parity.placement import offloaded_names
+
     state = model.state_dict()
     names = [n for n in state if lora.touches(n)]
+    away = offloaded_names(model).intersection(names)
+    if away:
+        from ropeconv.errors import InputError
+
+        raise InputError(f"merging a LoRA into weights offloaded under --max-memory is not supported ({len(away)} "
+                         "of them, e.g. " + sorted(away)[0] + "); give the reference room for the whole model")
     with torch.no_grad():
         for name in names:
             stored = state[name].to(torch_dtypes()[lora.dtypes[name]])  # exact: the float32 was cast from it
@@ -83,15 +102,14 @@ def merge_into(model: nn.Module, lora) -> int:
     return len(names)
 
 
-def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None) -> nn.Module:
-    """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32."""
-    from transformers import AutoModelForCausalLM
+def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None,
+                   placement: "Placement | None" = None, scratch: Path | None = None,
+                   progress=lambda _: None) -> nn.Module:
+    """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32. The model is placed by
+    ropeconv.parity.placement (GPUs, then CPU, then disk under the placement's caps; disk offload in `scratch`)."""
+    from ropeconv.parity.placement import load_placed
 
-    base = Path(base)
-    if base.suffix == ".gguf":
-        model = AutoModelForCausalLM.from_pretrained(base.parent, gguf_file=base.name, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = load_placed(Path(base), device, placement, scratch, progress)
     if lora is not None:
         merge_into(model, lora)
     if plan.kind == "alibi":
@@ -100,4 +118,4 @@ def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=No
         install_plan_table(model, plan)
     elif install_plan_rotary(model, plan) == 0:
         raise RuntimeError(f"{type(model).__name__} has no *RotaryEmbedding module to replace")
-    return model.to(device).eval()
+    return model.eval()

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     import torch
 
 
+COMPARE_ROWS = 256  # rows of logits compared at a time
+
+
 @dataclass(frozen=True)
 class Tolerance:
     # Both sides run fp32. The runtime's own float32 inv_freq is a few ulp (~1e-7 relative) off the
@@ -136,11 +139,16 @@ def band_edges(original_ctx: int, first: int, last: int) -> list[tuple[int, int]
 def compare(pass_: Pass, reference: "torch.Tensor", candidate: "torch.Tensor", original_ctx: int,
             quantized: bool = False, position_noise: float = 0.0, prefix: str = "") -> list[Band]:
     """reference/candidate: [n_tokens, vocab] logits for the pass; prefix marks the rows of another provider."""
-    ref, cand = reference.double(), candidate.double()
-    abs_diff = (ref - cand).abs().amax(dim=-1)
-    ref_logp, cand_logp = ref.log_softmax(-1), cand.log_softmax(-1)
-    kl = (ref_logp.exp() * (ref_logp - cand_logp)).sum(-1)
-    agree = (ref.argmax(-1) == cand.argmax(-1)).double()
+    import torch
+
+    n = pass_.n_tokens
+    abs_diff, kl, agree = (torch.empty(n, dtype=torch.float64) for _ in range(3))
+    for a in range(0, n, COMPARE_ROWS):  # a block of rows at a time: a full-length probe's logits are GBs
+        ref, cand = reference[a : a + COMPARE_ROWS].double(), candidate[a : a + COMPARE_ROWS].double()
+        abs_diff[a : a + len(ref)] = (ref - cand).abs().amax(dim=-1)
+        ref_logp, cand_logp = ref.log_softmax(-1), cand.log_softmax(-1)
+        kl[a : a + len(ref)] = (ref_logp.exp() * (ref_logp - cand_logp)).sum(-1)
+        agree[a : a + len(ref)] = (ref.argmax(-1) == cand.argmax(-1)).double()
     bands = []
     for lo, hi in band_edges(original_ctx, pass_.first_position, pass_.last_position):
         sl = slice(lo - pass_.first_position, hi - pass_.first_position + 1)

@@ -1,4 +1,5 @@
-"""transformers reloading a safetensors output directory through its own config.json."""
+"""transformers reloading a safetensors output directory through its own config.json, placed by accelerate
+(ropeconv.parity.placement) like the reference."""
 
 from __future__ import annotations
 
@@ -10,32 +11,42 @@ import torch
 NAME = "transformers"
 
 
-def load(artifact: Path, device: torch.device):
-    from transformers import AutoModelForCausalLM
-
+def load(artifact: Path, device: torch.device, placement=None, scratch: Path | None = None,
+         progress=lambda _: None):
     import ropeconv.runtime
+    from ropeconv.parity.placement import load_placed
 
-    model = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32)
+    model = load_placed(Path(artifact), device, placement, scratch, progress)
     ropeconv.runtime.apply(model)  # ALiBi scaling recorded under ropeconv_alibi_scaling, as a user would load it
-    return model.to(device).eval()
+    return model
 
 
 @torch.no_grad()
-def logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, decode_steps: int = 0) -> torch.Tensor:
-    """[n, vocab]: a prefill of all but the last decode_steps tokens, then one token per call through
-    transformers' KV cache."""
-    device = next(model.parameters()).device
+def logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, decode_steps: int = 0, chunk_tokens: int = 0,
+           scratch: Path | None = None, lead_tokens: int = 0) -> torch.Tensor:
+    """[n, vocab] float32 on the CPU: the prefill of all but the last decode_steps tokens (in calls of chunk_tokens
+    through transformers' KV cache when given; the first of lead_tokens when longer), then one token per call."""
+    from ropeconv.parity.logit_rows import allocate
+    from ropeconv.parity.placement import input_device
+    from ropeconv.parity.probe import Pass
+
+    device = input_device(model)
     ids, positions = input_ids.to(device), position_ids.to(device)
-    prefill = ids.shape[1] - decode_steps
+    n = ids.shape[1]
+    spans = Pass("", 0, n, decode_steps, chunk_tokens, lead_tokens).prefill_chunks()
     # ALiBi models take no position ids: their bias depends on distances only
     takes_positions = "position_ids" in inspect.signature(model.forward).parameters
-    pos = (lambda a, b: {"position_ids": positions[:, a:b]}) if takes_positions else (lambda a, b: {})
-    out = model(input_ids=ids[:, :prefill], use_cache=decode_steps > 0, **pos(0, prefill))
-    chunks = [out.logits[0].float().cpu()]
-    for i in range(prefill, ids.shape[1]):
-        out = model(input_ids=ids[:, i : i + 1], use_cache=True, **pos(i, i + 1), **cache_from(model, out))
-        chunks.append(out.logits[0].float().cpu())
-    return torch.cat(chunks)
+    rows, out = None, None
+    for a, b in spans:
+        extra = {"position_ids": positions[:, a:b]} if takes_positions else {}
+        if out is not None:
+            extra.update(cache_from(model, out))
+        out = model(input_ids=ids[:, a:b], use_cache=len(spans) > 1, **extra)
+        chunk = out.logits[0].float().cpu().numpy()
+        if rows is None:
+            rows = allocate(n, chunk.shape[-1], scratch)
+        rows[a:b] = chunk
+    return torch.from_numpy(rows)
 
 
 def cache_from(model, out) -> dict:
@@ -45,11 +56,18 @@ def cache_from(model, out) -> dict:
     return {keyword: getattr(out, "cache", None) or out.past_key_values}
 
 
-def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) -> list[torch.Tensor]:
+def pass_logits(model, ids: torch.Tensor, p, scratch: Path | None = None) -> torch.Tensor:
+    """One probe pass (ropeconv.parity.probe.Pass) through a loaded model."""
+    return logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps, p.chunk_tokens, scratch,
+                  p.lead_tokens)
+
+
+def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, placement=None,
+               scratch: Path | None = None, progress=lambda _: None) -> list[torch.Tensor]:
     from ropeconv.parity import free
 
-    model = load(artifact, device)
+    model = load(artifact, device, placement, scratch, progress)
     try:
-        return [logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
+        return [pass_logits(model, ids, p, scratch) for p in passes]
     finally:
         free(model)

@@ -157,7 +157,7 @@ def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> Ll
         # logits_all would make Llama keep an n_ctx × vocab score matrix for Llama.eval, which is not
         # used here: the per-token output flags of our own batch decide which logits llama.cpp computes.
         logits_all=False,
-        n_gpu_layers=-1 if torch.device(device).type == "cuda" else 0,
+        n_gpu_layers=-1 if torch.device(device).type == "cuda" and gpu_offload() else 0,
         seed=SEED,
         n_threads=threads,
         n_threads_batch=threads,
@@ -190,9 +190,12 @@ def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> Ll
 
 
 @torch.no_grad()
-def logits(handle: LlamaCppHandle, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def logits(handle: LlamaCppHandle, input_ids: torch.Tensor, position_ids: torch.Tensor,
+           scratch: Path | None = None) -> torch.Tensor:
     """[N, vocab] float32 logits for input_ids [1, N] placed at position_ids [1, N] (contiguous, ascending)."""
     import numpy as np
+
+    from ropeconv.parity.logit_rows import allocate
 
     llama_cpp = _import_llama_cpp()
     ids = input_ids.reshape(-1).to(torch.int64).tolist()
@@ -215,7 +218,7 @@ def logits(handle: LlamaCppHandle, input_ids: torch.Tensor, position_ids: torch.
     ctx = handle.llama._ctx.ctx
     memory = llama_cpp.llama_get_memory(ctx)
     batch = handle.batch
-    out = np.empty((n, handle.n_vocab), dtype=np.float32)
+    out = allocate(n, handle.n_vocab, scratch)
     with _captured_log(llama_cpp) as log:
         # start from an empty memory; the probe stays in it afterwards, so llama.cpp itself can be asked
         # where the tokens sit (llama_memory_seq_pos_min/max), until the next call clears it
@@ -239,7 +242,25 @@ def logits(handle: LlamaCppHandle, input_ids: torch.Tensor, position_ids: torch.
     return torch.from_numpy(out)
 
 
-def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) -> list[torch.Tensor]:
+def gpu_offload() -> bool:
+    """Whether this llama.cpp was built with a GPU backend (`make install LLAMA=cuda`): its layers then go to the
+    GPU on a cuda run; a CPU build runs there on the CPU, and the report says so."""
+    return bool(_import_llama_cpp().llama_supports_gpu_offload())
+
+
+def device_used(device: torch.device) -> str:
+    return "cuda" if torch.device(device).type == "cuda" and gpu_offload() else "cpu"
+
+
+def device_note(device: torch.device) -> str | None:
+    if torch.device(device).type == "cuda" and not gpu_offload():
+        return ("llama.cpp here is a CPU build (llama_supports_gpu_offload() is false), so the GGUF ran on the CPU; "
+                "`make install LLAMA=cuda` builds it with CUDA")
+    return None
+
+
+def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, scratch: Path | None = None,
+               **_placement) -> list[torch.Tensor]:
     """Logits per probe pass, each [n_tokens, vocab], tokens at the pass's positions."""
     path = _gguf_file(artifact)
     switched = _length_switched(path)
@@ -252,7 +273,7 @@ def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) 
                 if handle is not None:
                     handle.close()
                 handle, handle_ctx = load(path, device, n_ctx), n_ctx
-            out.append(logits(handle, ids[:, : p.n_tokens], p.position_ids()))
+            out.append(logits(handle, ids[:, : p.n_tokens], p.position_ids(), scratch))
     finally:
         if handle is not None:
             handle.close()

@@ -15,6 +15,8 @@ import torch
 from ropeconv.errors import InputError
 
 NAME = "onnxruntime"
+# the weights plus activations and the KV cache of a long probe: a session needs more than the file's size
+GPU_WEIGHT_MARGIN = 1.5
 INSTALL_HINT = "pip install 'ropeconv[onnx]' (or 'ropeconv[gpu]' for onnxruntime-gpu and its CUDA provider)"
 
 
@@ -26,12 +28,15 @@ def _ort():
     return onnxruntime
 
 
-def providers(device: torch.device) -> list[str]:
-    """The providers a verify runs on this device: CPU always, CUDA too when the device is a GPU."""
+def providers(device: torch.device, artifact: Path | None = None) -> list[str]:
+    """The providers a verify runs on this device: CPU always, CUDA too when the device is a GPU (and, given the
+    artifact, when its weights fit the GPU: see fits_gpu)."""
     if device.type != "cuda":
         return ["cpu"]
     if "CUDAExecutionProvider" not in _ort().get_available_providers():
         raise InputError(f"onnxruntime here has no CUDA provider; {INSTALL_HINT}, or verify with --device cpu")
+    if artifact is not None and not fits_gpu(artifact, device)[0]:
+        return ["cpu"]
     return ["cpu", "cuda"]
 
 
@@ -80,17 +85,41 @@ class Decoder:
         return out["logits"][0]
 
 
-def decode(decoder: Decoder, ids: torch.Tensor, positions: torch.Tensor, decode_steps: int) -> torch.Tensor:
-    """Prefill all but the last decode_steps tokens, then one token per call."""
+def decode(decoder: Decoder, ids: torch.Tensor, positions: torch.Tensor, decode_steps: int, chunk_tokens: int = 0,
+           scratch: Path | None = None, lead_tokens: int = 0) -> torch.Tensor:
+    """Prefill all but the last decode_steps tokens (in calls of chunk_tokens through the KV cache when given),
+    then one token per call."""
+    from ropeconv.parity.logit_rows import allocate
+    from ropeconv.parity.probe import Pass
+
     decoder.reset()
     ids_np, pos_np = ids.numpy(), positions.numpy()
-    prefill = ids_np.shape[1] - decode_steps
-    chunks = [decoder.step(ids_np[:, :prefill], pos_np[:, :prefill])]
-    for i in range(prefill, ids_np.shape[1]):
-        chunks.append(decoder.step(ids_np[:, i : i + 1], pos_np[:, i : i + 1]))
-    return torch.from_numpy(np.concatenate(chunks)).float()
+    n = ids_np.shape[1]
+    rows = None
+    for a, b in Pass("", 0, n, decode_steps, chunk_tokens, lead_tokens).prefill_chunks():
+        chunk = decoder.step(ids_np[:, a:b], pos_np[:, a:b])
+        if rows is None:
+            rows = allocate(n, chunk.shape[-1], scratch)
+        rows[a:b] = chunk
+    decoder.reset()  # the cache of a long probe is GBs
+    return torch.from_numpy(rows)
 
 
-def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, provider: str = "cpu"):
+def fits_gpu(artifact: Path, device: torch.device) -> tuple[bool, str]:
+    """Whether the ONNX weights (model.onnx and its external data) fit the GPU's free memory, with room for the
+    activations; when not, why, for the report."""
+    path = Path(artifact)
+    weights = sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.is_file())
+    free = torch.cuda.mem_get_info(device.index or 0)[0]
+    if weights * GPU_WEIGHT_MARGIN <= free:
+        return True, ""
+    gib = 1024**3
+    return False, (f"the CUDA provider was skipped: {path.name} holds {weights / gib:.1f} GiB of weights and the GPU "
+                   f"has {free / gib:.1f} GiB free; onnxruntime ran it on the CPU provider only")
+
+
+def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, provider: str = "cpu",
+               scratch: Path | None = None, **_placement) -> list[torch.Tensor]:
     decoder = Decoder(session(artifact, provider))
-    return [decode(decoder, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
+    return [decode(decoder, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps, p.chunk_tokens, scratch,
+                   p.lead_tokens) for p in passes]
