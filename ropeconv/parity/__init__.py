@@ -80,8 +80,6 @@ def check_parities(
                           f"context {plan.target_ctx}",)
         elif n_tokens > plan.original_ctx:
             probe_note = (f"probe from position 0 to {probe.last_position}; the target context is {plan.target_ctx}",)
-        if probe.chunk_tokens:
-            probe_note += (f"prefill in chunks of {probe.chunk_tokens} tokens through the KV cache, on every side",)
         return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes + placed, probe_note,
                        progress, placement, scratch) for artifact, twin in artifacts]
     finally:
@@ -120,7 +118,8 @@ def _reference(base, plan, dev, lora, placement, scratch, ids, passes, progress)
         placed = _placement_note(model)
         reference = [hf_runtime.pass_logits(model, ids, p, scratch) for p in passes]
     finally:
-        free(model)
+        model = None  # the last reference: the candidates run in the memory it held
+        release()
     return reference, placed
 
 
@@ -168,6 +167,10 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
             bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized, prefix=prefix,
                                  position_noise=getattr(runtime, "POSITION_NOISE", 0.0)))
     probe = passes[-1]
+    if probe.chunk_tokens:
+        notes = notes + (f"prefill in chunks of {probe.chunk_tokens} tokens through the KV cache, reference and "
+                         "candidate alike" + (f" (llama.cpp in its own micro-batches of {runtime.N_BATCH})"
+                                              if runtime.NAME == "llama.cpp" else ""),)
     if probe.decode_steps and runtime.NAME != "llama.cpp":
         notes = notes + (f"the last {probe.decode_steps} probe tokens were decoded one at a time through the KV "
                          "cache, on both sides",)
@@ -256,9 +259,16 @@ def pick_device(requested: str | None = None):
 
 
 def free(model) -> None:
+    """Drop a model's memory; the caller must hold no other reference to it (set its name to None first, then
+    call release(), where a name in the caller's frame would keep it alive)."""
+    del model
+    release()
+
+
+def release() -> None:
+    """Collect what was freed (accelerate's hooks make cycles that reference counting alone does not undo)."""
     import torch
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

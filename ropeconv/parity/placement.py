@@ -176,7 +176,8 @@ def plan_devices(model: "nn.Module", max_memory: dict[Any, int], *, rewrites_on_
             f"allowed); give {_name(execution)} at least {human_bytes(largest[1] * 1.25)}")
     memory = dict(max_memory)
     if len(gpus) > 1:
-        balanced = get_balanced_memory(model, max_memory=dict(memory), no_split_module_classes=no_split)
+        balanced = get_balanced_memory(model, max_memory={k: v for k, v in memory.items() if k != "disk"},
+                                       no_split_module_classes=no_split)
         memory.update({k: min(v, memory[k]) for k, v in balanced.items() if k in memory})
     device_map = dict(infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split))
     sizes = _placed_bytes(model, device_map)

@@ -64,10 +64,11 @@ def pass_logits(model, ids: torch.Tensor, p, scratch: Path | None = None) -> tor
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, placement=None,
                scratch: Path | None = None, progress=lambda _: None) -> list[torch.Tensor]:
-    from ropeconv.parity import free
+    from ropeconv.parity import release
 
     model = load(artifact, device, placement, scratch, progress)
     try:
         return [pass_logits(model, ids, p, scratch) for p in passes]
     finally:
-        free(model)
+        model = None
+        release()
