@@ -1,8 +1,8 @@
 """Parity at scale, measured: verify under a memory cap against uncapped, and the per-layer cost of a
 verify extrapolated to Llama-3.1-8B and 70B shapes. A report, not a test: it exits 0 whatever it measures.
 
---capped: `ropeconv verify` of a synthetic ~1.8 GB bf16 llama (3.6 GB in float32) under --max-memory cpu=1GiB
-against the same verify uncapped, alternating, with the peak anonymous RSS of each (RssAnon polled in /proc: the
+--capped: `ropeconv verify --tokens 256` of a synthetic ~1.8 GB bf16 llama (3.6 GB in float32) under
+--max-memory cpu=1GiB against the same verify uncapped, alternating, with the peak anonymous RSS of each (RssAnon polled in /proc: the
 process's own memory; the safetensors pages it maps are page cache) and the time ratio.
 
 --layers: one decoder layer of each shape, float32, forward over --tokens tokens in one call (CPU: measured for
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +25,9 @@ from bench.extend_bench import ensure_checkpoint
 
 CAPPED_SIZE_GB = 1.8  # bf16 on disk; 3.6 GB in float32 stays under this machine's ~4 GB-per-process rule
 CAP = "1GiB"
+# --max-memory caps the weights; a probe's activations and logits come on top (2048 tokens × a 32k vocabulary:
+# ~0.3 GB of logits per side, plus the attention of the prefill), so the bench uses a short probe
+CAPPED_TOKENS = 256
 SHAPES = {  # Llama-3.1 layer shapes (hidden, intermediate, heads, kv heads, layers)
     "8B": (4096, 14336, 32, 8, 32),
     "70B": (8192, 28672, 64, 8, 80),
@@ -65,13 +66,14 @@ def capped(work: Path, runs: int) -> dict:
     results: dict[str, list] = {"capped": [], "uncapped": []}
     for _ in range(runs):  # alternating, so both see the same machine load
         for label, extra in (("capped", ["--max-memory", f"cpu={CAP}"]), ("uncapped", [])):
-            rc, seconds, peak = rss_anon_peak([rope, "verify", str(out), "-q", *extra])
+            rc, seconds, peak = rss_anon_peak([rope, "verify", str(out), "-q", "--tokens", str(CAPPED_TOKENS), *extra])
             print(f"bench: verify {label}: exit {rc}, {seconds:.0f} s, peak RssAnon {peak / 2**30:.2f} GiB",
                   file=sys.stderr)
             results[label].append({"rc": rc, "seconds": seconds, "peak_anon_gib": peak / 2**30})
     weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
     med = {k: sorted(r["seconds"] for r in v)[len(v) // 2] for k, v in results.items()}
-    return {"bf16_gb": weights / 1e9, "float32_gb": 2 * weights / 1e9, "cap": CAP, "runs": results,
+    return {"bf16_gb": weights / 1e9, "float32_gb": 2 * weights / 1e9, "cap": CAP, "tokens": CAPPED_TOKENS,
+            "runs": results,
             "time_ratio": med["capped"] / med["uncapped"]}
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -97,8 +96,10 @@ def test_verify_under_a_cpu_cap_stays_within_it_and_gives_the_uncapped_figures(e
     _, constant, small_s = _verify_peak(extended["small"])
     capped, capped_peak, capped_s = _verify_peak(big, "--max-memory", f"cpu={CAP // MiB}MiB")
     allowed = constant + CAP + SLACK
-    print(f"\nfloat32 weights {weights / MiB:.0f} MiB, cap {CAP / MiB:.0f} MiB; peak anonymous RSS: one-layer model "
-          f"{constant / MiB:.0f} MiB, capped {capped_peak / MiB:.0f} MiB (allowed {allowed / MiB:.0f}); {capped_s:.0f} s")
+    with capsys.disabled():
+        print(f"\nfloat32 weights {weights / MiB:.0f} MiB, cap {CAP / MiB:.0f} MiB; peak anonymous RSS: one-layer model "
+              f"{constant / MiB:.0f} MiB, capped {capped_peak / MiB:.0f} MiB (allowed {allowed / MiB:.0f}); "
+              f"{capped_s:.0f} s")
     assert capped["passed"]
     assert any("on disk" in n for n in capped["notes"]), capped["notes"]  # the cap forced disk offload
     # a run that ignored the cap would hold all the float32 weights: constant + weights, far above the allowance
@@ -109,7 +110,8 @@ def test_verify_under_a_cpu_cap_stays_within_it_and_gives_the_uncapped_figures(e
     start = time.monotonic()
     assert run_cli("verify", big, "--json", "-q") == 0
     uncapped = json.loads(capsys.readouterr().out)
-    print(f"one-layer verify {small_s:.0f} s, capped {capped_s:.0f} s, uncapped in-process {time.monotonic() - start:.0f} s")
+    with capsys.disabled():
+        print(f"one-layer verify {small_s:.0f} s, capped {capped_s:.0f} s, uncapped in-process {time.monotonic() - start:.0f} s")
     assert uncapped["passed"] and len(capped["bands"]) == len(uncapped["bands"])
     for a, b in zip(capped["bands"], uncapped["bands"]):
         assert a["max_abs_logit"] == b["max_abs_logit"] and a["mean_kl"] == b["mean_kl"], (a, b)
