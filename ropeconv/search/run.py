@@ -170,11 +170,13 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
     from ropeconv.eval import plots
     from ropeconv.eval import runtimes as rt
     from ropeconv.methods.longrope import plan_from_factors
+    from ropeconv.parity import _quiet_transformers
     from ropeconv.parity.device import pick_device
     from ropeconv.search.fitness import Scorer
 
     prep = prepare(job)
     plots.require()
+    _quiet_transformers()
     device = pick_device(job.device)
     ref = rt.resolve(job.base, "hf")
     tokenizer = rt.open_runtime(ref, device)  # the tokenizer only: weights load lazily and never here
