@@ -36,7 +36,7 @@ def search() -> None:
     """Search a method's parameters on a base model and a calibration text."""
 
 
-@search.command(epilog=LONGROPE_EPILOG)
+@search.command(epilog=LONGROPE_EPILOG, short_help="LongRoPE's evolutionary search for per-pair rescale factors")
 @click.argument("base", type=click.Path(path_type=Path))
 @click.option("--target-ctx", type=int, required=True, help="the context to extend to (L'); s = L' / original")
 @click.option("--text", type=click.Path(path_type=Path), required=True,

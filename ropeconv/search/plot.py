@@ -17,6 +17,7 @@ def best_curve(path: Path, long, short, title: str) -> None:
         for name, ppl in sorted(result.seed_fitness.items()):
             ax.axhline(ppl, linestyle=":", linewidth=0.8, color="grey")
             ax.annotate(f"seed {name}", (0, ppl), fontsize=7, color="grey", xytext=(2, 2), textcoords="offset points")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("generation")
         ax.set_ylabel("perplexity")
         ax.set_title(label, fontsize=9)
