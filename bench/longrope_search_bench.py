@@ -133,8 +133,10 @@ def markdown(results: dict) -> str:
     s = results["search"]
     sizes = results["sizes"]
     lines.append(f"Search: population {sizes['population']}, {sizes['generations']} generations, long search scored "
-                 f"on {s['long']['length']}-token windows, short search {sizes['short_generations']} generation(s) "
-                 f"at {s['short'].get('length', '—')} tokens; {s['evaluations']['computed']} evaluations computed "
+                 f"on {s['long']['length']}-token windows, "
+                 + (f"short search {sizes['short_generations']} generation(s) at {s['short']['length']} tokens; "
+                    if "length" in s["short"] else "short search skipped (short factors 1.0); ")
+                 + f"{s['evaluations']['computed']} evaluations computed "
                  f"({s['evaluations']['cached']} from the cache) in {s['seconds']:.0f} s.")
     seeds = ", ".join(f"{k} {v:.3f}" for k, v in s["long"]["seed_ppl"].items())
     lines.append(f"Long search on {CALIBRATION} at {s['long']['length']}: seeds (LongRoPE attention factor) {seeds}; "
