@@ -26,7 +26,7 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
 RECIPE_ARGS ?=
 
-.PHONY: install demo test bench clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
+.PHONY: install demo test bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
 
 install: $(STAMP)
 
@@ -67,6 +67,8 @@ recipes: install
 	$(ROPE) recipe check recipes/*.yaml
 
 smollm2-135m-yarn-32k: $(SMOL)/config.json
+# its factors sidecar comes from `ropeconv search longrope` (make bench-longrope-search writes a fresh one)
+smollm2-135m-longrope-16k: $(SMOL)/config.json
 
 $(RECIPES): install
 	$(ROPE) recipe run recipes/$@.yaml $(RECIPE_ARGS)
@@ -95,6 +97,15 @@ gpu-wheels:
 GPU_PY ?= python3
 gpu-check:
 	$(GPU_PY) -m bench.gpu_check --work $(WORK)
+	$(MAKE) bench-longrope-search
+
+# LongRoPE's search on SmolLM2-135M 8k → 16k vs PI and YaRN (~40 min on 2 cores). The texts are Jane Austen's
+# novels from Debian's r-cran-janeaustenr (Project Gutenberg, public domain), read out with Rscript.
+AUSTEN := r-cran-janeaustenr
+bench-longrope-search: install $(SMOL)/config.json
+	@command -v Rscript >/dev/null && Rscript -e 'invisible(janeaustenr::emma)' >/dev/null 2>&1 || \
+		apt-get install -y -q --no-install-recommends $(AUSTEN)
+	$(PY) -m bench.longrope_search_bench --work $(WORK)/bench --base $(SMOL)
 
 clean:
 	rm -rf $(WORK) build *.egg-info

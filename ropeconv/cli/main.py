@@ -32,6 +32,7 @@ def cli() -> None:
       ropeconv recipe check recipes/*.yaml
       ropeconv eval passkey out/smollm2-135m-Q8_0.gguf --lengths 8k,12k --trials 3 -o eval/
       ropeconv eval ppl ./base out/ --text book.txt --lengths 2k,8k,16k --stride 512 -o eval/
+      ropeconv search longrope ./base --target-ctx 16384 --text book.txt -o factors.json
     """
 
 
@@ -47,6 +48,9 @@ def _register() -> None:
     from ropeconv.cli import eval as eval_cmd  # "eval" is a builtin's name
 
     cli.add_command(eval_cmd.eval_group)
+    from ropeconv.cli import search
+
+    cli.add_command(search.search)
 
 
 class Interrupted(KeyboardInterrupt):

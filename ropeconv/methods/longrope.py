@@ -59,26 +59,35 @@ def read_factor_sets(path: Path, n_pairs: int) -> tuple[tuple[float, ...], tuple
 
 
 def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
-    n = resolve_lengths(scheme, request)
     path = request.options.get("factors")
     if path is None:
         raise InputError("--method longrope needs --factors FILE (JSON with short_factor and long_factor)")
     short, long = read_factor_sets(Path(path), scheme.n_pairs)
+    return plan_from_factors(scheme, request, short, long, factors_file=Path(path).name)
+
+
+def plan_from_factors(scheme: RopeScheme, request: ExtendRequest, short, long, factors_file: str | None = None) -> RopePlan:
+    """The plan for given factor lists (what plan() builds from the file; `ropeconv search` evaluates candidates
+    through it, so a searched file baked by extend gives the very plan that was scored)."""
+    n = resolve_lengths(scheme, request)
     explicit = request.options.get("attention_factor")
     attention = (
         require_positive("--attention-factor", explicit)
         if explicit is not None
         else default_attention_factor(n.factor, n.original_ctx)
     )
+    params = {"factor": n.factor, "attention_factor": attention}
+    if factors_file is not None:
+        params["factors_file"] = factors_file
     return build_plan(
         NAME,
         scheme,
         n,
-        short,
-        long_divisors=long,
+        tuple(float(x) for x in short),
+        long_divisors=tuple(float(x) for x in long),
         attention_factor=attention,
         length_rule=LengthRule.SWITCH,
-        params={"factor": n.factor, "attention_factor": attention, "factors_file": Path(path).name},
+        params=params,
     )
 
 
