@@ -87,6 +87,7 @@ bench: install
 	$(PY) -m bench.onnx_bench --work $(WORK)/bench
 	$(PY) -m bench.lora_bench --work $(WORK)/bench
 	$(PY) -m bench.scale_bench --work $(WORK)/bench --capped --layers
+	$(MAKE) bench-longrope-search
 
 # wheels a GPU machine lacks (Python 3.12, x86-64), into gpu-carry/ (ignored): run here, where pip reaches PyPI
 gpu-wheels:
@@ -97,7 +98,6 @@ gpu-wheels:
 GPU_PY ?= python3
 gpu-check:
 	$(GPU_PY) -m bench.gpu_check --work $(WORK)
-	$(MAKE) bench-longrope-search
 
 # LongRoPE's search on SmolLM2-135M 8k → 16k vs PI and YaRN (~40 min on 2 cores). The texts are Jane Austen's
 # novels from Debian's r-cran-janeaustenr (Project Gutenberg, public domain), read out with Rscript.
