@@ -51,5 +51,5 @@ def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -
     failed = [r for r in reports if not r.passed]
     if failed:
         r = failed[0]
-        raise ParityError(f"parity failed in {r.runtime}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}")
+        raise ParityError(f"parity failed in {r.failed_in()}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}")
     return 0

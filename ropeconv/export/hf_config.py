@@ -81,6 +81,10 @@ def _rope_config(
     cfg["max_position_embeddings"] = declared_ctx(plan)
 
     legacy = None if rope_type == "default" else {"rope_type": rope_type, "type": rope_type, **rope}
+    if rope_type == "longrope":
+        # 4.x reads LongRoPE's original length only from this top-level key (modeling_rope_utils: without it the
+        # short factors apply up to max_position_embeddings, the target); 5.x copies it into the dict, same value
+        cfg["original_max_position_embeddings"] = plan.original_ctx
     if arch.strict_longrope_legacy:
         cfg["original_max_position_embeddings"] = plan.original_ctx
         if legacy is not None:

@@ -1,0 +1,134 @@
+"""Outputs read the same in transformers 4.x (the oldest supported major, run from .venv-tf4) as in 5.x.
+
+Every method × architecture cell of the safetensors column is written once, run by 5.x here and by 4.x in one
+start of the 4.x environment, and both are compared with the reference (the base under ropeconv's plan). The
+LongRoPE config ropeconv wrote before it declared the original length at the top level rides along and must
+fail in 4.x, so the check is shown to see what it guards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
+from ropeconv.archs import ARCHS
+from ropeconv.parity import Tolerance, tf4
+from ropeconv.parity.probe import plan_passes, probe_ids
+from ropeconv.parity.report import compare
+from ropeconv.positions import plan_from_json
+from test_parity_archs import CASES as ROPE_CELLS
+from test_parity_archs import method_args
+
+TOKENS = 2 * ORIGINAL_CTX  # crosses the original context, and with it LongRoPE's switch
+ROPE_ARCHS = sorted(a for a, spec in ARCHS.items() if spec.position == "rope")
+CELLS = (
+    [(arch, method, ()) for arch, method in ROPE_CELLS]
+    + [(arch, "none", ()) for arch in ROPE_ARCHS]
+    + [(arch, "alibi", extra) for arch in ("bloom", "mpt") for extra in ((), ("--dynamic",))]
+    + [(arch, "absolute", ()) for arch in ("gpt2", "opt")]
+    + [(arch, "none", ()) for arch in ("bloom", "mpt", "gpt2", "opt")]
+)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tf4-bases")
+    return {arch: make_tiny(root, arch) for arch in ARCHS}
+
+
+def _extend(base: Path, out: Path, arch: str, method: str, extra: tuple[str, ...]) -> None:
+    factor = () if method == "none" else ("--factor", "4")
+    args = method_args(out.parent, base, arch, method) if arch in ROPE_ARCHS else []
+    assert run_cli("extend", base, "--method", method, *factor, *extra, *args, "-o", out, "--no-verify", "-q") == 0
+
+
+def _todays_longrope(out: Path) -> Path:
+    """The config ropeconv wrote before: LongRoPE's original length only inside rope_scaling/rope_parameters."""
+    old = out.with_name(out.name + "-old")
+    old.mkdir()
+    for f in out.iterdir():
+        if f.is_file():
+            (old / f.name).symlink_to(f)
+    config = read_json(out / "config.json")
+    del config["original_max_position_embeddings"]
+    (old / "config.json").unlink()
+    (old / "config.json").write_text(json.dumps(config))
+    return old
+
+
+def test_every_safetensors_cell_reads_the_same_in_4x_and_5x(bases, tmp_path, tf4_python, capsys):
+    from ropeconv.parity.reference import load_reference
+    from ropeconv.parity.runtimes import hf
+
+    cpu, tol = torch.device("cpu"), Tolerance()
+    rows, jobs = [], []
+    for arch, method, extra in CELLS:
+        out = tmp_path / f"{arch}-{method}{''.join(extra)}"
+        _extend(bases[arch], out, arch, method, extra)
+        plan = plan_from_json(read_json(out / "manifest.json")["plan"])
+        # a model that is not extended (ALiBi, tables) is defined only up to its own length
+        n_tokens = min(TOKENS, plan.target_ctx)
+        # two decode steps through the KV cache are enough to take 4.x's cache path (LongRoPE switches per call there)
+        passes = [replace(p, decode_steps=min(p.decode_steps, 2)) for p in plan_passes(plan, n_tokens)]
+        ids = probe_ids(read_json(out / "config.json")["vocab_size"], n_tokens)
+        reference_model = load_reference(bases[arch], plan, cpu)
+        reference = [hf.logits(reference_model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
+        v5 = hf.run_passes(out, cpu, ids, passes)
+        targets = [(out, v5)]
+        if method == "longrope" and arch != "phi3":  # (phi3's always had the key) today's config beside the fixed
+            # one: 5.x reads both alike, 4.x must not
+            old = _todays_longrope(out)
+            targets.append((old, hf.run_passes(old, cpu, ids, passes)))
+        for model_dir, v5_logits in targets:
+            rows.append((model_dir.name, plan, passes, reference, v5_logits))
+            jobs.append(tf4.Job(model_dir, ids, passes, tf4.attention_for(model_dir)))
+
+    v4_all, version = tf4.run_jobs(jobs, tf4_python)
+    assert version.startswith("4.")
+
+    table, wrong, todays = [], [], []
+    for (name, plan, passes, reference, v5), v4 in zip(rows, v4_all):
+        bands_5 = [b for p, r, c in zip(passes, reference, v5) for b in compare(p, r, c, plan.original_ctx)]
+        bands_4 = [b for p, r, c in zip(passes, reference, v4) for b in compare(p, r, c, plan.original_ctx)]
+        gap = max(float((a - b).abs().max()) for a, b in zip(v4, v5))
+        ok5, ok4 = all(b.within(tol) for b in bands_5), all(b.within(tol) for b in bands_4)
+        worst4 = max(b.max_abs_logit for b in bands_4)
+        table.append(f"{name:<32} 4.x−5.x {gap:9.2e}   4.x−ref {worst4:9.2e}   5.x {'ok' if ok5 else 'FAIL'}  "
+                     f"4.x {'ok' if ok4 else 'FAIL'}")
+        assert ok5, f"{name}: 5.x disagrees with the reference"
+        (todays if name.endswith("-old") else wrong).append((name, ok4, worst4))
+    with capsys.disabled():
+        print(f"\ntransformers {version} vs 5.x and the reference, {TOKENS}-token probe (ALiBi/table bases unextended: "
+              f"their own length), per cell:\n" + "\n".join(table))
+    assert [n for n, ok, _ in wrong if not ok] == [], "cells that read differently in transformers 4.x"
+    # the check sees the bug it guards against: every old LongRoPE config fails in 4.x (by ~10 logits)
+    assert todays and all(not ok and worst > 1.0 for _, ok, worst in todays), todays
+
+
+def test_verify_runs_both_majors_and_fails_when_4x_reads_it_differently(bases, tmp_path, tf4_python, monkeypatch,
+                                                                     capsys):
+    out = tmp_path / "out"
+    _extend(bases["llama"], out, "llama", "longrope", ())
+    monkeypatch.setenv(tf4.ENV, str(tf4_python))
+    capsys.readouterr()
+    assert run_cli("verify", out, "--tokens", TOKENS, "--json", "-q") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r.split(" ")[1][0] for r in report["ran"]] == ["5", "4"], report["ran"]
+    assert any(b["pass_name"].startswith(tf4.PREFIX) for b in report["bands"])
+
+    config = read_json(out / "config.json")
+    del config["original_max_position_embeddings"]  # what ropeconv wrote before
+    (out / "config.json").write_text(json.dumps(config))
+    assert run_cli("verify", out, "--tokens", TOKENS, "-q") == 1
+    err = capsys.readouterr().err
+    assert "parity failed in transformers 4." in err, err
+
+    monkeypatch.setenv(tf4.ENV, "off")  # without 4.x the same output passes, and the report says 4.x did not run
+    assert run_cli("verify", out, "--tokens", TOKENS, "--json", "-q") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["ran"]) == 1 and any("4.x not run" in n for n in report["notes"])
