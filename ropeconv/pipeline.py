@@ -154,8 +154,7 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
         homes = ([tmp] if "safetensors" in job.formats else []) + ([tmp / ONNX_DIR] if prepared.onnx else [])
         for home in homes:
             (home / "config.json").write_text(config_text)
-            for name in ckpt.aux_files:
-                shutil.copyfile(ckpt.path / name, home / name)
+            _copy_aux_files(ckpt, home)
         if prepared.onnx and prepared.onnx.genai:
             (tmp / ONNX_DIR / "genai_config.json").write_text(json.dumps(prepared.onnx.genai, indent=2) + "\n")
         reports: dict[str, ParityReport] = {}  # by format
@@ -179,6 +178,19 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
         write_manifest(tmp, dict(_manifest_body(prepared, formats, parity), recipe=job.recipe), known_sha256)
     first = next(iter(reports.values()), None)
     return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
+
+
+def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
+    """Tokenizer, chat template and generation files, as they are except a tokenizer_config.json that names a
+    class only transformers 5 has."""
+    from ropeconv.export import tokenizer_files
+
+    for name in ckpt.aux_files:
+        if name == tokenizer_files.CONFIG:
+            raw = (ckpt.path / name).read_bytes()
+            (home / name).write_bytes(tokenizer_files.portable_config(raw, "tokenizer.json" in ckpt.aux_files))
+        else:
+            shutil.copyfile(ckpt.path / name, home / name)
 
 
 def preflight(job: ExtendJob) -> None:

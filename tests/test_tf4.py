@@ -132,3 +132,119 @@ def test_verify_runs_both_majors_and_fails_when_4x_reads_it_differently(bases, t
     assert run_cli("verify", out, "--tokens", TOKENS, "--json", "-q") == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["ran"]) == 1 and any("4.x not run" in n for n in report["notes"])
+
+
+# ------------------------------------------------------------------------- tokenizers, configs, optimum
+
+TEXTS = ["The quick brown fox", "<s>code: def f(x):\n    return x * 2</s>", "naïve café, 東京 🚀 12:45"]
+
+# run in the 4.x environment: per directory, the tokenizer's ids (or the error that stopped it) and rope_theta
+READ_IN_4X = """
+import json, sys
+from transformers import AutoConfig, AutoTokenizer
+texts, out = json.loads(sys.argv[1]), {}
+for d in sys.argv[2:]:
+    config = AutoConfig.from_pretrained(d)
+    try:
+        tok = AutoTokenizer.from_pretrained(d)
+        ids = [tok(t)["input_ids"] for t in texts] + [[tok.bos_token_id, tok.eos_token_id, tok.unk_token_id]]
+    except Exception as exc:
+        ids = f"{type(exc).__name__}: {exc}"
+    out[d] = {"ids": ids, "rope_theta": getattr(config, "rope_theta", None)}
+print(json.dumps(out))
+"""
+
+
+def run_in_4x(tf4_python: Path, code: str, *args: str) -> str:
+    import os
+    import subprocess
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    done = subprocess.run([str(tf4_python), "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def with_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny llama saved by transformers 5 (rope_parameters only, rope base 1e5) with a byte-level tokenizer saved by
+    5 (tokenizer_class TokenizersBackend), and its YaRN ×4 output as safetensors and ONNX."""
+    from conftest import add_byte_level_tokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    base = add_byte_level_tokenizer(make_tiny(root, "llama", rope_theta=100000.0))
+    out = root / "out"
+    assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "safetensors,onnx", "-o", out,
+                   "--no-verify", "-q") == 0
+    return base, out
+
+
+@pytest.fixture(scope="module")
+def read_4x(with_tokenizer, tf4_python, tmp_path_factory) -> dict[str, dict]:
+    """What 4.x reads from the base, the output, its onnx/ folder and the base with the 4.x keys added (what the demo's
+    SmolLM2 fixture does to its checkpoint: ropeconv.fixtures.smollm2._readable_by_4x), in one start of 4.x."""
+    from ropeconv.archs import ARCHS
+    from ropeconv.export.hf_config import with_legacy_rope_keys
+
+    base, out = with_tokenizer
+    fixed = tmp_path_factory.mktemp("fixed")
+    (fixed / "config.json").write_text(json.dumps(with_legacy_rope_keys(read_json(base / "config.json"),
+                                                                       ARCHS["llama"])))
+    read = json.loads(run_in_4x(tf4_python, READ_IN_4X, json.dumps(TEXTS), base, out, out / "onnx", fixed))
+    return {"base": read[str(base)], "out": read[str(out)], "onnx": read[str(out / "onnx")], "fixed": read[str(fixed)]}
+
+
+def test_tokenizer_gives_the_same_ids_in_4x_and_5x(with_tokenizer, read_4x):
+    from transformers import AutoTokenizer
+
+    base, out = with_tokenizer
+    assert read_json(base / "tokenizer_config.json")["tokenizer_class"] == "TokenizersBackend"  # what 5.x saves
+    for home in (out, out / "onnx"):
+        config = read_json(home / "tokenizer_config.json")
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "is_local" not in config
+
+    def ids_5x(d):
+        tok = AutoTokenizer.from_pretrained(d)
+        return [tok(t)["input_ids"] for t in TEXTS] + [[tok.bos_token_id, tok.eos_token_id, tok.unk_token_id]]
+
+    expected = ids_5x(base)
+    assert ids_5x(out) == ids_5x(out / "onnx") == expected  # 5.x reads the renamed class as it read its own
+    assert read_4x["out"]["ids"] == read_4x["onnx"]["ids"] == expected
+    assert "TokenizersBackend" in read_4x["base"]["ids"], read_4x["base"]  # the base as 5.x saved it: 4.x cannot
+
+
+def test_base_saved_by_5x_reads_its_rope_base_in_4x_once_the_4x_keys_are_added(with_tokenizer, read_4x):
+    base, out = with_tokenizer
+    assert "rope_theta" not in read_json(base / "config.json")
+    assert read_4x["base"]["rope_theta"] == 10000.0  # 4.x's fallback: the base's 1e5 is lost
+    assert read_4x["fixed"]["rope_theta"] == read_4x["out"]["rope_theta"] == 100000.0
+
+
+GENERATE_IN_4X = """
+import json, sys, torch
+from optimum.onnxruntime import ORTModelForCausalLM
+from transformers import AutoModelForCausalLM
+prompt = torch.tensor([json.loads(sys.argv[1])])
+hf = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype=torch.float32).eval()
+out = {"transformers": hf.generate(prompt, max_new_tokens=int(sys.argv[3]), do_sample=False)[0].tolist()}
+for d in sys.argv[4:]:
+    ort = ORTModelForCausalLM.from_pretrained(d, use_cache=True, provider="CPUExecutionProvider")
+    out[d] = ort.generate(prompt, max_new_tokens=int(sys.argv[3]), do_sample=False)[0].tolist()
+print(json.dumps(out))
+"""
+
+
+def test_optimum_ortmodel_generates_what_transformers_generates_in_4x(with_tokenizer, tf4_python, tmp_path):
+    """optimum's ORTModelForCausalLM (4.x only) on the ONNX output, greedy far past the original context, against
+    transformers 4.x on the safetensors output; an ONNX of the unextended base must drift from it."""
+    base, out = with_tokenizer
+    plain = tmp_path / "plain"
+    assert run_cli("extend", base, "--method", "none", "--to", "onnx", "-o", plain, "--no-verify", "-q") == 0
+    prompt = probe_ids(512, ORIGINAL_CTX + 16)[0].tolist()
+    new_tokens = 2 * ORIGINAL_CTX
+    got = json.loads(run_in_4x(tf4_python, GENERATE_IN_4X, json.dumps(prompt), out, new_tokens, out / "onnx",
+                               plain / "onnx"))
+    reference = got["transformers"]
+    assert len(reference) == len(prompt) + new_tokens
+    assert got[str(out / "onnx")] == reference
+    assert got[str(plain / "onnx")] != reference
