@@ -6,7 +6,7 @@ import gc
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
+from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids, run_each
 from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.errors import InputError
 from ropeconv.positions import PositionPlan
@@ -65,7 +65,8 @@ def check_parities(
 
     progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
     model = load_reference(base, plan, dev, lora)
-    reference = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
+    reference = run_each(passes, lambda p: hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids(),
+                                                             p.decode_steps), progress)
     free(model)
 
     probe = passes[-1]
@@ -96,7 +97,8 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
                 progress(f"candidate: {label} in {runtime.NAME}{on}")
                 extra = {"provider": provider} if provider else {}
                 prefix = f"{provider}-" if provider not in (None, "cpu") else ""
-                results.append((runtime.run_passes(path, dev, ids, passes, **extra), quantized, prefix))
+                results.append((runtime.run_passes(path, dev, ids, passes, progress=progress, **extra), quantized,
+                                prefix))
         finally:
             if path != Path(artifact):
                 _remove_twin(path)

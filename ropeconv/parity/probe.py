@@ -9,8 +9,9 @@ in every runtime). llama.cpp, which reads the probe through its cache in chunks 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ropeconv.positions import LengthRule, PositionPlan
 
@@ -36,6 +37,24 @@ class Pass:
         import torch
 
         return torch.arange(self.first_position, self.first_position + self.n_tokens).unsqueeze(0)
+
+
+def pass_done(progress: Callable[[str], None] | None, index: int, total: int, p: Pass, started: float) -> None:
+    """One progress line per finished pass: which, how many tokens, how long (parity runs for a minute on a
+    real model without any other sign of life)."""
+    if progress is not None:
+        progress(f"  pass {index}/{total} ({p.name}): {p.n_tokens} tokens at positions {p.first_position}–"
+                 f"{p.last_position} done in {time.monotonic() - started:.1f} s")
+
+
+def run_each(passes: Sequence[Pass], run_one: Callable[[Pass], "torch.Tensor"],
+             progress: Callable[[str], None] | None = None) -> list["torch.Tensor"]:
+    out = []
+    for index, p in enumerate(passes, 1):
+        started = time.monotonic()
+        out.append(run_one(p))
+        pass_done(progress, index, len(passes), p, started)
+    return out
 
 
 def default_tokens(plan: PositionPlan) -> int:

@@ -45,11 +45,13 @@ def cache_from(model, out) -> dict:
     return {keyword: getattr(out, "cache", None) or out.past_key_values}
 
 
-def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes) -> list[torch.Tensor]:
+def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, progress=None) -> list[torch.Tensor]:
     from ropeconv.parity import free
+    from ropeconv.parity.probe import run_each
 
     model = load(artifact, device)
     try:
-        return [logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
+        return run_each(passes, lambda p: logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps),
+                        progress)
     finally:
         free(model)

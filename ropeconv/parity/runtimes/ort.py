@@ -91,6 +91,10 @@ def decode(decoder: Decoder, ids: torch.Tensor, positions: torch.Tensor, decode_
     return torch.from_numpy(np.concatenate(chunks)).float()
 
 
-def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, provider: str = "cpu"):
+def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, provider: str = "cpu",
+               progress=None):
+    from ropeconv.parity.probe import run_each
+
     decoder = Decoder(session(artifact, provider))
-    return [decode(decoder, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
+    return run_each(passes, lambda p: decode(decoder, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps),
+                    progress)
