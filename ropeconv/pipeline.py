@@ -212,7 +212,8 @@ def gate(report: ParityReport, out: Path, progress: Progress) -> None:
     progress.note(report.format())
     if not report.passed:
         raise ParityError(
-            f"parity failed in {report.failed_in()} (max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}); "
+            f"parity failed in {report.failed_in()} (max |Δlogit| {report.max_abs_logit:.3g}, "
+            f"top-1 {report.top1:.1%}); "
             f"nothing written to {out}"
         )
 

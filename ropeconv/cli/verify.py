@@ -20,6 +20,11 @@ Examples:
   ropeconv verify model-32k.gguf               # llama.cpp vs transformers on the base GGUF
   ropeconv verify out/                         # every format in out/ (safetensors, GGUF, ONNX)
   ropeconv verify out/onnx/model.onnx          # onnxruntime (CPU, and CUDA on a GPU) vs transformers
+  ROPECONV_TF4_PYTHON=/envs/tf4/bin/python ropeconv verify out/   # safetensors in transformers 5.x and 4.x
+
+A safetensors output runs in transformers 4.x as well (rows marked 4.x-) when a 4.x environment is there:
+$ROPECONV_TF4_PYTHON (off: never), else .venv-tf4 beside the project (`make tf4`). The report's "ran:" line
+says which versions ran.
 """
 
 

@@ -211,8 +211,9 @@ def _parity_text(fmt: str, parity: dict[str, Any] | None) -> str:
     if not parity:
         return f"{fmt}: not checked when this artifact was written; run `ropeconv verify` on it."
     verdict = "passed" if parity["passed"] else "FAILED"
+    ran = f" ({' and '.join(parity['ran'])})" if parity.get("ran") else ""
     return (
-        f"{fmt}: {verdict}: {RUNS[fmt]} against the base weights with the intended position "
+        f"{fmt}: {verdict}: {RUNS[fmt]}{ran} against the base weights with the intended position "
         f"math, {parity['tokens']} probe tokens at positions {parity['first_position']}–"
         f"{parity['last_position']} (crossing the original context), on {parity['device']}; tolerance "
         f"max |Δlogit| ≤ {parity['tolerance']['max_abs_logit']:g}, top-1 agreement ≥ "

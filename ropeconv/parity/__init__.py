@@ -142,7 +142,7 @@ def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str
     ran = (f"transformers {transformers.__version__}",)
     interpreter = tf4.python()
     if interpreter is None:
-        return ran, (tf4.MISSING_NOTE,)
+        return ran, (tf4.missing_note(),)
     attention = tf4.attention_for(Path(artifact))
     progress(f"candidate: {artifact} in transformers 4.x ({interpreter}, cpu)")
     [candidate], version = tf4.run_jobs([tf4.Job(Path(artifact), ids, passes, attention)], interpreter, progress)

@@ -118,7 +118,8 @@ class ParityReport:
         for b in self.bands:
             span = f"{b.first_position}–{b.last_position}"
             lines.append(
-                f"  {b.pass_name:<{w}} {span:>15} {b.tokens:>7} {b.max_abs_logit:>12.3e} {b.mean_kl:>10.2e} {b.top1:>7.2%}"
+                f"  {b.pass_name:<{w}} {span:>15} {b.tokens:>7} {b.max_abs_logit:>12.3e} {b.mean_kl:>10.2e} "
+                f"{b.top1:>7.2%}"
             )
         noise = max((b.position_noise for b in self.bands), default=0.0)
         lines.append(

@@ -25,8 +25,6 @@ ENV = "ROPECONV_TF4_PYTHON"
 PREFIX = "4.x-"
 RUNNER = Path(__file__).with_name("tf4_runner.py")
 PROJECT = Path(__file__).resolve().parents[2]  # the source tree: its .venv-tf4, and ropeconv.runtime for ALiBi
-MISSING_NOTE = (f"transformers 4.x not run: no 4.x environment (`make tf4` builds .venv-tf4 beside the project, "
-                f"or set {ENV})")
 
 
 def python() -> Path | None:
@@ -41,6 +39,14 @@ def python() -> Path | None:
         return path
     beside = PROJECT / ".venv-tf4" / "bin" / "python"
     return beside if beside.is_file() else None
+
+
+def missing_note() -> str:
+    """Why 4.x did not run, for the report."""
+    if os.environ.get(ENV) is not None:
+        return f"transformers 4.x not run: {ENV} is {os.environ[ENV]!r}"
+    return (f"transformers 4.x not run: no 4.x environment (`make tf4` builds .venv-tf4 beside the project, or set "
+            f"{ENV})")
 
 
 @dataclass(frozen=True)

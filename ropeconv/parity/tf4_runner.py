@@ -8,10 +8,11 @@ stays in ropeconv (ropeconv.parity.tf4); this only loads and runs.
     python tf4_runner.py REQUEST.json
 
 REQUEST: {"jobs": [{"model": DIR, "ids": IDS.npy, "out": PREFIX, "passes": [[first_position, n_tokens,
-decode_steps], ...], "attn_implementation": NAME or null}], "ropeconv_src": DIR or null}. For job j and pass k the logits [n_tokens, vocab] (float32)
-go to f"{PREFIX}-{k}.npy"; each pass is a prefill of all but its last decode_steps tokens, then one token per
-call through the KV cache (as ropeconv.parity.runtimes.hf runs it). stdout: one JSON line with the versions.
-stderr: a "progress: …" line per pass. Exit 3: the environment cannot import its libraries.
+decode_steps], ...], "attn_implementation": NAME or null}], "ropeconv_src": DIR or null}.
+For job j and pass k the logits [n_tokens, vocab] (float32) go to f"{PREFIX}-{k}.npy"; each pass is a prefill of
+all but its last decode_steps tokens, then one token per call through the KV cache (as ropeconv.parity.runtimes.hf
+runs it). stdout: one JSON line with the versions. stderr: a "progress: …" line per pass. Exit 3: the environment
+cannot import its libraries.
 """
 
 from __future__ import annotations
