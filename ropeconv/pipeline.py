@@ -16,7 +16,7 @@ from typing import Any
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, ParityError, UnsupportedError
-from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, model_card
+from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, hub_id_from_path, model_card
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir
@@ -175,9 +175,10 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
                 gate(report, job.out, progress)
         parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
         formats = _formats_record(job, prepared, gguf_name)
+        fields = dict(job.card or {})
+        fields.setdefault("base_model", hub_id_from_path(ckpt.path))  # a base in huggingface_hub's cache names itself
         card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats, parity,
-                          ckpt.lora.to_json() if ckpt.lora else None, job.card, base_card_metadata(ckpt.path),
-                          job.name)
+                          ckpt.lora.to_json() if ckpt.lora else None, fields, base_card_metadata(ckpt.path), job.name)
         (tmp / "README.md").write_text(card)
         write_manifest(tmp, dict(_manifest_body(prepared, formats, parity), recipe=job.recipe), known_sha256)
     first = next(iter(reports.values()), None)

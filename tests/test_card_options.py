@@ -56,6 +56,16 @@ def test_plain_extend_writes_the_metadata_block_and_takes_the_base_cards_license
         assert "long-context" in data.tags and "base-tag" not in data.tags
 
 
+def test_a_base_in_the_hub_cache_names_itself(base, tmp_path):
+    snapshot = tmp_path / "hub" / "models--org--tiny-llama" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for f in base.iterdir():
+        (snapshot / f.name).symlink_to(f)
+    out = tmp_path / "out"
+    assert run_cli("extend", snapshot, "--method", "linear", "--factor", "2", "-o", out, "--no-verify", "-q") == 0
+    assert load_card(out / "README.md").data.base_model == "org/tiny-llama"
+
+
 def test_missing_parents_are_created_and_removed_when_the_run_fails(base, tmp_path, capsys):
     out = tmp_path / "new" / "deeper" / "out"
     assert run_cli("extend", base, "--method", "linear", "--factor", "2", "-o", out, "--no-verify", "-q") == 0

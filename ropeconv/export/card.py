@@ -180,6 +180,15 @@ def check_card_fields(fields: dict[str, Any]) -> None:
             raise InputError(f"card tag {tag!r}: a tag is one non-empty line")
 
 
+def hub_id_from_path(base: Path) -> str | None:
+    """The Hub id of a base that is a snapshot in huggingface_hub's cache (what `hf download ID` without --local-dir
+    leaves: …/models--ORG--NAME/snapshots/REVISION), else None."""
+    parts = Path(base).absolute().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/")
+    return None
+
+
 def base_card_metadata(base: Path) -> dict[str, Any]:
     """The metadata block of the base's own README.md (a Hub card), or {} when it has none."""
     readme = Path(base) / "README.md"
