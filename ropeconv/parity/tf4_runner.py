@@ -39,7 +39,7 @@ def load(model_dir: str, attention: str | None, ropeconv_src: str | None):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
     if getattr(model.config, ALIBI_KEY, None):
         if ropeconv_src and ropeconv_src not in sys.path:
-            sys.path.insert(0, ropeconv_src)
+            sys.path.append(ropeconv_src)  # last: this environment's own packages keep precedence
         import ropeconv.runtime
 
         ropeconv.runtime.apply(model)
