@@ -115,7 +115,7 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
 _TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
 # the Hub's library per format (what it shows and filters by); the first format written decides
 LIBRARIES = {"safetensors": "transformers", "gguf": "gguf", "onnx": "onnx"}
-# what carries over from the base's card; its base_model names the base's own parent, so it does not
+# what carries over from the base's card (not its base_model: that names the base's own parent)
 _FROM_BASE = ("license", "license_name", "license_link", "language")
 
 
@@ -142,8 +142,8 @@ def card_data(plan: PositionPlan, formats: dict[str, Any], fields: dict[str, Any
 
 def base_model_relation(plan: PositionPlan, formats: dict[str, Any], lora: bool) -> str | None:
     """The Hub knows adapter, merge, quantized and finetune. A merged LoRA or a changed position rule makes another
-    model of the base (finetune); only 8-bit weights are quantized; a plain conversion (--method none) is neither,
-    so it is left for the Hub to infer."""
+    model of the base (finetune); a Q8_0 GGUF without safetensors beside it is quantized; a plain conversion
+    (--method none) in full precision is neither, so it is left for the Hub to infer."""
     quantized = formats.get("gguf", {}).get("outtype") == "q8_0" and "safetensors" not in formats
     if lora or plan.method != "none":
         return "quantized" if quantized and not lora else "finetune"
