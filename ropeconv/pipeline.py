@@ -16,7 +16,7 @@ from typing import Any
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, ParityError, UnsupportedError
-from ropeconv.export.card import model_card
+from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, hub_id_from_path, model_card
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir
@@ -55,7 +55,8 @@ class ExtendJob:
     lora_trained_with: str | None = None  # METHOD[:FACTOR] for adapters that record no rope scaling
     force_method: bool = False  # merge even when an adapter was trained under another scaling
     recipe: dict[str, Any] | None = None  # {file, sha256} of the recipe this job came from, for the manifest
-    card: dict[str, Any] | None = None  # model-card fields: title, description, license, tags
+    card: dict[str, Any] | None = None  # model-card fields: title, description, license, tags, base_model
+    name: str | None = None  # the output model's name: GGUF general.name and file name, the card's title
     device: str | None = None
     tokens: int | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
@@ -98,6 +99,8 @@ def parse_formats(text: str | None, base: Path) -> tuple[str, ...]:
 
 def prepare(job: ExtendJob) -> Prepared:
     """All validation; reads headers only, writes nothing."""
+    check_name(job.name)
+    check_card_fields(job.card or {})
     ckpt = load_checkpoint(job.base, allow_pickle=job.allow_pickle)
     existing = ckpt.scheme.existing_scaling
     if existing and not job.rebase:
@@ -121,7 +124,7 @@ def prepare(job: ExtendJob) -> Prepared:
         # then carries the base's config.json, for the shapes only
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
-    gguf = plan_gguf(ckpt, plan, job.outtype) if "gguf" in job.formats else None
+    gguf = plan_gguf(ckpt, plan, job.outtype, job.name) if "gguf" in job.formats else None
     onnx = plan_onnx(ckpt, plan, job.onnx_dtype, _provenance(plan, ckpt.path)) if "onnx" in job.formats else None
     return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
 
@@ -148,7 +151,7 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
-    gguf_name = gguf_file_name(ckpt, job.outtype) if prepared.gguf else None
+    gguf_name = gguf_file_name(ckpt, job.outtype, job.name) if prepared.gguf else None
     with staged_dir(job.out, job.force) as tmp:
         files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
         config_text = json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n"
@@ -156,8 +159,7 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
         homes = ([tmp] if "safetensors" in job.formats else []) + ([tmp / ONNX_DIR] if prepared.onnx else [])
         for home in homes:
             (home / "config.json").write_text(config_text)
-            for name in ckpt.aux_files:
-                shutil.copyfile(ckpt.path / name, home / name)
+            _copy_aux_files(ckpt, home)
         if prepared.onnx and prepared.onnx.genai:
             (tmp / ONNX_DIR / "genai_config.json").write_text(json.dumps(prepared.onnx.genai, indent=2) + "\n")
         reports: dict[str, ParityReport] = {}  # by format
@@ -176,12 +178,27 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
                 gate(report, job.out, progress)
         parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
         formats = _formats_record(job, prepared, gguf_name)
+        fields = dict(job.card or {})
+        fields.setdefault("base_model", hub_id_from_path(ckpt.path))  # a base in huggingface_hub's cache names itself
         card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats, parity,
-                          ckpt.lora.to_json() if ckpt.lora else None, job.card)
+                          ckpt.lora.to_json() if ckpt.lora else None, fields, base_card_metadata(ckpt.path), job.name)
         (tmp / "README.md").write_text(card)
         write_manifest(tmp, dict(_manifest_body(prepared, formats, parity), recipe=job.recipe), known_sha256)
     first = next(iter(reports.values()), None)
     return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
+
+
+def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
+    """Tokenizer, chat template and generation files, as they are except a tokenizer_config.json that names a
+    class only transformers 5 has."""
+    from ropeconv.export import tokenizer_files
+
+    for name in ckpt.aux_files:
+        if name == tokenizer_files.CONFIG:
+            raw = (ckpt.path / name).read_bytes()
+            (home / name).write_bytes(tokenizer_files.portable_config(raw, "tokenizer.json" in ckpt.aux_files))
+        else:
+            shutil.copyfile(ckpt.path / name, home / name)
 
 
 def preflight(job: ExtendJob) -> None:
@@ -214,7 +231,8 @@ def gate(report: ParityReport, out: Path, progress: Progress) -> None:
     progress.note(report.format())
     if not report.passed:
         raise ParityError(
-            f"parity failed (max |Δlogit| {report.max_abs_logit:.3g}, top-1 {report.top1:.1%}); "
+            f"parity failed in {report.failed_in()} (max |Δlogit| {report.max_abs_logit:.3g}, "
+            f"top-1 {report.top1:.1%}); "
             f"nothing written to {out}"
         )
 

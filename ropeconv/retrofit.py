@@ -62,6 +62,14 @@ def is_gguf(path: Path) -> bool:
 
 
 def prepare_gguf(job) -> GgufPrepared:
+    from ropeconv.export.card import check_name
+
+    check_name(job.name)
+    if job.card:
+        flags = {"title": "--card-title", "license": "--license", "tags": "--tag", "base_model": "--base-model"}
+        given = ", ".join(flags.get(k, f"card {k}") for k in sorted(job.card))
+        raise InputError(f"{given}: model-card options, but a GGUF base is written as one .gguf file, which has no "
+                         "model card (--name sets its general.name)")
     src = read_gguf(job.base)
     arch = gguf_arch(src)
     if arch.position != "rope":
@@ -89,6 +97,8 @@ def prepare_gguf(job) -> GgufPrepared:
     for key, (kind, value) in declaration.kv.items():
         set_fields[f"{a}.{key}"] = (VALUE_TYPES[kind], value)
     set_fields.update(provenance(plan, Path(job.base)))
+    if job.name:
+        set_fields["general.name"] = (GGUFValueType.STRING, job.name)
     drop -= set_fields.keys()
     # carriers of the scaling being replaced (--rebase) would keep acting on the new plan
     stale = {t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors}

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from ropeconv.cli.main import main
+from ropeconv.parity import tf4
 
 ORIGINAL_CTX = 64
+
+# transformers 4.x (`make tf4`): found once here, then turned off for every other test, since each start of it costs
+# seconds; the tests that run it take the tf4_python fixture (and set ROPECONV_TF4_PYTHON back where verify runs it)
+TF4_PYTHON = tf4.python()
+os.environ[tf4.ENV] = "off"
 
 # Per-family tiny configs. initializer_range is large so logits have unit scale and a wrong rope
 # visibly moves them; token ids are kept inside the small vocabulary.
@@ -88,6 +95,18 @@ def assert_refused(capsys, rc: int, out: Path, parent_before: list[str], *, ment
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def tf4_python() -> Path:
+    """The transformers 4.x interpreter. `make test` builds it and sets ROPECONV_REQUIRE_TF4, so there a missing one
+    fails; a developer running pytest by hand without it gets a skip that says how to get it."""
+    if TF4_PYTHON is None:
+        if os.environ.get("ROPECONV_REQUIRE_TF4"):
+            pytest.fail("the transformers 4.x environment is missing (ROPECONV_REQUIRE_TF4 is set, as by `make test`); "
+                        "`make tf4` builds .venv-tf4")
+        pytest.skip("no transformers 4.x environment: `make tf4` builds .venv-tf4 (or set ROPECONV_TF4_PYTHON)")
+    return TF4_PYTHON
 
 
 @pytest.fixture(scope="session")

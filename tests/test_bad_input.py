@@ -281,7 +281,9 @@ def test_existing_output_with_force_is_replaced(capsys, base, out):
     assert listing(out.parent) == [out.name], "a staging or old-output sibling was left behind"
 
 
-def test_output_parent_missing(capsys, base, tmp_path):
+def test_output_below_a_file(capsys, base, tmp_path):
+    """(Missing parent folders are created: tests/test_card_options.py.)"""
+    (tmp_path / "no").write_text("a file where a folder must be")
     out = tmp_path / "no" / "such" / "dir"
     before = listing(tmp_path)
     rc = run_cli("extend", base, "--method", "yarn", "--factor", "4", "--no-verify", "-o", out)

@@ -139,8 +139,10 @@ def test_runs_are_byte_identical_manifest_complete_and_skipped_when_up_to_date(t
     assert manifest["recipe"] == {"file": str(recipe.resolve()), "sha256": first["recipe_sha256"]}
     assert manifest["ropeconv_version"] and {"torch", "transformers"} <= set(manifest["libraries"])
     assert all(p["passed"] for p in manifest["parity"].values())
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlicense: mit\n") and "A tiny test" in card
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "mit" and card.text.lstrip().startswith("# A tiny test")
     before = tree(out)
     mtime = (out / "model.safetensors").stat().st_mtime_ns
 

@@ -6,6 +6,7 @@ Reads no tensor bytes (except for opt-in pickle weights, which cannot be indexed
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def read_config(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: base not found")
+        raise InputError(missing_base(path))
     if not path.is_dir():
         raise InputError(f"{path}: expected a HuggingFace model directory")
     config = read_config(path)
@@ -106,6 +107,20 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
     scheme = read_position_scheme(config, arch, tensors)
     aux = tuple(n for n in AUX_FILES if (path / n).is_file())
     return Checkpoint(path, config, arch, scheme, tuple(tensors), weight_format, aux)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def missing_base(path: Path) -> str:
+    """The error for a base that is not there; a Hub id (ORG/NAME, no such local folder) gets how to fetch it."""
+    text = str(path)
+    if _HUB_ID.fullmatch(text) and not Path(text).parent.exists():
+        name = text.split("/")[1]
+        return (f"{text}: not a local folder; ropeconv reads a local copy, not a Hub id: download it with "
+                f"`hf download {text} --local-dir {name}` (or `huggingface-cli download {text} --local-dir {name}`), "
+                f"then pass {name}")
+    return f"{path}: base not found (a local HuggingFace model folder or a .gguf file)"
 
 
 def _safetensors_files(path: Path) -> list[Path]:

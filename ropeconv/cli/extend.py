@@ -55,6 +55,10 @@ Examples:
   # runs from position 0 to the full 32k target
   ropeconv extend ./Llama-3.1-70B --method yarn --factor 4 --max-memory cuda=70GiB,cpu=64GiB --full-length -o out/
 \b
+  # a name for the output (GGUF general.name and file name, card title) and the card's Hub metadata
+  ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to safetensors,gguf --name SmolLM2-135M-YaRN-32k \\
+      --base-model HuggingFaceTB/SmolLM2-135M --license apache-2.0 --tag long-context -o smol-32k/
+\b
   # retrofit an existing (quantized) GGUF for llama.cpp: metadata rewritten, tensors copied byte for byte
   ropeconv extend model-Q4_K_M.gguf --method yarn --factor 4 -o model-32k.gguf
 """
@@ -100,6 +104,14 @@ def _method_options(fn):
 @max_memory_option
 @click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True,
               help="parity tolerance on max |Δlogit|")
+@click.option("--name", help="the output model's name: GGUF general.name and file name (<NAME>-<OUTTYPE>.gguf), the "
+              "model card's title (default: the base folder's name)")
+@click.option("--base-model", help="the base's Hub id (e.g. HuggingFaceTB/SmolLM2-135M): the card's base_model, which "
+              "links the output to its base on the Hub")
+@click.option("--card-title", help="the model card's title")
+@click.option("--license", "card_license", help="the card's license (Hub identifier, e.g. apache-2.0; default: the "
+              "base card's)")
+@click.option("--tag", "card_tags", multiple=True, help="a tag for the card's metadata (repeat for several)")
 @click.option("--save-recipe", type=click.Path(path_type=Path),
               help="also write this command line as a YAML recipe (`ropeconv recipe run FILE` repeats it)")
 @click.option("--dry-run", is_flag=True, help="print the plan, write nothing (but --save-recipe)")
@@ -107,7 +119,8 @@ def _method_options(fn):
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, onnx_dtype, lora, lora_trained_with,
            force_method, out, force, rebase, allow_pickle, max_shard_size, verify, device, tokens, full_length,
-           max_memory, max_abs_logit, save_recipe, dry_run, as_json, quiet, **method_opts):
+           max_memory, max_abs_logit, name, base_model, card_title, card_license, card_tags, save_recipe, dry_run,
+           as_json, quiet, **method_opts):
     """Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."""
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
@@ -151,6 +164,10 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         tolerance=Tolerance(max_abs_logit=max_abs_logit),
         full_length=full_length,
         max_memory=max_memory,
+        # the same fields as a recipe's card section, so both take one path
+        card={k: v for k, v in (("title", card_title), ("license", card_license), ("tags", list(card_tags)),
+                                ("base_model", base_model)) if v} or None,
+        name=name,
     )
     if save_recipe is not None:
         from ropeconv.recipe.save import save_recipe as write_recipe

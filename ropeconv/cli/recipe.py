@@ -19,7 +19,8 @@ Examples:
 \b
 A recipe (YAML): base {path, original_ctx, rebase}, lora [{path, trained_with}], method {name, factor |
 target_ctx, the method's options}, outputs [{format, outtype | dtype}], out, parity {verify, max_abs_logit,
-tokens, device}, card {title, description, license, tags}. Relative paths are relative to the recipe.
+tokens, device}, card {title, description, license, tags, base_model}, name. Relative paths are relative to the
+recipe.
 """
 
 

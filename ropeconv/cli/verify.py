@@ -23,6 +23,11 @@ Examples:
   ropeconv verify out/ --full-length           # positions 0 … target, prefilled in chunks through the KV cache
   ropeconv verify out/ --max-memory cpu=12GiB  # a model larger than RAM: the rest is read from disk
   ropeconv verify out/ --max-memory cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB
+  ROPECONV_TF4_PYTHON=/envs/tf4/bin/python ropeconv verify out/   # safetensors in transformers 5.x and 4.x
+
+A safetensors output runs in transformers 4.x as well (rows marked 4.x-) when a 4.x environment is there:
+$ROPECONV_TF4_PYTHON (off: never), else .venv-tf4 beside the project (`make tf4`). The report's "ran:" line
+says which versions ran.
 """
 
 
@@ -58,5 +63,5 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
     failed = [r for r in reports if not r.passed]
     if failed:
         r = failed[0]
-        raise ParityError(f"parity failed in {r.runtime}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}")
+        raise ParityError(f"parity failed in {r.failed_in()}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}")
     return 0

@@ -1,9 +1,13 @@
-"""The model card (README.md) of an extended model: what was done, and whether it was proven."""
+"""The model card (README.md) of an extended model: what was done, and whether it was proven; its metadata block
+(base_model, library_name, pipeline_tag, license, tags) through huggingface_hub's ModelCard, as the Hub reads it."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
+from ropeconv.errors import InputError
 from ropeconv.positions import LengthRule, PositionPlan
 
 _RULES = {
@@ -39,10 +43,12 @@ def _alibi_runtime_note(plan) -> list[str]:
 
 def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str, dict[str, Any]],
                parity: dict[str, dict[str, Any]] | None, lora: list[dict[str, Any]] | None = None,
-               fields: dict[str, Any] | None = None) -> str:
-    """fields: a recipe's card section (title, description, license, tags)."""
+               fields: dict[str, Any] | None = None, base_card: dict[str, Any] | None = None,
+               name: str | None = None) -> str:
+    """formats: the manifest's record per format written; parity: the report summary per format; fields: the card
+    options (title, description, license, tags, base_model: `extend --card-title …` or a recipe's card section);
+    base_card: the base's own card metadata (base_card_metadata); name: the output model's name (--name)."""
     fields = fields or {}
-    """formats: the manifest's record per format written; parity: the report summary per format."""
     params = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(plan.params.items()))
     declared = []
     rope = formats.get("safetensors", {}).get("declaration")
@@ -67,9 +73,10 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         declared.append(f"onnxruntime (`{onnx['file']}`, {onnx['dtype']} weights, opset {onnx['opset']}): the position "
                         f"math is baked into the graph — {onnx['position_math']}.")
     written = [f for f in ("safetensors", "gguf", "onnx") if f in formats]
+    title = (fields.get("title") or name
+             or f"{base_name} — context extended with {plan.method} to {plan.target_ctx} tokens")
     lines = [
-        *_front_matter(fields),
-        f"# {fields.get('title') or f'{base_name} — context extended with {plan.method} to {plan.target_ctx} tokens'}",
+        f"# {title}",
         "",
         *([fields["description"], ""] if fields.get("description") else []),
         "Made with [ropeconv](https://pypi.org/project/ropeconv/).",
@@ -99,17 +106,100 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         "\n\n".join(_parity_text(f, (parity or {}).get(f)) for f in written),
         "",
     ]
-    return "\n".join(lines)
+    from huggingface_hub import ModelCard
+
+    data = card_data(plan, formats, fields, base_card or {}, name, lora=bool(lora))
+    return str(ModelCard.from_template(data, template_str=_TEMPLATE, body="\n".join(lines)))
 
 
-def _front_matter(fields: dict[str, Any]) -> list[str]:
-    """The Hugging Face model-card metadata block, when the recipe gives license or tags."""
-    meta = {k: fields[k] for k in ("license", "tags") if fields.get(k)}
-    if not meta:
-        return []
-    import yaml
+_TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
+# the Hub's library per format (what it shows and filters by); the first format written decides
+LIBRARIES = {"safetensors": "transformers", "gguf": "gguf", "onnx": "onnx"}
+# what carries over from the base's card (not its base_model: that names the base's own parent)
+_FROM_BASE = ("license", "license_name", "license_link", "language")
 
-    return ["---", yaml.safe_dump(meta, sort_keys=True).rstrip("\n"), "---", ""]
+
+def card_data(plan: PositionPlan, formats: dict[str, Any], fields: dict[str, Any], base_card: dict[str, Any],
+              name: str | None, lora: bool = False):
+    """The metadata block: huggingface_hub's ModelCardData."""
+    from huggingface_hub import ModelCardData
+
+    written = [f for f in LIBRARIES if f in formats]
+    meta: dict[str, Any] = {k: base_card[k] for k in _FROM_BASE if base_card.get(k)}
+    if fields.get("license"):  # the user's license replaces the base's, with its name and link
+        meta = {k: v for k, v in meta.items() if not k.startswith("license")}
+        meta["license"] = fields["license"]
+    tags = ["ropeconv", "long-context", plan.method, *written, *(fields.get("tags") or [])]
+    base_model = fields.get("base_model")
+    if base_model:
+        meta["base_model"] = base_model
+        relation = base_model_relation(plan, formats, lora)
+        if relation:
+            meta["base_model_relation"] = relation
+    return ModelCardData(library_name=LIBRARIES[written[0]], pipeline_tag="text-generation",
+                         tags=list(dict.fromkeys(tags)), model_name=name, **meta)
+
+
+def base_model_relation(plan: PositionPlan, formats: dict[str, Any], lora: bool) -> str | None:
+    """The Hub knows adapter, merge, quantized and finetune. A merged LoRA or a changed position rule makes another
+    model of the base (finetune); a Q8_0 GGUF without safetensors beside it is quantized; a plain conversion
+    (--method none) in full precision is neither, so it is left for the Hub to infer."""
+    quantized = formats.get("gguf", {}).get("outtype") == "q8_0" and "safetensors" not in formats
+    if lora or plan.method != "none":
+        return "quantized" if quantized and not lora else "finetune"
+    return "quantized" if quantized else None
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_name(name: str | None) -> None:
+    """--name becomes a file name (the GGUF's) as well as a title: letters, digits and . _ + - only."""
+    if name is not None and (not _NAME.fullmatch(name) or len(name) > 200):
+        raise InputError(f"--name {name!r}: use letters, digits and . _ + - (it names the GGUF file too), "
+                         "starting with a letter or digit")
+
+
+def check_card_fields(fields: dict[str, Any]) -> None:
+    """The card options, before anything is written: a Hub id for base_model, one-line license and tags."""
+    base_model = fields.get("base_model")
+    if base_model is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(base_model)
+        except HFValidationError:
+            raise InputError(f"--base-model {base_model!r}: expected a Hub model id such as "
+                             "HuggingFaceTB/SmolLM2-135M") from None
+    for key in ("title", "license"):
+        value = fields.get(key)
+        if value is not None and (not str(value).strip() or "\n" in str(value)):
+            raise InputError(f"card {key} must be one non-empty line, got {value!r}")
+    for tag in fields.get("tags") or []:
+        if not str(tag).strip() or "\n" in str(tag):
+            raise InputError(f"card tag {tag!r}: a tag is one non-empty line")
+
+
+def hub_id_from_path(base: Path) -> str | None:
+    """The Hub id of a base that is a snapshot in huggingface_hub's cache (what `hf download ID` without --local-dir
+    leaves: …/models--ORG--NAME/snapshots/REVISION), else None."""
+    parts = Path(base).absolute().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/")
+    return None
+
+
+def base_card_metadata(base: Path) -> dict[str, Any]:
+    """The metadata block of the base's own README.md (a Hub card), or {} when it has none."""
+    readme = Path(base) / "README.md"
+    if not readme.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(readme, ignore_metadata_errors=True).data.to_dict()
+    except Exception:  # a malformed card does not stop a conversion; its metadata is simply not carried over
+        return {}
 
 
 def _lora_section(lora: list[dict[str, Any]] | None) -> list[str]:
@@ -130,8 +220,9 @@ def _parity_text(fmt: str, parity: dict[str, Any] | None) -> str:
     if not parity:
         return f"{fmt}: not checked when this artifact was written; run `ropeconv verify` on it."
     verdict = "passed" if parity["passed"] else "FAILED"
+    ran = f" ({' and '.join(parity['ran'])})" if parity.get("ran") else ""
     return (
-        f"{fmt}: {verdict}: {RUNS[fmt]} against the base weights with the intended position "
+        f"{fmt}: {verdict}: {RUNS[fmt]}{ran} against the base weights with the intended position "
         f"math, {parity['tokens']} probe tokens at positions {parity['first_position']}–"
         f"{parity['last_position']} (crossing the original context), on {parity['device']}; tolerance "
         f"max |Δlogit| ≤ {parity['tolerance']['max_abs_logit']:g}, top-1 agreement ≥ "

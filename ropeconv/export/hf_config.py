@@ -19,6 +19,25 @@ from ropeconv.positions import LengthRule, PositionPlan, PositionScheme, RopePla
 _DROP = ("rope_scaling", "rope_parameters", "rope_theta", "partial_rotary_factor", "original_max_position_embeddings")
 
 
+def with_legacy_rope_keys(config: dict[str, Any], arch: ArchSpec) -> dict[str, Any]:
+    """A config transformers 5 saved (rope_parameters only, which 4.x ignores: it falls back to rope_theta 10000 and
+    no scaling) with the 4.x keys added, meaning the same. Keys already there are kept."""
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict) or any(isinstance(v, dict) for v in rope.values()):
+        return dict(config)  # none, or per layer type: 4.x has no schema for it
+    cfg = dict(config)
+    if "rope_theta" in rope:
+        cfg.setdefault(arch.theta_key, rope["rope_theta"])
+        cfg.setdefault("rope_theta", rope["rope_theta"])
+    if "partial_rotary_factor" in rope:
+        cfg.setdefault(arch.partial_key or "partial_rotary_factor", rope["partial_rotary_factor"])
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    cfg.setdefault("rope_scaling", None if rope_type == "default" else {**scaling, "rope_type": rope_type,
+                                                                         "type": rope_type})
+    return cfg
+
+
 def declared_ctx(plan: RopePlan) -> int:
     # transformers' dynamic NTK starts scaling beyond max_position_embeddings, so it must stay the original
     return plan.original_ctx if plan.length_rule is LengthRule.DYNAMIC_NTK else plan.target_ctx
@@ -81,6 +100,10 @@ def _rope_config(
     cfg["max_position_embeddings"] = declared_ctx(plan)
 
     legacy = None if rope_type == "default" else {"rope_type": rope_type, "type": rope_type, **rope}
+    if rope_type == "longrope":
+        # 4.x reads LongRoPE's original length only from this top-level key (modeling_rope_utils: without it the
+        # short factors apply up to max_position_embeddings, the target); 5.x copies it into the dict, same value
+        cfg["original_max_position_embeddings"] = plan.original_ctx
     if arch.strict_longrope_legacy:
         cfg["original_max_position_embeddings"] = plan.original_ctx
         if legacy is not None:

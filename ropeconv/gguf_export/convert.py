@@ -66,11 +66,12 @@ class GgufPlan:
         return [t.info for t in self.tensors] + [TensorInfo.of_array(n, a) for n, a in self.carriers]
 
 
-def gguf_file_name(ckpt: Checkpoint, outtype: str) -> str:
-    return f"{ckpt.path.resolve().name}-{outtype.upper()}.gguf"
+def gguf_file_name(ckpt: Checkpoint, outtype: str, name: str | None = None) -> str:
+    """<name>-<OUTTYPE>.gguf; the model's name defaults to the base folder's."""
+    return f"{name or ckpt.path.resolve().name}-{outtype.upper()}.gguf"
 
 
-def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str) -> GgufPlan:
+def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | None = None) -> GgufPlan:
     """Everything the GGUF will hold, from headers; raises before any write."""
     if outtype not in OUTTYPES:
         raise InputError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
@@ -103,7 +104,7 @@ def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str) -> GgufPlan:
     fields = [
         NewField("general.architecture", GGUFValueType.STRING, arch_name),
         NewField("general.type", GGUFValueType.STRING, "model"),
-        NewField("general.name", GGUFValueType.STRING, ckpt.path.resolve().name),
+        NewField("general.name", GGUFValueType.STRING, name or ckpt.path.resolve().name),
         NewField("general.file_type", GGUFValueType.UINT32, FILE_TYPES[outtype]),
         NewField("general.quantization_version", GGUFValueType.UINT32, 2),
     ]

@@ -33,7 +33,8 @@ OPTIONS = (
     Option("attention_factor", float, "multiplier on cos/sin; default sqrt(1 + ln s / ln L)"),
 )
 CELLS = {
-    "safetensors": Cell(Support.EXACT, "rope_type longrope"),
+    "safetensors": Cell(Support.EXACT, "rope_type longrope; original_max_position_embeddings also at the top level, "
+                        "where transformers 4.x reads it"),
     "gguf": Cell(
         Support.EXACT,
         "rope_factors_long/short + attn_factor + original_context_length (phi3; llama with type longrope); "

@@ -6,7 +6,7 @@ import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
+from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids, run_each
 from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.errors import InputError
 from ropeconv.positions import PositionPlan
@@ -116,7 +116,7 @@ def _reference(base, plan, dev, lora, placement, scratch, ids, passes, progress)
     model = load_reference(base, plan, dev, lora, placement, scratch, progress)
     try:
         placed = _placement_note(model)
-        reference = [hf_runtime.pass_logits(model, ids, p, scratch) for p in passes]
+        reference = run_each(passes, lambda p: hf_runtime.pass_logits(model, ids, p, scratch), progress)
     finally:
         model = None  # the last reference: the candidates run in the memory it held
         release()
@@ -154,12 +154,16 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
                 extra = {"provider": provider} if provider else {}
                 prefix = f"{provider}-" if provider not in (None, "cpu") else ""
                 results.append((runtime.run_passes(path, dev, ids, passes, placement=placement, scratch=scratch,
-                                                   **extra), quantized, prefix))
+                                                   progress=progress, **extra), quantized, prefix))
         finally:
             if path != Path(artifact):
                 _remove_twin(path)
     if len(runs) > 1:
         notes = notes + (_twin_note(artifact, twin),)
+    ran: tuple[str, ...] = ()
+    if runtime.NAME == "transformers":
+        ran, tf4_notes = _run_tf4(artifact, ids, passes, results, progress)
+        notes = notes + tf4_notes
 
     bands = []
     for candidate, quantized, prefix in results:
@@ -190,7 +194,28 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
         bands=tuple(bands),
         tolerance=tolerance,
         notes=notes + probe_note,
+        ran=ran,
     )
+
+
+def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str], None]):
+    """The same passes in transformers 4.x when a 4.x environment is at hand (rows marked 4.x-): the two majors
+    read config.json differently. Returns what ran and the notes."""
+    import transformers
+
+    from ropeconv.parity import tf4
+
+    ran = (f"transformers {transformers.__version__}",)
+    interpreter = tf4.python()
+    if interpreter is None:
+        return ran, (tf4.missing_note(),)
+    attention = tf4.attention_for(Path(artifact))
+    progress(f"candidate: {artifact} in transformers 4.x ({interpreter}, cpu)")
+    [candidate], version = tf4.run_jobs([tf4.Job(Path(artifact), ids, passes, attention)], interpreter, progress)
+    results.append((candidate, False, tf4.PREFIX))
+    notes = (f"transformers {version} ran it with attn_implementation={attention!r}, as a 4.x user must load it: its "
+             "default differs from 5.x for this architecture",) if attention else ()
+    return ran + (f"transformers {version}",), notes
 
 
 def _twin_note(artifact: Path, twin: Twin | None) -> str:

@@ -14,8 +14,9 @@ activations stay bounded (the attention of one chunk against the keys before it)
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ropeconv.positions import LengthRule, PositionPlan
 
@@ -56,6 +57,24 @@ class Pass:
         first = min(prefill, max(step, self.lead_tokens))
         spans = [(0, first)] + [(a, min(a + step, prefill)) for a in range(first, prefill, step)]
         return spans + [(i, i + 1) for i in range(prefill, self.n_tokens)]
+
+
+def pass_done(progress: Callable[[str], None] | None, index: int, total: int, p: Pass, started: float) -> None:
+    """One progress line per finished pass: which, how many tokens, how long (parity runs for a minute on a
+    real model without any other sign of life)."""
+    if progress is not None:
+        progress(f"  pass {index}/{total} ({p.name}): {p.n_tokens} tokens at positions {p.first_position}–"
+                 f"{p.last_position} done in {time.monotonic() - started:.1f} s")
+
+
+def run_each(passes: Sequence[Pass], run_one: Callable[[Pass], "torch.Tensor"],
+             progress: Callable[[str], None] | None = None) -> list["torch.Tensor"]:
+    out = []
+    for index, p in enumerate(passes, 1):
+        started = time.monotonic()
+        out.append(run_one(p))
+        pass_done(progress, index, len(passes), p, started)
+    return out
 
 
 def default_tokens(plan: PositionPlan) -> int:

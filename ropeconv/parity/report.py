@@ -63,6 +63,7 @@ class ParityReport:
     bands: tuple[Band, ...]
     tolerance: Tolerance
     notes: tuple[str, ...] = field(default_factory=tuple)
+    ran: tuple[str, ...] = ()  # the runtime versions that ran the artifact (transformers: 5.x, and 4.x when present)
 
     @property
     def max_abs_logit(self) -> float:
@@ -95,18 +96,33 @@ class ParityReport:
             "first_position": self.first_position,
             "last_position": self.last_position,
             "tolerance": asdict(self.tolerance),
+            **({"ran": list(self.ran)} if self.ran else {}),
         }
 
+    def failed_in(self) -> str:
+        """Where the failing rows ran: e.g. "transformers 4.57.6" when only the 4.x rows failed."""
+        from ropeconv.parity.tf4 import PREFIX
+
+        failing = [b for b in self.bands if not b.within(self.tolerance)]
+        if failing and len(self.ran) > 1 and all(b.pass_name.startswith(PREFIX) for b in failing):
+            return self.ran[-1]
+        if failing and len(self.ran) > 1 and not any(b.pass_name.startswith(PREFIX) for b in failing):
+            return self.ran[0]
+        return self.runtime
+
     def format(self) -> str:
+        w = max([6] + [len(b.pass_name) for b in self.bands])
         lines = [
             f"parity {'PASSED' if self.passed else 'FAILED'}: {self.runtime} on {self.device} vs reference, "
             f"{self.tokens} tokens, original context {self.original_ctx}",
-            f"  {'pass':<6} {'positions':>15} {'tokens':>7} {'max|Δlogit|':>12} {'mean KL':>10} {'top-1':>7}",
+            *([f"  ran: {', '.join(self.ran)}"] if self.ran else []),
+            f"  {'pass':<{w}} {'positions':>15} {'tokens':>7} {'max|Δlogit|':>12} {'mean KL':>10} {'top-1':>7}",
         ]
         for b in self.bands:
             span = f"{b.first_position}–{b.last_position}"
             lines.append(
-                f"  {b.pass_name:<6} {span:>15} {b.tokens:>7} {b.max_abs_logit:>12.3e} {b.mean_kl:>10.2e} {b.top1:>7.2%}"
+                f"  {b.pass_name:<{w}} {span:>15} {b.tokens:>7} {b.max_abs_logit:>12.3e} {b.mean_kl:>10.2e} "
+                f"{b.top1:>7.2%}"
             )
         noise = max((b.position_noise for b in self.bands), default=0.0)
         lines.append(

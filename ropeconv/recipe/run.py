@@ -59,7 +59,8 @@ def job_for(loaded: Loaded, force: bool = False):
         tokens=r.parity.tokens,
         tolerance=Tolerance(max_abs_logit=r.parity.max_abs_logit),
         recipe={"file": str(loaded.file.resolve()), "sha256": loaded.sha256},
-        card=r.card.model_dump(exclude_defaults=True),
+        card=r.card.model_dump(exclude_defaults=True) or None,
+        name=r.name,
     )
 
 

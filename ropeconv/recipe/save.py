@@ -44,6 +44,10 @@ def recipe_of(job) -> dict[str, Any]:
     data.update({"method": method, "outputs": outputs, "out": str(Path(job.out).resolve())})
     if job.force_method:
         data["force_method"] = True
+    if job.card:
+        data["card"] = dict(job.card)
+    if job.name:
+        data["name"] = job.name
     data["parity"] = {"verify": job.verify, "max_abs_logit": job.tolerance.max_abs_logit,
                       "device": job.device or "auto", **({"tokens": job.tokens} if job.tokens else {})}
     Recipe.model_validate(data)  # what is saved must load

@@ -46,8 +46,9 @@ class Parity(Strict):
 class Card(Strict):
     title: str | None = None
     description: str | None = None
-    license: str | None = None
+    license: str | None = Field(None, description="Hub license identifier (default: the base card's)")
     tags: list[str] = []
+    base_model: str | None = Field(None, description="the base's Hub id, which links the output to it on the Hub")
 
 
 _KINDS: dict[type, Any] = {int: int, float: float, bool: bool, Path: str}
@@ -79,6 +80,7 @@ class Recipe(Strict):
     force_method: bool = False
     parity: Parity = Parity()
     card: Card = Card()
+    name: str | None = Field(None, description="the output model's name: GGUF general.name and file name, card title")
 
     def path_options(self) -> dict[str, str]:
         """Method options that name files (resolved against the recipe's folder)."""

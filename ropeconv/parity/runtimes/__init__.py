@@ -1,7 +1,7 @@
 """Candidate runtimes: each loads an artifact from disk in the runtime it is meant for.
 
-A runtime module has NAME and run_passes(artifact, device, ids, passes) -> [logits per pass],
-each [n_tokens, vocab] float32 on the CPU, with the tokens at the pass's positions.
+A runtime module has NAME and run_passes(artifact, device, ids, passes, progress=None) -> [logits per pass],
+each [n_tokens, vocab] float32 on the CPU, with the tokens at the pass's positions (progress: a line per pass).
 """
 
 from __future__ import annotations

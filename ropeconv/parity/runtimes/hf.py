@@ -63,12 +63,13 @@ def pass_logits(model, ids: torch.Tensor, p, scratch: Path | None = None) -> tor
 
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, placement=None,
-               scratch: Path | None = None, progress=lambda _: None) -> list[torch.Tensor]:
+               scratch: Path | None = None, progress=None) -> list[torch.Tensor]:
     from ropeconv.parity import release
+    from ropeconv.parity.probe import run_each
 
-    model = load(artifact, device, placement, scratch, progress)
+    model = load(artifact, device, placement, scratch, progress or (lambda _: None))
     try:
-        return [pass_logits(model, ids, p, scratch) for p in passes]
+        return run_each(passes, lambda p: pass_logits(model, ids, p, scratch), progress)
     finally:
         model = None
         release()

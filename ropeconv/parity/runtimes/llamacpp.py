@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import os
 import re
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,13 +261,16 @@ def device_note(device: torch.device) -> str | None:
 
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, scratch: Path | None = None,
-               **_placement) -> list[torch.Tensor]:
+               progress=None, **_placement) -> list[torch.Tensor]:
     """Logits per probe pass, each [n_tokens, vocab], tokens at the pass's positions."""
+    from ropeconv.parity.probe import pass_done
+
     path = _gguf_file(artifact)
     switched = _length_switched(path)
     handle, handle_ctx, out = None, None, []
     try:
-        for p in passes:
+        for index, p in enumerate(passes, 1):
+            started = time.monotonic()
             # one context for every pass, holding the longest; per pass for LongRoPE (see the module docstring)
             n_ctx = max(p.n_tokens, p.last_position + 1) if switched else max(q.n_tokens for q in passes)
             if n_ctx != handle_ctx:
@@ -274,6 +278,7 @@ def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, 
                     handle.close()
                 handle, handle_ctx = load(path, device, n_ctx), n_ctx
             out.append(logits(handle, ids[:, : p.n_tokens], p.position_ids(), scratch))
+            pass_done(progress, index, len(passes), p, started)
     finally:
         if handle is not None:
             handle.close()

@@ -119,7 +119,9 @@ def fits_gpu(artifact: Path, device: torch.device) -> tuple[bool, str]:
 
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, provider: str = "cpu",
-               scratch: Path | None = None, **_placement) -> list[torch.Tensor]:
+               scratch: Path | None = None, progress=None, **_placement) -> list[torch.Tensor]:
+    from ropeconv.parity.probe import run_each
+
     decoder = Decoder(session(artifact, provider))
-    return [decode(decoder, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps, p.chunk_tokens, scratch,
-                   p.lead_tokens) for p in passes]
+    return run_each(passes, lambda p: decode(decoder, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps,
+                                             p.chunk_tokens, scratch, p.lead_tokens), progress)

@@ -1,0 +1,35 @@
+"""The tokenizer's files in an output: loadable by transformers 4.x, 5.x and optimum alike.
+
+transformers 5 saves tokenizer_config.json with "tokenizer_class": "TokenizersBackend", a class 4.x does not have
+(AutoTokenizer raises), and optimum's ONNX Runtime integration installs only beside 4.x. In 5.x,
+PreTrainedTokenizerFast is TokenizersBackend under its old name, and 4.x's PreTrainedTokenizerFast loads
+tokenizer.json as it is, so that name gives the same ids in both (tested). 5.x also records its loader's state
+(is_local, local_files_only): facts about the machine that saved it, wrong on any other.
+"""
+
+from __future__ import annotations
+
+import json
+
+CONFIG = "tokenizer_config.json"
+RENAMED = {"TokenizersBackend": "PreTrainedTokenizerFast"}  # 5.x-only name → the name both majors know
+LOADER_STATE = ("is_local", "local_files_only")
+
+
+def portable_config(raw: bytes, has_tokenizer_json: bool) -> bytes:
+    """tokenizer_config.json as both majors read it; the bytes unchanged when nothing needs changing."""
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        return raw  # not ours to repair: transformers reports it when loading
+    if not isinstance(config, dict):
+        return raw
+    changed = dict(config)
+    name = config.get("tokenizer_class")
+    if name in RENAMED and has_tokenizer_json:  # without tokenizer.json the backend has nothing to load
+        changed["tokenizer_class"] = RENAMED[name]
+    for key in LOADER_STATE:
+        changed.pop(key, None)
+    if changed == config:
+        return raw
+    return (json.dumps(changed, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -1,0 +1,120 @@
+"""transformers 4.x as a second candidate for safetensors outputs: the probe run in another Python environment.
+
+transformers 4.x and 5.x read config.json differently (4.x knows only rope_theta + rope_scaling and some
+top-level keys, 5.x prefers rope_parameters), so an output is proven in both majors when a 4.x environment
+is at hand. That environment runs tf4_runner.py by path (ropeconv is not installed there); its logits are
+compared with the reference like any runtime's, in rows marked "4.x-".
+
+Which environment: $ROPECONV_TF4_PYTHON (a python executable; "off" or empty: never run 4.x), else
+.venv-tf4/bin/python beside the project (what `make tf4` builds), else none (the report says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ropeconv.errors import InputError, ParityError
+
+ENV = "ROPECONV_TF4_PYTHON"
+PREFIX = "4.x-"
+RUNNER = Path(__file__).with_name("tf4_runner.py")
+PROJECT = Path(__file__).resolve().parents[2]  # the source tree: its .venv-tf4, and ropeconv.runtime for ALiBi
+
+
+def python() -> Path | None:
+    """The 4.x interpreter, or None when there is none (or it is turned off)."""
+    chosen = os.environ.get(ENV)
+    if chosen is not None:
+        if chosen.strip().lower() in ("", "off", "0", "no"):
+            return None
+        path = Path(chosen)
+        if not path.is_file():
+            raise InputError(f"{ENV}={chosen}: no such python executable (unset it, or `make tf4`)")
+        return path
+    beside = PROJECT / ".venv-tf4" / "bin" / "python"
+    return beside if beside.is_file() else None
+
+
+def missing_note() -> str:
+    """Why 4.x did not run, for the report."""
+    if os.environ.get(ENV) is not None:
+        return f"transformers 4.x not run: {ENV} is {os.environ[ENV]!r}"
+    return (f"transformers 4.x not run: no 4.x environment (`make tf4` builds .venv-tf4 beside the project, or set "
+            f"{ENV})")
+
+
+@dataclass(frozen=True)
+class Job:
+    model: Path  # a transformers directory
+    ids: "object"  # torch.Tensor [1, n]
+    passes: Sequence  # ropeconv.parity.probe.Pass
+    attention: str | None = None  # attn_implementation, where 4.x's default differs from 5.x (archs.hf4_attention)
+
+
+def run_jobs(jobs: Sequence[Job], interpreter: Path,
+             progress: Callable[[str], None] = lambda _: None) -> tuple[list[list], str]:
+    """Logits per job and pass (torch [n_tokens, vocab] float32), from one start of the 4.x environment (torch and
+    transformers take seconds to import, so batch models into one call); and the 4.x transformers version."""
+    import numpy as np
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="ropeconv-tf4-") as tmp:
+        request = {"jobs": [], "ropeconv_src": str(PROJECT)}
+        for j, job in enumerate(jobs):
+            np.save(Path(tmp) / f"ids-{j}.npy", job.ids.numpy())
+            request["jobs"].append({"model": str(Path(job.model).resolve()), "ids": str(Path(tmp) / f"ids-{j}.npy"),
+                                    "out": str(Path(tmp) / f"logits-{j}"),
+                                    "passes": [[p.first_position, p.n_tokens, p.decode_steps] for p in job.passes],
+                                    "attn_implementation": job.attention})
+        (Path(tmp) / "request.json").write_text(json.dumps(request))
+        version, errors = _run(interpreter, Path(tmp) / "request.json", progress)
+        if version is None:
+            raise ParityError(f"transformers 4.x ({interpreter}) could not run "
+                              f"{', '.join(str(j.model) for j in jobs)}: {errors[-1] if errors else 'no output'}")
+        if not version.startswith("4."):
+            raise InputError(f"{ENV}={interpreter} runs transformers {version}; it must be a 4.x environment")
+        logits = [[torch.from_numpy(np.load(Path(tmp) / f"logits-{j}-{k}.npy")) for k in range(len(job.passes))]
+                  for j, job in enumerate(jobs)]
+    return logits, version
+
+
+def attention_for(model_dir: Path) -> str | None:
+    """The attention implementation 4.x must be asked for (a user loading the output in 4.x must ask for it too)."""
+    from ropeconv.archs import ARCHS
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    spec = ARCHS.get(config.get("model_type"))
+    return spec.hf4_attention if spec else None
+
+
+def _run(interpreter: Path, request: Path, progress: Callable[[str], None]) -> tuple[str | None, list[str]]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([str(interpreter), str(RUNNER), str(request)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    errors = []
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            line = line.rstrip()
+            if line.startswith("progress: "):
+                progress(f"  transformers 4.x: {line[len('progress: '):]}")
+            elif line.strip():
+                errors.append(line.strip())
+        out = proc.stdout.read()
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc == 3:
+        raise InputError(f"{ENV}={interpreter}: the 4.x environment cannot start ({errors[-1] if errors else rc}); "
+                         f"rebuild it with `make tf4` or set {ENV}=off")
+    if rc != 0:
+        return None, errors
+    return json.loads(out.strip().splitlines()[-1])["transformers"], errors
