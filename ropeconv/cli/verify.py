@@ -20,6 +20,7 @@ Examples:
   ropeconv verify model-32k.gguf               # llama.cpp vs transformers on the base GGUF
   ropeconv verify out/                         # every format in out/ (safetensors, GGUF, ONNX)
   ropeconv verify out/onnx/model.onnx          # onnxruntime (CPU, and CUDA on a GPU) vs transformers
+  ropeconv verify out/ --base ./pickle-base --allow-pickle   # a base with pytorch_model.bin weights
 """
 
 
@@ -30,9 +31,11 @@ Examples:
 @click.option("--tokens", type=int, help="probe length (default 1.5× the original context, ≤ 2048)")
 @click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True)
 @click.option("--min-top1", type=float, default=Tolerance.min_top1, show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="accept pickle .bin weights in the base or the output "
+              "(loaded with weights_only=True)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -> int:
+def verify(out, base, device, tokens, max_abs_logit, min_top1, allow_pickle, as_json, quiet) -> int:
     """Compare OUT (an output directory, a .gguf or a model.onnx) in its runtime with the base weights under
     the intended rope parameters."""
     reports = verify_output(
@@ -42,6 +45,7 @@ def verify(out, base, device, tokens, max_abs_logit, min_top1, as_json, quiet) -
         tokens=tokens,
         tolerance=Tolerance(max_abs_logit=max_abs_logit, min_top1=min_top1),
         progress=Progress(enabled=not quiet),
+        allow_pickle=allow_pickle,
     )
     if as_json:
         # one artifact: its report; several (e.g. safetensors and gguf): a list, in the manifest's order
