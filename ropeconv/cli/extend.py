@@ -83,7 +83,8 @@ def _method_options(fn):
               "record it (ropeconv finetune writes ropeconv_rope.json)")
 @click.option("--force-method", is_flag=True, help="merge adapters trained under another rope scaling anyway")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
-@click.option("--force", is_flag=True, help="replace an existing output")
+@click.option("--force", is_flag=True, help="replace a previous ropeconv output or an empty folder (never files "
+              "ropeconv did not write)")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
 @click.option("--allow-pickle", is_flag=True, help="accept pickle .bin weights (loaded with weights_only=True)")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="shard the safetensors above this size")
