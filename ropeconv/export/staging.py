@@ -60,8 +60,8 @@ def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner:
     if kind == "file":
         return _file_refusal(out, path, st, force)
     if not stat.S_ISDIR(st.st_mode):
-        return f"{out} is {_what(st)}, not a folder; ropeconv writes a folder here and will not replace it, " \
-               "even with --force — remove it or choose another output path"
+        return f"{out} is {kind_of(st.st_mode)}, not a folder; ropeconv writes a folder here and will not " \
+               "replace it, even with --force — remove it or choose another output path"
     with os.scandir(path) as it:
         first = sorted(e.name for e in it)
     if not first:
@@ -69,7 +69,8 @@ def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner:
     manifest = _manifest(path)
     if manifest is None:
         return f"{out} is not a ropeconv output (no manifest.json listing its files; it holds {_names(first)}); " \
-               "--force replaces only a previous ropeconv output or an empty folder — move them or choose another output path"
+               "--force replaces only a previous ropeconv output or an empty folder — move them or choose another " \
+               "output path"
     strangers = _unlisted(path, set(manifest["files"]))
     if strangers:
         return f"{out} holds files its manifest.json does not list ({_names(strangers)}); ropeconv will not delete " \
@@ -79,7 +80,8 @@ def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner:
         return None
     if force:
         return None
-    made_by = f"made by the recipe {recipe.get('file')}" if recipe and owner is not None else "a previous ropeconv output"
+    made_by = f"made by the recipe {recipe.get('file')}" if recipe and owner is not None \
+        else "a previous ropeconv output"
     return f"{out} already exists ({made_by}); pass --force to replace it"
 
 
@@ -123,7 +125,8 @@ def _file_refusal(out: Path, path: Path, st: os.stat_result, force: bool) -> str
     if stat.S_ISDIR(st.st_mode):
         return f"{out} is a directory; -o must name a file here"
     if not stat.S_ISREG(st.st_mode):
-        return f"{out} is {_what(st)}; ropeconv replaces only a GGUF it wrote — remove it or choose another output path"
+        return f"{out} is {kind_of(st.st_mode)}; ropeconv replaces only a GGUF it wrote — remove it or choose " \
+               "another output path"
     if not _ropeconv_gguf(path):
         return f"{out} is a file ropeconv did not write (no {GGUF_PROVENANCE[0]} metadata); --force replaces " \
                "only a GGUF ropeconv wrote — move it or choose another output path"
@@ -183,10 +186,6 @@ def _unlisted(root: Path, listed: set[str], limit: int = SHOWN + 1) -> list[str]
 def _names(names: list[str]) -> str:
     shown = ", ".join(names[:SHOWN])
     return shown + (" and more" if len(names) > SHOWN else "")
-
-
-def _what(st: os.stat_result) -> str:
-    return kind_of(st.st_mode)
 
 
 # ----------------------------------------------------------------------------- one run per target
