@@ -49,7 +49,7 @@ def cli(capsys, *args) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-def sub(args: list, *, cwd: Path | None = None, timeout: float = 120) -> tuple[int, str, str]:
+def sub(args: list, *, cwd: Path | None = None, timeout: float = 600) -> tuple[int, str, str]:
     p = subprocess.run(ropeconv_cmd() + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
                        timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     return p.returncode, p.stdout, p.stderr
@@ -272,7 +272,7 @@ def test_two_runs_started_together_publish_once(base, place):
     args = ["extend", base, "--method", "yarn", "--factor", "4", "--device", "cpu", "-q", "-o", out]
     procs = [subprocess.Popen(ropeconv_cmd() + [str(a) for a in args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=180), p.stdout.read(), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
     for p in procs:
         p.stdout.close()
         p.stderr.close()
@@ -298,7 +298,7 @@ def test_kill_9_mid_write_then_a_clean_run(tmp_path, place, capsys):
     previous = digest(out)
     run = Run(slow_args(slow, out, "--force"))
     try:
-        run.wait_for_line("reference:")
+        run.wait_for_line("reference:", timeout=600)
         run.proc.send_signal(signal.SIGKILL)
         assert run.wait() == -signal.SIGKILL
     finally:
