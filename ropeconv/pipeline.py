@@ -19,7 +19,7 @@ from ropeconv.errors import InputError, ParityError, UnsupportedError
 from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, hub_id_from_path, model_card
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
-from ropeconv.export.staging import check_target, staged_dir
+from ropeconv.export.staging import check_target, staged_dir, target_lock
 from ropeconv.export.table import changes_table, output_entry, resampled
 from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
 from ropeconv.manifest import write_manifest
@@ -145,14 +145,19 @@ def _provenance(plan: PositionPlan, base: Path) -> dict[str, str]:
 def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     from ropeconv.retrofit import is_gguf, run_gguf
 
-    if is_gguf(job.base):
-        return run_gguf(job, progress)
-    progress = progress or Progress(enabled=False)
+    check_overlap(job)  # before the lock file is made beside -o, which may lie inside the base
+    with target_lock(job.out):  # the whole run: a second run to this -o is refused, not raced
+        if is_gguf(job.base):
+            return run_gguf(job, progress)
+        return _run_hf(job, progress or Progress(enabled=False))
+
+
+def _run_hf(job: ExtendJob, progress: Progress) -> ExtendResult:
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
     gguf_name = gguf_file_name(ckpt, job.outtype, job.name) if prepared.gguf else None
-    with staged_dir(job.out, job.force) as tmp:
+    with staged_dir(job.out, job.force, owner=owner(job)) as tmp:
         files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
         config_text = json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n"
         # the ONNX directory is self-contained: what optimum's ORTModel and onnxruntime-genai look for beside it
@@ -203,7 +208,10 @@ def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
 
 def preflight(job: ExtendJob) -> None:
     """The checks every output path makes after planning and before writing a byte."""
-    check_target(job.out, job.force)
+    from ropeconv.retrofit import is_gguf
+
+    check_overlap(job)
+    check_target(job.out, job.force, kind="file" if is_gguf(job.base) else "dir", owner=owner(job))
     if job.verify:
         from ropeconv.parity.placement import check_fits
 
@@ -214,6 +222,9 @@ def preflight(job: ExtendJob) -> None:
                              "into offloaded weights is not supported; give --max-memory room for the whole model")
         if job.tokens is not None and job.full_length:
             raise InputError("--tokens and --full-length: a full-length probe runs to the target context; give one")
+
+
+def check_overlap(job: ExtendJob) -> None:
     base, out = job.base.resolve(), job.out.resolve()
     if out == base or base in out.parents or out in base.parents:
         raise InputError(f"-o {job.out} overlaps the base {job.base}; write the output elsewhere")
@@ -224,6 +235,11 @@ def job_placement(job: ExtendJob):
     from ropeconv.parity.placement import parse_max_memory
 
     return parse_max_memory(job.max_memory).beside(job.out)
+
+
+def owner(job: ExtendJob) -> str | None:
+    """The recipe file (resolved path) a recipe job comes from: its own previous output needs no --force."""
+    return (job.recipe or {}).get("file")
 
 
 def gate(report: ParityReport, out: Path, progress: Progress) -> None:

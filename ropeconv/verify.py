@@ -21,8 +21,10 @@ def verify_output(
     progress: Progress | None = None,
     full_length: bool | None = None,
     max_memory: str | None = None,
+    allow_pickle: bool = False,
 ) -> list[ParityReport]:
     """One report per artifact: a .gguf file, or each format an output directory's manifest lists.
+    Every folder whose weights would be loaded is checked first: pickle weights need allow_pickle.
 
     full_length: a probe from position 0 to the target (None: the default, full length on a GPU up to 32k);
     max_memory: --max-memory caps for the transformers models (disk offload beside OUT)."""
@@ -36,9 +38,9 @@ def verify_output(
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     if out.suffix == ".gguf" and out.is_file():
-        return [_verify_gguf(out, base, device, tokens, tolerance, progress, probe)]
+        return [_verify_gguf(out, base, device, tokens, tolerance, progress, probe, allow_pickle)]
     if out.suffix == ".onnx" and out.is_file():
-        return [_verify_onnx(out, base, device, tokens, tolerance, progress, probe)]
+        return [_verify_onnx(out, base, device, tokens, tolerance, progress, probe, allow_pickle)]
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
     manifest = read_manifest(out)
@@ -79,7 +81,10 @@ def verify_output(
                          f"{', '.join(str(a.get('path')) for a in recorded_lora)}")
     from ropeconv.pipeline import gguf_twin, onnx_twin
 
-    lora = _merge(lora_found, Path(base)) if lora_found else None
+    refuse_pickle(Path(base), allow_pickle, "the base")
+    if "safetensors" in formats:
+        refuse_pickle(out, allow_pickle, "the output")
+    lora = _merge(lora_found, Path(base), allow_pickle) if lora_found else None
     artifacts = [(out, None)] if "safetensors" in formats else []
     if gguf_file is not None:
         artifacts.append((gguf_file, gguf_twin(Path(base), plan, lora)))
@@ -108,14 +113,25 @@ def _adapters(records: list) -> list | None:
     return adapters
 
 
-def _merge(adapters: list, base: Path):
+def refuse_pickle(folder: Path, allow_pickle: bool, role: str) -> None:
+    """verify loads folders through transformers, which unpickles .bin weights: only on the user's word."""
+    from ropeconv.checkpoint.hf import pickle_weights
+
+    found = [] if allow_pickle else pickle_weights(folder)
+    if found:
+        raise InputError(f"{role} {folder}: weights are pickle files ({found[0].name}); loading pickles can run "
+                         "code — pass --allow-pickle to load them with torch.load(weights_only=True)")
+
+
+def _merge(adapters: list, base: Path, allow_pickle: bool = False):
     from ropeconv.checkpoint import load_checkpoint
     from ropeconv.lora import plan_merge
 
-    return plan_merge(adapters, load_checkpoint(base).tensors)
+    return plan_merge(adapters, load_checkpoint(base, allow_pickle=allow_pickle).tensors)
 
 
-def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict) -> ParityReport:
+def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict,
+                 allow_pickle) -> ParityReport:
     from ropeconv.retrofit import recorded, verify_gguf_file
 
     plan, recorded_base = recorded(out)
@@ -126,6 +142,7 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
     elif not (Path(base).is_file() or (Path(base) / "config.json").is_file()):
         # a HF directory holding the same weights (e.g. transformers' dequantization of this GGUF) also serves
         raise InputError(f"--base {base}: neither a GGUF file nor a HuggingFace model directory")
+    refuse_pickle(Path(base), allow_pickle, "the base")
     import json
 
     from ropeconv.gguf_io.reader import read_gguf
@@ -139,7 +156,7 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
         if adapters is None:
             raise InputError(f"{out}: a LoRA adapter merged into it is missing or changed")
         if Path(base).is_dir():  # converted from a HF base
-            lora = _merge(adapters, Path(base))
+            lora = _merge(adapters, Path(base), allow_pickle)
         else:
             from ropeconv.lora.gguf_base import plan_gguf_lora
 
@@ -148,7 +165,8 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
                             progress=progress, lora=lora, **probe)
 
 
-def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict) -> ParityReport:
+def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict,
+                 allow_pickle) -> ParityReport:
     """A model.onnx carries its plan and base in metadata_props; the base may also be the output directory
     above it, whose safetensors are byte copies of the base's."""
     from ropeconv.checkpoint.hf import read_config
@@ -178,7 +196,8 @@ def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, prog
         raise InputError(f"--base {base}: not a HuggingFace model directory")
     elif adapters is None:
         raise InputError(f"{model}: a LoRA adapter merged into it is missing or changed")
-    lora = _merge(adapters, Path(base)) if adapters else None
+    refuse_pickle(Path(base), allow_pickle, "the base")
+    lora = _merge(adapters, Path(base), allow_pickle) if adapters else None
     return check_parities([(model, onnx_twin(Path(base), plan, lora))], Path(base), plan,
                           vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
                           notes=notes, progress=progress.note, lora=lora, **probe)[0]

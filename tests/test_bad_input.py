@@ -271,12 +271,12 @@ def test_existing_output_file_without_force_is_untouched(capsys, base, out):
 
 
 def test_existing_output_with_force_is_replaced(capsys, base, out):
-    out.mkdir()
-    (out / "stale.txt").write_text("old\n")
+    # --force replaces a previous ropeconv output (tests/test_safety.py: and nothing else)
+    assert extend(base, out, "--method", "linear", "--factor", "2", "--no-verify", "-q") == 0
     rc = extend(base, out, "--method", "yarn", "--factor", "4", "--no-verify", "--force")
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert not (out / "stale.txt").exists()
+    assert read_json(out / "manifest.json")["plan"]["method"] == "yarn"
     assert {"config.json", "model.safetensors", "manifest.json"} <= set(listing(out))
     assert listing(out.parent) == [out.name], "a staging or old-output sibling was left behind"
 

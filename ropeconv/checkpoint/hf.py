@@ -151,6 +151,14 @@ def _check_index(path: Path, tensors: list[TensorEntry]) -> None:
             raise InputError(f"{index}: tensor {name!r} is mapped to {file} but is not in that file")
 
 
+def pickle_weights(path: Path) -> list[Path]:
+    """The pickle files loading this folder would unpickle (it has no safetensors weights), else []."""
+    path = Path(path)
+    if not path.is_dir() or (path / INDEX_FILE).is_file() or any(path.glob("*.safetensors")):
+        return []
+    return _pickle_files(path)
+
+
 def _pickle_files(path: Path) -> list[Path]:
     return sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("*.bin"))
 

@@ -93,7 +93,8 @@ def _method_options(fn):
               "record it (ropeconv finetune writes ropeconv_rope.json)")
 @click.option("--force-method", is_flag=True, help="merge adapters trained under another rope scaling anyway")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
-@click.option("--force", is_flag=True, help="replace an existing output")
+@click.option("--force", is_flag=True, help="replace a previous ropeconv output or an empty folder (never files "
+              "ropeconv did not write)")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
 @click.option("--allow-pickle", is_flag=True, help="accept pickle .bin weights (loaded with weights_only=True)")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="shard the safetensors above this size")
@@ -169,14 +170,17 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
                                 ("base_model", base_model)) if v} or None,
         name=name,
     )
-    if save_recipe is not None:
-        from ropeconv.recipe.save import save_recipe as write_recipe
+    saved = None
+    if save_recipe is not None:  # checked now, written only when the command succeeds
+        from ropeconv.recipe.save import recipe_text, write_recipe
 
-        write_recipe(job, save_recipe, max_shard_size)
+        saved = recipe_text(job, save_recipe, max_shard_size)
     if dry_run and str(base).endswith(".gguf"):
         from ropeconv.retrofit import prepare_gguf
 
         g = prepare_gguf(job)
+        if saved is not None:
+            write_recipe(save_recipe, saved)
         data = {"plan": g.plan.to_json(), "set": {k: v[1] for k, v in g.set_fields.items()},
                 "drop": sorted(g.drop_keys), "add_tensors": sorted(g.add_tensors), "out": str(out)}
         if as_json:
@@ -189,6 +193,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         return 0
     if dry_run:
         prepared = prepare(job)
+        if saved is not None:
+            write_recipe(save_recipe, saved)
         data = {"plan": prepared.plan.to_json(), "config": prepared.hf_config, "out": str(out)}
         if as_json:
             emit_json(data)
@@ -201,6 +207,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
                        f"{prepared.checkpoint.total_bytes / 1e6:.1f} MB); nothing written (--dry-run)")
         return 0
     result = run(job, Progress(enabled=not quiet))
+    if saved is not None:
+        write_recipe(save_recipe, saved)
     if as_json:
         emit_json({
             "out": str(result.out),

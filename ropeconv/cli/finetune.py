@@ -59,7 +59,8 @@ def finetune() -> None:
 @click.option("--batch", type=int, default=1, show_default=True, help="PoSE samples per step")
 @click.option("--seed", type=int, default=0, show_default=True, help="seeds the samples and the LoRA init")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--force", is_flag=True, help="replace an existing output")
+@click.option("--force", is_flag=True, help="replace a previous ropeconv output or an empty folder (never files "
+              "ropeconv did not write)")
 @click.option("--rebase", is_flag=True, help="train under the method even though the base carries rope scaling")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable result on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")

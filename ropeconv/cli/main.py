@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 
@@ -88,6 +90,14 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         click.echo("ropeconv: interrupted; nothing was published", err=True)
         return 130
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # the last net: disk, permissions, a vanished file — one line, never a traceback
+        code = errno.errorcode.get(exc.errno or 0)
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+        click.echo(f"ropeconv: error: {_one_line(where + (exc.strerror or str(exc)))}"
+                   + (f" ({code})" if code else ""), err=True)
+        return 2
 
 
 def _one_line(text: str) -> str:

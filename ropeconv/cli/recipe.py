@@ -33,7 +33,7 @@ def recipe() -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe value (repeatable)")
 @click.option("--force", is_flag=True, help="run even when the output's manifest already matches; replace "
-              "an output not made by a recipe")
+              "another ropeconv output (never files ropeconv did not write)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable result on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def run(file: Path, sets: tuple[str, ...], force: bool, as_json: bool, quiet: bool) -> int:

@@ -23,6 +23,7 @@ Examples:
   ropeconv verify out/ --full-length           # positions 0 … target, prefilled in chunks through the KV cache
   ropeconv verify out/ --max-memory cpu=12GiB  # a model larger than RAM: the rest is read from disk
   ropeconv verify out/ --max-memory cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB
+  ropeconv verify out/ --base ./pickle-base --allow-pickle   # a base with pytorch_model.bin weights
   ROPECONV_TF4_PYTHON=/envs/tf4/bin/python ropeconv verify out/   # safetensors in transformers 5.x and 4.x
 
 A safetensors output runs in transformers 4.x as well (rows marked 4.x-) when a 4.x environment is there:
@@ -40,9 +41,12 @@ says which versions ran.
 @max_memory_option
 @click.option("--max-abs-logit", type=float, default=Tolerance.max_abs_logit, show_default=True)
 @click.option("--min-top1", type=float, default=Tolerance.min_top1, show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="accept pickle .bin weights in the base or the output "
+              "(loaded with weights_only=True)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, min_top1, as_json, quiet) -> int:
+def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, min_top1, allow_pickle, as_json,
+           quiet) -> int:
     """Compare OUT (an output directory, a .gguf or a model.onnx) in its runtime with the base weights under
     the intended rope parameters."""
     reports = verify_output(
@@ -54,6 +58,7 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
         progress=Progress(enabled=not quiet),
         full_length=full_length,
         max_memory=max_memory,
+        allow_pickle=allow_pickle,
     )
     if as_json:
         # one artifact: its report; several (e.g. safetensors and gguf): a list, in the manifest's order

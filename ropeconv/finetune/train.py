@@ -31,8 +31,9 @@ from typing import Any, Mapping
 
 from ropeconv import methods
 from ropeconv.errors import InputError
-from ropeconv.export.staging import _umask, check_target, staged_dir
+from ropeconv.export.staging import _umask, check_target, staged_dir, target_lock
 from ropeconv.finetune.pose import gather, pose_sample
+from ropeconv.manifest import write_manifest
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.progress import Progress
 
@@ -275,7 +276,11 @@ def forward_loss(model, input_ids, position_ids):
 
 
 def run(job: PoseJob, progress: Progress | None = None) -> PoseResult:
-    progress = progress or Progress(enabled=False)
+    with target_lock(Path(job.out)):  # the whole run: a second run to this -o is refused, not raced
+        return _run(job, progress or Progress(enabled=False))
+
+
+def _run(job: PoseJob, progress: Progress) -> PoseResult:
     prepared = prepare(job)
     peft = require_peft()
     import torch
@@ -335,5 +340,8 @@ def run(job: PoseJob, progress: Progress | None = None) -> PoseResult:
         files = sorted(p.name for p in tmp.iterdir())
         for name in files:  # readable like any published file (safetensors may write 0600)
             os.chmod(tmp / name, 0o666 & ~_umask())
+        # lists every file, so a later --force may replace this adapter (staging.replace_refusal)
+        write_manifest(tmp, {"kind": "lora-adapter", "rope": record})
+        files = sorted(p.name for p in tmp.iterdir())
     return PoseResult(out=Path(job.out), rope=record, losses=losses, seconds=seconds, device=device.type,
                       n_tokens=prepared.n_tokens, n_documents=len(prepared.documents), files=files)

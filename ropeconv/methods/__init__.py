@@ -52,3 +52,14 @@ def check_applies(module: ModuleType, scheme, model_type: str) -> None:
         fitting = [m.NAME for m in ordered() if scheme.kind in positions_of(m) and m.NAME != "none"]
         raise InputError(f"--method {module.NAME} acts on {' or '.join(positions_of(module))} positions; "
                          f"{model_type} uses {scheme.kind}: use --method {' or '.join(fitting)}")
+
+
+def check_request(module: ModuleType, request) -> None:
+    """What the method refuses in a request before any checkpoint is read (recipe check and run share it;
+    the method's plan() runs the same checks again)."""
+    from ropeconv.methods.base import check_request as check_common
+
+    check_common(request, takes_length=getattr(module, "TAKES_LENGTH", True))
+    own = getattr(module, "check", None)
+    if own is not None:
+        own(request)

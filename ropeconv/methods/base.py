@@ -70,24 +70,49 @@ class Lengths:
     factor: float
 
 
-def resolve_lengths(scheme: RopeScheme, request: ExtendRequest) -> Lengths:
-    """Exactly one of factor / target_ctx; original from the override or the checkpoint."""
-    original = request.original_ctx if request.original_ctx is not None else scheme.original_ctx
-    if original is None or original < 1:
+def check_request(request: ExtendRequest, *, takes_length: bool = True) -> None:
+    """Everything a request can be refused for without a checkpoint. One code path: resolve_lengths runs it
+    for `extend`, and recipe loading runs it (methods.check_request) for `recipe check` and `recipe run`
+    alike, so a check passes only what a run would accept up to the base's own facts."""
+    original = request.original_ctx
+    if original is not None and (isinstance(original, bool) or not isinstance(original, int) or original < 1):
         raise InputError(f"original context must be a positive integer, got {original}")
+    if not takes_length:
+        if request.factor is not None or request.target_ctx is not None:
+            raise InputError("--method none keeps the original context; drop --factor / --target-ctx")
+        return
     if (request.factor is None) == (request.target_ctx is None):
         raise InputError("give exactly one of --factor or --target-ctx")
     if request.factor is not None:
         factor = require_finite("--factor", request.factor)
         if factor <= 1:
             raise InputError(f"--factor must be > 1 (an extension), got {factor:g}")
+        if factor > MAX_CTX:
+            raise InputError(f"--factor {factor:g} gives a context beyond {MAX_CTX} tokens")
+    else:
+        target = request.target_ctx
+        if isinstance(target, bool) or not isinstance(target, int) or target < 2:
+            raise InputError(f"--target-ctx must be an integer above the original context, got {target}")
+        if target > MAX_CTX:
+            raise InputError(f"--target-ctx {target} is beyond {MAX_CTX} tokens")
+    for name, value in request.options.items():
+        if isinstance(value, float):  # every float option of every method is a positive scale
+            require_positive("--" + name.replace("_", "-"), value)
+
+
+def resolve_lengths(scheme: RopeScheme, request: ExtendRequest) -> Lengths:
+    """Exactly one of factor / target_ctx; original from the override or the checkpoint."""
+    check_request(request)
+    original = request.original_ctx if request.original_ctx is not None else scheme.original_ctx
+    if original is None or original < 1:
+        raise InputError(f"original context must be a positive integer, got {original}")
+    if request.factor is not None:
+        factor = float(request.factor)
         if original * factor > MAX_CTX:
             raise InputError(f"--factor {factor:g} gives a context beyond {MAX_CTX} tokens")
         target = int(round(original * factor))
     else:
         target = int(request.target_ctx)
-        if target > MAX_CTX:
-            raise InputError(f"--target-ctx {target} is beyond {MAX_CTX} tokens")
         if target <= original:
             raise InputError(f"--target-ctx {target} must exceed the original context {original}")
         factor = target / original
@@ -141,10 +166,10 @@ def check_factor_list(name: str, values: Any, n_pairs: int) -> tuple[float, ...]
 
 
 def read_json_file(option: str, path: Path) -> Any:
+    from ropeconv.files import read_regular
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{option} {path}: cannot read ({exc.strerror or exc})") from None
+        text = read_regular(Path(path), option).decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{option} {path}: not UTF-8 text") from None
     try:

@@ -47,11 +47,17 @@ def read_factors(path: Path, n_pairs: int) -> tuple[float, ...]:
     return check_factor_list(f"--factors {path}", data, n_pairs)
 
 
-def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
-    n = resolve_lengths(scheme, request)
+def check(request: ExtendRequest):
+    """The options' own rules (no checkpoint needed); returns the factors file."""
     path = request.options.get("factors")
     if path is None:
         raise InputError("--method freqs needs --factors FILE (JSON list of rotary_dim/2 divisors)")
+    return path
+
+
+def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+    n = resolve_lengths(scheme, request)
+    path = check(request)
     factors = read_factors(Path(path), scheme.n_pairs)
     attention = require_positive("--attention-factor", request.option("attention_factor", 1.0))
     return build_plan(

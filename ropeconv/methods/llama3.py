@@ -53,12 +53,18 @@ def divisors(
     return tuple(out)
 
 
-def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
-    n = resolve_lengths(scheme, request)
+def check(request: ExtendRequest) -> tuple[float, float]:
+    """The options' own rules (no checkpoint needed); returns low_freq_factor, high_freq_factor."""
     low = require_positive("--low-freq-factor", request.option("low_freq_factor", 1.0))
     high = require_positive("--high-freq-factor", request.option("high_freq_factor", 4.0))
     if high <= low:
         raise InputError(f"--high-freq-factor ({high:g}) must exceed --low-freq-factor ({low:g})")
+    return low, high
+
+
+def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+    n = resolve_lengths(scheme, request)
+    low, high = check(request)
     return build_plan(
         NAME,
         scheme,

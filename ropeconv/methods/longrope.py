@@ -59,10 +59,16 @@ def read_factor_sets(path: Path, n_pairs: int) -> tuple[tuple[float, ...], tuple
     return short, long
 
 
-def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+def check(request: ExtendRequest):
+    """The options' own rules (no checkpoint needed); returns the factors file."""
     path = request.options.get("factors")
     if path is None:
         raise InputError("--method longrope needs --factors FILE (JSON with short_factor and long_factor)")
+    return path
+
+
+def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+    path = check(request)
     short, long = read_factor_sets(Path(path), scheme.n_pairs)
     return plan_from_factors(scheme, request, short, long, factors_file=Path(path).name)
 

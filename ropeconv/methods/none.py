@@ -7,12 +7,13 @@ compare against, or an ALiBi model for llama.cpp, which cannot carry scaled slop
 from __future__ import annotations
 
 from ropeconv.errors import InputError
-from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Lengths, Support, build_plan
+from ropeconv.methods.base import Cell, ExtendRequest, GgufDeclaration, Lengths, Support, build_plan, check_request
 from ropeconv.positions import AbsolutePlan, AlibiPlan, PositionPlan, PositionScheme
 from ropeconv.positions.alibi import base_slopes
 
 NAME = "none"
 SUMMARY = "no extension: the base's position math as it is, converted to the chosen formats"
+TAKES_LENGTH = False  # neither --factor nor --target-ctx
 POSITIONS = ("rope", "alibi", "absolute")
 OPTIONS = ()
 CELLS = {
@@ -23,8 +24,7 @@ CELLS = {
 
 
 def plan(scheme: PositionScheme, request: ExtendRequest) -> PositionPlan:
-    if request.factor is not None or request.target_ctx is not None:
-        raise InputError("--method none keeps the original context; drop --factor / --target-ctx")
+    check_request(request, takes_length=False)
     original = request.original_ctx or scheme.original_ctx
     if not original:
         raise InputError("this config states no training length; pass --original-ctx")

@@ -81,12 +81,18 @@ def attention_factor(factor: float, explicit: float | None, mscale: float | None
     return get_mscale(factor)
 
 
-def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
-    n = resolve_lengths(scheme, request)
+def check(request: ExtendRequest) -> tuple[float, float]:
+    """The options' own rules (no checkpoint needed); returns beta_fast, beta_slow."""
     beta_fast = require_positive("--beta-fast", request.option("beta_fast", BETA_FAST))
     beta_slow = require_positive("--beta-slow", request.option("beta_slow", BETA_SLOW))
     if beta_fast <= beta_slow:
         raise InputError(f"--beta-fast ({beta_fast:g}) must exceed --beta-slow ({beta_slow:g})")
+    return beta_fast, beta_slow
+
+
+def plan(scheme: RopeScheme, request: ExtendRequest) -> RopePlan:
+    n = resolve_lengths(scheme, request)
+    beta_fast, beta_slow = check(request)
     truncate = bool(request.option("truncate", True))
     explicit = request.options.get("attention_factor")
     if explicit is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ class Loaded:
     recipe: Recipe
     file: Path
     sha256: str  # of the validated recipe (overrides applied) and the files it names beside it
+    job: Any = None  # the pipeline's ExtendJob (force off), built and checked without the base
 
     def resolve(self, text: str) -> Path:
         """A path written in the recipe: relative ones are relative to the recipe's folder."""
@@ -46,7 +48,11 @@ def apply_set(data: dict, assignment: str) -> None:
     for i, part in enumerate(parts[:-1]):
         node = _child(node, part, ".".join(parts[: i + 1]), assignment)
     last = parts[-1]
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise InputError(f"--set {assignment!r}: the value is not valid YAML "
+                         f"({getattr(exc, 'problem', None) or exc})") from None
     if isinstance(node, list):
         index = _index(node, last, key, assignment)
         node[index] = value
@@ -73,7 +79,7 @@ def _index(node: list, part: str, where: str, assignment: str) -> int:
 _TAG = {"union_tag_invalid": ".name", "union_tag_not_found": ".name"}  # the method's tag is its name
 
 
-def _where(loc: tuple) -> str:
+def yaml_path(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     # the method union adds its tag to the path: method.yarn.factor → method.factor
     if len(parts) > 2 and parts[0] == "method":
@@ -83,11 +89,13 @@ def _where(loc: tuple) -> str:
 
 def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, list[str]]:
     """The loaded recipe, or None and every problem found ("FILE: yaml.path: what")."""
+    from ropeconv.files import read_regular
+
     file = Path(file)
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        return None, [f"{file}: cannot read ({exc.strerror or exc})"]
+        text = read_regular(file, "recipe").decode("utf-8")
+    except InputError as exc:
+        return None, [str(exc)]
     except UnicodeDecodeError:
         return None, [f"{file}: not UTF-8 text"]
     try:
@@ -106,25 +114,92 @@ def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, 
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        return None, [f"{file}: {_where(e['loc'])}{_TAG.get(e['type'], '')}: {e['msg']}" for e in exc.errors()]
+        return None, [f"{file}: {yaml_path(e['loc'])}{_TAG.get(e['type'], '')}: {e['msg']}" for e in exc.errors()]
     loaded = Loaded(recipe, file, "")
     problems = []
+    sidecars = {}
     for name, value in recipe.path_options().items():
-        if not loaded.resolve(value).is_file():
+        path = loaded.resolve(value)
+        if not os.path.lexists(path):
             problems.append(f"{file}: method.{name}: {value} not found (beside the recipe)")
+            continue
+        try:
+            sidecars[name] = read_regular(path, f"method.{name}:")
+        except InputError as exc:
+            problems.append(f"{file}: {exc}")
     formats = [o.format for o in recipe.outputs]
     if len(set(formats)) != len(formats):
         problems.append(f"{file}: outputs: a format is listed twice")
     if problems:
         return None, problems
-    return Loaded(recipe, file, _digest(loaded)), []
+    loaded = Loaded(recipe, file, _digest(loaded, sidecars))
+    try:
+        job = job_for(loaded)  # what the run would refuse before reading the base, check refuses too
+    except InputError as exc:
+        return None, [f"{file}: {exc}"]
+    return replace(loaded, job=job), []
 
 
-def _digest(loaded: Loaded) -> str:
+def _digest(loaded: Loaded, sidecars: dict[str, bytes]) -> str:
     h = hashlib.sha256(json.dumps(loaded.recipe.model_dump(mode="json"), sort_keys=True).encode())
-    for _, value in sorted(loaded.recipe.path_options().items()):
-        h.update(loaded.resolve(value).read_bytes())  # a sidecar's content is part of the recipe
+    for name in sorted(sidecars):
+        h.update(sidecars[name])  # a sidecar's content is part of the recipe
     return h.hexdigest()
+
+
+def job_for(loaded: Loaded, force: bool = False):
+    """The recipe as an extend job, with every check that needs no base: the request (methods.check_request,
+    which extend's resolve_lengths also runs), formats, outtype/dtype, shard size, adapters' scalings."""
+    from ropeconv import methods
+    from ropeconv.cli.options import parse_bytes
+    from ropeconv.methods.base import ExtendRequest
+    from ropeconv.parity import Tolerance
+    from ropeconv.pipeline import ExtendJob, parse_formats
+
+    r = loaded.recipe
+    base = loaded.resolve(r.base.path)
+    method = r.method
+    options = {k: v for k, v in method.model_dump().items() if k not in ("name", "factor", "target_ctx")
+               and v is not None}
+    options.update({k: loaded.resolve(v) for k, v in r.path_options().items()})
+    request = ExtendRequest(factor=method.factor, target_ctx=method.target_ctx, original_ctx=r.base.original_ctx,
+                            options=options)
+    methods.check_request(methods.get(method.name), request)
+    outtypes = {o.outtype for o in r.outputs if o.outtype}
+    dtypes = {o.dtype for o in r.outputs if o.dtype}
+    if any(o.outtype and o.format != "gguf" for o in r.outputs) or any(o.dtype and o.format != "onnx"
+                                                                        for o in r.outputs):
+        raise InputError("outputs: outtype belongs to gguf, dtype to onnx")
+    return ExtendJob(
+        base=base,
+        method=method.name,
+        request=request,
+        out=loaded.resolve(r.out),
+        formats=parse_formats(",".join(o.format for o in r.outputs), base),
+        outtype=next(iter(outtypes), "f16"),
+        onnx_dtype=next(iter(dtypes), "fp32"),
+        force=force,
+        rebase=r.base.rebase,
+        allow_pickle=r.base.allow_pickle,
+        max_shard_bytes=parse_bytes("max_shard_size", r.max_shard_size),
+        verify=r.parity.verify,
+        lora=tuple(loaded.resolve(a.path) for a in r.lora),
+        lora_trained_with=_one_trained_with(r),
+        force_method=r.force_method,
+        device=r.parity.device,
+        tokens=r.parity.tokens,
+        tolerance=Tolerance(max_abs_logit=r.parity.max_abs_logit),
+        recipe={"file": str(loaded.file.resolve()), "sha256": loaded.sha256},
+        card=r.card.model_dump(exclude_defaults=True) or None,
+        name=r.name,
+    )
+
+
+def _one_trained_with(recipe: Recipe) -> str | None:
+    given = {a.trained_with for a in recipe.lora if a.trained_with}
+    if len(given) > 1:
+        raise InputError("lora: adapters trained under different scalings cannot be merged into one model")
+    return next(iter(given), None)
 
 
 def load_recipe(file: Path, sets: tuple[str, ...] = ()) -> Loaded:

@@ -50,17 +50,43 @@ def recipe_of(job) -> dict[str, Any]:
         data["name"] = job.name
     data["parity"] = {"verify": job.verify, "max_abs_logit": job.tolerance.max_abs_logit,
                       "device": job.device or "auto", **({"tokens": job.tokens} if job.tokens else {})}
-    Recipe.model_validate(data)  # what is saved must load
     return data
 
 
-def save_recipe(job, file: Path, max_shard_size: str) -> None:
+def recipe_text(job, file: Path, max_shard_size: str) -> str:
+    """The recipe `--save-recipe FILE` will write, checked before the run starts: it must load (the schema
+    recipe run uses) and FILE must be a writable place for it. Writes nothing."""
+    from pydantic import ValidationError
+
+    from ropeconv.files import refuse_special
+    from ropeconv.recipe.load import yaml_path
+
     data = recipe_of(job)
     data["max_shard_size"] = max_shard_size
+    try:
+        Recipe.model_validate(data)  # what is saved must load
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"--save-recipe {file}: this command cannot be saved as a recipe: "
+                         f"{yaml_path(first['loc'])}: {first['msg']}") from None
     file = Path(file)
     if not file.parent.is_dir():
         raise InputError(f"--save-recipe {file}: its folder does not exist")
+    refuse_special(file, "--save-recipe")
+    return ("# written by `ropeconv extend --save-recipe`; run it with `ropeconv recipe run`\n"
+            + yaml.safe_dump(data, sort_keys=False))
+
+
+def write_recipe(file: Path, text: str) -> None:
+    """Called once the command succeeded: a refused or failed run saves nothing."""
+    from ropeconv.files import refuse_special
+
+    file = Path(file)
+    refuse_special(file, "--save-recipe")
     tmp = file.with_name(f".{file.name}.tmp")
-    tmp.write_text("# written by `ropeconv extend --save-recipe`; run it with `ropeconv recipe run`\n"
-                   + yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, file)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, file)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"--save-recipe {file}: cannot write ({exc.strerror or exc})") from None

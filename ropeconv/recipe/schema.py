@@ -15,7 +15,8 @@ from ropeconv.parity.report import Tolerance
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no inf/nan anywhere: YAML's .inf and an overflowing 1e400 are refused with their path
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Base(Strict):
