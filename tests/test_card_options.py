@@ -90,7 +90,7 @@ def test_missing_parents_are_created_and_removed_when_the_run_fails(base, tmp_pa
     rc = run_cli("extend", base, "--method", "linear", "--factor", "2", "-o", blocker / "out")
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("ropeconv: error: ") and len(err.splitlines()) == 1, err
-    assert "a-file is a file, not a folder" in err and listing(tmp_path) == before
+    assert "a-file is not a folder" in err and listing(tmp_path) == before
 
 
 def test_a_hub_id_as_the_base_says_how_to_get_a_local_copy(tmp_path, monkeypatch, capsys):

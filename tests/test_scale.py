@@ -26,11 +26,13 @@ from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tin
 from test_memory import ropeconv_cmd
 
 MiB = 1024 * 1024
-# float32: 12.6 MiB per decoder layer, ~128 MiB for 10 layers; stored in bfloat16 (half that on disk)
+# float32: 12.6 MiB per decoder layer, ~250 MiB for 20 layers; stored in bfloat16 (half that on disk)
 SHAPES = dict(vocab_size=512, hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=4,
               max_position_embeddings=64, initializer_range=0.05, tie_word_embeddings=False)
-BIG_LAYERS, CAP = 10, 32 * MiB
-SLACK = 32 * MiB  # allocator noise (glibc arenas, freed blocks kept) between runs: seen 9–27 MiB
+BIG_LAYERS, CAP = 20, 32 * MiB
+# allocator noise (glibc arenas, freed blocks kept) between runs: seen 9–27 MiB quiet, 63 MiB once on a machine at
+# load 15; a run ignoring the cap would exceed the allowance by ~150 MiB more than that (asserted below)
+SLACK = 64 * MiB
 TIMEOUT_S = 240.0
 
 
@@ -46,7 +48,7 @@ def _llama(root: Path, name: str, layers: int) -> Path:
 
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory):
-    """{small, big}: yarn ×4 outputs (written without parity) of a 1-layer and an 8-layer model of one shape."""
+    """{small, big}: yarn ×4 outputs (written without parity) of a 1-layer and a BIG_LAYERS-layer model of one shape."""
     root = tmp_path_factory.mktemp("scale")
     outs = {}
     for name, layers in (("small", 1), ("big", BIG_LAYERS)):
@@ -103,7 +105,7 @@ def test_verify_under_a_cpu_cap_stays_within_it_and_gives_the_uncapped_figures(e
     assert capped["passed"]
     assert any("on disk" in n for n in capped["notes"]), capped["notes"]  # the cap forced disk offload
     # a run that ignored the cap would hold all the float32 weights: constant + weights, far above the allowance
-    assert weights > CAP + 2 * SLACK
+    assert weights > CAP + 3 * SLACK
     assert capped_peak <= allowed, f"peak {capped_peak / MiB:.0f} MiB over the cap's allowance {allowed / MiB:.0f}"
     # the same float32 math wherever the weights lived (uncapped in-process: same code, no import cost)
     capsys.readouterr()

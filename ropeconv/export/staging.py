@@ -271,7 +271,7 @@ def _acquire(lock: Path, out: Path) -> int:
         os.close(fd)
 
 
-_LEFTOVER = r"\.{name}\.[a-z0-9_]{{8}}\.(tmp(\..*)?|old)"  # what tempfile makes for staged_dir/staged_file
+_LEFTOVER = r"\.{name}\.[a-z0-9_]{{8}}\.(tmp(\..*)?|old|scratch)"  # tempfile names: staged_dir/file, parity scratch
 
 
 def _clear_leftovers(path: Path) -> None:

@@ -45,6 +45,9 @@ class Placement:
     caps: tuple[tuple[str, int], ...] = ()  # ("cuda:0" | "cuda" | "cpu" | "disk", bytes)
     scratch_parent: Path | None = None  # disk offload and large logit stores go in a folder made here
     spec: str = ""  # --max-memory as the user wrote it, for messages
+    # the output's name: scratch is `.NAME.XXXXXXXX.scratch`, which a later run holding NAME's lock clears when a
+    # killed run left it (ropeconv.export.staging's leftovers)
+    scratch_label: str = "ropeconv"
 
     def cap(self, key: str) -> int | None:
         return dict(self.caps).get(key)
@@ -53,7 +56,8 @@ class Placement:
         """The same caps, scratch folders beside `path` (an output being written or verified)."""
         from dataclasses import replace
 
-        return replace(self, scratch_parent=Path(path).resolve().parent)
+        path = Path(path).resolve()
+        return replace(self, scratch_parent=path.parent, scratch_label=path.name)
 
 
 def parse_max_memory(text: str | None) -> Placement:
@@ -292,7 +296,8 @@ def offloaded_names(model: "nn.Module") -> set[str]:
     return {name for name, p in model.named_parameters() if p.is_meta}
 
 
-def scratch_dir(placement: Placement | None, label: str = "ropeconv") -> Path:
+def scratch_dir(placement: Placement | None) -> Path:
     """A fresh folder for disk offload and large logit stores: beside the output when there is one."""
     parent = (placement.scratch_parent if placement else None) or Path(tempfile.gettempdir())
-    return Path(tempfile.mkdtemp(prefix=f".{label}.scratch-", dir=_existing(parent)))
+    label = placement.scratch_label if placement else "ropeconv"
+    return Path(tempfile.mkdtemp(prefix=f".{label}.", suffix=".scratch", dir=_existing(parent)))
