@@ -97,6 +97,8 @@ HF_TO_GGUF = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "phi3": "p
 def gguf_arch_for(name: str | None) -> GgufArchSpec:
     if not name:
         raise InputError("GGUF has no general.architecture")
+    if not isinstance(name, str):
+        raise InputError(f"GGUF general.architecture must be a string, got {type(name).__name__}")
     try:
         return GGUF_ARCHS[name]
     except KeyError:
@@ -106,6 +108,8 @@ def gguf_arch_for(name: str | None) -> GgufArchSpec:
 def arch_for(model_type: str | None) -> ArchSpec:
     if not model_type:
         raise InputError("config.json has no model_type; cannot tell the architecture")
+    if not isinstance(model_type, str):
+        raise InputError(f"config.json: model_type must be a string, got {type(model_type).__name__}")
     try:
         return ARCHS[model_type]
     except KeyError:

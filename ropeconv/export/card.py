@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ropeconv.jsontext import printable
 from ropeconv.positions import LengthRule, PositionPlan
 
 _RULES = {
@@ -99,7 +100,8 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         "\n\n".join(_parity_text(f, (parity or {}).get(f)) for f in written),
         "",
     ]
-    return "\n".join(lines)
+    # a base or adapter folder whose name is not UTF-8 reaches here as surrogate escapes: shown as \xNN
+    return printable("\n".join(lines))
 
 
 def _front_matter(fields: dict[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,6 +10,7 @@ from typing import Callable, Sequence
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids
 from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.errors import InputError
+from ropeconv.inputfile import utf8_path
 from ropeconv.positions import PositionPlan
 
 # torch and transformers load only when parity runs: `extend --no-verify`, `inspect` and `methods`
@@ -48,6 +50,15 @@ def check_parities(
 ) -> list[ParityReport]:
     """A report per artifact (e.g. the safetensors directory and the GGUF of one output), against one
     reference computed once: the same probe, plan and base serve them all."""
+    with contextlib.ExitStack() as stack:
+        # the runtimes take paths as UTF-8 text: a folder named otherwise is reached through an alias
+        base = stack.enter_context(utf8_path(base))
+        artifacts = [(stack.enter_context(utf8_path(a)), twin) for a, twin in artifacts]
+        return _check_parities(artifacts, base, plan, vocab_size, device=device, tokens=tokens, tolerance=tolerance,
+                               notes=notes, progress=progress, lora=lora)
+
+
+def _check_parities(artifacts, base, plan, vocab_size, *, device, tokens, tolerance, notes, progress, lora):
     from ropeconv.parity.reference import load_reference
     from ropeconv.parity.runtimes import hf as hf_runtime
 
