@@ -118,14 +118,14 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
     elif not (Path(base).is_file() or (Path(base) / "config.json").is_file()):
         # a HF directory holding the same weights (e.g. transformers' dequantization of this GGUF) also serves
         raise InputError(f"--base {base}: neither a GGUF file nor a HuggingFace model directory")
-    import json
-
+    from ropeconv import jsontext
     from ropeconv.gguf_io.reader import read_gguf
     from ropeconv.retrofit import LORA_KEY
 
     lora = None
     in_file = read_gguf(out).value(LORA_KEY)  # a retrofit records its adapters in the file
-    listed = json.loads(in_file) if isinstance(in_file, str) else (read_manifest(out.parent) or {}).get("lora") or []
+    listed = jsontext.loads(in_file, f"{out}: {LORA_KEY}") if isinstance(in_file, str) \
+        else (read_manifest(out.parent) or {}).get("lora") or []
     if listed:
         adapters = _adapters(listed)
         if adapters is None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ropeconv import jsontext
 from ropeconv import methods
 from ropeconv.errors import InputError
 from ropeconv.methods.base import Option
@@ -31,7 +31,7 @@ def parse_bytes(flag: str, text: str) -> int:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    click.echo(jsontext.dumps(data, "--json output", indent=2, sort_keys=True, default=str))
 
 
 def all_method_options() -> dict[str, Option]:
