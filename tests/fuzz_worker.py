@@ -155,6 +155,7 @@ def check_gguf(path: Path) -> dict:
     try:
         src = read_gguf(path)
         outcome["read"] = f"ok ({len(src.fields)} keys, {len(src.tensors)} tensors)"
+        del src  # its map of the file is released before the next reader maps it again
     except InputError as exc:
         outcome["read"] = f"refused: {exc}"
     outcome["inspect"] = run_cli("inspect", str(path))
@@ -179,12 +180,13 @@ def plan_retrofit(path: Path) -> str:
 
 
 def run_cli(*args: str) -> str:
-    """The CLI in-process: 'ok', or 'refused: LINE' when it kept the bad-input contract; raises otherwise."""
-    from ropeconv.cli.main import main
+    """The CLI in-process: 'ok', or 'refused: LINE' when it kept the bad-input contract; raises otherwise.
+    Only `inspect` is registered (see main), so the children never import torch."""
+    from ropeconv.cli.main import _run
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
+        rc = _run(list(args))
     lines = err.getvalue().splitlines()
     if rc == 0 and not lines:
         return "ok"
@@ -377,9 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     import ropeconv.cli.inspect  # noqa: F401
     import ropeconv.pipeline  # noqa: F401
     import ropeconv.retrofit  # noqa: F401
-    from ropeconv.cli.main import _register
+    from ropeconv.cli.inspect import inspect
+    from ropeconv.cli.main import cli
 
-    _register()
+    cli.add_command(inspect)  # the one command the checks drive (all of them would import torch, ~4 s per run)
     budget = args.budget_mib << 20
     if args.mode == "files":  # crafted files, as they are
         failures = 0

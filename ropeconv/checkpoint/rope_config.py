@@ -23,7 +23,8 @@ def rope_dict(config: Mapping[str, Any]) -> dict[str, Any]:
         raise InputError("config.json: per-layer-type rope_parameters are not supported yet")
     for key in ("rope_type", "type"):
         if chosen.get(key) is not None and not isinstance(chosen[key], str):
-            raise InputError(f"config.json: rope {key} must be a string, got {type(chosen[key]).__name__}")
+            raise InputError(f"config.json: {key} in rope_scaling/rope_parameters must be a string, "
+                             f"got {type(chosen[key]).__name__}")
     return dict(chosen)
 
 
