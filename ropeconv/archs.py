@@ -102,7 +102,7 @@ def gguf_arch_for(name: str | None) -> GgufArchSpec:
     try:
         return GGUF_ARCHS[name]
     except KeyError:
-        raise InputError(f"unknown GGUF architecture {name!r}; supported: {', '.join(sorted(GGUF_ARCHS))}") from None
+        raise InputError(f"unknown GGUF architecture {name[:40]!r}; supported: {', '.join(sorted(GGUF_ARCHS))}") from None
 
 
 def arch_for(model_type: str | None) -> ArchSpec:
@@ -114,5 +114,5 @@ def arch_for(model_type: str | None) -> ArchSpec:
         return ARCHS[model_type]
     except KeyError:
         raise InputError(
-            f"unknown architecture {model_type!r}; supported: {', '.join(sorted(ARCHS))}"
+            f"unknown architecture {model_type[:40]!r}; supported: {', '.join(sorted(ARCHS))}"
         ) from None

@@ -145,7 +145,7 @@ def _check_index(path: Path, tensors: list[TensorEntry]) -> None:
     found = {t.name: t.file.name for t in tensors}
     for name, file in weight_map.items():
         if found.get(name) != file:
-            raise InputError(f"{path / INDEX_FILE}: tensor {name!r} is mapped to {file} but is not in that file")
+            raise InputError(f"{path / INDEX_FILE}: tensor {name[:80]!r} is mapped to {file[:80]} but is not in that file")
 
 
 def _pickle_files(path: Path) -> list[Path]:

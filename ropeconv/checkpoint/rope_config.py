@@ -72,7 +72,7 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
             existing.get("original_max_position_embeddings") or config.get("original_max_position_embeddings") or declared
         )
         if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
-            raise InputError(f"config.json: original_max_position_embeddings {original!r} is not a positive integer")
+            raise InputError(f"config.json: original_max_position_embeddings {str(original)[:40]} is not a positive integer")
     return RopeScheme(
         theta=theta,
         head_dim=hd,

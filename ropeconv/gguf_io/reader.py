@@ -275,7 +275,8 @@ class _Parser:
                     raise self.fail(f"key {key!r} is a nested array, which llama.cpp does not support")
                 count = self.unpack("<Q", f"array length of key {key!r}")
             value_at = self.pos - start
-            self.skip_items(value_type if item_type is None else item_type, count, key)
+            what = f"value of key {key!r}" if item_type is None else f"array of key {key!r}"
+            self.skip_items(value_type if item_type is None else item_type, count, what)
             raw = memoryview(self.buf)[start : self.pos]
             fields.append(GgufField(key, value_type, item_type, raw, start, count, value_at))
         return tuple(fields)
@@ -287,9 +288,8 @@ class _Parser:
         except ValueError:
             raise self.fail(f"{what} is unknown ({type_id})") from None
 
-    def skip_items(self, item_type: GGUFValueType, count: int, key: str) -> None:
+    def skip_items(self, item_type: GGUFValueType, count: int, what: str) -> None:
         """Move past `count` items, checking every length against the file; nothing is decoded or kept."""
-        what = f"value of key {key!r}" if count == 1 else f"array of key {key!r}"
         if item_type == GGUFValueType.STRING:
             # each string is at least its 8-byte length: refuse an absurd count before looping on it
             self.count(count, 8, self.size, f"item count of {what}")
@@ -298,7 +298,7 @@ class _Parser:
                 n = length(buf, pos)[0] if pos + 8 <= size else size
                 if n > size - pos - 8:
                     self.pos = pos
-                    self.skip_string(f"item {i} of {what}" if count > 1 else what)  # raises: truncated
+                    self.skip_string(what if what.startswith("value") else f"item {i} of {what}")  # raises
                 pos += 8 + n
             self.pos = pos
             return
