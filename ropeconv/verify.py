@@ -71,6 +71,9 @@ def verify_output(
                          f"{', '.join(str(a.get('path')) for a in recorded_lora)}")
     from ropeconv.pipeline import gguf_twin, onnx_twin
 
+    # transformers sizes models from these configs: each is checked against its tensors first
+    for checkpoint in {Path(base), out} if "safetensors" in formats else {Path(base)}:
+        _check_against_tensors(checkpoint)
     lora = _merge(lora_found, Path(base)) if lora_found else None
     artifacts = [(out, None)] if "safetensors" in formats else []
     if gguf_file is not None:
@@ -79,6 +82,14 @@ def verify_output(
         artifacts.append((onnx_file, onnx_twin(Path(base), plan, lora)))
     return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
                           tolerance=tolerance, notes=notes, progress=progress.note, lora=lora)
+
+
+def _check_against_tensors(path: Path) -> None:
+    """load_checkpoint's checks (config against the safetensors headers) for a folder transformers will load."""
+    from ropeconv.checkpoint import load_checkpoint
+
+    if any(path.glob("*.safetensors")):  # pickle-only folders are transformers' to load (and to refuse)
+        load_checkpoint(path)
 
 
 def _adapters(records: list) -> list | None:

@@ -248,6 +248,13 @@ def test_config_disagreeing_with_the_tensors(capsys, base, out, changes, args, m
     assert_refused(capsys, extend(base, out, *args, "--no-verify"), out, before, mentions=mentions)
 
 
+def test_verify_checks_the_base_config_before_transformers_loads_it(capsys, base, out):
+    assert extend(base, out, "--no-verify", "-q") == 0
+    edit_config(base, vocab_size=1024)  # the base changed after the run: transformers would size from it
+    capsys.readouterr()
+    refused_in_place(capsys, run_cli("verify", out, "-q", "--device", "cpu"), "model.embed_tokens.weight", "1024")
+
+
 @pytest.mark.parametrize("damage", ["missing-q_proj", "transposed-gate_proj"])
 def test_tensor_missing_or_transposed(capsys, base, out, damage):
     def edit(header):
