@@ -100,18 +100,22 @@ HF_TO_GGUF = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "phi3": "p
 def gguf_arch_for(name: str | None) -> GgufArchSpec:
     if not name:
         raise InputError("GGUF has no general.architecture")
+    if not isinstance(name, str):
+        raise InputError(f"GGUF general.architecture must be a string, got {type(name).__name__}")
     try:
         return GGUF_ARCHS[name]
     except KeyError:
-        raise InputError(f"unknown GGUF architecture {name!r}; supported: {', '.join(sorted(GGUF_ARCHS))}") from None
+        raise InputError(f"unknown GGUF architecture {name[:40]!r}; supported: {', '.join(sorted(GGUF_ARCHS))}") from None
 
 
 def arch_for(model_type: str | None) -> ArchSpec:
     if not model_type:
         raise InputError("config.json has no model_type; cannot tell the architecture")
+    if not isinstance(model_type, str):
+        raise InputError(f"config.json: model_type must be a string, got {type(model_type).__name__}")
     try:
         return ARCHS[model_type]
     except KeyError:
         raise InputError(
-            f"unknown architecture {model_type!r}; supported: {', '.join(sorted(ARCHS))}"
+            f"unknown architecture {model_type[:40]!r}; supported: {', '.join(sorted(ARCHS))}"
         ) from None

@@ -17,6 +17,11 @@ class UnsupportedError(InputError):
     """The input is valid but this (method, architecture, format) cell is refused."""
 
 
+class DamagedPlan(InputError):
+    """A ropeconv output whose recorded plan (GGUF or ONNX metadata) cannot be read back: verify refuses
+    it, inspect shows the file and says so."""
+
+
 class ParityError(RopeconvError):
     """The artifact's logits differ from the reference beyond tolerance."""
 

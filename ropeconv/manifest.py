@@ -6,12 +6,13 @@ No timestamps or host names: two runs with the same inputs give byte-identical m
 from __future__ import annotations
 
 import hashlib
-import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import ropeconv
+from ropeconv import jsontext
+from ropeconv.errors import InputError
 
 MANIFEST_NAME = "manifest.json"
 LIBRARIES = ("torch", "transformers", "safetensors", "numpy", "gguf", "onnx", "onnxruntime", "llama_cpp_python")
@@ -52,7 +53,7 @@ def write_manifest(root: Path, body: dict[str, Any], known_sha256: dict[str, str
         **body,
         "files": file_records(root, known_sha256),
     }
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (root / MANIFEST_NAME).write_text(jsontext.dumps(manifest, MANIFEST_NAME, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
@@ -61,7 +62,7 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
+        data = jsontext.loads(path.read_bytes(), str(path))
+    except (OSError, InputError):
         return None
     return data if isinstance(data, dict) else None

@@ -7,12 +7,12 @@ in a temporary sibling and published only when complete (and, when verified, pro
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ropeconv import jsontext
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, ParityError, UnsupportedError
@@ -159,14 +159,15 @@ def _run_hf(job: ExtendJob, progress: Progress) -> ExtendResult:
     gguf_name = gguf_file_name(ckpt, job.outtype, job.name) if prepared.gguf else None
     with staged_dir(job.out, job.force, owner=owner(job)) as tmp:
         files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
-        config_text = json.dumps(prepared.hf_config, indent=2, sort_keys=True) + "\n"
+        config_text = jsontext.dumps(prepared.hf_config, "config.json", indent=2, sort_keys=True) + "\n"
         # the ONNX directory is self-contained: what optimum's ORTModel and onnxruntime-genai look for beside it
         homes = ([tmp] if "safetensors" in job.formats else []) + ([tmp / ONNX_DIR] if prepared.onnx else [])
         for home in homes:
             (home / "config.json").write_text(config_text)
             _copy_aux_files(ckpt, home)
         if prepared.onnx and prepared.onnx.genai:
-            (tmp / ONNX_DIR / "genai_config.json").write_text(json.dumps(prepared.onnx.genai, indent=2) + "\n")
+            (tmp / ONNX_DIR / "genai_config.json").write_text(jsontext.dumps(prepared.onnx.genai, "genai_config.json",
+                                                                             indent=2) + "\n")
         reports: dict[str, ParityReport] = {}  # by format
         if job.verify:
             artifacts = {"safetensors": (tmp, None)} if "safetensors" in job.formats else {}

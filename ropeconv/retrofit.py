@@ -7,7 +7,6 @@ out.gguf` needs no sidecar.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,12 @@ import numpy as np
 from gguf import GGUFValueType
 
 import ropeconv
-from ropeconv import methods
+from ropeconv import jsontext, methods
 from ropeconv.archs import GgufArchSpec
-from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, gguf_arch, read_gguf_scheme
+from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, PLAN_KEY, gguf_arch, read_gguf_scheme, \
+    recorded_plan_json, scalar
 from ropeconv.checkpoint.rope_config import describe_scaling
-from ropeconv.errors import InputError
+from ropeconv.errors import DamagedPlan, InputError
 from ropeconv.export.staging import staged_file
 from ropeconv.gguf_io.reader import GgufFile, read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
@@ -30,7 +30,6 @@ from ropeconv.progress import Progress
 VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING,
                "bool": GGUFValueType.BOOL}
 # the plan travels in the file, so `ropeconv verify x.gguf` needs no sidecar (llama.cpp ignores these keys)
-PLAN_KEY = "ropeconv.plan"
 BASE_KEY = "ropeconv.base_path"
 VERSION_KEY = "ropeconv.version"
 LORA_KEY = "ropeconv.lora"  # the adapters merged (path, sha256), so verify can merge them again
@@ -51,7 +50,7 @@ class GgufPrepared:
 def provenance(plan: RopePlan, base: Path) -> dict[str, tuple]:
     """The ropeconv.* keys every GGUF ropeconv writes: the plan, its base, the writer's version."""
     return {
-        PLAN_KEY: (GGUFValueType.STRING, json.dumps(plan.to_json(), sort_keys=True)),
+        PLAN_KEY: (GGUFValueType.STRING, jsontext.dumps(plan.to_json(), PLAN_KEY, sort_keys=True)),
         BASE_KEY: (GGUFValueType.STRING, str(Path(base).resolve())),
         VERSION_KEY: (GGUFValueType.STRING, ropeconv.__version__),
     }
@@ -109,7 +108,7 @@ def prepare_gguf(job) -> GgufPrepared:
         from ropeconv.lora.trained_with import checked_adapters
 
         lora = plan_gguf_lora(src, checked_adapters(job.lora, job.lora_trained_with, job.force_method, plan))
-        set_fields[LORA_KEY] = (GGUFValueType.STRING, json.dumps(lora.merge.to_json(), sort_keys=True))
+        set_fields[LORA_KEY] = (GGUFValueType.STRING, jsontext.dumps(lora.merge.to_json(), LORA_KEY, sort_keys=True))
         drop.discard(LORA_KEY)
     return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add, frozenset(stale), lora)
 
@@ -120,8 +119,8 @@ def refuse_unroped(job, src: GgufFile, arch: GgufArchSpec) -> None:
     from ropeconv.positions import AbsoluteScheme, AlibiScheme
 
     a = arch.name
-    context = src.value(f"{a}.context_length")
-    heads = src.value(f"{a}.attention.head_count")
+    context = scalar(src, f"{a}.context_length")
+    heads = scalar(src, f"{a}.attention.head_count")
     if not isinstance(context, int) or context <= 0 or not isinstance(heads, int) or heads <= 0:
         raise InputError(f"{src.path}: {a}.context_length and {a}.attention.head_count must be positive integers")
     if arch.position == "alibi":
@@ -169,13 +168,12 @@ def run_gguf(job, progress: Progress | None = None):
 
 
 def gguf_vocab_size(src: GgufFile) -> int:
-    arch = src.value("general.architecture")
-    size = src.value(f"{arch}.vocab_size")
-    if isinstance(size, int) and size > 0:
+    size = scalar(src, f"{src.arch}.vocab_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size
-    tokens = src.value("tokenizer.ggml.tokens")
-    if isinstance(tokens, list) and tokens:
-        return len(tokens)
+    tokens = src.field("tokenizer.ggml.tokens")
+    if tokens is not None and tokens.item_type == GGUFValueType.STRING and tokens.count:
+        return tokens.count
     raise InputError(f"{src.path}: cannot tell the vocabulary size")
 
 
@@ -191,11 +189,15 @@ def verify_gguf_file(artifact: Path, base: Path, plan: RopePlan, *, device, toke
 def recorded(artifact: Path) -> tuple[RopePlan, Path]:
     """The plan and base a ropeconv GGUF carries."""
     src = read_gguf(artifact)
-    raw: Any = src.value(PLAN_KEY)
-    if not isinstance(raw, str):
-        raise InputError(f"{artifact}: no {PLAN_KEY} metadata (not written by ropeconv?)")
+    return recorded_plan(src), Path(str(scalar(src, BASE_KEY, "")))
+
+
+def recorded_plan(src: GgufFile) -> RopePlan:
+    """The plan in ropeconv.plan; InputError when absent, DamagedPlan when it cannot be read back."""
+    data = recorded_plan_json(src)
+    if data is None:
+        raise InputError(f"{src.path}: no {PLAN_KEY} metadata (not written by ropeconv?)")
     try:
-        plan = plan_from_json(json.loads(raw))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise InputError(f"{artifact}: {PLAN_KEY} is damaged") from None
-    return plan, Path(str(src.value(BASE_KEY, "")))
+        return plan_from_json(data)
+    except ValueError as exc:
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged ({exc})") from None

@@ -7,7 +7,7 @@ from pathlib import Path
 from ropeconv.errors import InputError
 from ropeconv.manifest import read_manifest
 from ropeconv.parity import ParityReport, Tolerance, check_parities
-from ropeconv.positions import RopePlan, plan_from_json
+from ropeconv.positions import plan_from_json
 from ropeconv.progress import Progress
 
 
@@ -84,6 +84,9 @@ def verify_output(
     refuse_pickle(Path(base), allow_pickle, "the base")
     if "safetensors" in formats:
         refuse_pickle(out, allow_pickle, "the output")
+    # transformers sizes models from these configs: each is checked against its tensors first
+    for checkpoint in {Path(base), out} if "safetensors" in formats else {Path(base)}:
+        _check_against_tensors(checkpoint)
     lora = _merge(lora_found, Path(base), allow_pickle) if lora_found else None
     artifacts = [(out, None)] if "safetensors" in formats else []
     if gguf_file is not None:
@@ -92,6 +95,14 @@ def verify_output(
         artifacts.append((onnx_file, onnx_twin(Path(base), plan, lora)))
     return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
                           tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
+
+
+def _check_against_tensors(path: Path) -> None:
+    """load_checkpoint's checks (config against the safetensors headers) for a folder transformers will load."""
+    from ropeconv.checkpoint import load_checkpoint
+
+    if any(path.glob("*.safetensors")):  # pickle-only folders are transformers' to load (and to refuse)
+        load_checkpoint(path)
 
 
 def _adapters(records: list) -> list | None:
@@ -143,14 +154,14 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
         # a HF directory holding the same weights (e.g. transformers' dequantization of this GGUF) also serves
         raise InputError(f"--base {base}: neither a GGUF file nor a HuggingFace model directory")
     refuse_pickle(Path(base), allow_pickle, "the base")
-    import json
-
+    from ropeconv import jsontext
     from ropeconv.gguf_io.reader import read_gguf
     from ropeconv.retrofit import LORA_KEY
 
     lora = None
     in_file = read_gguf(out).value(LORA_KEY)  # a retrofit records its adapters in the file
-    listed = json.loads(in_file) if isinstance(in_file, str) else (read_manifest(out.parent) or {}).get("lora") or []
+    listed = jsontext.loads(in_file, f"{out}: {LORA_KEY}") if isinstance(in_file, str) \
+        else (read_manifest(out.parent) or {}).get("lora") or []
     if listed:
         adapters = _adapters(listed)
         if adapters is None:

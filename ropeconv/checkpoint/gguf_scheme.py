@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from gguf import GGUFValueType
+
+from ropeconv import jsontext
 from ropeconv.archs import GgufArchSpec, gguf_arch_for
-from ropeconv.errors import InputError
+from ropeconv.errors import DamagedPlan, InputError
 from ropeconv.gguf_io.reader import GgufFile
 from ropeconv.positions import RopeScheme
 
 # tensors that carry a rope extension in llama.cpp
 CARRIER_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+PLAN_KEY = "ropeconv.plan"  # the plan a ropeconv GGUF carries (written by ropeconv.retrofit.provenance)
+MAX_PLAN_BYTES = 1 << 20  # a plan is a few kilobytes (LongRoPE: two factor lists)
+MAX_SCALAR_BYTES = 8 + 256  # a rope.scaling.* value: a number or a short type name
 
 
 def gguf_arch(src: GgufFile) -> GgufArchSpec:
     return gguf_arch_for(src.value("general.architecture"))
 
 
+def scalar(src: GgufFile, key: str, default: Any = None) -> Any:
+    """A key llama.cpp reads as one value: refused when the file holds an array (or an outsized string) there,
+    before it is decoded."""
+    f = src.field(key)
+    if f is None:
+        return default
+    if f.value_type == GGUFValueType.ARRAY or f.value_bytes > MAX_SCALAR_BYTES:
+        raise InputError(f"{src.path}: {key} must be a single value, got "
+                         f"{'an array' if f.value_type == GGUFValueType.ARRAY else f'{f.value_bytes} bytes'}")
+    return f.value
+
+
 def existing_scaling(src: GgufFile, arch: GgufArchSpec) -> dict[str, Any] | None:
     prefix = f"{arch.name}.rope.scaling."
-    found = {f.key[len(prefix):]: f.value for f in src.fields if f.key.startswith(prefix)}
+    found: dict[str, Any] = {}
+    for f in src.fields:
+        if not f.key.startswith(prefix):
+            continue
+        value = scalar(src, f.key)  # llama.cpp reads each as one number or one type name
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{src.path}: {f.key} = {value} is not a finite number")
+        found[f.key[len(prefix):]] = value
     kind = found.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise InputError(f"{src.path}: {prefix}type must be a string, got {type(kind).__name__}")
     carriers = [t.name for t in src.tensors if t.name in CARRIER_TENSORS]
     factor = found.get("factor")
     scaled = (kind not in (None, "none")) or (factor not in (None, 0, 0.0, 1, 1.0)) or carriers
@@ -37,9 +65,9 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
     a = arch.name
 
     def positive_int(key: str, default: Any = None) -> int:
-        value = src.value(key, default)
+        value = scalar(src, key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise InputError(f"{src.path}: {key} = {value!r} is not a positive integer")
+            raise InputError(f"{src.path}: {key} = {str(value)[:40]} is not a positive integer")
         return value
 
     embd = positive_int(f"{a}.embedding_length")
@@ -47,9 +75,9 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
     head_dim = positive_int(f"{a}.attention.key_length", embd // heads)
     rotary_dim = positive_int(f"{a}.rope.dimension_count", head_dim)
     context = positive_int(f"{a}.context_length")
-    theta = src.value(f"{a}.rope.freq_base", 10000.0)
-    if not isinstance(theta, (int, float)) or not theta > 1:
-        raise InputError(f"{src.path}: {a}.rope.freq_base = {theta!r} must be a number > 1")
+    theta = scalar(src, f"{a}.rope.freq_base", 10000.0)
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not 1 < theta < math.inf:
+        raise InputError(f"{src.path}: {a}.rope.freq_base = {str(theta)[:40]} must be a finite number > 1")
     if rotary_dim % 2 or rotary_dim < 4 or rotary_dim > head_dim:
         raise InputError(f"{src.path}: rope dimension count {rotary_dim} must be even, ≥ 4 and ≤ head dim {head_dim}")
     existing = existing_scaling(src, arch)
@@ -59,7 +87,7 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
         if recorded:
             theta, original = recorded["theta"], recorded["original_ctx"]
         elif existing.get("original_context_length"):
-            original = existing["original_context_length"]
+            original = positive_int(f"{a}.rope.scaling.original_context_length")
         else:
             # e.g. Llama-3.1 GGUFs: rope_freqs and the extended context only; the original is not in the file
             existing = {**existing, "original_unknown": True}
@@ -73,17 +101,31 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
     )
 
 
-def _recorded_plan(src: GgufFile) -> dict[str, Any] | None:
-    import json
-
-    raw = src.value("ropeconv.plan")
+def recorded_plan_json(src: GgufFile) -> dict[str, Any] | None:
+    """The ropeconv.plan a ropeconv GGUF carries, as JSON; None when absent, DamagedPlan when unreadable."""
+    field = src.field(PLAN_KEY)
+    if field is None:
+        return None
+    if field.value_type != GGUFValueType.STRING or field.value_bytes > MAX_PLAN_BYTES:
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged (not a JSON string of at most {MAX_PLAN_BYTES} bytes)")
     try:
-        plan = json.loads(raw) if isinstance(raw, str) else None
-        if not isinstance(plan, dict):
+        plan = jsontext.loads(field.value, PLAN_KEY)
+    except InputError as exc:
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged ({exc})") from None
+    if not isinstance(plan, dict):
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged (a {type(plan).__name__}, not a plan)")
+    return plan
+
+
+def _recorded_plan(src: GgufFile) -> dict[str, Any] | None:
+    """The unscaled base and length a ropeconv GGUF started from; None when it records none readable."""
+    try:
+        plan = recorded_plan_json(src)
+        if plan is None:
             return None
         # ntk and dynamic --bake-at record the raised base as theta and the unscaled one as base_theta
         theta = float((plan.get("params") or {}).get("base_theta", plan["theta"]))
         original = int(plan["original_ctx"])
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (InputError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
-    return {"theta": theta, "original_ctx": original} if theta > 1 and original > 0 else None
+    return {"theta": theta, "original_ctx": original} if 1 < theta < math.inf and original > 0 else None

@@ -5,7 +5,6 @@ Reads no tensor bytes (except for opt-in pickle weights, which cannot be indexed
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,11 @@ from typing import Any
 from ropeconv.archs import ArchSpec, arch_for
 from ropeconv.checkpoint.position_config import read_position_scheme
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
+from ropeconv.checkpoint.shapes import check_tensors
 from ropeconv.checkpoint.sources import PickleSource, SafetensorsSource, TensorSource, entry_for
+from ropeconv import jsontext
 from ropeconv.errors import InputError
+from ropeconv.inputfile import check_regular, read_bytes
 from ropeconv.positions import PositionScheme
 
 # Files that travel with the weights unchanged.
@@ -32,6 +34,9 @@ AUX_FILES = (
     "generation_config.json",
 )
 INDEX_FILE = "model.safetensors.index.json"
+# real configs are kilobytes and indexes a few megabytes; the caps keep a hostile one from exhausting memory
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,9 @@ class Checkpoint:
 
 def read_config(path: Path) -> dict[str, Any]:
     config_path = path / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():
         raise InputError(f"{path}: no config.json (expected a HuggingFace model directory)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{config_path}: not valid JSON ({exc})") from None
+    config = jsontext.loads(read_bytes(config_path, MAX_CONFIG_BYTES, "config.json"), str(config_path))
     if not isinstance(config, dict):
         raise InputError(f"{config_path}: expected a JSON object")
     return config
@@ -104,6 +106,7 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise InputError(f"{path}: the same tensor name appears in more than one weight file")
+    check_tensors(config, arch.model_type, tensors)  # before anything is sized from the config
     scheme = read_position_scheme(config, arch, tensors)
     aux = tuple(n for n in AUX_FILES if (path / n).is_file())
     return Checkpoint(path, config, arch, scheme, tuple(tensors), weight_format, aux)
@@ -124,31 +127,40 @@ def missing_base(path: Path) -> str:
 
 
 def _safetensors_files(path: Path) -> list[Path]:
-    index = path / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            files = sorted(set(weight_map.values()))
-            if not all(isinstance(f, str) and f and "/" not in f for f in files):
-                raise ValueError("weight_map values must be file names")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise InputError(f"{index}: not a valid safetensors index (needs a weight_map)") from None
-        missing = [f for f in files if not (path / f).is_file()]
+    weight_map = _weight_map(path)
+    if weight_map is not None:
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (path / f).exists()]
         if missing:
-            raise InputError(f"{index}: lists {missing[0]}, which is not in {path}")
+            raise InputError(f"{path / INDEX_FILE}: lists {missing[0]}, which is not in {path}")
         return [path / f for f in files]
     return sorted(path.glob("*.safetensors"))
 
 
-def _check_index(path: Path, tensors: list[TensorEntry]) -> None:
+def _weight_map(path: Path) -> dict[str, str] | None:
+    """The index's tensor name → shard file map; None when the checkpoint has no index."""
     index = path / INDEX_FILE
-    if not index.is_file():
+    if not index.exists():
+        return None
+    data = jsontext.loads(read_bytes(index, MAX_INDEX_BYTES, "safetensors index"), str(index))
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{index}: not a valid safetensors index (needs a weight_map)")
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not file or "/" in file or file in (".", ".."):
+            raise InputError(f"{index}: not a valid safetensors index (weight_map[{name[:80]!r}] must be a file name, "
+                             f"got {str(file)[:80]!r})")
+    return weight_map
+
+
+def _check_index(path: Path, tensors: list[TensorEntry]) -> None:
+    weight_map = _weight_map(path)
+    if weight_map is None:
         return
-    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     found = {t.name: t.file.name for t in tensors}
     for name, file in weight_map.items():
         if found.get(name) != file:
-            raise InputError(f"{index}: tensor {name!r} is mapped to {file} but is not in that file")
+            raise InputError(f"{path / INDEX_FILE}: tensor {name[:80]!r} is mapped to {file[:80]} but is not in that file")
 
 
 def pickle_weights(path: Path) -> list[Path]:
@@ -166,6 +178,7 @@ def _pickle_files(path: Path) -> list[Path]:
 def _load_pickle(file: Path) -> dict:
     import torch
 
+    check_regular(file)  # torch.load opens it itself, and would wait forever on a FIFO
     try:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

@@ -30,7 +30,7 @@ def _length(config: Mapping[str, Any], arch: ArchSpec) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"config.json: {arch.ctx_key} must be a positive integer, got {value!r}")
+        raise InputError(f"config.json: {arch.ctx_key} must be a positive integer, got {str(value)[:40]}")
     return value
 
 
@@ -46,7 +46,7 @@ def _alibi(config: Mapping[str, Any], arch: ArchSpec) -> AlibiScheme:
                          "ALiBi regardless; this checkpoint is not supported")
     max_bias = attn.get("alibi_bias_max", MAX_BIAS)
     if max_bias != MAX_BIAS:
-        raise InputError(f"{arch.model_type} with alibi_bias_max {max_bias}: transformers ignores it and uses "
+        raise InputError(f"{arch.model_type} with alibi_bias_max {str(max_bias)[:40]}: transformers ignores it and uses "
                          f"{MAX_BIAS:g} (llama.cpp and MosaicML's code do not), so the model is ambiguous")
     declared = _length(config, arch)
     existing = config.get(ALIBI_KEY)

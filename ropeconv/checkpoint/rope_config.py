@@ -21,6 +21,10 @@ def rope_dict(config: Mapping[str, Any]) -> dict[str, Any]:
         raise InputError(f"config.json: rope_scaling/rope_parameters is {type(chosen).__name__}, expected an object")
     if any(isinstance(v, dict) for v in chosen.values()):
         raise InputError("config.json: per-layer-type rope_parameters are not supported yet")
+    for key in ("rope_type", "type"):
+        if chosen.get(key) is not None and not isinstance(chosen[key], str):
+            raise InputError(f"config.json: {key} in rope_scaling/rope_parameters must be a string, "
+                             f"got {type(chosen[key]).__name__}")
     return dict(chosen)
 
 
@@ -44,10 +48,10 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
         partial = config.get(arch.partial_key)
     if partial is None:
         partial = config.get("partial_rotary_factor", arch.default_partial)
-    try:
-        theta, partial = float(theta), float(partial)
-    except (TypeError, ValueError):
-        raise InputError(f"config.json: rope base {theta!r} or rotary fraction {partial!r} is not a number") from None
+    for what, value in (("rope base (rope_theta)", theta), ("rotary fraction", partial)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InputError(f"config.json: {what} must be a number, got {type(value).__name__}")
+    theta, partial = float(theta), float(partial)
     if not theta > 1:
         raise InputError(f"config.json: rope base {theta} must be > 1")
     if not 0 < partial <= 1:
@@ -68,7 +72,7 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
             existing.get("original_max_position_embeddings") or config.get("original_max_position_embeddings") or declared
         )
         if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
-            raise InputError(f"config.json: original_max_position_embeddings {original!r} is not a positive integer")
+            raise InputError(f"config.json: original_max_position_embeddings {str(original)[:40]} is not a positive integer")
     return RopeScheme(
         theta=theta,
         head_dim=hd,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -91,14 +90,19 @@ def inspect(path: Path, as_json: bool) -> int:
 
 
 def _inspect_onnx(path: Path, as_json: bool) -> int:
-    from ropeconv.errors import InputError
+    from ropeconv.errors import DamagedPlan, InputError
     from ropeconv.onnx_export.export import DTYPE_KEY, position_math
-    from ropeconv.onnx_export.metadata import read_plan
+    from ropeconv.onnx_export.metadata import read_metadata, read_plan
     from ropeconv.retrofit import BASE_KEY
 
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    plan, props = read_plan(path)
+    damaged = None
+    try:
+        plan, props = read_plan(path)
+    except DamagedPlan as exc:  # shown, not refused, as for GGUF
+        damaged = str(exc).removeprefix(f"{path}: ")
+        plan, props = None, read_metadata(path)
     data = path.with_name(path.name + ".data")
     info = {
         "path": str(path),
@@ -109,6 +113,7 @@ def _inspect_onnx(path: Path, as_json: bool) -> int:
         "base": props.get(BASE_KEY),
         "ropeconv": None if plan is None else {"method": plan.method, "original_ctx": plan.original_ctx,
                                                "target_ctx": plan.target_ctx, "position_math": position_math(plan)},
+        "ropeconv_plan": "damaged" if damaged else ("recorded" if plan else None),
     }
     if as_json:
         emit_json(info)
@@ -117,7 +122,8 @@ def _inspect_onnx(path: Path, as_json: bool) -> int:
     click.echo(f"  format           ONNX, {info['dtype'] or 'unknown'} weights, {info['bytes']:,} bytes"
                + (f" (weights in {data.name})" if info["external_data"] else ""))
     if plan is None:
-        click.echo("  ropeconv         no plan in metadata_props (not written by ropeconv)")
+        click.echo(f"  ropeconv         {damaged}; verify cannot check this file" if damaged
+                   else "  ropeconv         no plan in metadata_props (not written by ropeconv)")
         return 0
     click.echo(f"  ropeconv         {plan.method}, {plan.original_ctx} → {plan.target_ctx} tokens")
     click.echo(f"  positions        {position_math(plan)}")
@@ -127,11 +133,20 @@ def _inspect_onnx(path: Path, as_json: bool) -> int:
 
 def _inspect_gguf(path: Path, as_json: bool) -> int:
     from ropeconv.checkpoint.gguf_scheme import read_gguf_scheme
+    from ropeconv.errors import DamagedPlan, InputError
     from ropeconv.gguf_io.reader import read_gguf
+    from ropeconv.retrofit import recorded_plan
 
     src = read_gguf(path)
     s = read_gguf_scheme(src)
-    plan = src.value("ropeconv.plan")
+    # a damaged plan is shown, not refused: inspect says what the file holds (verify refuses it, with this reason)
+    problem = None
+    try:
+        method, plan_state = recorded_plan(src).method, "recorded"
+    except DamagedPlan as exc:
+        method, plan_state, problem = None, "damaged", str(exc).removeprefix(f"{path}: ")
+    except InputError:
+        method, plan_state = None, None
     info = {
         "path": str(path),
         "format": "gguf",
@@ -144,7 +159,8 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
         "tensors": len(src.tensors),
         "tensor_bytes": sum(t.nbytes for t in src.tensors),
         "types": dict(sorted(Counter(t.ggml_type.name for t in src.tensors).items())),
-        "ropeconv": json.loads(plan)["method"] if isinstance(plan, str) else None,
+        "ropeconv": method,
+        "ropeconv_plan": plan_state,
     }
     if as_json:
         emit_json(info)
@@ -157,6 +173,8 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
     click.echo(f"  declared context {s.declared_ctx}")
     click.echo(f"  scaling          {describe_scaling(s.existing_scaling)}")
     click.echo(f"  tensors          {len(src.tensors)} ({types}), {info['tensor_bytes']:,} bytes")
-    if info["ropeconv"]:
-        click.echo(f"  ropeconv         {info['ropeconv']}")
+    if method:
+        click.echo(f"  ropeconv         {method}")
+    elif problem:
+        click.echo(f"  ropeconv         {problem}; verify cannot check this file")
     return 0

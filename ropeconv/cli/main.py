@@ -9,6 +9,7 @@ import errno
 import os
 import signal
 import sys
+from typing import Callable
 
 import click
 
@@ -66,10 +67,25 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 def main(argv: list[str] | None = None) -> int:
     _register()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    restore = _paths_printable(sys.stdout)
     try:
         return _run(argv)
     finally:
+        restore()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _paths_printable(stream) -> "Callable[[], None]":
+    """A path whose bytes are not UTF-8 (os.fsdecode's surrogate escapes) prints as \\xNN instead of raising
+    UnicodeEncodeError on a strict stdout (stderr already does this by default)."""
+    errors = getattr(stream, "errors", None)
+    if errors != "strict" or not hasattr(stream, "reconfigure"):
+        return lambda: None
+    try:
+        stream.reconfigure(errors="backslashreplace")
+    except (ValueError, OSError):
+        return lambda: None
+    return lambda: stream.reconfigure(errors=errors)
 
 
 def _run(argv: list[str] | None) -> int:

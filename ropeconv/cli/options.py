@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ropeconv import jsontext
 from ropeconv import methods
 from ropeconv.errors import InputError
 from ropeconv.methods.base import Option
@@ -29,7 +29,7 @@ def full_length_option(f):
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    click.echo(jsontext.dumps(data, "--json output", indent=2, sort_keys=True, default=str))
 
 
 def all_method_options() -> dict[str, Option]:

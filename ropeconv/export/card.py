@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ropeconv.errors import InputError
+from ropeconv.jsontext import printable
 from ropeconv.positions import LengthRule, PositionPlan
 
 _RULES = {
@@ -108,8 +109,10 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
     ]
     from huggingface_hub import ModelCard
 
+    # a base or adapter folder whose name is not UTF-8 reaches here as surrogate escapes: shown as \xNN
+
     data = card_data(plan, formats, fields, base_card or {}, name, lora=bool(lora))
-    return str(ModelCard.from_template(data, template_str=_TEMPLATE, body="\n".join(lines)))
+    return str(ModelCard.from_template(data, template_str=_TEMPLATE, body=printable("\n".join(lines))))
 
 
 _TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ropeconv import jsontext
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.checkpoint.sources import TensorSource, tensor_bytes, write_all
 from ropeconv.errors import RopeconvError
@@ -113,6 +114,6 @@ class SafetensorsWriter:
                 "metadata": {"total_size": sum(s.data_bytes for s in self.shards)},
                 "weight_map": {t.name: s.file for s in self.shards for t in s.tensors},
             }
-            (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            (self.out_dir / INDEX_NAME).write_text(jsontext.dumps(index, INDEX_NAME, indent=2, sort_keys=True) + "\n")
             files.append(INDEX_NAME)
         return files

@@ -146,7 +146,7 @@ def _read_tokenizer_json(base: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InputError(f"{path}: not valid JSON") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a tokenizer (expected a JSON object)")

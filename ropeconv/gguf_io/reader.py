@@ -7,6 +7,11 @@ the data section. Nothing in the header is trusted: every length is checked agai
 before it is read, so a truncated or lying file is one InputError here, not a crash in a copy or a
 runtime. Each KV pair keeps its exact bytes so an unchanged key is copied verbatim.
 
+Memory stays within the mapped file plus a constant: a pair's bytes are a view of the map, not a copy,
+and its value is decoded only when asked for (a hostile array spanning the whole file costs nothing
+until someone reads it); counts are checked against the bytes left before any loop, and the numbers
+of keys and tensors are capped far above any real model's.
+
 We parse ourselves rather than through gguf.GGUFReader: it raises bare numpy/ValueErrors on
 malformed input, does not expose the raw bytes of a pair, and checks neither offsets nor overlap.
 """
@@ -25,11 +30,22 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ropeconv.errors import InputError
+from ropeconv.inputfile import open_regular
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32  # what readers assume when general.alignment is absent
 SUPPORTED_VERSIONS = (2, 3)  # v1 had 32-bit counts; v2 and v3 share one little-endian layout
 MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses more
+MAX_NAME_BYTES = 63  # GGML_MAX_NAME is 64 with the terminating NUL: llama.cpp refuses longer tensor names
+MAX_KEY_BYTES = 1024  # real keys are dotted names of < 100 bytes
+# Real models hold ~1,000 tensors and ~50 keys. Each costs a few hundred bytes of Python objects, so
+# the caps bound the index at tens of megabytes whatever the file claims.
+MAX_TENSORS = 65536
+MAX_KV = 65536
+# the fewest bytes one KV pair / tensor info can take: key length + 1-byte key + type + 1-byte value;
+# name length + 1-byte name + n_dims + type + offset
+MIN_KV_BYTES = 8 + 1 + 4 + 1
+MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 4 + 8
 ALIGNMENT_KEY = "general.alignment"
 ARCH_KEY = "general.architecture"
 
@@ -44,6 +60,7 @@ SCALAR_FORMATS = {
 # Strings are decoded with surrogateescape: a vocabulary may hold byte sequences that are not
 # UTF-8, and the writer encodes with the same handler, so a value survives a round trip exactly.
 STRING_ERRORS = "surrogateescape"
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -51,9 +68,39 @@ class GgufField:
     key: str
     value_type: GGUFValueType
     item_type: GGUFValueType | None  # element type when value_type is ARRAY
-    value: object = dc_field(hash=False)  # str, int, float, bool, or a list of them
-    raw: bytes = dc_field(repr=False)  # the whole serialized pair: key, type, value
+    raw: bytes | memoryview = dc_field(repr=False)  # the whole serialized pair: key, type, value
     offset: int = 0  # where the pair starts in the file
+    count: int = 1  # items of an array (1 for a scalar)
+    value_at: int = 0  # where the value (an array's first item) starts in raw
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes the serialized value takes (a string's includes its 8-byte length)."""
+        return len(self.raw) - self.value_at
+
+    @functools.cached_property
+    def value(self) -> object:
+        """str, int, float, bool, or a list of them; decoded on first use."""
+        return _decode(self.raw, self.value_at, self.value_type, self.item_type, self.count)
+
+
+def _decode(raw, at: int, value_type: GGUFValueType, item_type: GGUFValueType | None, count: int) -> object:
+    if value_type != GGUFValueType.ARRAY:
+        return _decode_items(raw, at, value_type, 1)[0]
+    assert item_type is not None
+    return _decode_items(raw, at, item_type, count)
+
+
+def _decode_items(raw, at: int, item_type: GGUFValueType, count: int) -> list:
+    if item_type == GGUFValueType.STRING:
+        out = []
+        for _ in range(count):
+            (n,) = struct.unpack_from("<Q", raw, at)
+            out.append(bytes(raw[at + 8 : at + 8 + n]).decode("utf-8", STRING_ERRORS))
+            at += 8 + n
+        return out
+    values = np.frombuffer(raw, dtype=np.dtype(SCALAR_FORMATS[item_type]), count=count, offset=at).tolist()
+    return [v != 0 for v in values] if item_type == GGUFValueType.BOOL else values
 
 
 @dataclass(frozen=True)
@@ -123,16 +170,17 @@ def ggml_type_of(type_id: int) -> GGMLQuantizationType | None:
 
 def read_gguf(path: Path) -> GgufFile:
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
+    with open_regular(path) as fh:
+        try:
             size = os.fstat(fh.fileno()).st_size
             if size < 4:
                 raise InputError(f"{path}: not a GGUF file (only {size} bytes)")
-            # The header is parsed in place from a read-only map: only the pages it spans are read.
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _Parser(path, buf, size).parse()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            # The header is parsed in place from a read-only map: only the pages it spans are read. The
+            # map stays open while the index lives: each KV pair's raw bytes are a view of it.
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return _Parser(path, buf, size).parse()
 
 
 class _Parser:
@@ -153,13 +201,29 @@ class _Parser:
     def unpack(self, fmt: str, what: str):
         return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt), what))[0]
 
-    def string(self, what: str, errors: str = STRING_ERRORS) -> str:
+    def name(self, what: str, limit: int) -> str:
+        """A key or tensor name: strict UTF-8, 1 to `limit` bytes."""
         n = self.unpack("<Q", f"length of {what}")
         start = self.take(n, what)
+        if not 0 < n <= limit:
+            raise self.fail(f"{what} is {n} bytes long (must be 1 to {limit})")
         try:
-            return self.buf[start : start + n].decode("utf-8", errors)
+            return self.buf[start : start + n].decode("utf-8")
         except UnicodeDecodeError:
             raise self.fail(f"{what} at byte {start} is not valid UTF-8") from None
+
+    def skip_string(self, what: str) -> None:
+        self.take(self.unpack("<Q", f"length of {what}"), what)
+
+    def count(self, declared: int, min_item_bytes: int, cap: int, what: str) -> int:
+        """A declared count, refused before any loop when its items cannot fit in the bytes left."""
+        left = self.size - self.pos
+        if declared * min_item_bytes > left:
+            raise self.fail(f"truncated GGUF: {what} is {declared}, but the {left} bytes left hold at most "
+                            f"{left // min_item_bytes}")
+        if declared > cap:
+            raise self.fail(f"{what} is {declared} (ropeconv reads at most {cap})")
+        return declared
 
     def parse(self) -> GgufFile:
         magic = self.buf[:4]
@@ -173,6 +237,8 @@ class _Parser:
             raise self.fail(f"unsupported GGUF version {version} (supported: 2, 3)")
         n_tensors = self.unpack("<Q", "tensor count")
         n_kv = self.unpack("<Q", "key-value count")
+        self.count(n_kv, MIN_KV_BYTES, MAX_KV, "key-value count")
+        self.count(n_tensors, MIN_TENSOR_INFO_BYTES, MAX_TENSORS, "tensor count")
 
         fields = self.fields(n_kv)
         by_key = {f.key: f for f in fields}
@@ -182,7 +248,10 @@ class _Parser:
             raise self.fail(f"no {ARCH_KEY} key")
         if arch.value_type != GGUFValueType.STRING:
             raise self.fail(f"{ARCH_KEY} is {arch.value_type.name}, expected STRING")
+        if arch.value_bytes > 8 + MAX_NAME_BYTES:
+            raise self.fail(f"{ARCH_KEY} is {arch.value_bytes - 8} bytes long; architecture names are short")
 
+        self.count(n_tensors, MIN_TENSOR_INFO_BYTES, MAX_TENSORS, "tensor count")
         infos = self.tensor_infos(n_tensors)
         data_offset = align_up(self.pos, alignment)
         tensors = tuple(self.tensor(info, data_offset, alignment) for info in infos)
@@ -194,21 +263,22 @@ class _Parser:
         seen: set[str] = set()
         for i in range(n_kv):
             start = self.pos
-            key = self.string(f"key of KV pair {i}", errors="strict")
+            key = self.name(f"key of KV pair {i}", MAX_KEY_BYTES)
             if key in seen:
                 raise self.fail(f"duplicate key {key!r}")
             seen.add(key)
             value_type = self.value_type(f"type of key {key!r}")
-            item_type = None
+            item_type, count = None, 1
             if value_type == GGUFValueType.ARRAY:
                 item_type = self.value_type(f"array item type of key {key!r}")
                 if item_type == GGUFValueType.ARRAY:
                     raise self.fail(f"key {key!r} is a nested array, which llama.cpp does not support")
                 count = self.unpack("<Q", f"array length of key {key!r}")
-                value = self.array(item_type, count, key)
-            else:
-                value = self.scalar(value_type, key)
-            fields.append(GgufField(key, value_type, item_type, value, self.buf[start : self.pos], start))
+            value_at = self.pos - start
+            what = f"value of key {key!r}" if item_type is None else f"array of key {key!r}"
+            self.skip_items(value_type if item_type is None else item_type, count, what)
+            raw = memoryview(self.buf)[start : self.pos]
+            fields.append(GgufField(key, value_type, item_type, raw, start, count, value_at))
         return tuple(fields)
 
     def value_type(self, what: str) -> GGUFValueType:
@@ -218,26 +288,23 @@ class _Parser:
         except ValueError:
             raise self.fail(f"{what} is unknown ({type_id})") from None
 
-    def scalar(self, value_type: GGUFValueType, key: str) -> object:
-        if value_type == GGUFValueType.STRING:
-            return self.string(f"value of key {key!r}")
-        value = self.unpack(SCALAR_FORMATS[value_type], f"value of key {key!r}")
-        return bool(value) if value_type == GGUFValueType.BOOL else value
-
-    def array(self, item_type: GGUFValueType, count: int, key: str) -> list:
-        what = f"array of key {key!r}"
+    def skip_items(self, item_type: GGUFValueType, count: int, what: str) -> None:
+        """Move past `count` items, checking every length against the file; nothing is decoded or kept."""
         if item_type == GGUFValueType.STRING:
             # each string is at least its 8-byte length: refuse an absurd count before looping on it
-            if count > (self.size - self.pos) // 8:
-                raise self.fail(f"truncated GGUF: {what} claims {count} strings, more than the file can hold")
-            return [self.string(f"item {i} of {what}") for i in range(count)]
-        fmt = SCALAR_FORMATS[item_type]
-        item_bytes = struct.calcsize(fmt)
-        if count > (self.size - self.pos) // item_bytes:
-            raise self.fail(f"truncated GGUF: {what} at byte {self.pos} claims {count} items, past the end")
-        start = self.take(count * item_bytes, what)
-        values = np.frombuffer(self.buf[start : self.pos], dtype=np.dtype(fmt)).tolist()
-        return [v != 0 for v in values] if item_type == GGUFValueType.BOOL else values
+            self.count(count, 8, self.size, f"item count of {what}")
+            buf, size, pos, length = self.buf, self.size, self.pos, _U64.unpack_from
+            for i in range(count):  # a vocabulary is ~10⁵ strings: the loop is kept tight
+                n = length(buf, pos)[0] if pos + 8 <= size else size
+                if n > size - pos - 8:
+                    self.pos = pos
+                    self.skip_string(what if what.startswith("value") else f"item {i} of {what}")  # raises
+                pos += 8 + n
+            self.pos = pos
+            return
+        item_bytes = struct.calcsize(SCALAR_FORMATS[item_type])
+        self.count(count, item_bytes, self.size, f"item count of {what}")
+        self.take(count * item_bytes, what)
 
     def alignment(self, f: GgufField | None) -> int:
         if f is None:
@@ -253,7 +320,7 @@ class _Parser:
         infos = []
         seen: set[str] = set()
         for i in range(n_tensors):
-            name = self.string(f"name of tensor info {i}", errors="strict")
+            name = self.name(f"name of tensor info {i}", MAX_NAME_BYTES)
             if name in seen:
                 raise self.fail(f"duplicate tensor name {name!r}")
             seen.add(name)

@@ -12,13 +12,13 @@ alpha for modules whose name matches (peft: `(.*\\.)?KEY$`).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ropeconv import jsontext
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
 from ropeconv.errors import InputError
 
@@ -80,11 +80,10 @@ def _pattern(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from None
+    return jsontext.loads(text, f"{path}: {what}")
 
 
 def read_adapter(path: Path) -> Adapter:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.safetensors_header import TensorEntry
+from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
 
@@ -75,7 +76,9 @@ def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict
     _refuse_variants(layout, cfg, ckpt)
     dims = _dims(layout, cfg, ckpt, plan)
     specs = _specs(layout, dims, ckpt, plan, dtype, bool(getattr(cfg, "tie_word_embeddings", False)))
-    metadata = dict(provenance, **{DTYPE_KEY: dtype})
+    # protobuf strings are UTF-8: a base folder whose name is not is recorded as \xNN escapes (verify then
+    # asks for --base)
+    metadata = {key: printable(value) for key, value in dict(provenance, **{DTYPE_KEY: dtype}).items()}
     payload_bytes = sum(_nbytes(spec) for tensor_specs in specs.values() for spec in tensor_specs)
     external = payload_bytes > writer.MAX_INLINE_BYTES
     return OnnxPlan(layout, dims, dtype, specs, external, _genai_config(ckpt, dims, plan), plan, metadata)

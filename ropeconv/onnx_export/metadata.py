@@ -6,10 +6,10 @@ by its length, so a 2 GB single-file model costs a few reads, where onnx.load wo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ropeconv.errors import InputError
+from ropeconv import jsontext
+from ropeconv.errors import DamagedPlan, InputError
 from ropeconv.positions import PositionPlan, plan_from_json
 
 _METADATA_PROPS = 14
@@ -72,6 +72,6 @@ def read_plan(path: Path) -> tuple[PositionPlan | None, dict[str, str]]:
     if PLAN_KEY not in props:
         return None, props
     try:
-        return plan_from_json(json.loads(props[PLAN_KEY])), props
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise InputError(f"{path}: {PLAN_KEY} is damaged") from None
+        return plan_from_json(jsontext.loads(props[PLAN_KEY], PLAN_KEY)), props
+    except (InputError, ValueError) as exc:
+        raise DamagedPlan(f"{path}: {PLAN_KEY} is damaged ({exc})") from None

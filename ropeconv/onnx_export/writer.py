@@ -16,6 +16,8 @@ from typing import Iterable
 import numpy as np
 from onnx import ModelProto, StringStringEntryProto, TensorProto
 
+from ropeconv.inputfile import utf8_path
+
 MAX_INLINE_BYTES = 2**31 - 2**26  # protobuf's 2 GiB limit, less room for the graph itself
 DATA_ALIGN = 4096
 
@@ -136,6 +138,7 @@ class OnnxFileWriter:
         probe = self.path.with_name(f".{self.path.name}.check.onnx")
         try:
             onnx.save_model(model, probe)
-            onnx.checker.check_model(str(probe), full_check=True)
+            with utf8_path(probe) as readable:  # the checker takes the path as UTF-8 text
+                onnx.checker.check_model(str(readable), full_check=True)
         finally:
             probe.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids, run_each
 from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.errors import InputError
+from ropeconv.inputfile import utf8_path
 from ropeconv.positions import PositionPlan
 
 if TYPE_CHECKING:
@@ -56,6 +58,17 @@ def check_parities(
 
     full_length: a probe from position 0 to the target (None: so on a GPU, up to FULL_LENGTH_GPU_TOKENS, unless
     tokens is given). placement: --max-memory caps and where scratch folders go (disk offload, large logits)."""
+    with contextlib.ExitStack() as stack:
+        # the runtimes take paths as UTF-8 text: a folder named otherwise is reached through an alias
+        base = stack.enter_context(utf8_path(base))
+        artifacts = [(stack.enter_context(utf8_path(a)), twin) for a, twin in artifacts]
+        return _check_parities(artifacts, base, plan, vocab_size, device=device, tokens=tokens,
+                               full_length=full_length, placement=placement, tolerance=tolerance, notes=notes,
+                               progress=progress, lora=lora)
+
+
+def _check_parities(artifacts, base, plan, vocab_size, *, device, tokens, full_length, placement, tolerance, notes,
+                    progress, lora):
     import shutil
 
     from ropeconv.parity.placement import scratch_dir

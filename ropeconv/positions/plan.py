@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -178,6 +179,24 @@ PositionScheme = RopeScheme | AlibiScheme | AbsoluteScheme
 
 
 def plan_from_json(data: Mapping[str, Any]) -> PositionPlan:
-    """Any recorded plan; records written before ALiBi and absolute tables existed have no kind: RoPE."""
+    """Any recorded plan; records written before ALiBi and absolute tables existed have no kind: RoPE.
+
+    A record that is not a plan (wrong types, missing keys, non-finite or non-positive numbers) raises
+    ValueError, whatever is wrong with it: a recorded plan comes from a file that may be damaged."""
     kinds = {"rope": RopePlan, "alibi": AlibiPlan, "absolute": AbsolutePlan}
-    return kinds[data.get("kind", "rope")].from_json(data)
+    try:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a plan is an object, not {type(data).__name__}")
+        kind = data.get("kind", "rope")
+        if not isinstance(kind, str) or kind not in kinds:
+            raise ValueError(f"unknown plan kind {str(kind)[:40]!r}")
+        plan = kinds[kind].from_json(data)
+    except (KeyError, TypeError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"not a plan ({type(exc).__name__}: {str(exc)[:80]})") from None
+    numbers = [plan.factor] + list(getattr(plan, "divisors", ())) + list(getattr(plan, "long_divisors", None) or ()) \
+        + list(getattr(plan, "slopes", ())) + [getattr(plan, "theta", 1.0), getattr(plan, "attention_factor", 1.0)]
+    if not all(math.isfinite(x) for x in numbers):
+        raise ValueError("the plan holds a non-finite number")
+    if plan.original_ctx < 1 or plan.target_ctx < 1 or not isinstance(plan.method, str):
+        raise ValueError("the plan's lengths or method are malformed")
+    return plan

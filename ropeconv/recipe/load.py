@@ -12,8 +12,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ropeconv import jsontext
 from ropeconv.errors import InputError
 from ropeconv.recipe.schema import Recipe
+
+
+MAX_RECIPE_NODES = 100_000  # values in a recipe once YAML anchors are expanded; real ones hold < 100
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,13 @@ def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, 
         return None, [f"{file}: not UTF-8 text"]
     try:
         data = yaml.safe_load(text)
+        # a recipe is a few nested sections: refuse what would exhaust a recursive consumer (anchors can
+        # multiply a small file into billions of nodes, or make a section contain itself)
+        jsontext.check_tree(data, str(file), finite=False, max_nodes=MAX_RECIPE_NODES)
+    except RecursionError:
+        return None, [f"{file}: nested more than {jsontext.MAX_DEPTH} levels deep"]
+    except InputError as exc:
+        return None, [str(exc)]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
