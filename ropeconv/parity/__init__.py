@@ -128,8 +128,13 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
 def _twin_note(artifact: Path, twin: Twin | None) -> str:
     name = Path(artifact).name
     if Path(artifact).suffix == ".onnx":
+        from ropeconv.onnx_export.export import DTYPE_KEY
+        from ropeconv.onnx_export.metadata import read_metadata
+
+        kind = {"fp16": "float16 compute", "int4": "int4 MatMulNBits weights"}.get(
+            read_metadata(Path(artifact)).get(DTYPE_KEY, ""), "not float32")
         return (f"onnxruntime ran a float32 export of the same base and plan for the strict check, and {name} "
-                "(float16 weights) for the q- rows")
+                f"({kind}) for the q- rows")
     how = "converted from the base in float32" if twin else "same metadata and carriers, tensors dequantized"
     return f"llama.cpp ran a float32 twin of {name} ({how}) for the strict check, and the file itself for the q- rows"
 
