@@ -24,8 +24,8 @@ from ropeconv.export.table import changes_table, output_entry, resampled
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
 from ropeconv.manifest import write_manifest
-from ropeconv.onnx_export.export import MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, plan_onnx, \
-    position_math
+from ropeconv.onnx_export.export import ATTENTION_KEY, MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, \
+    plan_onnx, position_math
 from ropeconv.onnx_export import OPSET
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
@@ -322,6 +322,7 @@ def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -
             "file": f"{ONNX_DIR}/{MODEL_FILE}",
             "dtype": o.dtype,
             "opset": OPSET,
+            "attention": o.metadata[ATTENTION_KEY],
             "external_data": o.external,
             "position_math": position_math(prepared.plan),
             "genai_config": o.genai is not None,

@@ -34,6 +34,9 @@ DTYPES = ("fp32", "fp16", "int4")
 INT4_BLOCK_SIZE = 32  # onnxruntime-genai's default for int4
 INT4_ACCURACY_LEVEL = 4  # MatMulNBits on CPU: int8 activations (onnxruntime-genai's CPU default)
 DTYPE_KEY = "ropeconv.dtype"
+ATTENTION_KEY = "ropeconv.attention"
+FUSED_ATTENTION = "com.microsoft.GroupQueryAttention (fused, memory linear in the length)"
+PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total scores per call)"
 IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
                "gemma2": "gemma2"}  # onnxruntime-genai model types (it has none for gpt_neox)
@@ -101,7 +104,10 @@ def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict
     _refuse_variants(layout, cfg, ckpt)
     dims = _dims(layout, cfg, ckpt, plan)
     specs = _specs(layout, dims, ckpt, plan, dtype, bool(getattr(cfg, "tie_word_embeddings", False)))
-    metadata = dict(provenance, **{DTYPE_KEY: dtype})
+    from ropeconv.onnx_export.decoder import uses_fused_attention
+
+    fused = uses_fused_attention(layout, compute_of(dtype, fused_attention))
+    metadata = dict(provenance, **{DTYPE_KEY: dtype, ATTENTION_KEY: FUSED_ATTENTION if fused else PLAIN_ATTENTION})
     payload_bytes = sum(_nbytes(spec) for tensor_specs in specs.values() for spec in tensor_specs)
     external = payload_bytes > writer.MAX_INLINE_BYTES
     return OnnxPlan(layout, dims, dtype, specs, external, _genai_config(ckpt, dims, plan), plan, metadata,
