@@ -208,3 +208,30 @@ def test_bad_quantization_requests_exit_2_with_one_line_and_write_nothing(base, 
     capsys.readouterr()
     rc = run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "gguf", *args, "-o", out)
     assert word in assert_refused(capsys, rc, out, before)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
+def test_the_quantized_reference_reads_back_the_bases_tensors(root, tmp_path, arch):
+    """The quantized rows' reference decodes the file's tensors back into the base's names and layouts (llama's
+    permuted q/k rows, GPT-NeoX's regrouped qkv, GPT-2's transposed Conv1D, the tied output): from a Q8_0 file
+    every tensor comes back as the base's within Q8_0's rounding (half a step of max|block| / 127, plus the
+    float16 rounding of that step: ≤ 0.6 of the step at the tensor's largest weight), where a tensor in the wrong
+    order would be off by the weights' own size."""
+    from safetensors.torch import load_file
+
+    from ropeconv.parity.dequantized import tensors_of
+    from ropeconv.positions import plan_from_json
+
+    method = ["--method", "absolute", "--factor", "4"] if arch == "gpt2" else ["--method", "yarn", "--factor", "4"]
+    base = add_byte_level_tokenizer(make_tiny(root, arch, name=f"decode-{arch}", tie_word_embeddings=True))
+    out = tmp_path / "out"
+    assert run_cli("extend", base, *method, "--to", "gguf", "--outtype", "q8_0", "--no-verify", "-q", "-o", out) == 0
+    plan = plan_from_json(read_json(out / "manifest.json")["plan"])
+    original = load_file(base / "model.safetensors")
+    decoded = list(tensors_of(next(out.glob("*.gguf")), base, plan))
+    assert len(decoded) >= 2 * 4 and any(output for _, _, output in decoded)  # the tied output: the embedding
+    for name, tensor, _ in decoded:
+        expected = original[name]
+        assert tensor.shape == expected.shape, name
+        step = expected.abs().max().item() / 127
+        assert (tensor - expected).abs().max().item() <= 0.6 * step, name

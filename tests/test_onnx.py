@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, on_quant_grid, read_json, run_cli
+from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
 from ropeconv.archs import ARCHS
 from ropeconv.checkpoint import load_checkpoint
 from ropeconv.onnx_export.layouts import LAYOUTS
@@ -277,11 +277,17 @@ def test_fp16_computes_in_float16_judged_through_a_float32_twin(bases, tmp_path,
 def test_int4_is_onnxruntimes_own_matmulnbits_judged_twice(bases, tmp_path, capsys):
     """--dtype int4: every MatMul weight as MatMulNBits blocks byte for byte what onnxruntime's
     MatMulNBitsQuantizer makes of the float32 export; strict through that float32 export, the file by the
-    quantized gate (which a file without the extension fails). The base's matrices lie on the int4 grid, so the
-    file differs from its twin by the int8 activation rounding of accuracy_level 4 alone."""
+    quantized gate against transformers running the file's own decoded weights (decoded as onnxruntime's kernel
+    reads them) — against the unquantized base the 4-bit rounding alone would fail it — and a file without the
+    extension fails that gate."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    base = on_quant_grid(make_tiny(tmp_path, "llama"))
+    from ropeconv.onnx_export.export import export_file
+    from ropeconv.parity.dequantized import decode_int4, tensors_of
+    from ropeconv.parity.reference import load_reference
+    from ropeconv.parity.runtimes.hf import logits as hf_logits
+
+    base = bases["llama"]
     out = tmp_path / "out"
     capsys.readouterr()
     assert extend(base, out, "llama", "yarn", "--dtype", "int4", "--json") == 0
@@ -294,8 +300,6 @@ def test_int4_is_onnxruntimes_own_matmulnbits_judged_twice(bases, tmp_path, caps
     ours = onnx.load(path)
     assert "MatMul" not in op_types(path) and sum(n.op_type == "MatMulNBits" for n in ours.graph.node) == 2 * 7 + 1
 
-    from ropeconv.onnx_export.export import export_file
-
     plan = RopePlan.from_json(read_json(out / "manifest.json")["plan"])
     reference = onnx.load(export_file(base, plan, "fp32", tmp_path / "fp32.onnx"))
     quantizer = MatMulNBitsQuantizer(reference, block_size=32, is_symmetric=True, accuracy_level=4)
@@ -306,6 +310,35 @@ def test_int4_is_onnxruntimes_own_matmulnbits_judged_twice(bases, tmp_path, caps
     assert len(quantized) == 2 * 7 + 1
     for name in quantized + [n.replace("_Q4", "_scales") for n in quantized]:
         assert mine[name].shape == theirs[name].shape and np.array_equal(mine[name], theirs[name]), name
+
+    # the decoding the quantized reference uses is the kernel's: MatMulNBits(identity) returns the matrix it holds
+    from onnx import TensorProto, helper
+
+    name = "model.layers.1.mlp.down_proj.weight"
+    k, n = 128, 64
+    node = helper.make_node("MatMulNBits", ["eye", f"{name}_Q4", f"{name}_scales"], ["w"], domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=32)
+    graph = helper.make_graph([node], "decode", [helper.make_tensor_value_info("eye", TensorProto.FLOAT, [k, k])],
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, [k, n])],
+                              initializer=[numpy_helper.from_array(mine[f"{name}_{s}"], f"{name}_{s}")
+                                           for s in ("Q4", "scales")])
+    kernel = ort_runtime._ort().InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+                          ir_version=9).SerializeToString(), providers=["CPUExecutionProvider"])
+    held = kernel.run(None, {"eye": np.eye(k, dtype=np.float32)})[0]
+    assert np.array_equal(held, decode_int4(mine[f"{name}_Q4"], mine[f"{name}_scales"], k))
+
+    # what the q- rows would be against the unquantized base: the 4-bit rounding of this random model alone
+    ids = torch.randint(16, 512, (1, 3 * ORIGINAL_CTX), generator=torch.Generator().manual_seed(7))
+    positions = torch.arange(ids.shape[1])[None]
+    file = ort_runtime.decode(_session(out), ids, positions, 0).double().log_softmax(-1)
+    kl = lambda ref: float((ref.exp() * (ref - file)).sum(-1).mean())  # noqa: E731
+    cpu = torch.device("cpu")
+    against_base = kl(hf_logits(load_reference(base, plan, cpu), ids, positions, 0).double().log_softmax(-1))
+    decoded = load_reference(base, plan, cpu, weights=tensors_of(path, base, plan))
+    against_own = kl(hf_logits(decoded, ids, positions, 0).double().log_softmax(-1))
+    print(f"int4 file KL against the base {against_base:.3g}, against its own decoded weights {against_own:.3g}")
+    assert against_base > 0.05 and against_own < 0.01
 
     strip_position_math(path, base)
     assert run_cli("verify", path, "--tokens", TOKENS) == 1

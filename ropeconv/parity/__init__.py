@@ -75,17 +75,33 @@ def check_parities(
             f"probe of {n_tokens} tokens placed at positions {probe.first_position}–{probe.last_position} "
             f"to cross the original context; relative distances reach {n_tokens - 1}",
         )
-    return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes, probe_note, progress)
-            for artifact, twin in artifacts]
+    def quantized_reference(artifact: Path):
+        """The reference for a quantized file's own rows: the base with the file's decoded weights (None: the
+        base reference already is one)."""
+        from ropeconv.parity.dequantized import tensors_of
+
+        weights = tensors_of(artifact, base, plan)
+        if weights is None:
+            return None
+        progress(f"reference: {Path(artifact).name}'s own quantized weights, decoded, with the {plan.method} plan")
+        model = load_reference(base, plan, dev, lora, weights)
+        logits = [hf_runtime.logits(model, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps) for p in passes]
+        free(model)
+        return logits
+
+    return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes, probe_note, progress,
+                   quantized_reference) for artifact, twin in artifacts]
 
 
 def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev, ids, passes, tolerance: Tolerance,
-           notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None]) -> ParityReport:
+           notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None],
+           quantized_reference=lambda _: None) -> ParityReport:
     """Run one artifact in its runtime over the probe and compare it with the reference logits."""
     from ropeconv.parity.runtimes import runtime_for
 
     runtime = runtime_for(artifact)
     runs = _candidate_runs(artifact, twin)
+    q_reference = quantized_reference(artifact) if any(quantized for _, _, quantized in runs) else None
     # onnxruntime: the CPU provider always, CUDA as well on a GPU machine
     providers = runtime.providers(dev) if hasattr(runtime, "providers") else [None]
     results = []
@@ -102,10 +118,14 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
                 _remove_twin(path)
     if len(runs) > 1:
         notes = notes + (_twin_note(artifact, twin),)
+    if q_reference is not None:
+        notes = notes + ("q- rows: against transformers running the file's own quantized weights (decoded) under the "
+                         "plan, so what they measure is the runtime's rounding and the position math, not the "
+                         "quantization itself",)
 
     bands = []
     for candidate, quantized, prefix in results:
-        for p, ref, cand in zip(passes, reference, candidate):
+        for p, ref, cand in zip(passes, q_reference if quantized and q_reference else reference, candidate):
             bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized, prefix=prefix,
                                  position_noise=getattr(runtime, "POSITION_NOISE", 0.0)))
     probe = passes[-1]

@@ -83,8 +83,9 @@ def merge_into(model: nn.Module, lora) -> int:
     return len(names)
 
 
-def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None) -> nn.Module:
-    """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32."""
+def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None, weights=None) -> nn.Module:
+    """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32. weights: (name, tensor,
+    also the output matrix) to put in place of the base's (a quantized output's own, parity.dequantized)."""
     from transformers import AutoModelForCausalLM
 
     base = Path(base)
@@ -94,6 +95,10 @@ def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=No
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if lora is not None:
         merge_into(model, lora)
+    if weights is not None:
+        from ropeconv.parity.dequantized import install
+
+        install(model, weights)
     if plan.kind == "alibi":
         install_plan_alibi(model, plan)
     elif plan.kind == "absolute":
