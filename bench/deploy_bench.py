@@ -54,6 +54,7 @@ if kind.startswith("ort"):
         feeds.update(cache or {k: np.zeros((1, v.shape[1], 0, v.shape[3]), np.float32) for k, v in past.items()})
         r = dict(zip(outs, sess.run(None, feeds)))
         return r["logits"][0, -1], {k: r[k.replace("past_key_values.", "present.")] for k in past}
+    step(ids[:, :16], 0, None)  # warm-up: first-call allocations
     before = status("VmRSS:")
     open("/proc/self/clear_refs", "w").write("5")
     t = time.perf_counter(); logits, cache = step(ids, 0, None); prefill = time.perf_counter() - t
@@ -68,6 +69,7 @@ elif kind == "torch-sdpa":
     torch.set_grad_enabled(False)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
     x = torch.from_numpy(ids)
+    model(input_ids=x[:, :16], use_cache=True, logits_to_keep=1)  # warm-up
     before = status("VmRSS:")
     open("/proc/self/clear_refs", "w").write("5")
     t = time.perf_counter(); out = model(input_ids=x, use_cache=True, logits_to_keep=1); prefill = time.perf_counter() - t
@@ -79,6 +81,8 @@ elif kind == "torch-sdpa":
 else:  # onnxruntime-genai's own loop over its builder's model
     import onnxruntime_genai as og
     model = og.Model(path)
+    warm = og.GeneratorParams(model); warm.set_search_options(max_length=17, do_sample=False)
+    og.Generator(model, warm).append_tokens(ids[:, :16].astype(np.int32))  # warm-up
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=min(n + decode, %(context)d), do_sample=False)
     gen = og.Generator(model, params)
