@@ -147,7 +147,7 @@ def quantize(src: Path, dst: Path, outtype: str, imatrix: Imatrix | None = None,
         import llama_cpp
     except ImportError:
         raise InputError(f"--outtype {outtype} runs llama.cpp's quantizer: pip install 'ropeconv[gguf]'") from None
-    from ropeconv.parity.runtimes.llamacpp import _captured_log, _first_error
+    from ropeconv.llamacpp_log import captured_log, first_error
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_of(outtype)
@@ -166,11 +166,11 @@ def quantize(src: Path, dst: Path, outtype: str, imatrix: Imatrix | None = None,
         overrides = _imatrix_keys(llama_cpp, imatrix)
         params.kv_overrides = overrides
         keep_alive += [entries, overrides]
-    with _captured_log(llama_cpp) as lines:
+    with captured_log(llama_cpp) as lines:
         status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if status != 0:
         dst.unlink(missing_ok=True)
-        reason = _first_error(lines, f"llama_model_quantize returned {status}")
+        reason = first_error(lines, f"llama_model_quantize returned {status}")
         if "imatrix" in reason:
             raise InputError(f"llama.cpp cannot quantize to {outtype.upper()}: {reason} (pass --imatrix FILE)")
         raise UnsupportedError(f"llama.cpp cannot quantize to {outtype.upper()}: {reason}")
