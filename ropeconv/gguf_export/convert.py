@@ -92,6 +92,10 @@ def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str, imatrix: Path 
             raise InputError(f"--imatrix guides llama.cpp's quantizer; --outtype {outtype} is written without it "
                              f"(use a llama.cpp type: {', '.join(llama_quantize.QUANT_TYPES[:6])}, …)")
         return _plan_float(ckpt, plan, outtype)
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise InputError(f"--outtype {outtype} runs llama.cpp's quantizer: pip install 'ropeconv[gguf]'")
     if outtype in llama_quantize.NEEDS_IMATRIX and imatrix is None:
         raise InputError(f"--outtype {outtype}: llama.cpp quantizes it only with an importance matrix; pass "
                          "--imatrix FILE (from llama-imatrix) or choose a k-quant such as q4_k_m")
