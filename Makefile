@@ -99,6 +99,7 @@ bench: install
 	$(PY) -m bench.retrofit_bench --work $(WORK)/bench
 	$(PY) -m bench.convert_bench --work $(WORK)/bench
 	$(PY) -m bench.onnx_bench --work $(WORK)/bench
+	$(PY) -m bench.deploy_bench --work $(WORK)/bench
 	$(PY) -m bench.lora_bench --work $(WORK)/bench
 	$(PY) -m bench.scale_bench --work $(WORK)/bench --capped --layers
 	$(MAKE) bench-longrope-search

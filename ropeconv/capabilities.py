@@ -14,13 +14,16 @@ def _gguf_note() -> str:
     from ropeconv.archs import GGUF_ARCHS
     from ropeconv.gguf_export.convert import OUTTYPES
     from ropeconv.gguf_export.layouts import LAYOUTS
+    from ropeconv.gguf_export.quantize import QUANT_TYPES
 
     converted = ", ".join(f"{m} → {l.arch.name.lower()}" for m, l in LAYOUTS.items())
     freqs = ", ".join(a.name for a in GGUF_ARCHS.values() if a.reads_rope_freqs)
     longrope = ", ".join(a.name for a in GGUF_ARCHS.values() if a.longrope)
     return (
-        f"a HF base is converted ({converted}; --outtype {'/'.join(OUTTYPES)}; tokenizer from tokenizer.json or "
-        "tokenizer.model), a GGUF base is retrofitted in place, quantized or not. rope_freqs carriers exist only "
+        f"a HF base is converted ({converted}; --outtype {'/'.join(OUTTYPES)} written by ropeconv, "
+        f"{'/'.join(QUANT_TYPES)} by llama.cpp's own quantizer from that float conversion, --imatrix passed through; "
+        "tokenizer from tokenizer.json or tokenizer.model), a GGUF base is retrofitted in place, its quantization "
+        "untouched. rope_freqs carriers exist only "
         f"on {freqs} and LongRoPE tensors on {longrope}; elsewhere those cells are refused. Parity-proven in "
         "llama.cpp on every converted architecture (tiny random models, f32, each cell also failing once its "
         "declaration is stripped) and on the real SmolLM2 GGUF for retrofits"
@@ -35,10 +38,14 @@ def _onnx_note() -> str:
     no_genai = ", ".join(m for m in LAYOUTS if m not in GENAI_TYPES)
     rope = ", ".join(m for m in LAYOUTS if ARCHS[m].position == "rope")
     other = ", ".join(m for m in LAYOUTS if ARCHS[m].position != "rope")
+    alibi = ", ".join(m for m in LAYOUTS if ARCHS[m].position == "alibi")
     return (
         f"a HF base ({rope}; and {other} for alibi, absolute and none) is exported as a decoder with KV cache "
-        "(opset 18, float32 compute, --dtype fp32/fp16 weights) whose graph computes the plan itself, so every RoPE "
-        "method is available on every RoPE architecture, phi3 included. Parity-proven in onnxruntime on every "
+        "(opset 18 + com.microsoft; --dtype fp32, fp16 compute, or int4 MatMulNBits weights by onnxruntime's "
+        "quantizer) whose graph computes the plan itself, so every RoPE method is available on every RoPE "
+        "architecture, phi3 included. Attention runs in onnxruntime's fused GroupQueryAttention kernel (memory "
+        f"linear in the length) except on {alibi}, whose per-head ALiBi bias keeps plain-operator attention (n² "
+        "scores per call). Parity-proven in onnxruntime on every "
         "architecture × method (tiny random models, prefill crossing the original context then decode steps "
         "through the cache, each cell also failing once the position math is reset) and on the real SmolLM2. "
         f"A genai_config.json is written for onnxruntime-genai, except for {no_genai}, which it has no model type for"

@@ -21,10 +21,11 @@ from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir, target_lock
 from ropeconv.export.table import changes_table, output_entry, resampled
+from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
 from ropeconv.manifest import write_manifest
-from ropeconv.onnx_export.export import MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, plan_onnx, \
-    position_math
+from ropeconv.onnx_export.export import ATTENTION_KEY, MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, \
+    plan_onnx, position_math
 from ropeconv.onnx_export import OPSET
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
@@ -44,8 +45,9 @@ class ExtendJob:
     request: ExtendRequest
     out: Path
     formats: tuple[str, ...] = ("safetensors",)
-    outtype: str = "f16"  # GGUF tensor type for weight matrices
-    onnx_dtype: str = "fp32"  # ONNX weight storage (compute is float32 either way)
+    outtype: str = "f16"  # GGUF tensor type for weight matrices (beyond f32/f16/bf16/q8_0: llama.cpp quantizes)
+    imatrix: Path | None = None  # an importance matrix for llama.cpp's quantizer
+    onnx_dtype: str = "fp32"  # ONNX weights and compute: fp32, fp16, int4 (MatMulNBits)
     force: bool = False
     rebase: bool = False
     allow_pickle: bool = False
@@ -124,7 +126,7 @@ def prepare(job: ExtendJob) -> Prepared:
         # then carries the base's config.json, for the shapes only
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
-    gguf = plan_gguf(ckpt, plan, job.outtype, job.name) if "gguf" in job.formats else None
+    gguf = plan_gguf(ckpt, plan, job.outtype, job.imatrix, job.name) if "gguf" in job.formats else None
     onnx = plan_onnx(ckpt, plan, job.onnx_dtype, _provenance(plan, ckpt.path)) if "onnx" in job.formats else None
     return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
 
@@ -262,7 +264,10 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     plan = prepared.plan
     safetensors = SafetensorsWriter(out, [output_entry(plan, e) for e in ckpt.tensors], job.max_shard_bytes) \
         if "safetensors" in job.formats else None
-    gguf = GgufConversion(prepared.gguf, out / gguf_name) if gguf_name else None
+    gplan = prepared.gguf
+    # a type llama.cpp quantizes: the float conversion is staged beside the output first
+    gguf_path = out / (f".{gguf_name}.{gplan.outtype}.gguf" if gplan and gplan.quantize else f"{gguf_name}")
+    gguf = GgufConversion(gplan, gguf_path) if gguf_name else None
     onnx = None
     if prepared.onnx:
         (out / ONNX_DIR).mkdir()
@@ -286,7 +291,13 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
         if gguf:
             gguf.close()
             files.append(gguf_name)
-            known[gguf_name] = gguf.sha256
+            if gplan.quantize:
+                progress.note(f"gguf: llama.cpp quantizes the {gplan.outtype.upper()} conversion to "
+                              f"{gplan.quantize.upper()}" + (f" with {gplan.imatrix.file_name}" if gplan.imatrix else ""))
+                llama_quantize.quantize(gguf_path, out / gguf_name, gplan.quantize, gplan.imatrix)
+                gguf_path.unlink()
+            else:
+                known[gguf_name] = gguf.sha256
         if onnx:
             progress.note("onnx: checking the graph with onnx.checker")
             files.extend(f"{ONNX_DIR}/{p.name}" for p in onnx.close())
@@ -349,18 +360,22 @@ def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -
         arch = g.arch_name
         out["gguf"] = {
             "file": gguf_name,
-            "outtype": g.outtype,
+            "outtype": g.final_outtype,
             "architecture": arch,
             "declaration": {f.key: f.value for f in g.fields if f.key.startswith(f"{arch}.rope.")
                             or f.key == f"{arch}.context_length"},
             "carriers": [name for name, _ in g.carriers],
         }
+        if g.quantize:
+            out["gguf"]["quantized_by"] = {"tool": "llama.cpp llama_model_quantize", "from": g.outtype,
+                                           "imatrix": g.imatrix.file_name if g.imatrix else None}
     if prepared.onnx:
         o = prepared.onnx
         out["onnx"] = {
             "file": f"{ONNX_DIR}/{MODEL_FILE}",
             "dtype": o.dtype,
             "opset": OPSET,
+            "attention": o.metadata[ATTENTION_KEY],
             "external_data": o.external,
             "position_math": position_math(prepared.plan),
             "genai_config": o.genai is not None,

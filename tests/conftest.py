@@ -64,6 +64,36 @@ def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None,
     return out
 
 
+INT4_LEVELS = tuple(range(-8, 8))
+IQ4_NL_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)  # ggml's kvalues_iq4nl
+
+
+def on_quant_grid(base: Path, levels=INT4_LEVELS, step: float = 63 * 2.0**-11, seed: int = 0) -> Path:
+    """Rewrite every matrix of a tiny checkpoint so that each 32-wide block of a row takes values step × levels
+    with the lowest and the highest level in it: a block quantizer of that grid (ORT's int4, llama.cpp's
+    Q4_0/Q4_K/Q5_K/Q6_K for 16 uniform levels, IQ4_NL for its own) then finds the exact scale and the weights
+    come back unchanged, so a quantized file of this base differs from its float32 twin by the runtime's
+    activation rounding alone — the part a quantized gate is meant to tolerate; step is a power-of-two
+    multiple of 63 so that llama.cpp's 6-bit sub-block scales are exact in float16."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    rng = np.random.default_rng(seed)
+    grid = np.asarray(levels, dtype=np.float64) * step
+    tensors = load_file(base / "model.safetensors")
+    for name, weight in tensors.items():
+        if weight.dim() != 2:
+            continue
+        rows, cols = weight.shape
+        index = rng.integers(0, len(grid), size=(rows, cols // 32, 32))
+        where = rng.permuted(np.tile(np.arange(32), (rows, cols // 32, 1)), axis=-1)
+        np.put_along_axis(index, where[..., :1], 0, axis=-1)
+        np.put_along_axis(index, where[..., 1:2], len(grid) - 1, axis=-1)
+        tensors[name] = torch.from_numpy(grid[index].reshape(rows, cols).astype("float32"))
+    save_file(tensors, base / "model.safetensors", metadata={"format": "pt"})
+    return base
+
+
 def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 

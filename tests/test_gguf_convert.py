@@ -202,7 +202,7 @@ BAD = {
     "dynamic without --bake-at": ("llama", {}, None, ["--method", "dynamic", "--factor", "4"], "--bake-at"),
     "longrope below llama.cpp's 256-token step": ("llama", {}, None, ["--method", "longrope", "--factors", "LR",
                                                                      "--factor", "4"], "256"),
-    "outtype unknown": ("llama", {}, None, ["--method", "yarn", "--factor", "4", "--outtype", "q4_0"], "outtype"),
+    "outtype unknown": ("llama", {}, None, ["--method", "yarn", "--factor", "4", "--outtype", "q9_k"], "outtype"),
 }
 
 

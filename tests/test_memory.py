@@ -1,7 +1,7 @@
 """Peak memory does not grow with model size: it is a constant plus (at most) the largest tensor.
 
-Synthetic llama-shaped checkpoints are written straight with safetensors (no model is built): the
-same config, the same 8 MiB tensor size, 4 tensors (32 MiB) against 48 (384 MiB). Each conversion
+Synthetic checkpoints are written straight with safetensors (no model is built): a tiny llama that matches
+the config, plus extra tensors of 8 MiB each, 4 (32 MiB) against 48 (384 MiB). Each conversion
 runs `ropeconv extend --no-verify` as the only child of a small wrapper process, which reports the
 child's peak RSS (ru_maxrss from os.wait4).
 """
@@ -56,13 +56,28 @@ def ropeconv_cmd() -> list[str]:
     return [sys.executable, "-m", "ropeconv.cli.main"]
 
 
+def _tiny_llama(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """CONFIG's llama tensors (a few KiB): the model around the big tensors, which ride along as extras."""
+    h, i, v, kv = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"], 32
+    tensors = {"model.embed_tokens.weight": torch.randn(v, h, generator=gen), "lm_head.weight": torch.randn(v, h, generator=gen),
+               "model.norm.weight": torch.ones(h)}
+    for n in range(CONFIG["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+                  "self_attn.o_proj": (h, h), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
+        tensors.update({p + name + ".weight": torch.randn(*shape, generator=gen) for name, shape in shapes.items()})
+        tensors[p + "input_layernorm.weight"] = torch.ones(h)
+        tensors[p + "post_attention_layernorm.weight"] = torch.ones(h)
+    return tensors
+
+
 def make_synthetic(root: Path, n_big: int) -> Path:
-    """n_big distinct 8 MiB float32 tensors plus a few small ones, in one safetensors file."""
+    """A tiny llama plus n_big distinct 8 MiB float32 tensors and a few small ones, in one safetensors file."""
     root.mkdir(parents=True)
     (root / "config.json").write_text(json.dumps(CONFIG, indent=2))
     gen = torch.Generator().manual_seed(n_big)
-    tensors = {f"model.layers.{i}.blob.weight": torch.randn(ROWS, COLS, generator=gen) for i in range(n_big)}
-    tensors["model.norm.weight"] = torch.ones(64)
+    tensors = _tiny_llama(gen)  # what the config's family needs (extend checks the config against the tensors)
+    tensors.update({f"model.layers.{i}.blob.weight": torch.randn(ROWS, COLS, generator=gen) for i in range(n_big)})
     tensors["model.small.bf16"] = torch.randn(16, 64, generator=gen).to(torch.bfloat16)
     tensors["model.small.i64"] = torch.arange(37, dtype=torch.int64)
     save_file(tensors, root / "model.safetensors", metadata={"format": "pt"})

@@ -80,7 +80,7 @@ def test_every_schema_error_at_once_with_its_path(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({
         "base": {"paht": "x"},
         "method": {"name": "yarn", "factor": 0.5, "bake_at": 3},
-        "outputs": [{"format": "tflite"}, {"format": "onnx", "dtype": "int4"}],
+        "outputs": [{"format": "tflite"}, {"format": "onnx", "dtype": "int3"}],
         "parity": {"tokens": 1},
         "surprise": True,
     }))

@@ -11,7 +11,7 @@ from ropeconv import methods
 from ropeconv.cli.options import emit_json, full_length_option, max_memory_option, method_option_decorators, \
     method_options_for, parse_bytes
 from ropeconv.errors import InputError
-from ropeconv.gguf_export.convert import OUTTYPES
+from ropeconv.gguf_export.convert import ALL_OUTTYPES
 from ropeconv.onnx_export.export import DTYPES
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
@@ -34,10 +34,14 @@ Examples:
 \b
   # safetensors and a GGUF for llama.cpp from one pass over the tensors, both proven
   ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to safetensors,gguf --outtype q8_0 -o smol-32k/
+  # k-quants and i-quants by llama.cpp's own quantizer, from ropeconv's float conversion
+  ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to gguf --outtype q4_k_m -o smol-32k/
+  ropeconv extend ./Llama-3-8B --method llama3 --factor 8 --to gguf --outtype iq4_xs --imatrix imatrix.gguf -o out/
 \b
   # an ONNX decoder with KV cache for onnxruntime, proven on its CPU provider (and CUDA when present)
   ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to onnx -o smol-32k/
   ropeconv extend ./Phi-3-mini-4k --method longrope --factors f.json --target-ctx 131072 --to onnx --dtype fp16 -o out/
+  ropeconv extend ./SmolLM2-135M --method yarn --factor 4 --to onnx --dtype int4 -o smol-32k-int4/
 \b
   # ALiBi slopes interpolated (BLOOM, MPT): exact in ONNX; safetensors through ropeconv.runtime.apply
   ropeconv extend ./bloom-560m --method alibi --original-ctx 2048 --factor 4 --to safetensors,onnx -o bloom-8k/
@@ -81,11 +85,15 @@ def _method_options(fn):
 @click.option("--to", "formats", default=None,
               help="output formats, comma-separated: safetensors, gguf, onnx (default: safetensors for a HF base, "
               "gguf for a GGUF base)")
-@click.option("--outtype", type=click.Choice(list(OUTTYPES)), default=None,
-              help="GGUF weight type when converting a HF base with --to gguf (default f16; norms and biases "
-              "stay f32)")
+@click.option("--outtype", type=click.Choice(list(ALL_OUTTYPES)), default=None, metavar="TYPE",
+              help="GGUF weight type when converting a HF base with --to gguf: f32, f16 (default), bf16, q8_0 "
+              "written by ropeconv; q4_k_m, q5_k_m, q6_k, q4_0, q5_0, iq4_nl, iq4_xs, … quantized by llama.cpp's "
+              "own quantizer from the float conversion (norms, biases and carriers stay f32)")
+@click.option("--imatrix", type=click.Path(path_type=Path), default=None,
+              help="an importance matrix (llama-imatrix's .gguf or legacy .dat) for llama.cpp's quantizer")
 @click.option("--dtype", "onnx_dtype", type=click.Choice(list(DTYPES)), default=None,
-              help="ONNX weight storage with --to onnx (default fp32; fp16 halves the file, compute stays float32)")
+              help="ONNX weights and compute with --to onnx: fp32 (default); fp16 (float16 weights, activations and "
+              "KV cache, for GPUs); int4 (MatMulNBits weights by onnxruntime's quantizer, float32 activations)")
 @click.option("--lora", "lora", multiple=True, type=click.Path(path_type=Path),
               help="a PEFT LoRA adapter directory to merge into the base (repeat for several; merged in fp32, "
               "one tensor at a time)")
@@ -118,10 +126,10 @@ def _method_options(fn):
 @click.option("--dry-run", is_flag=True, help="print the plan, write nothing (but --save-recipe)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, onnx_dtype, lora, lora_trained_with,
-           force_method, out, force, rebase, allow_pickle, max_shard_size, verify, device, tokens, full_length,
-           max_memory, max_abs_logit, name, base_model, card_title, card_license, card_tags, save_recipe, dry_run,
-           as_json, quiet, **method_opts):
+def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, imatrix, onnx_dtype, lora,
+           lora_trained_with, force_method, out, force, rebase, allow_pickle, max_shard_size, verify, device, tokens,
+           full_length, max_memory, max_abs_logit, name, base_model, card_title, card_license, card_tags, save_recipe,
+           dry_run, as_json, quiet, **method_opts):
     """Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."""
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
@@ -134,6 +142,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
     if outtype is not None and (str(base).endswith(".gguf") or "gguf" not in chosen):
         raise InputError("--outtype applies when converting a HuggingFace base with --to gguf (a GGUF base keeps "
                          "its tensors as they are)")
+    if imatrix is not None and (str(base).endswith(".gguf") or "gguf" not in chosen):
+        raise InputError("--imatrix applies when converting a HuggingFace base with --to gguf --outtype TYPE")
     if onnx_dtype is not None and "onnx" not in chosen:
         raise InputError("--dtype applies to the ONNX output (--to onnx)")
     if (lora_trained_with or force_method) and not lora:
@@ -151,6 +161,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         out=out,
         formats=chosen,
         outtype=outtype or "f16",
+        imatrix=imatrix,
         onnx_dtype=onnx_dtype or "fp32",
         force=force,
         rebase=rebase,

@@ -91,7 +91,7 @@ def inspect(path: Path, as_json: bool) -> int:
 
 def _inspect_onnx(path: Path, as_json: bool) -> int:
     from ropeconv.errors import DamagedPlan, InputError
-    from ropeconv.onnx_export.export import DTYPE_KEY, position_math
+    from ropeconv.onnx_export.export import ATTENTION_KEY, DTYPE_KEY, position_math
     from ropeconv.onnx_export.metadata import read_metadata, read_plan
     from ropeconv.retrofit import BASE_KEY
 
@@ -110,6 +110,7 @@ def _inspect_onnx(path: Path, as_json: bool) -> int:
         "bytes": path.stat().st_size + (data.stat().st_size if data.is_file() else 0),
         "external_data": data.name if data.is_file() else None,
         "dtype": props.get(DTYPE_KEY),
+        "attention": props.get(ATTENTION_KEY),
         "base": props.get(BASE_KEY),
         "ropeconv": None if plan is None else {"method": plan.method, "original_ctx": plan.original_ctx,
                                                "target_ctx": plan.target_ctx, "position_math": position_math(plan)},
@@ -119,8 +120,10 @@ def _inspect_onnx(path: Path, as_json: bool) -> int:
         emit_json(info)
         return 0
     click.echo(str(path))
-    click.echo(f"  format           ONNX, {info['dtype'] or 'unknown'} weights, {info['bytes']:,} bytes"
+    click.echo(f"  format           ONNX, --dtype {info['dtype'] or 'unknown'}, {info['bytes']:,} bytes"
                + (f" (weights in {data.name})" if info["external_data"] else ""))
+    if info["attention"]:
+        click.echo(f"  attention        {info['attention']}")
     if plan is None:
         click.echo(f"  ropeconv         {damaged}; verify cannot check this file" if damaged
                    else "  ropeconv         no plan in metadata_props (not written by ropeconv)")

@@ -71,8 +71,9 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         carriers = f"; carrier tensors {', '.join(gguf['carriers'])}" if gguf["carriers"] else ""
         declared.append(f"llama.cpp (`{gguf['file']}`, {gguf['outtype']}): {keys}{carriers}.")
     if onnx is not None:
-        declared.append(f"onnxruntime (`{onnx['file']}`, {onnx['dtype']} weights, opset {onnx['opset']}): the position "
-                        f"math is baked into the graph — {onnx['position_math']}.")
+        attention = f", attention by {onnx['attention']}" if onnx.get("attention") else ""
+        declared.append(f"onnxruntime (`{onnx['file']}`, --dtype {onnx['dtype']}, opset {onnx['opset']}{attention}): the "
+                        f"position math is baked into the graph — {onnx['position_math']}.")
     written = [f for f in ("safetensors", "gguf", "onnx") if f in formats]
     title = (fields.get("title") or name
              or f"{base_name} — context extended with {plan.method} to {plan.target_ctx} tokens")

@@ -4,11 +4,15 @@ plan_gguf() decides everything from headers (names, shapes, types, byte counts, 
 byte is written, so the GGUF header is complete up front and tensors stream in the checkpoint's
 own order — the same pass that writes the safetensors. A tensor that needs no rewrite and keeps its
 dtype is a kernel byte copy.
+
+f32, f16, bf16 and q8_0 are written here; every other outtype (q4_k_m, q6_k, iq4_nl, …) is this float
+conversion staged beside the output — in the checkpoint's own float type when all its matrices share F16 or
+BF16, F32 otherwise, so nothing is rounded twice — and then quantized by llama.cpp itself (quantize.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.half import check_half
 from ropeconv.export.table import changes_table, output_entry
+from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
 from ropeconv.gguf_export.vocab import tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
@@ -29,7 +34,8 @@ from ropeconv.positions import PositionPlan
 from ropeconv.retrofit import VALUE_TYPES, provenance
 
 G = GGMLQuantizationType
-OUTTYPES = {"f32": G.F32, "f16": G.F16, "bf16": G.BF16, "q8_0": G.Q8_0}
+OUTTYPES = {"f32": G.F32, "f16": G.F16, "bf16": G.BF16, "q8_0": G.Q8_0}  # written by ropeconv
+ALL_OUTTYPES = tuple(OUTTYPES) + llama_quantize.QUANT_TYPES  # the rest: quantized by llama.cpp
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType
 CAST_CHUNK_BYTES = 1 << 20  # per piece of a streamed dtype conversion: stays in L2/L3
 SAME_BYTES = {("F32", G.F32), ("F16", G.F16), ("BF16", G.BF16)}  # safetensors dtype → GGUF type, no conversion
@@ -55,6 +61,12 @@ class GgufPlan:
     heads_kv: int
     raw_copy_ok: bool  # safetensors source: untouched tensors can be kernel copies
     plan: PositionPlan | None = None  # "table" tensors are resampled for it
+    quantize: str | None = None  # an outtype llama.cpp's quantizer makes of this (staged float) conversion
+    imatrix: "llama_quantize.Imatrix | None" = None
+
+    @property
+    def final_outtype(self) -> str:
+        return self.quantize or self.outtype
 
     @property
     def arch_name(self) -> str:
@@ -71,10 +83,41 @@ def gguf_file_name(ckpt: Checkpoint, outtype: str, name: str | None = None) -> s
     return f"{name or ckpt.path.resolve().name}-{outtype.upper()}.gguf"
 
 
-def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | None = None) -> GgufPlan:
-    """Everything the GGUF will hold, from headers; raises before any write."""
-    if outtype not in OUTTYPES:
-        raise InputError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str, imatrix: Path | None = None,
+              name: str | None = None) -> GgufPlan:
+    """Everything the GGUF will hold, from headers; raises before any write. An outtype llama.cpp quantizes
+    plans the float conversion it starts from (and reads --imatrix)."""
+    if outtype not in ALL_OUTTYPES:
+        raise InputError(f"--outtype {outtype!r}: choose one of {', '.join(ALL_OUTTYPES)}")
+    if outtype in OUTTYPES:
+        if imatrix is not None:
+            raise InputError(f"--imatrix guides llama.cpp's quantizer; --outtype {outtype} is written without it "
+                             f"(use a llama.cpp type: {', '.join(llama_quantize.QUANT_TYPES[:6])}, …)")
+        return _plan_float(ckpt, plan, outtype, name)
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise InputError(f"--outtype {outtype} runs llama.cpp's quantizer: pip install 'ropeconv[gguf]'")
+    if outtype in llama_quantize.NEEDS_IMATRIX and imatrix is None:
+        raise InputError(f"--outtype {outtype}: llama.cpp quantizes it only with an importance matrix; pass "
+                         "--imatrix FILE (from llama-imatrix) or choose a k-quant such as q4_k_m")
+    staged = _plan_float(ckpt, plan, _staging_type(ckpt), name)
+    matrix = None
+    if imatrix is not None:
+        matrix = llama_quantize.load_imatrix(imatrix)
+        llama_quantize.check_imatrix(matrix, {t.info.name: t.info.shape[0] for t in staged.tensors
+                                              if len(t.info.shape) == 2})
+    return replace(staged, quantize=outtype, imatrix=matrix)
+
+
+def _staging_type(ckpt: Checkpoint) -> str:
+    """The float type the quantizer starts from: the checkpoint's own when every matrix is F16 (or every one
+    BF16), F32 otherwise — llama.cpp converts each to F32 before quantizing, so nothing is rounded twice."""
+    dtypes = {e.dtype for e in ckpt.tensors if len(e.shape) >= 2}
+    return {frozenset({"F16"}): "f16", frozenset({"BF16"}): "bf16"}.get(frozenset(dtypes), "f32")
+
+
+def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | None) -> GgufPlan:
     config, scheme = ckpt.config, ckpt.scheme
     layout = layout_for(ckpt.arch.model_type)
     heads = _positive(config, HEAD_KEYS)
@@ -202,8 +245,6 @@ def _positive(config: dict, keys: tuple[str, ...]) -> int:
 
 def write_f32_twin(base: Path, plan: PositionPlan, dst: Path, lora=None) -> Path:
     """The same conversion in float32 (LoRA merged alike): what a non-f32 GGUF of `base` is judged against."""
-    from dataclasses import replace
-
     from ropeconv.checkpoint import load_checkpoint
 
     ckpt = replace(load_checkpoint(base), lora=lora)

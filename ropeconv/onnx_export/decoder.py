@@ -2,13 +2,23 @@
 
 Inputs and outputs follow optimum's names (what ORTModelForCausalLM and onnxruntime-genai read):
   input_ids [batch, seq] int64, attention_mask [batch, total] int64, position_ids [batch, seq] int64,
-  past_key_values.{i}.key/value [batch, kv_heads, past, head_dim]
-  → logits [batch, seq, vocab], present.{i}.key/value [batch, kv_heads, total, head_dim]
-Everything is computed in float32 in the order transformers computes it (norms, scores × scale, soft-cap,
-mask, softmax), so the only differences from transformers are float32 rounding of kernels.
-The causal mask uses cache indices (past + i), as transformers does, and the padding mask from
-attention_mask; position_ids only feed the rotary embedding or the learned position table. ALiBi graphs
-take no position_ids (as optimum's BLOOM export): their bias is built from attention_mask (alibi.py).
+  past_key_values.{i}.key/value [batch, kv_heads, past, head_dim], num_logits_to_keep [] int64 (optional, default
+  0: every position, as transformers' logits_to_keep; k > 0: the last k positions only)
+  → logits [batch, kept, vocab] float32, present.{i}.key/value [batch, kv_heads, total, head_dim]
+Activations and the KV cache are in the compute dtype (float32, or float16 for --dtype fp16, where norms, the
+rotary angles and the plain attention's softmax stay float32 as transformers keeps them); logits are float32.
+
+Attention runs in onnxruntime's fused com.microsoft.GroupQueryAttention kernel, which never holds the
+scores of a call (memory linear in the length): causal masking from the cache index (past + i), the sliding
+window as its local_window_size (transformers' kv > q − window), gemma2's soft-cap as its softcap (applied, as
+transformers does, after the scale and before the mask), heads grouped natively, no rotary inside the kernel:
+queries and keys arrive rotated by the plan's own subgraph (rotary.py) at each token's position_ids — the
+kernel would read a first prompt's positions from its first element only, which misplaces a left-padded row.
+Padding in attention_mask is an additive bias [batch, 1, seq, total] (transformers' finfo.min), built and passed
+only when a row has padding (an If on the mask), so an unpadded call holds no n × n tensor at all.
+ALiBi families keep the plain-operator attention (MatMul, Softmax): their bias differs per head and the fused
+kernel takes a per-head bias only as a full [batch, heads, seq, total] tensor. ALiBi graphs take no
+position_ids (as optimum's BLOOM export): their bias is built from attention_mask (alibi.py).
 """
 
 from __future__ import annotations
@@ -16,15 +26,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import GraphProto, helper
+from onnx import GraphProto, helper, numpy_helper
 
 from ropeconv.onnx_export.alibi import alibi_bias
-from ropeconv.onnx_export.graph import BOOL, FLOAT, INT64, GraphBuilder
+from ropeconv.onnx_export.graph import BOOL, FLOAT, FLOAT16, INT32, INT64, GraphBuilder
 from ropeconv.onnx_export.layouts import OnnxLayout
 from ropeconv.onnx_export.rotary import cos_sin
 from ropeconv.positions import PositionPlan
 
 MASKED = float(np.finfo(np.float32).min)  # transformers' additive mask value
+MS_DOMAIN = "com.microsoft"
+KEEP_LOGITS = "num_logits_to_keep"
+COMPUTE_TYPES = {"float32": (FLOAT, np.float32), "float16": (FLOAT16, np.float16)}
 
 
 @dataclass(frozen=True)
@@ -54,80 +67,128 @@ class DecoderDims:
 
 @dataclass(frozen=True)
 class Weights:
-    """Initializer names the graph reads; `half` names are stored as float16 and cast on use."""
+    """Initializer names the graph reads; `half` names are stored as float16, `nbits` (name, K, N) as
+    MatMulNBits blocks (`<name>_Q4`, `<name>_scales`, written by onnxruntime's quantizer)."""
 
     names: frozenset[str]
-    half: frozenset[str]
+    half: frozenset[str] = frozenset()
+    nbits: tuple[tuple[str, int, int], ...] = ()
 
 
-def io_names(n_layers: int, position_ids: bool = True) -> tuple[list[str], list[str]]:
-    inputs = ["input_ids", "attention_mask"] + (["position_ids"] if position_ids else [])
-    outputs = ["logits"]
-    for i in range(n_layers):
-        inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-        outputs += [f"present.{i}.key", f"present.{i}.value"]
-    return inputs, outputs
+@dataclass(frozen=True)
+class Compute:
+    """How the graph computes: its activation dtype, the attention kernel, MatMulNBits' settings."""
+
+    dtype: str = "float32"  # a key of COMPUTE_TYPES
+    fused_attention: bool = True  # False: the plain-operator attention for every family (comparisons, tests)
+    block_size: int = 32
+    accuracy_level: int = 4  # MatMulNBits: int8 activations on CPU
 
 
-def build_decoder(layout: OnnxLayout, dims: DecoderDims, plan: PositionPlan, weights: Weights) -> GraphProto:
-    b = _Decoder(layout, dims, plan, weights)
+def uses_fused_attention(layout: OnnxLayout, compute: Compute) -> bool:
+    return compute.fused_attention and layout.position != "alibi"
+
+
+def quantized_names(name: str) -> tuple[str, str]:
+    """The MatMulNBits initializers onnxruntime's MatMulNBitsQuantizer names after a MatMul weight."""
+    return f"{name}_Q4", f"{name}_scales"
+
+
+def build_decoder(layout: OnnxLayout, dims: DecoderDims, plan: PositionPlan, weights: Weights,
+                  compute: Compute = Compute()) -> GraphProto:
+    b = _Decoder(layout, dims, plan, weights, compute)
     return b.graph()
 
 
 class _Decoder:
-    def __init__(self, layout: OnnxLayout, dims: DecoderDims, plan: PositionPlan, weights: Weights):
-        self.layout, self.dims, self.plan, self.weights = layout, dims, plan, weights
+    def __init__(self, layout: OnnxLayout, dims: DecoderDims, plan: PositionPlan, weights: Weights,
+                 compute: Compute):
+        self.layout, self.dims, self.plan, self.weights, self.compute = layout, dims, plan, weights, compute
+        self.cdt, self.np_cdt = COMPUTE_TYPES[compute.dtype]
+        self.fused = uses_fused_attention(layout, compute)
+        self.nbits = {name: (k, n) for name, k, n in weights.nbits}
         self.g = GraphBuilder()
-        self._cast: dict[str, str] = {}
-        self.rope: tuple[str, str] | None = None  # (cos, sin)
+        self._cast: dict[tuple[str, int], str] = {}
+        self.rope: tuple[str, str] | None = None  # (cos, sin) in the compute dtype
         self.bias: str | None = None  # the ALiBi bias, added to every layer's scores
+        self.gqa: dict[str, str] = {}  # the fused kernel's per-call inputs (seqlens, lengths, padding bias)
+
+    # dtypes --------------------------------------------------------------------------------------
+    def c(self, value) -> str:
+        """A constant in the compute dtype."""
+        return self.g.const(value, self.np_cdt)
+
+    def to32(self, x: str) -> str:
+        return x if self.cdt == FLOAT else self.g.op("Cast", [x], to=FLOAT)
+
+    def from32(self, x: str) -> str:
+        return x if self.cdt == FLOAT else self.g.op("Cast", [x], to=self.cdt)
 
     # weights -------------------------------------------------------------------------------------
-    def w(self, name: str) -> str:
+    def w(self, name: str, to: int | None = None) -> str:
+        """A stored tensor in dtype `to` (default: the compute dtype); casts of initializers are folded by
+        onnxruntime when the session loads."""
         if name not in self.weights.names:
             raise KeyError(name)
-        if name not in self.weights.half:
+        to = self.cdt if to is None else to
+        stored = FLOAT16 if name in self.weights.half else FLOAT
+        if stored == to:
             return name
-        if name not in self._cast:
-            self._cast[name] = self.g.op("Cast", [name], to=FLOAT)
-        return self._cast[name]
+        if (name, to) not in self._cast:
+            self._cast[(name, to)] = self.g.op("Cast", [name], to=to)
+        return self._cast[(name, to)]
 
     def maybe(self, name: str) -> str | None:
         return self.w(name) if name in self.weights.names else None
 
+    def matmul(self, x: str, name: str) -> str:
+        if name in self.nbits:
+            k, n = self.nbits[name]
+            packed, scales = quantized_names(name)
+            attrs = dict(K=k, N=n, bits=4, block_size=self.compute.block_size)
+            if self.compute.accuracy_level:
+                attrs["accuracy_level"] = self.compute.accuracy_level
+            return self.g.op("MatMulNBits", [x, packed, scales], domain=MS_DOMAIN, **attrs)
+        return self.g.op("MatMul", [x, self.w(name)])
+
     def proj(self, x: str, prefix: str) -> str:
-        return self.g.linear(x, self.w(f"{prefix}.weight"), self.maybe(f"{prefix}.bias"))
+        y = self.matmul(x, f"{prefix}.weight")
+        bias = self.maybe(f"{prefix}.bias")
+        return self.g.op("Add", [y, bias]) if bias else y
 
     # blocks --------------------------------------------------------------------------------------
     def norm(self, x: str, prefix: str) -> str:
+        """In float32 whatever the compute dtype (transformers' RMSNorm upcasts too)."""
         g, eps = self.g, self.dims.norm_eps
+        x = self.to32(x)
         if self.layout.norm in ("layer", "layer_no_bias"):
-            bias = [self.w(f"{prefix}.bias")] if self.layout.norm == "layer" else []
-            return g.op("LayerNormalization", [x, self.w(f"{prefix}.weight"), *bias], axis=-1, epsilon=eps)
+            bias = [self.w(f"{prefix}.bias", FLOAT)] if self.layout.norm == "layer" else []
+            out = g.op("LayerNormalization", [x, self.w(f"{prefix}.weight", FLOAT), *bias], axis=-1, epsilon=eps)
+            return self.from32(out)
         variance = g.op("ReduceMean", [g.op("Mul", [x, x]), g.ints(-1)], keepdims=1)
         normed = g.op("Mul", [x, g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [variance, g.const(eps)])])])])
-        scale = self.w(f"{prefix}.weight")
+        scale = self.w(f"{prefix}.weight", FLOAT)
         if self.layout.norm == "rms_plus_one":
             scale = g.op("Add", [g.const(1.0), scale])
-        return g.op("Mul", [normed, scale])
+        return self.from32(g.op("Mul", [normed, scale]))
 
     def activation(self, x: str) -> str:
         g, kind = self.g, self.dims.activation
         if kind == "silu":
             return g.op("Mul", [x, g.op("Sigmoid", [x])])
         if kind == "gelu_erf":
-            erf = g.op("Erf", [g.op("Mul", [x, g.const(1 / np.sqrt(2.0))])])
-            return g.op("Mul", [g.op("Mul", [x, g.const(0.5)]), g.op("Add", [erf, g.const(1.0)])])
+            erf = g.op("Erf", [g.op("Mul", [x, self.c(1 / np.sqrt(2.0))])])
+            return g.op("Mul", [g.op("Mul", [x, self.c(0.5)]), g.op("Add", [erf, self.c(1.0)])])
         if kind == "gelu_tanh":
             cube = g.op("Mul", [g.op("Mul", [x, x]), x])
-            inner = g.op("Mul", [g.op("Add", [x, g.op("Mul", [cube, g.const(0.044715)])]),
-                                 g.const(np.sqrt(2.0 / np.pi))])
-            return g.op("Mul", [g.op("Mul", [x, g.const(0.5)]), g.op("Add", [g.op("Tanh", [inner]), g.const(1.0)])])
+            inner = g.op("Mul", [g.op("Add", [x, g.op("Mul", [cube, self.c(0.044715)])]),
+                                 self.c(np.sqrt(2.0 / np.pi))])
+            return g.op("Mul", [g.op("Mul", [x, self.c(0.5)]), g.op("Add", [g.op("Tanh", [inner]), self.c(1.0)])])
         if kind == "gelu_bloom":
             # bloom_gelu_forward: x·0.5·(1 + tanh(0.79788456·x·(1 + 0.044715·x²))), its own rounded constant
-            inner = g.op("Mul", [g.op("Mul", [x, g.const(0.79788456)]),
-                                 g.op("Add", [g.op("Mul", [g.op("Mul", [x, g.const(0.044715)]), x]), g.const(1.0)])])
-            return g.op("Mul", [g.op("Mul", [x, g.const(0.5)]), g.op("Add", [g.op("Tanh", [inner]), g.const(1.0)])])
+            inner = g.op("Mul", [g.op("Mul", [x, self.c(0.79788456)]),
+                                 g.op("Add", [g.op("Mul", [g.op("Mul", [x, self.c(0.044715)]), x]), self.c(1.0)])])
+            return g.op("Mul", [g.op("Mul", [x, self.c(0.5)]), g.op("Add", [g.op("Tanh", [inner]), self.c(1.0)])])
         if kind == "relu":
             return g.op("Relu", [x])
         raise AssertionError(kind)
@@ -143,31 +204,29 @@ class _Decoder:
             gate, up, down = self.proj(x, names[0]), self.proj(x, names[1]), names[2]
         return self.proj(g.op("Mul", [self.activation(gate), up]), down)
 
-    def heads(self, x: str, n_heads: int) -> str:
-        """[b, s, n·d] → [b, n, s, d]"""
-        g = self.g
-        return g.op("Transpose", [g.op("Reshape", [x, g.ints(0, 0, n_heads, self.dims.head_dim)])], perm=[0, 2, 1, 3])
-
+    # attention -----------------------------------------------------------------------------------
     def qkv(self, x: str, prefix: str) -> tuple[str, str, str]:
+        """q [b, s, heads, d], k and v [b, s, kv_heads, d]."""
         g, d = self.g, self.dims
         names = [prefix + n for n in self.layout.qkv]
+        split = lambda y, n: g.op("Reshape", [y, g.ints(0, 0, n, d.head_dim)])  # noqa: E731
         if self.layout.qkv_split == "separate":
             q, k, v = (self.proj(x, n) for n in names)
-            return self.heads(q, d.heads), self.heads(k, d.heads_kv), self.heads(v, d.heads_kv)
+            return split(q, d.heads), split(k, d.heads_kv), split(v, d.heads_kv)
         fused = self.proj(x, names[0])
         if d.clip_qkv:
-            fused = g.op("Clip", [fused, g.const(-d.clip_qkv), g.const(d.clip_qkv)])
+            fused = g.op("Clip", [fused, self.c(-d.clip_qkv), self.c(d.clip_qkv)])
         if self.layout.qkv_split == "fused":
             sizes = g.ints(d.heads * d.head_dim, d.heads_kv * d.head_dim, d.heads_kv * d.head_dim)
             q, k, v = g.op("Split", [fused, sizes], n_out=3, axis=-1)
-            return self.heads(q, d.heads), self.heads(k, d.heads_kv), self.heads(v, d.heads_kv)
-        # per head: [b, s, h, 3d] → [b, h, s, 3d] → q, k, v
-        per_head = g.op("Transpose", [g.op("Reshape", [fused, g.ints(0, 0, d.heads, 3 * d.head_dim)])],
-                        perm=[0, 2, 1, 3])
+            return split(q, d.heads), split(k, d.heads_kv), split(v, d.heads_kv)
+        # per head: [b, s, h, 3d] → q, k, v
+        per_head = g.op("Reshape", [fused, g.ints(0, 0, d.heads, 3 * d.head_dim)])
         q, k, v = g.op("Split", [per_head], n_out=3, axis=-1, num_outputs=3)
         return q, k, v
 
     def rotate(self, x: str, cos: str, sin: str) -> str:
+        """transformers' apply_rotary_pos_emb on the last axis: x·cos + rotate_half(x)·sin."""
         g, d = self.g, self.dims
         partial = d.rotary_dim < d.head_dim
         x_rot = g.slice_last(x, 0, d.rotary_dim) if partial else x
@@ -178,16 +237,62 @@ class _Decoder:
             out = g.op("Concat", [out, g.slice_last(x, d.rotary_dim, d.head_dim)], axis=-1)
         return out
 
+    def layer_scale(self, i: int) -> float:
+        d = self.dims
+        return d.attn_scale / (i + 1) if d.scale_by_layer else d.attn_scale
+
     def attention(self, x: str, i: int, prefix: str, masks: dict) -> str:
-        g, d = self.g, self.dims
         q, k, v = self.qkv(x, prefix)
         if self.rope:
             q, k = self.rotate(q, *self.rope), self.rotate(k, *self.rope)
-        scale = d.attn_scale / (i + 1) if d.scale_by_layer else d.attn_scale
+        out = self.fused_attention(q, k, v, i) if self.fused else self.plain_attention(q, k, v, i, masks)
+        return self.proj(out, prefix + self.layout.o_proj)
+
+    def fused_attention(self, q: str, k: str, v: str, i: int) -> str:
+        """GroupQueryAttention on [b, s, n·d] inputs; the padded variant (with the mask's bias) runs only when a
+        row of attention_mask has padding."""
+        g, d = self.g, self.dims
+        flat = g.ints(0, 0, -1)
+        q, k, v = (g.op("Reshape", [t, flat]) for t in (q, k, v))
+        scale = self.layer_scale(i)
+        if self.layout.query_prescaled:  # OPT: q_proj(x)·scale, then the scores unscaled (its rounding order)
+            q, scale = g.op("Mul", [q, self.c(scale)]), 1.0
+        attrs: dict = dict(num_heads=d.heads, kv_num_heads=d.heads_kv, scale=float(scale))
+        if d.attn_softcap:
+            attrs["softcap"] = float(d.attn_softcap)
+        if d.windows[i] is not None:
+            attrs["local_window_size"] = int(d.windows[i])
+        ctx = self.gqa
+        common = [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", ctx["seqlens_k"], ctx["total"]]
+        # inputs 7–9 (cos/sin caches, position_ids) unused: q and k arrive rotated; 16: query_seqlens, which lets a
+        # batch take several tokens after a past (chunked prefill)
+        tail = [""] * 5 + [ctx["query_seqlens"]]
+        out = g._fresh("attn")
+        outputs = [out, f"present.{i}.key", f"present.{i}.value"]
+
+        def branch(name: str, bias: str) -> GraphProto:
+            inner = [g._fresh(f"{name}/out") for _ in outputs]
+            node = helper.make_node("GroupQueryAttention", common + ["", "", "", bias] + tail, inner,
+                                    name=g._fresh("node/GroupQueryAttention"), domain=MS_DOMAIN, **attrs)
+            return helper.make_graph([node], g._fresh(name), [],
+                                     [helper.make_tensor_value_info(n, self.cdt, None) for n in inner])
+
+        g.nodes.append(helper.make_node("If", [ctx["padded"]], outputs, name=g._fresh("node/If"),
+                                        then_branch=branch("padded", ctx["bias"]), else_branch=branch("unpadded", "")))
+        return out
+
+    def plain_attention(self, q: str, k: str, v: str, i: int, masks: dict) -> str:
+        """Standard operators in float32: scores [b, kv, group, s, t] by broadcasting grouped heads (no repeated
+        K/V). Holds heads × new × (past + new) scores per layer."""
+        g, d = self.g, self.dims
+        to_heads = lambda t: g.op("Transpose", [t], perm=[0, 2, 1, 3])  # noqa: E731  [b, s, n, d] → [b, n, s, d]
+        q, k, v = to_heads(q), to_heads(k), to_heads(v)
+        scale: float | None = self.layer_scale(i)
         if self.layout.query_prescaled:
-            q, scale = g.op("Mul", [q, g.const(scale)]), None
+            q, scale = g.op("Mul", [q, self.c(scale)]), None
         k = g.op_into("Concat", [f"past_key_values.{i}.key", k], f"present.{i}.key", axis=2)
         v = g.op_into("Concat", [f"past_key_values.{i}.value", v], f"present.{i}.value", axis=2)
+        q, k, v = self.to32(q), self.to32(k), self.to32(v)
         group = d.heads // d.heads_kv
         # grouped heads by broadcasting: q [b, kv, group, s, d] against k, v [b, kv, 1, t, d]
         q5 = g.op("Reshape", [q, g.ints(0, d.heads_kv, group, -1, d.head_dim)])
@@ -205,10 +310,43 @@ class _Decoder:
         context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v5])  # [b, kv, group, s, d]
         per_head = g.op("Reshape", [context, g.ints(0, d.heads, -1, d.head_dim)])  # [b, h, s, d]
         merged = g.op("Reshape", [g.op("Transpose", [per_head], perm=[0, 2, 1, 3]), g.ints(0, 0, d.heads * d.head_dim)])
-        return self.proj(merged, prefix + self.layout.o_proj)
+        return self.from32(merged)
+
+    def fused_inputs(self) -> dict[str, str]:
+        """What every GroupQueryAttention call reads: each row's total length − 1 (every row is as long as
+        attention_mask: padding is the bias's job), the total, the new tokens per row, and whether any row is
+        padded — with the bias [b, 1, s, total] only then (a [1, 1, 1, 1] placeholder otherwise, never read)."""
+        g = self.g
+        scalar = g.ints(0)
+        total = g.op("Squeeze", [g.op("Shape", ["attention_mask"], start=1, end=2), scalar])
+        batch = g.op("Shape", ["input_ids"], start=0, end=1)
+        seq = g.op("Shape", ["input_ids"], start=1, end=2)
+        per_row = lambda n: g.op("Cast", [g.op("Expand", [n, batch])], to=INT32)  # noqa: E731
+        padded = g.op("Less", [g.op("ReduceMin", ["attention_mask"], keepdims=0), g.const(1, np.int64)],
+                      hint="attention/padded")
+        keep = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=BOOL), g.ints(1, 2)])  # [b, 1, 1, t]
+        masked = float(np.finfo(self.np_cdt).min)
+        then_out, else_out = g._fresh("attention/bias"), g._fresh("attention/no_bias")
+        shape = g.op("Concat", [batch, g.ints(1), seq, g.op("Shape", ["attention_mask"], start=1, end=2)], axis=0)
+        then_nodes = [
+            helper.make_node("Where", [keep, self.c(0.0), self.c(masked)], [then_out + "/rows"], name=g._fresh("node/Where")),
+            helper.make_node("Expand", [then_out + "/rows", shape], [then_out], name=g._fresh("node/Expand")),
+        ]
+        else_nodes = [helper.make_node("Identity", [self.c(np.zeros((1, 1, 1, 1)))], [else_out],
+                                       name=g._fresh("node/Identity"))]
+        bias = g._fresh("attention/padding_bias")
+        g.nodes.append(helper.make_node(
+            "If", [padded], [bias], name=g._fresh("node/If"),
+            then_branch=helper.make_graph(then_nodes, g._fresh("with_padding"), [],
+                                          [helper.make_tensor_value_info(then_out, self.cdt, None)]),
+            else_branch=helper.make_graph(else_nodes, g._fresh("without_padding"), [],
+                                          [helper.make_tensor_value_info(else_out, self.cdt, None)])))
+        return {"seqlens_k": per_row(g.op("Sub", [total, g.const(1, np.int64)])),
+                "total": g.op("Cast", [total], to=INT32), "query_seqlens": per_row(g.op("Squeeze", [seq, scalar])),
+                "padded": padded, "bias": bias}
 
     def masks(self) -> dict:
-        """Additive masks [b, 1, 1, s, t], one per distinct window (None: full causal)."""
+        """Additive masks [b, 1, 1, s, t] for the plain attention, one per distinct window (None: full causal)."""
         g = self.g
         past = g.op("Shape", ["past_key_values.0.key"], start=2, end=3)
         seq = g.op("Shape", ["input_ids"], start=1, end=2)
@@ -231,11 +369,12 @@ class _Decoder:
             out[window] = g.op("Where", [allowed, g.const(0.0), g.const(MASKED)], hint="mask")
         return out
 
+    # the rest --------------------------------------------------------------------------------------
     def embed(self) -> str:
         g, d, lay = self.g, self.dims, self.layout
         h = g.op("Gather", [self.w(lay.embed), "input_ids"])
         if d.embed_scale:
-            h = g.op("Mul", [h, g.const(d.embed_scale)])
+            h = g.op("Mul", [h, self.c(d.embed_scale)])
         if lay.project and d.embed_dim:
             h = self.proj(h, lay.project[0])
         if self.plan.kind == "absolute":
@@ -269,17 +408,25 @@ class _Decoder:
         g, d, lay = self.g, self.dims, self.layout
         h = self.embed()
         if self.plan.kind == "rope":
-            self.rope = cos_sin(g, self.plan, "position_ids")
+            cos, sin = cos_sin(g, self.plan, "position_ids")  # [b, s, 1, d] beside q, k [b, s, heads, d]
+            self.rope = (self.from32(cos), self.from32(sin))  # transformers: cos.to(x.dtype)
         elif self.plan.kind == "alibi":
             self.bias = alibi_bias(g, self.plan, lay.alibi_keys, "attention_mask")
-        masks = self.masks()
+        masks = {}
+        if self.fused:
+            self.gqa = self.fused_inputs()
+        else:
+            masks = self.masks()
         for i in range(d.n_layers):
             h = self.block(h, i, masks)
+        # transformers' logits_to_keep: the last k positions (0: all), before the per-token tail of the model
+        start = g.op("Reshape", [g.op("Neg", [KEEP_LOGITS]), g.ints(1)])
+        h = g.op("Slice", [h, start, g.ints(np.iinfo(np.int64).max), g.ints(1)], hint="logits/kept")
         if d.final_norm:
             h = self.norm(h, lay.final_norm)
         if lay.project and d.embed_dim:
             h = self.proj(h, lay.project[1])
-        logits = g.op("MatMul", [h, self.w(lay.lm_head)])
+        logits = self.to32(self.matmul(h, lay.lm_head))
         if d.final_softcap:
             cap = g.const(d.final_softcap)
             logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
@@ -296,9 +443,13 @@ class _Decoder:
         ]
         if self.plan.kind != "alibi":
             inputs.append(helper.make_tensor_value_info("position_ids", INT64, ["batch_size", "sequence_length"]))
-        outputs = [helper.make_tensor_value_info("logits", FLOAT, ["batch_size", "sequence_length", d.vocab])]
+        outputs = [helper.make_tensor_value_info("logits", FLOAT, ["batch_size", "logits_sequence_length", d.vocab])]
         for i in range(d.n_layers):
             for kind in ("key", "value"):
-                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", FLOAT, kv_shape))
-                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", FLOAT, present_shape))
-        return helper.make_graph(self.g.nodes, "ropeconv_decoder", inputs, outputs, initializer=self.g.constants)
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", self.cdt, kv_shape))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", self.cdt, present_shape))
+        # an input with an initializer of the same name is optional: onnxruntime uses the value when it is not fed
+        inputs.append(helper.make_tensor_value_info(KEEP_LOGITS, INT64, []))
+        keep_default = numpy_helper.from_array(np.array(0, np.int64), KEEP_LOGITS)
+        return helper.make_graph(self.g.nodes, "ropeconv_decoder", inputs, outputs,
+                                 initializer=self.g.constants + [keep_default])

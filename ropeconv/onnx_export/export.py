@@ -6,6 +6,12 @@ and GGUF), one tensor in memory at a time. Linear weights are stored transposed 
 MatMul reads; GPT-2's Conv1D weights already are); a tied output matrix is the embedding written a second
 time, transposed. A learned position table is written resampled to the plan's length (the only tensor
 whose values change).
+
+--dtype: fp32 (float32 weights and compute); fp16 (float16 weights, activations and KV cache, as deployed on
+GPUs; norms, rotary angles and the logits float32); int4 (every MatMul weight as MatMulNBits blocks of 32,
+symmetric, quantized one tensor at a time by onnxruntime's own quantizer — the DefaultWeightOnlyQuantizer its
+MatMulNBitsQuantizer runs, so the blocks are byte for byte what that tool writes for the float32 model —
+with float32 activations and int8 activation compute on CPU, accuracy_level 4).
 """
 
 from __future__ import annotations
@@ -25,8 +31,13 @@ from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
-DTYPES = ("fp32", "fp16")
+DTYPES = ("fp32", "fp16", "int4")
+INT4_BLOCK_SIZE = 32  # onnxruntime-genai's default for int4
+INT4_ACCURACY_LEVEL = 4  # MatMulNBits on CPU: int8 activations (onnxruntime-genai's CPU default)
 DTYPE_KEY = "ropeconv.dtype"
+ATTENTION_KEY = "ropeconv.attention"
+FUSED_ATTENTION = "com.microsoft.GroupQueryAttention (fused, memory linear in the length)"
+PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total scores per call)"
 IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
                "gemma2": "gemma2"}  # onnxruntime-genai model types (it has none for gpt_neox)
@@ -37,8 +48,9 @@ class InitSpec:
     name: str  # initializer name in the graph
     transpose: bool
     half: bool  # stored as float16 (weight matrices with --dtype fp16)
-    shape: tuple[int, ...]  # as stored
+    shape: tuple[int, ...]  # as stored ([in, out] for a linear weight)
     resample: bool = False  # the position table, resampled to the plan's rows (positions.absolute)
+    quant: bool = False  # MatMulNBits blocks (a linear weight with --dtype int4)
 
 
 @dataclass(frozen=True)
@@ -51,13 +63,30 @@ class OnnxPlan:
     genai: dict[str, Any] | None  # genai_config.json, where onnxruntime-genai knows the family
     plan: PositionPlan
     metadata: dict[str, str]
+    fused_attention: bool = True  # False: plain-operator attention everywhere (comparisons and tests only)
+
+    @property
+    def compute(self):
+        return compute_of(self.dtype, self.fused_attention)
 
 
 def _nbytes(spec: InitSpec) -> int:
+    if spec.quant:
+        k, n = spec.shape
+        blocks = -(-k // INT4_BLOCK_SIZE)
+        return n * blocks * (INT4_BLOCK_SIZE // 2 + 4)  # packed nibbles + a float32 scale per block
     return int(np.prod(spec.shape)) * (2 if spec.half else 4)
 
 
-def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict[str, str]) -> OnnxPlan:
+def compute_of(dtype: str, fused_attention: bool = True):
+    from ropeconv.onnx_export.decoder import Compute
+
+    return Compute(dtype="float16" if dtype == "fp16" else "float32", fused_attention=fused_attention,
+                   block_size=INT4_BLOCK_SIZE, accuracy_level=INT4_ACCURACY_LEVEL)
+
+
+def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict[str, str],
+              fused_attention: bool = True) -> OnnxPlan:
     """provenance: the ropeconv.* keys (plan, base, version) for the model's metadata_props."""
     from ropeconv.onnx_export import writer
     from ropeconv.onnx_export.layouts import onnx_layout_for
@@ -76,12 +105,17 @@ def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict
     _refuse_variants(layout, cfg, ckpt)
     dims = _dims(layout, cfg, ckpt, plan)
     specs = _specs(layout, dims, ckpt, plan, dtype, bool(getattr(cfg, "tie_word_embeddings", False)))
+    from ropeconv.onnx_export.decoder import uses_fused_attention
+
+    fused = uses_fused_attention(layout, compute_of(dtype, fused_attention))
     # protobuf strings are UTF-8: a base folder whose name is not is recorded as \xNN escapes (verify then
     # asks for --base)
-    metadata = {key: printable(value) for key, value in dict(provenance, **{DTYPE_KEY: dtype}).items()}
+    metadata = {key: printable(value) for key, value in
+                dict(provenance, **{DTYPE_KEY: dtype, ATTENTION_KEY: FUSED_ATTENTION if fused else PLAIN_ATTENTION}).items()}
     payload_bytes = sum(_nbytes(spec) for tensor_specs in specs.values() for spec in tensor_specs)
     external = payload_bytes > writer.MAX_INLINE_BYTES
-    return OnnxPlan(layout, dims, dtype, specs, external, _genai_config(ckpt, dims, plan), plan, metadata)
+    return OnnxPlan(layout, dims, dtype, specs, external, _genai_config(ckpt, dims, plan), plan, metadata,
+                    fused_attention)
 
 
 def _hf_config(ckpt: Checkpoint):
@@ -217,7 +251,7 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
            tied: bool) -> dict[str, tuple[InitSpec, ...]]:
     """Every tensor the graph reads, checked against the checkpoint's headers."""
     entries = {e.name: e for e in ckpt.tensors}
-    half = dtype == "fp16"
+    half, quant = dtype == "fp16", dtype == "int4"
     specs: dict[str, list[InitSpec]] = {}
 
     def need(name: str, kind: str, optional: bool = False, conv1d: bool = False) -> None:
@@ -233,7 +267,7 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
             if len(shape) != 2:
                 raise InputError(f"tensor {name!r} has shape {list(shape)}; a linear weight is 2-D")
             stored = shape if conv1d else (shape[1], shape[0])  # Conv1D keeps [in, out], nn.Linear [out, in]
-            specs.setdefault(name, []).append(InitSpec(name, not conv1d, half, stored))
+            specs.setdefault(name, []).append(InitSpec(name, not conv1d, half, stored, quant=quant))
         elif kind == "table":
             assert isinstance(plan, AbsolutePlan)
             if len(shape) != 2 or shape[0] != plan.offset + plan.original_ctx or shape[1] != dims.hidden:
@@ -244,7 +278,7 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
         elif kind == "embed":
             specs.setdefault(name, []).append(InitSpec(name, False, half, shape))
             if tied:
-                specs[name].append(InitSpec(layout.lm_head, True, half, (shape[1], shape[0])))
+                specs[name].append(InitSpec(layout.lm_head, True, half, (shape[1], shape[0]), quant=quant))
         else:
             specs.setdefault(name, []).append(InitSpec(name, False, False, shape))
 
@@ -336,19 +370,21 @@ class OnnxExport:
         import onnx
         from onnx import helper
 
-        from ropeconv.onnx_export.decoder import Weights, build_decoder
+        from ropeconv.onnx_export.decoder import MS_DOMAIN, Weights, build_decoder
         from ropeconv.onnx_export import OPSET
         from ropeconv.onnx_export.writer import OnnxFileWriter
 
         self.plan = plan
-        names = frozenset(s.name for specs in plan.specs.values() for s in specs)
-        half = frozenset(s.name for specs in plan.specs.values() for s in specs if s.half)
-        graph = build_decoder(plan.layout, plan.dims, plan.plan, Weights(names, half))
-        self.header = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                        producer_name="ropeconv", ir_version=IR_VERSION)
+        all_specs = [s for specs in plan.specs.values() for s in specs]
+        weights = Weights(frozenset(s.name for s in all_specs), frozenset(s.name for s in all_specs if s.half),
+                          tuple((s.name, *s.shape) for s in all_specs if s.quant))
+        graph = build_decoder(plan.layout, plan.dims, plan.plan, weights, plan.compute)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+        self.header = helper.make_model(graph, opset_imports=opsets, producer_name="ropeconv", ir_version=IR_VERSION)
         onnx.helper.set_model_props(self.header, plan.metadata)
         self.writer = OnnxFileWriter(Path(model_path), self.header, external=plan.external)
         self.written: set[str] = set()
+        self._quantizer = _int4_quantizer() if any(s.quant for s in all_specs) else None
 
     def write(self, entry: TensorEntry, source) -> None:
         specs = self.plan.specs.get(entry.name)
@@ -362,10 +398,28 @@ class OnnxExport:
             matrix = tensor.t() if spec.transpose else tensor
             if spec.resample:
                 matrix = _resampled_table(matrix, self.plan.plan)
+            if spec.quant:
+                self._write_quantized(spec, matrix)
+                continue
             kind, dtype = (TensorProto.FLOAT16, torch.float16) if spec.half else (TensorProto.FLOAT, torch.float32)
             nbytes = matrix.numel() * (2 if spec.half else 4)
             self.writer.add(spec.name, kind, tuple(matrix.shape), nbytes, _rows(entry.name, matrix, dtype))
             self.written.add(spec.name)
+
+    def _write_quantized(self, spec: InitSpec, matrix) -> None:
+        """onnxruntime's block quantizer on the float32 [K, N] matrix: packed [N, blocks, 16] uint8 and scales
+        [N, blocks] float32, as MatMulNBitsQuantizer stores them (symmetric: no zero points)."""
+        import torch
+        from onnx import TensorProto
+
+        from ropeconv.onnx_export.decoder import quantized_names
+
+        weight = np.ascontiguousarray(matrix.to(torch.float32).numpy())
+        packed, scales, _ = self._quantizer.qbits_block_quant(weight)
+        for name, kind, array in zip(quantized_names(spec.name), (TensorProto.UINT8, TensorProto.FLOAT),
+                                     (packed, scales)):
+            self.writer.add(name, kind, tuple(array.shape), array.nbytes, [array])
+        self.written.add(spec.name)
 
     def close(self, check: bool = True) -> list[Path]:
         missing = sorted(s.name for specs in self.plan.specs.values() for s in specs if s.name not in self.written)
@@ -378,6 +432,18 @@ class OnnxExport:
 
     def abort(self) -> None:
         self.writer.abort()
+
+
+def _int4_quantizer():
+    """onnxruntime's weight-only quantizer as MatMulNBitsQuantizer(block_size=32, is_symmetric=True,
+    accuracy_level=4) configures it."""
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                     DefaultWeightOnlyQuantizer)
+    except ImportError:
+        raise InputError("--dtype int4 needs onnxruntime's quantizer: pip install 'ropeconv[onnx]'") from None
+    return DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
+        block_size=INT4_BLOCK_SIZE, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL))
 
 
 CHUNK_BYTES = 4 << 20  # per piece of a transposed or converted matrix
@@ -432,14 +498,14 @@ def position_math(plan: PositionPlan) -> str:
     return f"a float32 inv_freq constant{factor}"
 
 
-def export_file(base: Path, plan: PositionPlan, dtype: str, dst: Path, lora=None) -> Path:
-    """A whole export of `base` to one path (the float32 twin that proves a float16 export strictly)."""
+def export_file(base: Path, plan: PositionPlan, dtype: str, dst: Path, lora=None, fused_attention: bool = True) -> Path:
+    """A whole export of `base` to one path (the float32 twin that proves a float16 or int4 export strictly)."""
     from ropeconv.checkpoint import load_checkpoint
 
     from dataclasses import replace
 
     ckpt = replace(load_checkpoint(base), lora=lora)
-    export = OnnxExport(plan_onnx(ckpt, plan, dtype, {}), dst)
+    export = OnnxExport(plan_onnx(ckpt, plan, dtype, {}, fused_attention), dst)
     source = ckpt.open_source()
     try:
         for entry in ckpt.tensors:

@@ -56,5 +56,6 @@ class GraphBuilder:
 FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16
 DOUBLE = TensorProto.DOUBLE
+INT32 = TensorProto.INT32
 INT64 = TensorProto.INT64
 BOOL = TensorProto.BOOL

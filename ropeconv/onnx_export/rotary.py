@@ -1,4 +1,5 @@
-"""The plan's rotary embedding as an ONNX subgraph: position_ids → (cos, sin), each [batch, 1, seq, rotary_dim].
+"""The plan's rotary embedding as an ONNX subgraph: position_ids → (cos, sin), float32, each [batch, seq, 1, rotary_dim]
+(beside queries and keys [batch, seq, heads, head_dim], the layout the fused attention operator takes).
 
     angle[p, j] = p · inv_freq_j,  cos/sin = (cos, sin)(cat(angle, angle)) · attention_factor
 
@@ -36,8 +37,8 @@ def cos_sin(g: GraphBuilder, plan: RopePlan, position_ids: str) -> tuple[str, st
     if plan.attention_factor != 1.0:
         factor = g.const(plan.attention_factor, name=ATTENTION_FACTOR)
         cos, sin = g.op("Mul", [cos, factor]), g.op("Mul", [sin, factor])
-    heads_axis = g.ints(1)
-    return g.op("Unsqueeze", [cos, heads_axis], hint="rope/cos"), g.op("Unsqueeze", [sin, heads_axis], hint="rope/sin")
+    axis = g.ints(2)
+    return g.op("Unsqueeze", [cos, axis], hint="rope/cos"), g.op("Unsqueeze", [sin, axis], hint="rope/sin")
 
 
 def _running_length(g: GraphBuilder, position_ids: str) -> str:

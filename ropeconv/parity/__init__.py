@@ -93,8 +93,14 @@ def _check_parities(artifacts, base, plan, vocab_size, *, device, tokens, full_l
                           f"context {plan.target_ctx}",)
         elif n_tokens > plan.original_ctx:
             probe_note = (f"probe from position 0 to {probe.last_position}; the target context is {plan.target_ctx}",)
+
+        def quantized_reference(artifact: Path):
+            """The reference for a quantized file's own rows: the base with the file's decoded weights (None: the
+            base reference already is one)."""
+            return _quantized_reference(artifact, base, plan, dev, lora, placement, scratch, ids, passes, progress)
+
         return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes + placed, probe_note,
-                       progress, placement, scratch) for artifact, twin in artifacts]
+                       progress, placement, scratch, quantized_reference) for artifact, twin in artifacts]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -126,7 +132,7 @@ def _reference(base, plan, dev, lora, placement, scratch, ids, passes, progress)
     from ropeconv.parity.runtimes import hf as hf_runtime
 
     progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
-    model = load_reference(base, plan, dev, lora, placement, scratch, progress)
+    model = load_reference(base, plan, dev, lora, None, placement, scratch, progress)
     try:
         placed = _placement_note(model)
         reference = run_each(passes, lambda p: hf_runtime.pass_logits(model, ids, p, scratch), progress)
@@ -134,6 +140,23 @@ def _reference(base, plan, dev, lora, placement, scratch, ids, passes, progress)
         model = None  # the last reference: the candidates run in the memory it held
         release()
     return reference, placed
+
+
+def _quantized_reference(artifact, base, plan, dev, lora, placement, scratch, ids, passes, progress):
+    from ropeconv.parity.dequantized import tensors_of
+    from ropeconv.parity.reference import load_reference
+    from ropeconv.parity.runtimes import hf as hf_runtime
+
+    weights = tensors_of(artifact, base, plan)
+    if weights is None:
+        return None
+    progress(f"reference: {Path(artifact).name}'s own quantized weights, decoded, with the {plan.method} plan")
+    model = load_reference(base, plan, dev, lora, weights, placement, scratch, progress)
+    try:
+        return run_each(passes, lambda p: hf_runtime.pass_logits(model, ids, p, scratch), progress)
+    finally:
+        model = None
+        release()
 
 
 def _placement_note(model) -> tuple[str, ...]:
@@ -146,12 +169,14 @@ def _placement_note(model) -> tuple[str, ...]:
 
 def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev, ids, passes, tolerance: Tolerance,
            notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None],
-           placement=None, scratch: Path | None = None) -> ParityReport:
+           placement=None, scratch: Path | None = None,
+           quantized_reference: Callable[[Path], list | None] = lambda _: None) -> ParityReport:
     """Run one artifact in its runtime over the probe and compare it with the reference logits."""
     from ropeconv.parity.runtimes import runtime_for
 
     runtime = runtime_for(artifact)
     runs = _candidate_runs(artifact, twin)
+    q_reference = quantized_reference(artifact) if any(quantized for _, _, quantized in runs) else None
     # onnxruntime: the CPU provider always, CUDA as well on a GPU machine (when the weights fit it)
     providers = runtime.providers(dev, Path(artifact)) if hasattr(runtime, "providers") else [None]
     if hasattr(runtime, "providers") and dev.type == "cuda" and "cuda" not in providers:
@@ -177,10 +202,14 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
     if runtime.NAME == "transformers":
         ran, tf4_notes = _run_tf4(artifact, ids, passes, results, progress)
         notes = notes + tf4_notes
+    if q_reference is not None:
+        notes = notes + ("q- rows: against transformers running the file's own quantized weights (decoded) under the "
+                         "plan, so what they measure is the runtime's rounding and the position math, not the "
+                         "quantization itself",)
 
     bands = []
     for candidate, quantized, prefix in results:
-        for p, ref, cand in zip(passes, reference, candidate):
+        for p, ref, cand in zip(passes, q_reference if quantized and q_reference else reference, candidate):
             bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized, prefix=prefix,
                                  position_noise=getattr(runtime, "POSITION_NOISE", 0.0)))
     probe = passes[-1]
@@ -234,8 +263,13 @@ def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str
 def _twin_note(artifact: Path, twin: Twin | None) -> str:
     name = Path(artifact).name
     if Path(artifact).suffix == ".onnx":
+        from ropeconv.onnx_export.export import DTYPE_KEY
+        from ropeconv.onnx_export.metadata import read_metadata
+
+        kind = {"fp16": "float16 compute", "int4": "int4 MatMulNBits weights"}.get(
+            read_metadata(Path(artifact)).get(DTYPE_KEY, ""), "not float32")
         return (f"onnxruntime ran a float32 export of the same base and plan for the strict check, and {name} "
-                "(float16 weights) for the q- rows")
+                f"({kind}) for the q- rows")
     how = "converted from the base in float32" if twin else "same metadata and carriers, tensors dequantized"
     return f"llama.cpp ran a float32 twin of {name} ({how}) for the strict check, and the file itself for the q- rows"
 

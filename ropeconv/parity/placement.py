@@ -250,6 +250,10 @@ def load_placed(path: Path, device: "torch.device", placement: Placement | None 
     kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": plan.device_map}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    if placement.caps:
+        from ropeconv.parity.allocator import return_freed_memory
+
+        return_freed_memory()  # a cap is a promise about memory: freed casts must not stay with the process
     own_scratch = None
     if "disk" in plan.device_map.values():
         if scratch is None:

@@ -102,16 +102,22 @@ def merge_into(model: nn.Module, lora) -> int:
     return len(names)
 
 
-def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None,
+def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None, weights=None,
                    placement: "Placement | None" = None, scratch: Path | None = None,
                    progress=lambda _: None) -> nn.Module:
     """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32. The model is placed by
-    ropeconv.parity.placement (GPUs, then CPU, then disk under the placement's caps; disk offload in `scratch`)."""
+    ropeconv.parity.placement (GPUs, then CPU, then disk under the placement's caps; disk offload in `scratch`).
+    weights: (name, tensor, also the output matrix) to put in place of the base's (a quantized output's own,
+    parity.dequantized)."""
     from ropeconv.parity.placement import load_placed
 
     model = load_placed(Path(base), device, placement, scratch, progress)
     if lora is not None:
         merge_into(model, lora)
+    if weights is not None:
+        from ropeconv.parity.dequantized import install
+
+        install(model, weights)
     if plan.kind == "alibi":
         install_plan_alibi(model, plan)
     elif plan.kind == "absolute":

@@ -178,9 +178,10 @@ def job_for(loaded: Loaded, force: bool = False):
     methods.check_request(methods.get(method.name), request)
     outtypes = {o.outtype for o in r.outputs if o.outtype}
     dtypes = {o.dtype for o in r.outputs if o.dtype}
-    if any(o.outtype and o.format != "gguf" for o in r.outputs) or any(o.dtype and o.format != "onnx"
-                                                                        for o in r.outputs):
-        raise InputError("outputs: outtype belongs to gguf, dtype to onnx")
+    if any((o.outtype or o.imatrix) and o.format != "gguf" for o in r.outputs) or any(o.dtype and o.format != "onnx"
+                                                                                       for o in r.outputs):
+        raise InputError("outputs: outtype and imatrix belong to gguf, dtype to onnx")
+    imatrix = next((loaded.resolve(o.imatrix) for o in r.outputs if o.imatrix), None)
     return ExtendJob(
         base=base,
         method=method.name,
@@ -188,6 +189,7 @@ def job_for(loaded: Loaded, force: bool = False):
         out=loaded.resolve(r.out),
         formats=parse_formats(",".join(o.format for o in r.outputs), base),
         outtype=next(iter(outtypes), "f16"),
+        imatrix=imatrix,
         onnx_dtype=next(iter(dtypes), "fp32"),
         force=force,
         rebase=r.base.rebase,

@@ -26,6 +26,8 @@ def recipe_of(job) -> dict[str, Any]:
         item: dict[str, Any] = {"format": fmt}
         if fmt == "gguf" and not str(job.base).endswith(".gguf"):
             item["outtype"] = job.outtype
+            if job.imatrix is not None:
+                item["imatrix"] = str(Path(job.imatrix).resolve())
         if fmt == "onnx":
             item["dtype"] = job.onnx_dtype
         outputs.append(item)

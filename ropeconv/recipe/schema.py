@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ropeconv import methods
-from ropeconv.gguf_export.convert import OUTTYPES
+from ropeconv.gguf_export.convert import ALL_OUTTYPES
 from ropeconv.onnx_export.export import DTYPES
 from ropeconv.parity.report import Tolerance
 
@@ -33,7 +33,9 @@ class Lora(Strict):
 
 class Output(Strict):
     format: Literal["safetensors", "gguf", "onnx"]
-    outtype: Literal[tuple(OUTTYPES)] | None = Field(None, description="GGUF weight type (HF base only)")  # type: ignore[valid-type]
+    outtype: Literal[tuple(ALL_OUTTYPES)] | None = Field(None, description="GGUF weight type (HF base only)")  # type: ignore[valid-type]
+    imatrix: str | None = Field(None, description="GGUF: an importance matrix for llama.cpp's quantizer (relative "
+                                "to the recipe)")
     dtype: Literal[tuple(DTYPES)] | None = Field(None, description="ONNX weight storage")  # type: ignore[valid-type]
 
 

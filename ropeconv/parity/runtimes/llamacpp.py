@@ -28,19 +28,19 @@ dequantized weights, which hides rope errors below ~1% (see the parity tolerance
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import re
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from ropeconv.errors import InputError
+# llama.cpp's log, captured: shared with the quantizer (gguf_export), which sits below parity
+from ropeconv.llamacpp_log import captured_log as _captured_log
+from ropeconv.llamacpp_log import first_error as _first_error
 
 NAME = "llama.cpp"
 # ggml builds rope angles by repeated float32 multiplication (theta *= base^(-2/d)), so its error
@@ -95,49 +95,6 @@ def _gguf_file(artifact: Path) -> Path:
     if not artifact.is_file():
         raise InputError(f"{artifact}: GGUF file not found")
     return artifact
-
-
-# ggml's enum since late 2024: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5. (llama-cpp-python 0.3.36's
-# _logger still maps the older order, INFO 1 … ERROR 3, DEBUG 4, so with verbose=False it prints llama.cpp's
-# warnings, e.g. "n_ctx_seq (8704) > n_ctx_train (8192)", and drops its errors: one more reason to capture.)
-GGML_LOG_LEVEL_ERROR = 4
-GGML_LOG_LEVEL_CONT = 5
-
-
-@contextlib.contextmanager
-def _captured_log(llama_cpp) -> Iterator[list[tuple[int, str]]]:
-    """Route llama.cpp's log into a list of (level, text) for the duration, then restore the package's callback.
-
-    With verbose=False llama-cpp-python drops everything below ERROR, but errors (a rejected batch) would
-    still reach stderr as raw lines, and during a load it discards them, root cause included; the caller
-    turns them into one message instead.
-    """
-    lines: list[tuple[int, str]] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level: int, text: bytes, user_data) -> None:  # noqa: ARG001
-        message = text.decode("utf-8", "replace")
-        if level == GGML_LOG_LEVEL_CONT and lines:
-            lines[-1] = (lines[-1][0], lines[-1][1] + message)
-        else:
-            lines.append((level, message))
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-def _first_error(lines: list[tuple[int, str]], fallback: str) -> str:
-    """The root cause: llama.cpp logs it first and then each caller's "failed" on top."""
-    texts = [(level, " ".join(text.split())) for level, text in lines]
-    errors = [t for level, t in texts if level == GGML_LOG_LEVEL_ERROR and t]
-    # older ggml numbered ERROR 3; fall back to the wording
-    errors = errors or [t for _, t in texts if "error" in t.lower() or "failed" in t.lower()]
-    return re.sub(r"^\w+: ", "", errors[0]) if errors else fallback
 
 
 def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> LlamaCppHandle:

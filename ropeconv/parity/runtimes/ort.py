@@ -64,11 +64,13 @@ class Decoder:
         self.takes_positions = "position_ids" in inputs  # ALiBi graphs have none (the bias comes from the mask)
         shape = inputs[self.past_names[0]].shape  # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        # the KV cache is in the graph's compute dtype (float16 for --dtype fp16)
+        self.kv_dtype = np.float16 if inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         self.outputs = [o.name for o in sess.get_outputs()]
         self.reset()
 
     def reset(self) -> None:
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
         self.past = {n: empty for n in self.past_names}
         self.length = 0
 
@@ -82,7 +84,7 @@ class Decoder:
         out = dict(zip(self.outputs, self.sess.run(None, feeds)))
         self.past = {n: out[n.replace("past_key_values.", "present.")] for n in self.past_names}
         self.length += n
-        return out["logits"][0]
+        return out["logits"][0].astype(np.float32, copy=False)
 
 
 def decode(decoder: Decoder, ids: torch.Tensor, positions: torch.Tensor, decode_steps: int, chunk_tokens: int = 0,

@@ -1,0 +1,137 @@
+"""The weights a quantized output actually holds, as tensors of the HF base it was converted from.
+
+A quantized file differs from its base twice: by its weights' rounding (which the quantizer chose, e.g. ~10%
+rms per weight for 4-bit blocks — on a 135M model a KL of 0.1–0.7 against the unquantized base) and by how its
+runtime computes with them (llama.cpp and onnxruntime round activations to 8 bits for quantized matmuls). The
+first is the format's; the second, with the position math, is what a parity check of the file can judge. So the
+quantized rows of a report compare the file with transformers running these very weights — decoded from the
+file, mapped back to the base's names and layouts — under the plan: what remains is the runtime's rounding
+(the quantized gate's limits were measured that way) or a wrong position declaration.
+
+- GGUF converted by ropeconv: every tensor the file holds in another type than F32 is dequantized by gguf-py
+  and undone through the conversion's own ops (q/k rows un-permuted, GPT-NeoX's qkv regrouped back, Conv1D
+  transposed back); a tied output matrix is the token embedding, as llama.cpp reads it.
+- ONNX --dtype int4: every MatMulNBits weight is decoded ((q − 8) · scale per block of 32, the symmetric
+  layout onnxruntime's quantizer writes) and transposed back; the tied output matrix is untied, since the
+  graph quantizes it while the embedding stays float32.
+A retrofitted GGUF needs none of this: its reference already loads the base GGUF dequantized.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ropeconv.positions import PositionPlan
+
+
+def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple[str, "object", bool]] | None:
+    """(base tensor name, float32 torch tensor, also the output matrix) for every quantized tensor of the
+    artifact; None when the artifact has no quantized weights of its own to decode."""
+    artifact, base = Path(artifact), Path(base)
+    if not base.is_dir():
+        return None  # a GGUF base: the reference already runs its dequantized weights
+    if artifact.suffix == ".gguf":
+        return _gguf(artifact, base, plan)
+    if artifact.suffix == ".onnx":
+        from ropeconv.onnx_export.export import DTYPE_KEY
+        from ropeconv.onnx_export.metadata import read_metadata
+
+        if read_metadata(artifact).get(DTYPE_KEY) == "int4":
+            return _onnx_int4(artifact, base, plan)
+    return None
+
+
+def _gguf(artifact: Path, base: Path, plan: PositionPlan):
+    import os
+
+    import torch
+    from gguf import GGMLQuantizationType
+
+    from ropeconv.checkpoint import load_checkpoint
+    from ropeconv.gguf_export.convert import plan_gguf
+    from ropeconv.gguf_io.reader import read_gguf
+    from ropeconv.parity.f32_twin import _to_f32
+
+    gplan = plan_gguf(load_checkpoint(base), plan, "f32")  # the name map and ops (the outtype plays no part)
+    src = read_gguf(artifact)
+    held = {t.name: t for t in src.tensors}
+    tied_output = "output.weight" not in held
+    fd = os.open(artifact, os.O_RDONLY)
+    try:
+        for tp in gplan.tensors:
+            t = held.get(tp.info.name)
+            if t is None or t.ggml_type == GGMLQuantizationType.F32 or len(t.shape) < 2:
+                continue
+            raw = np.frombuffer(os.pread(fd, t.nbytes, t.offset), dtype=np.uint8)
+            stored = torch.from_numpy(np.array(_to_f32(raw, t.ggml_type, t.torch_shape)))
+            yield tp.entry.name, _undo(tp.op, stored, gplan), tied_output and tp.info.name == "token_embd.weight"
+    finally:
+        os.close(fd)
+
+
+def _undo(op: str | None, w, gplan):
+    """The inverse of convert.GgufConversion._convert's ops."""
+    if op == "transpose":
+        return w.T.contiguous()
+    if op in ("permute_q", "permute_k"):
+        heads = gplan.heads if op == "permute_q" else gplan.heads_kv
+        rows = w.shape[0]
+        return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape).contiguous()
+    if op == "qkv_blocks":
+        rows = w.shape[0]
+        return w.reshape(3, gplan.heads, rows // gplan.heads // 3, *w.shape[1:]).transpose(0, 1) \
+            .reshape(w.shape).contiguous()
+    return w
+
+
+def decode_int4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """MatMulNBits' symmetric 4-bit blocks → the float32 [K, N] matrix they stand for: packed [N, blocks, 16]
+    uint8 (low nibble first), scales [N, blocks], value (q − 8) · scale."""
+    q = np.stack([packed & 15, packed >> 4], axis=-1).reshape(packed.shape[0], packed.shape[1], -1)
+    values = (q.astype(np.float32) - 8.0) * scales.reshape(packed.shape[0], packed.shape[1], 1)
+    return np.ascontiguousarray(values.reshape(packed.shape[0], -1)[:, :k].T)
+
+
+def _onnx_int4(artifact: Path, base: Path, plan: PositionPlan):
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from ropeconv.checkpoint import load_checkpoint
+    from ropeconv.onnx_export.decoder import quantized_names
+    from ropeconv.onnx_export.export import plan_onnx
+
+    oplan = plan_onnx(load_checkpoint(base), plan, "int4", {})
+    inits = {i.name: i for i in onnx.load(artifact).graph.initializer}
+    for specs in oplan.specs.values():
+        for spec in specs:
+            if not spec.quant:
+                continue
+            packed, scales = (numpy_helper.to_array(inits[n]) for n in quantized_names(spec.name))
+            matrix = torch.from_numpy(decode_int4(packed, scales, spec.shape[0]))  # stored [in, out]
+            hf = matrix.T.contiguous() if spec.transpose else matrix
+            yield spec.name, hf, spec.name == oplan.layout.lm_head
+
+
+def install(model, tensors) -> int:
+    """Put each tensor into the reference model as a fresh parameter (untying what the file does not tie)."""
+    import torch
+    from torch import nn
+
+    names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    prefix = getattr(model, "base_model_prefix", "")
+    count = 0
+    for name, tensor, output_too in tensors:
+        full = name if name in names else f"{prefix}.{name}"
+        if full not in names:
+            raise KeyError(f"{name}: no such parameter in {type(model).__name__}")
+        module_name, _, attr = full.rpartition(".")
+        param = nn.Parameter(tensor.to(torch.float32), requires_grad=False)
+        setattr(model.get_submodule(module_name), attr, param)
+        if output_too:
+            model.get_output_embeddings().weight = param
+        count += 1
+    return count
