@@ -23,6 +23,7 @@ from ropeconv.search import evolution as evo
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL, TARGET = 256, 512  # llama.cpp refuses LongRoPE below an original context of 256
 SIZES = ("--population", "6", "--generations", "2", "--short-generations", "1")
+CAP_KIB = 320  # below the tiny llama's float32 weights, above its largest layer: some layers go to disk
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -117,6 +118,23 @@ def test_one_seed_one_result(searched, tiny, text, tmp_path, capsys):
     rc, _ = search(capsys, tiny, text, other, tmp_path / "fresh-cache", "--seed", "1")
     assert rc == 0
     assert [r["factors"] for r in log_records(other)] != [r["factors"] for r in log_records(first)]
+
+
+def test_a_search_under_a_memory_cap_offloads_and_finds_the_same_factors(searched, tiny, text, tmp_path, capsys):
+    """--max-memory places the model as verify does (accelerate: CPU up to the cap, the rest on disk in a scratch
+    folder beside -o, removed after): the fitness values, and so the factors, are the uncapped search's."""
+    first, _ = searched
+    capped = tmp_path / "out" / "capped.json"
+    capped.parent.mkdir()
+    rc, result = search(capsys, tiny, text, capped, tmp_path / "fresh-cache", "--max-memory", f"cpu={CAP_KIB}KiB")
+    assert rc == 0, result
+    assert capped.read_bytes() == first.read_bytes()
+    assert [r["ppl"] for r in log_records(capped)] == [r["ppl"] for r in log_records(first)]
+    assert sorted(p.name for p in capped.parent.iterdir()) == ["capped.json", "capped.search.jsonl",
+                                                               "capped.search.png"]  # no scratch left
+    too_small = tmp_path / "too-small.json"
+    rc, result = search(capsys, tiny, text, too_small, tmp_path / "fresh-cache", "--max-memory", "cpu=1KiB")
+    assert rc == 2 and "--max-memory" in result["stderr"] and not too_small.exists()
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(searched, tiny, text, tmp_path, capsys, monkeypatch):

@@ -259,3 +259,32 @@ def test_optimum_ortmodel_generates_what_transformers_generates_in_4x(with_token
     assert len(reference) == len(prompt) + new_tokens
     assert got[str(out / "onnx")] == reference
     assert got[str(plain / "onnx")] != reference
+
+
+def test_4x_prefills_in_the_same_chunks_and_stays_within_a_cap(bases, tmp_path, tf4_python, monkeypatch, capsys):
+    """The 4.x rows run the probe as the other runtimes do: chunked through the KV cache, not one shot (a
+    full-length probe must not need the whole attention at once); under --max-memory they are not run (the 4.x
+    environment has no accelerate to place the model) and the report says so."""
+    from ropeconv.parity.probe import Pass
+    from ropeconv.parity.runtimes import hf
+
+    out = tmp_path / "out"
+    _extend(bases["llama"], out, "llama", "yarn", ())
+    n = 4 * ORIGINAL_CTX
+    ids = probe_ids(read_json(out / "config.json")["vocab_size"], n)
+    one_shot = Pass("probe", 0, n, decode_steps=2)
+    chunked = replace(one_shot, chunk_tokens=ORIGINAL_CTX // 2)
+    assert len(chunked.prefill_chunks()) > len(one_shot.prefill_chunks()) + 4
+    [[v4_one, v4_chunked]], _ = tf4.run_jobs([tf4.Job(out, ids, [one_shot, chunked])], tf4_python)
+    [v5_chunked] = hf.run_passes(out, torch.device("cpu"), ids, [chunked])
+    assert float((v4_one - v4_chunked).abs().max()) <= 1e-5  # issue 16's bound for chunked against one-shot
+    assert float((v4_chunked - v5_chunked).abs().max()) <= 1e-5
+    assert v4_chunked.shape == (n, read_json(out / "config.json")["vocab_size"])
+
+    monkeypatch.setenv(tf4.ENV, str(tf4_python))
+    capsys.readouterr()
+    assert run_cli("verify", out, "--tokens", TOKENS, "--max-memory", "cpu=64MiB", "--json", "-q") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["ran"]) == 1 and report["ran"][0].startswith("transformers 5"), report["ran"]
+    assert any("transformers 4.x not run: under --max-memory" in n for n in report["notes"]), report["notes"]
+    assert not any(b["pass_name"].startswith(tf4.PREFIX) for b in report["bands"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ropeconv.cli.options import emit_json
+from ropeconv.cli.options import emit_json, max_memory_option
 from ropeconv.progress import Progress
 
 LONGROPE_EPILOG = """\b
@@ -55,11 +55,12 @@ def search() -> None:
 @click.option("--max-factor", type=float, help="largest factor λ_max in the search space (default 1.25·s)")
 @click.option("--original-ctx", type=int, help="override the original context the config states")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@max_memory_option
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="fitness cache (default ~/.cache/ropeconv/search)")
 @click.option("--json", "as_json", is_flag=True, help="the result document on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def longrope(base, target_ctx, text, out, population, generations, short_generations, seed, eval_ctx, short_ctx,
-             samples, max_factor, original_ctx, device, cache_dir, as_json, quiet) -> int:
+             samples, max_factor, original_ctx, device, max_memory, cache_dir, as_json, quiet) -> int:
     """LongRoPE (Ding et al. 2024): evolve per-pair rescale factors λ_j (each ≥ 1, non-decreasing from the highest
     to the lowest frequency) for BASE (a HuggingFace directory) to minimise the perplexity of --text at the
     target length, starting from PI, NTK, YaRN and dynamic NTK and mutants of them; then a short search at the
@@ -70,7 +71,7 @@ def longrope(base, target_ctx, text, out, population, generations, short_generat
     job = SearchJob(base=base, target_ctx=target_ctx, text=text, out=out, original_ctx=original_ctx,
                     population=population, generations=generations, short_generations=short_generations, seed=seed,
                     eval_ctx=eval_ctx, short_ctx=short_ctx, samples=samples, max_factor=max_factor, device=device,
-                    cache_dir=cache_dir)
+                    max_memory=max_memory, cache_dir=cache_dir)
     result = run(job, Progress(enabled=not quiet))
     if as_json:
         emit_json(result)

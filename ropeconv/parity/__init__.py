@@ -200,7 +200,7 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
         notes = notes + (_twin_note(artifact, twin),)
     ran: tuple[str, ...] = ()
     if runtime.NAME == "transformers":
-        ran, tf4_notes = _run_tf4(artifact, ids, passes, results, progress)
+        ran, tf4_notes = _run_tf4(artifact, ids, passes, results, progress, placement, scratch)
         notes = notes + tf4_notes
     if q_reference is not None:
         notes = notes + ("q- rows: against transformers running the file's own quantized weights (decoded) under the "
@@ -240,7 +240,8 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
     )
 
 
-def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str], None]):
+def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str], None], placement=None,
+             scratch: Path | None = None):
     """The same passes in transformers 4.x when a 4.x environment is at hand (rows marked 4.x-): the two majors
     read config.json differently. Returns what ran and the notes."""
     import transformers
@@ -251,9 +252,15 @@ def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str
     interpreter = tf4.python()
     if interpreter is None:
         return ran, (tf4.missing_note(),)
+    if placement is not None and placement.caps:
+        # the 4.x environment has no accelerate: it would hold the whole model in float32, past the cap
+        return ran, (f"transformers 4.x not run: under --max-memory {placement.spec} the 4.x environment would hold "
+                     "the whole model in float32 (it has no accelerate to place it); verify without the cap to add "
+                     "the 4.x rows",)
     attention = tf4.attention_for(Path(artifact))
     progress(f"candidate: {artifact} in transformers 4.x ({interpreter}, cpu)")
-    [candidate], version = tf4.run_jobs([tf4.Job(Path(artifact), ids, passes, attention)], interpreter, progress)
+    [candidate], version = tf4.run_jobs([tf4.Job(Path(artifact), ids, passes, attention)], interpreter, progress,
+                                             scratch)
     results.append((candidate, False, tf4.PREFIX))
     notes = (f"transformers {version} ran it with attn_implementation={attention!r}, as a 4.x user must load it: its "
              "default differs from 5.x for this architecture",) if attention else ()

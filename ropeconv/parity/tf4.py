@@ -57,20 +57,24 @@ class Job:
     attention: str | None = None  # attn_implementation, where 4.x's default differs from 5.x (archs.hf4_attention)
 
 
-def run_jobs(jobs: Sequence[Job], interpreter: Path,
-             progress: Callable[[str], None] = lambda _: None) -> tuple[list[list], str]:
+def run_jobs(jobs: Sequence[Job], interpreter: Path, progress: Callable[[str], None] = lambda _: None,
+             scratch: Path | None = None) -> tuple[list[list], str]:
     """Logits per job and pass (torch [n_tokens, vocab] float32), from one start of the 4.x environment (torch and
-    transformers take seconds to import, so batch models into one call); and the 4.x transformers version."""
+    transformers take seconds to import, so batch models into one call); and the 4.x transformers version.
+
+    The passes run as ropeconv's own runtimes run them (the same prefill chunks through the KV cache, then the
+    decode steps). The logits lie in files in `scratch` (or the system temp) and are read back as copy-on-write
+    mappings: a full-length probe's rows are paged in as the comparison reads them, not held whole."""
     import numpy as np
     import torch
 
-    with tempfile.TemporaryDirectory(prefix="ropeconv-tf4-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ropeconv-tf4-", dir=scratch) as tmp:
         request = {"jobs": [], "ropeconv_src": str(PROJECT)}
         for j, job in enumerate(jobs):
             np.save(Path(tmp) / f"ids-{j}.npy", job.ids.numpy())
             request["jobs"].append({"model": str(Path(job.model).resolve()), "ids": str(Path(tmp) / f"ids-{j}.npy"),
                                     "out": str(Path(tmp) / f"logits-{j}"),
-                                    "passes": [[p.first_position, p.n_tokens, p.decode_steps] for p in job.passes],
+                                    "passes": [[p.first_position, p.n_tokens, p.prefill_chunks()] for p in job.passes],
                                     "attn_implementation": job.attention})
         (Path(tmp) / "request.json").write_text(json.dumps(request))
         version, errors = _run(interpreter, Path(tmp) / "request.json", progress)
@@ -79,8 +83,9 @@ def run_jobs(jobs: Sequence[Job], interpreter: Path,
                               f"{', '.join(str(j.model) for j in jobs)}: {errors[-1] if errors else 'no output'}")
         if not version.startswith("4."):
             raise InputError(f"{ENV}={interpreter} runs transformers {version}; it must be a 4.x environment")
-        logits = [[torch.from_numpy(np.load(Path(tmp) / f"logits-{j}-{k}.npy")) for k in range(len(job.passes))]
-                  for j, job in enumerate(jobs)]
+        # copy-on-write: the mapping outlives the folder's removal (the pages stay reachable through it)
+        logits = [[torch.from_numpy(np.load(Path(tmp) / f"logits-{j}-{k}.npy", mmap_mode="c"))
+                   for k in range(len(job.passes))] for j, job in enumerate(jobs)]
     return logits, version
 
 

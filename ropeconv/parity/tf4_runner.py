@@ -8,11 +8,12 @@ stays in ropeconv (ropeconv.parity.tf4); this only loads and runs.
     python tf4_runner.py REQUEST.json
 
 REQUEST: {"jobs": [{"model": DIR, "ids": IDS.npy, "out": PREFIX, "passes": [[first_position, n_tokens,
-decode_steps], ...], "attn_implementation": NAME or null}], "ropeconv_src": DIR or null}.
-For job j and pass k the logits [n_tokens, vocab] (float32) go to f"{PREFIX}-{k}.npy"; each pass is a prefill of
-all but its last decode_steps tokens, then one token per call through the KV cache (as ropeconv.parity.runtimes.hf
-runs it). stdout: one JSON line with the versions. stderr: a "progress: …" line per pass. Exit 3: the environment
-cannot import its libraries.
+[[start, end], ...]], ...], "attn_implementation": NAME or null}], "ropeconv_src": DIR or null}.
+For job j and pass k the logits [n_tokens, vocab] (float32) go to f"{PREFIX}-{k}.npy", written row block by row
+block into the file (a full-length probe's logits need not fit in memory); each pass feeds its [start, end) token
+spans one call after the other through the KV cache (the prefill chunks, then one token per decode step: as
+ropeconv.parity.runtimes.hf runs it). stdout: one JSON line with the versions. stderr: a "progress: …" line per
+pass. Exit 3: the environment cannot import its libraries.
 """
 
 from __future__ import annotations
@@ -47,20 +48,25 @@ def load(model_dir: str, attention: str | None, ropeconv_src: str | None):
 
 
 @torch.no_grad()
-def run_pass(model, ids: "torch.Tensor", first: int, decode_steps: int) -> "np.ndarray":
+def run_pass(model, ids: "torch.Tensor", first: int, spans: list, out_file: str) -> None:
     params = inspect.signature(model.forward).parameters
     positions = torch.arange(first, first + ids.shape[1]).unsqueeze(0)
     # ALiBi models take no position ids: their bias depends on distances only
     pos = (lambda a, b: {"position_ids": positions[:, a:b]}) if "position_ids" in params else (lambda a, b: {})
     cache_kw = "cache" if "cache" in params else "past_key_values"
-    prefill = ids.shape[1] - decode_steps
-    out = model(input_ids=ids[:, :prefill], use_cache=decode_steps > 0, **pos(0, prefill))
-    chunks = [out.logits[0].float()]
-    for i in range(prefill, ids.shape[1]):
+    rows = None
+    past = None
+    for a, b in spans:
+        cached = {cache_kw: past} if past is not None else {}
+        out = model(input_ids=ids[:, a:b], use_cache=len(spans) > 1, **pos(a, b), **cached)
+        logits = out.logits[0].float().numpy()
+        if rows is None:
+            rows = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.float32,
+                                             shape=(ids.shape[1], logits.shape[-1]))
+        rows[a:b] = logits
         past = getattr(out, "cache", None) or out.past_key_values
-        out = model(input_ids=ids[:, i : i + 1], use_cache=True, **pos(i, i + 1), **{cache_kw: past})
-        chunks.append(out.logits[0].float())
-    return torch.cat(chunks).numpy()
+    rows.flush()
+    del rows
 
 
 def main(request_path: str) -> None:
@@ -69,9 +75,9 @@ def main(request_path: str) -> None:
     for j, job in enumerate(jobs):
         model = load(job["model"], job.get("attn_implementation"), request.get("ropeconv_src"))
         ids = torch.from_numpy(np.load(job["ids"]))
-        for k, (first, n_tokens, steps) in enumerate(job["passes"]):
+        for k, (first, n_tokens, spans) in enumerate(job["passes"]):
             start = time.monotonic()
-            np.save(f"{job['out']}-{k}.npy", run_pass(model, ids[:, :n_tokens], first, steps))
+            run_pass(model, ids[:, :n_tokens], first, spans, f"{job['out']}-{k}.npy")
             print(f"progress: model {j + 1}/{len(jobs)} pass {k + 1}/{len(job['passes'])}: {n_tokens} tokens at "
                   f"positions {first}–{first + n_tokens - 1} done in {time.monotonic() - start:.1f} s",
                   file=sys.stderr, flush=True)

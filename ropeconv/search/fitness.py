@@ -52,11 +52,20 @@ class Scorer:
     """One loaded model, many plans: perplexity of the text at a length under each plan."""
 
     def __init__(self, base: Path, first_plan: RopePlan, device: torch.device, text_ids: list[int],
-                 bos_id: int | None, samples: int = 1):
+                 bos_id: int | None, samples: int = 1, placement=None, progress=lambda _: None):
+        """placement (ropeconv.parity.placement): --max-memory caps; disk offload goes to a scratch folder of its
+        own, removed by close()."""
+        from ropeconv.parity.placement import scratch_dir
         from ropeconv.parity.reference import load_reference
 
         self.text_ids, self.bos_id, self.samples = text_ids, bos_id, samples
-        self.model = load_reference(base, first_plan, device)
+        self.scratch = scratch_dir(placement) if placement is not None and placement.caps else None
+        try:
+            self.model = load_reference(base, first_plan, device, placement=placement, scratch=self.scratch,
+                                        progress=progress)
+        except BaseException:
+            self._remove_scratch()
+            raise
 
     def perplexity(self, plan: RopePlan, length: int) -> dict:
         """{"ppl", "nll", "tokens", "seconds"} of `samples` consecutive windows of `length` tokens."""
@@ -81,3 +90,11 @@ class Scorer:
         model, self.model = self.model, None
         if model is not None:
             free(model)
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        import shutil
+
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None

@@ -48,6 +48,7 @@ class SearchJob:
     samples: int = 1  # windows per evaluation
     max_factor: float | None = None  # λ_max (default 1.25·s)
     device: str | None = None
+    max_memory: str | None = None  # --max-memory: the model placed by accelerate under these caps (disk beside out)
     cache_dir: Path | None = None
 
     @property
@@ -172,12 +173,15 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
     from ropeconv.methods.longrope import plan_from_factors
     from ropeconv.parity import _quiet_transformers
     from ropeconv.parity.device import pick_device
+    from ropeconv.parity.placement import budget, parse_max_memory
     from ropeconv.search.fitness import Scorer
 
     prep = prepare(job)
     plots.require()
     _quiet_transformers()
     device = pick_device(job.device)
+    placement = parse_max_memory(job.max_memory).beside(job.out)
+    budget(placement, device)  # a cap the device cannot meet is refused before the text is read
     ref = rt.resolve(job.base, "hf")
     tokenizer = rt.open_runtime(ref, device)  # the tokenizer only: weights load lazily and never here
     text_ids = tokenizer.tokenize_plain(prep.text)
@@ -205,7 +209,8 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
     scorer = None
     started = time.monotonic()
     try:
-        scorer = Scorer(job.base, plan_for(ones, ones), device, text_ids, bos_id, job.samples)
+        scorer = Scorer(job.base, plan_for(ones, ones), device, text_ids, bos_id, job.samples, placement,
+                        progress.note)
 
         long_phase = Phase("long", prep.eval_ctx)
         long_cache = cache_mod.ResultCache(cache_dir, "longrope",
