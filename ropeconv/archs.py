@@ -41,6 +41,11 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec("llama"),
         ArchSpec("mistral"),
         ArchSpec("qwen2"),
+        # q/k RMSNorm per head before rope; transformers' Qwen3Config defaults head_dim to 128
+        ArchSpec("qwen3", default_head_dim=128,
+                 note="q and k RMS-normalized per head before rope (GGUF attn_q_norm/attn_k_norm, computed by the "
+                      "ONNX graph); GGUF refused with attention_bias, since llama.cpp's qwen3 has no output-projection "
+                      "bias"),
         ArchSpec("gemma", default_head_dim=256),
         # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
         ArchSpec("gemma2", default_head_dim=256, hf4_attention="eager"),
@@ -83,6 +88,7 @@ GGUF_ARCHS: dict[str, GgufArchSpec] = {
     for a in (
         GgufArchSpec("llama", reads_rope_freqs=True, longrope="typed"),
         GgufArchSpec("qwen2"),
+        GgufArchSpec("qwen3"),
         GgufArchSpec("phi3", longrope="always"),
         GgufArchSpec("gptneox"),
         GgufArchSpec("gemma"),

@@ -20,6 +20,7 @@ CELLS = {
     "llama": ["linear", "ntk", "yarn", "llama3", "freqs", "longrope", "dynamic"],
     "mistral": ["linear", "yarn"],
     "qwen2": ["linear", "ntk", "yarn"],
+    "qwen3": ["linear", "ntk", "yarn"],
     "phi3": ["ntk", "longrope"],
     "gpt_neox": ["linear", "ntk", "yarn"],
     "gemma": ["linear", "ntk", "yarn"],
@@ -199,6 +200,8 @@ BAD = {
     "vocabulary larger than the embedding": ("llama", {"vocab_size": 300}, None, ["--method", "yarn", "--factor", "4"],
                                              "embedding rows"),
     "llama3 on qwen2 (no rope_freqs)": ("qwen2", {}, None, ["--method", "llama3", "--factor", "4"], "rope_freqs"),
+    "qwen3 with an output-projection bias": ("qwen3", {"attention_bias": True}, None,
+                                             ["--method", "yarn", "--factor", "4"], "attention_bias"),
     "dynamic without --bake-at": ("llama", {}, None, ["--method", "dynamic", "--factor", "4"], "--bake-at"),
     "longrope below llama.cpp's 256-token step": ("llama", {}, None, ["--method", "longrope", "--factors", "LR",
                                                                      "--factor", "4"], "256"),
@@ -298,3 +301,39 @@ def test_float16_overflow_is_refused_not_written_as_inf(tmp_path, capsys):
     assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype", "bf16",
                    "--no-verify", "-o", tmp_path / "out", "-q") == 0
     assert torch.isfinite(weights["model.layers.0.mlp.down_proj.weight"]).all()
+
+
+# GGUF architectures whose GGUFs transformers reads (the retrofit's reference), each retrofitted from a converted
+# tiny model stripped of ropeconv's keys: what llama.cpp's own converter ships
+RETROFIT = ["qwen3"]
+
+
+@pytest.mark.parametrize("arch", RETROFIT)
+def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, tmp_path, arch, capsys):
+    import hashlib
+
+    first = tmp_path / "plain"
+    assert run_cli("extend", bases[arch], "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
+                   "-o", first, "--json", "-q") == 0
+    converted = first / json.loads(capsys.readouterr().out)["files"][0]
+    foreign = tmp_path / f"{arch}.gguf"
+    rewrite_gguf(read_gguf(converted), foreign, drop_keys={"ropeconv.plan", "ropeconv.base_path", "ropeconv.version"})
+    out = tmp_path / "yarn.gguf"
+    assert run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "--tokens", str(4 * ORIGINAL_CTX),
+                   "-o", out, "--json", "-q") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["passed"] and result["parity"]["runtime"] == "llama.cpp"
+    assert result["parity"]["last_position"] >= 3 * ORIGINAL_CTX
+    print(f"{arch} retrofit yarn ×4: max|Δlogit| {result['parity']['max_abs_logit']:.3g}")
+
+    def payload(path: Path) -> dict[str, str]:
+        src = read_gguf(path)
+        with open(path, "rb") as fh:
+            return {t.name: hashlib.sha256((fh.seek(t.offset), fh.read(t.nbytes))[1]).hexdigest() for t in src.tensors}
+
+    assert payload(out) == payload(foreign)  # every tensor byte kept
+    meta = read_gguf(out)
+    assert meta.value(f"{arch}.rope.scaling.type") == "yarn" and meta.value(f"{arch}.context_length") == 4 * ORIGINAL_CTX
+
+    stripped = strip_declaration(out)
+    assert run_cli("verify", stripped, "--base", foreign, "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1

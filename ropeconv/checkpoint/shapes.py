@@ -81,6 +81,9 @@ _LLAMA = (
     T("lm_head.weight", "vocab, hidden", UNTIED),
 )
 _GQA = (("kv_heads", "heads"),)  # transformers repeats each key/value head heads/kv_heads times
+# Qwen3: q/k RMSNorm over each head (weights [head_dim]); Qwen3Config's head_dim defaults to 128
+_QWEN3_DIMS = tuple((n, Dim(("head_dim",), "128")) if n == "head_dim" else (n, d) for n, d in _LLAMA_DIMS)
+_QWEN3 = _LLAMA + (T(_L + "self_attn.q_norm.weight", "head_dim"), T(_L + "self_attn.k_norm.weight", "head_dim"))
 _GEMMA_DIMS = tuple((n, Dim(("head_dim",), "256")) if n == "head_dim" else (n, d) for n, d in _LLAMA_DIMS)
 _H = "transformer.h.{i}."
 _NEOX = "gpt_neox.layers.{i}."
@@ -93,6 +96,7 @@ SHAPES: dict[str, FamilyShapes] = {
         FamilyShapes("llama", _LLAMA_DIMS, _LLAMA, _GQA),
         FamilyShapes("mistral", _LLAMA_DIMS, _LLAMA, _GQA),
         FamilyShapes("qwen2", _LLAMA_DIMS, _LLAMA, _GQA),
+        FamilyShapes("qwen3", _QWEN3_DIMS, _QWEN3, _GQA),
         FamilyShapes("gemma", _GEMMA_DIMS, _LLAMA, _GQA, tied_default=True),
         FamilyShapes(
             "gemma2", _GEMMA_DIMS,

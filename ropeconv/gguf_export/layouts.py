@@ -5,6 +5,8 @@ what the name map cannot: the hyperparameter keys the llama.cpp loader reads, an
 rewrites its compute graph needs. Facts from the llama.cpp that llama-cpp-python vendors
 (src/models/<arch>.cpp and the matching conversion/<family>.py):
 
+- qwen3: q and k are RMS-normalized per head (attn_q_norm / attn_k_norm, [head_dim]) before rope, in
+  transformers and in llama.cpp's graph alike; head_dim is explicit (written as key/value_length);
 - llama: rope is applied to interleaved pairs (GGML_ROPE_TYPE_NORM) while transformers rotates the
   two halves of each head, so q/k rows are permuted within each head to keep the same math;
 - gptneox: transformers stores query_key_value per head as [q_h, k_h, v_h]; llama.cpp splits the
@@ -108,6 +110,9 @@ LAYOUTS: dict[str, GgufLayout] = {
         GgufLayout("llama", MODEL_ARCH.LLAMA, COMMON + RMS, ("silu",), permute_qk=True),
         GgufLayout("mistral", MODEL_ARCH.LLAMA, COMMON + RMS, ("silu",), permute_qk=True, no_sliding_window=True),
         GgufLayout("qwen2", MODEL_ARCH.QWEN2, COMMON + RMS, ("silu",), no_sliding_window=True),
+        # q/k norms per head (attn_q_norm/attn_k_norm, [head_dim]) before rope, as llama.cpp's qwen3 graph
+        GgufLayout("qwen3", MODEL_ARCH.QWEN3, COMMON + RMS, ("silu",), no_sliding_window=True,
+                   always_key_length=True),
         GgufLayout("phi3", MODEL_ARCH.PHI3, COMMON + RMS, ("silu",), no_sliding_window=True),
         GgufLayout(
             "gpt_neox", MODEL_ARCH.GPTNEOX,
@@ -205,6 +210,10 @@ def _mpt_softmax_scale(config: Config, head_dim: int) -> str | None:
 
 # config switches transformers honours and llama.cpp's graph for the arch does not (reason, or None)
 _GRAPH_CHECKS: dict[str, tuple[Callable[[Config, int], str | None], ...]] = {
+    "qwen3": (
+        lambda c, d: "attention_bias: llama.cpp's qwen3 graph has no output-projection bias"
+        if c.get("attention_bias") else None,
+    ),
     "gpt2": (
         lambda c, d: None if c.get("scale_attn_weights", True) else
         "scale_attn_weights false: llama.cpp always scales attention by 1/sqrt(head_dim)",

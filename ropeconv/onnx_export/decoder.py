@@ -212,7 +212,11 @@ class _Decoder:
         split = lambda y, n: g.op("Reshape", [y, g.ints(0, 0, n, d.head_dim)])  # noqa: E731
         if self.layout.qkv_split == "separate":
             q, k, v = (self.proj(x, n) for n in names)
-            return split(q, d.heads), split(k, d.heads_kv), split(v, d.heads_kv)
+            q, k, v = split(q, d.heads), split(k, d.heads_kv), split(v, d.heads_kv)
+            if self.layout.qk_norm:  # qwen3: RMSNorm over each head's last axis, before rope
+                q_norm, k_norm = (prefix + n for n in self.layout.qk_norm)
+                q, k = self.norm(q, q_norm), self.norm(k, k_norm)
+            return q, k, v
         fused = self.proj(x, names[0])
         if d.clip_qkv:
             fused = g.op("Clip", [fused, self.c(-d.clip_qkv), self.c(d.clip_qkv)])

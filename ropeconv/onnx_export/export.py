@@ -40,7 +40,7 @@ FUSED_ATTENTION = "com.microsoft.GroupQueryAttention (fused, memory linear in th
 PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total scores per call)"
 IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
-               "gemma2": "gemma2"}  # onnxruntime-genai model types (it has none for gpt_neox)
+               "gemma2": "gemma2", "qwen3": "qwen3"}  # onnxruntime-genai model types (it has none for gpt_neox)
 
 
 @dataclass(frozen=True)
@@ -307,6 +307,8 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
                 norm(p + n)
         for n in layout.qkv + (layout.o_proj,) + layout.mlp:
             linear(p + n, conv1d=layout.conv1d)
+        for n in layout.qk_norm or ():
+            need(f"{p}{n}.weight", "vector")
     if dims.final_norm:
         norm(layout.final_norm)
     if not tied:

@@ -4,6 +4,8 @@ Facts from transformers 5.23's models/<family>/modeling_<family>.py:
 - llama/mistral/qwen2: pre-norm RMSNorm blocks, separate q/k/v projections (qwen2 with biases),
   SwiGLU MLP; mistral and phi3 attend through `sliding_window` on every layer when it is set, qwen2
   and gemma2 on the layers `layer_types` marks "sliding_attention";
+- qwen3: qwen2's blocks (no q/k/v bias by default) with q and k RMS-normalized over each head
+  (self_attn.q_norm / k_norm, weights [head_dim]) after the split into heads and before rope;
 - phi3: fused qkv_proj split as [q | k | v] and fused gate_up_proj split as [gate | up];
 - gpt_neox: LayerNorm with bias, fused query_key_value laid out per head as [q_h | k_h | v_h],
   partial rotary, plain GELU MLP, parallel residual (`use_parallel_residual`);
@@ -48,6 +50,10 @@ class OnnxLayout:
     mlp: tuple[str, ...]  # (gate, up, down), (gate_up, down) or (up, down)
     mlp_kind: str  # "gated", "gated_fused" or "plain"
     activation_key: str = "hidden_act"
+    # q/k RMSNorm before rope: (q norm, k norm), over each head (qwen3, weights [head_dim]) or over the whole
+    # projection before it is split into heads (olmo2, weights [heads·head_dim])
+    qk_norm: tuple[str, str] | None = None
+    qk_norm_per_head: bool = False
     post_attn_norm: str | None = None  # gemma2 sandwich norms
     post_mlp_norm: str | None = None
     parallel_residual_key: str | None = None  # gpt_neox
@@ -86,6 +92,7 @@ LAYOUTS: dict[str, OnnxLayout] = {
         OnnxLayout("llama", **_LLAMA),
         OnnxLayout("mistral", **_LLAMA, sliding_all_layers=True),
         OnnxLayout("qwen2", **_LLAMA),
+        OnnxLayout("qwen3", **_LLAMA, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
         OnnxLayout("phi3", **dict(_LLAMA, qkv=("self_attn.qkv_proj",), qkv_split="fused",
                                   mlp=("mlp.gate_up_proj", "mlp.down_proj"), mlp_kind="gated_fused"),
                    sliding_all_layers=True),
