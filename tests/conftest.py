@@ -28,6 +28,7 @@ TINY = {
     "qwen2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
     # head_dim 32 ≠ hidden/heads, as Qwen3's own (0.6B: 1024 hidden, 16 heads of 128)
     "qwen3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+    "olmo2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
     "phi3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                  original_max_position_embeddings=ORIGINAL_CTX, pad_token_id=0),
     "gpt_neox": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, rotary_pct=0.25),
@@ -42,7 +43,7 @@ TINY = {
 }
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
-RANDOM_NORMS = {"qwen3"}
+RANDOM_NORMS = {"qwen3", "olmo2"}
 
 
 def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None, max_shard_size: str | None = None,

@@ -222,10 +222,10 @@ def test_dynamic_ntk_is_computed_per_call_not_frozen(bases, tmp_path):
         assert (ours - reference).abs().max().item() < 1e-3, n
 
 
-@pytest.mark.parametrize("arch,window", [("mistral", 24), ("gemma2", 24), ("qwen2", 24)])
+@pytest.mark.parametrize("arch,window", [("mistral", 24), ("gemma2", 24), ("qwen2", 24), ("qwen3", 24)])
 def test_sliding_windows_are_applied(tmp_path, arch, window):
     """A window shorter than the probe changes attention; the graph must apply it where transformers does."""
-    extra = {"use_sliding_window": True, "max_window_layers": 1} if arch == "qwen2" else {}
+    extra = {"use_sliding_window": True, "max_window_layers": 1} if arch in ("qwen2", "qwen3") else {}
     base = make_tiny(tmp_path, arch, sliding_window=window, **extra)
     out = tmp_path / "out"
     assert extend(base, out, arch, "yarn") == 0

@@ -7,6 +7,9 @@ rewrites its compute graph needs. Facts from the llama.cpp that llama-cpp-python
 
 - qwen3: q and k are RMS-normalized per head (attn_q_norm / attn_k_norm, [head_dim]) before rope, in
   transformers and in llama.cpp's graph alike; head_dim is explicit (written as key/value_length);
+- olmo2: norms after attention and MLP only (attn_post_norm / ffn_post_norm), q/k norms over the whole
+  projection ([heads·head_dim]); its loader takes head_dim as hidden/heads, no output-projection bias and
+  always a separate output matrix;
 - llama: rope is applied to interleaved pairs (GGML_ROPE_TYPE_NORM) while transformers rotates the
   two halves of each head, so q/k rows are permuted within each head to keep the same math;
 - gptneox: transformers stores query_key_value per head as [q_h, k_h, v_h]; llama.cpp splits the
@@ -122,6 +125,8 @@ LAYOUTS: dict[str, GgufLayout] = {
             ),
             ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"), qkv_per_head=True,
         ),
+        # post_attention_layernorm is attn_post_norm here (no attn_norm/ffn_norm); q/k norms over the projection
+        GgufLayout("olmo2", MODEL_ARCH.OLMO2, COMMON + RMS, ("silu",)),
         GgufLayout("gemma", MODEL_ARCH.GEMMA, COMMON + RMS, ("gelu_pytorch_tanh", "gelu"), norm_plus_one=True,
                    output_is_embedding=True, always_key_length=True),
         GgufLayout(
@@ -210,6 +215,15 @@ def _mpt_softmax_scale(config: Config, head_dim: int) -> str | None:
 
 # config switches transformers honours and llama.cpp's graph for the arch does not (reason, or None)
 _GRAPH_CHECKS: dict[str, tuple[Callable[[Config, int], str | None], ...]] = {
+    "olmo2": (
+        lambda c, d: "attention_bias: llama.cpp's olmo2 graph has no output-projection bias"
+        if c.get("attention_bias") else None,
+        lambda c, d: "tied lm_head: llama.cpp's olmo2 reads a separate output matrix"
+        if c.get("tie_word_embeddings") else None,
+        lambda c, d: f"head_dim {d} ≠ hidden_size/num_attention_heads: llama.cpp's olmo2 takes heads that wide"
+        if isinstance(c.get("hidden_size"), int) and isinstance(c.get("num_attention_heads"), int)
+        and d != c["hidden_size"] // c["num_attention_heads"] else None,
+    ),
     "qwen3": (
         lambda c, d: "attention_bias: llama.cpp's qwen3 graph has no output-projection bias"
         if c.get("attention_bias") else None,

@@ -212,10 +212,12 @@ class _Decoder:
         split = lambda y, n: g.op("Reshape", [y, g.ints(0, 0, n, d.head_dim)])  # noqa: E731
         if self.layout.qkv_split == "separate":
             q, k, v = (self.proj(x, n) for n in names)
+            norms = self.layout.qk_norm and tuple(prefix + n for n in self.layout.qk_norm)
+            if norms and not self.layout.qk_norm_per_head:  # olmo2: over the whole projection, before the split
+                q, k = self.norm(q, norms[0]), self.norm(k, norms[1])
             q, k, v = split(q, d.heads), split(k, d.heads_kv), split(v, d.heads_kv)
-            if self.layout.qk_norm:  # qwen3: RMSNorm over each head's last axis, before rope
-                q_norm, k_norm = (prefix + n for n in self.layout.qk_norm)
-                q, k = self.norm(q, q_norm), self.norm(k, k_norm)
+            if norms and self.layout.qk_norm_per_head:  # qwen3: over each head's last axis
+                q, k = self.norm(q, norms[0]), self.norm(k, norms[1])
             return q, k, v
         fused = self.proj(x, names[0])
         if d.clip_qkv:
@@ -394,7 +396,7 @@ class _Decoder:
         if d.post_norm:  # OPT 350m: x = norm(x + f(x)) for attention, then the MLP
             h = self.norm(g.op("Add", [h, self.attention(h, i, p, masks)]), p + lay.attn_norm)
             return self.norm(g.op("Add", [h, self.mlp(h, p)]), p + lay.mlp_norm)
-        normed = self.norm(h, p + lay.attn_norm)
+        normed = self.norm(h, p + lay.attn_norm) if lay.attn_norm else h
         attn = self.attention(normed, i, p, masks)
         if lay.post_attn_norm:
             attn = self.norm(attn, p + lay.post_attn_norm)
@@ -402,7 +404,7 @@ class _Decoder:
             mlp = self.mlp(self.norm(h, p + lay.mlp_norm), p)
             return g.op("Add", [g.op("Add", [mlp, attn]), h])
         h = g.op("Add", [normed if d.residual_from_norm else h, attn])
-        normed = self.norm(h, p + lay.mlp_norm)
+        normed = self.norm(h, p + lay.mlp_norm) if lay.mlp_norm else h
         mlp = self.mlp(normed, p)
         if lay.post_mlp_norm:
             mlp = self.norm(mlp, p + lay.post_mlp_norm)

@@ -6,6 +6,9 @@ Facts from transformers 5.23's models/<family>/modeling_<family>.py:
   and gemma2 on the layers `layer_types` marks "sliding_attention";
 - qwen3: qwen2's blocks (no q/k/v bias by default) with q and k RMS-normalized over each head
   (self_attn.q_norm / k_norm, weights [head_dim]) after the split into heads and before rope;
+- olmo2: no norm before attention or MLP, RMSNorm after each (post_attention_layernorm,
+  post_feedforward_layernorm) before its residual add; q and k RMS-normalized over the whole projection
+  (weights [heads·head_dim]) before the split into heads;
 - phi3: fused qkv_proj split as [q | k | v] and fused gate_up_proj split as [gate | up];
 - gpt_neox: LayerNorm with bias, fused query_key_value laid out per head as [q_h | k_h | v_h],
   partial rotary, plain GELU MLP, parallel residual (`use_parallel_residual`);
@@ -42,8 +45,8 @@ class OnnxLayout:
     final_norm: str
     lm_head: str
     norm: str  # "rms", "rms_plus_one" (gemma), "layer" (LayerNorm with bias) or "layer_no_bias" (mpt)
-    attn_norm: str
-    mlp_norm: str
+    attn_norm: str | None  # None: no norm before attention (olmo2)
+    mlp_norm: str | None
     qkv: tuple[str, ...]  # (q, k, v) projections, or one fused projection
     qkv_split: str  # "separate", "fused" ([q | k | v]) or "per_head" ([q_h | k_h | v_h] per head)
     o_proj: str
@@ -137,6 +140,8 @@ LAYOUTS: dict[str, OnnxLayout] = {
             position="absolute", query_prescaled=True, post_norm_key="do_layer_norm_before",
             project=("model.decoder.project_in", "model.decoder.project_out"), optional_prefix="model.",
         ),
+        OnnxLayout("olmo2", **dict(_LLAMA, attn_norm=None, mlp_norm=None), post_attn_norm="post_attention_layernorm",
+                   post_mlp_norm="post_feedforward_layernorm", qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
         OnnxLayout("gemma", **_GEMMA),
         OnnxLayout("gemma2", **dict(_GEMMA, mlp_norm="pre_feedforward_layernorm", activation_key="hidden_activation"),
                    post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
