@@ -366,3 +366,43 @@ def test_olmo2_gguf_retrofit_is_proven_against_its_hf_checkpoint(bases, tmp_path
 
     stripped = strip_declaration(out)
     assert run_cli("verify", stripped, "--base", bases["olmo2"], "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1
+
+
+def test_phi3_with_a_byte_level_bpe_loads_in_llama_cpp(tmp_path, capsys):
+    """A Phi-4-style model (phi3 architecture, byte-level BPE without <unk>, <s>, </s>): llama.cpp applies Phi-3's
+    token rules to any model named phi3 and then cannot load the vocabulary, so the name it gets avoids that; the
+    GGUF loads, tokenizes as transformers does and is proven. Named phi3 again, the same file does not load."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from ropeconv.fixtures.tokenizers import PHI4_SPECIALS, add_byte_level_bpe
+    from gguf import GGUFValueType
+
+    base = add_byte_level_bpe(make_tiny(tmp_path, "phi3"), **PHI4_SPECIALS)  # folder tiny-phi3
+    out = tmp_path / "out"
+    assert run_cli("extend", base, "--method", "ntk", "--factor", "4", "--to", "gguf", "--outtype", "f32",
+                   "--tokens", str(4 * ORIGINAL_CTX), "-o", out, "--json", "-q") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["passed"] and result["parity"]["runtime"] == "llama.cpp"
+    print(f"phi3 byte-level BPE ntk ×4: max|Δlogit| {result['parity']['max_abs_logit']:.3g}")
+    gguf_file = out / result["files"][0]
+    src = read_gguf(gguf_file)
+    assert src.value("general.name") == "tiny-phi 3" and src.value("tokenizer.ggml.model") == "gpt2"
+
+    text = "<|im_start|>user\nThe lazy fox's 12345 naïve café 東京 🚀<|im_end|>"
+    hf = AutoTokenizer.from_pretrained(base)(text)["input_ids"]
+    llm = Llama(str(gguf_file), vocab_only=True, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=bool(src.value("tokenizer.ggml.add_bos_token", False)),
+                        special=True) == hf and 3 in hf and 2 in hf
+    del llm
+
+    named = tmp_path / "named.gguf"
+    rewrite_gguf(src, named, set_fields={"general.name": (GGUFValueType.STRING, "tiny-phi3")})
+    capsys.readouterr()
+    assert run_cli("verify", named, "--base", base, "--tokens", str(4 * ORIGINAL_CTX)) != 0
+    assert "unordered_map::at" in capsys.readouterr().err
+
+    before = listing(tmp_path)
+    assert_refused(capsys, run_cli("extend", base, "--method", "ntk", "--factor", "4", "--to", "gguf", "--name",
+                                   "Phi3-mini", "-o", tmp_path / "named-out"), tmp_path / "named-out", before,
+                   mentions=("--name", "phi3"))
