@@ -55,6 +55,11 @@ ARCHS: dict[str, ArchSpec] = {
                       "before rope; GGUF refused with attention_bias, a tied lm_head or head_dim ≠ hidden/heads "
                       "(llama.cpp's olmo2 loads none of them); transformers reads no olmo2 GGUF, so a retrofit is "
                       "proven against the HF checkpoint (verify --base HF_DIR) or refused without --no-verify"),
+        ArchSpec("smollm3", default_theta=2000000.0,
+                 note="layers listed 0 in no_rope_layers attend without rope (every 4th by default): methods act on "
+                      "the others; GGUF refused unless that is exactly every 4th layer (llama.cpp's smollm3 fixes the "
+                      "step), or with attention_bias/mlp_bias; transformers reads no smollm3 GGUF, so a retrofit is "
+                      "proven against the HF checkpoint (verify --base HF_DIR) or refused without --no-verify"),
         ArchSpec("gemma", default_head_dim=256),
         # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
         ArchSpec("gemma2", default_head_dim=256, hf4_attention="eager"),
@@ -101,6 +106,7 @@ GGUF_ARCHS: dict[str, GgufArchSpec] = {
         GgufArchSpec("phi3", longrope="always"),
         GgufArchSpec("gptneox"),
         GgufArchSpec("olmo2"),
+        GgufArchSpec("smollm3"),
         GgufArchSpec("gemma"),
         GgufArchSpec("gemma2"),
         GgufArchSpec("bloom", position="alibi"),

@@ -22,6 +22,7 @@ CELLS = {
     "qwen2": ["linear", "ntk", "yarn"],
     "qwen3": ["linear", "ntk", "yarn"],
     "olmo2": ["linear", "ntk", "yarn"],
+    "smollm3": ["linear", "ntk", "yarn"],
     "phi3": ["ntk", "longrope"],
     "gpt_neox": ["linear", "ntk", "yarn"],
     "gemma": ["linear", "ntk", "yarn"],
@@ -207,6 +208,10 @@ BAD = {
                                   "output matrix"),
     "olmo2 with an output-projection bias": ("olmo2", {"attention_bias": True}, None,
                                              ["--method", "yarn", "--factor", "4"], "attention_bias"),
+    "smollm3 with rope on every layer": ("smollm3", {"no_rope_layers": [1, 1, 1, 1]}, None,
+                                         ["--method", "yarn", "--factor", "4"], "no_rope_layers"),
+    "smollm3 with MLP biases": ("smollm3", {"mlp_bias": True}, None, ["--method", "yarn", "--factor", "4"],
+                                "mlp_bias"),
     "dynamic without --bake-at": ("llama", {}, None, ["--method", "dynamic", "--factor", "4"], "--bake-at"),
     "longrope below llama.cpp's 256-token step": ("llama", {}, None, ["--method", "longrope", "--factors", "LR",
                                                                      "--factor", "4"], "256"),
@@ -344,28 +349,29 @@ def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, t
     assert run_cli("verify", stripped, "--base", foreign, "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1
 
 
-def test_olmo2_gguf_retrofit_is_proven_against_its_hf_checkpoint(bases, tmp_path, capsys):
-    """transformers reads no olmo2 GGUF: a retrofit cannot build its reference from the file, so it is refused in one
-    line unless --no-verify, and verify --base proves it against the HF checkpoint it came from."""
+@pytest.mark.parametrize("arch", ["olmo2", "smollm3"])
+def test_gguf_retrofit_transformers_cannot_read_is_proven_against_its_hf_checkpoint(bases, tmp_path, arch, capsys):
+    """transformers reads no olmo2 or smollm3 GGUF: a retrofit cannot build its reference from the file, so it is
+    refused in one line unless --no-verify, and verify --base proves it against the HF checkpoint it came from."""
     first = tmp_path / "plain"
-    assert run_cli("extend", bases["olmo2"], "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
+    assert run_cli("extend", bases[arch], "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
                    "-o", first, "--json", "-q") == 0
     converted = first / json.loads(capsys.readouterr().out)["files"][0]
-    foreign = tmp_path / "olmo2.gguf"
+    foreign = tmp_path / f"{arch}.gguf"
     rewrite_gguf(read_gguf(converted), foreign, drop_keys={"ropeconv.plan", "ropeconv.base_path", "ropeconv.version"})
     out = tmp_path / "yarn.gguf"
     before = listing(tmp_path)
     assert_refused(capsys, run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "-o", out), out, before,
-                   mentions=("olmo2", "--no-verify"))
+                   mentions=(arch, "--no-verify"))
     assert run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "--no-verify", "-o", out, "-q") == 0
     capsys.readouterr()
-    assert run_cli("verify", out, "--base", bases["olmo2"], "--tokens", str(4 * ORIGINAL_CTX), "--json") == 0
+    assert run_cli("verify", out, "--base", bases[arch], "--tokens", str(4 * ORIGINAL_CTX), "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and report["runtime"] == "llama.cpp" and report["last_position"] >= 3 * ORIGINAL_CTX
-    print(f"olmo2 retrofit yarn ×4 (verify --base HF): max|Δlogit| {report['max_abs_logit']:.3g}")
+    print(f"{arch} retrofit yarn ×4 (verify --base HF): max|Δlogit| {report['max_abs_logit']:.3g}")
 
     stripped = strip_declaration(out)
-    assert run_cli("verify", stripped, "--base", bases["olmo2"], "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1
+    assert run_cli("verify", stripped, "--base", bases[arch], "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1
 
 
 def test_phi3_with_a_byte_level_bpe_loads_in_llama_cpp(tmp_path, capsys):

@@ -103,6 +103,7 @@ SHAPES: dict[str, FamilyShapes] = {
         FamilyShapes("qwen2", _LLAMA_DIMS, _LLAMA, _GQA),
         FamilyShapes("qwen3", _QWEN3_DIMS, _QWEN3, _GQA),
         FamilyShapes("olmo2", _LLAMA_DIMS, _OLMO2, _GQA),
+        FamilyShapes("smollm3", _LLAMA_DIMS, _LLAMA, _GQA, tied_default=True),
         FamilyShapes("gemma", _GEMMA_DIMS, _LLAMA, _GQA, tied_default=True),
         FamilyShapes(
             "gemma2", _GEMMA_DIMS,

@@ -63,6 +63,7 @@ class DecoderDims:
     residual_from_norm: bool = False  # bloom apply_residual_connection_post_layernorm
     final_norm: bool = True  # opt: none after post-norm blocks or with _remove_final_layer_norm
     clip_qkv: float | None = None  # mpt: the fused projection clamped to ±clip_qkv
+    rope_layers: tuple[bool, ...] | None = None  # smollm3: per layer, whether q/k are rotated (None: all are)
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ class _Decoder:
 
     def attention(self, x: str, i: int, prefix: str, masks: dict) -> str:
         q, k, v = self.qkv(x, prefix)
-        if self.rope:
+        if self.rope and (self.dims.rope_layers is None or self.dims.rope_layers[i]):
             q, k = self.rotate(q, *self.rope), self.rotate(k, *self.rope)
         out = self.fused_attention(q, k, v, i) if self.fused else self.plain_attention(q, k, v, i, masks)
         return self.proj(out, prefix + self.layout.o_proj)

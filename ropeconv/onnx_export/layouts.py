@@ -9,6 +9,7 @@ Facts from transformers 5.23's models/<family>/modeling_<family>.py:
 - olmo2: no norm before attention or MLP, RMSNorm after each (post_attention_layernorm,
   post_feedforward_layernorm) before its residual add; q and k RMS-normalized over the whole projection
   (weights [heads·head_dim]) before the split into heads;
+- smollm3: llama's blocks; layers whose entry in no_rope_layers is 0 attend without rope (NoPE);
 - phi3: fused qkv_proj split as [q | k | v] and fused gate_up_proj split as [gate | up];
 - gpt_neox: LayerNorm with bias, fused query_key_value laid out per head as [q_h | k_h | v_h],
   partial rotary, plain GELU MLP, parallel residual (`use_parallel_residual`);
@@ -57,6 +58,7 @@ class OnnxLayout:
     # projection before it is split into heads (olmo2, weights [heads·head_dim])
     qk_norm: tuple[str, str] | None = None
     qk_norm_per_head: bool = False
+    rope_layers_key: str | None = None  # smollm3: config list, 1 where a layer rotates q/k, 0 where it does not
     post_attn_norm: str | None = None  # gemma2 sandwich norms
     post_mlp_norm: str | None = None
     parallel_residual_key: str | None = None  # gpt_neox
@@ -142,6 +144,7 @@ LAYOUTS: dict[str, OnnxLayout] = {
         ),
         OnnxLayout("olmo2", **dict(_LLAMA, attn_norm=None, mlp_norm=None), post_attn_norm="post_attention_layernorm",
                    post_mlp_norm="post_feedforward_layernorm", qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
+        OnnxLayout("smollm3", **_LLAMA, rope_layers_key="no_rope_layers"),
         OnnxLayout("gemma", **_GEMMA),
         OnnxLayout("gemma2", **dict(_GEMMA, mlp_norm="pre_feedforward_layernorm", activation_key="hidden_activation"),
                    post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
