@@ -145,36 +145,42 @@ def test_outtypes_are_written_and_judged_through_a_float32_twin(bases, tmp_path,
 ROUND_TRIP_TEXT = "The lazy fox's 12345 naïve café 東京 🚀\n\n    return x  # it'll do</s> ok  end"
 
 
-@pytest.mark.parametrize("kind", ["byte-level BPE", "SentencePiece"])
+@pytest.mark.parametrize("kind", ["byte-level BPE", "SentencePiece", "Qwen BPE"])
 def test_tokenizer_round_trip_in_llama_cpp(tmp_path, kind, capsys):
     """llama.cpp's tokens for a text equal transformers' for the source model, BOS and specials included."""
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
-    from ropeconv.fixtures.tokenizers import add_byte_level_bpe, add_sentencepiece
+    from ropeconv.fixtures.tokenizers import add_byte_level_bpe, add_qwen_bpe, add_sentencepiece
 
-    base = make_tiny(tmp_path, "llama")
-    (add_byte_level_bpe if kind == "byte-level BPE" else add_sentencepiece)(base)
+    base = make_tiny(tmp_path, "qwen3" if kind == "Qwen BPE" else "llama")
+    {"byte-level BPE": add_byte_level_bpe, "SentencePiece": add_sentencepiece, "Qwen BPE": add_qwen_bpe}[kind](base)
     assert run_cli("extend", base, "--method", "linear", "--factor", "2", "--to", "gguf", "--outtype", "f32",
                    "--no-verify", "-o", tmp_path / "out", "--json", "-q") == 0
     gguf_file = tmp_path / "out" / json.loads(capsys.readouterr().out)["files"][0]
     src = read_gguf(gguf_file)
-    assert src.value("tokenizer.ggml.model") == ("gpt2" if kind == "byte-level BPE" else "llama")
+    byte_level = kind != "SentencePiece"
+    assert src.value("tokenizer.ggml.model") == ("gpt2" if byte_level else "llama")
+    if kind == "Qwen BPE":  # Qwen's regex (digits one by one), named as llama.cpp's qwen2 pre-tokenizer
+        assert src.value("tokenizer.ggml.pre") == "qwen2"
 
     # llama.cpp starts every SentencePiece fragment after a special token with a space (transformers' legacy
     # behaviour, which transformers 5 no longer has): a known difference of the runtimes, kept out of the text
-    text = ROUND_TRIP_TEXT if kind == "byte-level BPE" else ROUND_TRIP_TEXT.replace("</s>", "")
+    special = "<|im_end|>" if kind == "Qwen BPE" else "</s>"
+    text = ROUND_TRIP_TEXT.replace("</s>", special) if byte_level else ROUND_TRIP_TEXT.replace("</s>", "")
     hf_tok = AutoTokenizer.from_pretrained(base)
     hf = hf_tok(text)["input_ids"]  # transformers' defaults: its own BOS rule, specials parsed
     llm = Llama(str(gguf_file), vocab_only=True, verbose=False)
     adds_bos = bool(src.value("tokenizer.ggml.add_bos_token", False))
     assert llm.tokenize(text.encode(), add_bos=adds_bos, special=True) == hf
     assert len(hf) > 20 and (hf[0] == 1) == (kind == "SentencePiece")
+    if kind == "Qwen BPE":
+        assert 2 in hf  # <|im_end|> as one control token by both
     # and back: control tokens are not printed
     plain = ROUND_TRIP_TEXT.replace("</s>", "")
     back = llm.detokenize(llm.tokenize(plain.encode(), add_bos=False, special=False)).decode()
     # SentencePiece's added prefix space comes back as a leading space from llama-cpp-python's detokenize
-    assert (back if kind == "byte-level BPE" else back.removeprefix(" ")) == plain
+    assert (back if byte_level else back.removeprefix(" ")) == plain
 
 
 def _without_tokenizer(base: Path) -> None:
