@@ -25,6 +25,8 @@ class ArchSpec:
     # Phi-3: transformers 4.x demands rope_scaling == {type, short_factor, long_factor} exactly and
     # reads the original length from a top-level original_max_position_embeddings.
     strict_longrope_legacy: bool = False
+    # OLMo 2: transformers 4.x's config accepts rope_scaling only as exactly {type, factor}, of these types
+    hf4_two_key_types: frozenset[str] | None = None
     # ALiBi and absolute tables: the config key that states the training length (None: the config states
     # none, BLOOM), the position table tensor and the rows in front of position 0
     ctx_key: str | None = "max_position_embeddings"
@@ -41,6 +43,23 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec("llama"),
         ArchSpec("mistral"),
         ArchSpec("qwen2"),
+        # q/k RMSNorm per head before rope; transformers' Qwen3Config defaults head_dim to 128
+        ArchSpec("qwen3", default_head_dim=128,
+                 note="q and k RMS-normalized per head before rope (GGUF attn_q_norm/attn_k_norm, computed by the "
+                      "ONNX graph); GGUF refused with attention_bias, since llama.cpp's qwen3 has no output-projection "
+                      "bias"),
+        ArchSpec("olmo2", hf4_two_key_types=frozenset({"linear", "dynamic"}),
+                 note="transformers 4.x's Olmo2Config accepts rope_scaling only as {type, factor} of type linear or "
+                      "dynamic, so safetensors takes linear, ntk and dynamic and refuses the rest (GGUF and ONNX "
+                      "take them); norms after attention and MLP (none before), q and k RMS-normalized over the whole projection "
+                      "before rope; GGUF refused with attention_bias, a tied lm_head or head_dim ≠ hidden/heads "
+                      "(llama.cpp's olmo2 loads none of them); transformers reads no olmo2 GGUF, so a retrofit is "
+                      "proven against the HF checkpoint (verify --base HF_DIR) or refused without --no-verify"),
+        ArchSpec("smollm3", default_theta=2000000.0,
+                 note="layers listed 0 in no_rope_layers attend without rope (every 4th by default): methods act on "
+                      "the others; GGUF refused unless that is exactly every 4th layer (llama.cpp's smollm3 fixes the "
+                      "step), or with attention_bias/mlp_bias; transformers reads no smollm3 GGUF, so a retrofit is "
+                      "proven against the HF checkpoint (verify --base HF_DIR) or refused without --no-verify"),
         ArchSpec("gemma", default_head_dim=256),
         # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
         ArchSpec("gemma2", default_head_dim=256, hf4_attention="eager"),
@@ -83,8 +102,11 @@ GGUF_ARCHS: dict[str, GgufArchSpec] = {
     for a in (
         GgufArchSpec("llama", reads_rope_freqs=True, longrope="typed"),
         GgufArchSpec("qwen2"),
+        GgufArchSpec("qwen3"),
         GgufArchSpec("phi3", longrope="always"),
         GgufArchSpec("gptneox"),
+        GgufArchSpec("olmo2"),
+        GgufArchSpec("smollm3"),
         GgufArchSpec("gemma"),
         GgufArchSpec("gemma2"),
         GgufArchSpec("bloom", position="alibi"),

@@ -26,6 +26,12 @@ TINY = {
     "mistral": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                     sliding_window=None),
     "qwen2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
+    # head_dim 32 ≠ hidden/heads, as Qwen3's own (0.6B: 1024 hidden, 16 heads of 128)
+    "qwen3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+    "olmo2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
+    # 4 layers: the 4th attends without rope (no_rope_layers [1, 1, 1, 0], transformers' and llama.cpp's default)
+    "smollm3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                    num_hidden_layers=4, pad_token_id=0),
     "phi3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                  original_max_position_embeddings=ORIGINAL_CTX, pad_token_id=0),
     "gpt_neox": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, rotary_pct=0.25),
@@ -38,6 +44,9 @@ TINY = {
     "gpt2": dict(n_embd=64, n_head=4, n_positions=ORIGINAL_CTX),
     "opt": dict(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64),
 }
+
+# families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
+RANDOM_NORMS = {"qwen3", "olmo2"}
 
 
 def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None, max_shard_size: str | None = None,
@@ -58,6 +67,11 @@ def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None,
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
+    if model_type in RANDOM_NORMS:  # so that a norm weight read from the wrong place shows in the logits
+        with torch.no_grad():
+            for weight_name, param in model.named_parameters():
+                if weight_name.endswith("norm.weight"):
+                    param.uniform_(0.5, 1.5)
     out = root / (name or f"tiny-{model_type}")
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **save_kwargs)

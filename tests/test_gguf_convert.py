@@ -20,6 +20,9 @@ CELLS = {
     "llama": ["linear", "ntk", "yarn", "llama3", "freqs", "longrope", "dynamic"],
     "mistral": ["linear", "yarn"],
     "qwen2": ["linear", "ntk", "yarn"],
+    "qwen3": ["linear", "ntk", "yarn"],
+    "olmo2": ["linear", "ntk", "yarn"],
+    "smollm3": ["linear", "ntk", "yarn"],
     "phi3": ["ntk", "longrope"],
     "gpt_neox": ["linear", "ntk", "yarn"],
     "gemma": ["linear", "ntk", "yarn"],
@@ -142,36 +145,42 @@ def test_outtypes_are_written_and_judged_through_a_float32_twin(bases, tmp_path,
 ROUND_TRIP_TEXT = "The lazy fox's 12345 naïve café 東京 🚀\n\n    return x  # it'll do</s> ok  end"
 
 
-@pytest.mark.parametrize("kind", ["byte-level BPE", "SentencePiece"])
+@pytest.mark.parametrize("kind", ["byte-level BPE", "SentencePiece", "Qwen BPE"])
 def test_tokenizer_round_trip_in_llama_cpp(tmp_path, kind, capsys):
     """llama.cpp's tokens for a text equal transformers' for the source model, BOS and specials included."""
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
-    from ropeconv.fixtures.tokenizers import add_byte_level_bpe, add_sentencepiece
+    from ropeconv.fixtures.tokenizers import add_byte_level_bpe, add_qwen_bpe, add_sentencepiece
 
-    base = make_tiny(tmp_path, "llama")
-    (add_byte_level_bpe if kind == "byte-level BPE" else add_sentencepiece)(base)
+    base = make_tiny(tmp_path, "qwen3" if kind == "Qwen BPE" else "llama")
+    {"byte-level BPE": add_byte_level_bpe, "SentencePiece": add_sentencepiece, "Qwen BPE": add_qwen_bpe}[kind](base)
     assert run_cli("extend", base, "--method", "linear", "--factor", "2", "--to", "gguf", "--outtype", "f32",
                    "--no-verify", "-o", tmp_path / "out", "--json", "-q") == 0
     gguf_file = tmp_path / "out" / json.loads(capsys.readouterr().out)["files"][0]
     src = read_gguf(gguf_file)
-    assert src.value("tokenizer.ggml.model") == ("gpt2" if kind == "byte-level BPE" else "llama")
+    byte_level = kind != "SentencePiece"
+    assert src.value("tokenizer.ggml.model") == ("gpt2" if byte_level else "llama")
+    if kind == "Qwen BPE":  # Qwen's regex (digits one by one), named as llama.cpp's qwen2 pre-tokenizer
+        assert src.value("tokenizer.ggml.pre") == "qwen2"
 
     # llama.cpp starts every SentencePiece fragment after a special token with a space (transformers' legacy
     # behaviour, which transformers 5 no longer has): a known difference of the runtimes, kept out of the text
-    text = ROUND_TRIP_TEXT if kind == "byte-level BPE" else ROUND_TRIP_TEXT.replace("</s>", "")
+    special = "<|im_end|>" if kind == "Qwen BPE" else "</s>"
+    text = ROUND_TRIP_TEXT.replace("</s>", special) if byte_level else ROUND_TRIP_TEXT.replace("</s>", "")
     hf_tok = AutoTokenizer.from_pretrained(base)
     hf = hf_tok(text)["input_ids"]  # transformers' defaults: its own BOS rule, specials parsed
     llm = Llama(str(gguf_file), vocab_only=True, verbose=False)
     adds_bos = bool(src.value("tokenizer.ggml.add_bos_token", False))
     assert llm.tokenize(text.encode(), add_bos=adds_bos, special=True) == hf
     assert len(hf) > 20 and (hf[0] == 1) == (kind == "SentencePiece")
+    if kind == "Qwen BPE":
+        assert 2 in hf  # <|im_end|> as one control token by both
     # and back: control tokens are not printed
     plain = ROUND_TRIP_TEXT.replace("</s>", "")
     back = llm.detokenize(llm.tokenize(plain.encode(), add_bos=False, special=False)).decode()
     # SentencePiece's added prefix space comes back as a leading space from llama-cpp-python's detokenize
-    assert (back if kind == "byte-level BPE" else back.removeprefix(" ")) == plain
+    assert (back if byte_level else back.removeprefix(" ")) == plain
 
 
 def _without_tokenizer(base: Path) -> None:
@@ -199,6 +208,16 @@ BAD = {
     "vocabulary larger than the embedding": ("llama", {"vocab_size": 300}, None, ["--method", "yarn", "--factor", "4"],
                                              "embedding rows"),
     "llama3 on qwen2 (no rope_freqs)": ("qwen2", {}, None, ["--method", "llama3", "--factor", "4"], "rope_freqs"),
+    "qwen3 with an output-projection bias": ("qwen3", {"attention_bias": True}, None,
+                                             ["--method", "yarn", "--factor", "4"], "attention_bias"),
+    "olmo2 with a tied lm_head": ("olmo2", {"tie_word_embeddings": True}, None, ["--method", "yarn", "--factor", "4"],
+                                  "output matrix"),
+    "olmo2 with an output-projection bias": ("olmo2", {"attention_bias": True}, None,
+                                             ["--method", "yarn", "--factor", "4"], "attention_bias"),
+    "smollm3 with rope on every layer": ("smollm3", {"no_rope_layers": [1, 1, 1, 1]}, None,
+                                         ["--method", "yarn", "--factor", "4"], "no_rope_layers"),
+    "smollm3 with MLP biases": ("smollm3", {"mlp_bias": True}, None, ["--method", "yarn", "--factor", "4"],
+                                "mlp_bias"),
     "dynamic without --bake-at": ("llama", {}, None, ["--method", "dynamic", "--factor", "4"], "--bake-at"),
     "longrope below llama.cpp's 256-token step": ("llama", {}, None, ["--method", "longrope", "--factors", "LR",
                                                                      "--factor", "4"], "256"),
@@ -298,3 +317,104 @@ def test_float16_overflow_is_refused_not_written_as_inf(tmp_path, capsys):
     assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype", "bf16",
                    "--no-verify", "-o", tmp_path / "out", "-q") == 0
     assert torch.isfinite(weights["model.layers.0.mlp.down_proj.weight"]).all()
+
+
+# GGUF architectures whose GGUFs transformers reads (the retrofit's reference), each retrofitted from a converted
+# tiny model stripped of ropeconv's keys: what llama.cpp's own converter ships
+RETROFIT = ["qwen3"]
+
+
+@pytest.mark.parametrize("arch", RETROFIT)
+def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, tmp_path, arch, capsys):
+    import hashlib
+
+    first = tmp_path / "plain"
+    assert run_cli("extend", bases[arch], "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
+                   "-o", first, "--json", "-q") == 0
+    converted = first / json.loads(capsys.readouterr().out)["files"][0]
+    foreign = tmp_path / f"{arch}.gguf"
+    rewrite_gguf(read_gguf(converted), foreign, drop_keys={"ropeconv.plan", "ropeconv.base_path", "ropeconv.version"})
+    out = tmp_path / "yarn.gguf"
+    assert run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "--tokens", str(4 * ORIGINAL_CTX),
+                   "-o", out, "--json", "-q") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["passed"] and result["parity"]["runtime"] == "llama.cpp"
+    assert result["parity"]["last_position"] >= 3 * ORIGINAL_CTX
+    print(f"{arch} retrofit yarn ×4: max|Δlogit| {result['parity']['max_abs_logit']:.3g}")
+
+    def payload(path: Path) -> dict[str, str]:
+        src = read_gguf(path)
+        with open(path, "rb") as fh:
+            return {t.name: hashlib.sha256((fh.seek(t.offset), fh.read(t.nbytes))[1]).hexdigest() for t in src.tensors}
+
+    assert payload(out) == payload(foreign)  # every tensor byte kept
+    meta = read_gguf(out)
+    assert meta.value(f"{arch}.rope.scaling.type") == "yarn" and meta.value(f"{arch}.context_length") == 4 * ORIGINAL_CTX
+
+    stripped = strip_declaration(out)
+    assert run_cli("verify", stripped, "--base", foreign, "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "smollm3"])
+def test_gguf_retrofit_transformers_cannot_read_is_proven_against_its_hf_checkpoint(bases, tmp_path, arch, capsys):
+    """transformers reads no olmo2 or smollm3 GGUF: a retrofit cannot build its reference from the file, so it is
+    refused in one line unless --no-verify, and verify --base proves it against the HF checkpoint it came from."""
+    first = tmp_path / "plain"
+    assert run_cli("extend", bases[arch], "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
+                   "-o", first, "--json", "-q") == 0
+    converted = first / json.loads(capsys.readouterr().out)["files"][0]
+    foreign = tmp_path / f"{arch}.gguf"
+    rewrite_gguf(read_gguf(converted), foreign, drop_keys={"ropeconv.plan", "ropeconv.base_path", "ropeconv.version"})
+    out = tmp_path / "yarn.gguf"
+    before = listing(tmp_path)
+    assert_refused(capsys, run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "-o", out), out, before,
+                   mentions=(arch, "--no-verify"))
+    assert run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "--no-verify", "-o", out, "-q") == 0
+    capsys.readouterr()
+    assert run_cli("verify", out, "--base", bases[arch], "--tokens", str(4 * ORIGINAL_CTX), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["runtime"] == "llama.cpp" and report["last_position"] >= 3 * ORIGINAL_CTX
+    print(f"{arch} retrofit yarn ×4 (verify --base HF): max|Δlogit| {report['max_abs_logit']:.3g}")
+
+    stripped = strip_declaration(out)
+    assert run_cli("verify", stripped, "--base", bases[arch], "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1
+
+
+def test_phi3_with_a_byte_level_bpe_loads_in_llama_cpp(tmp_path, capsys):
+    """A Phi-4-style model (phi3 architecture, byte-level BPE without <unk>, <s>, </s>): llama.cpp applies Phi-3's
+    token rules to any model named phi3 and then cannot load the vocabulary, so the name it gets avoids that; the
+    GGUF loads, tokenizes as transformers does and is proven. Named phi3 again, the same file does not load."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from ropeconv.fixtures.tokenizers import PHI4_SPECIALS, add_byte_level_bpe
+    from gguf import GGUFValueType
+
+    base = add_byte_level_bpe(make_tiny(tmp_path, "phi3"), **PHI4_SPECIALS)  # folder tiny-phi3
+    out = tmp_path / "out"
+    assert run_cli("extend", base, "--method", "ntk", "--factor", "4", "--to", "gguf", "--outtype", "f32",
+                   "--tokens", str(4 * ORIGINAL_CTX), "-o", out, "--json", "-q") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["passed"] and result["parity"]["runtime"] == "llama.cpp"
+    print(f"phi3 byte-level BPE ntk ×4: max|Δlogit| {result['parity']['max_abs_logit']:.3g}")
+    gguf_file = out / result["files"][0]
+    src = read_gguf(gguf_file)
+    assert src.value("general.name") == "tiny-phi 3" and src.value("tokenizer.ggml.model") == "gpt2"
+
+    text = "<|im_start|>user\nThe lazy fox's 12345 naïve café 東京 🚀<|im_end|>"
+    hf = AutoTokenizer.from_pretrained(base)(text)["input_ids"]
+    llm = Llama(str(gguf_file), vocab_only=True, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=bool(src.value("tokenizer.ggml.add_bos_token", False)),
+                        special=True) == hf and 3 in hf and 2 in hf
+    del llm
+
+    named = tmp_path / "named.gguf"
+    rewrite_gguf(src, named, set_fields={"general.name": (GGUFValueType.STRING, "tiny-phi3")})
+    capsys.readouterr()
+    assert run_cli("verify", named, "--base", base, "--tokens", str(4 * ORIGINAL_CTX)) != 0
+    assert "unordered_map::at" in capsys.readouterr().err
+
+    before = listing(tmp_path)
+    assert_refused(capsys, run_cli("extend", base, "--method", "ntk", "--factor", "4", "--to", "gguf", "--name",
+                                   "Phi3-mini", "-o", tmp_path / "named-out"), tmp_path / "named-out", before,
+                   mentions=("--name", "phi3"))

@@ -17,8 +17,10 @@ TOKENS = str(4 * ORIGINAL_CTX)
 ALL_METHODS = ["linear", "ntk", "dynamic", "yarn", "longrope", "llama3", "freqs"]
 # transformers' Phi-3 accepts only default and longrope; freqs there must use its derived attention factor
 PHI3_METHODS = ["ntk", "longrope", "freqs"]
+# transformers 4.x's OLMo 2 config takes rope_scaling only as {type, factor} of type linear or dynamic
+METHODS = {"phi3": PHI3_METHODS, "olmo2": ["linear", "ntk", "dynamic"]}
 ROPE_ARCHS = sorted(a for a, spec in ARCHS.items() if spec.position == "rope")  # others: test_positions_alibi_abs
-CASES = [(a, m) for a in ROPE_ARCHS for m in (PHI3_METHODS if a == "phi3" else ALL_METHODS)]
+CASES = [(a, m) for a in ROPE_ARCHS for m in METHODS.get(a, ALL_METHODS)]
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +152,19 @@ def test_dynamic_baked_at_n_is_a_static_base_exact_at_n(bases, tmp_path):
         positions = torch.arange(n)[None]
         gap = (hf.logits(baked_model, ids[:, :n], positions) - hf.logits(dynamic_model, ids[:, :n], positions)).abs()
         assert (gap.max().item() < 1e-3) is same, (n, gap.max().item())
+
+
+@pytest.mark.parametrize("method", ["yarn", "llama3"])
+def test_olmo2_safetensors_refuses_what_transformers_4x_cannot_read(bases, tmp_path, method, capsys):
+    from conftest import assert_refused, listing
+
+    out = tmp_path / "out"
+    before = listing(tmp_path)
+    capsys.readouterr()
+    assert_refused(capsys, extend(bases["olmo2"], out, "olmo2", method), out, before, mentions=("olmo2", "4.x"))
+
+
+def test_olmo2_rope_scaling_is_the_two_keys_4x_accepts(bases, tmp_path):
+    out = tmp_path / "out"
+    assert extend(bases["olmo2"], out, "olmo2", "linear", "--no-verify") == 0
+    assert read_json(out / "config.json")["rope_scaling"] == {"type": "linear", "factor": 4.0}

@@ -81,6 +81,14 @@ _LLAMA = (
     T("lm_head.weight", "vocab, hidden", UNTIED),
 )
 _GQA = (("kv_heads", "heads"),)  # transformers repeats each key/value head heads/kv_heads times
+# Qwen3: q/k RMSNorm over each head (weights [head_dim]); Qwen3Config's head_dim defaults to 128
+_QWEN3_DIMS = tuple((n, Dim(("head_dim",), "128")) if n == "head_dim" else (n, d) for n, d in _LLAMA_DIMS)
+_QWEN3 = _LLAMA + (T(_L + "self_attn.q_norm.weight", "head_dim"), T(_L + "self_attn.k_norm.weight", "head_dim"))
+# OLMo 2: no norm before attention or MLP, norms after both; q/k RMSNorm over the whole projection
+_OLMO2 = tuple(t for t in _LLAMA if ".input_layernorm." not in t.name) + (
+    T(_L + "self_attn.q_norm.weight", "heads*head_dim"), T(_L + "self_attn.k_norm.weight", "kv_heads*head_dim"),
+    *_norm(_L + "post_feedforward_layernorm"),
+)
 _GEMMA_DIMS = tuple((n, Dim(("head_dim",), "256")) if n == "head_dim" else (n, d) for n, d in _LLAMA_DIMS)
 _H = "transformer.h.{i}."
 _NEOX = "gpt_neox.layers.{i}."
@@ -93,6 +101,9 @@ SHAPES: dict[str, FamilyShapes] = {
         FamilyShapes("llama", _LLAMA_DIMS, _LLAMA, _GQA),
         FamilyShapes("mistral", _LLAMA_DIMS, _LLAMA, _GQA),
         FamilyShapes("qwen2", _LLAMA_DIMS, _LLAMA, _GQA),
+        FamilyShapes("qwen3", _QWEN3_DIMS, _QWEN3, _GQA),
+        FamilyShapes("olmo2", _LLAMA_DIMS, _OLMO2, _GQA),
+        FamilyShapes("smollm3", _LLAMA_DIMS, _LLAMA, _GQA, tied_default=True),
         FamilyShapes("gemma", _GEMMA_DIMS, _LLAMA, _GQA, tied_default=True),
         FamilyShapes(
             "gemma2", _GEMMA_DIMS,

@@ -85,6 +85,13 @@ def _rope_config(
             f"--method {plan.method} on {arch.model_type}: transformers accepts only rope_type "
             f"{' or '.join(sorted(arch.hf_rope_types))} for this architecture; use --method longrope or freqs"
         )
+    two_keys = arch.hf4_two_key_types
+    if two_keys is not None and rope_type != "default" and rope_type not in two_keys:
+        raise UnsupportedError(
+            f"--method {plan.method} on {arch.model_type}: transformers 4.x's config accepts rope_scaling only as "
+            f"{{type, factor}} of type {' or '.join(sorted(two_keys))}, so a safetensors output would not load "
+            "there; use --method linear, ntk or dynamic, or --to gguf/onnx"
+        )
     cfg = copy.deepcopy(base)
     for key in _DROP + (arch.theta_key,) + ((arch.partial_key,) if arch.partial_key else ()):
         cfg.pop(key, None)
@@ -108,6 +115,8 @@ def _rope_config(
         cfg["original_max_position_embeddings"] = plan.original_ctx
         if legacy is not None:
             legacy = _strict_longrope(arch, plan, rope)
+    if two_keys is not None and legacy is not None:
+        legacy = {"type": rope_type, "factor": float(rope["factor"])}  # exactly the two keys 4.x accepts
     cfg["rope_scaling"] = legacy
     cfg["rope_parameters"] = params
     return cfg

@@ -27,7 +27,7 @@ from ropeconv.export.half import check_half
 from ropeconv.export.table import changes_table, output_entry
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
-from ropeconv.gguf_export.vocab import tokenizer_fields
+from ropeconv.gguf_export.vocab import general_name, tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
 from ropeconv.gguf_io.writer import ByteRange, GgufWriter, NewField, TensorInfo
 from ropeconv.positions import PositionPlan
@@ -144,17 +144,19 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     kv["vocab_size"] = ("u32", n_vocab)
     kv.update(declaration.kv)
 
+    vocab = tokenizer_fields(ckpt.path, n_vocab)
     fields = [
         NewField("general.architecture", GGUFValueType.STRING, arch_name),
         NewField("general.type", GGUFValueType.STRING, "model"),
-        NewField("general.name", GGUFValueType.STRING, name or ckpt.path.resolve().name),
+        NewField("general.name", GGUFValueType.STRING,
+                 general_name(name or ckpt.path.resolve().name, name is not None, vocab)),
         NewField("general.file_type", GGUFValueType.UINT32, FILE_TYPES[outtype]),
         NewField("general.quantization_version", GGUFValueType.UINT32, 2),
     ]
     for key, (kind, value) in kv.items():
         value = float(value) if kind == "f32" else int(value) if kind == "u32" else value
         fields.append(NewField(f"{arch_name}.{key}", VALUE_TYPES[kind], value))
-    fields += tokenizer_fields(ckpt.path, n_vocab)
+    fields += vocab
     fields += [NewField(key, *spec) for key, spec in provenance(plan, ckpt.path).items()]
 
     tensors = _plan_tensors(ckpt, layout, outtype, plan)

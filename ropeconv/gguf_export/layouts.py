@@ -5,6 +5,13 @@ what the name map cannot: the hyperparameter keys the llama.cpp loader reads, an
 rewrites its compute graph needs. Facts from the llama.cpp that llama-cpp-python vendors
 (src/models/<arch>.cpp and the matching conversion/<family>.py):
 
+- qwen3: q and k are RMS-normalized per head (attn_q_norm / attn_k_norm, [head_dim]) before rope, in
+  transformers and in llama.cpp's graph alike; head_dim is explicit (written as key/value_length);
+- olmo2: norms after attention and MLP only (attn_post_norm / ffn_post_norm), q/k norms over the whole
+  projection ([heads·head_dim]); its loader takes head_dim as hidden/heads, no output-projection bias and
+  always a separate output matrix;
+- smollm3: llama's layout (q/k rows permuted), and no rope on layers il with (il + 1) % 4 == 0: llama.cpp
+  fixes the step at 4 where transformers reads no_rope_layers; no output-projection or MLP biases;
 - llama: rope is applied to interleaved pairs (GGML_ROPE_TYPE_NORM) while transformers rotates the
   two halves of each head, so q/k rows are permuted within each head to keep the same math;
 - gptneox: transformers stores query_key_value per head as [q_h, k_h, v_h]; llama.cpp splits the
@@ -108,6 +115,9 @@ LAYOUTS: dict[str, GgufLayout] = {
         GgufLayout("llama", MODEL_ARCH.LLAMA, COMMON + RMS, ("silu",), permute_qk=True),
         GgufLayout("mistral", MODEL_ARCH.LLAMA, COMMON + RMS, ("silu",), permute_qk=True, no_sliding_window=True),
         GgufLayout("qwen2", MODEL_ARCH.QWEN2, COMMON + RMS, ("silu",), no_sliding_window=True),
+        # q/k norms per head (attn_q_norm/attn_k_norm, [head_dim]) before rope, as llama.cpp's qwen3 graph
+        GgufLayout("qwen3", MODEL_ARCH.QWEN3, COMMON + RMS, ("silu",), no_sliding_window=True,
+                   always_key_length=True),
         GgufLayout("phi3", MODEL_ARCH.PHI3, COMMON + RMS, ("silu",), no_sliding_window=True),
         GgufLayout(
             "gpt_neox", MODEL_ARCH.GPTNEOX,
@@ -117,6 +127,10 @@ LAYOUTS: dict[str, GgufLayout] = {
             ),
             ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"), qkv_per_head=True,
         ),
+        # post_attention_layernorm is attn_post_norm here (no attn_norm/ffn_norm); q/k norms over the projection
+        GgufLayout("olmo2", MODEL_ARCH.OLMO2, COMMON + RMS, ("silu",)),
+        # llama's interleaved rope pairs; no rope on every 4th layer, fixed in llama.cpp (see _smollm3_no_rope)
+        GgufLayout("smollm3", MODEL_ARCH.SMOLLM3, COMMON + RMS, ("silu",), permute_qk=True, no_sliding_window=True),
         GgufLayout("gemma", MODEL_ARCH.GEMMA, COMMON + RMS, ("gelu_pytorch_tanh", "gelu"), norm_plus_one=True,
                    output_is_embedding=True, always_key_length=True),
         GgufLayout(
@@ -203,8 +217,41 @@ def _mpt_softmax_scale(config: Config, head_dim: int) -> str | None:
     return None
 
 
+def _smollm3_no_rope(config: Config, head_dim: int) -> str | None:
+    layers = config.get("num_hidden_layers")
+    if not isinstance(layers, int):
+        return None
+    interval = config.get("no_rope_layer_interval", 4)
+    declared = config.get("no_rope_layers")
+    if declared is None and isinstance(interval, int) and interval > 0:  # transformers' SmolLM3Config default
+        declared = [int((i + 1) % interval != 0) for i in range(layers)]
+    fixed = [int((i + 1) % 4 != 0) for i in range(layers)]
+    if declared is not None and [int(bool(x)) for x in declared] != fixed:
+        return "no_rope_layers other than every 4th layer: llama.cpp's smollm3 drops rope on every 4th layer exactly"
+    return None
+
+
 # config switches transformers honours and llama.cpp's graph for the arch does not (reason, or None)
 _GRAPH_CHECKS: dict[str, tuple[Callable[[Config, int], str | None], ...]] = {
+    "olmo2": (
+        lambda c, d: "attention_bias: llama.cpp's olmo2 graph has no output-projection bias"
+        if c.get("attention_bias") else None,
+        lambda c, d: "tied lm_head: llama.cpp's olmo2 reads a separate output matrix"
+        if c.get("tie_word_embeddings") else None,
+        lambda c, d: f"head_dim {d} ≠ hidden_size/num_attention_heads: llama.cpp's olmo2 takes heads that wide"
+        if isinstance(c.get("hidden_size"), int) and isinstance(c.get("num_attention_heads"), int)
+        and d != c["hidden_size"] // c["num_attention_heads"] else None,
+    ),
+    "smollm3": (
+        _smollm3_no_rope,
+        lambda c, d: "attention_bias: llama.cpp's smollm3 graph has no output-projection bias"
+        if c.get("attention_bias") else None,
+        lambda c, d: "mlp_bias: llama.cpp's smollm3 loads no MLP biases" if c.get("mlp_bias") else None,
+    ),
+    "qwen3": (
+        lambda c, d: "attention_bias: llama.cpp's qwen3 graph has no output-projection bias"
+        if c.get("attention_bias") else None,
+    ),
     "gpt2": (
         lambda c, d: None if c.get("scale_attn_weights", True) else
         "scale_attn_weights false: llama.cpp always scales attention by 1/sqrt(head_dim)",

@@ -151,3 +151,29 @@ def _read_tokenizer_json(base: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a tokenizer (expected a JSON object)")
     return data
+
+
+# llama.cpp's vocabulary loader (llama-vocab.cpp, "set attributes by model/tokenizer/architecture name") gives
+# Phi-3's SentencePiece tokens their strip flags in any model whose general.name contains one of these, looking
+# each token up by its text: a vocabulary without one of them (Phi-4's byte-level BPE has no <unk>, <s>, </s>)
+# then fails to load with "unordered_map::at"
+PHI3_NAMES = ("phi-3", "phi3")
+PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def general_name(name: str, explicit: bool, fields: list[NewField]) -> str:
+    """general.name as llama.cpp can load it: a name llama.cpp would take for Phi-3's (when the vocabulary lacks
+    the tokens that rule looks up) loses its hyphen-or-nothing between "phi" and "3", e.g. tiny-phi3 → tiny-phi 3;
+    an explicit --name of that kind is refused instead of rewritten."""
+    import re
+
+    if not any(n in name.lower() for n in PHI3_NAMES):
+        return name
+    tokens = next((f.value for f in fields if f.key == "tokenizer.ggml.tokens"), None)
+    missing = [t for t in PHI3_TOKENS if tokens is not None and t not in set(tokens)]
+    if not missing:
+        return name
+    if explicit:
+        raise InputError(f"--name {name[:60]!r}: llama.cpp applies Phi-3's token rules to a model named phi3 or phi-3 "
+                         f"and cannot load this vocabulary then (no {', '.join(missing)}); choose another name")
+    return re.sub(r"(?i)(phi)-?(3)", r"\1 \2", name)

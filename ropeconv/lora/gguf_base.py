@@ -21,7 +21,7 @@ from ropeconv.lora.merge import LoraMerge, plan_merge
 
 G = GGMLQuantizationType
 FLOAT_TYPES = {G.F32: "F32", G.F16: "F16", G.BF16: "BF16"}
-PERMUTED_QK = {"llama"}  # GGUF architectures whose q/k rows llama.cpp's converter permutes
+PERMUTED_QK = {"llama", "smollm3"}  # GGUF architectures whose q/k rows llama.cpp's converter permutes
 
 
 @dataclass(frozen=True)

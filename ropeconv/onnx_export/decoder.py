@@ -63,6 +63,7 @@ class DecoderDims:
     residual_from_norm: bool = False  # bloom apply_residual_connection_post_layernorm
     final_norm: bool = True  # opt: none after post-norm blocks or with _remove_final_layer_norm
     clip_qkv: float | None = None  # mpt: the fused projection clamped to ±clip_qkv
+    rope_layers: tuple[bool, ...] | None = None  # smollm3: per layer, whether q/k are rotated (None: all are)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,13 @@ class _Decoder:
         split = lambda y, n: g.op("Reshape", [y, g.ints(0, 0, n, d.head_dim)])  # noqa: E731
         if self.layout.qkv_split == "separate":
             q, k, v = (self.proj(x, n) for n in names)
-            return split(q, d.heads), split(k, d.heads_kv), split(v, d.heads_kv)
+            norms = self.layout.qk_norm and tuple(prefix + n for n in self.layout.qk_norm)
+            if norms and not self.layout.qk_norm_per_head:  # olmo2: over the whole projection, before the split
+                q, k = self.norm(q, norms[0]), self.norm(k, norms[1])
+            q, k, v = split(q, d.heads), split(k, d.heads_kv), split(v, d.heads_kv)
+            if norms and self.layout.qk_norm_per_head:  # qwen3: over each head's last axis
+                q, k = self.norm(q, norms[0]), self.norm(k, norms[1])
+            return q, k, v
         fused = self.proj(x, names[0])
         if d.clip_qkv:
             fused = g.op("Clip", [fused, self.c(-d.clip_qkv), self.c(d.clip_qkv)])
@@ -243,7 +250,7 @@ class _Decoder:
 
     def attention(self, x: str, i: int, prefix: str, masks: dict) -> str:
         q, k, v = self.qkv(x, prefix)
-        if self.rope:
+        if self.rope and (self.dims.rope_layers is None or self.dims.rope_layers[i]):
             q, k = self.rotate(q, *self.rope), self.rotate(k, *self.rope)
         out = self.fused_attention(q, k, v, i) if self.fused else self.plain_attention(q, k, v, i, masks)
         return self.proj(out, prefix + self.layout.o_proj)
@@ -390,7 +397,7 @@ class _Decoder:
         if d.post_norm:  # OPT 350m: x = norm(x + f(x)) for attention, then the MLP
             h = self.norm(g.op("Add", [h, self.attention(h, i, p, masks)]), p + lay.attn_norm)
             return self.norm(g.op("Add", [h, self.mlp(h, p)]), p + lay.mlp_norm)
-        normed = self.norm(h, p + lay.attn_norm)
+        normed = self.norm(h, p + lay.attn_norm) if lay.attn_norm else h
         attn = self.attention(normed, i, p, masks)
         if lay.post_attn_norm:
             attn = self.norm(attn, p + lay.post_attn_norm)
@@ -398,7 +405,7 @@ class _Decoder:
             mlp = self.mlp(self.norm(h, p + lay.mlp_norm), p)
             return g.op("Add", [g.op("Add", [mlp, attn]), h])
         h = g.op("Add", [normed if d.residual_from_norm else h, attn])
-        normed = self.norm(h, p + lay.mlp_norm)
+        normed = self.norm(h, p + lay.mlp_norm) if lay.mlp_norm else h
         mlp = self.mlp(normed, p)
         if lay.post_mlp_norm:
             mlp = self.norm(mlp, p + lay.post_mlp_norm)

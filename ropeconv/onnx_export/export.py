@@ -40,7 +40,7 @@ FUSED_ATTENTION = "com.microsoft.GroupQueryAttention (fused, memory linear in th
 PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total scores per call)"
 IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
-               "gemma2": "gemma2"}  # onnxruntime-genai model types (it has none for gpt_neox)
+               "gemma2": "gemma2", "qwen3": "qwen3", "smollm3": "smollm3"}  # onnxruntime-genai model types (it has none for gpt_neox)
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,9 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
     n_layers = int(cfg.num_hidden_layers)
     window = getattr(cfg, "sliding_window", None)
     layer_types = getattr(cfg, "layer_types", None)
-    if layout.sliding_all_layers:
+    if getattr(cfg, "use_sliding_window", True) is False:  # smollm3 keeps sliding_window set when it is off
+        windows = (None,) * n_layers
+    elif layout.sliding_all_layers:
         windows = (window,) * n_layers
     elif layer_types:
         windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
@@ -244,6 +246,7 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         residual_from_norm=bool(getattr(cfg, layout.residual_norm_key)) if layout.residual_norm_key else False,
         final_norm=not post_norm and not getattr(cfg, "_remove_final_layer_norm", False),
         clip_qkv=float(_attn_config(cfg, "clip_qkv")) if _attn_config(cfg, "clip_qkv") else None,
+        rope_layers=tuple(bool(x) for x in getattr(cfg, layout.rope_layers_key)) if layout.rope_layers_key else None,
     )
 
 
@@ -307,6 +310,8 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
                 norm(p + n)
         for n in layout.qkv + (layout.o_proj,) + layout.mlp:
             linear(p + n, conv1d=layout.conv1d)
+        for n in layout.qk_norm or ():
+            need(f"{p}{n}.weight", "vector")
     if dims.final_norm:
         norm(layout.final_norm)
     if not tied:

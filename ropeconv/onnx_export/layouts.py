@@ -4,6 +4,12 @@ Facts from transformers 5.23's models/<family>/modeling_<family>.py:
 - llama/mistral/qwen2: pre-norm RMSNorm blocks, separate q/k/v projections (qwen2 with biases),
   SwiGLU MLP; mistral and phi3 attend through `sliding_window` on every layer when it is set, qwen2
   and gemma2 on the layers `layer_types` marks "sliding_attention";
+- qwen3: qwen2's blocks (no q/k/v bias by default) with q and k RMS-normalized over each head
+  (self_attn.q_norm / k_norm, weights [head_dim]) after the split into heads and before rope;
+- olmo2: no norm before attention or MLP, RMSNorm after each (post_attention_layernorm,
+  post_feedforward_layernorm) before its residual add; q and k RMS-normalized over the whole projection
+  (weights [heads·head_dim]) before the split into heads;
+- smollm3: llama's blocks; layers whose entry in no_rope_layers is 0 attend without rope (NoPE);
 - phi3: fused qkv_proj split as [q | k | v] and fused gate_up_proj split as [gate | up];
 - gpt_neox: LayerNorm with bias, fused query_key_value laid out per head as [q_h | k_h | v_h],
   partial rotary, plain GELU MLP, parallel residual (`use_parallel_residual`);
@@ -40,14 +46,19 @@ class OnnxLayout:
     final_norm: str
     lm_head: str
     norm: str  # "rms", "rms_plus_one" (gemma), "layer" (LayerNorm with bias) or "layer_no_bias" (mpt)
-    attn_norm: str
-    mlp_norm: str
+    attn_norm: str | None  # None: no norm before attention (olmo2)
+    mlp_norm: str | None
     qkv: tuple[str, ...]  # (q, k, v) projections, or one fused projection
     qkv_split: str  # "separate", "fused" ([q | k | v]) or "per_head" ([q_h | k_h | v_h] per head)
     o_proj: str
     mlp: tuple[str, ...]  # (gate, up, down), (gate_up, down) or (up, down)
     mlp_kind: str  # "gated", "gated_fused" or "plain"
     activation_key: str = "hidden_act"
+    # q/k RMSNorm before rope: (q norm, k norm), over each head (qwen3, weights [head_dim]) or over the whole
+    # projection before it is split into heads (olmo2, weights [heads·head_dim])
+    qk_norm: tuple[str, str] | None = None
+    qk_norm_per_head: bool = False
+    rope_layers_key: str | None = None  # smollm3: config list, 1 where a layer rotates q/k, 0 where it does not
     post_attn_norm: str | None = None  # gemma2 sandwich norms
     post_mlp_norm: str | None = None
     parallel_residual_key: str | None = None  # gpt_neox
@@ -86,6 +97,7 @@ LAYOUTS: dict[str, OnnxLayout] = {
         OnnxLayout("llama", **_LLAMA),
         OnnxLayout("mistral", **_LLAMA, sliding_all_layers=True),
         OnnxLayout("qwen2", **_LLAMA),
+        OnnxLayout("qwen3", **_LLAMA, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
         OnnxLayout("phi3", **dict(_LLAMA, qkv=("self_attn.qkv_proj",), qkv_split="fused",
                                   mlp=("mlp.gate_up_proj", "mlp.down_proj"), mlp_kind="gated_fused"),
                    sliding_all_layers=True),
@@ -130,6 +142,9 @@ LAYOUTS: dict[str, OnnxLayout] = {
             position="absolute", query_prescaled=True, post_norm_key="do_layer_norm_before",
             project=("model.decoder.project_in", "model.decoder.project_out"), optional_prefix="model.",
         ),
+        OnnxLayout("olmo2", **dict(_LLAMA, attn_norm=None, mlp_norm=None), post_attn_norm="post_attention_layernorm",
+                   post_mlp_norm="post_feedforward_layernorm", qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
+        OnnxLayout("smollm3", **_LLAMA, rope_layers_key="no_rope_layers"),
         OnnxLayout("gemma", **_GEMMA),
         OnnxLayout("gemma2", **dict(_GEMMA, mlp_norm="pre_feedforward_layernorm", activation_key="hidden_activation"),
                    post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",

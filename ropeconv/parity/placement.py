@@ -206,13 +206,38 @@ def _device_of(name: str, device_map: dict[str, Any]) -> Any:
     return device_map.get(best, "cpu")
 
 
+def _gguf_config(directory: Path, gguf_file: str):
+    """transformers' config of a GGUF, with the head width the file states: transformers maps no
+    attention.key_length for some architectures (qwen3) and would take its config default (128) instead."""
+    from transformers import AutoConfig
+
+    from ropeconv.gguf_io.reader import read_gguf
+
+    src = read_gguf(Path(directory) / gguf_file)
+    arch = src.value("general.architecture")
+    try:
+        config = AutoConfig.from_pretrained(directory, gguf_file=gguf_file)
+    except ValueError as exc:
+        if "not supported" not in str(exc):
+            raise
+        from ropeconv.errors import UnsupportedError
+
+        raise UnsupportedError(f"transformers reads no {str(arch)[:40]} GGUF, so the reference that proves this one "
+                               "cannot be built from it: prove it against its HF checkpoint (extend that with --to "
+                               "gguf, or verify --base HF_DIR), or pass --no-verify") from None
+    key_length = src.value(f"{arch}.attention.key_length")
+    if isinstance(key_length, int) and getattr(config, "head_dim", key_length) != key_length:
+        config.head_dim = key_length
+    return config
+
+
 def skeleton(directory: Path, gguf_file: str | None = None) -> "nn.Module":
     """The model with float32 meta tensors: what the planner weighs, no weights read."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(directory, **({"gguf_file": gguf_file} if gguf_file else {}))
+    config = _gguf_config(directory, gguf_file) if gguf_file else AutoConfig.from_pretrained(directory)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.tie_weights()
@@ -250,6 +275,7 @@ def load_placed(path: Path, device: "torch.device", placement: Placement | None 
     kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": plan.device_map}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+        kwargs["config"] = _gguf_config(directory, gguf_file)
     if placement.caps:
         from ropeconv.parity.allocator import return_freed_memory
 
