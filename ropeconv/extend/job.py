@@ -10,15 +10,16 @@ from typing import Any
 from ropeconv.errors import InputError, ParityError
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES
 from ropeconv.export.staging import check_target
+from ropeconv.formats import FORMATS as REGISTRY, is_gguf
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import ParityReport, Tolerance, pick_device
 from ropeconv.parity.placement import Placement, check_fits, parse_max_memory
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
 
-FORMATS = ("safetensors", "gguf", "onnx")  # the matrix's columns
-HF_FORMATS = ("safetensors", "gguf", "onnx")  # what a HuggingFace base can be written as
-GGUF_FORMATS = ("gguf",)  # a GGUF base is retrofitted in place of format conversion
+FORMATS = tuple(REGISTRY)  # the matrix's columns
+HF_FORMATS = FORMATS  # what a HuggingFace base can be written as
+GGUF_FORMATS = tuple(f.name for f in REGISTRY.values() if f.from_gguf)  # retrofitted in place of a conversion
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,6 @@ class ExtendResult:
     files: tuple[str, ...]
     parity: ParityReport | None
     reports: tuple[ParityReport, ...] = ()
-
-
-def is_gguf(path: Path) -> bool:
-    return Path(path).suffix == ".gguf"
 
 
 def parse_formats(text: str | None, base: Path) -> tuple[str, ...]:
