@@ -114,9 +114,6 @@ GGUF_ARCHS: dict[str, GgufArchSpec] = {
         GgufArchSpec("gpt2", position="absolute"),
     )
 }
-# transformers model_type → GGUF architecture (Mistral is written as LLAMA, as llama.cpp's converter does)
-HF_TO_GGUF = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "phi3": "phi3", "gpt_neox": "gptneox",
-              "gemma": "gemma", "gemma2": "gemma2", "bloom": "bloom", "mpt": "mpt", "gpt2": "gpt2"}
 
 
 def gguf_arch_for(name: str | None) -> GgufArchSpec:

@@ -79,7 +79,7 @@ def verify_output(
     elif lora_found is None:
         raise InputError(f"{out}: a LoRA adapter it merged is missing or changed: "
                          f"{', '.join(str(a.get('path')) for a in recorded_lora)}")
-    from ropeconv.pipeline import gguf_twin, onnx_twin
+    from ropeconv.extend.from_hf import gguf_twin, onnx_twin
 
     refuse_pickle(Path(base), allow_pickle, "the base")
     if "safetensors" in formats:
@@ -143,7 +143,8 @@ def _merge(adapters: list, base: Path, allow_pickle: bool = False):
 
 def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict,
                  allow_pickle) -> ParityReport:
-    from ropeconv.retrofit import recorded, verify_gguf_file
+    from ropeconv.extend.from_gguf import verify_gguf_file
+    from ropeconv.provenance.gguf import recorded
 
     plan, recorded_base = recorded(out)
     if base is None:
@@ -156,7 +157,7 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
     refuse_pickle(Path(base), allow_pickle, "the base")
     from ropeconv import jsontext
     from ropeconv.gguf_io.reader import read_gguf
-    from ropeconv.retrofit import LORA_KEY
+    from ropeconv.provenance import LORA_KEY
 
     lora = None
     in_file = read_gguf(out).value(LORA_KEY)  # a retrofit records its adapters in the file
@@ -182,8 +183,8 @@ def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, prog
     above it, whose safetensors are byte copies of the base's."""
     from ropeconv.checkpoint.hf import read_config
     from ropeconv.onnx_export.metadata import read_plan
-    from ropeconv.pipeline import onnx_twin, vocab_size
-    from ropeconv.retrofit import BASE_KEY, PLAN_KEY
+    from ropeconv.extend.from_hf import onnx_twin, vocab_size
+    from ropeconv.provenance import BASE_KEY, PLAN_KEY
 
     plan, props = read_plan(model)
     if plan is None:

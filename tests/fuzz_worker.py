@@ -167,8 +167,8 @@ def check_gguf(path: Path) -> dict:
 def plan_retrofit(path: Path) -> str:
     from ropeconv.errors import InputError
     from ropeconv.methods.base import ExtendRequest
-    from ropeconv.pipeline import ExtendJob
-    from ropeconv.retrofit import prepare_gguf
+    from ropeconv.extend.from_gguf import prepare as prepare_gguf
+    from ropeconv.extend.job import ExtendJob
 
     job = ExtendJob(base=path, method="yarn", request=ExtendRequest(factor=2.0), out=path.with_name("out.gguf"),
                     formats=("gguf",), rebase=True, verify=False)
@@ -303,7 +303,8 @@ def check_checkpoint(path: Path) -> dict:
     from ropeconv.checkpoint import load_checkpoint
     from ropeconv.errors import InputError
     from ropeconv.methods.base import ExtendRequest
-    from ropeconv.pipeline import ExtendJob, prepare
+    from ropeconv.extend.from_hf import prepare
+    from ropeconv.extend.job import ExtendJob
 
     outcome = {}
     try:
@@ -377,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     import ropeconv.cli.main  # noqa: F401
     import ropeconv.checkpoint.gguf_scheme  # noqa: F401
     import ropeconv.cli.inspect  # noqa: F401
-    import ropeconv.pipeline  # noqa: F401
-    import ropeconv.retrofit  # noqa: F401
+    import ropeconv.extend.from_gguf  # noqa: F401
+    import ropeconv.extend.from_hf  # noqa: F401
     from ropeconv.cli.inspect import inspect
     from ropeconv.cli.main import cli
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import run_cli
 from ropeconv import methods
 from ropeconv.capabilities import format_markdown
-from ropeconv.pipeline import FORMATS
+from ropeconv.extend.job import FORMATS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

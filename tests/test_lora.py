@@ -222,7 +222,7 @@ def test_gguf_base_float_tensors_merged(llama, adapter, tmp_path, capsys):
     file checked without the merge fails."""
     from ropeconv.gguf_io.reader import read_gguf
     from ropeconv.gguf_io.writer import rewrite_gguf
-    from ropeconv.retrofit import LORA_KEY
+    from ropeconv.provenance import LORA_KEY
 
     base = _gguf_base(llama, tmp_path, "f32")
     out = tmp_path / "out.gguf"

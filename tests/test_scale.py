@@ -214,7 +214,8 @@ def test_chunked_prefill_equals_one_shot_from_position_0_to_4x(yarn_out, monkeyp
     from ropeconv.parity.probe import plan_passes, probe_ids
     from ropeconv.parity.reference import load_reference
     from ropeconv.parity.runtimes import hf, ort
-    from ropeconv.pipeline import prepare, ExtendJob
+    from ropeconv.extend.from_hf import prepare
+    from ropeconv.extend.job import ExtendJob
     from ropeconv.methods.base import ExtendRequest
 
     base, out = yarn_out

@@ -5,35 +5,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gguf import GGUFValueType
-
-from ropeconv import jsontext
 from ropeconv.archs import GgufArchSpec, gguf_arch_for
-from ropeconv.errors import DamagedPlan, InputError
-from ropeconv.gguf_io.reader import GgufFile
+from ropeconv.errors import InputError
+from ropeconv.gguf_io.reader import GgufFile, scalar
 from ropeconv.positions import RopeScheme
+from ropeconv.provenance.gguf import recorded_plan_json
 
 # tensors that carry a rope extension in llama.cpp
 CARRIER_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
-PLAN_KEY = "ropeconv.plan"  # the plan a ropeconv GGUF carries (written by ropeconv.retrofit.provenance)
-MAX_PLAN_BYTES = 1 << 20  # a plan is a few kilobytes (LongRoPE: two factor lists)
-MAX_SCALAR_BYTES = 8 + 256  # a rope.scaling.* value: a number or a short type name
 
 
 def gguf_arch(src: GgufFile) -> GgufArchSpec:
     return gguf_arch_for(src.value("general.architecture"))
-
-
-def scalar(src: GgufFile, key: str, default: Any = None) -> Any:
-    """A key llama.cpp reads as one value: refused when the file holds an array (or an outsized string) there,
-    before it is decoded."""
-    f = src.field(key)
-    if f is None:
-        return default
-    if f.value_type == GGUFValueType.ARRAY or f.value_bytes > MAX_SCALAR_BYTES:
-        raise InputError(f"{src.path}: {key} must be a single value, got "
-                         f"{'an array' if f.value_type == GGUFValueType.ARRAY else f'{f.value_bytes} bytes'}")
-    return f.value
 
 
 def existing_scaling(src: GgufFile, arch: GgufArchSpec) -> dict[str, Any] | None:
@@ -99,22 +82,6 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
         declared_ctx=context,
         existing_scaling=existing,
     )
-
-
-def recorded_plan_json(src: GgufFile) -> dict[str, Any] | None:
-    """The ropeconv.plan a ropeconv GGUF carries, as JSON; None when absent, DamagedPlan when unreadable."""
-    field = src.field(PLAN_KEY)
-    if field is None:
-        return None
-    if field.value_type != GGUFValueType.STRING or field.value_bytes > MAX_PLAN_BYTES:
-        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged (not a JSON string of at most {MAX_PLAN_BYTES} bytes)")
-    try:
-        plan = jsontext.loads(field.value, PLAN_KEY)
-    except InputError as exc:
-        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged ({exc})") from None
-    if not isinstance(plan, dict):
-        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged (a {type(plan).__name__}, not a plan)")
-    return plan
 
 
 def _recorded_plan(src: GgufFile) -> dict[str, Any] | None:

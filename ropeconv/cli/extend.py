@@ -16,7 +16,9 @@ from ropeconv.onnx_export.export import DTYPES
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
 from ropeconv.parity.placement import parse_max_memory
-from ropeconv.pipeline import ExtendJob, parse_formats, prepare, run
+from ropeconv.extend import from_gguf, from_hf
+from ropeconv.extend.dispatch import run
+from ropeconv.extend.job import ExtendJob, parse_formats
 from ropeconv.progress import Progress
 
 EPILOG = """\b
@@ -187,9 +189,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
 
         saved = recipe_text(job, save_recipe, max_shard_size)
     if dry_run and str(base).endswith(".gguf"):
-        from ropeconv.retrofit import prepare_gguf
-
-        g = prepare_gguf(job)
+        g = from_gguf.prepare(job)
         if saved is not None:
             write_recipe(save_recipe, saved)
         data = {"plan": g.plan.to_json(), "set": {k: v[1] for k, v in g.set_fields.items()},
@@ -203,7 +203,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
                        + "; nothing written (--dry-run)")
         return 0
     if dry_run:
-        prepared = prepare(job)
+        prepared = from_hf.prepare(job)
         if saved is not None:
             write_recipe(save_recipe, saved)
         data = {"plan": prepared.plan.to_json(), "config": prepared.hf_config, "out": str(out)}

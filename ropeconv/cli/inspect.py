@@ -91,9 +91,9 @@ def inspect(path: Path, as_json: bool) -> int:
 
 def _inspect_onnx(path: Path, as_json: bool) -> int:
     from ropeconv.errors import DamagedPlan, InputError
-    from ropeconv.onnx_export.export import ATTENTION_KEY, DTYPE_KEY, position_math
+    from ropeconv.onnx_export.export import position_math
     from ropeconv.onnx_export.metadata import read_metadata, read_plan
-    from ropeconv.retrofit import BASE_KEY
+    from ropeconv.provenance import ATTENTION_KEY, BASE_KEY, DTYPE_KEY
 
     if not path.is_file():
         raise InputError(f"{path}: not found")
@@ -138,7 +138,7 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
     from ropeconv.checkpoint.gguf_scheme import read_gguf_scheme
     from ropeconv.errors import DamagedPlan, InputError
     from ropeconv.gguf_io.reader import read_gguf
-    from ropeconv.retrofit import recorded_plan
+    from ropeconv.provenance.gguf import recorded_plan
 
     src = read_gguf(path)
     s = read_gguf_scheme(src)

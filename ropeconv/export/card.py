@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ropeconv.errors import InputError
+from ropeconv.formats import FORMATS
 from ropeconv.jsontext import printable
 from ropeconv.positions import LengthRule, PositionPlan
 
@@ -118,7 +119,7 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
 
 _TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
 # the Hub's library per format (what it shows and filters by); the first format written decides
-LIBRARIES = {"safetensors": "transformers", "gguf": "gguf", "onnx": "onnx"}
+LIBRARIES = {f.name: f.library for f in FORMATS.values()}  # in the registry's order: the first written names it
 # what carries over from the base's card (not its base_model: that names the base's own parent)
 _FROM_BASE = ("license", "license_name", "license_link", "language")
 

@@ -28,9 +28,10 @@ from typing import Iterator
 
 from ropeconv.errors import InputError
 from ropeconv.files import kind_of
+from ropeconv.provenance import PLAN_KEY, VERSION_KEY
 
 MANIFEST = "manifest.json"  # ropeconv.manifest.MANIFEST_NAME (that module sits above this one)
-GGUF_PROVENANCE = ("ropeconv.plan", "ropeconv.version")  # retrofit.PLAN_KEY, VERSION_KEY: every GGUF ropeconv writes
+GGUF_PROVENANCE = (PLAN_KEY, VERSION_KEY)  # every GGUF ropeconv writes carries them
 SHOWN = 3  # names quoted in a refusal before "and N more"
 
 _held: dict[str, int] = {}  # targets this process holds the lock of (recipe run → extend take it twice)

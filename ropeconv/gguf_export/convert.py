@@ -26,12 +26,13 @@ from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.half import check_half
 from ropeconv.export.table import changes_table, output_entry
 from ropeconv.gguf_export import quantize as llama_quantize
+from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks
 from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
 from ropeconv.gguf_export.vocab import general_name, tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
-from ropeconv.gguf_io.writer import ByteRange, GgufWriter, NewField, TensorInfo
+from ropeconv.gguf_io.writer import VALUE_TYPES, ByteRange, GgufWriter, NewField, TensorInfo
 from ropeconv.positions import PositionPlan
-from ropeconv.retrofit import VALUE_TYPES, provenance
+from ropeconv.provenance import provenance
 
 G = GGMLQuantizationType
 OUTTYPES = {"f32": G.F32, "f16": G.F16, "bf16": G.BF16, "q8_0": G.Q8_0}  # written by ropeconv
@@ -157,7 +158,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
         value = float(value) if kind == "f32" else int(value) if kind == "u32" else value
         fields.append(NewField(f"{arch_name}.{key}", VALUE_TYPES[kind], value))
     fields += vocab
-    fields += [NewField(key, *spec) for key, spec in provenance(plan, ckpt.path).items()]
+    fields += [NewField(key, GGUFValueType.STRING, value) for key, value in provenance(plan, ckpt.path).items()]
 
     tensors = _plan_tensors(ckpt, layout, outtype, plan)
     carriers = tuple((name, np.asarray(values, dtype=np.float32)) for name, values in declaration.tensors.items())
@@ -354,21 +355,3 @@ class GgufConversion:
         from gguf.quants import quantize
 
         return quantize(tensor.to(torch.float32).numpy(), kind)
-
-
-def permute_pairs(w, heads: int):
-    """transformers rotates (x_i, x_{i+d/2}); llama.cpp's NORM rope rotates (x_{2i}, x_{2i+1}): reorder each
-    head's rows so row 2i holds HF row i and row 2i+1 holds HF row i + d/2."""
-    rows = w.shape[0]
-    if rows % (2 * heads):
-        raise InputError(f"cannot split {rows} q/k rows into {heads} heads of rotary pairs")
-    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def qkv_blocks(w, heads: int):
-    """GPT-NeoX's fused [q_h, k_h, v_h] per head ─► [all q; all k; all v] as llama.cpp's gptneox splits it."""
-    rows = w.shape[0]
-    if rows % (3 * heads):
-        raise InputError(f"cannot split {rows} fused qkv rows into {heads} heads")
-    per_head = w.reshape(heads, 3, rows // heads // 3, *w.shape[1:])
-    return per_head.transpose(0, 1).reshape(w.shape)

@@ -48,6 +48,7 @@ MIN_KV_BYTES = 8 + 1 + 4 + 1
 MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 4 + 8
 ALIGNMENT_KEY = "general.alignment"
 ARCH_KEY = "general.architecture"
+MAX_SCALAR_BYTES = 8 + 256  # a value llama.cpp reads as one: a number or a short type name
 
 SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b",
@@ -82,6 +83,18 @@ class GgufField:
     def value(self) -> object:
         """str, int, float, bool, or a list of them; decoded on first use."""
         return _decode(self.raw, self.value_at, self.value_type, self.item_type, self.count)
+
+
+def scalar(src: "GgufFile", key: str, default: object = None) -> object:
+    """A key llama.cpp reads as one value: refused when the file holds an array (or an outsized string) there,
+    before it is decoded."""
+    f = src.field(key)
+    if f is None:
+        return default
+    if f.value_type == GGUFValueType.ARRAY or f.value_bytes > MAX_SCALAR_BYTES:
+        raise InputError(f"{src.path}: {key} must be a single value, got "
+                         f"{'an array' if f.value_type == GGUFValueType.ARRAY else f'{f.value_bytes} bytes'}")
+    return f.value
 
 
 def _decode(raw, at: int, value_type: GGUFValueType, item_type: GGUFValueType | None, count: int) -> object:

@@ -53,6 +53,11 @@ NUMPY_TO_GGML = {
 }  # fmt: skip
 
 
+# the value kinds methods' GGUF declarations and the layouts' hparams name
+VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING,
+               "bool": GGUFValueType.BOOL}
+
+
 @dataclass(frozen=True)
 class NewField:
     """A KV pair to serialize (as opposed to a GgufField copied verbatim)."""

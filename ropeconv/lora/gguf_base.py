@@ -15,13 +15,17 @@ from gguf import MODEL_ARCH_NAMES, GGMLQuantizationType, get_tensor_name_map
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.gguf_export.layouts import LAYOUTS
+from ropeconv.gguf_export.row_order import permute_pairs, unpermute_pairs
 from ropeconv.gguf_io.reader import GgufFile, GgufTensor
 from ropeconv.lora.adapter import Adapter
 from ropeconv.lora.merge import LoraMerge, plan_merge
 
 G = GGMLQuantizationType
 FLOAT_TYPES = {G.F32: "F32", G.F16: "F16", G.BF16: "BF16"}
-PERMUTED_QK = {"llama", "smollm3"}  # GGUF architectures whose q/k rows llama.cpp's converter permutes
+# GGUF architectures whose q/k rows llama.cpp's converter permutes (llama), whose fused qkv it regroups (gptneox)
+PERMUTED_QK = frozenset(MODEL_ARCH_NAMES[layout.arch] for layout in LAYOUTS.values() if layout.permute_qk)
+REGROUPED_QKV = frozenset(MODEL_ARCH_NAMES[layout.arch] for layout in LAYOUTS.values() if layout.qkv_per_head)
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,6 @@ class GgufLora:
 
         import torch
 
-        from ropeconv.gguf_export.convert import permute_pairs
-
         dtype = {G.F32: torch.float32, G.F16: torch.float16, G.BF16: torch.bfloat16}[t.ggml_type]
         fd = os.open(t.file, os.O_RDONLY)
         try:
@@ -54,12 +56,6 @@ class GgufLora:
         if heads:
             merged = permute_pairs(merged, heads)
         return merged.contiguous().view(torch.uint8).numpy()
-
-
-def unpermute_pairs(w, heads: int):
-    """The inverse of gguf_export.convert.permute_pairs."""
-    rows = w.shape[0]
-    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def plan_gguf_lora(src: GgufFile, adapters: Sequence[Adapter]) -> GgufLora:
@@ -84,8 +80,8 @@ def plan_gguf_lora(src: GgufFile, adapters: Sequence[Adapter]) -> GgufLora:
             raise UnsupportedError(f"--lora: {t.name} is {t.ggml_type.name}; LoRA merges into F32/F16/BF16 GGUF "
                                    "tensors only (a quantized base cannot take an exact merge): use an unquantized "
                                    "GGUF or the HF checkpoint")
-        if ".attn_qkv." in t.name and a == "gptneox":
-            raise UnsupportedError(f"--lora: {t.name} is stored regrouped by llama.cpp's gptneox converter; merge "
+        if ".attn_qkv." in t.name and a in REGROUPED_QKV:
+            raise UnsupportedError(f"--lora: {t.name} is stored regrouped by llama.cpp's {a} converter; merge "
                                    "into the HF checkpoint instead")
         if a in PERMUTED_QK and (".attn_q." in t.name or ".attn_k." in t.name):
             heads[t.name] = heads_q if ".attn_q." in t.name else heads_kv

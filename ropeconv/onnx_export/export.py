@@ -28,14 +28,13 @@ from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
+from ropeconv.provenance import ATTENTION_KEY, DTYPE_KEY
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
 DTYPES = ("fp32", "fp16", "int4")
 INT4_BLOCK_SIZE = 32  # onnxruntime-genai's default for int4
 INT4_ACCURACY_LEVEL = 4  # MatMulNBits on CPU: int8 activations (onnxruntime-genai's CPU default)
-DTYPE_KEY = "ropeconv.dtype"
-ATTENTION_KEY = "ropeconv.attention"
 FUSED_ATTENTION = "com.microsoft.GroupQueryAttention (fused, memory linear in the length)"
 PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total scores per call)"
 IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8

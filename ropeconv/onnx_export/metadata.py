@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ropeconv import jsontext
-from ropeconv.errors import DamagedPlan, InputError
-from ropeconv.positions import PositionPlan, plan_from_json
+from ropeconv.errors import InputError
+from ropeconv.positions import PositionPlan
+from ropeconv.provenance import plan_in
 
 _METADATA_PROPS = 14
 
@@ -66,12 +66,5 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def read_plan(path: Path) -> tuple[PositionPlan | None, dict[str, str]]:
     """The plan a ropeconv ONNX carries (None when it carries none) and all its metadata_props."""
-    from ropeconv.retrofit import PLAN_KEY
-
     props = read_metadata(path)
-    if PLAN_KEY not in props:
-        return None, props
-    try:
-        return plan_from_json(jsontext.loads(props[PLAN_KEY], PLAN_KEY)), props
-    except (InputError, ValueError) as exc:
-        raise DamagedPlan(f"{path}: {PLAN_KEY} is damaged ({exc})") from None
+    return plan_in(props, path), props

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from ropeconv.parity.memory import free, release
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids, run_each
 from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.errors import InputError
 from ropeconv.inputfile import utf8_path
 from ropeconv.positions import PositionPlan
+from ropeconv.provenance import DTYPE_KEY
 
 if TYPE_CHECKING:
     from ropeconv.parity.placement import Placement
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 # torch and transformers load only when parity runs: `extend --no-verify`, `inspect` and `methods`
 # never touch a tensor and skip their ~1.5 s import.
 
-__all__ = ["ParityReport", "Tolerance", "Twin", "check_parities", "check_parity", "default_tokens", "pick_device"]
+__all__ = ["ParityReport", "Tolerance", "Twin", "check_parities", "check_parity", "default_tokens", "free",
+           "pick_device", "release"]
 
 
 Twin = Callable[[Path], Path]  # writes a float32 twin of a non-f32 GGUF artifact to the path it is given
@@ -270,7 +272,6 @@ def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str
 def _twin_note(artifact: Path, twin: Twin | None) -> str:
     name = Path(artifact).name
     if Path(artifact).suffix == ".onnx":
-        from ropeconv.onnx_export.export import DTYPE_KEY
         from ropeconv.onnx_export.metadata import read_metadata
 
         kind = {"fp16": "float16 compute", "int4": "int4 MatMulNBits weights"}.get(
@@ -292,7 +293,6 @@ def _candidate_runs(artifact: Path, twin: Callable[[Path], Path] | None) -> list
     artifact = Path(artifact)
     as_is = [(str(artifact), artifact, False)]
     if artifact.suffix == ".onnx":
-        from ropeconv.onnx_export.export import DTYPE_KEY
         from ropeconv.onnx_export.metadata import read_metadata
 
         if twin is None or read_metadata(artifact).get(DTYPE_KEY, "fp32") == "fp32":
@@ -335,19 +335,3 @@ def pick_device(requested: str | None = None):
     from ropeconv.parity.device import pick_device as pick
 
     return pick(requested)
-
-
-def free(model) -> None:
-    """Drop a model's memory; the caller must hold no other reference to it (set its name to None first, then
-    call release(), where a name in the caller's frame would keep it alive)."""
-    del model
-    release()
-
-
-def release() -> None:
-    """Collect what was freed (accelerate's hooks make cycles that reference counting alone does not undo)."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -24,7 +24,9 @@ from typing import Iterator
 
 import numpy as np
 
+from ropeconv.gguf_export.row_order import unpermute_pairs, unqkv_blocks
 from ropeconv.positions import PositionPlan
+from ropeconv.provenance import DTYPE_KEY
 
 
 def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple[str, "object", bool]] | None:
@@ -36,7 +38,6 @@ def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple
     if artifact.suffix == ".gguf":
         return _gguf(artifact, base, plan)
     if artifact.suffix == ".onnx":
-        from ropeconv.onnx_export.export import DTYPE_KEY
         from ropeconv.onnx_export.metadata import read_metadata
 
         if read_metadata(artifact).get(DTYPE_KEY) == "int4":
@@ -77,13 +78,9 @@ def _undo(op: str | None, w, gplan):
     if op == "transpose":
         return w.T.contiguous()
     if op in ("permute_q", "permute_k"):
-        heads = gplan.heads if op == "permute_q" else gplan.heads_kv
-        rows = w.shape[0]
-        return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape).contiguous()
+        return unpermute_pairs(w, gplan.heads if op == "permute_q" else gplan.heads_kv).contiguous()
     if op == "qkv_blocks":
-        rows = w.shape[0]
-        return w.reshape(3, gplan.heads, rows // gplan.heads // 3, *w.shape[1:]).transpose(0, 1) \
-            .reshape(w.shape).contiguous()
+        return unqkv_blocks(w, gplan.heads).contiguous()
     return w
 
 

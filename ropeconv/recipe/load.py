@@ -162,10 +162,10 @@ def job_for(loaded: Loaded, force: bool = False):
     """The recipe as an extend job, with every check that needs no base: the request (methods.check_request,
     which extend's resolve_lengths also runs), formats, outtype/dtype, shard size, adapters' scalings."""
     from ropeconv import methods
-    from ropeconv.cli.options import parse_bytes
     from ropeconv.methods.base import ExtendRequest
     from ropeconv.parity import Tolerance
-    from ropeconv.pipeline import ExtendJob, parse_formats
+    from ropeconv.extend.job import ExtendJob, parse_formats
+    from ropeconv.sizes import parse_bytes
 
     r = loaded.recipe
     base = loaded.resolve(r.base.path)

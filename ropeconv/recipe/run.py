@@ -46,7 +46,8 @@ def run_recipe(loaded: Loaded, *, force: bool = False, progress=None) -> RecipeR
     """Skipped when up to date. This recipe's own previous output (its manifest names this recipe file) is
     replaced without --force; the rule for what may be replaced is staging.replace_refusal."""
     from ropeconv.export.staging import target_lock
-    from ropeconv.pipeline import check_overlap, run
+    from ropeconv.extend.dispatch import run
+    from ropeconv.extend.job import check_overlap
 
     job = replace(loaded.job, force=force)
     if not Path(job.base).exists():

@@ -93,7 +93,7 @@ def prepare(job: SearchJob) -> Prepared:
     """Every check that needs no weights; writes nothing."""
     from ropeconv.checkpoint import load_checkpoint
     from ropeconv.checkpoint.rope_config import describe_scaling
-    from ropeconv.retrofit import is_gguf
+    from ropeconv.extend.job import is_gguf
 
     if is_gguf(job.base):
         raise InputError(f"{job.base}: search longrope needs a HuggingFace model directory (it scores candidates in "

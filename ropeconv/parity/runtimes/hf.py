@@ -64,7 +64,7 @@ def pass_logits(model, ids: torch.Tensor, p, scratch: Path | None = None) -> tor
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, placement=None,
                scratch: Path | None = None, progress=None) -> list[torch.Tensor]:
-    from ropeconv.parity import release
+    from ropeconv.parity.memory import release
     from ropeconv.parity.probe import run_each
 
     model = load(artifact, device, placement, scratch, progress or (lambda _: None))

@@ -1,4 +1,5 @@
-"""extend: Checkpoint ─► PositionPlan ─► stream tensors into the exporters ─► parity ─► card + manifest.
+"""extend from a HuggingFace folder: Checkpoint ─► PositionPlan ─► stream tensors into the exporters ─► parity ─►
+card + manifest.
 
 Everything that can be refused is checked before the first byte is written; the output is staged
 in a temporary sibling and published only when complete (and, when verified, proven).
@@ -8,62 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
-from ropeconv.errors import InputError, ParityError, UnsupportedError
+from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, hub_id_from_path, model_card
 from ropeconv.export.hf_config import extended_config
-from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
-from ropeconv.export.staging import check_target, staged_dir, target_lock
+from ropeconv.export import tokenizer_files
+from ropeconv.export.safetensors_writer import SafetensorsWriter
+from ropeconv.export.staging import staged_dir
 from ropeconv.export.table import changes_table, output_entry, resampled
+from ropeconv.extend.job import ExtendJob, ExtendResult, gate, job_placement, owner, preflight
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
+from ropeconv.lora import plan_merge
+from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.manifest import write_manifest
-from ropeconv.onnx_export.export import ATTENTION_KEY, MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, \
-    plan_onnx, position_math
+from ropeconv.onnx_export.export import MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, plan_onnx, \
+    position_math
 from ropeconv.onnx_export import OPSET
 from ropeconv import methods
-from ropeconv.methods.base import ExtendRequest
-from ropeconv.parity import ParityReport, Tolerance, Twin, check_parities, pick_device
+from ropeconv.parity import ParityReport, Twin, check_parities
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
-
-FORMATS = ("safetensors", "gguf", "onnx")  # the matrix's columns
-HF_FORMATS = ("safetensors", "gguf", "onnx")  # what a HuggingFace base can be written as
-GGUF_FORMATS = ("gguf",)  # a GGUF base is retrofitted in place of format conversion
-
-
-@dataclass(frozen=True)
-class ExtendJob:
-    base: Path
-    method: str
-    request: ExtendRequest
-    out: Path
-    formats: tuple[str, ...] = ("safetensors",)
-    outtype: str = "f16"  # GGUF tensor type for weight matrices (beyond f32/f16/bf16/q8_0: llama.cpp quantizes)
-    imatrix: Path | None = None  # an importance matrix for llama.cpp's quantizer
-    onnx_dtype: str = "fp32"  # ONNX weights and compute: fp32, fp16, int4 (MatMulNBits)
-    force: bool = False
-    rebase: bool = False
-    allow_pickle: bool = False
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
-    verify: bool = True
-    lora: tuple[Path, ...] = ()  # PEFT adapter directories merged into the base, in order
-    lora_trained_with: str | None = None  # METHOD[:FACTOR] for adapters that record no rope scaling
-    force_method: bool = False  # merge even when an adapter was trained under another scaling
-    recipe: dict[str, Any] | None = None  # {file, sha256} of the recipe this job came from, for the manifest
-    card: dict[str, Any] | None = None  # model-card fields: title, description, license, tags, base_model
-    name: str | None = None  # the output model's name: GGUF general.name and file name, the card's title
-    device: str | None = None
-    tokens: int | None = None
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    full_length: bool | None = None  # a probe from position 0 to the target (None: so on a GPU, up to 32k)
-    max_memory: str | None = None  # --max-memory caps for the transformers reference and candidate
+from ropeconv.provenance import ATTENTION_KEY, provenance
 
 
 @dataclass(frozen=True)
@@ -74,29 +47,6 @@ class Prepared:
     hf_config: dict[str, Any]
     gguf: GgufPlan | None = None
     onnx: OnnxPlan | None = None
-
-
-@dataclass(frozen=True)
-class ExtendResult:
-    out: Path
-    plan: PositionPlan
-    files: tuple[str, ...]
-    parity: ParityReport | None
-    reports: tuple[ParityReport, ...] = ()
-
-
-def parse_formats(text: str | None, base: Path) -> tuple[str, ...]:
-    from ropeconv.retrofit import is_gguf
-
-    allowed = GGUF_FORMATS if is_gguf(base) else HF_FORMATS
-    if text is None:
-        return allowed[:1]
-    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
-    unknown = [f for f in formats if f not in allowed]
-    if not formats or unknown:
-        kind = "a GGUF base" if is_gguf(base) else "a HuggingFace base"
-        raise InputError(f"--to {text!r}: {kind} can be written as {', '.join(allowed)}")
-    return formats
 
 
 def prepare(job: ExtendJob) -> Prepared:
@@ -127,34 +77,16 @@ def prepare(job: ExtendJob) -> Prepared:
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
     gguf = plan_gguf(ckpt, plan, job.outtype, job.imatrix, job.name) if "gguf" in job.formats else None
-    onnx = plan_onnx(ckpt, plan, job.onnx_dtype, _provenance(plan, ckpt.path)) if "onnx" in job.formats else None
+    onnx = plan_onnx(ckpt, plan, job.onnx_dtype, provenance(plan, ckpt.path)) if "onnx" in job.formats else None
     return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
 
 
 def _plan_lora(job: ExtendJob, ckpt: Checkpoint, plan: PositionPlan):
-    from ropeconv.lora import plan_merge
-    from ropeconv.lora.trained_with import checked_adapters
-
     return plan_merge(checked_adapters(job.lora, job.lora_trained_with, job.force_method, plan), ckpt.tensors)
 
 
-def _provenance(plan: PositionPlan, base: Path) -> dict[str, str]:
-    from ropeconv.retrofit import provenance
-
-    return {key: value for key, (_, value) in provenance(plan, base).items()}
-
-
-def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
-    from ropeconv.retrofit import is_gguf, run_gguf
-
-    check_overlap(job)  # before the lock file is made beside -o, which may lie inside the base
-    with target_lock(job.out):  # the whole run: a second run to this -o is refused, not raced
-        if is_gguf(job.base):
-            return run_gguf(job, progress)
-        return _run_hf(job, progress or Progress(enabled=False))
-
-
-def _run_hf(job: ExtendJob, progress: Progress) -> ExtendResult:
+def run(job: ExtendJob, progress: Progress) -> ExtendResult:
+    """The caller holds the output's lock (extend.run.run)."""
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
@@ -199,61 +131,12 @@ def _run_hf(job: ExtendJob, progress: Progress) -> ExtendResult:
 def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
     """Tokenizer, chat template and generation files, as they are except a tokenizer_config.json that names a
     class only transformers 5 has."""
-    from ropeconv.export import tokenizer_files
-
     for name in ckpt.aux_files:
         if name == tokenizer_files.CONFIG:
             raw = (ckpt.path / name).read_bytes()
             (home / name).write_bytes(tokenizer_files.portable_config(raw, "tokenizer.json" in ckpt.aux_files))
         else:
             shutil.copyfile(ckpt.path / name, home / name)
-
-
-def preflight(job: ExtendJob) -> None:
-    """The checks every output path makes after planning and before writing a byte."""
-    from ropeconv.retrofit import is_gguf
-
-    check_overlap(job)
-    check_target(job.out, job.force, kind="file" if is_gguf(job.base) else "dir", owner=owner(job))
-    if job.verify:
-        from ropeconv.parity.placement import check_fits
-
-        # --device cuda without CUDA, a bad cap, or a model that cannot run under the caps: refused now
-        placed = check_fits(job.base, pick_device(job.device), job_placement(job))
-        if job.lora and placed.offloaded:
-            raise InputError(f"--lora with a reference that does not fit in memory ({placed.describe()}): merging "
-                             "into offloaded weights is not supported; give --max-memory room for the whole model")
-        if job.tokens is not None and job.full_length:
-            raise InputError("--tokens and --full-length: a full-length probe runs to the target context; give one")
-
-
-def check_overlap(job: ExtendJob) -> None:
-    base, out = job.base.resolve(), job.out.resolve()
-    if out == base or base in out.parents or out in base.parents:
-        raise InputError(f"-o {job.out} overlaps the base {job.base}; write the output elsewhere")
-
-
-def job_placement(job: ExtendJob):
-    """--max-memory caps; disk offload and large logits in a scratch folder beside the output."""
-    from ropeconv.parity.placement import parse_max_memory
-
-    return parse_max_memory(job.max_memory).beside(job.out)
-
-
-def owner(job: ExtendJob) -> str | None:
-    """The recipe file (resolved path) a recipe job comes from: its own previous output needs no --force."""
-    return (job.recipe or {}).get("file")
-
-
-def gate(report: ParityReport, out: Path, progress: Progress) -> None:
-    """Show the report; a failed one stops the staged output from being published."""
-    progress.note(report.format())
-    if not report.passed:
-        raise ParityError(
-            f"parity failed in {report.failed_in()} (max |Δlogit| {report.max_abs_logit:.3g}, "
-            f"top-1 {report.top1:.1%}); "
-            f"nothing written to {out}"
-        )
 
 
 def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str | None,

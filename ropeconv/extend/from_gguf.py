@@ -1,4 +1,4 @@
-"""extend for a GGUF base: rewrite llama.cpp's rope metadata, add carrier tensors, copy every
+"""extend from a GGUF file: rewrite llama.cpp's rope metadata, add carrier tensors, copy every
 existing tensor's bytes unchanged (quantized or not), prove it in llama.cpp, publish atomically.
 
 The plan travels inside the file (`ropeconv.*` keys, which llama.cpp ignores), so `ropeconv verify
@@ -9,30 +9,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gguf import GGUFValueType
 
-import ropeconv
 from ropeconv import jsontext, methods
 from ropeconv.archs import GgufArchSpec
-from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, PLAN_KEY, gguf_arch, read_gguf_scheme, \
-    recorded_plan_json, scalar
+from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, gguf_arch, read_gguf_scheme
 from ropeconv.checkpoint.rope_config import describe_scaling
-from ropeconv.errors import DamagedPlan, InputError
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.export.card import check_name
 from ropeconv.export.staging import staged_file
-from ropeconv.gguf_io.reader import GgufFile, read_gguf
-from ropeconv.gguf_io.writer import rewrite_gguf
-from ropeconv.positions import RopePlan, plan_from_json
+from ropeconv.extend.job import ExtendJob, ExtendResult, gate, is_gguf, job_placement, preflight
+from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
+from ropeconv.gguf_io.writer import VALUE_TYPES, rewrite_gguf
+from ropeconv.lora.gguf_base import GgufLora, plan_gguf_lora
+from ropeconv.lora.trained_with import checked_adapters
+from ropeconv.parity import ParityReport, check_parity
+from ropeconv.positions import AbsoluteScheme, AlibiScheme, RopePlan
 from ropeconv.progress import Progress
-
-VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING,
-               "bool": GGUFValueType.BOOL}
-# the plan travels in the file, so `ropeconv verify x.gguf` needs no sidecar (llama.cpp ignores these keys)
-BASE_KEY = "ropeconv.base_path"
-VERSION_KEY = "ropeconv.version"
-LORA_KEY = "ropeconv.lora"  # the adapters merged (path, sha256), so verify can merge them again
+from ropeconv.provenance import LORA_KEY, provenance
+from ropeconv.provenance.gguf import gguf_fields
 
 
 @dataclass(frozen=True)
@@ -44,25 +41,11 @@ class GgufPrepared:
     drop_keys: frozenset[str]
     add_tensors: dict[str, np.ndarray]
     drop_tensors: frozenset[str] = frozenset()
-    lora: Any = None  # ropeconv.lora.gguf_base.GgufLora: adapters merged into float tensors
+    lora: GgufLora | None = None  # adapters merged into float tensors
 
 
-def provenance(plan: RopePlan, base: Path) -> dict[str, tuple]:
-    """The ropeconv.* keys every GGUF ropeconv writes: the plan, its base, the writer's version."""
-    return {
-        PLAN_KEY: (GGUFValueType.STRING, jsontext.dumps(plan.to_json(), PLAN_KEY, sort_keys=True)),
-        BASE_KEY: (GGUFValueType.STRING, str(Path(base).resolve())),
-        VERSION_KEY: (GGUFValueType.STRING, ropeconv.__version__),
-    }
-
-
-def is_gguf(path: Path) -> bool:
-    return Path(path).suffix == ".gguf"
-
-
-def prepare_gguf(job) -> GgufPrepared:
-    from ropeconv.export.card import check_name
-
+def prepare(job: ExtendJob) -> GgufPrepared:
+    """All validation; reads the GGUF's header only, writes nothing."""
     check_name(job.name)
     if job.card:
         flags = {"title": "--card-title", "license": "--license", "tags": "--tag", "base_model": "--base-model"}
@@ -95,7 +78,7 @@ def prepare_gguf(job) -> GgufPrepared:
     }
     for key, (kind, value) in declaration.kv.items():
         set_fields[f"{a}.{key}"] = (VALUE_TYPES[kind], value)
-    set_fields.update(provenance(plan, Path(job.base)))
+    set_fields.update(gguf_fields(provenance(plan, Path(job.base))))
     if job.name:
         set_fields["general.name"] = (GGUFValueType.STRING, job.name)
     drop -= set_fields.keys()
@@ -104,20 +87,14 @@ def prepare_gguf(job) -> GgufPrepared:
     add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
     lora = None
     if job.lora:
-        from ropeconv.lora.gguf_base import plan_gguf_lora
-        from ropeconv.lora.trained_with import checked_adapters
-
         lora = plan_gguf_lora(src, checked_adapters(job.lora, job.lora_trained_with, job.force_method, plan))
         set_fields[LORA_KEY] = (GGUFValueType.STRING, jsontext.dumps(lora.merge.to_json(), LORA_KEY, sort_keys=True))
         drop.discard(LORA_KEY)
     return GgufPrepared(src, arch, plan, set_fields, frozenset(drop), add, frozenset(stale), lora)
 
 
-def refuse_unroped(job, src: GgufFile, arch: GgufArchSpec) -> None:
+def refuse_unroped(job: ExtendJob, src: GgufFile, arch: GgufArchSpec) -> None:
     """A GGUF base with ALiBi or a learned position table: every method is refused, with its reason."""
-    from ropeconv.errors import UnsupportedError
-    from ropeconv.positions import AbsoluteScheme, AlibiScheme
-
     a = arch.name
     context = scalar(src, f"{a}.context_length")
     heads = scalar(src, f"{a}.attention.head_count")
@@ -139,15 +116,14 @@ def refuse_unroped(job, src: GgufFile, arch: GgufArchSpec) -> None:
                            f"{method.NAME} --to gguf)")
 
 
-def run_gguf(job, progress: Progress | None = None):
-    from ropeconv.pipeline import ExtendResult, gate, job_placement, preflight
-
+def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
+    """The caller holds the output's lock (extend.run.run)."""
     progress = progress or Progress(enabled=False)
     if job.formats not in (("gguf",), ()):
         raise InputError(f"a GGUF base can only be written as GGUF (got --to {','.join(job.formats)})")
     if not is_gguf(job.out):
         raise InputError(f"-o {job.out}: a GGUF base is written to a .gguf file")
-    prepared = prepare_gguf(job)
+    prepared = prepare(job)
     preflight(job)
     report = None
     with staged_file(job.out, job.force) as tmp:
@@ -178,26 +154,7 @@ def gguf_vocab_size(src: GgufFile) -> int:
 
 
 def verify_gguf_file(artifact: Path, base: Path, plan: RopePlan, *, device, tokens, tolerance, progress,
-                     notes: tuple[str, ...] = (), lora=None, **probe):
+                     notes: tuple[str, ...] = (), lora=None, **probe) -> ParityReport:
     """probe: check_parities' full_length and placement."""
-    from ropeconv.parity import check_parity
-
     return check_parity(artifact, base, plan, gguf_vocab_size(read_gguf(artifact)), device=device, tokens=tokens,
                         tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
-
-
-def recorded(artifact: Path) -> tuple[RopePlan, Path]:
-    """The plan and base a ropeconv GGUF carries."""
-    src = read_gguf(artifact)
-    return recorded_plan(src), Path(str(scalar(src, BASE_KEY, "")))
-
-
-def recorded_plan(src: GgufFile) -> RopePlan:
-    """The plan in ropeconv.plan; InputError when absent, DamagedPlan when it cannot be read back."""
-    data = recorded_plan_json(src)
-    if data is None:
-        raise InputError(f"{src.path}: no {PLAN_KEY} metadata (not written by ropeconv?)")
-    try:
-        return plan_from_json(data)
-    except ValueError as exc:
-        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged ({exc})") from None

@@ -1,0 +1,55 @@
+"""The provenance record in a GGUF's metadata: written as string fields, read back with the limits a
+hostile file needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType
+
+from ropeconv import jsontext
+from ropeconv.errors import DamagedPlan, InputError
+from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
+from ropeconv.positions import PositionPlan, plan_from_json
+from ropeconv.provenance import BASE_KEY, PLAN_KEY
+
+MAX_PLAN_BYTES = 1 << 20  # a plan is a few kilobytes (LongRoPE: two factor lists)
+
+
+def gguf_fields(record: dict[str, str]) -> dict[str, tuple[GGUFValueType, str]]:
+    """A record (provenance(), say) as GGUF string fields."""
+    return {key: (GGUFValueType.STRING, value) for key, value in record.items()}
+
+
+def recorded_plan_json(src: GgufFile) -> dict[str, Any] | None:
+    """The ropeconv.plan a ropeconv GGUF carries, as JSON; None when absent, DamagedPlan when unreadable."""
+    field = src.field(PLAN_KEY)
+    if field is None:
+        return None
+    if field.value_type != GGUFValueType.STRING or field.value_bytes > MAX_PLAN_BYTES:
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged (not a JSON string of at most {MAX_PLAN_BYTES} bytes)")
+    try:
+        plan = jsontext.loads(field.value, PLAN_KEY)
+    except InputError as exc:
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged ({exc})") from None
+    if not isinstance(plan, dict):
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged (a {type(plan).__name__}, not a plan)")
+    return plan
+
+
+def recorded_plan(src: GgufFile) -> PositionPlan:
+    """The plan in ropeconv.plan; InputError when absent, DamagedPlan when it cannot be read back."""
+    data = recorded_plan_json(src)
+    if data is None:
+        raise InputError(f"{src.path}: no {PLAN_KEY} metadata (not written by ropeconv?)")
+    try:
+        return plan_from_json(data)
+    except ValueError as exc:
+        raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged ({exc})") from None
+
+
+def recorded(artifact: Path) -> tuple[PositionPlan, Path]:
+    """The plan and base a ropeconv GGUF carries."""
+    src = read_gguf(artifact)
+    return recorded_plan(src), Path(str(scalar(src, BASE_KEY, "")))
