@@ -418,3 +418,18 @@ def test_phi3_with_a_byte_level_bpe_loads_in_llama_cpp(tmp_path, capsys):
     assert_refused(capsys, run_cli("extend", base, "--method", "ntk", "--factor", "4", "--to", "gguf", "--name",
                                    "Phi3-mini", "-o", tmp_path / "named-out"), tmp_path / "named-out", before,
                    mentions=("--name", "phi3"))
+
+
+def test_a_base_deep_in_the_tree_is_recorded_and_verified(tmp_path, capsys):
+    """ropeconv.base is a path: a GGUF base deeper than the 256-byte limit of llama.cpp's scalar keys still reads
+    back, so verify of the retrofit finds its base without --base."""
+    deep = tmp_path.joinpath(*(["d" * 60] * 5))
+    base = add_byte_level_tokenizer(make_tiny(tmp_path, "llama"))
+    assert run_cli("extend", base, "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify", "-q",
+                   "-o", deep) == 0
+    [base_gguf] = deep.glob("*.gguf")
+    assert len(str(base_gguf.resolve()).encode()) > 300
+    out = tmp_path / "out.gguf"
+    assert run_cli("extend", base_gguf, "--method", "yarn", "--factor", "4", "--no-verify", "-q", "-o", out) == 0
+    capsys.readouterr()
+    assert run_cli("verify", out, "--tokens", 2 * ORIGINAL_CTX, "-q") == 0, capsys.readouterr().err

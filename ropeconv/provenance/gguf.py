@@ -10,11 +10,12 @@ from gguf import GGUFValueType
 
 from ropeconv import jsontext
 from ropeconv.errors import DamagedPlan, InputError
-from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
+from ropeconv.gguf_io.reader import GgufFile, read_gguf
 from ropeconv.positions import PositionPlan, plan_from_json
 from ropeconv.provenance import BASE_KEY, PLAN_KEY
 
 MAX_PLAN_BYTES = 1 << 20  # a plan is a few kilobytes (LongRoPE: two factor lists)
+MAX_PATH_BYTES = 4096 + 8  # Linux's PATH_MAX, and the string's length prefix
 
 
 def gguf_fields(record: dict[str, str]) -> dict[str, tuple[GGUFValueType, str]]:
@@ -52,4 +53,14 @@ def recorded_plan(src: GgufFile) -> PositionPlan:
 def recorded(artifact: Path) -> tuple[PositionPlan, Path]:
     """The plan and base a ropeconv GGUF carries."""
     src = read_gguf(artifact)
-    return recorded_plan(src), Path(str(scalar(src, BASE_KEY, "")))
+    return recorded_plan(src), Path(_recorded_base(src))
+
+
+def _recorded_base(src: GgufFile) -> str:
+    """ropeconv.base: a path, so longer than the 256-byte limit of the scalars llama.cpp reads (up to PATH_MAX)."""
+    field = src.field(BASE_KEY)
+    if field is None:
+        return ""
+    if field.value_type != GGUFValueType.STRING or field.value_bytes > MAX_PATH_BYTES:
+        raise InputError(f"{src.path}: {BASE_KEY} must be a path of at most 4096 bytes; give the base with --base")
+    return str(field.value)
