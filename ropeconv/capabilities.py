@@ -5,7 +5,7 @@ from __future__ import annotations
 from ropeconv import methods
 from ropeconv.archs import ARCHS
 from ropeconv.methods.base import Cell, Support
-from ropeconv.pipeline import FORMATS
+from ropeconv.formats import FORMATS
 
 _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
 

@@ -20,6 +20,7 @@ from ropeconv.export.card import base_card_metadata, check_card_fields, check_na
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir, target_lock
+from ropeconv.formats import FORMATS  # noqa: F401  (re-exported: the matrix's columns)
 from ropeconv.export.table import changes_table, output_entry, resampled
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
@@ -33,7 +34,6 @@ from ropeconv.parity import ParityReport, Tolerance, Twin, check_parities, pick_
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
 
-FORMATS = ("safetensors", "gguf", "onnx")  # the matrix's columns
 HF_FORMATS = ("safetensors", "gguf", "onnx")  # what a HuggingFace base can be written as
 GGUF_FORMATS = ("gguf",)  # a GGUF base is retrofitted in place of format conversion
 
