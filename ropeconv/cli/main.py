@@ -13,7 +13,6 @@ import sys
 from typing import Callable
 
 import click
-from click.utils import make_default_short_help
 
 from ropeconv import __version__
 from ropeconv.errors import RopeconvError
@@ -66,7 +65,7 @@ class LazyGroup(click.Group):
         for name in names:
             loaded = self.commands.get(name)
             rows.append((name, loaded.get_short_help_str(limit) if loaded is not None
-                         else make_default_short_help(COMMANDS[name][2], limit)))
+                         else click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
