@@ -287,7 +287,7 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
             done += entry.nbytes
             progress.step(label, done, total)
         files = safetensors.close() if safetensors else []
-        known = {}
+        known = dict(safetensors.sha256) if safetensors else {}  # hashed while written: not read back
         if gguf:
             gguf.close()
             files.append(gguf_name)
@@ -301,7 +301,10 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
         if onnx:
             progress.note("onnx: checking the graph with onnx.checker")
             files.extend(f"{ONNX_DIR}/{p.name}" for p in onnx.close())
+            known.update({f"{ONNX_DIR}/{name}": digest for name, digest in onnx.sha256.items()})
     except BaseException:
+        if safetensors:
+            safetensors.abort()
         if gguf:
             gguf.abort()
         if onnx:

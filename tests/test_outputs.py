@@ -170,13 +170,14 @@ def test_manifest_hashes_match_files_written(tiny_llama, tmp_path):
     base = add_byte_level_tokenizer(Path(shutil.copytree(tiny_llama, tmp_path / "base")))  # GGUF needs a vocabulary
     out = tmp_path / "out"
     assert run_cli("extend", base, "--method", "ntk", "--factor", "3", "--to", "safetensors,gguf,onnx", "-o", out,
-                   "--no-verify", "-q") == 0
+                   "--max-shard-size", "200KB", "--no-verify", "-q") == 0  # shards and their index too
     manifest = read_json(out / "manifest.json")
     assert manifest["parity"] is None
     assert "not checked when this artifact was written" in (out / "README.md").read_text()
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(manifest["files"]) == on_disk
-    assert {"model.safetensors", "onnx/model.onnx"} <= on_disk and any(n.endswith(".gguf") for n in on_disk)
+    assert {"model.safetensors.index.json", "model-00001-of-00003.safetensors", "onnx/model.onnx"} <= on_disk
+    assert any(n.endswith(".gguf") for n in on_disk)
     for name, record in manifest["files"].items():
         assert record["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest(), name
         assert record["bytes"] == (out / name).stat().st_size, name

@@ -430,6 +430,11 @@ class OnnxExport:
             self.writer.check(self.header)
         return paths
 
+    @property
+    def sha256(self) -> dict[str, str]:
+        """File name → sha256 of the files written, computed while writing; once closed."""
+        return dict(self.writer.sha256)
+
     def abort(self) -> None:
         self.writer.abort()
 
