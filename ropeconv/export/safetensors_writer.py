@@ -1,9 +1,9 @@
 """Streamed, sharded safetensors output.
 
 The header of every shard is computed before any data is written (shapes and dtypes are known from
-the plan), so tensors are appended one at a time: untouched ones copied from the source file through a
-few small buffers, changed ones from memory. Each shard's sha256 is computed from those same buffers as
-they are written (ropeconv.hashing), so the manifest need not read the shards back. Peak memory is one tensor.
+the plan), so tensors are appended one at a time: untouched ones by a kernel byte copy from the source
+file, changed ones from memory. Each shard's sha256 is computed as it is written (ropeconv.hashing), so the
+manifest need not read the shards back. Peak memory is one tensor.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ class SafetensorsWriter:
     def _open(self, index: int) -> None:
         self._close_fd()
         self._shard = index
-        self._fd = os.open(self.out_dir / self.shards[index].file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # read and write: the hash of each copied range is read back right behind the copy (ropeconv.hashing)
+        self._fd = os.open(self.out_dir / self.shards[index].file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._out = HashedWriter(self._fd)
         self._out.write(self.shards[index].header)
 

@@ -253,7 +253,7 @@ class GgufWriter:
             # No O_TRUNC: the staged path already exists (mkstemp), and truncating an existing file to 0
             # arms ext4's auto_da_alloc, which makes close() write the whole file back (~1.8 s for 2 GB).
             # A longer stale file is cut to size in close() instead.
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, (os.O_RDWR if self._hash_data else os.O_WRONLY) | os.O_CREAT, 0o644)
             self._out = HashedWriter(self._fd) if self._hash_data else None
             self._emit(self.header)
 
