@@ -280,11 +280,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_args(prog: str, doc: str, argv: list[str] | None, extra=None) -> argparse.Namespace:
+def bench_args(prog: str, doc: str, argv: list[str] | None, extra=None, size_gb: float = 2.0) -> argparse.Namespace:
     """The options every benchmark takes; extra(parser) adds its own."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="working directory (inputs, outputs, report)")
-    parser.add_argument("--size-gb", type=float, default=2.0, help="size of the synthetic input (default 2.0)")
+    parser.add_argument("--size-gb", type=float, default=size_gb, help=f"size of the synthetic input (default {size_gb})")
     parser.add_argument("--runs", type=int, default=RUNS, help=f"measured runs per command (default {RUNS})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     if extra:

@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--llama-cpp-src", type=Path, help="llama.cpp sources holding convert_hf_to_gguf.py "
                        "(default: the installed llama-cpp-python's sdist, fetched once into --work)"),
         p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp's converter out"),
-        p.add_argument("--skip-conversions", action="store_true", help="start-up only")))
-    if args.size_gb == 2.0:  # bench_args' default is the 2 GB of the other benchmarks; this one is about ratios
-        args.size_gb = 0.5
+        p.add_argument("--skip-conversions", action="store_true", help="start-up only")), size_gb=0.5)
     from bench.convert_bench import llama_cpp_sources, with_tokenizer
 
     root = args.work / "speed"  # its own inputs: the other benchmarks' synthetic checkpoint stays at its 2 GB
