@@ -310,7 +310,7 @@ class GgufWriter:
         if src is None:
             src = self._src_fds[source.file] = os.open(source.file, os.O_RDONLY)
         offset, remaining = source.offset, source.nbytes
-        if self._out:  # the bytes must pass through here to be hashed
+        if self._out:  # a kernel copy all the same, hashed right behind it
             try:
                 self._out.copy(src, offset, remaining)
             except EOFError:
