@@ -12,7 +12,7 @@ import shutil
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ropeconv import jsontext
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
@@ -24,17 +24,18 @@ from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, Safetens
 from ropeconv.export.staging import check_target, staged_dir, target_lock
 from ropeconv.formats import FORMATS  # noqa: F401  (re-exported: the matrix's columns)
 from ropeconv.export.table import changes_table, output_entry, resampled
-from ropeconv.gguf_export import quantize as llama_quantize
-from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
+from ropeconv.formats import ONNX_DIR, ONNX_MODEL_FILE as MODEL_FILE, is_gguf
 from ropeconv.manifest import write_manifest
-from ropeconv.onnx_export.export import ATTENTION_KEY, MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, \
-    plan_onnx, position_math
 from ropeconv.onnx_export import OPSET
 from ropeconv import methods
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import ParityReport, Tolerance, Twin, check_parities, pick_device
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
+
+if TYPE_CHECKING:  # the exporters (numpy, gguf-py, …) are imported where a job writes their format
+    from ropeconv.gguf_export.convert import GgufPlan
+    from ropeconv.onnx_export.export import OnnxPlan
 
 HF_FORMATS = ("safetensors", "gguf", "onnx")  # what a HuggingFace base can be written as
 GGUF_FORMATS = ("gguf",)  # a GGUF base is retrofitted in place of format conversion
@@ -88,8 +89,6 @@ class ExtendResult:
 
 
 def parse_formats(text: str | None, base: Path) -> tuple[str, ...]:
-    from ropeconv.retrofit import is_gguf
-
     allowed = GGUF_FORMATS if is_gguf(base) else HF_FORMATS
     if text is None:
         return allowed[:1]
@@ -128,8 +127,15 @@ def prepare(job: ExtendJob) -> Prepared:
         # then carries the base's config.json, for the shapes only
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
-    gguf = plan_gguf(ckpt, plan, job.outtype, job.imatrix, job.name) if "gguf" in job.formats else None
-    onnx = plan_onnx(ckpt, plan, job.onnx_dtype, _provenance(plan, ckpt.path)) if "onnx" in job.formats else None
+    gguf = onnx = None
+    if "gguf" in job.formats:
+        from ropeconv.gguf_export.convert import plan_gguf
+
+        gguf = plan_gguf(ckpt, plan, job.outtype, job.imatrix, job.name)
+    if "onnx" in job.formats:
+        from ropeconv.onnx_export.export import plan_onnx
+
+        onnx = plan_onnx(ckpt, plan, job.onnx_dtype, _provenance(plan, ckpt.path))
     return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
 
 
@@ -147,11 +153,11 @@ def _provenance(plan: PositionPlan, base: Path) -> dict[str, str]:
 
 
 def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
-    from ropeconv.retrofit import is_gguf, run_gguf
-
     check_overlap(job)  # before the lock file is made beside -o, which may lie inside the base
     with target_lock(job.out):  # the whole run: a second run to this -o is refused, not raced
         if is_gguf(job.base):
+            from ropeconv.retrofit import run_gguf
+
             return run_gguf(job, progress)
         return _run_hf(job, progress or Progress(enabled=False))
 
@@ -160,7 +166,11 @@ def _run_hf(job: ExtendJob, progress: Progress) -> ExtendResult:
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
-    gguf_name = gguf_file_name(ckpt, job.outtype, job.name) if prepared.gguf else None
+    gguf_name = None
+    if prepared.gguf:
+        from ropeconv.gguf_export.convert import gguf_file_name
+
+        gguf_name = gguf_file_name(ckpt, job.outtype, job.name)
     with staged_dir(job.out, job.force, owner=owner(job)) as tmp:
         _import_aside("huggingface_hub.repocard")  # the model card's library (~0.3 s), loaded while tensors copy
         files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
@@ -227,8 +237,6 @@ def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
 
 def preflight(job: ExtendJob) -> None:
     """The checks every output path makes after planning and before writing a byte."""
-    from ropeconv.retrofit import is_gguf
-
     check_overlap(job)
     check_target(job.out, job.force, kind="file" if is_gguf(job.base) else "dir", owner=owner(job))
     if job.verify:
@@ -283,9 +291,14 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     gplan = prepared.gguf
     # a type llama.cpp quantizes: the float conversion is staged beside the output first
     gguf_path = out / (f".{gguf_name}.{gplan.outtype}.gguf" if gplan and gplan.quantize else f"{gguf_name}")
-    gguf = GgufConversion(gplan, gguf_path) if gguf_name else None
-    onnx = None
+    gguf = onnx = None
+    if gguf_name:
+        from ropeconv.gguf_export.convert import GgufConversion
+
+        gguf = GgufConversion(gplan, gguf_path)
     if prepared.onnx:
+        from ropeconv.onnx_export.export import OnnxExport
+
         (out / ONNX_DIR).mkdir()
         onnx = OnnxExport(prepared.onnx, out / ONNX_DIR / MODEL_FILE)
     label = "+".join(job.formats)
@@ -310,6 +323,8 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
             if gplan.quantize:
                 progress.note(f"gguf: llama.cpp quantizes the {gplan.outtype.upper()} conversion to "
                               f"{gplan.quantize.upper()}" + (f" with {gplan.imatrix.file_name}" if gplan.imatrix else ""))
+                from ropeconv.gguf_export import quantize as llama_quantize
+
                 llama_quantize.quantize(gguf_path, out / gguf_name, gplan.quantize, gplan.imatrix)
                 gguf_path.unlink()
             else:
@@ -334,12 +349,16 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
 def gguf_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
     """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
     (strict: names, layout, metadata) and as itself against the quantized limits."""
+    from ropeconv.gguf_export.convert import write_f32_twin
+
     return lambda dst: write_f32_twin(base, plan, dst, lora)
 
 
 def onnx_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
     """A float16 ONNX is judged strictly through a float32 export of the same base and plan, and as itself
     against the quantized limits."""
+    from ropeconv.onnx_export.export import export_file
+
     return lambda dst: export_file(base, plan, "fp32", dst, lora)
 
 
@@ -389,6 +408,8 @@ def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -
             out["gguf"]["quantized_by"] = {"tool": "llama.cpp llama_model_quantize", "from": g.outtype,
                                            "imatrix": g.imatrix.file_name if g.imatrix else None}
     if prepared.onnx:
+        from ropeconv.onnx_export.export import ATTENTION_KEY, position_math
+
         o = prepared.onnx
         out["onnx"] = {
             "file": f"{ONNX_DIR}/{MODEL_FILE}",

@@ -22,6 +22,7 @@ from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, PLAN_KEY, gguf_arch
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import DamagedPlan, InputError
 from ropeconv.export.staging import staged_file
+from ropeconv.formats import is_gguf  # noqa: F401  (re-exported)
 from ropeconv.gguf_io.reader import GgufFile, read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
 from ropeconv.positions import RopePlan, plan_from_json
@@ -54,10 +55,6 @@ def provenance(plan: RopePlan, base: Path) -> dict[str, tuple]:
         BASE_KEY: (GGUFValueType.STRING, str(Path(base).resolve())),
         VERSION_KEY: (GGUFValueType.STRING, ropeconv.__version__),
     }
-
-
-def is_gguf(path: Path) -> bool:
-    return Path(path).suffix == ".gguf"
 
 
 def prepare_gguf(job) -> GgufPrepared:

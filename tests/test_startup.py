@@ -1,9 +1,10 @@
 """Start-up: the commands that touch no tensor import no runtime.
 
 `--version`, `--help` (of every command and subcommand), `methods`, `inspect` on a HF folder, a GGUF and an
-ONNX, `recipe check` and `extend --dry-run` run in one fresh interpreter (this test process has torch loaded
-already); after each, the runtimes' modules must still be absent from sys.modules. Importing torch alone
-costs ~1.5-2 s here, transformers more: a module-level import of either in any command module shows up here.
+ONNX, `recipe check`, `extend --dry-run` and a byte-copy `extend --no-verify` run in one fresh interpreter
+(this test process has torch loaded already); after each, the runtimes' modules must still be absent from
+sys.modules. Importing torch alone costs ~1.5-2 s here, transformers more: a module-level import of either in
+any command module shows up here.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def probe(runs: list[list[str]]) -> list[dict]:
 
 def test_commands_that_touch_no_tensor_import_no_runtime(outputs):
     dry_out = outputs["out"].parent / "dry"
+    copied_out = outputs["out"].parent / "copied"
     runs = [
         ["methods"],
         ["inspect", str(outputs["base"])],
@@ -81,6 +83,9 @@ def test_commands_that_touch_no_tensor_import_no_runtime(outputs):
         ["recipe", "check", str(outputs["recipe"])],
         ["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--to", "safetensors,gguf",
          "--dry-run", "-o", str(dry_out)],
+        # a byte-copy extend touches no tensor either: every tensor is copied, the manifest hashes the bytes
+        ["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--no-verify", "-q", "-o",
+         str(copied_out)],
     ]
     report = probe(runs)
     for row in report:
@@ -92,6 +97,7 @@ def test_commands_that_touch_no_tensor_import_no_runtime(outputs):
     assert "yarn" in by_argv[("inspect", str(outputs["gguf"]))]["out"]
     assert "yarn" in by_argv[("methods",)]["out"]
     assert not dry_out.exists()
+    assert (copied_out / "model.safetensors").is_file() and (copied_out / "manifest.json").is_file()
     helps = [r for r in report if r["argv"][-1] == "--help"]
     assert {("eval", "passkey", "--help"), ("extend", "--help"), ("recipe", "run", "--help")} <= \
         {tuple(r["argv"]) for r in helps}

@@ -27,11 +27,9 @@ from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.formats import ONNX_DIR, ONNX_DTYPES as DTYPES, ONNX_MODEL_FILE as MODEL_FILE  # noqa: F401
 from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
 
-ONNX_DIR = "onnx"
-MODEL_FILE = "model.onnx"
-DTYPES = ("fp32", "fp16", "int4")
 INT4_BLOCK_SIZE = 32  # onnxruntime-genai's default for int4
 INT4_ACCURACY_LEVEL = 4  # MatMulNBits on CPU: int8 activations (onnxruntime-genai's CPU default)
 DTYPE_KEY = "ropeconv.dtype"
