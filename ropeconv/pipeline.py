@@ -22,9 +22,8 @@ from ropeconv.export.card import base_card_metadata, check_card_fields, check_na
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES, SafetensorsWriter
 from ropeconv.export.staging import check_target, staged_dir, target_lock
-from ropeconv.formats import FORMATS  # noqa: F401  (re-exported: the matrix's columns)
 from ropeconv.export.table import changes_table, output_entry, resampled
-from ropeconv.formats import ONNX_DIR, ONNX_MODEL_FILE as MODEL_FILE, is_gguf
+from ropeconv.formats import FORMATS, ONNX_DIR, ONNX_MODEL_FILE as MODEL_FILE, is_gguf  # noqa: F401  (FORMATS re-exported)
 from ropeconv.manifest import write_manifest
 from ropeconv.onnx_export import OPSET
 from ropeconv import methods
