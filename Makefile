@@ -95,6 +95,7 @@ test: install tf4
 	ROPECONV_TF4_PYTHON=$(abspath $(VENV4))/bin/python ROPECONV_REQUIRE_TF4=1 $(PY) -m pytest -q -ra
 
 bench: install
+	$(PY) -m bench.speed_bench --work $(WORK)/bench
 	$(PY) -m bench.extend_bench --work $(WORK)/bench
 	$(PY) -m bench.retrofit_bench --work $(WORK)/bench
 	$(PY) -m bench.convert_bench --work $(WORK)/bench

@@ -29,17 +29,19 @@ MAX_RSS_MB = 512
 SHARD_BYTES = 1000**3  # HF's max_shard_size="1GB": a 2 GB model comes out as 2-3 shards
 INDEX_NAME = "model.safetensors.index.json"
 HIDDEN, INTERMEDIATE, HEADS, HEAD_DIM, VOCAB = 2048, 5632, 16, 128, 32000
+# the synthetic checkpoint's weight type: safetensors dtype, config torch_dtype (bench.speed_bench also builds fp16)
+DTYPES = {"bf16": ("BF16", "bfloat16"), "fp16": ("F16", "float16")}
 
 
 # --- the synthetic checkpoint -------------------------------------------------------------------
 
-def llama_config(size_gb: float) -> dict:
-    """A TinyLlama-shaped config whose layer count makes the bf16 weights about `size_gb` GB."""
+def llama_config(size_gb: float, dtype: str = "bf16") -> dict:
+    """A TinyLlama-shaped config whose layer count makes the bf16 (or fp16) weights about `size_gb` GB."""
     per_layer = 2 * (4 * HIDDEN * HEADS * HEAD_DIM + 3 * HIDDEN * INTERMEDIATE + 2 * HIDDEN)
     embeddings = 2 * (2 * VOCAB * HIDDEN)  # embed_tokens + untied lm_head
     layers = max(1, round((size_gb * 1e9 - embeddings) / per_layer))
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": DTYPES[dtype][1],
         "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers,
         "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "head_dim": HEAD_DIM,
         "vocab_size": VOCAB, "max_position_embeddings": 4096, "rope_theta": 10000.0,
@@ -80,25 +82,25 @@ def shard_layout(shapes: list, max_bytes: int) -> dict[str, list]:
     return {f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors": g for k, g in enumerate(groups)}
 
 
-def safetensors_header(tensors: list) -> bytes:
-    """The 8-byte length + JSON header of a bf16 safetensors file, data area 8-byte aligned."""
+def safetensors_header(tensors: list, dtype: str = "bf16") -> bytes:
+    """The 8-byte length + JSON header of a bf16 (or fp16) safetensors file, data area 8-byte aligned."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in tensors:
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes(shape)]}
+        header[name] = {"dtype": DTYPES[dtype][0], "shape": list(shape), "data_offsets": [offset, offset + nbytes(shape)]}
         offset += nbytes(shape)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return len(raw).to_bytes(8, "little") + raw
 
 
-def write_shard(path: Path, tensors: list, gen: torch.Generator) -> None:
+def write_shard(path: Path, tensors: list, gen: torch.Generator, dtype: str = "bf16") -> None:
     """Written by hand, one random tensor at a time, so memory stays at one tensor (<= 262 MB)."""
     import torch  # only to build the checkpoint: bench.retrofit_bench shares the helpers below without it
 
     with open(path, "wb") as fh:
-        fh.write(safetensors_header(tensors))
+        fh.write(safetensors_header(tensors, dtype))
         for _, shape in tensors:
-            data = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+            data = (torch.randn(shape, generator=gen) * 0.02).to(getattr(torch, DTYPES[dtype][1]))
             fh.write(data.reshape(-1).view(torch.uint8).numpy().data)
 
 
@@ -109,19 +111,20 @@ def index_json(layout: dict[str, list]) -> dict:
     }
 
 
-def ensure_checkpoint(root: Path, size_gb: float) -> Path:
+def ensure_checkpoint(root: Path, size_gb: float, dtype: str = "bf16") -> Path:
     """Build DIR/synthetic once (about a minute for 2 GB) and reuse it while it matches `size_gb`.
 
     Built in a temporary sibling and renamed into place, so an existing directory is always complete.
     """
-    config = llama_config(size_gb)
+    config = llama_config(size_gb, dtype)
     layout = shard_layout(tensor_shapes(config), SHARD_BYTES)
     index = index_json(layout)
-    out = root / "synthetic"
-    if is_built(out, config, layout):
+    name = "synthetic" if dtype == "bf16" else f"synthetic-{dtype}"
+    out = root / name
+    if is_built(out, config, layout, dtype):
         return out
     shutil.rmtree(out, ignore_errors=True)
-    tmp = root / ".synthetic.tmp"
+    tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     import torch
@@ -129,19 +132,19 @@ def ensure_checkpoint(root: Path, size_gb: float) -> Path:
     gen = torch.Generator().manual_seed(0)
     for file, tensors in layout.items():
         print(f"bench: writing {tmp / file}", file=sys.stderr)
-        write_shard(tmp / file, tensors, gen)
+        write_shard(tmp / file, tensors, gen, dtype)
     (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, out)
     return out
 
 
-def is_built(out: Path, config: dict, layout: dict[str, list]) -> bool:
+def is_built(out: Path, config: dict, layout: dict[str, list], dtype: str = "bf16") -> bool:
     """Same config, same index and every shard at its exact size: cheap, and catches a changed --size-gb."""
     if _reads_json(out / "config.json") != config or _reads_json(out / INDEX_NAME) != index_json(layout):
         return False
     for file, tensors in layout.items():
-        size = len(safetensors_header(tensors)) + sum(nbytes(s) for _, s in tensors)
+        size = len(safetensors_header(tensors, dtype)) + sum(nbytes(s) for _, s in tensors)
         if not (out / file).is_file() or (out / file).stat().st_size != size:
             return False
     return True
@@ -277,11 +280,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_args(prog: str, doc: str, argv: list[str] | None, extra=None) -> argparse.Namespace:
+def bench_args(prog: str, doc: str, argv: list[str] | None, extra=None, size_gb: float = 2.0) -> argparse.Namespace:
     """The options every benchmark takes; extra(parser) adds its own."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="working directory (inputs, outputs, report)")
-    parser.add_argument("--size-gb", type=float, default=2.0, help="size of the synthetic input (default 2.0)")
+    parser.add_argument("--size-gb", type=float, default=size_gb, help=f"size of the synthetic input (default {size_gb})")
     parser.add_argument("--runs", type=int, default=RUNS, help=f"measured runs per command (default {RUNS})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     if extra:

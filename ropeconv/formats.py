@@ -1,6 +1,7 @@
 """The output formats as one table: what each is called, where its artifact lives, which runtime proves it and
-what a GGUF base can be written as. Code that needs one of these facts reads it here instead of comparing a
-format name or a file suffix.
+what a GGUF base can be written as; and the names of their types. Code that needs one of these facts reads it here
+instead of comparing a format name or a file suffix — and without importing the exporters (numpy, gguf-py and the
+rest: ~0.3 s), so `ropeconv methods`, `extend --help` and an extend that writes only safetensors stay light.
 
 This is the first step of the format registry (issue 17). Still to come, each format one module that also holds
 - its planning (plan_gguf, plan_onnx; the safetensors plan is the checkpoint's own tensor list),
@@ -37,6 +38,20 @@ FORMATS: dict[str, Format] = {
     )
 }
 _BY_SUFFIX = {f.suffix: f for f in FORMATS.values() if f.suffix}
+
+GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # --outtype written by ropeconv (gguf_export.convert.OUTTYPES)
+# llama-quantize's names (QUANT_OPTIONS), lower case; each maps to llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>
+GGUF_QUANT_TYPES = (
+    "q4_0", "q4_1", "q5_0", "q5_1",
+    "q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+    "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
+    "iq1_s", "iq1_m",
+)  # fmt: skip
+GGUF_ALL_OUTTYPES = GGUF_OUTTYPES + GGUF_QUANT_TYPES  # the rest: quantized by llama.cpp
+
+ONNX_DTYPES = ("fp32", "fp16", "int4")
+ONNX_DIR = "onnx"  # the ONNX decoder's folder inside an output directory
+ONNX_MODEL_FILE = "model.onnx"
 
 
 def format_of(path: Path) -> Format | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
-from ropeconv.manifest import sha256_file
+from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, make_tiny, read_json, run_cli
 from ropeconv.positions import RopePlan, inv_freq_at
 
 
@@ -165,10 +165,20 @@ def test_inspect_reports_the_checkpoint(tiny_llama, tmp_path, capsys):
 
 
 def test_manifest_hashes_match_files_written(tiny_llama, tmp_path):
+    """Every format's files are hashed while they are written (not read back): each digest must equal an
+    independent pass of hashlib over the file as it lies on disk, and every file must be listed."""
+    base = add_byte_level_tokenizer(Path(shutil.copytree(tiny_llama, tmp_path / "base")))  # GGUF needs a vocabulary
     out = tmp_path / "out"
-    assert run_cli("extend", tiny_llama, "--method", "ntk", "--factor", "3", "-o", out, "--no-verify", "-q") == 0
+    assert run_cli("extend", base, "--method", "ntk", "--factor", "3", "--to", "safetensors,gguf,onnx", "-o", out,
+                   "--max-shard-size", "200KB", "--no-verify", "-q") == 0  # shards and their index too
     manifest = read_json(out / "manifest.json")
     assert manifest["parity"] is None
     assert "not checked when this artifact was written" in (out / "README.md").read_text()
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    assert {"model.safetensors.index.json", "onnx/model.onnx"} <= on_disk
+    assert len([n for n in on_disk if n.startswith("model-0")]) > 1
+    assert any(n.endswith(".gguf") for n in on_disk)
     for name, record in manifest["files"].items():
-        assert sha256_file(out / name) == record["sha256"]
+        assert record["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest(), name
+        assert record["bytes"] == (out / name).stat().st_size, name

@@ -17,7 +17,6 @@ from ropeconv.eval import passkey as pk
 from ropeconv.eval import plots
 from ropeconv.eval import ppl as ppl_mod
 from ropeconv.eval import runtimes as rt
-from ropeconv.parity.device import pick_device
 from ropeconv.progress import Progress
 
 PASSKEY_EPILOG = """\b
@@ -68,6 +67,12 @@ def _common(f):
 @click.group(name="eval")
 def eval_group() -> None:
     """Evaluate a model in its target runtime: passkey retrieval and perplexity."""
+
+
+def _pick_device(device: str):
+    from ropeconv.parity.device import pick_device  # imports torch: only when a command runs, never for --help
+
+    return pick_device(device)
 
 
 def _prepare_out(out: Path | None) -> None:
@@ -125,7 +130,7 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
     _prepare_out(out)
     if out is not None:
         plots.require()
-    dev = pick_device(device)
+    dev = _pick_device(device)
     progress = Progress(enabled=not quiet)
     placement = _placement(max_memory, dev, out)
     with rt.open_runtime(ref, dev, placement) as runtime_:
@@ -207,7 +212,7 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
     _prepare_out(out)
     if out is not None:
         plots.require()
-    dev = pick_device(device)
+    dev = _pick_device(device)
     placement = _placement(max_memory, dev, out)
     progress = Progress(enabled=not quiet)
     labels = _labels(refs)

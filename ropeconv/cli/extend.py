@@ -11,8 +11,7 @@ from ropeconv import methods
 from ropeconv.cli.options import emit_json, full_length_option, max_memory_option, method_option_decorators, \
     method_options_for, parse_bytes
 from ropeconv.errors import InputError
-from ropeconv.gguf_export.convert import ALL_OUTTYPES
-from ropeconv.onnx_export.export import DTYPES
+from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as DTYPES
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
 from ropeconv.parity.placement import parse_max_memory

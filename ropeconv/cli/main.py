@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import signal
 import sys
@@ -17,7 +18,59 @@ from ropeconv import __version__
 from ropeconv.errors import RopeconvError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# name → (module, attribute, the command's one-line help). A command's module is imported only when that command
+# runs or shows its help: importing them all pulled torch in (via eval) and cost every command 2-4 s. The help lines
+# are the docstrings' first sentences, repeated here so `ropeconv --help` lists every command without importing any
+# (tests/test_startup.py checks they still match).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "eval": ("ropeconv.cli.eval", "eval_group",
+             "Evaluate a model in its target runtime: passkey retrieval and perplexity."),
+    "extend": ("ropeconv.cli.extend", "extend",
+               "Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."),
+    "finetune": ("ropeconv.cli.finetune", "finetune",
+                 "Fine-tune a base for an extended context; writes a PEFT LoRA adapter (needs ropeconv[finetune])."),
+    "inspect": ("ropeconv.cli.inspect", "inspect",
+                "Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH (a HF dir, a GGUF "
+                "or a ropeconv ONNX model)."),
+    "methods": ("ropeconv.cli.methods_cmd", "methods",
+                "Every method × output format: exact, exact via carrier, or refused (and why)."),
+    "recipe": ("ropeconv.cli.recipe", "recipe",
+               "Run or check YAML recipes (`ropeconv extend … --save-recipe FILE` writes one)."),
+    "search": ("ropeconv.cli.search", "search",
+               "Search a method's parameters on a base model and a calibration text."),
+    "verify": ("ropeconv.cli.verify", "verify",
+               "Compare OUT (an output directory, a .gguf or a model.onnx) in its runtime with the base weights under "
+               "the intended rope parameters."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use; commands added with add_command() still work."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute, _ = COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            loaded = self.commands.get(name)
+            rows.append((name, loaded.get_short_help_str(limit) if loaded is not None
+                         else click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ropeconv")
 def cli() -> None:
     """Extend the context window of a pretrained model and export it with exact position metadata.
@@ -39,23 +92,6 @@ def cli() -> None:
     """
 
 
-def _register() -> None:
-    from ropeconv.cli import extend, finetune, inspect, methods_cmd, recipe, verify
-
-    cli.add_command(extend.extend)
-    cli.add_command(inspect.inspect)
-    cli.add_command(verify.verify)
-    cli.add_command(methods_cmd.methods)
-    cli.add_command(finetune.finetune)
-    cli.add_command(recipe.recipe)
-    from ropeconv.cli import eval as eval_cmd  # "eval" is a builtin's name
-
-    cli.add_command(eval_cmd.eval_group)
-    from ropeconv.cli import search
-
-    cli.add_command(search.search)
-
-
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, raised as an exception so staged outputs are cleaned up on the way out."""
 
@@ -65,7 +101,6 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     restore = _paths_printable(sys.stdout)
     try:

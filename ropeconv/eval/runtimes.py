@@ -20,14 +20,30 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import functools
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ropeconv.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 RUNTIMES = ("auto", "hf", "onnx", "gguf")
 NAMES = {"hf": "transformers", "onnx": "onnxruntime", "gguf": "llama.cpp"}
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+
+
+def _no_grad(method):
+    """torch.no_grad() for a method, with torch imported when it runs: `ropeconv eval --help` needs no torch."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,8 @@ def model_hash(ref: ModelRef) -> str:
 
 def log_softmax_rows(logits, ids_next: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """log p(ids_next[i] | row i) in float64, a chunk of rows at a time (vocab × length can be GBs)."""
+    import torch
+
     out = np.empty(len(ids_next), dtype=np.float64)
     target = torch.as_tensor(np.asarray(ids_next, dtype=np.int64))
     for a in range(0, len(ids_next), chunk):
@@ -242,11 +260,15 @@ class HFRuntime(_HFTokenizer, Runtime):
     def _positions(self, start: int, n: int) -> dict:
         if not self._takes_positions:  # ALiBi: the bias depends on distances only
             return {}
+        import torch
+
         return {"position_ids": torch.arange(start, start + n, device=self._inputs_on)[None]}
 
-    @torch.no_grad()
+    @_no_grad
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
         from ropeconv.parity.probe import LONG_PREFILL, PREFILL_CHUNK
+        import torch
+
         from ropeconv.parity.runtimes.hf import cache_from
 
         model = self.model
@@ -268,8 +290,10 @@ class HFRuntime(_HFTokenizer, Runtime):
                         **self._positions(len(ids) + step, 1), **cache_from(model, out))
         return new
 
-    @torch.no_grad()
+    @_no_grad
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        import torch
+
         model = self.model
         out = model(input_ids=torch.tensor([ids], device=self._inputs_on), use_cache=False,
                     **self._positions(0, len(ids)))
@@ -384,6 +408,8 @@ class GGUFRuntime(Runtime):
         return new
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        import torch
+
         handle = self._context(len(ids))
         x = torch.tensor([ids])
         logits = self._lc.logits(handle, x, torch.arange(len(ids))[None])

@@ -1,12 +1,14 @@
 """Streamed, sharded safetensors output.
 
 The header of every shard is computed before any data is written (shapes and dtypes are known from
-the plan), so tensors are appended one at a time: untouched ones by a kernel byte copy from the
-source file, changed ones from memory. Peak memory is one tensor.
+the plan), so tensors are appended one at a time: untouched ones by a kernel byte copy from the source
+file, changed ones from memory. Each shard's sha256 is computed as it is written (ropeconv.hashing), so the
+manifest need not read the shards back. Peak memory is one tensor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -15,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from ropeconv import jsontext
 from ropeconv.checkpoint.safetensors_header import TensorEntry
-from ropeconv.checkpoint.sources import TensorSource, tensor_bytes, write_all
-from ropeconv.errors import RopeconvError
+from ropeconv.checkpoint.sources import TensorSource, tensor_bytes
+from ropeconv.errors import InputError, RopeconvError
+from ropeconv.hashing import HashedWriter
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +65,7 @@ def _header(tensors: list[TensorEntry]) -> bytes:
 
 
 class SafetensorsWriter:
-    """write() must be called once per spec, in spec order."""
+    """write() must be called once per spec, in spec order; then close() (or abort())."""
 
     def __init__(self, out_dir: Path, specs: list[TensorEntry], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES):
         self.out_dir = Path(out_dir)
@@ -70,7 +73,10 @@ class SafetensorsWriter:
         self._queue = [(i, t) for i, s in enumerate(self.shards) for t in s.tensors]
         self._pos = 0
         self._fd: int | None = None
+        self._out: HashedWriter | None = None
         self._shard = -1
+        self._src_fds: dict[Path, int] = {}
+        self.sha256: dict[str, str] = {}  # file name → digest of the bytes written, filled as each file is finished
 
     def write(self, spec: TensorEntry, source: TensorSource, tensor: "torch.Tensor | None" = None) -> None:
         """Append a tensor: byte-copied from `source` when `tensor` is None, else from memory."""
@@ -80,40 +86,70 @@ class SafetensorsWriter:
         self._pos += 1
         if shard_index != self._shard:
             self._open(shard_index)
-        if tensor is None:
-            source.copy_into(spec, self._fd)
-        else:
-            data = tensor_bytes(tensor)
-            if len(data) != expected.nbytes:
-                raise RopeconvError(f"internal: tensor {spec.name!r} has {len(data)} bytes, header says {expected.nbytes}")
-            write_all(self._fd, data)
+        if tensor is None and source.raw(spec):  # the entry's byte range in its file is the tensor
+            try:
+                self._out.copy(self._src_fd(spec.file), spec.offset, spec.nbytes)
+            except EOFError:
+                raise InputError(f"{spec.file}: ended inside tensor {spec.name!r} (was it changed while copying?)") \
+                    from None
+            return
+        data = tensor_bytes(source.load(spec) if tensor is None else tensor)
+        if len(data) != expected.nbytes:
+            raise RopeconvError(f"internal: tensor {spec.name!r} has {len(data)} bytes, header says {expected.nbytes}")
+        self._out.write(data)
+
+    def _src_fd(self, path: Path) -> int:
+        if path not in self._src_fds:
+            self._src_fds[path] = os.open(path, os.O_RDONLY)
+        return self._src_fds[path]
 
     def _open(self, index: int) -> None:
         self._close_fd()
         self._shard = index
-        self._fd = os.open(self.out_dir / self.shards[index].file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        write_all(self._fd, self.shards[index].header)
+        # read and write: the hash of each copied range is read back right behind the copy (ropeconv.hashing)
+        self._fd = os.open(self.out_dir / self.shards[index].file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._out = HashedWriter(self._fd)
+        self._out.write(self.shards[index].header)
 
-    def _close_fd(self) -> None:
+    def _close_fd(self, finished: bool = True) -> None:
+        if self._out is not None:
+            if finished:
+                self.sha256[self.shards[self._shard].file] = self._out.hexdigest()
+            self._out.close()
+            self._out = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def abort(self) -> None:
+        """Stop without finishing; the partial files are left for the caller's staging to remove."""
+        self._close_fd(finished=False)
+        self._close_sources()
+
+    def _close_sources(self) -> None:
+        for fd in self._src_fds.values():
+            os.close(fd)
+        self._src_fds.clear()
 
     def close(self) -> list[str]:
         """Finish; returns the files written (shards and, when sharded, the index)."""
         if self._pos != len(self._queue):
             raise RopeconvError(f"internal: {len(self._queue) - self._pos} tensors were never written")
         self._close_fd()
+        self._close_sources()
         for shard in self.shards:
             if not (self.out_dir / shard.file).exists():  # a shard holding only empty tensors
                 with open(self.out_dir / shard.file, "wb") as fh:
                     fh.write(shard.header)
+                self.sha256[shard.file] = hashlib.sha256(shard.header).hexdigest()
         files = [s.file for s in self.shards]
         if len(self.shards) > 1:
             index = {
                 "metadata": {"total_size": sum(s.data_bytes for s in self.shards)},
                 "weight_map": {t.name: s.file for s in self.shards for t in s.tensors},
             }
-            (self.out_dir / INDEX_NAME).write_text(jsontext.dumps(index, INDEX_NAME, indent=2, sort_keys=True) + "\n")
+            text = (jsontext.dumps(index, INDEX_NAME, indent=2, sort_keys=True) + "\n").encode()
+            (self.out_dir / INDEX_NAME).write_bytes(text)
+            self.sha256[INDEX_NAME] = hashlib.sha256(text).hexdigest()
             files.append(INDEX_NAME)
         return files

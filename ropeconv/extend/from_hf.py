@@ -8,10 +8,12 @@ in a temporary sibling and published only when complete (and, when verified, pro
 from __future__ import annotations
 
 import hashlib
+import importlib
 import shutil
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ropeconv import jsontext
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
@@ -24,19 +26,20 @@ from ropeconv.export.safetensors_writer import SafetensorsWriter
 from ropeconv.export.staging import staged_dir
 from ropeconv.export.table import changes_table, output_entry, resampled
 from ropeconv.extend.job import ExtendJob, ExtendResult, gate, job_placement, owner, preflight
-from ropeconv.gguf_export import quantize as llama_quantize
-from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
+from ropeconv.formats import ONNX_DIR, ONNX_MODEL_FILE as MODEL_FILE
 from ropeconv.lora import plan_merge
 from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.manifest import write_manifest
-from ropeconv.onnx_export.export import MODEL_FILE, ONNX_DIR, OnnxExport, OnnxPlan, export_file, plan_onnx, \
-    position_math
 from ropeconv.onnx_export import OPSET
 from ropeconv import methods
 from ropeconv.parity import ParityReport, Twin, check_parities
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
 from ropeconv.provenance import ATTENTION_KEY, provenance
+
+if TYPE_CHECKING:  # the exporters (numpy, gguf-py, …) are imported where a job writes their format
+    from ropeconv.gguf_export.convert import GgufPlan
+    from ropeconv.onnx_export.export import OnnxPlan
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,15 @@ def prepare(job: ExtendJob) -> Prepared:
         # then carries the base's config.json, for the shapes only
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
-    gguf = plan_gguf(ckpt, plan, job.outtype, job.imatrix, job.name) if "gguf" in job.formats else None
-    onnx = plan_onnx(ckpt, plan, job.onnx_dtype, provenance(plan, ckpt.path)) if "onnx" in job.formats else None
+    gguf = onnx = None
+    if "gguf" in job.formats:
+        from ropeconv.gguf_export.convert import plan_gguf
+
+        gguf = plan_gguf(ckpt, plan, job.outtype, job.imatrix, job.name)
+    if "onnx" in job.formats:
+        from ropeconv.onnx_export.export import plan_onnx
+
+        onnx = plan_onnx(ckpt, plan, job.onnx_dtype, provenance(plan, ckpt.path))
     return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
 
 
@@ -90,8 +100,13 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
-    gguf_name = gguf_file_name(ckpt, job.outtype, job.name) if prepared.gguf else None
+    gguf_name = None
+    if prepared.gguf:
+        from ropeconv.gguf_export.convert import gguf_file_name
+
+        gguf_name = gguf_file_name(ckpt, job.outtype, job.name)
     with staged_dir(job.out, job.force, owner=owner(job)) as tmp:
+        _import_aside("huggingface_hub.repocard")  # the model card's library (~0.3 s), loaded while tensors copy
         files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
         config_text = jsontext.dumps(prepared.hf_config, "config.json", indent=2, sort_keys=True) + "\n"
         # the ONNX directory is self-contained: what optimum's ORTModel and onnxruntime-genai look for beside it
@@ -128,6 +143,19 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
     return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
 
 
+def _import_aside(module: str) -> None:
+    """Import a module on another thread; whoever imports it later waits for that import (the import lock)
+    instead of starting its own. A byte-copying writer spends its time in system calls, so the import mostly
+    runs beside it. A failure is left for the real import to report (one line, as every error)."""
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001
+            pass
+
+    threading.Thread(target=load, name=f"import {module}").start()
+
+
 def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
     """Tokenizer, chat template and generation files, as they are except a tokenizer_config.json that names a
     class only transformers 5 has."""
@@ -150,10 +178,16 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
     gplan = prepared.gguf
     # a type llama.cpp quantizes: the float conversion is staged beside the output first
     gguf_path = out / (f".{gguf_name}.{gplan.outtype}.gguf" if gplan and gplan.quantize else f"{gguf_name}")
-    gguf = GgufConversion(gplan, gguf_path) if gguf_name else None
+    gguf = None
+    if gguf_name:
+        from ropeconv.gguf_export.convert import GgufConversion
+
+        gguf = GgufConversion(gplan, gguf_path)
     onnx = None
     if prepared.onnx:
         (out / ONNX_DIR).mkdir()
+        from ropeconv.onnx_export.export import OnnxExport
+
         onnx = OnnxExport(prepared.onnx, out / ONNX_DIR / MODEL_FILE)
     label = "+".join(job.formats)
     source = ckpt.open_source()
@@ -170,13 +204,15 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
             done += entry.nbytes
             progress.step(label, done, total)
         files = safetensors.close() if safetensors else []
-        known = {}
+        known = dict(safetensors.sha256) if safetensors else {}  # hashed while written: not read back
         if gguf:
             gguf.close()
             files.append(gguf_name)
             if gplan.quantize:
                 progress.note(f"gguf: llama.cpp quantizes the {gplan.outtype.upper()} conversion to "
                               f"{gplan.quantize.upper()}" + (f" with {gplan.imatrix.file_name}" if gplan.imatrix else ""))
+                from ropeconv.gguf_export import quantize as llama_quantize
+
                 llama_quantize.quantize(gguf_path, out / gguf_name, gplan.quantize, gplan.imatrix)
                 gguf_path.unlink()
             else:
@@ -184,7 +220,10 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
         if onnx:
             progress.note("onnx: checking the graph with onnx.checker")
             files.extend(f"{ONNX_DIR}/{p.name}" for p in onnx.close())
+            known.update({f"{ONNX_DIR}/{name}": digest for name, digest in onnx.sha256.items()})
     except BaseException:
+        if safetensors:
+            safetensors.abort()
         if gguf:
             gguf.abort()
         if onnx:
@@ -198,12 +237,16 @@ def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str
 def gguf_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
     """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
     (strict: names, layout, metadata) and as itself against the quantized limits."""
+    from ropeconv.gguf_export.convert import write_f32_twin
+
     return lambda dst: write_f32_twin(base, plan, dst, lora)
 
 
 def onnx_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
     """A float16 ONNX is judged strictly through a float32 export of the same base and plan, and as itself
     against the quantized limits."""
+    from ropeconv.onnx_export.export import export_file
+
     return lambda dst: export_file(base, plan, "fp32", dst, lora)
 
 
@@ -253,6 +296,8 @@ def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -
             out["gguf"]["quantized_by"] = {"tool": "llama.cpp llama_model_quantize", "from": g.outtype,
                                            "imatrix": g.imatrix.file_name if g.imatrix else None}
     if prepared.onnx:
+        from ropeconv.onnx_export.export import position_math
+
         o = prepared.onnx
         out["onnx"] = {
             "file": f"{ONNX_DIR}/{MODEL_FILE}",

@@ -25,6 +25,7 @@ from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.half import check_half
 from ropeconv.export.table import changes_table, output_entry
+from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks
 from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
@@ -35,8 +36,8 @@ from ropeconv.positions import PositionPlan
 from ropeconv.provenance import provenance
 
 G = GGMLQuantizationType
-OUTTYPES = {"f32": G.F32, "f16": G.F16, "bf16": G.BF16, "q8_0": G.Q8_0}  # written by ropeconv
-ALL_OUTTYPES = tuple(OUTTYPES) + llama_quantize.QUANT_TYPES  # the rest: quantized by llama.cpp
+OUTTYPES = dict(zip(GGUF_OUTTYPES, (G.F32, G.F16, G.BF16, G.Q8_0)))  # written by ropeconv
+ALL_OUTTYPES = GGUF_ALL_OUTTYPES  # OUTTYPES, then the rest: quantized by llama.cpp
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType
 CAST_CHUNK_BYTES = 1 << 20  # per piece of a streamed dtype conversion: stays in L2/L3
 SAME_BYTES = {("F32", G.F32), ("F16", G.F16), ("BF16", G.BF16)}  # safetensors dtype → GGUF type, no conversion

@@ -23,14 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.formats import GGUF_QUANT_TYPES
 
-# llama-quantize's names (QUANT_OPTIONS), lower case; each maps to llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>
-QUANT_TYPES = (
-    "q4_0", "q4_1", "q5_0", "q5_1",
-    "q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
-    "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
-    "iq1_s", "iq1_m",
-)  # fmt: skip
+QUANT_TYPES = GGUF_QUANT_TYPES  # llama-quantize's names, lower case (kept in ropeconv.formats for the CLI)
 # ftypes whose default tensor type llama.cpp quantizes only with an importance matrix (tensor_requires_imatrix:
 # IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_M, IQ1_S, and Q2_K inside a Q2_K_S file)
 NEEDS_IMATRIX = frozenset({"q2_k_s", "iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m"})

@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from ropeconv.checkpoint.sources import copy_range, write_all
 from ropeconv.errors import InputError, RopeconvError
+from ropeconv.hashing import HashedWriter
 from ropeconv.gguf_io.reader import (
     ALIGNMENT_KEY,
     DEFAULT_ALIGNMENT,
@@ -235,7 +236,8 @@ class GgufWriter:
         self._src_fds: dict[Path, int] = {}
         # sha256 of the file as written, computed on a second core while the first converts and writes,
         # so a manifest need not read the file back
-        self._hasher = _BackgroundSha256() if hash_data else None
+        self._hash_data = hash_data
+        self._out: HashedWriter | None = None
         self.sha256: str | None = None
 
     def __enter__(self) -> GgufWriter:
@@ -256,13 +258,15 @@ class GgufWriter:
             # No O_TRUNC: the staged path already exists (mkstemp), and truncating an existing file to 0
             # arms ext4's auto_da_alloc, which makes close() write the whole file back (~1.8 s for 2 GB).
             # A longer stale file is cut to size in close() instead.
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, (os.O_RDWR if self._hash_data else os.O_WRONLY) | os.O_CREAT, 0o644)
+            self._out = HashedWriter(self._fd) if self._hash_data else None
             self._emit(self.header)
 
     def _emit(self, data) -> None:
-        if self._hasher:
-            self._hasher.update(data)
-        write_all(self._fd, data)
+        if self._out:  # owned: every buffer emitted here is made for this write and never changed after
+            self._out.write(data, owned=True)
+        else:
+            write_all(self._fd, data)
 
     def write_tensor(self, name: str, source: TensorSource) -> None:
         """Append a tensor: byte-copied from a file range (a GgufTensor or ByteRange) or from memory."""
@@ -311,14 +315,12 @@ class GgufWriter:
         if src is None:
             src = self._src_fds[source.file] = os.open(source.file, os.O_RDONLY)
         offset, remaining = source.offset, source.nbytes
-        if self._hasher:  # the bytes must pass through here to be hashed
-            while remaining:
-                data = os.pread(src, min(remaining, COPY_CHUNK_BYTES), offset)
-                if not data:
-                    raise InputError(f"{source.file}: ended inside tensor {name!r} (was the file changed while copying?)")
-                self._emit(data)
-                offset += len(data)
-                remaining -= len(data)
+        if self._out:  # a kernel copy all the same, hashed right behind it
+            try:
+                self._out.copy(src, offset, remaining)
+            except EOFError:
+                raise InputError(f"{source.file}: ended inside tensor {name!r} (was the file changed while copying?)") \
+                    from None
             return
         while remaining:
             n = copy_range(src, self._fd, min(remaining, COPY_CHUNK_BYTES), offset)
@@ -336,49 +338,20 @@ class GgufWriter:
         end = len(self.header) + sum(align_up(t.nbytes, self.alignment) for t in self.tensors)
         if os.fstat(self._fd).st_size != end:
             os.ftruncate(self._fd, end)
-        if self._hasher:
-            self.sha256 = self._hasher.hexdigest()
+        if self._out:
+            self.sha256 = self._out.hexdigest()
         self._release()
 
     def _release(self) -> None:
-        if self._hasher:
-            self._hasher.close()
+        if self._out:
+            self._out.close()
+            self._out = None
         for fd in self._src_fds.values():
             os.close(fd)
         self._src_fds.clear()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-class _BackgroundSha256:
-    """sha256 on a worker thread (hashlib releases the GIL on large buffers); at most a few buffers queued,
-    so memory stays bounded when hashing is slower than producing."""
-
-    MAX_PENDING = 4
-
-    def __init__(self) -> None:
-        import hashlib
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._sha = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._pending: list = []
-
-    def update(self, data) -> None:
-        self._pending = [f for f in self._pending if not f.done()]
-        while len(self._pending) >= self.MAX_PENDING:
-            self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(self._sha.update, data))
-
-    def hexdigest(self) -> str:
-        for f in self._pending:
-            f.result()
-        self._pending.clear()
-        return self._sha.hexdigest()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, drop_keys: set[str] = frozenset(),

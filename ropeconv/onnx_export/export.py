@@ -27,12 +27,10 @@ from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.formats import ONNX_DIR, ONNX_DTYPES as DTYPES, ONNX_MODEL_FILE as MODEL_FILE  # noqa: F401
 from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
 from ropeconv.provenance import ATTENTION_KEY, DTYPE_KEY
 
-ONNX_DIR = "onnx"
-MODEL_FILE = "model.onnx"
-DTYPES = ("fp32", "fp16", "int4")
 INT4_BLOCK_SIZE = 32  # onnxruntime-genai's default for int4
 INT4_ACCURACY_LEVEL = 4  # MatMulNBits on CPU: int8 activations (onnxruntime-genai's CPU default)
 FUSED_ATTENTION = "com.microsoft.GroupQueryAttention (fused, memory linear in the length)"
@@ -433,6 +431,11 @@ class OnnxExport:
         if check:
             self.writer.check(self.header)
         return paths
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        """File name → sha256 of the files written, computed while writing; once closed."""
+        return dict(self.writer.sha256)
 
     def abort(self) -> None:
         self.writer.abort()

@@ -1,7 +1,9 @@
 """Read an ONNX model's metadata_props without reading its graph or weights.
 
 A ModelProto is a sequence of top-level fields; every one but metadata_props (field 14) is skipped
-by its length, so a 2 GB single-file model costs a few reads, where onnx.load would parse it all.
+by its length, so a 2 GB single-file model costs a few reads, where onnx.load would parse it all. Each
+entry (StringStringEntryProto: key = 1, value = 2, both strings) is decoded here too, so `ropeconv
+inspect model.onnx` never imports onnx (or its protobuf runtime).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from ropeconv.positions import PositionPlan
 from ropeconv.provenance import plan_in
 
 _METADATA_PROPS = 14
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
 def _varint(f) -> int:
@@ -29,9 +32,38 @@ def _varint(f) -> int:
             raise ValueError("varint too long")
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    from onnx import StringStringEntryProto
+def _entry(raw: bytes) -> tuple[str, str]:
+    """A StringStringEntryProto's key and value, as protobuf reads them: a field given twice keeps its last
+    value, unknown fields are skipped, and a string that is not UTF-8 is an error."""
+    import io
 
+    f, size = io.BytesIO(raw), len(raw)
+    fields = {_ENTRY_KEY: b"", _ENTRY_VALUE: b""}
+    while f.tell() < size:
+        key = _varint(f)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _varint(f)
+        elif wire == 2:
+            length = _varint(f)
+            if f.tell() + length > size:
+                raise ValueError("metadata entry runs past its end")
+            data = f.read(length)
+            if field in fields:
+                fields[field] = data
+        elif wire in (1, 5):
+            if f.tell() + (8 if wire == 1 else 4) > size:
+                raise ValueError("metadata entry runs past its end")
+            f.seek(8 if wire == 1 else 4, 1)
+        else:
+            raise ValueError(f"wire type {wire} in a metadata entry")
+    try:
+        return fields[_ENTRY_KEY].decode("utf-8"), fields[_ENTRY_VALUE].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("a metadata string is not UTF-8") from None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
     path = Path(path)
     size = path.stat().st_size
     props: dict[str, str] = {}
@@ -47,8 +79,8 @@ def read_metadata(path: Path) -> dict[str, str]:
                     if f.tell() + length > size:
                         raise ValueError("field runs past the end of the file")
                     if field == _METADATA_PROPS:
-                        entry = StringStringEntryProto.FromString(f.read(length))
-                        props[entry.key] = entry.value
+                        name, value = _entry(f.read(length))
+                        props[name] = value
                     else:
                         f.seek(length, 1)
                 elif wire == 5:
@@ -59,8 +91,6 @@ def read_metadata(path: Path) -> dict[str, str]:
                     raise ValueError(f"wire type {wire}")
     except (EOFError, ValueError) as exc:
         raise InputError(f"{path}: not a readable ONNX model ({exc or 'truncated'})") from None
-    except Exception as exc:  # protobuf's DecodeError
-        raise InputError(f"{path}: not a readable ONNX model ({exc})") from None
     return props
 
 

@@ -5,6 +5,7 @@ graph-less part followed by one `graph { initializer { … } }` chunk per tensor
 every protobuf parser read it as one graph. Each chunk's raw_data is streamed after a hand-written
 length prefix. Below protobuf's 2 GB limit the weights go inside model.onnx; above it they go to
 model.onnx.data (4 KiB-aligned, so onnxruntime can memory-map them) and model.onnx holds references.
+Each file's sha256 is computed as its bytes are written (ropeconv.hashing), for the manifest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterable
 import numpy as np
 from onnx import ModelProto, StringStringEntryProto, TensorProto
 
+from ropeconv.hashing import HashedWriter
 from ropeconv.inputfile import utf8_path
 
 MAX_INLINE_BYTES = 2**31 - 2**26  # protobuf's 2 GiB limit, less room for the graph itself
@@ -54,19 +56,19 @@ class OnnxFileWriter:
         self._refs: list[TensorProto] = []  # every initializer as an external reference (for the checker)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self._data_fd = os.open(self.data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666) if external else None
+        self._hashed = {fd: HashedWriter(fd) for fd in (self._fd, self._data_fd) if fd is not None}
+        self.sha256: dict[str, str] = {}  # file name → digest of the bytes written, once closed
         self._data_offset = 0
         self._offset = 0
         self._write(self._fd, header.SerializeToString())
 
     def _write(self, fd: int, data) -> None:
         view = memoryview(data).cast("B")
-        while view.nbytes:
-            n = os.write(fd, view)
-            view = view[n:]
-            if fd == self._fd:
-                self._offset += n
-            else:
-                self._data_offset += n
+        self._hashed[fd].write(view)
+        if fd == self._fd:
+            self._offset += view.nbytes
+        else:
+            self._data_offset += view.nbytes
 
     def add(self, name: str, data_type: int, shape: tuple[int, ...], nbytes: int, chunks: Iterable[np.ndarray]) -> None:
         """One initializer whose bytes arrive in pieces (rows of it), nbytes in all."""
@@ -112,14 +114,22 @@ class OnnxFileWriter:
         return ref
 
     def close(self) -> list[Path]:
-        for fd in (self._fd, self._data_fd):
+        for fd, path in ((self._fd, self.path), (self._data_fd, self.data_path)):
             if fd is not None:
+                self.sha256[path.name] = self._hashed[fd].hexdigest()
                 os.fsync(fd)
                 os.close(fd)
+        self._release_hashers()
         self._fd = self._data_fd = None
         return [self.path] + ([self.data_path] if self.external else [])
 
+    def _release_hashers(self) -> None:
+        for hashed in self._hashed.values():
+            hashed.close()
+        self._hashed = {}
+
     def abort(self) -> None:
+        self._release_hashers()
         for fd in (self._fd, self._data_fd):
             if fd is not None:
                 os.close(fd)

@@ -11,16 +11,20 @@ For H not a power of two the slopes of the next lower power n2 are followed by e
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ropeconv.positions.plan import AlibiPlan, LengthRule
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_BIAS = 8.0  # what transformers' BLOOM and MPT hard-code, and llama.cpp's default
 
 
 def base_slopes(n_heads: int, max_bias: float = MAX_BIAS) -> np.ndarray:
     """m_h in float64, as ggml computes them: m0^(h+1) for h < n2, then m1^(2(h−n2)+1)."""
+    import numpy as np  # here: the method table imports this module, and `ropeconv inspect` needs no numpy
+
     n2 = 2 ** int(math.floor(math.log2(n_heads)))
     m0 = 2.0 ** (-max_bias / n2)
     m1 = 2.0 ** (-(max_bias / 2) / n2)

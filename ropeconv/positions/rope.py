@@ -6,13 +6,18 @@ correctly rounded target its own arithmetic should land within a few ulp of.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ropeconv.positions.plan import LengthRule, RopePlan
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def default_inv_freq(theta: float, rotary_dim: int) -> np.ndarray:
     """θ_j = b^(-2j/d), j = 0..d/2-1 (Su et al. 2021)."""
+    import numpy as np  # here: `ropeconv inspect` and `--help` plan nothing and need no numpy (~0.1 s)
+
     exponents = np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim
     return 1.0 / np.power(float(theta), exponents)
 
@@ -32,6 +37,8 @@ def inv_freq_at(plan: RopePlan, seq_len: int) -> np.ndarray:
     if plan.length_rule is LengthRule.SWITCH and seq_len > plan.original_ctx:
         assert plan.long_divisors is not None
         divisors = plan.long_divisors
+    import numpy as np
+
     return default_inv_freq(plan.theta, plan.rotary_dim) / np.asarray(divisors, dtype=np.float64)
 
 

@@ -1,0 +1,142 @@
+"""Start-up: the commands that touch no tensor import no runtime.
+
+`--version`, `--help` (of every command and subcommand), `methods`, `inspect` on a HF folder, a GGUF and an
+ONNX, `recipe check`, `extend --dry-run` and a byte-copy `extend --no-verify` run in one fresh interpreter
+(this test process has torch loaded already); after each, the runtimes' modules must still be absent from
+sys.modules. Importing torch alone costs ~1.5-2 s here, transformers more: a module-level import of either in
+any command module shows up here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from conftest import add_byte_level_tokenizer, make_tiny, run_cli
+
+HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "llama_cpp", "accelerate", "peft", "safetensors.torch")
+
+# Runs each command line in-process, in order, and reports the heavy modules each one brought in.
+PROBE = r"""
+import contextlib, io, json, sys
+from ropeconv.cli.main import COMMANDS, cli, main
+
+heavy = json.loads(sys.argv[1])
+report = []
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    loaded = [m for m in heavy if m in sys.modules]
+    report.append({"argv": argv, "rc": rc, "loaded": loaded, "out": out.getvalue(), "err": err.getvalue()[-400:]})
+
+
+run(["--version"])
+run(["--help"])
+for name in sorted(COMMANDS):
+    run([name, "--help"])  # imports the command's module: its subcommands are known from here on
+    for sub in sorted(getattr(cli.get_command(None, name), "commands", {})):
+        run([name, sub, "--help"])
+for argv in json.loads(sys.argv[2]):
+    run(argv)
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("startup")
+    base = add_byte_level_tokenizer(make_tiny(root, "llama"))
+    out = root / "out"
+    assert run_cli("extend", base, "--method", "yarn", "--factor", "2", "--to", "safetensors,gguf,onnx",
+                   "--no-verify", "-q", "-o", out) == 0
+    recipe = root / "tiny.yaml"
+    recipe.write_text(f"base:\n  path: {base}\nmethod:\n  name: yarn\n  factor: 2\noutputs:\n  - format: safetensors\n"
+                      f"  - format: gguf\n    outtype: q8_0\nout: {root / 'recipe-out'}\n")
+    gguf = next(out.glob("*.gguf"))
+    return {"base": base, "out": out, "gguf": gguf, "onnx": out / "onnx" / "model.onnx", "recipe": recipe}
+
+
+def probe(runs: list[list[str]]) -> list[dict]:
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY), json.dumps(runs)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_commands_that_touch_no_tensor_import_no_runtime(outputs):
+    dry_out = outputs["out"].parent / "dry"
+    copied_out = outputs["out"].parent / "copied"
+    runs = [
+        ["methods"],
+        ["inspect", str(outputs["base"])],
+        ["inspect", str(outputs["out"])],
+        ["inspect", str(outputs["gguf"])],
+        ["inspect", str(outputs["onnx"])],
+        ["recipe", "check", str(outputs["recipe"])],
+        ["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--to", "safetensors,gguf",
+         "--dry-run", "-o", str(dry_out)],
+        # a byte-copy extend touches no tensor either: every tensor is copied, the manifest hashes the bytes
+        ["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--no-verify", "-q", "-o",
+         str(copied_out)],
+    ]
+    report = probe(runs)
+    for row in report:
+        assert row["rc"] == 0, row
+        assert row["loaded"] == [], f"`ropeconv {' '.join(row['argv'])}` imported {row['loaded']}"
+    by_argv = {tuple(r["argv"]): r for r in report}
+    # the commands did their work (not refused early): what each prints names what it read
+    assert "yarn" in by_argv[("inspect", str(outputs["onnx"]))]["out"]
+    assert "yarn" in by_argv[("inspect", str(outputs["gguf"]))]["out"]
+    assert "yarn" in by_argv[("methods",)]["out"]
+    assert not dry_out.exists()
+    assert (copied_out / "model.safetensors").is_file() and (copied_out / "manifest.json").is_file()
+    helps = [r for r in report if r["argv"][-1] == "--help"]
+    assert {("eval", "passkey", "--help"), ("extend", "--help"), ("recipe", "run", "--help")} <= \
+        {tuple(r["argv"]) for r in helps}
+    listing = by_argv[("--help",)]["out"]
+    from ropeconv.cli.main import COMMANDS
+
+    for name in COMMANDS:  # every command listed with its help, none imported
+        assert f"  {name} " in listing, listing
+
+
+def test_registry_help_lines_match_the_commands():
+    """ropeconv --help shows the registry's lines without importing the commands: they must be what each
+    command's own help says."""
+    import importlib
+
+    from ropeconv.cli.main import COMMANDS, cli
+
+    for name, (module, attribute, line) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), attribute)
+        assert command.name == name
+        for limit in (45, 80, 300):
+            assert click.Command(name, help=line).get_short_help_str(limit) == command.get_short_help_str(limit), name
+    assert sorted(cli.list_commands(None)) == sorted(COMMANDS)
+
+
+def test_onnx_metadata_entries_decode_as_protobuf_does():
+    """The ONNX metadata reader decodes StringStringEntryProto itself (no onnx import); onnx's own parser is
+    the reference, on entries with non-ASCII text, a repeated field and an unknown field."""
+    from onnx import StringStringEntryProto
+
+    from ropeconv.onnx_export.metadata import _entry
+
+    cases = [StringStringEntryProto(key="ropeconv.plan", value='{"method": "yarn"}').SerializeToString(),
+             StringStringEntryProto(key="ключ", value="значение ✓" * 100).SerializeToString(),
+             StringStringEntryProto(key="", value="").SerializeToString()]
+    twice = cases[0] + StringStringEntryProto(value="second").SerializeToString()  # the last value wins
+    unknown = cases[0] + bytes([3 << 3 | 0, 150, 1]) + bytes([4 << 3 | 2, 2]) + b"xy"  # fields 3 (varint), 4
+    for raw in cases + [twice, unknown]:
+        parsed = StringStringEntryProto.FromString(raw)
+        assert _entry(raw) == (parsed.key, parsed.value)
+    with pytest.raises(ValueError):
+        _entry(bytes([1 << 3 | 2, 10]) + b"short")
