@@ -324,16 +324,22 @@ def test_float16_overflow_is_refused_not_written_as_inf(tmp_path, capsys):
 RETROFIT = ["qwen3"]
 
 
-@pytest.mark.parametrize("arch", RETROFIT)
-def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, tmp_path, arch, capsys):
-    import hashlib
-
+def _foreign_gguf(base: Path, tmp_path: Path, arch: str, capsys) -> Path:
+    """A plain f32 conversion of base with ropeconv's own keys removed: a GGUF as llama.cpp's converter ships it."""
     first = tmp_path / "plain"
-    assert run_cli("extend", bases[arch], "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
+    assert run_cli("extend", base, "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
                    "-o", first, "--json", "-q") == 0
     converted = first / json.loads(capsys.readouterr().out)["files"][0]
     foreign = tmp_path / f"{arch}.gguf"
     rewrite_gguf(read_gguf(converted), foreign, drop_keys={"ropeconv.plan", "ropeconv.base_path", "ropeconv.version"})
+    return foreign
+
+
+@pytest.mark.parametrize("arch", RETROFIT)
+def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, tmp_path, arch, capsys):
+    import hashlib
+
+    foreign = _foreign_gguf(bases[arch], tmp_path, arch, capsys)
     out = tmp_path / "yarn.gguf"
     assert run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "--tokens", str(4 * ORIGINAL_CTX),
                    "-o", out, "--json", "-q") == 0
@@ -359,12 +365,7 @@ def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, t
 def test_gguf_retrofit_transformers_cannot_read_is_proven_against_its_hf_checkpoint(bases, tmp_path, arch, capsys):
     """transformers reads no olmo2 or smollm3 GGUF: a retrofit cannot build its reference from the file, so it is
     refused in one line unless --no-verify, and verify --base proves it against the HF checkpoint it came from."""
-    first = tmp_path / "plain"
-    assert run_cli("extend", bases[arch], "--method", "none", "--to", "gguf", "--outtype", "f32", "--no-verify",
-                   "-o", first, "--json", "-q") == 0
-    converted = first / json.loads(capsys.readouterr().out)["files"][0]
-    foreign = tmp_path / f"{arch}.gguf"
-    rewrite_gguf(read_gguf(converted), foreign, drop_keys={"ropeconv.plan", "ropeconv.base_path", "ropeconv.version"})
+    foreign = _foreign_gguf(bases[arch], tmp_path, arch, capsys)
     out = tmp_path / "yarn.gguf"
     before = listing(tmp_path)
     assert_refused(capsys, run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "-o", out), out, before,

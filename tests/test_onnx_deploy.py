@@ -46,6 +46,7 @@ sess.run(None, big)
 print(status("VmHWM:") - before)
 """
 LENGTHS = (16 * ORIGINAL_CTX, 32 * ORIGINAL_CTX, 64 * ORIGINAL_CTX)
+GENAI_NEW_TOKENS = 24
 
 
 def prefill_growth_mb(model_path: Path) -> list[float]:
@@ -124,17 +125,25 @@ def test_onnxruntime_genai_generates_transformers_greedy_tokens_beyond_the_origi
     the greedy continuation transformers gives for the safetensors output of the same extension, from a prompt
     longer than the original context."""
     og = pytest.importorskip("onnxruntime_genai")
+
+    _, out = yarn_llama
+    expected, produced = _greedy_in_both(og, out)
+    print(f"transformers {expected}\nonnxruntime-genai {produced}")
+    assert len(expected) == GENAI_NEW_TOKENS and produced == expected
+
+
+def _greedy_in_both(og, out: Path) -> tuple[list[int], list[int]]:
+    """Greedy continuations of a seeded prompt 1.5× the original context: transformers on the safetensors
+    output, onnxruntime-genai's own generation loop on OUT/onnx."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    _, out = yarn_llama
     prompt = np.random.default_rng(1).integers(16, 512, 3 * ORIGINAL_CTX // 2).astype(np.int32)
-    new = 24
+    new = GENAI_NEW_TOKENS
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
         expected = model.generate(torch.from_numpy(prompt.astype(np.int64))[None], max_new_tokens=new,
                                   do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-
     genai_model = og.Model(str(out / "onnx"))
     params = og.GeneratorParams(genai_model)
     params.set_search_options(max_length=len(prompt) + new, do_sample=False, min_length=len(prompt) + new)
@@ -142,9 +151,7 @@ def test_onnxruntime_genai_generates_transformers_greedy_tokens_beyond_the_origi
     generator.append_tokens(prompt[None])
     while not generator.is_done():
         generator.generate_next_token()
-    produced = list(generator.get_sequence(0))[len(prompt):]
-    print(f"transformers {expected}\nonnxruntime-genai {produced}")
-    assert len(expected) == new and produced == expected
+    return expected, [int(t) for t in generator.get_sequence(0)][len(prompt):]
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "smollm3"])
@@ -152,8 +159,6 @@ def test_onnxruntime_genai_runs_the_model_types_written_for_the_newer_families(t
     """genai_config.json names onnxruntime-genai's own qwen3/smollm3 model types: its generation loop over the graph
     (per-head q/k norms; layers without rope) gives transformers' greedy tokens beyond the original context."""
     og = pytest.importorskip("onnxruntime_genai")
-    import torch
-    from transformers import AutoModelForCausalLM
 
     from conftest import add_byte_level_tokenizer
 
@@ -162,18 +167,5 @@ def test_onnxruntime_genai_runs_the_model_types_written_for_the_newer_families(t
     assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "safetensors,onnx", "-o", out,
                    "--no-verify", "-q") == 0
     assert read_json(out / "onnx" / "genai_config.json")["model"]["type"] == arch
-    prompt = np.random.default_rng(1).integers(16, 512, 3 * ORIGINAL_CTX // 2).astype(np.int32)
-    new = 24
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    with torch.no_grad():
-        expected = model.generate(torch.from_numpy(prompt.astype(np.int64))[None], max_new_tokens=new,
-                                  do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-    genai_model = og.Model(str(out / "onnx"))
-    params = og.GeneratorParams(genai_model)
-    params.set_search_options(max_length=len(prompt) + new, do_sample=False, min_length=len(prompt) + new)
-    generator = og.Generator(genai_model, params)
-    generator.append_tokens(prompt[None])
-    while not generator.is_done():
-        generator.generate_next_token()
-    produced = [int(t) for t in generator.get_sequence(0)][len(prompt):]
-    assert len(expected) == new and produced == expected
+    expected, produced = _greedy_in_both(og, out)
+    assert len(expected) == GENAI_NEW_TOKENS and produced == expected

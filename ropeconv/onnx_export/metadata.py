@@ -32,31 +32,42 @@ def _varint(f) -> int:
             raise ValueError("varint too long")
 
 
-def _entry(raw: bytes) -> tuple[str, str]:
-    """A StringStringEntryProto's key and value, as protobuf reads them: a field given twice keeps its last
-    value, unknown fields are skipped, and a string that is not UTF-8 is an error."""
-    import io
-
-    f, size = io.BytesIO(raw), len(raw)
-    fields = {_ENTRY_KEY: b"", _ENTRY_VALUE: b""}
-    while f.tell() < size:
+def _fields(f, end: int, on_bytes) -> None:
+    """Walk the fields up to offset `end`: varints and fixed-width values are skipped, each length-delimited one
+    is handed to on_bytes(field, length), which reads or skips exactly `length` bytes."""
+    while f.tell() < end:
         key = _varint(f)
         field, wire = key >> 3, key & 7
         if wire == 0:
             _varint(f)
         elif wire == 2:
             length = _varint(f)
-            if f.tell() + length > size:
-                raise ValueError("metadata entry runs past its end")
-            data = f.read(length)
-            if field in fields:
-                fields[field] = data
+            if f.tell() + length > end:
+                raise ValueError("a field runs past its end")
+            on_bytes(field, length)
         elif wire in (1, 5):
-            if f.tell() + (8 if wire == 1 else 4) > size:
-                raise ValueError("metadata entry runs past its end")
-            f.seek(8 if wire == 1 else 4, 1)
+            width = 8 if wire == 1 else 4
+            if f.tell() + width > end:
+                raise ValueError("a field runs past its end")
+            f.seek(width, 1)
         else:
-            raise ValueError(f"wire type {wire} in a metadata entry")
+            raise ValueError(f"wire type {wire}")
+
+
+def _entry(raw: bytes) -> tuple[str, str]:
+    """A StringStringEntryProto's key and value, as protobuf reads them: a field given twice keeps its last
+    value, unknown fields are skipped, and a string that is not UTF-8 is an error."""
+    import io
+
+    f = io.BytesIO(raw)
+    fields = {_ENTRY_KEY: b"", _ENTRY_VALUE: b""}
+
+    def take(field: int, length: int) -> None:
+        data = f.read(length)
+        if field in fields:
+            fields[field] = data
+
+    _fields(f, len(raw), take)
     try:
         return fields[_ENTRY_KEY].decode("utf-8"), fields[_ENTRY_VALUE].decode("utf-8")
     except UnicodeDecodeError:
@@ -65,30 +76,17 @@ def _entry(raw: bytes) -> tuple[str, str]:
 
 def read_metadata(path: Path) -> dict[str, str]:
     path = Path(path)
-    size = path.stat().st_size
     props: dict[str, str] = {}
     try:
         with open(path, "rb") as f:
-            while f.tell() < size:
-                key = _varint(f)
-                field, wire = key >> 3, key & 7
-                if wire == 0:
-                    _varint(f)
-                elif wire == 2:
-                    length = _varint(f)
-                    if f.tell() + length > size:
-                        raise ValueError("field runs past the end of the file")
-                    if field == _METADATA_PROPS:
-                        name, value = _entry(f.read(length))
-                        props[name] = value
-                    else:
-                        f.seek(length, 1)
-                elif wire == 5:
-                    f.seek(4, 1)
-                elif wire == 1:
-                    f.seek(8, 1)
+            def take(field: int, length: int) -> None:
+                if field == _METADATA_PROPS:
+                    name, value = _entry(f.read(length))
+                    props[name] = value
                 else:
-                    raise ValueError(f"wire type {wire}")
+                    f.seek(length, 1)
+
+            _fields(f, path.stat().st_size, take)
     except (EOFError, ValueError) as exc:
         raise InputError(f"{path}: not a readable ONNX model ({exc or 'truncated'})") from None
     return props
