@@ -12,9 +12,8 @@ _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
 
 def _gguf_note() -> str:
     from ropeconv.archs import GGUF_ARCHS
-    from ropeconv.gguf_export.convert import OUTTYPES
+    from ropeconv.formats import GGUF_OUTTYPES as OUTTYPES, GGUF_QUANT_TYPES as QUANT_TYPES
     from ropeconv.gguf_export.layouts import LAYOUTS
-    from ropeconv.gguf_export.quantize import QUANT_TYPES
 
     converted = ", ".join(f"{m} → {l.arch.name.lower()}" for m, l in LAYOUTS.items())
     freqs = ", ".join(a.name for a in GGUF_ARCHS.values() if a.reads_rope_freqs)

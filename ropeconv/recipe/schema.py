@@ -9,8 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ropeconv import methods
-from ropeconv.gguf_export.convert import ALL_OUTTYPES
-from ropeconv.onnx_export.export import DTYPES
+from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as DTYPES
 from ropeconv.parity.report import Tolerance
 
 
