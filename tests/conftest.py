@@ -158,6 +158,34 @@ def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("base"), "llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_yarn_gguf(tiny_llama, tmp_path_factory) -> Path:
+    """A real ropeconv GGUF of the tiny llama (yarn ×2 plan, rope scaling keys, a byte-level vocabulary), ~300 KB;
+    read only: tests that damage it write a copy."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny-yarn-gguf")
+    base = add_byte_level_tokenizer(Path(shutil.copytree(tiny_llama, root / "base")))
+    assert run_cli("extend", base, "--method", "yarn", "--factor", "2", "--to", "gguf", "--no-verify", "-q",
+                   "-o", root / "out") == 0
+    return next((root / "out").glob("*.gguf"))
+
+
+@pytest.fixture
+def base(tiny_llama, tmp_path) -> Path:
+    """A private, editable copy of the session's tiny llama (a module may define its own `base` instead)."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_llama, tmp_path / "base"))
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    """An output path whose parent exists and holds nothing else: "nothing left beside the target" is checkable."""
+    parent = tmp_path / "outputs"
+    parent.mkdir()
+    return parent / "extended"
+
 
 def add_byte_level_tokenizer(model_dir: Path) -> Path:
     from ropeconv.fixtures.tokenizers import add_byte_level_bpe

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import struct
 from pathlib import Path
 
@@ -32,19 +31,6 @@ def tree_digest(root: Path) -> dict[str, str]:
         rel = str(p.relative_to(root))
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
     return out
-
-
-@pytest.fixture
-def base(tiny_llama, tmp_path) -> Path:
-    """A private, editable copy of the session's tiny llama."""
-    return Path(shutil.copytree(tiny_llama, tmp_path / "base"))
-
-
-@pytest.fixture
-def out(tmp_path) -> Path:
-    parent = tmp_path / "outputs"
-    parent.mkdir()
-    return parent / "extended"
 
 
 @pytest.fixture(scope="module")

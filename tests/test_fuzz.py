@@ -10,14 +10,10 @@ and `python tests/fuzz_worker.py MODE BASE --seed S --only I` replays it alone.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from conftest import add_byte_level_tokenizer, run_cli
 
 HERE = Path(__file__).parent
 GGUF_SEED, GGUF_CASES = 1414, 300
@@ -45,18 +41,8 @@ def fuzz(mode: str, base: Path, seed: int, cases: int) -> dict:
     return summary
 
 
-@pytest.fixture(scope="module")
-def small_gguf(tiny_llama, tmp_path_factory) -> Path:
-    """A real ropeconv GGUF (yarn plan, rope scaling keys, a byte-level vocabulary): ~300 KB."""
-    root = tmp_path_factory.mktemp("fuzz")
-    base = add_byte_level_tokenizer(Path(shutil.copytree(tiny_llama, root / "base")))
-    assert run_cli("extend", base, "--method", "yarn", "--factor", "2", "--to", "gguf", "--no-verify", "-q",
-                   "-o", root / "out") == 0
-    return next((root / "out").glob("*.gguf"))
-
-
-def test_gguf_mutation_fuzz(small_gguf):
-    summary = fuzz("gguf", small_gguf, GGUF_SEED, GGUF_CASES)
+def test_gguf_mutation_fuzz(tiny_yarn_gguf):
+    summary = fuzz("gguf", tiny_yarn_gguf, GGUF_SEED, GGUF_CASES)
     assert summary["max_peak_rss_kib"] < 64 << 10, summary
 
 

@@ -33,18 +33,6 @@ HERE = Path(__file__).parent
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def base(tiny_llama, tmp_path) -> Path:
-    return Path(shutil.copytree(tiny_llama, tmp_path / "base"))
-
-
-@pytest.fixture
-def out(tmp_path) -> Path:
-    parent = tmp_path / "outputs"
-    parent.mkdir()
-    return parent / "extended"
-
-
 def extend(base: Path, out: Path, *args: str) -> int:
     return run_cli("extend", base, "--method", "yarn", "--factor", "2", *args, "-o", out)
 
@@ -440,30 +428,21 @@ def test_list_where_a_string_belongs(capsys, base, out, case):
 # ----------------------------------------------------------------------------- 9: a damaged ropeconv.plan
 
 
-@pytest.fixture(scope="module")
-def gguf_out(tiny_llama, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("gguf")
-    base = add_byte_level_tokenizer(Path(shutil.copytree(tiny_llama, root / "base")))
-    assert run_cli("extend", base, "--method", "yarn", "--factor", "2", "--to", "gguf", "--no-verify", "-q",
-                   "-o", root / "out") == 0
-    return next((root / "out").glob("*.gguf"))
-
-
 PLANS = {"truncated": None, "list": "[1, 2]", "empty-object": "{}", "deep": deep(10_000),
          "nan": '{"kind": "rope", "method": "yarn", "theta": NaN}', "not-json": "\x00\xff"}
 
 
 @pytest.mark.parametrize("damage", list(PLANS))
-def test_damaged_plan_inspect_shows_it_verify_refuses(capsys, gguf_out, tmp_path, damage):
+def test_damaged_plan_inspect_shows_it_verify_refuses(capsys, tiny_yarn_gguf, tmp_path, damage):
     """inspect describes the file and says the recorded plan is damaged (exit 0); verify, which needs the
     plan, refuses in one line with the same words."""
     from gguf import GGUFValueType
 
     from ropeconv.gguf_io import read_gguf, rewrite_gguf
 
-    src = read_gguf(gguf_out)
+    src = read_gguf(tiny_yarn_gguf)
     plan = PLANS[damage] if PLANS[damage] is not None else src.value("ropeconv.plan")[:40]
-    bad = tmp_path / gguf_out.name
+    bad = tmp_path / tiny_yarn_gguf.name
     rewrite_gguf(src, bad, set_fields={"ropeconv.plan": (GGUFValueType.STRING, plan)})
     capsys.readouterr()
     assert run_cli("inspect", bad) == 0
@@ -473,10 +452,10 @@ def test_damaged_plan_inspect_shows_it_verify_refuses(capsys, gguf_out, tmp_path
     assert run_cli("inspect", bad, "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["ropeconv_plan"] == "damaged" and info["ropeconv"] is None and info["tensors"] == len(src.tensors)
-    refused_in_place(capsys, run_cli("verify", bad, "--base", gguf_out, "-q"), "ropeconv.plan is damaged")
+    refused_in_place(capsys, run_cli("verify", bad, "--base", tiny_yarn_gguf, "-q"), "ropeconv.plan is damaged")
     # the undamaged file reads as recorded
     capsys.readouterr()
-    assert run_cli("inspect", gguf_out, "--json") == 0
+    assert run_cli("inspect", tiny_yarn_gguf, "--json") == 0
     assert json.loads(capsys.readouterr().out)["ropeconv_plan"] == "recorded"
 
 

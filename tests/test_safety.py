@@ -120,11 +120,6 @@ def immutable(path: Path):
 
 
 @pytest.fixture
-def base(tiny_llama, tmp_path) -> Path:
-    return Path(shutil.copytree(tiny_llama, tmp_path / "base"))
-
-
-@pytest.fixture
 def place(tmp_path) -> Path:
     """An empty folder for outputs: "nothing left beside the target" is "its listing is as expected"."""
     folder = tmp_path / "place"
