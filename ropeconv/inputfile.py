@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ropeconv.errors import InputError
-from ropeconv.jsontext import printable
+from ropeconv.jsontext import is_utf8, printable
 
 _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
           stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
@@ -77,25 +77,15 @@ def utf8_path(path: Path) -> Iterator[Path]:
     UTF-8 text (safetensors' Rust loader, llama.cpp, onnx, onnxruntime): a folder named with bytes that are not
     UTF-8 (os.fsdecode's surrogate escapes) is reached through a symlink in a temporary folder."""
     path = Path(path)
-    try:
-        str(path).encode("utf-8")
+    if is_utf8(str(path)):
         yield path
         return
-    except UnicodeEncodeError:
-        pass
     parts = path.absolute().parts
     # the last component that is not UTF-8 and everything above it become the link; the rest is kept
-    cut = max(i for i, part in enumerate(parts) if not _is_utf8(part)) + 1
+    cut = max(i for i, part in enumerate(parts) if not is_utf8(part)) + 1
     with tempfile.TemporaryDirectory(prefix="ropeconv-utf8-") as tmp:
         target = Path(*parts[:cut])
         link = Path(tmp) / printable(target.name)  # the name as shown, \xNN for each byte that is not UTF-8
         link.symlink_to(target, target_is_directory=target.is_dir())
         yield link.joinpath(*parts[cut:])
 
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False

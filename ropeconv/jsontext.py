@@ -92,13 +92,21 @@ def dumps(data: Any, what: str, **kwargs: Any) -> str:
         raise InputError(f"{what}: refusing to write a non-finite number, which is not JSON ({exc})") from None
 
 
-def printable(text: str) -> str:
-    """Text that encodes as UTF-8: a path's undecodable bytes (surrogate escapes, os.fsdecode's form) as \\xNN."""
+def is_utf8(text: str) -> bool:
+    """Encodes as UTF-8: no lone surrogate (os.fsdecode's escapes for undecodable bytes, or JSON's "\\ud800",
+    which Rust's safetensors refuses to read)."""
     try:
         text.encode("utf-8")
-        return text
+        return True
     except UnicodeEncodeError:
-        return "".join(_escape(c) if "\ud800" <= c <= "\udfff" else c for c in text)
+        return False
+
+
+def printable(text: str) -> str:
+    """Text that encodes as UTF-8: a path's undecodable bytes (surrogate escapes, os.fsdecode's form) as \\xNN."""
+    if is_utf8(text):
+        return text
+    return "".join(_escape(c) if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def _escape(c: str) -> str:

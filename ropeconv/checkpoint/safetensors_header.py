@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError
+from ropeconv.jsontext import is_utf8
 from ropeconv.inputfile import open_regular
 
 DTYPE_BYTES = {
@@ -55,8 +56,8 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
         raise InputError(f"{path}: safetensors header is not a JSON object")
 
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) and _is_text(v) for v in metadata.values()) \
-            or not all(_is_text(k) for k in metadata):
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) and is_utf8(v) for v in metadata.values()) \
+            or not all(is_utf8(k) for k in metadata):
         raise InputError(f"{path}: safetensors __metadata__ is not an object of strings")
     data_start = 8 + header_len
     data_bytes = file_bytes - data_start
@@ -77,7 +78,7 @@ def _is_count(value: object) -> bool:
 
 def _entry(path: Path, name: str, info: object, data_start: int, data_bytes: int) -> TensorEntry:
     where = f"{path}: tensor {_short(name)}"
-    if not _is_text(name):
+    if not is_utf8(name):
         raise InputError(f"{where}: the name holds a lone surrogate escape, which safetensors cannot read back")
     if not isinstance(info, dict):
         raise InputError(f"{where}: header entry is not an object")
@@ -104,15 +105,6 @@ def _entry(path: Path, name: str, info: object, data_start: int, data_bytes: int
     if end > data_bytes:
         raise InputError(f"{where}: data ends at byte {end} but the file has {data_bytes} data bytes (truncated?)")
     return TensorEntry(name, dtype, tuple(shape), path, data_start + begin, expected)
-
-
-def _is_text(text: str) -> bool:
-    """Valid Unicode: JSON may escape a lone surrogate ("\\ud800"), which Rust's safetensors refuses to read."""
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _short(value: object) -> str:
