@@ -11,7 +11,6 @@ converter, at most 1.5x `cp -r`, peak RSS at most 512 MB. A report: exits 0 on a
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from bench.extend_bench import alternate, bench_args, ensure_checkpoint, markdown, reset
+from bench.extend_bench import alternate, bench_args, ensure_checkpoint, markdown, publish, reset
 
 MAX_RATIO = 1.5
 MAX_RSS_MB = 512
@@ -95,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     src = with_tokenizer(ensure_checkpoint(args.work, args.size_gb))
     report = run_bench(src, args.work, llama_cpp_sources(args.work, args.llama_cpp_src), args.runs)
     table = markdown(report)
-    (args.work / "convert-report.md").write_text(table)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+    publish(args, report, table, "convert-report.md")
     return 0
 
 

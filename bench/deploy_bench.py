@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.convert_bench import llama_cpp_sources
-from bench.extend_bench import bench_args, measure, reset
+from bench.extend_bench import bench_args, measure, publish, reset
 from bench.onnx_bench import smollm2
 
 GENAI_CONTEXT = 8192  # the base's max_position_embeddings: the builder's cos/sin caches end there
@@ -251,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - started),
     }  # fmt: skip
     table = markdown(report)
-    (args.work / "deploy.md").write_text(table)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+    publish(args, report, table, "deploy.md")
     shutil.rmtree(args.work / "genai-cache", ignore_errors=True)
     return 0
 

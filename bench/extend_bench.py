@@ -295,13 +295,18 @@ def bench_args(prog: str, doc: str, argv: list[str] | None, extra=None, size_gb:
     return args
 
 
+def publish(args: argparse.Namespace, report: dict, table: str, name: str) -> None:
+    """The markdown table to WORK/name, and to stdout (or the report as JSON with --json)."""
+    (args.work / name).write_text(table)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = bench_args("bench.extend_bench", __doc__, argv)
     src = ensure_checkpoint(args.work, args.size_gb)
     report = run_bench(src, args.work, args.runs)
     table = markdown(report)
-    (args.work / "report.md").write_text(table)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+    publish(args, report, table, "report.md")
     return 0
 
 

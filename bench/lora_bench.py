@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.extend_bench import alternate, bench_args, ensure_checkpoint, markdown, reset, rows_and_targets
+from bench.extend_bench import alternate, bench_args, ensure_checkpoint, markdown, publish, reset, rows_and_targets
 
 RANK = 64
 MAX_RSS_MB = 768
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"checkpoint": str(src), "checkpoint_bytes": sum(p.stat().st_size for p in src.iterdir()),
               "runs": args.runs, "rows": rows, "targets": targets}
     table = markdown(report).replace("ratio to cp", "ratio to plain extend")
-    (args.work / "lora.md").write_text(table)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+    publish(args, report, table, "lora.md")
     return 0
 
 

@@ -11,7 +11,6 @@ the same on the GPU. A report: always exits 0.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.extend_bench import bench_args, measure, reset
+from bench.extend_bench import bench_args, measure, publish, reset
 from ropeconv.parity.runtimes.hf import cache_from
 
 EXPORT = "ropeconv extend --method yarn --factor 4 --to onnx --no-verify"
@@ -179,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = bench_args("bench.onnx_bench", __doc__, argv, extra)
     report = run_bench(args.work, args.runs, args.prompt, args.decode)
     table = markdown(report)
-    (args.work / "onnx.md").write_text(table)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+    publish(args, report, table, "onnx.md")
     return 0
 
 

@@ -11,7 +11,6 @@ report, not a test: it exits 0 on a missed target, 1 if a command fails or a ten
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from bench.extend_bench import MAX_RSS_MB, RUNS, alternate, bench_args, markdown, reset, rows_and_targets
+from bench.extend_bench import MAX_RSS_MB, RUNS, alternate, bench_args, markdown, publish, reset, rows_and_targets
 from ropeconv.errors import RopeconvError
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, align_up, read_gguf, tensor_nbytes
 from ropeconv.gguf_io.writer import GgufWriter, NewField, TensorInfo, build_header
@@ -222,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     src = ensure_gguf(args.work, args.size_gb)
     report = run_bench(src, args.work, args.runs)
     table = report_markdown(report)
-    (args.work / "retrofit-report.md").write_text(table)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+    publish(args, report, table, "retrofit-report.md")
     return 0 if report["tensor_check"]["identical"] else 1
 
 

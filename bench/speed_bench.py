@@ -17,7 +17,6 @@ Inputs and outputs under WORK/speed/, the report in WORK/speed-report.md.
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.extend_bench import alternate, bench_args, ensure_checkpoint, reset
+from bench.extend_bench import alternate, bench_args, ensure_checkpoint, publish, reset
 
 STARTUP_LIMIT_S = 0.3
 SAFETENSORS_LIMIT = 1.2  # × cp + sha256
@@ -213,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         report["retrofit"] = run_set(retrofit_commands(gguf, root), gguf, args.runs, "cp", "cp + openssl sha256")
     report["targets"] = targets(report)
     table = markdown(report)
-    (args.work / "speed-report.md").write_text(table)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else table)
+    publish(args, report, table, "speed-report.md")
     return 0
 
 
