@@ -35,6 +35,11 @@ class ArchSpec:
     note: str = ""  # shown under the capability matrix
     # transformers 4.x: the attention implementation that computes what 5.x computes (None: 4.x's default is exact)
     hf4_attention: str | None = None
+    # (4.x key, 5.x key): config keys transformers 5 saves under a new name that 4.x reads only under the old one
+    legacy_aliases: tuple[tuple[str, str], ...] = ()
+    # transformers 5's yarn/longrope read head_dim as getattr(config, "head_dim", hidden/heads), None where the config
+    # class defaults it to None (Mixtral): the output states it
+    explicit_head_dim: bool = False
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -60,6 +65,27 @@ ARCHS: dict[str, ArchSpec] = {
                       "the others; GGUF refused unless that is exactly every 4th layer (llama.cpp's smollm3 fixes the "
                       "step), or with attention_bias/mlp_bias; transformers reads no smollm3 GGUF, so a retrofit is "
                       "proven against the HF checkpoint (verify --base HF_DIR) or refused without --no-verify"),
+        # --- mixtral ---
+        ArchSpec("mixtral", default_theta=1000000.0, explicit_head_dim=True,
+                 note="mixture of experts (softmax router, top-k renormalized): expert weights byte-copied to "
+                      "safetensors, stacked into llama.cpp's ffn_*_exps (arch llama with experts) for GGUF, every "
+                      "expert evaluated and weighted by the scattered routing in the ONNX graph (exact, E× the FFN "
+                      "compute); GGUF refused with a sliding window shorter than the target"),
+        # --- end mixtral ---
+        # --- qwen3_moe ---
+        ArchSpec("qwen3_moe", legacy_aliases=(("num_experts", "num_local_experts"),),
+                 note="qwen3's attention (q/k RMSNorm per head) with a mixture of experts; GGUF refused unless "
+                      "norm_topk_prob is true and every layer is sparse (llama.cpp's qwen3moe renormalizes the "
+                      "top-k weights and has no dense layers), or with attention_bias; ONNX evaluates every expert "
+                      "(exact, E× the FFN compute)"),
+        # --- end qwen3_moe ---
+        # --- qwen2_moe ---
+        ArchSpec("qwen2_moe",
+                 note="mixture of experts beside a shared expert gated by a sigmoid; GGUF refused with norm_topk_prob "
+                      "true or dense layers (llama.cpp's qwen2moe never renormalizes the top-k weights and has no "
+                      "dense layers), or head_dim ≠ hidden/heads; ONNX evaluates every expert (exact, E× the FFN "
+                      "compute)"),
+        # --- end qwen2_moe ---
         ArchSpec("gemma", default_head_dim=256),
         # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
         ArchSpec("gemma2", default_head_dim=256, hf4_attention="eager"),
@@ -107,6 +133,12 @@ GGUF_ARCHS: dict[str, GgufArchSpec] = {
         GgufArchSpec("gptneox"),
         GgufArchSpec("olmo2"),
         GgufArchSpec("smollm3"),
+        # --- qwen3_moe ---
+        GgufArchSpec("qwen3moe"),
+        # --- end qwen3_moe ---
+        # --- qwen2_moe ---
+        GgufArchSpec("qwen2moe"),
+        # --- end qwen2_moe ---
         GgufArchSpec("gemma"),
         GgufArchSpec("gemma2"),
         GgufArchSpec("bloom", position="alibi"),

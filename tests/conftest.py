@@ -32,6 +32,22 @@ TINY = {
     # 4 layers: the 4th attends without rope (no_rope_layers [1, 1, 1, 0], transformers' and llama.cpp's default)
     "smollm3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                     num_hidden_layers=4, pad_token_id=0),
+    # --- mixtral ---
+    # 4 experts, top-2, as every MoE family here: routing ties are improbable with random weights
+    "mixtral": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                    num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
+    # --- end mixtral ---
+    # --- qwen3_moe ---
+    # head_dim 32 ≠ hidden/heads and norm_topk_prob as Qwen3-30B-A3B's; num_experts as a 4.x config names it
+    "qwen3_moe": dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=48, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True),
+    # --- end qwen3_moe ---
+    # --- qwen2_moe ---
+    # norm_topk_prob false (Qwen1.5-MoE's), a shared expert wider than the routed ones
+    "qwen2_moe": dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=48,
+                      shared_expert_intermediate_size=80, num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                      num_experts_per_tok=2),
+    # --- end qwen2_moe ---
     "phi3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                  original_max_position_embeddings=ORIGINAL_CTX, pad_token_id=0),
     "gpt_neox": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, rotary_pct=0.25),
@@ -46,7 +62,7 @@ TINY = {
 }
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
-RANDOM_NORMS = {"qwen3", "olmo2"}
+RANDOM_NORMS = {"qwen3", "olmo2", "qwen3_moe"}
 
 
 def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None, max_shard_size: str | None = None,

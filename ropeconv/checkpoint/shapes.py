@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 import operator
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError
@@ -31,9 +31,10 @@ class Dim:
 
 @dataclass(frozen=True)
 class T:
-    name: str  # "{i}" stands for each layer index
+    name: str  # "{i}" stands for each layer index, "{e}" for each expert's ("experts" dim)
     shape: str  # comma-separated expressions
     need: str = ALWAYS
+    layers: str = "all"  # mixture-of-experts families: "sparse" or "dense" layers only (FamilyShapes.sparse)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class FamilyShapes:
     divides: tuple[tuple[str, str], ...] = ()  # (a, b): a must divide b
     tied_default: bool = False  # transformers' tie_word_embeddings default for the family
     optional_prefix: str | None = None  # checkpoints saved from the bare model lack it
+    # mixture of experts: (config, layer index, dims) → whether the layer holds experts (None: no experts)
+    sparse: Callable[[Mapping[str, Any], int, Mapping[str, int]], bool] | None = None
 
 
 def _linear(name: str, out: str, inp: str, bias: str | None = None) -> tuple[T, ...]:
@@ -89,6 +92,48 @@ _OLMO2 = tuple(t for t in _LLAMA if ".input_layernorm." not in t.name) + (
     T(_L + "self_attn.q_norm.weight", "heads*head_dim"), T(_L + "self_attn.k_norm.weight", "kv_heads*head_dim"),
     *_norm(_L + "post_feedforward_layernorm"),
 )
+# --- mixtral ---
+# experts stored one module each (transformers 5 fuses them in memory, and saves them back per expert)
+_MIXTRAL = tuple(t for t in _LLAMA if ".mlp." not in t.name) + (
+    T(_L + "block_sparse_moe.gate.weight", "experts, hidden"),
+    T(_L + "block_sparse_moe.experts.{e}.w1.weight", "inter, hidden"),
+    T(_L + "block_sparse_moe.experts.{e}.w2.weight", "hidden, inter"),
+    T(_L + "block_sparse_moe.experts.{e}.w3.weight", "inter, hidden"),
+)
+_MIXTRAL_DIMS = _LLAMA_DIMS + (("experts", Dim(("num_local_experts",))),)
+# --- end mixtral ---
+# --- qwen3_moe ---
+def qwen_moe_sparse(config: Mapping[str, Any], i: int, dims: Mapping[str, int]) -> bool:
+    """transformers' Qwen2/3-MoE: a layer holds experts unless mlp_only_layers lists it or decoder_sparse_step
+    skips it."""
+    only = config.get("mlp_only_layers") or []
+    step = config.get("decoder_sparse_step", 1)
+    if not isinstance(only, list) or not all(_is_count(x) for x in only):
+        raise InputError(f"config.json: mlp_only_layers must be a list of layer indices, got {_short(only)}")
+    if not _is_count(step) or step < 1:
+        raise InputError(f"config.json: decoder_sparse_step must be a positive integer, got {_short(step)}")
+    return i not in only and dims["experts"] > 0 and (i + 1) % step == 0
+
+
+_QWEN_MOE_EXPERTS = (
+    T(_L + "mlp.gate.weight", "experts, hidden", layers="sparse"),
+    T(_L + "mlp.experts.{e}.gate_proj.weight", "moe_inter, hidden", layers="sparse"),
+    T(_L + "mlp.experts.{e}.up_proj.weight", "moe_inter, hidden", layers="sparse"),
+    T(_L + "mlp.experts.{e}.down_proj.weight", "hidden, moe_inter", layers="sparse"),
+) + tuple(T(t.name, t.shape, t.need, layers="dense") for t in _LLAMA if ".mlp." in t.name)
+_QWEN3_MOE = tuple(t for t in _QWEN3 if ".mlp." not in t.name) + _QWEN_MOE_EXPERTS
+_QWEN_MOE_DIMS = _LLAMA_DIMS + (("experts", Dim(("num_experts", "num_local_experts"))),
+                                ("moe_inter", Dim(("moe_intermediate_size",))))
+# --- end qwen3_moe ---
+# --- qwen2_moe ---
+_QWEN2_MOE = tuple(t for t in _LLAMA if ".mlp." not in t.name) + _QWEN_MOE_EXPERTS + (
+    T(_L + "mlp.shared_expert.gate_proj.weight", "shared_inter, hidden", layers="sparse"),
+    T(_L + "mlp.shared_expert.up_proj.weight", "shared_inter, hidden", layers="sparse"),
+    T(_L + "mlp.shared_expert.down_proj.weight", "hidden, shared_inter", layers="sparse"),
+    T(_L + "mlp.shared_expert_gate.weight", "1, hidden", layers="sparse"),
+)
+_QWEN2_MOE_DIMS = _QWEN_MOE_DIMS + (("shared_inter", Dim(("shared_expert_intermediate_size",))),)
+# --- end qwen2_moe ---
 _GEMMA_DIMS = tuple((n, Dim(("head_dim",), "256")) if n == "head_dim" else (n, d) for n, d in _LLAMA_DIMS)
 _H = "transformer.h.{i}."
 _NEOX = "gpt_neox.layers.{i}."
@@ -104,6 +149,15 @@ SHAPES: dict[str, FamilyShapes] = {
         FamilyShapes("qwen3", _QWEN3_DIMS, _QWEN3, _GQA),
         FamilyShapes("olmo2", _LLAMA_DIMS, _OLMO2, _GQA),
         FamilyShapes("smollm3", _LLAMA_DIMS, _LLAMA, _GQA, tied_default=True),
+        # --- mixtral ---
+        FamilyShapes("mixtral", _MIXTRAL_DIMS, _MIXTRAL, _GQA, sparse=lambda c, i, d: True),
+        # --- end mixtral ---
+        # --- qwen3_moe ---
+        FamilyShapes("qwen3_moe", _QWEN_MOE_DIMS, _QWEN3_MOE, _GQA, sparse=qwen_moe_sparse),
+        # --- end qwen3_moe ---
+        # --- qwen2_moe ---
+        FamilyShapes("qwen2_moe", _QWEN2_MOE_DIMS, _QWEN2_MOE, _GQA, sparse=qwen_moe_sparse),
+        # --- end qwen2_moe ---
         FamilyShapes("gemma", _GEMMA_DIMS, _LLAMA, _GQA, tied_default=True),
         FamilyShapes(
             "gemma2", _GEMMA_DIMS,
@@ -288,8 +342,13 @@ def check_tensors(config: Mapping[str, Any], model_type: str, tensors: Sequence[
         _check(spec, spec.name, by_name, dims, source, family, tied)
     # one layer at a time: a config claiming a million layers stops at the first one that is not there
     for i in range(dims["layers"]):
+        sparse = family.sparse(config, i, dims) if family.sparse else False
         for spec in layer_specs:
-            _check(spec, spec.name.format(i=i), by_name, dims, source, family, tied, layer=i)
+            if spec.layers != "all" and (spec.layers == "sparse") != sparse:
+                continue
+            # one expert at a time too: a config claiming a million experts stops at the first one missing
+            for e in range(dims["experts"]) if "{e}" in spec.name else (None,):
+                _check(spec, spec.name.format(i=i, e=e), by_name, dims, source, family, tied, layer=i)
 
 
 def _check(spec: T, name: str, by_name: Mapping[str, TensorEntry], dims: Mapping[str, int],

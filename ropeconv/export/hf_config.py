@@ -24,8 +24,8 @@ def with_legacy_rope_keys(config: dict[str, Any], arch: ArchSpec) -> dict[str, A
     no scaling) with the 4.x keys added, meaning the same. Keys already there are kept."""
     rope = config.get("rope_parameters")
     if not isinstance(rope, dict) or any(isinstance(v, dict) for v in rope.values()):
-        return dict(config)  # none, or per layer type: 4.x has no schema for it
-    cfg = dict(config)
+        return _with_aliases(dict(config), arch)  # none, or per layer type: 4.x has no schema for it
+    cfg = _with_aliases(dict(config), arch)
     if "rope_theta" in rope:
         cfg.setdefault(arch.theta_key, rope["rope_theta"])
         cfg.setdefault("rope_theta", rope["rope_theta"])
@@ -105,6 +105,8 @@ def _rope_config(
         params["partial_rotary_factor"] = partial
         cfg[arch.partial_key or "partial_rotary_factor"] = partial
     cfg["max_position_embeddings"] = declared_ctx(plan)
+    if arch.explicit_head_dim and cfg.get("head_dim") is None:
+        cfg["head_dim"] = scheme.head_dim
 
     legacy = None if rope_type == "default" else {"rope_type": rope_type, "type": rope_type, **rope}
     if rope_type == "longrope":
@@ -119,6 +121,15 @@ def _rope_config(
         legacy = {"type": rope_type, "factor": float(rope["factor"])}  # exactly the two keys 4.x accepts
     cfg["rope_scaling"] = legacy
     cfg["rope_parameters"] = params
+    return _with_aliases(cfg, arch)
+
+
+def _with_aliases(cfg: dict[str, Any], arch: ArchSpec) -> dict[str, Any]:
+    """The 4.x name of each key 5.x renamed (qwen3_moe's num_experts, saved by 5.x as num_local_experts: without
+    it 4.x builds its default 128 experts), with the same value."""
+    for old, new in arch.legacy_aliases:
+        if old not in cfg and new in cfg:
+            cfg[old] = cfg[new]
     return cfg
 
 

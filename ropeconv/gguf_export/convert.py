@@ -26,9 +26,10 @@ from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.half import check_half
 from ropeconv.export.table import changes_table, output_entry
 from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES
+from ropeconv.gguf_export import experts
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks
-from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
+from ropeconv.gguf_export.layouts import EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
 from ropeconv.gguf_export.vocab import general_name, tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
 from ropeconv.gguf_io.writer import VALUE_TYPES, ByteRange, GgufWriter, NewField, TensorInfo
@@ -48,8 +49,9 @@ FLOAT_DTYPES = ("F32", "F16", "BF16")
 class TensorPlan:
     entry: TensorEntry
     info: TensorInfo
-    op: str | None  # "permute_q", "permute_k", "qkv_blocks", "transpose", "table" or None
+    op: str | None  # "permute_q", "permute_k", "qkv_blocks", "transpose", "table", "stack" or None
     plus_one: bool
+    members: tuple[TensorEntry, ...] = ()  # "stack": the experts stacked into this tensor, in order (experts.py)
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,17 @@ def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: Posi
     tied = layout.output_is_embedding or config.get("tie_word_embeddings", False)
     out: list[TensorPlan] = []
     seen: dict[str, str] = {}
+    expert_stacks = experts.stacks(ckpt.tensors, _positive(config, EXPERT_KEYS)) if layout.experts else {}
+    stacked = experts.member_names(expert_stacks.values())
     for entry in ckpt.tensors:
+        stack = expert_stacks.get(entry.name)
+        if entry.name in stacked and stack is None:
+            continue  # written with the stack, where its first expert comes
         if entry.name.endswith("rotary_emb.inv_freq") or (tied and entry.name == "lm_head.weight"):
             continue  # recomputed by llama.cpp / the output matrix is the token embedding
         if entry.name.endswith(layout.skip):
             continue  # transformers' causal-mask buffers (old GPT-2 checkpoints)
-        gguf_name = names.get_name(entry.name, try_suffixes=(".weight", ".bias"))
+        gguf_name = names.get_name(stack.hf_name if stack else entry.name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None and entry.name.startswith("transformer."):
             # gguf-py lists BLOOM's embedding norm without the prefix
             gguf_name = names.get_name(entry.name.removeprefix("transformer."), try_suffixes=(".weight", ".bias"))
@@ -192,7 +199,13 @@ def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: Posi
         if entry.dtype not in FLOAT_DTYPES:
             raise UnsupportedError(f"tensor {entry.name!r} is {entry.dtype}; GGUF conversion takes F32, F16 or BF16 "
                                    "weights (dequantize first)")
-        op = _op(layout, gguf_name, entry, plan)
+        op = "stack" if stack else _op(layout, gguf_name, entry, plan)
+        if stack:
+            shape = experts.stacked_shape(stack)
+            out.append(TensorPlan(entry, TensorInfo(gguf_name, shape, _out_type(shape, outtype),
+                                                    tensor_nbytes(shape, _out_type(shape, outtype))),
+                                  op, False, stack.members))
+            continue
         if op == "table" or gguf_name == "position_embd.weight":
             if plan.kind == "absolute" and plan.offset:
                 raise UnsupportedError(f"{entry.name}: llama.cpp's position_embd has no rows before position 0 "
@@ -285,6 +298,11 @@ class GgufConversion:
         t = self._by_name.get(entry.name)
         if t is None:
             return 0
+        if t.op == "stack":
+            slice_plan = replace(t, op=None, members=())
+            self._writer.write_tensor_chunks(t.info.name, experts.slices(
+                t.members, lambda member: self._convert(replace(slice_plan, entry=member), source.load(member))))
+            return t.info.nbytes
         # raw(): a LoRA-merged tensor is not the byte range its entry points at
         elementwise = t.op is None and not t.plus_one and self.plan.raw_copy_ok and source.raw(entry) \
             and entry.nbytes > 0

@@ -5,6 +5,14 @@ what the name map cannot: the hyperparameter keys the llama.cpp loader reads, an
 rewrites its compute graph needs. Facts from the llama.cpp that llama-cpp-python vendors
 (src/models/<arch>.cpp and the matching conversion/<family>.py):
 
+- mixtral: llama's layout with experts (expert_count / expert_used_count), each layer's per-expert w1/w3/w2
+  stacked into ffn_gate_exps / ffn_up_exps / ffn_down_exps and the router as ffn_gate_inp; llama.cpp's
+  build_moe_ffn takes softmax, the top k, and renormalizes them (norm_w), as transformers' Mixtral;
+- qwen3_moe: qwen3's attention, experts stacked alike; expert_feed_forward_length is moe_intermediate_size;
+  its graph always renormalizes the top-k weights (norm_w true) and gives every layer experts;
+- qwen2_moe: experts plus a shared expert (ffn_*_shexp, expert_shared_feed_forward_length) scaled by
+  sigmoid(ffn_gate_inp_shexp · x); its graph never renormalizes the top-k weights (norm_w false), gives every
+  layer experts, and takes head_dim as hidden/heads;
 - qwen3: q and k are RMS-normalized per head (attn_q_norm / attn_k_norm, [head_dim]) before rope, in
   transformers and in llama.cpp's graph alike; head_dim is explicit (written as key/value_length);
 - olmo2: norms after attention and MLP only (attn_post_norm / ffn_post_norm), q/k norms over the whole
@@ -54,6 +62,7 @@ def _get(name: str, default: Any = None) -> Callable[[Config], Any]:
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "n_embed")
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
 HEAD_KEYS = ("num_attention_heads", "n_head", "n_heads")
+EXPERT_KEYS = ("num_local_experts", "num_experts")  # Mixtral's, Qwen-MoE's (5.x saves qwen3_moe's as the first)
 
 
 def first(config: Config, keys: tuple[str, ...]) -> Any:
@@ -90,6 +99,12 @@ RMS = (
     Hparam("attention.layer_norm_rms_epsilon", "f32", _get("rms_norm_eps", 1e-6)),
 )
 
+# mixture of experts: how many, and how many each token uses
+MOE = (
+    Hparam("expert_count", "u32", _first(EXPERT_KEYS)),
+    Hparam("expert_used_count", "u32", _get("num_experts_per_tok")),
+)
+
 
 @dataclass(frozen=True)
 class GgufLayout:
@@ -107,6 +122,7 @@ class GgufLayout:
     conv1d: bool = False  # gpt2: Conv1D weights stored [in, out], llama.cpp takes [out, in]
     skip: tuple[str, ...] = ()  # name suffixes of checkpoint buffers the GGUF does not hold
     act_keys: tuple[str, ...] = ("hidden_act", "hidden_activation")  # where config.json names the activation
+    experts: bool = False  # mixture of experts: per-expert tensors stacked into ffn_*_exps (experts.py)
 
 
 LAYOUTS: dict[str, GgufLayout] = {
@@ -131,6 +147,22 @@ LAYOUTS: dict[str, GgufLayout] = {
         GgufLayout("olmo2", MODEL_ARCH.OLMO2, COMMON + RMS, ("silu",)),
         # llama's interleaved rope pairs; no rope on every 4th layer, fixed in llama.cpp (see _smollm3_no_rope)
         GgufLayout("smollm3", MODEL_ARCH.SMOLLM3, COMMON + RMS, ("silu",), permute_qk=True, no_sliding_window=True),
+        # --- mixtral ---
+        # llama.cpp's llama graph with experts: softmax router, top-k weights renormalized, as transformers' Mixtral
+        GgufLayout("mixtral", MODEL_ARCH.LLAMA, COMMON + RMS + MOE, ("silu",), permute_qk=True,
+                   no_sliding_window=True, experts=True),
+        # --- end mixtral ---
+        # --- qwen3_moe ---
+        GgufLayout("qwen3_moe", MODEL_ARCH.QWEN3MOE, COMMON + RMS + MOE + (
+            Hparam("expert_feed_forward_length", "u32", _get("moe_intermediate_size")),), ("silu",),
+            no_sliding_window=True, always_key_length=True, experts=True),
+        # --- end qwen3_moe ---
+        # --- qwen2_moe ---
+        GgufLayout("qwen2_moe", MODEL_ARCH.QWEN2MOE, COMMON + RMS + MOE + (
+            Hparam("expert_feed_forward_length", "u32", _get("moe_intermediate_size")),
+            Hparam("expert_shared_feed_forward_length", "u32", _get("shared_expert_intermediate_size"))), ("silu",),
+            no_sliding_window=True, experts=True),
+        # --- end qwen2_moe ---
         GgufLayout("gemma", MODEL_ARCH.GEMMA, COMMON + RMS, ("gelu_pytorch_tanh", "gelu"), norm_plus_one=True,
                    output_is_embedding=True, always_key_length=True),
         GgufLayout(
@@ -231,6 +263,14 @@ def _smollm3_no_rope(config: Config, head_dim: int) -> str | None:
     return None
 
 
+def _dense_layers(config: Config, arch: str) -> str | None:
+    """Qwen-MoE layers without experts (mlp_only_layers, decoder_sparse_step > 1): llama.cpp's graphs have none."""
+    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+        return (f"dense layers (mlp_only_layers {config.get('mlp_only_layers')}, decoder_sparse_step "
+                f"{config.get('decoder_sparse_step', 1)}): llama.cpp's {arch} gives every layer experts")
+    return None
+
+
 # config switches transformers honours and llama.cpp's graph for the arch does not (reason, or None)
 _GRAPH_CHECKS: dict[str, tuple[Callable[[Config, int], str | None], ...]] = {
     "olmo2": (
@@ -252,6 +292,25 @@ _GRAPH_CHECKS: dict[str, tuple[Callable[[Config, int], str | None], ...]] = {
         lambda c, d: "attention_bias: llama.cpp's qwen3 graph has no output-projection bias"
         if c.get("attention_bias") else None,
     ),
+    # --- qwen3_moe ---
+    "qwen3_moe": (
+        lambda c, d: "attention_bias: llama.cpp's qwen3moe graph has no output-projection bias"
+        if c.get("attention_bias") else None,
+        lambda c, d: None if c.get("norm_topk_prob") else
+        "norm_topk_prob false: llama.cpp's qwen3moe always renormalizes the top-k expert weights",
+        lambda c, d: _dense_layers(c, "qwen3moe"),
+    ),
+    # --- end qwen3_moe ---
+    # --- qwen2_moe ---
+    "qwen2_moe": (
+        lambda c, d: "norm_topk_prob true: llama.cpp's qwen2moe never renormalizes the top-k expert weights"
+        if c.get("norm_topk_prob") else None,
+        lambda c, d: _dense_layers(c, "qwen2moe"),
+        lambda c, d: f"head_dim {d} ≠ hidden_size/num_attention_heads: llama.cpp's qwen2moe takes heads that wide"
+        if isinstance(c.get("hidden_size"), int) and isinstance(c.get("num_attention_heads"), int)
+        and d != c["hidden_size"] // c["num_attention_heads"] else None,
+    ),
+    # --- end qwen2_moe ---
     "gpt2": (
         lambda c, d: None if c.get("scale_attn_weights", True) else
         "scale_attn_weights false: llama.cpp always scales attention by 1/sqrt(head_dim)",

@@ -31,6 +31,7 @@ from onnx import GraphProto, helper, numpy_helper
 from ropeconv.onnx_export.alibi import alibi_bias
 from ropeconv.onnx_export.graph import BOOL, FLOAT, FLOAT16, INT32, INT64, GraphBuilder
 from ropeconv.onnx_export.layouts import OnnxLayout
+from ropeconv.onnx_export.moe import MoeDims, is_sparse, moe_mlp
 from ropeconv.onnx_export.rotary import cos_sin
 from ropeconv.positions import PositionPlan
 
@@ -64,6 +65,7 @@ class DecoderDims:
     final_norm: bool = True  # opt: none after post-norm blocks or with _remove_final_layer_norm
     clip_qkv: float | None = None  # mpt: the fused projection clamped to ±clip_qkv
     rope_layers: tuple[bool, ...] | None = None  # smollm3: per layer, whether q/k are rotated (None: all are)
+    moe: MoeDims | None = None  # mixture of experts: count, top k, renormalization, which layers
 
 
 @dataclass(frozen=True)
@@ -406,7 +408,7 @@ class _Decoder:
             return g.op("Add", [g.op("Add", [mlp, attn]), h])
         h = g.op("Add", [normed if d.residual_from_norm else h, attn])
         normed = self.norm(h, p + lay.mlp_norm) if lay.mlp_norm else h
-        mlp = self.mlp(normed, p)
+        mlp = moe_mlp(self, normed, p) if is_sparse(self, i) else self.mlp(normed, p)
         if lay.post_mlp_norm:
             mlp = self.norm(mlp, p + lay.post_mlp_norm)
         return g.op("Add", [normed if d.residual_from_norm else h, mlp])

@@ -195,6 +195,7 @@ def _attn_config(cfg, key: str):
 
 def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
     from ropeconv.onnx_export.decoder import DecoderDims
+    from ropeconv.onnx_export.moe import moe_dims
 
     act = _activation(layout, cfg)
     heads = int(cfg.num_attention_heads)
@@ -244,12 +245,15 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         final_norm=not post_norm and not getattr(cfg, "_remove_final_layer_norm", False),
         clip_qkv=float(_attn_config(cfg, "clip_qkv")) if _attn_config(cfg, "clip_qkv") else None,
         rope_layers=tuple(bool(x) for x in getattr(cfg, layout.rope_layers_key)) if layout.rope_layers_key else None,
+        moe=moe_dims(layout.moe, cfg, n_layers) if layout.moe else None,
     )
 
 
 def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
            tied: bool) -> dict[str, tuple[InitSpec, ...]]:
     """Every tensor the graph reads, checked against the checkpoint's headers."""
+    from ropeconv.onnx_export.moe import tensors as moe_tensors
+
     entries = {e.name: e for e in ckpt.tensors}
     half, quant = dtype == "fp16", dtype == "int4"
     specs: dict[str, list[InitSpec]] = {}
@@ -275,6 +279,10 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
                                  f"[{plan.offset + plan.original_ctx}, {dims.hidden}]")
             specs.setdefault(name, []).append(InitSpec(name, False, half, (plan.offset + plan.target_ctx, shape[1]),
                                                        resample=True))
+        elif kind == "router":  # a linear weight never quantized (moe.py)
+            if len(shape) != 2:
+                raise InputError(f"tensor {name!r} has shape {list(shape)}; a linear weight is 2-D")
+            specs.setdefault(name, []).append(InitSpec(name, True, half, (shape[1], shape[0])))
         elif kind == "embed":
             specs.setdefault(name, []).append(InitSpec(name, False, half, shape))
             if tied:
@@ -305,8 +313,11 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
         for n in (layout.attn_norm, layout.mlp_norm, layout.post_attn_norm, layout.post_mlp_norm):
             if n:
                 norm(p + n)
-        for n in layout.qkv + (layout.o_proj,) + layout.mlp:
+        sparse = dims.moe is not None and dims.moe.sparse[i]
+        for n in layout.qkv + (layout.o_proj,) + (() if sparse else layout.mlp):
             linear(p + n, conv1d=layout.conv1d)
+        for name, kind in moe_tensors(layout.moe, dims.moe, p) if sparse else ():
+            need(name, kind)
         for n in layout.qk_norm or ():
             need(f"{p}{n}.weight", "vector")
     if dims.final_norm:

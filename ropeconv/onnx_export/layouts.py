@@ -4,6 +4,9 @@ Facts from transformers 5.23's models/<family>/modeling_<family>.py:
 - llama/mistral/qwen2: pre-norm RMSNorm blocks, separate q/k/v projections (qwen2 with biases),
   SwiGLU MLP; mistral and phi3 attend through `sliding_window` on every layer when it is set, qwen2
   and gemma2 on the layers `layer_types` marks "sliding_attention";
+- mixtral / qwen3_moe / qwen2_moe: a mixture of experts in place of the MLP (moe.py): mixtral's blocks are
+  llama's (sliding_window on every layer when set), qwen3_moe's qwen3's, qwen2_moe's qwen2's plus a shared
+  expert; Qwen-MoE layers listed in mlp_only_layers (or skipped by decoder_sparse_step) keep the dense MLP;
 - qwen3: qwen2's blocks (no q/k/v bias by default) with q and k RMS-normalized over each head
   (self_attn.q_norm / k_norm, weights [head_dim]) after the split into heads and before rope;
 - olmo2: no norm before attention or MLP, RMSNorm after each (post_attention_layernorm,
@@ -36,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ropeconv.errors import UnsupportedError
+from ropeconv.onnx_export.moe import MoeLayout
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class OnnxLayout:
     residual_norm_key: str | None = None  # bloom: apply_residual_connection_post_layernorm
     project: tuple[str, str] | None = None  # opt: (project_in, project_out), when word_embed_proj_dim ≠ hidden
     optional_prefix: str | None = None  # checkpoints saved from the bare model lack it ("transformer.", "model.")
+    moe: MoeLayout | None = None  # mixture of experts in place of `mlp` on its sparse layers (moe.py)
 
 
 _LLAMA = dict(
@@ -90,6 +95,11 @@ _LLAMA = dict(
     o_proj="self_attn.o_proj", mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), mlp_kind="gated",
 )
 _GEMMA = dict(_LLAMA, norm="rms_plus_one", embed_scale=True)
+# --- qwen3_moe ---
+_QWEN_EXPERTS = dict(router="mlp.gate.weight", count_keys=("num_experts", "num_local_experts"),
+                     experts=tuple(f"mlp.experts.{{e}}.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")),
+                     norm_topk_key="norm_topk_prob", qwen_sparse_layers=True)
+# --- end qwen3_moe ---
 
 LAYOUTS: dict[str, OnnxLayout] = {
     layout.model_type: layout
@@ -145,6 +155,20 @@ LAYOUTS: dict[str, OnnxLayout] = {
         OnnxLayout("olmo2", **dict(_LLAMA, attn_norm=None, mlp_norm=None), post_attn_norm="post_attention_layernorm",
                    post_mlp_norm="post_feedforward_layernorm", qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
         OnnxLayout("smollm3", **_LLAMA, rope_layers_key="no_rope_layers"),
+        # --- mixtral ---
+        OnnxLayout("mixtral", **dict(_LLAMA, mlp=()), sliding_all_layers=True, moe=MoeLayout(
+            router="block_sparse_moe.gate.weight", count_keys=("num_local_experts",), norm_topk_key=None,
+            experts=tuple(f"block_sparse_moe.experts.{{e}}.{w}.weight" for w in ("w1", "w3", "w2")))),
+        # --- end mixtral ---
+        # --- qwen3_moe ---
+        OnnxLayout("qwen3_moe", **_LLAMA, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True,
+                   moe=MoeLayout(**_QWEN_EXPERTS)),
+        # --- end qwen3_moe ---
+        # --- qwen2_moe ---
+        OnnxLayout("qwen2_moe", **_LLAMA, moe=MoeLayout(
+            **_QWEN_EXPERTS, shared_gate="mlp.shared_expert_gate.weight",
+            shared=tuple(f"mlp.shared_expert.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")))),
+        # --- end qwen2_moe ---
         OnnxLayout("gemma", **_GEMMA),
         OnnxLayout("gemma2", **dict(_GEMMA, mlp_norm="pre_feedforward_layernorm", activation_key="hidden_activation"),
                    post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
