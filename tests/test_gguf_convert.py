@@ -27,6 +27,16 @@ CELLS = {
     "gpt_neox": ["linear", "ntk", "yarn"],
     "gemma": ["linear", "ntk", "yarn"],
     "gemma2": ["linear", "ntk", "yarn"],
+    # mixture of experts (stacked experts; a few methods each for the test budget, every exact one was run by hand)
+    # --- mixtral ---
+    "mixtral": ["yarn", "llama3"],  # llama with experts: rope_freqs carriers too
+    # --- end mixtral ---
+    # --- qwen3_moe ---
+    "qwen3_moe": ["yarn"],
+    # --- end qwen3_moe ---
+    # --- qwen2_moe ---
+    "qwen2_moe": ["ntk"],
+    # --- end qwen2_moe ---
 }
 # gemma ties lm_head to the embedding in llama.cpp; the tiny configs untie by default
 TIED = {"gemma": dict(tie_word_embeddings=True), "gemma2": dict(tie_word_embeddings=True)}
@@ -218,6 +228,16 @@ BAD = {
                                          ["--method", "yarn", "--factor", "4"], "no_rope_layers"),
     "smollm3 with MLP biases": ("smollm3", {"mlp_bias": True}, None, ["--method", "yarn", "--factor", "4"],
                                 "mlp_bias"),
+    # --- qwen3_moe ---
+    "qwen3_moe without top-k renormalization": ("qwen3_moe", {"norm_topk_prob": False}, None,
+                                                ["--method", "yarn", "--factor", "4"], "norm_topk_prob"),
+    "qwen3_moe with a dense layer": ("qwen3_moe", {"mlp_only_layers": [1]}, None, ["--method", "yarn", "--factor", "4"],
+                                     "dense layers"),
+    # --- end qwen3_moe ---
+    # --- qwen2_moe ---
+    "qwen2_moe with top-k renormalization": ("qwen2_moe", {"norm_topk_prob": True}, None,
+                                             ["--method", "yarn", "--factor", "4"], "norm_topk_prob"),
+    # --- end qwen2_moe ---
     "dynamic without --bake-at": ("llama", {}, None, ["--method", "dynamic", "--factor", "4"], "--bake-at"),
     "longrope below llama.cpp's 256-token step": ("llama", {}, None, ["--method", "longrope", "--factors", "LR",
                                                                      "--factor", "4"], "256"),
@@ -321,7 +341,7 @@ def test_float16_overflow_is_refused_not_written_as_inf(tmp_path, capsys):
 
 # GGUF architectures whose GGUFs transformers reads (the retrofit's reference), each retrofitted from a converted
 # tiny model stripped of ropeconv's keys: what llama.cpp's own converter ships
-RETROFIT = ["qwen3"]
+RETROFIT = ["qwen3", "qwen3_moe", "qwen2_moe"]
 
 
 def _foreign_gguf(base: Path, tmp_path: Path, arch: str, capsys) -> Path:
@@ -355,13 +375,14 @@ def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, t
 
     assert payload(out) == payload(foreign)  # every tensor byte kept
     meta = read_gguf(out)
-    assert meta.value(f"{arch}.rope.scaling.type") == "yarn" and meta.value(f"{arch}.context_length") == 4 * ORIGINAL_CTX
+    name = meta.value("general.architecture")  # qwen3_moe's is qwen3moe
+    assert meta.value(f"{name}.rope.scaling.type") == "yarn" and meta.value(f"{name}.context_length") == 4 * ORIGINAL_CTX
 
     stripped = strip_declaration(out)
     assert run_cli("verify", stripped, "--base", foreign, "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1
 
 
-@pytest.mark.parametrize("arch", ["olmo2", "smollm3"])
+@pytest.mark.parametrize("arch", ["olmo2", "smollm3", "mixtral"])
 def test_gguf_retrofit_transformers_cannot_read_is_proven_against_its_hf_checkpoint(bases, tmp_path, arch, capsys):
     """transformers reads no olmo2 or smollm3 GGUF: a retrofit cannot build its reference from the file, so it is
     refused in one line unless --no-verify, and verify --base proves it against the HF checkpoint it came from."""

@@ -221,6 +221,9 @@ def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: Posi
             # a transposed Conv1D [in, out] is nn.Linear's [out, in], i.e. GGUF's {in, out}: the stored order
             shape = (tuple(entry.shape) if op == "transpose" else tuple(reversed(entry.shape))) or (1,)
             ggml_type = _out_type(shape, outtype)
+            router = experts.router_shape(gguf_name, shape) if layout.experts else None
+            if router:
+                shape, ggml_type = router, G.F32
         out.append(TensorPlan(entry, TensorInfo(gguf_name, shape, ggml_type, tensor_nbytes(shape, ggml_type)),
                               op, layout.norm_plus_one and entry.name.endswith("norm.weight")))
     if not any(t.info.name == "token_embd.weight" for t in out):

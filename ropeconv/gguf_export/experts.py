@@ -71,3 +71,14 @@ def slices(members: Sequence[TensorEntry], convert: Callable[[TensorEntry], obje
     """The stack's bytes: each expert converted on its own, in expert order."""
     for entry in members:
         yield convert(entry)
+
+
+def router_shape(gguf_name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Routers stay float32 at every outtype, as llama.cpp's converter and quantizer keep them (a rounded router
+    picks other experts); the shared expert's [1, hidden] gate is written as the vector llama.cpp's qwen2moe loads
+    ({n_embd}) and transformers' GGUF reader expects. The GGUF shape of a router, or None for other tensors."""
+    if gguf_name.endswith("ffn_gate_inp_shexp.weight"):
+        return tuple(d for d in shape if d != 1) or (1,)
+    if gguf_name.endswith("ffn_gate_inp.weight"):
+        return shape
+    return None

@@ -208,7 +208,8 @@ def _device_of(name: str, device_map: dict[str, Any]) -> Any:
 
 def _gguf_config(directory: Path, gguf_file: str):
     """transformers' config of a GGUF, with the head width the file states: transformers maps no
-    attention.key_length for some architectures (qwen3) and would take its config default (128) instead."""
+    attention.key_length for some architectures (qwen3) and would take its config default (128) instead; the
+    experts' widths likewise."""
     from transformers import AutoConfig
 
     from ropeconv.gguf_io.reader import read_gguf
@@ -216,18 +217,28 @@ def _gguf_config(directory: Path, gguf_file: str):
     src = read_gguf(Path(directory) / gguf_file)
     arch = src.value("general.architecture")
     try:
+        if arch == "llama" and src.value("llama.expert_count"):  # mixtral: transformers would build a dense llama
+            raise ValueError("llama with experts not supported")
         config = AutoConfig.from_pretrained(directory, gguf_file=gguf_file)
     except ValueError as exc:
         if "not supported" not in str(exc):
             raise
         from ropeconv.errors import UnsupportedError
 
+        if arch == "llama":
+            arch = "llama-with-experts (mixtral)"
         raise UnsupportedError(f"transformers reads no {str(arch)[:40]} GGUF, so the reference that proves this one "
                                "cannot be built from it: prove it against its HF checkpoint (extend that with --to "
                                "gguf, or verify --base HF_DIR), or pass --no-verify") from None
     key_length = src.value(f"{arch}.attention.key_length")
     if isinstance(key_length, int) and getattr(config, "head_dim", key_length) != key_length:
         config.head_dim = key_length
+    # nor the experts' widths (qwen2moe, qwen3moe): it would build its defaults (768, 5632) whatever the file holds
+    for key, attr in (("expert_feed_forward_length", "moe_intermediate_size"),
+                      ("expert_shared_feed_forward_length", "shared_expert_intermediate_size")):
+        value = src.value(f"{arch}.{key}")
+        if isinstance(value, int) and hasattr(config, attr):
+            setattr(config, attr, value)
     return config
 
 
