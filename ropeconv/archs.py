@@ -68,23 +68,28 @@ ARCHS: dict[str, ArchSpec] = {
         # --- mixtral ---
         ArchSpec("mixtral", default_theta=1000000.0, explicit_head_dim=True,
                  note="mixture of experts (softmax router, top-k renormalized): expert weights byte-copied to "
-                      "safetensors, stacked into llama.cpp's ffn_*_exps (arch llama with experts) for GGUF, every "
-                      "expert evaluated and weighted by the scattered routing in the ONNX graph (exact, E× the FFN "
-                      "compute); GGUF refused with a sliding window shorter than the target"),
+                      "safetensors (head_dim stated, which 5.x's yarn/longrope/llama3 need); for GGUF, llama.cpp's "
+                      "llama with experts, each layer's experts stacked into ffn_*_exps and the router kept float32 "
+                      "at every outtype; refused with a sliding window shorter than the target; transformers reads "
+                      "no mixtral GGUF, so a retrofit is proven against the HF checkpoint (verify --base HF_DIR) or "
+                      "refused without --no-verify; ONNX evaluates every expert and weights it by the scattered "
+                      "top-k routing (exact, E× the FFN compute; router unquantized under int4). The test suite "
+                      "runs a few methods per format; every exact cell passed once when the family was added"),
         # --- end mixtral ---
         # --- qwen3_moe ---
         ArchSpec("qwen3_moe", legacy_aliases=(("num_experts", "num_local_experts"),),
-                 note="qwen3's attention (q/k RMSNorm per head) with a mixture of experts; GGUF refused unless "
-                      "norm_topk_prob is true and every layer is sparse (llama.cpp's qwen3moe renormalizes the "
-                      "top-k weights and has no dense layers), or with attention_bias; ONNX evaluates every expert "
-                      "(exact, E× the FFN compute)"),
+                 note="qwen3's attention (q/k RMSNorm per head) with a mixture of experts (dense layers from "
+                      "mlp_only_layers/decoder_sparse_step kept); safetensors also writes num_experts, which 4.x "
+                      "reads; GGUF refused unless norm_topk_prob is true and every layer has experts (llama.cpp's "
+                      "qwen3moe always renormalizes the top-k weights and has no dense layers), or with "
+                      "attention_bias; ONNX as mixtral's"),
         # --- end qwen3_moe ---
         # --- qwen2_moe ---
         ArchSpec("qwen2_moe",
-                 note="mixture of experts beside a shared expert gated by a sigmoid; GGUF refused with norm_topk_prob "
-                      "true or dense layers (llama.cpp's qwen2moe never renormalizes the top-k weights and has no "
-                      "dense layers), or head_dim ≠ hidden/heads; ONNX evaluates every expert (exact, E× the FFN "
-                      "compute)"),
+                 note="qwen2's attention with a mixture of experts beside a shared expert gated by a sigmoid; GGUF "
+                      "refused with norm_topk_prob true or dense layers (llama.cpp's qwen2moe never renormalizes "
+                      "the top-k weights and gives every layer experts), or head_dim ≠ hidden/heads; ONNX as "
+                      "mixtral's"),
         # --- end qwen2_moe ---
         ArchSpec("gemma", default_head_dim=256),
         # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
