@@ -11,6 +11,8 @@ file, mapped back to the base's names and layouts — under the plan: what remai
 - GGUF converted by ropeconv: every tensor the file holds in another type than F32 is dequantized by gguf-py
   and undone through the conversion's own ops (q/k rows un-permuted, GPT-NeoX's qkv regrouped back, Conv1D
   transposed back); a tied output matrix is the token embedding, as llama.cpp reads it.
+- mixtures of experts: a stacked ffn_*_exps tensor is sliced back into its experts; each expert's matrix goes
+  into transformers 5's fused expert parameters (gate_up_proj as [gate | up], down_proj) in place.
 - ONNX --dtype int4: every MatMulNBits weight is decoded ((q − 8) · scale per block of 32, the symmetric
   layout onnxruntime's quantizer writes) and transposed back; the tied output matrix is untied, since the
   graph quantizes it while the embedding stays float32.
@@ -19,6 +21,7 @@ A retrofitted GGUF needs none of this: its reference already loads the base GGUF
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +71,9 @@ def _gguf(artifact: Path, base: Path, plan: PositionPlan):
                 continue
             raw = np.frombuffer(os.pread(fd, t.nbytes, t.offset), dtype=np.uint8)
             stored = torch.from_numpy(np.array(_to_f32(raw, t.ggml_type, t.torch_shape)))
+            if tp.op == "stack":  # [n_expert, out, in]: each expert under its own checkpoint name
+                yield from ((member.name, stored[e], False) for e, member in enumerate(tp.members))
+                continue
             yield tp.entry.name, _undo(tp.op, stored, gplan), tied_output and tp.info.name == "token_embd.weight"
     finally:
         os.close(fd)
@@ -123,6 +129,9 @@ def install(model, tensors) -> int:
     count = 0
     for name, tensor, output_too in tensors:
         full = name if name in names else f"{prefix}.{name}"
+        if full not in names and _install_expert(model, names, name, tensor):
+            count += 1
+            continue
         if full not in names:
             raise KeyError(f"{name}: no such parameter in {type(model).__name__}")
         module_name, _, attr = full.rpartition(".")
@@ -132,3 +141,35 @@ def install(model, tensors) -> int:
             model.get_output_embeddings().weight = param
         count += 1
     return count
+
+
+# a checkpoint's per-expert projection → (transformers 5's fused parameter, which half of gate_up_proj: 0 gate, 1 up,
+# None for down_proj); transformers 5 concatenates [gate | up] per expert (conversion_mapping.py)
+_EXPERT = re.compile(r"^(?P<layer>.*)\.(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
+                     r"(?P<proj>w1|w3|w2|gate_proj|up_proj|down_proj)\.weight$")
+_FUSED = {"w1": ("gate_up_proj", 0), "gate_proj": ("gate_up_proj", 0), "w3": ("gate_up_proj", 1),
+          "up_proj": ("gate_up_proj", 1), "w2": ("down_proj", None), "down_proj": ("down_proj", None)}
+
+
+def _install_expert(model, names: set[str], name: str, tensor) -> bool:
+    """One expert's matrix written into transformers 5's stacked expert parameter, in place (the reference model
+    is this check's own copy); False when the name is no expert's or the model keeps experts apart."""
+    import torch
+
+    m = _EXPERT.match(name)
+    if not m:
+        return False
+    fused, half = _FUSED[m["proj"]]
+    full = f"{m['layer']}.mlp.experts.{fused}"
+    if full not in names:
+        return False
+    param = model.get_parameter(full)
+    rows = param.shape[1] // 2 if half is not None else param.shape[1]
+    target = param.data[int(m["e"])]
+    if half is not None:
+        target = target[half * rows:(half + 1) * rows]
+    if tuple(target.shape) != tuple(tensor.shape):
+        raise KeyError(f"{name}: {list(tensor.shape)} does not fit {full} ({list(target.shape)} per expert)")
+    with torch.no_grad():
+        target.copy_(tensor.to(torch.float32))
+    return True
