@@ -376,7 +376,8 @@ def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, t
     assert payload(out) == payload(foreign)  # every tensor byte kept
     meta = read_gguf(out)
     name = meta.value("general.architecture")  # qwen3_moe's is qwen3moe
-    assert meta.value(f"{name}.rope.scaling.type") == "yarn" and meta.value(f"{name}.context_length") == 4 * ORIGINAL_CTX
+    assert meta.value(f"{name}.rope.scaling.type") == "yarn"
+    assert meta.value(f"{name}.context_length") == 4 * ORIGINAL_CTX
 
     stripped = strip_declaration(out)
     assert run_cli("verify", stripped, "--base", foreign, "--tokens", str(4 * ORIGINAL_CTX), "-q") == 1

@@ -96,7 +96,7 @@ def test_qwen3_moe_dense_layers_keep_their_mlp(tmp_path, capsys):
     """mlp_only_layers: the listed layer is a dense MLP in transformers; the shape table expects its tensors there,
     the ONNX graph computes it there, and both outputs are proven (GGUF refuses it: test_gguf_convert's BAD)."""
     base = make_tiny(tmp_path, "qwen3_moe", mlp_only_layers=[1])
-    assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "safetensors,onnx", "--tokens", str(2 * ORIGINAL_CTX),
-                   "-o", tmp_path / "out", "-q") == 0
+    assert run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "safetensors,onnx",
+                   "--tokens", str(2 * ORIGINAL_CTX), "-o", tmp_path / "out", "-q") == 0
     parity = read_json(tmp_path / "out" / "manifest.json")["parity"]
     assert parity["safetensors"]["passed"] and parity["onnx"]["passed"]

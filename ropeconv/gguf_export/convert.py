@@ -29,7 +29,8 @@ from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES
 from ropeconv.gguf_export import experts
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks
-from ropeconv.gguf_export.layouts import EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
+from ropeconv.gguf_export.layouts import (EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph,
+                                          first, layout_for)
 from ropeconv.gguf_export.vocab import general_name, tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
 from ropeconv.gguf_io.writer import VALUE_TYPES, ByteRange, GgufWriter, NewField, TensorInfo
