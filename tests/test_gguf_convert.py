@@ -237,7 +237,13 @@ BAD = {
     # --- qwen2_moe ---
     "qwen2_moe with top-k renormalization": ("qwen2_moe", {"norm_topk_prob": True}, None,
                                              ["--method", "yarn", "--factor", "4"], "norm_topk_prob"),
+    "qwen2_moe with head_dim ≠ hidden/heads": ("qwen2_moe", {"head_dim": 32}, None,
+                                               ["--method", "yarn", "--factor", "4"], "head_dim"),
     # --- end qwen2_moe ---
+    # --- mixtral ---
+    "mixtral sliding window": ("mixtral", {"sliding_window": 32}, None, ["--method", "yarn", "--factor", "4"],
+                               "sliding window"),
+    # --- end mixtral ---
     "dynamic without --bake-at": ("llama", {}, None, ["--method", "dynamic", "--factor", "4"], "--bake-at"),
     "longrope below llama.cpp's 256-token step": ("llama", {}, None, ["--method", "longrope", "--factors", "LR",
                                                                      "--factor", "4"], "256"),
