@@ -1,9 +1,9 @@
-"""The capability matrix (method × format), read from the method modules and the architecture table."""
+"""The capability matrix (method × format), read from the method modules and the family records."""
 
 from __future__ import annotations
 
 from ropeconv import methods
-from ropeconv.archs import ARCHS
+from ropeconv.families import ARCHS
 from ropeconv.methods.base import Cell, Support
 from ropeconv.formats import FORMATS
 
@@ -11,11 +11,10 @@ _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
 
 
 def _gguf_note() -> str:
-    from ropeconv.archs import GGUF_ARCHS
+    from ropeconv.families import GGUF_ARCHS, GGUF_LAYOUTS as LAYOUTS
     from ropeconv.formats import GGUF_OUTTYPES as OUTTYPES, GGUF_QUANT_TYPES as QUANT_TYPES
-    from ropeconv.gguf_export.layouts import LAYOUTS
 
-    converted = ", ".join(f"{m} → {l.arch.name.lower()}" for m, l in LAYOUTS.items())
+    converted = ", ".join(f"{m} → {l.arch}" for m, l in LAYOUTS.items())
     freqs = ", ".join(a.name for a in GGUF_ARCHS.values() if a.reads_rope_freqs)
     longrope = ", ".join(a.name for a in GGUF_ARCHS.values() if a.longrope)
     return (
@@ -30,9 +29,7 @@ def _gguf_note() -> str:
 
 
 def _onnx_note() -> str:
-    from ropeconv.archs import ARCHS
-    from ropeconv.onnx_export.export import GENAI_TYPES
-    from ropeconv.onnx_export.layouts import LAYOUTS
+    from ropeconv.families import GENAI_TYPES, ONNX_LAYOUTS as LAYOUTS
 
     no_genai = ", ".join(m for m in LAYOUTS if m not in GENAI_TYPES)
     rope = ", ".join(m for m in LAYOUTS if ARCHS[m].position == "rope")
