@@ -80,18 +80,10 @@ def _rope_config(
     base: dict[str, Any], arch: ArchSpec, scheme: RopeScheme, plan: RopePlan, rope: dict[str, Any]
 ) -> dict[str, Any]:
     rope_type = rope["rope_type"]
-    if arch.hf_rope_types is not None and rope_type not in arch.hf_rope_types:
-        raise UnsupportedError(
-            f"--method {plan.method} on {arch.model_type}: transformers accepts only rope_type "
-            f"{' or '.join(sorted(arch.hf_rope_types))} for this architecture; use --method longrope or freqs"
-        )
+    reason = rope_type_refusal(arch, plan.method, rope_type)
+    if reason:
+        raise UnsupportedError(reason)
     two_keys = arch.hf4_two_key_types
-    if two_keys is not None and rope_type != "default" and rope_type not in two_keys:
-        raise UnsupportedError(
-            f"--method {plan.method} on {arch.model_type}: transformers 4.x's config accepts rope_scaling only as "
-            f"{{type, factor}} of type {' or '.join(sorted(two_keys))}, so a safetensors output would not load "
-            "there; use --method linear, ntk or dynamic, or --to gguf/onnx"
-        )
     cfg = copy.deepcopy(base)
     for key in _DROP + (arch.theta_key,) + ((arch.partial_key,) if arch.partial_key else ()):
         cfg.pop(key, None)
@@ -120,6 +112,20 @@ def _rope_config(
     cfg["rope_scaling"] = legacy
     cfg["rope_parameters"] = params
     return cfg
+
+
+def rope_type_refusal(arch: ArchSpec, method: str, rope_type: str) -> str | None:
+    """Why a family's config cannot declare this rope_type (None: it can); the capability matrix's per-family
+    safetensors cells read it too."""
+    if arch.hf_rope_types is not None and rope_type not in arch.hf_rope_types:
+        return (f"--method {method} on {arch.model_type}: transformers accepts only rope_type "
+                f"{' or '.join(sorted(arch.hf_rope_types))} for this architecture; use --method longrope or freqs")
+    two_keys = arch.hf4_two_key_types
+    if two_keys is not None and rope_type != "default" and rope_type not in two_keys:
+        return (f"--method {method} on {arch.model_type}: transformers 4.x's config accepts rope_scaling only as "
+                f"{{type, factor}} of type {' or '.join(sorted(two_keys))}, so a safetensors output would not load "
+                "there; use --method linear, ntk or dynamic, or --to gguf/onnx")
+    return None
 
 
 def _strict_longrope(arch: ArchSpec, plan: RopePlan, rope: dict[str, Any]) -> dict[str, Any]:
