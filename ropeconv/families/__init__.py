@@ -77,7 +77,10 @@ def discover(package_path=None, package: str = __name__) -> dict[str, Family]:
     for info in sorted(pkgutil.iter_modules(package_path or __path__), key=lambda i: i.name):
         if info.name in _SKIP or info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{package}.{info.name}")
+        try:
+            module = importlib.import_module(f"{package}.{info.name}")
+        except TypeError as exc:  # Family(...) without one of its required parts
+            raise FamilyError(f"{_where(info.name)}: {exc}") from exc
         if not hasattr(module, "FAMILY"):
             raise FamilyError(f"{_where(module)} defines no FAMILY = Family(...); a module in ropeconv/families is a "
                               "family (shared parts belong in parts.py)")
