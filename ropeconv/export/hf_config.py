@@ -49,22 +49,23 @@ def extended_config(
     """`rope` is the method's transformers declaration (rope_type and its keys; for ALiBi, the
     ropeconv_alibi_scaling record)."""
     if plan.kind == "alibi":
-        return _alibi_config(base, plan, rope)
+        return _alibi_config(base, arch, plan, rope)
     if plan.kind == "absolute":
         return _absolute_config(base, arch, plan)
     return _rope_config(base, arch, scheme, plan, rope)
 
 
-def _alibi_config(base: dict[str, Any], plan: PositionPlan, scaling: dict[str, Any]) -> dict[str, Any]:
+def _alibi_config(base: dict[str, Any], arch: ArchSpec, plan: PositionPlan,
+                  scaling: dict[str, Any]) -> dict[str, Any]:
     from ropeconv.runtime import KEY
 
     cfg = copy.deepcopy(base)
     cfg.pop(KEY, None)
     if scaling and plan.factor != 1.0:
         cfg[KEY] = scaling
-    if "max_seq_len" in cfg or cfg.get("model_type") == "mpt":
-        # transformers' MPT builds its bias max_seq_len keys long: shorter, and longer inputs fail to broadcast
-        cfg["max_seq_len"] = max(int(cfg.get("max_seq_len") or 0), plan.target_ctx)
+    key = arch.alibi_bias_len_key
+    if key:  # MPT: transformers builds its bias this many keys long; shorter, and longer inputs fail to broadcast
+        cfg[key] = max(int(cfg.get(key) or 0), plan.target_ctx)
     return cfg
 
 

@@ -3,7 +3,8 @@
 llama.cpp's gptneox splits as all-q, all-k, all-v blocks (the GGUF regroups it)."""
 
 from ropeconv.families.parts import COMMON, VOCAB, linear, norm
-from ropeconv.families.spec import UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, OnnxLayout, T, get
+from ropeconv.families.spec import (UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam,
+                                    OnnxLayout, T, get)
 
 _NEOX = "gpt_neox.layers.{i}."
 

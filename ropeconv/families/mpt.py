@@ -31,7 +31,7 @@ def _onnx_bias_tensors(cfg, names):
 
 
 FAMILY = Family(
-    arch=ArchSpec("mpt", position="alibi", ctx_key="max_seq_len",
+    arch=ArchSpec("mpt", position="alibi", ctx_key="max_seq_len", alibi_bias_len_key="max_seq_len",
                   note="ALiBi; transformers builds the bias max_seq_len long, so it is raised to the target"),
     shapes=FamilyShapes(
         "mpt",

@@ -2,7 +2,8 @@
 attend without rope (NoPE). llama.cpp drops rope on layers il with (il + 1) % 4 == 0 — it fixes the step at 4
 where transformers reads no_rope_layers — and loads no output-projection or MLP biases."""
 
-from ropeconv.families.parts import COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA, refuse_attention_bias
+from ropeconv.families.parts import (COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA,
+                                     refuse_attention_bias)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 
 

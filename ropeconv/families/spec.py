@@ -45,6 +45,9 @@ class ArchSpec:
     ctx_key: str | None = "max_position_embeddings"
     table: str | None = None
     table_offset: int = 0
+    # ALiBi: the config key transformers builds its bias that many keys long from (MPT's max_seq_len), raised to the
+    # target in an extended config
+    alibi_bias_len_key: str | None = None
     note: str = ""  # shown under the capability matrix
     # transformers 4.x: the attention implementation that computes what 5.x computes (None: 4.x's default is exact)
     hf4_attention: str | None = None
