@@ -10,59 +10,35 @@ import pytest
 import torch
 
 from ropeconv.cli.main import main
+from ropeconv.families import FAMILIES
+from ropeconv.families.spec import TINY_CTX
 from ropeconv.parity import tf4
 
-ORIGINAL_CTX = 64
+ORIGINAL_CTX = TINY_CTX  # the tiny models' training length (family files name it in their tiny configs)
 
 # transformers 4.x (`make tf4`): found once here, then turned off for every other test, since each start of it costs
 # seconds; the tests that run it take the tf4_python fixture (and set ROPECONV_TF4_PYTHON back where verify runs it)
 TF4_PYTHON = tf4.python()
 os.environ[tf4.ENV] = "off"
 
-# Per-family tiny configs. initializer_range is large so logits have unit scale and a wrong rope
-# visibly moves them; token ids are kept inside the small vocabulary.
-TINY = {
-    "llama": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
-    "mistral": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                    sliding_window=None),
-    "qwen2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
-    # head_dim 32 ≠ hidden/heads, as Qwen3's own (0.6B: 1024 hidden, 16 heads of 128)
-    "qwen3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32),
-    "olmo2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
-    # 4 layers: the 4th attends without rope (no_rope_layers [1, 1, 1, 0], transformers' and llama.cpp's default)
-    "smollm3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                    num_hidden_layers=4, pad_token_id=0),
-    # --- mixtral ---
-    # 4 experts, top-2, as every MoE family here: routing ties are improbable with random weights
-    "mixtral": dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-                    num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
-    # --- end mixtral ---
-    # --- qwen3_moe ---
-    # head_dim 32 ≠ hidden/heads and norm_topk_prob as Qwen3-30B-A3B's; num_experts as a 4.x config names it
-    "qwen3_moe": dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=48, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True),
-    # --- end qwen3_moe ---
-    # --- qwen2_moe ---
-    # norm_topk_prob false (Qwen1.5-MoE's), a shared expert wider than the routed ones
-    "qwen2_moe": dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=48,
-                      shared_expert_intermediate_size=80, num_attention_heads=4, num_key_value_heads=2, num_experts=4,
-                      num_experts_per_tok=2),
-    # --- end qwen2_moe ---
-    "phi3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                 original_max_position_embeddings=ORIGINAL_CTX, pad_token_id=0),
-    "gpt_neox": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, rotary_pct=0.25),
-    "gemma": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
-    "gemma2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                   sliding_window=4096, query_pre_attn_scalar=16),
-    # ALiBi (6 heads: not a power of two, so the interleaved slope order is exercised) and learned tables
-    "bloom": dict(hidden_size=96, n_head=6, seq_length=ORIGINAL_CTX),
-    "mpt": dict(d_model=96, n_heads=6, max_seq_len=ORIGINAL_CTX, expansion_ratio=2),
-    "gpt2": dict(n_embd=64, n_head=4, n_positions=ORIGINAL_CTX),
-    "opt": dict(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64),
-}
+# Per-family tiny configs, each in its family file (Family.tiny, over make_tiny's defaults below).
+# initializer_range is large so logits have unit scale and a wrong rope visibly moves them; token ids are kept
+# inside the small vocabulary.
+TINY = {name: dict(family.tiny) for name, family in FAMILIES.items()}
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
-RANDOM_NORMS = {"qwen3", "olmo2", "qwen3_moe"}
+RANDOM_NORMS = {name for name, family in FAMILIES.items() if family.tiny_random_norms}
+
+
+def default_cells(cells, fmt: str) -> list[tuple[str, str]]:
+    """The (family, method) cells of a generated matrix the default suite runs: a family with test_methods for the
+    format (the mixtures of experts, whose tiny models are costly) runs those methods only; ROPECONV_ALL_CELLS=1 runs
+    every claimed cell."""
+    if os.environ.get("ROPECONV_ALL_CELLS") == "1":
+        return list(cells)
+    return [(f, m) for f, m in cells
+            if FAMILIES[f].test_methods is None or fmt not in FAMILIES[f].test_methods
+            or m in FAMILIES[f].test_methods[fmt]]
 
 
 def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None, max_shard_size: str | None = None,

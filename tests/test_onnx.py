@@ -13,20 +13,20 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
+from conftest import ORIGINAL_CTX, assert_refused, default_cells, listing, make_tiny, read_json, run_cli
 from ropeconv.archs import ARCHS
+from ropeconv.capabilities import family_cells
 from ropeconv.checkpoint import load_checkpoint
 from ropeconv.onnx_export.layouts import LAYOUTS
 from ropeconv.onnx_export.rotary import default_constants
 from ropeconv.parity.runtimes import ort as ort_runtime
 from ropeconv.positions import RopePlan
-from test_parity_archs import ALL_METHODS, TOKENS
+from test_parity_archs import TOKENS
 from test_parity_archs import extend as extend_hf
 ROPE_ARCHS = sorted(a for a in LAYOUTS if ARCHS[a].position == "rope")  # ALiBi and tables: test_onnx_positions.py
-# mixture-of-experts families: the rotary subgraph is every family's; one method each exercises their expert routing
-# within the test budget (all seven passed on each when the families were added)
-MOE_METHODS = {"mixtral": ["yarn"], "qwen3_moe": ["longrope"], "qwen2_moe": ["dynamic"]}
-CASES = [(a, m) for a in ROPE_ARCHS for m in MOE_METHODS.get(a, ALL_METHODS)]
+# every (family, method) the matrix claims for ONNX (all of them: the graph computes any plan), none aside (no
+# position math to strip; the RoPE families' none cells are not run per family)
+CASES = sorted(((a, m) for a, m in family_cells("onnx", "rope") if m != "none"), key=lambda c: c[0])
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def attention_ops(model_path: Path) -> list[str]:
             if inner.op_type == "GroupQueryAttention"]
 
 
-@pytest.mark.parametrize("arch,method", CASES)
+@pytest.mark.parametrize("arch,method", default_cells(CASES, "onnx"))
 def test_onnx_matches_transformers_beyond_the_original_context(bases, tmp_path, arch, method, capsys):
     out = tmp_path / "out"
     assert extend(bases[arch], out, arch, method) == 0

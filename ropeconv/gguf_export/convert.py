@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, MODEL_ARCH_NAMES, get_tensor_name_map
+from gguf import GGMLQuantizationType, GGUFValueType, get_tensor_name_map
 
 from ropeconv import methods
 from ropeconv.archs import GGUF_ARCHS
@@ -30,7 +30,7 @@ from ropeconv.gguf_export import experts
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks
 from ropeconv.gguf_export.layouts import (EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph,
-                                          first, layout_for)
+                                          first, layout_for, model_arch)
 from ropeconv.gguf_export.vocab import general_name, tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
 from ropeconv.gguf_io.writer import VALUE_TYPES, ByteRange, GgufWriter, NewField, TensorInfo
@@ -76,7 +76,7 @@ class GgufPlan:
     @property
     def arch_name(self) -> str:
         """general.architecture, e.g. "llama" (mistral's too)."""
-        return MODEL_ARCH_NAMES[self.layout.arch]
+        return self.layout.arch
 
     @property
     def infos(self) -> list[TensorInfo]:
@@ -132,7 +132,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     rope = scheme.kind == "rope"  # ALiBi and learned tables: llama.cpp reads no rope key for these archs
     head_dim = scheme.head_dim if rope else hidden // heads
     check_graph(layout, config, head_dim, plan.target_ctx)
-    arch_name = MODEL_ARCH_NAMES[layout.arch]
+    arch_name = layout.arch
     declaration = methods.get(plan.method).gguf_declaration(plan, GGUF_ARCHS[arch_name])
 
     kv: dict[str, tuple[str, object]] = {"context_length": ("u32", plan.target_ctx)}
@@ -173,7 +173,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
 def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: PositionPlan) -> tuple[TensorPlan, ...]:
     config = ckpt.config
     n_blocks = _positive(config, LAYER_KEYS)
-    names = get_tensor_name_map(layout.arch, n_blocks)
+    names = get_tensor_name_map(model_arch(layout), n_blocks)
     tied = layout.output_is_embedding or config.get("tie_word_embeddings", False)
     out: list[TensorPlan] = []
     seen: dict[str, str] = {}
@@ -192,7 +192,7 @@ def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: Posi
             # gguf-py lists BLOOM's embedding norm without the prefix
             gguf_name = names.get_name(entry.name.removeprefix("transformer."), try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise UnsupportedError(f"tensor {entry.name!r} has no place in llama.cpp's {layout.arch.name.lower()} "
+            raise UnsupportedError(f"tensor {entry.name!r} has no place in llama.cpp's {layout.arch} "
                                    "layout; use --to safetensors")
         if gguf_name in seen:
             raise InputError(f"tensors {seen[gguf_name]!r} and {entry.name!r} both map to GGUF {gguf_name!r}")

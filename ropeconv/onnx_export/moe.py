@@ -17,16 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class MoeLayout:
-    router: str  # relative to the layer prefix
-    experts: tuple[str, str, str]  # (gate, up, down) with "{e}"
-    count_keys: tuple[str, ...]  # config keys of the expert count
-    norm_topk_key: str | None  # None: always renormalized (Mixtral)
-    shared: tuple[str, str, str] | None = None  # qwen2_moe's shared expert (gate, up, down)
-    shared_gate: str | None = None  # its [1, hidden] sigmoid gate
-    qwen_sparse_layers: bool = False  # mlp_only_layers / decoder_sparse_step pick the layers with experts
+from ropeconv.families.spec import MoeLayout  # the family files' data (a family file states it)
 
 
 @dataclass(frozen=True)

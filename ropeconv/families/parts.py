@@ -1,0 +1,169 @@
+"""Parts several family files share: llama's tensor table and dimensions, the GGUF hyperparameter sets, the
+llama-style ONNX layout, the Qwen mixture-of-experts pieces (qwen3_moe, qwen2_moe). A family that differs builds its own from these (qwen3 adds q/k norms to llama's
+tensors); a family of its own kind (gpt2, bloom) spells everything out in its file."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from ropeconv.errors import InputError
+from ropeconv.families.spec import ALWAYS, OPTIONAL, UNTIED, Config, Dim, Hparam, T, attn_config, first, get
+
+# ---------------------------------------------------------------------------------------- tensor shapes
+
+
+def linear(name: str, out: str, inp: str, bias: str | None = None) -> tuple[T, ...]:
+    """nn.Linear: weight [out, in]; its bias, when the checkpoint has one, [out]."""
+    return (T(f"{name}.weight", f"{out}, {inp}"), T(f"{name}.bias", bias or out, OPTIONAL))
+
+
+def norm(name: str, need: str = ALWAYS, bias: bool = False) -> tuple[T, ...]:
+    return (T(f"{name}.weight", "hidden", need),) + ((T(f"{name}.bias", "hidden", need),) if bias else ())
+
+
+VOCAB = ("vocab", Dim(("vocab_size",)))
+LLAMA_DIMS = (
+    ("hidden", Dim(("hidden_size",))),
+    ("layers", Dim(("num_hidden_layers",))),
+    ("heads", Dim(("num_attention_heads",))),
+    ("kv_heads", Dim(("num_key_value_heads",), "heads")),
+    ("head_dim", Dim(("head_dim",), "hidden // heads")),
+    ("inter", Dim(("intermediate_size",))),
+    VOCAB,
+)
+L = "model.layers.{i}."
+LLAMA_TENSORS = (
+    T("model.embed_tokens.weight", "vocab, hidden"),
+    *linear(L + "self_attn.q_proj", "heads*head_dim", "hidden"),
+    *linear(L + "self_attn.k_proj", "kv_heads*head_dim", "hidden"),
+    *linear(L + "self_attn.v_proj", "kv_heads*head_dim", "hidden"),
+    *linear(L + "self_attn.o_proj", "hidden", "heads*head_dim"),
+    *linear(L + "mlp.gate_proj", "inter", "hidden"),
+    *linear(L + "mlp.up_proj", "inter", "hidden"),
+    *linear(L + "mlp.down_proj", "hidden", "inter"),
+    *norm(L + "input_layernorm"),
+    *norm(L + "post_attention_layernorm"),
+    *norm("model.norm"),
+    T("lm_head.weight", "vocab, hidden", UNTIED),
+)
+GQA = (("kv_heads", "heads"),)  # transformers repeats each key/value head heads/kv_heads times
+
+
+# ----------------------------------------------------------------------------- mixture of experts (shapes)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def qwen_moe_sparse(config: Mapping[str, Any], i: int, dims: Mapping[str, int]) -> bool:
+    """transformers' Qwen2/3-MoE: a layer holds experts unless mlp_only_layers lists it or decoder_sparse_step
+    skips it (FamilyShapes.sparse)."""
+    only = config.get("mlp_only_layers") or []
+    step = config.get("decoder_sparse_step", 1)
+    if not isinstance(only, list) or not all(_is_count(x) for x in only):
+        raise InputError(f"config.json: mlp_only_layers must be a list of layer indices, got {repr(only)[:60]}")
+    if not _is_count(step) or step < 1:
+        raise InputError(f"config.json: decoder_sparse_step must be a positive integer, got {repr(step)[:60]}")
+    return i not in only and dims["experts"] > 0 and (i + 1) % step == 0
+
+
+# Qwen2/3-MoE: experts on the sparse layers (stored one module each: transformers 5 fuses them in memory and saves
+# them back per expert), llama's dense MLP on the others
+QWEN_MOE_EXPERTS = (
+    T(L + "mlp.gate.weight", "experts, hidden", layers="sparse"),
+    T(L + "mlp.experts.{e}.gate_proj.weight", "moe_inter, hidden", layers="sparse"),
+    T(L + "mlp.experts.{e}.up_proj.weight", "moe_inter, hidden", layers="sparse"),
+    T(L + "mlp.experts.{e}.down_proj.weight", "hidden, moe_inter", layers="sparse"),
+) + tuple(T(t.name, t.shape, t.need, layers="dense") for t in LLAMA_TENSORS if ".mlp." in t.name)
+QWEN_MOE_DIMS = LLAMA_DIMS + (("experts", Dim(("num_experts", "num_local_experts"))),
+                              ("moe_inter", Dim(("moe_intermediate_size",))))
+
+
+def without_mlp(tensors: tuple[T, ...]) -> tuple[T, ...]:
+    """A tensor table less its dense MLP (a mixture of experts takes its place)."""
+    return tuple(t for t in tensors if ".mlp." not in t.name)
+
+
+def with_head_dim_default(dims: tuple[tuple[str, Dim], ...], default: str) -> tuple[tuple[str, Dim], ...]:
+    """The family's config class defaults head_dim to a number (Qwen3: 128, Gemma: 256), not hidden/heads."""
+    return tuple((n, Dim(("head_dim",), default)) if n == "head_dim" else (n, d) for n, d in dims)
+
+
+# ------------------------------------------------------------------------------------------------ GGUF
+
+# the same hyperparameter under each family's config.json name (GPT-2: n_embd, MPT: d_model, BLOOM: n_head …)
+HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "n_embed")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
+HEAD_KEYS = ("num_attention_heads", "n_head", "n_heads")
+
+
+def first_of(keys: tuple[str, ...]) -> Callable[[Config], Any]:
+    return lambda c: first(c, keys)
+
+
+def heads_kv(c: Config) -> Any:
+    return c.get("num_key_value_heads") or c.get("num_attention_heads")
+
+
+def times_hidden(n: int) -> Callable[[Config], Any]:
+    return lambda c: n * first(c, HIDDEN_KEYS) if isinstance(first(c, HIDDEN_KEYS), int) else None
+
+
+SHAPE = (
+    Hparam("embedding_length", "u32", first_of(HIDDEN_KEYS)),
+    Hparam("block_count", "u32", first_of(LAYER_KEYS)),
+    Hparam("attention.head_count", "u32", first_of(HEAD_KEYS)),
+)
+COMMON = SHAPE + (Hparam("feed_forward_length", "u32", get("intermediate_size")),)
+LAYER_NORM = (Hparam("attention.layer_norm_epsilon", "f32", get("layer_norm_epsilon", 1e-5)),)
+# BLOOM's loader hard-codes 8 and MPT's reads it (absent: no ALiBi at all); both use 8 in transformers
+ALIBI = (Hparam("attention.max_alibi_bias", "f32", attn_config("alibi_bias_max", 8.0)),)
+RMS = (
+    Hparam("attention.head_count_kv", "u32", heads_kv),
+    Hparam("attention.layer_norm_rms_epsilon", "f32", get("rms_norm_eps", 1e-6)),
+)
+
+
+# mixture of experts: how many, and how many each token uses
+EXPERT_KEYS = ("num_local_experts", "num_experts")  # Mixtral's, Qwen-MoE's (5.x saves qwen3_moe's as the first)
+MOE = (
+    Hparam("expert_count", "u32", first_of(EXPERT_KEYS)),
+    Hparam("expert_used_count", "u32", get("num_experts_per_tok")),
+)
+
+
+def refuse_dense_layers(gguf_arch: str) -> Callable[[Config, int], str | None]:
+    """Qwen-MoE layers without experts (mlp_only_layers, decoder_sparse_step > 1): llama.cpp's graphs have none."""
+    def check(c: Config, d: int) -> str | None:
+        if c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1:
+            return (f"dense layers (mlp_only_layers {c.get('mlp_only_layers')}, decoder_sparse_step "
+                    f"{c.get('decoder_sparse_step', 1)}): llama.cpp's {gguf_arch} gives every layer experts")
+        return None
+    return check
+
+
+def refuse_attention_bias(gguf_arch: str) -> Callable[[Config, int], str | None]:
+    return lambda c, d: (f"attention_bias: llama.cpp's {gguf_arch} graph has no output-projection bias"
+                         if c.get("attention_bias") else None)
+
+
+# ------------------------------------------------------------------------------------------------ ONNX
+
+LLAMA_ONNX: dict[str, Any] = dict(
+    embed="model.embed_tokens.weight", layer="model.layers.{i}.", final_norm="model.norm", lm_head="lm_head.weight",
+    norm="rms", eps_key="rms_norm_eps", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_split="separate",
+    o_proj="self_attn.o_proj", mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), mlp_kind="gated",
+)
+GEMMA_ONNX: dict[str, Any] = dict(LLAMA_ONNX, norm="rms_plus_one", embed_scale=True)
+# Qwen2/3-MoE's experts in the ONNX graph (qwen2_moe adds its shared expert)
+QWEN_MOE_ONNX: dict[str, Any] = dict(
+    router="mlp.gate.weight", count_keys=("num_experts", "num_local_experts"),
+    experts=tuple(f"mlp.experts.{{e}}.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")),
+    norm_topk_key="norm_topk_prob", qwen_sparse_layers=True)
+
+# ------------------------------------------------------------------------------------------------ tests
+
+# the tiny test model of a llama-shaped family (4 query heads sharing 2 key/value heads)
+TINY_LLAMA: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
