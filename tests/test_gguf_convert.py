@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ORIGINAL_CTX, TINY, add_byte_level_tokenizer, assert_refused, default_cells, listing, make_tiny, read_json, run_cli
+from conftest import (ORIGINAL_CTX, TINY, add_byte_level_tokenizer, assert_refused, default_cells, listing, make_tiny,
+                      read_json, run_cli)
 from ropeconv import methods
 from ropeconv.capabilities import family_cell, family_cells
 from ropeconv.families import FAMILIES

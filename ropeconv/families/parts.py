@@ -1,6 +1,7 @@
 """Parts several family files share: llama's tensor table and dimensions, the GGUF hyperparameter sets, the
-llama-style ONNX layout, the Qwen mixture-of-experts pieces (qwen3_moe, qwen2_moe). A family that differs builds its own from these (qwen3 adds q/k norms to llama's
-tensors); a family of its own kind (gpt2, bloom) spells everything out in its file."""
+llama-style ONNX layout, the mixture-of-experts pieces (qwen3_moe and qwen2_moe share Qwen's). A family that
+differs builds its own from these (qwen3 adds q/k norms to llama's tensors); a family of its own kind (gpt2,
+bloom) spells everything out in its file."""
 
 from __future__ import annotations
 

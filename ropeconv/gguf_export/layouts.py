@@ -16,7 +16,7 @@ from typing import Any
 
 from ropeconv.errors import UnsupportedError
 from ropeconv.families import GGUF_CHECKS, GGUF_LAYOUTS as LAYOUTS, NO_GGUF
-from ropeconv.families.parts import EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS  # noqa: F401  (the converter's keys)
+from ropeconv.families.parts import EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS  # noqa: F401  (converter's keys)
 from ropeconv.families.spec import Config, GgufLayout, Hparam, first  # noqa: F401
 
 __all__ = ["LAYOUTS", "NO_GGUF", "GgufLayout", "Hparam", "check_graph", "first", "layout_for", "model_arch"]
