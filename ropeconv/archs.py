@@ -35,6 +35,10 @@ class ArchSpec:
     note: str = ""  # shown under the capability matrix
     # transformers 4.x: the attention implementation that computes what 5.x computes (None: 4.x's default is exact)
     hf4_attention: str | None = None
+    # per-layer-type rope (transformers 5.x rope_parameters keyed by layer type): the one layer type a method
+    # scales; every other type keeps its own base, unscaled — (layer type, 4.x config key of its base, default)
+    scaled_layer_type: str | None = None
+    fixed_layer_bases: tuple[tuple[str, str, float], ...] = ()
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -63,6 +67,15 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec("gemma", default_head_dim=256),
         # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
         ArchSpec("gemma2", default_head_dim=256, hf4_attention="eager"),
+        # --- gemma3 ---
+        # Gemma 3's text model: sliding layers keep rope_local_base_freq unscaled, the method acts on full layers
+        ArchSpec("gemma3_text", default_head_dim=256, default_theta=1_000_000.0, scaled_layer_type="full_attention",
+                 fixed_layer_bases=(("sliding_attention", "rope_local_base_freq", 10_000.0),),
+                 note="per-layer-type rope: the method scales the full-attention layers only, sliding-window layers "
+                      "keep their local base (rope_local_base_freq) unscaled, as Google's 128k configs do; GGUF "
+                      "refuses llama3, longrope, freqs (llama.cpp's gemma3 reads no rope_freqs) and a YaRN attention "
+                      "factor other than the default (llama.cpp applies its ratio to sliding layers too)"),
+        # --- end gemma3 ---
         ArchSpec(
             "phi3",
             hf_rope_types=frozenset({"default", "longrope"}),
@@ -84,6 +97,14 @@ ARCHS: dict[str, ArchSpec] = {
     )
 }
 
+# model types that name a known family in another form, and what to pass instead
+REFUSED_TYPES = {
+    # --- gemma3 ---
+    "gemma3": "the multimodal Gemma 3 (vision tower + text_config) is not supported; extend its text model, "
+              "model_type gemma3_text (Gemma3ForCausalLM)",
+    # --- end gemma3 ---
+}
+
 
 @dataclass(frozen=True)
 class GgufArchSpec:
@@ -95,6 +116,8 @@ class GgufArchSpec:
     # rope_factors_long/short: "always" (read whenever present) or "typed" (only with type longrope)
     longrope: str | None = None
     position: str = "rope"  # "alibi": slopes from max_alibi_bias; "absolute": position_embd rows
+    # sliding layers rotate at rope.freq_base_swa with scale 1, but YaRN's attn_factor reaches them too
+    swa_rope_unscaled: bool = False
 
 
 GGUF_ARCHS: dict[str, GgufArchSpec] = {
@@ -109,6 +132,9 @@ GGUF_ARCHS: dict[str, GgufArchSpec] = {
         GgufArchSpec("smollm3"),
         GgufArchSpec("gemma"),
         GgufArchSpec("gemma2"),
+        # --- gemma3 ---
+        GgufArchSpec("gemma3", swa_rope_unscaled=True),
+        # --- end gemma3 ---
         GgufArchSpec("bloom", position="alibi"),
         GgufArchSpec("mpt", position="alibi"),
         GgufArchSpec("gpt2", position="absolute"),
@@ -132,6 +158,8 @@ def arch_for(model_type: str | None) -> ArchSpec:
         raise InputError("config.json has no model_type; cannot tell the architecture")
     if not isinstance(model_type, str):
         raise InputError(f"config.json: model_type must be a string, got {type(model_type).__name__}")
+    if model_type in REFUSED_TYPES:
+        raise InputError(f"model_type {model_type!r}: {REFUSED_TYPES[model_type]}")
     try:
         return ARCHS[model_type]
     except KeyError:

@@ -38,6 +38,14 @@ TINY = {
     "gemma": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
     "gemma2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                    sliding_window=4096, query_pre_attn_scalar=16),
+    # --- gemma3 ---
+    # one sliding layer (window 32, inside the probe; its own base 500) and one full layer (base 10000): the method
+    # acts on the second only
+    "gemma3_text": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=16, query_pre_attn_scalar=16, sliding_window=32, rope_theta=10000.0,
+                        rope_local_base_freq=500.0,
+                        layer_types=["sliding_attention", "full_attention"]),
+    # --- end gemma3 ---
     # ALiBi (6 heads: not a power of two, so the interleaved slope order is exercised) and learned tables
     "bloom": dict(hidden_size=96, n_head=6, seq_length=ORIGINAL_CTX),
     "mpt": dict(d_model=96, n_heads=6, max_seq_len=ORIGINAL_CTX, expansion_ratio=2),
@@ -46,7 +54,7 @@ TINY = {
 }
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
-RANDOM_NORMS = {"qwen3", "olmo2"}
+RANDOM_NORMS = {"qwen3", "olmo2", "gemma3_text"}
 
 
 def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None, max_shard_size: str | None = None,

@@ -12,20 +12,72 @@ from ropeconv.positions import RopeScheme
 _UNSCALED = {None, "default"}
 
 
-def rope_dict(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The effective rope dict as transformers 5.x resolves it: rope_scaling wins over rope_parameters."""
+def rope_dict(config: Mapping[str, Any], arch: ArchSpec | None = None) -> dict[str, Any]:
+    """The effective rope dict as transformers 5.x resolves it: rope_scaling wins over rope_parameters. With
+    per-layer-type rope (arch.scaled_layer_type), the scaled layer type's: 5.x merges rope_scaling into it."""
     scaling = config.get("rope_scaling")
     params = config.get("rope_parameters")
+    if arch is not None and arch.scaled_layer_type and isinstance(params, dict) \
+            and any(isinstance(v, dict) for v in params.values()):
+        _check_fixed_layers(params, arch)
+        scaled = params.get(arch.scaled_layer_type) or {}
+        if not isinstance(scaled, dict):
+            raise InputError(f"config.json: rope_parameters.{arch.scaled_layer_type} is {type(scaled).__name__}, "
+                             "expected an object")
+        params = {**scaled, **(scaling or {})}
+        scaling = None
     chosen = scaling or params or {}
     if not isinstance(chosen, dict):
         raise InputError(f"config.json: rope_scaling/rope_parameters is {type(chosen).__name__}, expected an object")
     if any(isinstance(v, dict) for v in chosen.values()):
-        raise InputError("config.json: per-layer-type rope_parameters are not supported yet")
+        raise InputError("config.json: per-layer-type rope_parameters are read for gemma3_text only")
     for key in ("rope_type", "type"):
         if chosen.get(key) is not None and not isinstance(chosen[key], str):
             raise InputError(f"config.json: {key} in rope_scaling/rope_parameters must be a string, "
                              f"got {type(chosen[key]).__name__}")
     return dict(chosen)
+
+
+def _check_fixed_layers(params: Mapping[str, Any], arch: ArchSpec) -> None:
+    for layer_type, _key, _default in arch.fixed_layer_bases:
+        own = params.get(layer_type) or {}
+        kind = own.get("rope_type", own.get("type", "default")) if isinstance(own, dict) else None
+        if kind not in _UNSCALED:
+            raise InputError(f"config.json: rope_parameters.{layer_type} is {str(kind)[:40]!r}; ropeconv scales "
+                             f"{arch.scaled_layer_type} layers only and needs the {layer_type} layers unscaled "
+                             "(rope_type default)")
+
+
+def fixed_layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> dict[str, float]:
+    """The layer types a method leaves alone, each with its own rope base (5.x rope_parameters[type].rope_theta,
+    else 4.x's key for it, else transformers' default); empty for families with one rope."""
+    params = config.get("rope_parameters")
+    out = {}
+    for layer_type, key, default in arch.fixed_layer_bases:
+        own = params.get(layer_type) if isinstance(params, dict) else None
+        theta = own.get("rope_theta") if isinstance(own, dict) else None
+        theta = config.get(key, default) if theta is None else theta
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 1:
+            raise InputError(f"config.json: the {layer_type} rope base ({key}) must be a number > 1")
+        out[layer_type] = float(theta)
+    return out
+
+
+def layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> tuple[float | None, ...] | None:
+    """Per layer: the unscaled rope base of a layer the method leaves alone, None where the plan applies (None
+    overall: the plan applies to every layer)."""
+    fixed = fixed_layer_thetas(config, arch)
+    types = config.get("layer_types")
+    if not fixed:
+        return None
+    pattern = config.get("sliding_window_pattern", 6)
+    if types is None and isinstance(pattern, int) and pattern > 0 and isinstance(config.get("num_hidden_layers"), int):
+        # older Gemma 3 configs: transformers derives the layer types from the pattern (every 6th layer full)
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                 for i in range(config["num_hidden_layers"])]
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise InputError(f"config.json: {arch.model_type} needs layer_types, a list of layer type names")
+    return tuple(fixed.get(t) if t != arch.scaled_layer_type else None for t in types)
 
 
 def head_dim(config: Mapping[str, Any], arch: ArchSpec) -> int:
@@ -41,7 +93,7 @@ def head_dim(config: Mapping[str, Any], arch: ArchSpec) -> int:
 
 
 def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
-    rope = rope_dict(config)
+    rope = rope_dict(config, arch)
     theta = rope.get("rope_theta", config.get(arch.theta_key, config.get("rope_theta", arch.default_theta)))
     partial = rope.get("partial_rotary_factor")
     if partial is None and arch.partial_key:

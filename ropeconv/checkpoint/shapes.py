@@ -110,6 +110,15 @@ SHAPES: dict[str, FamilyShapes] = {
             _LLAMA + _norm(_L + "pre_feedforward_layernorm") + _norm(_L + "post_feedforward_layernorm"),
             _GQA, tied_default=True,
         ),
+        # --- gemma3 ---
+        # gemma2's sandwich norms plus q/k RMSNorm per head ([head_dim])
+        FamilyShapes(
+            "gemma3_text", _GEMMA_DIMS,
+            _LLAMA + _norm(_L + "pre_feedforward_layernorm") + _norm(_L + "post_feedforward_layernorm")
+            + (T(_L + "self_attn.q_norm.weight", "head_dim"), T(_L + "self_attn.k_norm.weight", "head_dim")),
+            _GQA, tied_default=True,
+        ),
+        # --- end gemma3 ---
         FamilyShapes(
             "phi3", _LLAMA_DIMS,
             (

@@ -34,6 +34,7 @@ from typing import Any, Callable
 from gguf import MODEL_ARCH
 
 from ropeconv.errors import UnsupportedError
+from ropeconv.gguf_export import gemma3
 
 Config = dict[str, Any]
 
@@ -142,6 +143,19 @@ LAYOUTS: dict[str, GgufLayout] = {
             ),
             ("gelu_pytorch_tanh", "gelu"), norm_plus_one=True, output_is_embedding=True, always_key_length=True,
         ),
+        # --- gemma3 ---
+        # sliding layers at rope.freq_base_swa with scale 1, the others at rope.freq_base with the method
+        GgufLayout(
+            "gemma3_text", MODEL_ARCH.GEMMA3,
+            COMMON + RMS + (
+                Hparam("final_logit_softcapping", "f32", _get("final_logit_softcapping")),
+                Hparam("attention.sliding_window", "u32", _get("sliding_window")),
+                Hparam("attention.sliding_window_pattern", "u32", lambda c: gemma3.swa_pattern(c)),
+                Hparam("rope.freq_base_swa", "f32", lambda c: gemma3.local_base(c)),
+            ),
+            ("gelu_pytorch_tanh",), norm_plus_one=True, always_key_length=True,
+        ),
+        # --- end gemma3 ---
         # llama.cpp computes GELU with the tanh approximation; bloom_gelu and gelu_new are that formula
         GgufLayout("bloom", MODEL_ARCH.BLOOM, SHAPE + (Hparam("feed_forward_length", "u32", _times_hidden(4)),)
                    + LAYER_NORM + ALIBI, ("gelu",), qkv_per_head=True),
@@ -248,6 +262,9 @@ _GRAPH_CHECKS: dict[str, tuple[Callable[[Config, int], str | None], ...]] = {
         if c.get("attention_bias") else None,
         lambda c, d: "mlp_bias: llama.cpp's smollm3 loads no MLP biases" if c.get("mlp_bias") else None,
     ),
+    # --- gemma3 ---
+    "gemma3_text": (lambda c, d: gemma3.gguf_refusal(c, d),),
+    # --- end gemma3 ---
     "qwen3": (
         lambda c, d: "attention_bias: llama.cpp's qwen3 graph has no output-projection bias"
         if c.get("attention_bias") else None,

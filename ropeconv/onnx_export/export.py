@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ropeconv.checkpoint import Checkpoint
+from ropeconv.checkpoint.rope_config import layer_thetas
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
@@ -38,6 +39,9 @@ PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total sc
 IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
                "gemma2": "gemma2", "qwen3": "qwen3", "smollm3": "smollm3"}  # onnxruntime-genai model types (it has none for gpt_neox)
+# --- gemma3 ---
+# none for gemma3_text: onnxruntime-genai computes the rope itself and would not run the baked per-layer-type one
+# --- end gemma3 ---
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         final_norm=not post_norm and not getattr(cfg, "_remove_final_layer_norm", False),
         clip_qkv=float(_attn_config(cfg, "clip_qkv")) if _attn_config(cfg, "clip_qkv") else None,
         rope_layers=tuple(bool(x) for x in getattr(cfg, layout.rope_layers_key)) if layout.rope_layers_key else None,
+        layer_thetas=layer_thetas(ckpt.config, ckpt.arch) if plan.kind == "rope" else None,
     )
 
 
