@@ -55,6 +55,8 @@ TINY = {
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
 RANDOM_NORMS = {"qwen3", "olmo2", "gemma3_text"}
+# Gemma's norms scale by (1 + w): w in ±0.5 is the same 0.5–1.5 scale as the others'
+NORM_OFFSET = {"gemma3_text": 1.0}
 
 
 def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None, max_shard_size: str | None = None,
@@ -79,7 +81,7 @@ def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None,
         with torch.no_grad():
             for weight_name, param in model.named_parameters():
                 if weight_name.endswith("norm.weight"):
-                    param.uniform_(0.5, 1.5)
+                    param.uniform_(0.5 - NORM_OFFSET.get(model_type, 0.0), 1.5 - NORM_OFFSET.get(model_type, 0.0))
     out = root / (name or f"tiny-{model_type}")
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **save_kwargs)

@@ -27,6 +27,11 @@ CELLS = {
     "gpt_neox": ["linear", "ntk", "yarn"],
     "gemma": ["linear", "ntk", "yarn"],
     "gemma2": ["linear", "ntk", "yarn"],
+    # --- gemma3 ---
+    # the method on the full-attention layers, the sliding ones at rope.freq_base_swa unscaled; llama.cpp's gemma3
+    # reads no rope_freqs, so llama3/freqs/longrope are refused (test_gemma3.py)
+    "gemma3_text": ["linear", "ntk", "yarn"],
+    # --- end gemma3 ---
 }
 # gemma ties lm_head to the embedding in llama.cpp; the tiny configs untie by default
 TIED = {"gemma": dict(tie_word_embeddings=True), "gemma2": dict(tie_word_embeddings=True)}
