@@ -71,10 +71,15 @@ ARCHS: dict[str, ArchSpec] = {
         # Gemma 3's text model: sliding layers keep rope_local_base_freq unscaled, the method acts on full layers
         ArchSpec("gemma3_text", default_head_dim=256, default_theta=1_000_000.0, scaled_layer_type="full_attention",
                  fixed_layer_bases=(("sliding_attention", "rope_local_base_freq", 10_000.0),),
-                 note="per-layer-type rope: the method scales the full-attention layers only, sliding-window layers "
-                      "keep their local base (rope_local_base_freq) unscaled, as Google's 128k configs do; GGUF "
-                      "refuses llama3, longrope, freqs (llama.cpp's gemma3 reads no rope_freqs) and a YaRN attention "
-                      "factor other than the default (llama.cpp applies its ratio to sliding layers too)"),
+                 note="per-layer-type rope: the method scales the full-attention layers only (5.x "
+                      "rope_parameters.full_attention; 4.x rope_theta + rope_scaling), sliding-window layers keep "
+                      "their local base unscaled (rope_parameters.sliding_attention; 4.x rope_local_base_freq), as "
+                      "Google's 128k configs do; in GGUF the sliding layers are those of "
+                      "attention.sliding_window_pattern at rope.freq_base_swa, and refused there are llama3, longrope "
+                      "and freqs (llama.cpp's gemma3 reads no rope_freqs), a YaRN attention factor other than the "
+                      "default (llama.cpp applies its ratio to the sliding layers too), query_pre_attn_scalar ≠ "
+                      "head_dim, attn_logit_softcapping and layer types that are not periodic; the multimodal gemma3 "
+                      "config is refused (extend its text model, gemma3_text)"),
         # --- end gemma3 ---
         ArchSpec(
             "phi3",

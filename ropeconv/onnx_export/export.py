@@ -40,7 +40,7 @@ IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
                "gemma2": "gemma2", "qwen3": "qwen3", "smollm3": "smollm3"}  # onnxruntime-genai model types (it has none for gpt_neox)
 # --- gemma3 ---
-# none for gemma3_text: onnxruntime-genai computes the rope itself and would not run the baked per-layer-type one
+GENAI_TYPES["gemma3_text"] = "gemma3_text"
 # --- end gemma3 ---
 
 
