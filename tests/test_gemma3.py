@@ -197,3 +197,28 @@ def test_retrofit_of_a_foreign_gemma3_gguf_keeps_its_tensors_and_proves_parity(b
     meta = read_gguf(out)
     assert meta.value("gemma3.rope.scaling.type") == "yarn" and meta.value("gemma3.rope.freq_base_swa") == 500.0
     assert run_cli("verify", strip_declaration(out), "--base", foreign, "--tokens", TOKENS, "-q") == 1
+
+
+DAMAGED = {
+    "sliding base a string": (lambda c: c["rope_parameters"]["sliding_attention"].update(rope_theta="500"),
+                              "sliding_attention"),
+    "full layers' rope a list": (lambda c: c["rope_parameters"].update(full_attention=[1]), "full_attention"),
+    "layer_types a string": (lambda c: c.update(layer_types="sliding_attention"), "layer_types"),
+    "layer_types too short": (lambda c: c.update(layer_types=["full_attention"]), "layer_types"),
+    "no full layer": (lambda c: c.update(layer_types=["sliding_attention"] * 2), "full_attention"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_damaged_per_layer_type_config_is_refused_in_one_line(base, tmp_path, case, capsys):
+    folder = tmp_path / "damaged"
+    shutil.copytree(base, folder)
+    config = read_json(folder / "config.json")
+    damage, words = DAMAGED[case]
+    damage(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    before = listing(tmp_path)
+    line = assert_refused(capsys, run_cli("extend", folder, "--method", "linear", "--factor", "4", "-o", out), out,
+                          before)
+    assert words in line, line

@@ -77,6 +77,15 @@ def layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> tuple[float | Non
                  for i in range(config["num_hidden_layers"])]
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise InputError(f"config.json: {arch.model_type} needs layer_types, a list of layer type names")
+    if len(types) != config.get("num_hidden_layers"):
+        raise InputError(f"config.json: {len(types)} layer_types for num_hidden_layers "
+                         f"{str(config.get('num_hidden_layers'))[:20]}")
+    unknown = set(types) - {arch.scaled_layer_type, *fixed}
+    if unknown:
+        raise InputError(f"config.json: unknown layer type {sorted(unknown)[0][:40]!r} in layer_types")
+    if arch.scaled_layer_type not in types:
+        raise InputError(f"config.json: no {arch.scaled_layer_type} layer in layer_types, so a method would act on "
+                         "no layer")
     return tuple(fixed.get(t) if t != arch.scaled_layer_type else None for t in types)
 
 
@@ -108,6 +117,8 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
         raise InputError(f"config.json: rope base {theta} must be > 1")
     if not 0 < partial <= 1:
         raise InputError(f"config.json: rotary fraction {partial} must be in (0, 1]")
+    if arch.scaled_layer_type:
+        layer_thetas(config, arch)  # the layer types and their bases, checked before anything is planned
     hd = head_dim(config, arch)
     rotary_dim = int(hd * partial)
     if rotary_dim < 4 or rotary_dim % 2:
