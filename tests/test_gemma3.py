@@ -222,3 +222,50 @@ def test_damaged_per_layer_type_config_is_refused_in_one_line(base, tmp_path, ca
     line = assert_refused(capsys, run_cli("extend", folder, "--method", "linear", "--factor", "4", "-o", out), out,
                           before)
     assert words in line, line
+
+
+def _add_gemma_sentencepiece(model_dir: Path, vocab_size: int = 400) -> Path:
+    """Gemma's tokenizer.model kind: SentencePiece BPE with byte fallback and no dummy prefix (a text's first word
+    gets no "▁"), ids <pad> 0, <eos> 1, <bos> 2, <unk> 3, and a tokenizer_config.json naming GemmaTokenizer."""
+    import io
+
+    import sentencepiece as spm
+
+    from ropeconv.fixtures.tokenizers import CORPUS
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 8), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>", add_dummy_prefix=False, character_coverage=1.0, num_threads=1,
+        minloglevel=2, hard_vocab_limit=False, split_digits=True,
+    )
+    (model_dir / "tokenizer.model").write_bytes(model.getvalue())
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>",
+        "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False,
+    }))
+    return model_dir
+
+
+def test_gemma_sentencepiece_round_trip_in_llama_cpp(tmp_path, capsys):
+    """llama.cpp's tokens for a text equal transformers' for a Gemma-style SentencePiece model (no dummy prefix,
+    <bos> at 2), BOS included, and decode back to the text."""
+    pytest.importorskip("llama_cpp")
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from ropeconv.gguf_io.reader import read_gguf
+
+    base = _add_gemma_sentencepiece(make_tiny(tmp_path, "gemma3_text", bos_token_id=2, eos_token_id=1, pad_token_id=0))
+    assert run_cli("extend", base, "--method", "linear", "--factor", "2", "--to", "gguf", "--outtype", "f32",
+                   "--no-verify", "-o", tmp_path / "out", "--json", "-q") == 0
+    gguf_file = tmp_path / "out" / json.loads(capsys.readouterr().out)["files"][0]
+    src = read_gguf(gguf_file)
+    assert src.value("tokenizer.ggml.model") == "llama" and src.value("tokenizer.ggml.bos_token_id") == 2
+    text = "The lazy fox's 12345 naïve café 東京 🚀\n\n    return x  # it'll do ok  end"
+    hf = AutoTokenizer.from_pretrained(base)(text)["input_ids"]
+    llm = Llama(str(gguf_file), vocab_only=True, verbose=False)
+    assert hf[0] == 2 and len(hf) > 20
+    assert llm.tokenize(text.encode(), add_bos=True, special=True) == hf
+    assert llm.detokenize(llm.tokenize(text.encode(), add_bos=False, special=False)).decode() == text
