@@ -55,7 +55,7 @@ def test_transformers_fails_when_the_sliding_layers_take_the_full_layers_base(ba
 def test_onnx_fails_when_the_method_rotates_every_layer(base, tmp_path, monkeypatch):
     import ropeconv.onnx_export.export as export
 
-    assert _extend(base, tmp_path / "good", "yarn", "--to", "onnx") == 0
+    # (the same request passes: test_onnx's gemma3_text-yarn cell)
     monkeypatch.setattr(export, "layer_thetas", lambda config, arch: None)  # the plan's rope on the sliding layer too
     assert _extend(base, tmp_path / "bad", "yarn", "--to", "onnx") == 1
     assert not (tmp_path / "bad").exists()
@@ -97,8 +97,9 @@ def test_4x_reads_the_sliding_base_from_its_own_key(base, tmp_path, tf4_python):
 
 # ------------------------------------------------------------------------------------------------------ GGUF
 def _gguf(base: Path, out: Path, method: str, capsys) -> Path:
+    # proven as written by test_gguf_convert's gemma3_text cells
     assert run_cli("extend", base, "--method", method, "--factor", "4", "--to", "gguf", "--outtype", "f32",
-                   "--tokens", TOKENS, "-o", out, "--json", "-q") == 0
+                   "--no-verify", "-o", out, "--json", "-q") == 0
     return out / json.loads(capsys.readouterr().out)["files"][0]
 
 
