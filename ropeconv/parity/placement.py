@@ -228,10 +228,12 @@ def _gguf_config(directory: Path, gguf_file: str):
     key_length = src.value(f"{arch}.attention.key_length")
     if isinstance(key_length, int) and getattr(config, "head_dim", key_length) != key_length:
         config.head_dim = key_length
-    if arch == "gemma3":  # --- gemma3 --- (--- end gemma3 ---)
+    # --- gemma3 ---
+    if arch == "gemma3":
         from ropeconv.gguf_export.gemma3 import fix_transformers_config
 
         fix_transformers_config(src, config)
+    # --- end gemma3 ---
     return config
 
 
