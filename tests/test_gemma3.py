@@ -270,3 +270,19 @@ def test_gemma_sentencepiece_round_trip_in_llama_cpp(tmp_path, capsys):
     assert hf[0] == 2 and len(hf) > 20
     assert llm.tokenize(text.encode(), add_bos=True, special=True) == hf
     assert llm.detokenize(llm.tokenize(text.encode(), add_bos=False, special=False)).decode() == text
+
+
+@pytest.mark.parametrize("layer_types,period", [
+    (["sliding_attention"] * 5 + ["full_attention"], 6),  # Google's: every 6th layer full
+    (["sliding_attention", "full_attention"] * 3, 2),
+    (["full_attention"] * 3, None),  # no sliding layer: nothing to declare
+    (["full_attention", "sliding_attention", "sliding_attention"], None),  # full first: no period of llama.cpp's
+])
+def test_sliding_window_pattern_is_llama_cpps_period(layer_types, period):
+    from ropeconv.gguf_export.gemma3 import swa_pattern
+
+    config = {"num_hidden_layers": len(layer_types), "layer_types": layer_types}
+    assert swa_pattern(config) == period
+    if period:  # llama.cpp: layer il slides when il % n < n − 1 (llama_hparams::set_swa_pattern)
+        assert [il % period < period - 1 for il in range(len(layer_types))] == \
+               [t == "sliding_attention" for t in layer_types]
