@@ -1,9 +1,9 @@
-"""The capability matrix (method × format), read from the method modules and the architecture table."""
+"""The capability matrix (method × format), read from the method modules and the family records."""
 
 from __future__ import annotations
 
 from ropeconv import methods
-from ropeconv.archs import ARCHS
+from ropeconv.families import ARCHS
 from ropeconv.methods.base import Cell, Support
 from ropeconv.formats import FORMATS
 
@@ -11,11 +11,10 @@ _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
 
 
 def _gguf_note() -> str:
-    from ropeconv.archs import GGUF_ARCHS
+    from ropeconv.families import GGUF_ARCHS, GGUF_LAYOUTS as LAYOUTS
     from ropeconv.formats import GGUF_OUTTYPES as OUTTYPES, GGUF_QUANT_TYPES as QUANT_TYPES
-    from ropeconv.gguf_export.layouts import LAYOUTS
 
-    converted = ", ".join(f"{m} → {l.arch.name.lower()}" for m, l in LAYOUTS.items())
+    converted = ", ".join(f"{m} → {l.arch}" for m, l in LAYOUTS.items())
     freqs = ", ".join(a.name for a in GGUF_ARCHS.values() if a.reads_rope_freqs)
     longrope = ", ".join(a.name for a in GGUF_ARCHS.values() if a.longrope)
     return (
@@ -30,9 +29,7 @@ def _gguf_note() -> str:
 
 
 def _onnx_note() -> str:
-    from ropeconv.archs import ARCHS
-    from ropeconv.onnx_export.export import GENAI_TYPES
-    from ropeconv.onnx_export.layouts import LAYOUTS
+    from ropeconv.families import GENAI_TYPES, ONNX_LAYOUTS as LAYOUTS
 
     no_genai = ", ".join(m for m in LAYOUTS if m not in GENAI_TYPES)
     rope = ", ".join(m for m in LAYOUTS if ARCHS[m].position == "rope")
@@ -100,3 +97,77 @@ def format_markdown() -> str:
     lines.append(f"Architectures: {', '.join(sorted(ARCHS))}.")
     lines.extend(f"- {n}" for n in arch_notes())
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ per family
+
+def family_cell(family: str, method: str, fmt: str) -> Cell:
+    """The matrix's cell for one family: the method's own cell for the format, refused where the method does not
+    act on the family's positions, the family has no layout for the format, or the family refuses what the method
+    declares (a rope_type its transformers config rejects, a GGUF carrier llama.cpp's loader of its architecture
+    does not read) — each found by running the exporters' own refusals on a plan the method makes for the family.
+    The tests' parity matrices are generated from this (a cell claimed exact runs; a refused one is refused)."""
+    from ropeconv.families import FAMILIES, GGUF_ARCHS
+
+    fam, module = FAMILIES[family], methods.get(method)
+    if fam.position not in methods.positions_of(module):
+        return Cell(Support.REFUSED, f"{method} acts on {'/'.join(methods.positions_of(module))} positions; "
+                                     f"{family} uses {fam.position}")
+    cell = module.CELLS.get(fmt, _NOT_YET)
+    if cell.support is Support.REFUSED:
+        return cell
+    if fmt == "gguf" and fam.gguf is None:
+        return Cell(Support.REFUSED, fam.no_gguf or "no GGUF layout")
+    if fmt == "onnx" and fam.onnx is None:
+        return Cell(Support.REFUSED, fam.no_onnx or "no ONNX layout")
+    if fam.position != "rope" or method == "none":
+        return cell
+    from ropeconv.errors import UnsupportedError
+
+    plan = _sample_plan(fam, module)
+    if fmt == "safetensors":
+        from ropeconv.export.hf_config import rope_type_refusal
+
+        reason = rope_type_refusal(fam.arch, method, module.hf_rope_parameters(plan)["rope_type"])
+        if reason:
+            return Cell(Support.REFUSED, reason)
+    if fmt == "gguf":
+        try:
+            module.gguf_declaration(plan, GGUF_ARCHS[fam.gguf.arch])
+        except UnsupportedError as exc:
+            return Cell(Support.REFUSED, str(exc))
+    return cell
+
+
+def family_cells(fmt: str, position: str | None = None) -> list[tuple[str, str]]:
+    """Every (family, method) the matrix claims for the format (exact or via carrier), families in the matrix's
+    order and methods in the papers' order; `position`: only families of that position scheme."""
+    from ropeconv.families import FAMILIES
+
+    return [(f, m.NAME) for f, fam in FAMILIES.items() if position in (None, fam.position)
+            for m in methods.ordered() if family_cell(f, m.NAME, fmt).support is not Support.REFUSED]
+
+
+def _sample_plan(fam, module):
+    """The method's plan for a model of the family with 16 rotary pairs (head_dim 32 at the family's rotary fraction
+    rounded to whole pairs), from 256 to 1024 tokens (llama.cpp's LongRoPE needs an original context of 256 or more),
+    with its defaults: what a cell declares does not depend on the sizes."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from ropeconv.methods.base import ExtendRequest
+    from ropeconv.positions import RopeScheme
+
+    rotary = 2 * max(2, int(32 * fam.arch.default_partial) // 2)
+    scheme = RopeScheme(theta=fam.arch.default_theta, head_dim=32, rotary_dim=rotary, original_ctx=256,
+                        declared_ctx=256)
+    pairs = rotary // 2
+    with tempfile.TemporaryDirectory() as tmp:
+        factors = Path(tmp) / "factors.json"
+        if module.NAME == "longrope":
+            factors.write_text(json.dumps({"short_factor": [1.0] * pairs, "long_factor": [2.0] * pairs}))
+        else:
+            factors.write_text(json.dumps([1.0 + j / pairs for j in range(pairs)]))
+        options = {"factors": str(factors)} if any(o.name == "factors" for o in module.OPTIONS) else {}
+        return module.plan(scheme, ExtendRequest(factor=4.0, options=options))

@@ -10,53 +10,25 @@ import pytest
 import torch
 
 from ropeconv.cli.main import main
+from ropeconv.families import FAMILIES
+from ropeconv.families.spec import TINY_CTX
 from ropeconv.parity import tf4
 
-ORIGINAL_CTX = 64
+ORIGINAL_CTX = TINY_CTX  # the tiny models' training length (family files name it in their tiny configs)
 
 # transformers 4.x (`make tf4`): found once here, then turned off for every other test, since each start of it costs
 # seconds; the tests that run it take the tf4_python fixture (and set ROPECONV_TF4_PYTHON back where verify runs it)
 TF4_PYTHON = tf4.python()
 os.environ[tf4.ENV] = "off"
 
-# Per-family tiny configs. initializer_range is large so logits have unit scale and a wrong rope
-# visibly moves them; token ids are kept inside the small vocabulary.
-TINY = {
-    "llama": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
-    "mistral": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                    sliding_window=None),
-    "qwen2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
-    # head_dim 32 ≠ hidden/heads, as Qwen3's own (0.6B: 1024 hidden, 16 heads of 128)
-    "qwen3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32),
-    "olmo2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
-    # 4 layers: the 4th attends without rope (no_rope_layers [1, 1, 1, 0], transformers' and llama.cpp's default)
-    "smollm3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                    num_hidden_layers=4, pad_token_id=0),
-    "phi3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                 original_max_position_embeddings=ORIGINAL_CTX, pad_token_id=0),
-    "gpt_neox": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, rotary_pct=0.25),
-    "gemma": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
-    "gemma2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                   sliding_window=4096, query_pre_attn_scalar=16),
-    # --- gemma3 ---
-    # one sliding layer (window 32, inside the probe; its own base 500) and one full layer (base 10000): the method
-    # acts on the second only
-    "gemma3_text": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                        head_dim=16, query_pre_attn_scalar=16, sliding_window=32, rope_theta=10000.0,
-                        rope_local_base_freq=500.0,
-                        layer_types=["sliding_attention", "full_attention"]),
-    # --- end gemma3 ---
-    # ALiBi (6 heads: not a power of two, so the interleaved slope order is exercised) and learned tables
-    "bloom": dict(hidden_size=96, n_head=6, seq_length=ORIGINAL_CTX),
-    "mpt": dict(d_model=96, n_heads=6, max_seq_len=ORIGINAL_CTX, expansion_ratio=2),
-    "gpt2": dict(n_embd=64, n_head=4, n_positions=ORIGINAL_CTX),
-    "opt": dict(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64),
-}
+# Per-family tiny configs, each in its family file (Family.tiny, over make_tiny's defaults below).
+# initializer_range is large so logits have unit scale and a wrong rope visibly moves them; token ids are kept
+# inside the small vocabulary.
+TINY = {name: dict(family.tiny) for name, family in FAMILIES.items()}
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
-RANDOM_NORMS = {"qwen3", "olmo2", "gemma3_text"}
-# Gemma's norms scale by (1 + w): w in ±0.5 is the same 0.5–1.5 scale as the others'
-NORM_OFFSET = {"gemma3_text": 1.0}
+# (name → the range they are drawn from: Family.tiny_norm_range)
+RANDOM_NORMS = {name: family.tiny_norm_range for name, family in FAMILIES.items() if family.tiny_random_norms}
 
 
 def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None, max_shard_size: str | None = None,
@@ -81,7 +53,7 @@ def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None,
         with torch.no_grad():
             for weight_name, param in model.named_parameters():
                 if weight_name.endswith("norm.weight"):
-                    param.uniform_(0.5 - NORM_OFFSET.get(model_type, 0.0), 1.5 - NORM_OFFSET.get(model_type, 0.0))
+                    param.uniform_(*RANDOM_NORMS[model_type])
     out = root / (name or f"tiny-{model_type}")
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **save_kwargs)

@@ -279,7 +279,7 @@ def test_gemma_sentencepiece_round_trip_in_llama_cpp(tmp_path, capsys):
     (["full_attention", "sliding_attention", "sliding_attention"], None),  # full first: no period of llama.cpp's
 ])
 def test_sliding_window_pattern_is_llama_cpps_period(layer_types, period):
-    from ropeconv.gguf_export.gemma3 import swa_pattern
+    from ropeconv.families.gemma3_text import swa_pattern
 
     config = {"num_hidden_layers": len(layer_types), "layer_types": layer_types}
     assert swa_pattern(config) == period

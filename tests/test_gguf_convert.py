@@ -9,32 +9,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
+from conftest import ORIGINAL_CTX, TINY, add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
+from ropeconv import methods
+from ropeconv.capabilities import family_cell, family_cells
+from ropeconv.families import FAMILIES
 from ropeconv.gguf_io.reader import read_gguf
+from ropeconv.methods.base import Support
 from ropeconv.gguf_io.writer import rewrite_gguf
 
 pytest.importorskip("llama_cpp")
 
-# every (architecture, method) the matrix calls exact in GGUF for a converted checkpoint
-CELLS = {
-    "llama": ["linear", "ntk", "yarn", "llama3", "freqs", "longrope", "dynamic"],
-    "mistral": ["linear", "yarn"],
-    "qwen2": ["linear", "ntk", "yarn"],
-    "qwen3": ["linear", "ntk", "yarn"],
-    "olmo2": ["linear", "ntk", "yarn"],
-    "smollm3": ["linear", "ntk", "yarn"],
-    "phi3": ["ntk", "longrope"],
-    "gpt_neox": ["linear", "ntk", "yarn"],
-    "gemma": ["linear", "ntk", "yarn"],
-    "gemma2": ["linear", "ntk", "yarn"],
-    # --- gemma3 ---
-    # the method on the full-attention layers, the sliding ones at rope.freq_base_swa unscaled; llama.cpp's gemma3
-    # reads no rope_freqs, so llama3/freqs/longrope are refused (test_gemma3.py)
-    "gemma3_text": ["linear", "ntk", "yarn"],
-    # --- end gemma3 ---
-}
-# gemma ties lm_head to the embedding in llama.cpp; the tiny configs untie by default
-TIED = {"gemma": dict(tie_word_embeddings=True), "gemma2": dict(tie_word_embeddings=True)}
+# every (architecture, method) the matrix claims for GGUF for a converted checkpoint (capabilities.family_cell: rope_freqs
+# carriers only where llama.cpp's loader reads them, LongRoPE tensors only on llama and phi3, …), none aside (no
+# declaration to strip); dynamic is refused there and --bake-at N is its static way out, proven on llama
+ROPE_ARCHS = [a for a, fam in FAMILIES.items() if fam.position == "rope" and fam.gguf is not None]
+CELLS: dict[str, list[str]] = {a: [] for a in ROPE_ARCHS}
+for _arch, _method in family_cells("gguf", "rope"):
+    if _method != "none":
+        CELLS[_arch].append(_method)
+CELLS["llama"].append("dynamic")
+REFUSED = [(a, m.NAME) for a in ROPE_ARCHS for m in methods.ordered() if "rope" in methods.positions_of(m)
+           and family_cell(a, m.NAME, "gguf").support is Support.REFUSED]
+# llama.cpp always takes the token embedding as the output matrix there; the tiny configs untie by default
+TIED = {a: dict(tie_word_embeddings=True) for a in ROPE_ARCHS if FAMILIES[a].gguf.output_is_embedding}
 HALF = ORIGINAL_CTX // 2
 
 
@@ -62,9 +59,9 @@ LONGROPE_CTX = 256
 def bases(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gguf-bases")
     out = {arch: add_byte_level_tokenizer(make_tiny(root, arch, **TIED.get(arch, {}))) for arch in CELLS}
-    for arch in ("llama", "phi3"):
+    for arch in [a for a, ms in CELLS.items() if "longrope" in ms]:
         longer = dict(max_position_embeddings=LONGROPE_CTX)
-        if arch == "phi3":
+        if "original_max_position_embeddings" in TINY[arch]:  # phi3 states it apart
             longer["original_max_position_embeddings"] = LONGROPE_CTX
         out[f"{arch}-256"] = add_byte_level_tokenizer(make_tiny(root, arch, name=f"{arch}-256", **longer))
     return out
@@ -114,6 +111,20 @@ def test_converted_gguf_matches_transformers_beyond_the_original_context(bases, 
 
     stripped = strip_declaration(gguf_file)
     assert run_cli("verify", stripped, "--base", base, "--tokens", tokens, "-q") == 1
+
+
+@pytest.mark.parametrize("arch,method", REFUSED)
+def test_refused_cell_is_refused_in_one_line(bases, tmp_path, arch, method, capsys):
+    """A cell the matrix refuses for a family is refused by extend --to gguf: exit 2, one line, nothing written."""
+    from ropeconv.checkpoint import load_checkpoint
+
+    args = [a for a in method_args(method, load_checkpoint(bases[arch]).scheme.n_pairs, tmp_path)
+            if a not in ("--bake-at", str(3 * ORIGINAL_CTX))]
+    out = tmp_path / "out"
+    before = listing(tmp_path)
+    capsys.readouterr()
+    rc = run_cli("extend", bases[arch], "--method", method, *args, "--to", "gguf", "--no-verify", "-o", out)
+    assert_refused(capsys, rc, out, before, mentions=(method,))
 
 
 def test_safetensors_and_gguf_from_one_pass_both_proven(bases, tmp_path):

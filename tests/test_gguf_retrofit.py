@@ -95,6 +95,15 @@ CELLS = [
 ]
 
 
+def test_retrofit_cells_cover_the_llama_gguf_matrix():
+    """The declarations above are typed out (each an independent expectation), so the methods they cover are checked
+    against the matrix: every GGUF cell the matrix claims for llama, and dynamic's --bake-at way out."""
+    from ropeconv.capabilities import family_cells
+
+    claimed = {m for f, m in family_cells("gguf") if f == "llama"} - {"none"}
+    assert {method for method, *_ in CELLS} == claimed | {"dynamic"}
+
+
 @pytest.mark.parametrize("method,args,declared_keys,declared_tensors", CELLS,
                          ids=["linear", "ntk", "dynamic-baked", "yarn-attn", "yarn-betas", "llama3", "freqs",
                               "longrope"])

@@ -23,7 +23,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "ropeconv.formats")),
     ("positions", ("ropeconv.positions",)),
     # runtime: the transformers-side ALiBi scaling a loaded model applies (positions only)
-    ("archs/methods", ("ropeconv.archs", "ropeconv.methods", "ropeconv.runtime")),
+    # families: one record per architecture family (data, and pure functions of config.json values)
+    ("archs/methods", ("ropeconv.archs", "ropeconv.families", "ropeconv.methods", "ropeconv.runtime")),
     # lora's adapters and merge feed the checkpoint's tensor source; lora.gguf_base is an exporter's concern
     # hashing: the writers' hash-while-written (it copies ranges through checkpoint.sources)
     ("checkpoint/gguf_io/provenance", ("ropeconv.checkpoint", "ropeconv.gguf_io", "ropeconv.provenance",

@@ -13,7 +13,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import ORIGINAL_CTX, assert_refused, listing, read_json, run_cli
+from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
+from ropeconv import methods
+from ropeconv.capabilities import family_cells
+from ropeconv.families import FAMILIES as REGISTRY
 from ropeconv.onnx_export import alibi as onnx_alibi
 from ropeconv.parity.runtimes import ort as ort_runtime
 from ropeconv.positions import plan_from_json
@@ -51,15 +54,20 @@ def make_base(root: Path, family: str, *, name: str | None = None, **overrides) 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bases")
-    return {family: make_base(root, family) for family in FAMILIES}
+    built = {family: make_base(root, family) for family in FAMILIES}
+    # a family with no entry above runs on its family file's tiny config
+    return built | {family: make_tiny(root, family) for family, _ in CELLS if family not in built}
 
 
-METHOD_ARGS = {
-    "alibi": ["--method", "alibi", "--factor", "4"],
-    "alibi-dynamic": ["--method", "alibi", "--dynamic", "--factor", "4"],
-    "absolute": ["--method", "absolute", "--factor", "4"],
-    "none": ["--method", "none"],
-}
+def method_args(variant: str) -> list[str]:
+    """"alibi-dynamic" → --method alibi --dynamic --factor 4 (a method, then one of its switches)."""
+    method, _, switch = variant.partition("-")
+    return ["--method", method] + ([f"--{switch.replace('_', '-')}"] if switch else []) + \
+        ([] if method == "none" else ["--factor", "4"])
+
+
+def model_type_of(family: str) -> str:
+    return FAMILIES[family][0] if family in FAMILIES else family
 
 
 def tokens_for(family: str, method: str) -> int:
@@ -69,7 +77,7 @@ def tokens_for(family: str, method: str) -> int:
 
 
 def extend(base: Path, out: Path, method: str, tokens: int, *extra: str) -> int:
-    return run_cli("extend", base, *METHOD_ARGS[method], "--to", "onnx", "-o", out, "--tokens", tokens, "-q", *extra)
+    return run_cli("extend", base, *method_args(method), "--to", "onnx", "-o", out, "--tokens", tokens, "-q", *extra)
 
 
 def model_path(out: Path) -> Path:
@@ -103,9 +111,12 @@ def strip_position_math(out: Path, base: Path) -> None:
     _replace_initializers(model_path(out), {plan.table: padded})
 
 
-CELLS = [(f, m) for f in ("bloom", "mpt") for m in ("alibi", "alibi-dynamic", "none")] + [
+# every (family, method) the matrix claims for ONNX on ALiBi and learned-table families, with each switch of the
+# method (alibi --dynamic), then the slope orders of 6 and 12 heads
+CELLS = [(f, variant) for f, m in family_cells("onnx") if REGISTRY[f].position in ("alibi", "absolute")
+         for variant in [m] + [f"{m}-{o.name}" for o in methods.get(m).OPTIONS if o.kind is bool]] + [
     ("bloom6", "alibi"), ("mpt12", "alibi-dynamic"),
-] + [(f, m) for f in ("gpt2", "opt") for m in ("absolute", "none")]
+]
 
 
 @pytest.mark.parametrize("family,method", CELLS)
@@ -123,7 +134,7 @@ def test_onnx_matches_transformers_and_fails_without_the_position_math(bases, tm
     onnx.checker.check_model(str(path), full_check=True)
     inputs = {i.name for i in onnx.load(path, load_external_data=False).graph.input}
     # ALiBi graphs take no positions (their bias comes from attention_mask), as optimum's BLOOM export
-    assert ("position_ids" in inputs) == family.startswith(("gpt2", "opt"))
+    assert ("position_ids" in inputs) == (REGISTRY[model_type_of(family)].position == "absolute")
     assert not (out / "onnx" / "genai_config.json").exists()  # onnxruntime-genai has no such model type
     if method == "none":
         return  # nothing to take out

@@ -9,18 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
-from ropeconv.archs import ARCHS
+from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
+from ropeconv import methods
+from ropeconv.capabilities import family_cell, family_cells
+from ropeconv.families import FAMILIES
 from ropeconv.checkpoint import load_checkpoint
 
 TOKENS = str(4 * ORIGINAL_CTX)
-ALL_METHODS = ["linear", "ntk", "dynamic", "yarn", "longrope", "llama3", "freqs"]
-# transformers' Phi-3 accepts only default and longrope; freqs there must use its derived attention factor
-PHI3_METHODS = ["ntk", "longrope", "freqs"]
-# transformers 4.x's OLMo 2 config takes rope_scaling only as {type, factor} of type linear or dynamic
-METHODS = {"phi3": PHI3_METHODS, "olmo2": ["linear", "ntk", "dynamic"]}
-ROPE_ARCHS = sorted(a for a, spec in ARCHS.items() if spec.position == "rope")  # others: test_positions_alibi_abs
-CASES = [(a, m) for a in ROPE_ARCHS for m in METHODS.get(a, ALL_METHODS)]
+ROPE_ARCHS = sorted(a for a, fam in FAMILIES.items() if fam.position == "rope")  # others: test_positions_alibi_abs
+# every RoPE method that extends (none: test_tf4 runs it per family in both majors)
+ALL_METHODS = [m.NAME for m in methods.ordered() if "rope" in methods.positions_of(m) and m.NAME != "none"]
+# every (family, method) the matrix claims for safetensors (capabilities.family_cell: Phi-3's transformers takes only
+# rope_type default or longrope, OLMo 2's 4.x config only {type, factor} of linear or dynamic, …), and the rest
+CASES = sorted(((a, m) for a, m in family_cells("safetensors", "rope") if m != "none"), key=lambda c: c[0])
+REFUSED = [(a, m) for a in ROPE_ARCHS for m in ALL_METHODS if (a, m) not in CASES]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,17 @@ def test_extend_verifies_and_fails_without_scaling(bases, tmp_path, arch, method
 
     strip_scaling(out, bases[arch])
     assert run_cli("verify", out, "--tokens", TOKENS) == 1
+
+
+@pytest.mark.parametrize("arch,method", REFUSED)
+def test_refused_cell_is_refused_in_one_line(bases, tmp_path, arch, method, capsys):
+    """A cell the matrix refuses for a family is refused by extend: exit 2, the matrix's reason, nothing written."""
+    args = method_args(tmp_path, bases[arch], arch, method)
+    out = tmp_path / "out"
+    before = listing(tmp_path)
+    capsys.readouterr()
+    rc = run_cli("extend", bases[arch], "--method", method, "--factor", "4", "-o", out, "--no-verify", *args)
+    assert_refused(capsys, rc, out, before, mentions=(family_cell(arch, method, "safetensors").how[:40],))
 
 
 def _edit_rope(out: Path, **changes) -> None:

@@ -13,6 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
+from ropeconv import methods
+from ropeconv.capabilities import family_cells
+from ropeconv.families import FAMILIES
 from ropeconv.positions import AbsolutePlan
 from ropeconv.positions.absolute import interpolate_rows, resample_table
 from ropeconv.positions.alibi import base_slopes
@@ -70,20 +73,27 @@ def test_identity_resample_is_exact():
 
 # ---------------------------------------------------------------------------------- bases and runs
 
+POSITIONS = ("alibi", "absolute")
+FAMILIES_HERE = [f for f, fam in FAMILIES.items() if fam.position in POSITIONS]
+
+
+def method_variants(method: str) -> list[tuple[str, ...]]:
+    """The method's arguments for a ×4 extension, once plain and once with each of its switches (alibi --dynamic)."""
+    module = methods.get(method)
+    plain = ("--method", method, "--factor", "4")
+    return [plain] + [plain + (o.flag,) for o in module.OPTIONS if o.kind is bool]
+
+
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("pos-bases")
-    return {mt: make_tiny(root, mt) for mt in ("bloom", "mpt", "gpt2", "opt")}
+    return {mt: make_tiny(root, mt) for mt in FAMILIES_HERE}
 
 
-CELLS = [
-    ("bloom", ("--method", "alibi", "--factor", "4")),
-    ("bloom", ("--method", "alibi", "--factor", "4", "--dynamic")),
-    ("mpt", ("--method", "alibi", "--factor", "4")),
-    ("mpt", ("--method", "alibi", "--factor", "4", "--dynamic")),
-    ("gpt2", ("--method", "absolute", "--factor", "4")),
-    ("opt", ("--method", "absolute", "--factor", "4")),
-]
+# every (family, method) the matrix claims for safetensors on ALiBi and learned-table families, with each switch
+# of the method (none aside: test_tf4 runs it)
+CELLS = [(f, args) for f, m in family_cells("safetensors") if f in FAMILIES_HERE and m != "none"
+         for args in method_variants(m)]
 
 
 def _extend(base, out, args, capsys=None) -> dict:
@@ -111,7 +121,7 @@ def test_safetensors_cell_passes_and_fails_without_interpolation(bases, tmp_path
     assert _verify(out) == 0
     config = read_json(out / "config.json")
     card = (out / "README.md").read_text()
-    if arch in ("bloom", "mpt"):
+    if FAMILIES[arch].position == "alibi":
         scaling = config["ropeconv_alibi_scaling"]
         assert scaling["original_ctx"] == ORIGINAL_CTX and scaling["factor"] == 4.0
         assert scaling["rule"] == ("proportional" if "--dynamic" in args else "static")
@@ -122,11 +132,11 @@ def test_safetensors_cell_passes_and_fails_without_interpolation(bases, tmp_path
         del config["ropeconv_alibi_scaling"]
         (out / "config.json").write_text(json.dumps(config))
     else:
-        key = "n_positions" if arch == "gpt2" else "max_position_embeddings"
-        assert config[key] == 4 * ORIGINAL_CTX
+        spec = FAMILIES[arch].arch
+        assert config[spec.ctx_key] == 4 * ORIGINAL_CTX
         tensors = load_file(out / "model.safetensors")
-        name = next(n for n in tensors if n.endswith(("wpe.weight", "embed_positions.weight")))
-        offset = 2 if arch == "opt" else 0
+        name = spec.table
+        offset = spec.table_offset
         assert tensors[name].shape[0] == offset + 4 * ORIGINAL_CTX
         # sensitivity: the base rows followed by copies of the last one (a table extended without interpolation)
         base_table = load_file(bases[arch] / "model.safetensors")[name]

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
+from ropeconv import methods
 from ropeconv.archs import ARCHS
+from ropeconv.capabilities import family_cells
 from ropeconv.parity import Tolerance, tf4
 from ropeconv.parity.probe import plan_passes, probe_ids
 from ropeconv.parity.report import compare
@@ -26,12 +28,13 @@ from test_parity_archs import method_args
 
 TOKENS = 2 * ORIGINAL_CTX  # crosses the original context, and with it LongRoPE's switch
 ROPE_ARCHS = sorted(a for a, spec in ARCHS.items() if spec.position == "rope")
+# every safetensors cell the matrix claims (capabilities.family_cell), RoPE ones with test_parity_archs' arguments,
+# ALiBi's once plain and once with each switch (--dynamic)
 CELLS = (
     [(arch, method, ()) for arch, method in ROPE_CELLS]
     + [(arch, "none", ()) for arch in ROPE_ARCHS]
-    + [(arch, "alibi", extra) for arch in ("bloom", "mpt") for extra in ((), ("--dynamic",))]
-    + [(arch, "absolute", ()) for arch in ("gpt2", "opt")]
-    + [(arch, "none", ()) for arch in ("bloom", "mpt", "gpt2", "opt")]
+    + [(arch, method, variant) for arch, method in family_cells("safetensors") if arch not in ROPE_ARCHS
+       for variant in [()] + [(o.flag,) for o in methods.get(method).OPTIONS if o.kind is bool]]
 )
 
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from ropeconv.archs import ArchSpec
 from ropeconv.errors import InputError
+from ropeconv.families.spec import fixed_layer_thetas, layer_thetas  # noqa: F401 (the readers' names for them)
 from ropeconv.positions import RopeScheme
 
 _UNSCALED = {None, "default"}
@@ -46,47 +47,6 @@ def _check_fixed_layers(params: Mapping[str, Any], arch: ArchSpec) -> None:
             raise InputError(f"config.json: rope_parameters.{layer_type} is {str(kind)[:40]!r}; ropeconv scales "
                              f"{arch.scaled_layer_type} layers only and needs the {layer_type} layers unscaled "
                              "(rope_type default)")
-
-
-def fixed_layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> dict[str, float]:
-    """The layer types a method leaves alone, each with its own rope base (5.x rope_parameters[type].rope_theta,
-    else 4.x's key for it, else transformers' default); empty for families with one rope."""
-    params = config.get("rope_parameters")
-    out = {}
-    for layer_type, key, default in arch.fixed_layer_bases:
-        own = params.get(layer_type) if isinstance(params, dict) else None
-        theta = own.get("rope_theta") if isinstance(own, dict) else None
-        theta = config.get(key, default) if theta is None else theta
-        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 1:
-            raise InputError(f"config.json: the {layer_type} rope base ({key}) must be a number > 1")
-        out[layer_type] = float(theta)
-    return out
-
-
-def layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> tuple[float | None, ...] | None:
-    """Per layer: the unscaled rope base of a layer the method leaves alone, None where the plan applies (None
-    overall: the plan applies to every layer)."""
-    fixed = fixed_layer_thetas(config, arch)
-    types = config.get("layer_types")
-    if not fixed:
-        return None
-    pattern = config.get("sliding_window_pattern", 6)
-    if types is None and isinstance(pattern, int) and pattern > 0 and isinstance(config.get("num_hidden_layers"), int):
-        # older Gemma 3 configs: transformers derives the layer types from the pattern (every 6th layer full)
-        types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
-                 for i in range(config["num_hidden_layers"])]
-    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-        raise InputError(f"config.json: {arch.model_type} needs layer_types, a list of layer type names")
-    if len(types) != config.get("num_hidden_layers"):
-        raise InputError(f"config.json: {len(types)} layer_types for num_hidden_layers "
-                         f"{str(config.get('num_hidden_layers'))[:20]}")
-    unknown = set(types) - {arch.scaled_layer_type, *fixed}
-    if unknown:
-        raise InputError(f"config.json: unknown layer type {sorted(unknown)[0][:40]!r} in layer_types")
-    if arch.scaled_layer_type not in types:
-        raise InputError(f"config.json: no {arch.scaled_layer_type} layer in layer_types, so a method would act on "
-                         "no layer")
-    return tuple(fixed.get(t) if t != arch.scaled_layer_type else None for t in types)
 
 
 def head_dim(config: Mapping[str, Any], arch: ArchSpec) -> int:

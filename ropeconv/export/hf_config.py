@@ -50,22 +50,23 @@ def extended_config(
     """`rope` is the method's transformers declaration (rope_type and its keys; for ALiBi, the
     ropeconv_alibi_scaling record)."""
     if plan.kind == "alibi":
-        return _alibi_config(base, plan, rope)
+        return _alibi_config(base, arch, plan, rope)
     if plan.kind == "absolute":
         return _absolute_config(base, arch, plan)
     return _rope_config(base, arch, scheme, plan, rope)
 
 
-def _alibi_config(base: dict[str, Any], plan: PositionPlan, scaling: dict[str, Any]) -> dict[str, Any]:
+def _alibi_config(base: dict[str, Any], arch: ArchSpec, plan: PositionPlan,
+                  scaling: dict[str, Any]) -> dict[str, Any]:
     from ropeconv.runtime import KEY
 
     cfg = copy.deepcopy(base)
     cfg.pop(KEY, None)
     if scaling and plan.factor != 1.0:
         cfg[KEY] = scaling
-    if "max_seq_len" in cfg or cfg.get("model_type") == "mpt":
-        # transformers' MPT builds its bias max_seq_len keys long: shorter, and longer inputs fail to broadcast
-        cfg["max_seq_len"] = max(int(cfg.get("max_seq_len") or 0), plan.target_ctx)
+    key = arch.alibi_bias_len_key
+    if key:  # MPT: transformers builds its bias this many keys long; shorter, and longer inputs fail to broadcast
+        cfg[key] = max(int(cfg.get(key) or 0), plan.target_ctx)
     return cfg
 
 
@@ -81,18 +82,10 @@ def _rope_config(
     base: dict[str, Any], arch: ArchSpec, scheme: RopeScheme, plan: RopePlan, rope: dict[str, Any]
 ) -> dict[str, Any]:
     rope_type = rope["rope_type"]
-    if arch.hf_rope_types is not None and rope_type not in arch.hf_rope_types:
-        raise UnsupportedError(
-            f"--method {plan.method} on {arch.model_type}: transformers accepts only rope_type "
-            f"{' or '.join(sorted(arch.hf_rope_types))} for this architecture; use --method longrope or freqs"
-        )
+    reason = rope_type_refusal(arch, plan.method, rope_type)
+    if reason:
+        raise UnsupportedError(reason)
     two_keys = arch.hf4_two_key_types
-    if two_keys is not None and rope_type != "default" and rope_type not in two_keys:
-        raise UnsupportedError(
-            f"--method {plan.method} on {arch.model_type}: transformers 4.x's config accepts rope_scaling only as "
-            f"{{type, factor}} of type {' or '.join(sorted(two_keys))}, so a safetensors output would not load "
-            "there; use --method linear, ntk or dynamic, or --to gguf/onnx"
-        )
     cfg = copy.deepcopy(base)
     for key in _DROP + (arch.theta_key,) + ((arch.partial_key,) if arch.partial_key else ()):
         cfg.pop(key, None)
@@ -133,6 +126,20 @@ def _per_layer_type(cfg: dict[str, Any], base: dict[str, Any], arch: ArchSpec) -
                               **{t: {"rope_type": "default", "rope_theta": theta} for t, theta in fixed.items()}}
     for layer_type, key, _default in arch.fixed_layer_bases:
         cfg[key] = fixed[layer_type]
+
+
+def rope_type_refusal(arch: ArchSpec, method: str, rope_type: str) -> str | None:
+    """Why a family's config cannot declare this rope_type (None: it can); the capability matrix's per-family
+    safetensors cells read it too."""
+    if arch.hf_rope_types is not None and rope_type not in arch.hf_rope_types:
+        return (f"--method {method} on {arch.model_type}: transformers accepts only rope_type "
+                f"{' or '.join(sorted(arch.hf_rope_types))} for this architecture; use --method longrope or freqs")
+    two_keys = arch.hf4_two_key_types
+    if two_keys is not None and rope_type != "default" and rope_type not in two_keys:
+        return (f"--method {method} on {arch.model_type}: transformers 4.x's config accepts rope_scaling only as "
+                f"{{type, factor}} of type {' or '.join(sorted(two_keys))}, so a safetensors output would not load "
+                "there; use --method linear, ntk or dynamic, or --to gguf/onnx")
+    return None
 
 
 def _strict_longrope(arch: ArchSpec, plan: RopePlan, rope: dict[str, Any]) -> dict[str, Any]:

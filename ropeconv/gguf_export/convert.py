@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, MODEL_ARCH_NAMES, get_tensor_name_map
+from gguf import GGMLQuantizationType, GGUFValueType, get_tensor_name_map
 
 from ropeconv import methods
 from ropeconv.archs import GGUF_ARCHS
@@ -28,7 +28,7 @@ from ropeconv.export.table import changes_table, output_entry
 from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES
 from ropeconv.gguf_export import quantize as llama_quantize
 from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks
-from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for
+from ropeconv.gguf_export.layouts import HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph, first, layout_for, model_arch
 from ropeconv.gguf_export.vocab import general_name, tokenizer_fields
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, tensor_nbytes
 from ropeconv.gguf_io.writer import VALUE_TYPES, ByteRange, GgufWriter, NewField, TensorInfo
@@ -73,7 +73,7 @@ class GgufPlan:
     @property
     def arch_name(self) -> str:
         """general.architecture, e.g. "llama" (mistral's too)."""
-        return MODEL_ARCH_NAMES[self.layout.arch]
+        return self.layout.arch
 
     @property
     def infos(self) -> list[TensorInfo]:
@@ -129,7 +129,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     rope = scheme.kind == "rope"  # ALiBi and learned tables: llama.cpp reads no rope key for these archs
     head_dim = scheme.head_dim if rope else hidden // heads
     check_graph(layout, config, head_dim, plan.target_ctx)
-    arch_name = MODEL_ARCH_NAMES[layout.arch]
+    arch_name = layout.arch
     declaration = methods.get(plan.method).gguf_declaration(plan, GGUF_ARCHS[arch_name])
 
     kv: dict[str, tuple[str, object]] = {"context_length": ("u32", plan.target_ctx)}
@@ -170,7 +170,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
 def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: PositionPlan) -> tuple[TensorPlan, ...]:
     config = ckpt.config
     n_blocks = _positive(config, LAYER_KEYS)
-    names = get_tensor_name_map(layout.arch, n_blocks)
+    names = get_tensor_name_map(model_arch(layout), n_blocks)
     tied = layout.output_is_embedding or config.get("tie_word_embeddings", False)
     out: list[TensorPlan] = []
     seen: dict[str, str] = {}
@@ -184,7 +184,7 @@ def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: Posi
             # gguf-py lists BLOOM's embedding norm without the prefix
             gguf_name = names.get_name(entry.name.removeprefix("transformer."), try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise UnsupportedError(f"tensor {entry.name!r} has no place in llama.cpp's {layout.arch.name.lower()} "
+            raise UnsupportedError(f"tensor {entry.name!r} has no place in llama.cpp's {layout.arch} "
                                    "layout; use --to safetensors")
         if gguf_name in seen:
             raise InputError(f"tensors {seen[gguf_name]!r} and {entry.name!r} both map to GGUF {gguf_name!r}")

@@ -1,68 +1,7 @@
-"""Gemma 3's text model in llama.cpp's gemma3 graph (vendored src/models/gemma3.cpp, llama-model.cpp):
-
-- sliding layers are those of attention.sliding_window_pattern (n: layer il slides when il % n < n − 1, which is
-  transformers' (i + 1) % n != 0); they rotate at rope.freq_base_swa (default 10000) with freq_scale 1, the other
-  layers at rope.freq_base with the method's scale (llama_model::get_rope_freq_base/scale). YaRN's ext_factor and
-  attn_factor are global: with scale 1 the ramp leaves a sliding layer's angles alone and its magnitude is
-  rope.scaling.attn_factor (1 unless declared), so only the default YaRN attention factor is exact;
-- queries are scaled by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for the 62-layer 27B), where transformers takes
-  query_pre_attn_scalar^-1/2; no attention soft-cap; the final soft-cap from final_logit_softcapping;
-- q/k RMSNorm per head and the four sandwich norms, all (1 + w) in transformers, stored as 1 + w.
-"""
+"""Reading a gemma3 GGUF back into transformers the way llama.cpp's gemma3 graph reads it. The family record (layout,
+hyperparameters, GGUF refusals, and the llama.cpp facts they rest on) is ropeconv/families/gemma3_text.py."""
 
 from __future__ import annotations
-
-from typing import Any
-
-Config = dict[str, Any]
-
-
-def _layer_types(config: Config) -> list[str] | None:
-    from ropeconv.archs import ARCHS
-    from ropeconv.checkpoint.rope_config import layer_thetas
-
-    thetas = layer_thetas(config, ARCHS["gemma3_text"])
-    return None if thetas is None else ["full_attention" if t is None else "sliding_attention" for t in thetas]
-
-
-def swa_pattern(config: Config) -> int | None:
-    """The n with layer il sliding exactly when il % n < n − 1 (None: no such n, or no sliding layer)."""
-    types = _layer_types(config)
-    if not types or "sliding_attention" not in types:
-        return None
-    for n in range(1, len(types) + 1):
-        if all((t == "sliding_attention") == (il % n < n - 1) for il, t in enumerate(types)):
-            return n
-    return None
-
-
-def local_base(config: Config) -> float | None:
-    from ropeconv.archs import ARCHS
-    from ropeconv.checkpoint.rope_config import fixed_layer_thetas
-
-    return fixed_layer_thetas(config, ARCHS["gemma3_text"]).get("sliding_attention")
-
-
-def gguf_refusal(config: Config, head_dim: int) -> str | None:
-    """What of this config llama.cpp's gemma3 graph would compute differently (None: nothing)."""
-    layers, hidden, heads = (config.get(k) for k in ("num_hidden_layers", "hidden_size", "num_attention_heads"))
-    scalar = config.get("query_pre_attn_scalar", 256)
-    graph_width = hidden // heads if layers == 62 and isinstance(hidden, int) and isinstance(heads, int) else head_dim
-    if scalar != graph_width:
-        return (f"query_pre_attn_scalar {scalar} ≠ {graph_width}: llama.cpp's gemma3 scales queries by "
-                f"1/sqrt({'hidden/heads' if layers == 62 else 'head_dim'})")
-    if config.get("attn_logit_softcapping") is not None:
-        return "attn_logit_softcapping: llama.cpp's gemma3 has no attention soft-cap"
-    if config.get("use_bidirectional_attention"):
-        return "use_bidirectional_attention: llama.cpp's gemma3 attends causally"
-    types = _layer_types(config) or []
-    if "sliding_attention" in types:
-        if not isinstance(config.get("sliding_window"), int):
-            return "sliding layers but no sliding_window: llama.cpp's gemma3 then rotates every layer at rope.freq_base"
-        if swa_pattern(config) is None:
-            return ("layer_types that are not every n-th layer full: llama.cpp's gemma3 reads the sliding layers as "
-                    "a period (attention.sliding_window_pattern)")
-    return None
 
 
 def fix_transformers_config(src, config) -> None:

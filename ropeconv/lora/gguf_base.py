@@ -24,8 +24,8 @@ from ropeconv.lora.merge import LoraMerge, plan_merge
 G = GGMLQuantizationType
 FLOAT_TYPES = {G.F32: "F32", G.F16: "F16", G.BF16: "BF16"}
 # GGUF architectures whose q/k rows llama.cpp's converter permutes (llama), whose fused qkv it regroups (gptneox)
-PERMUTED_QK = frozenset(MODEL_ARCH_NAMES[layout.arch] for layout in LAYOUTS.values() if layout.permute_qk)
-REGROUPED_QKV = frozenset(MODEL_ARCH_NAMES[layout.arch] for layout in LAYOUTS.values() if layout.qkv_per_head)
+PERMUTED_QK = frozenset(layout.arch for layout in LAYOUTS.values() if layout.permute_qk)
+REGROUPED_QKV = frozenset(layout.arch for layout in LAYOUTS.values() if layout.qkv_per_head)
 
 
 @dataclass(frozen=True)

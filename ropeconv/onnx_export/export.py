@@ -28,6 +28,7 @@ from ropeconv.checkpoint.rope_config import layer_thetas
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.families import GENAI_TYPES, ONNX_CHECKS  # noqa: F401  (GENAI_TYPES: the family files' genai_type)
 from ropeconv.formats import ONNX_DIR, ONNX_DTYPES as DTYPES, ONNX_MODEL_FILE as MODEL_FILE  # noqa: F401
 from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
 from ropeconv.provenance import ATTENTION_KEY, DTYPE_KEY
@@ -37,11 +38,7 @@ INT4_ACCURACY_LEVEL = 4  # MatMulNBits on CPU: int8 activations (onnxruntime-gen
 FUSED_ATTENTION = "com.microsoft.GroupQueryAttention (fused, memory linear in the length)"
 PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total scores per call)"
 IR_VERSION = 9  # onnxruntime ≥ 1.16 reads it; opset 18 needs ≥ 8
-GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3", "gemma": "gemma",
-               "gemma2": "gemma2", "qwen3": "qwen3", "smollm3": "smollm3"}  # onnxruntime-genai model types (it has none for gpt_neox)
-# --- gemma3 ---
-GENAI_TYPES["gemma3_text"] = "gemma3_text"
-# --- end gemma3 ---
+
 
 
 @dataclass(frozen=True)
@@ -148,25 +145,13 @@ def _resolve_prefix(layout, names: set[str]):
 
 
 def _refuse_variants(layout, cfg, ckpt: Checkpoint) -> None:
-    """Config switches the graph does not compute, each refused with what transformers would do instead."""
-    kind = layout.model_type
-    if kind == "mpt":
-        if _attn_config(cfg, "qk_ln"):
-            raise UnsupportedError("mpt with attn_config.qk_ln: transformers' MPT ignores it while MosaicML's "
-                                   "code normalizes q and k, so the model is ambiguous; not exported as ONNX")
-        if _attn_config(cfg, "prefix_lm") or _attn_config(cfg, "attn_uses_sequence_id"):
-            raise UnsupportedError("mpt with prefix_lm or attn_uses_sequence_id: transformers' MPT ignores them, so "
-                                   "the model is ambiguous; not exported as ONNX")
-        if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
-            raise UnsupportedError("mpt with logit_scale: transformers' MPT ignores it, so the model is ambiguous; "
-                                   "not exported as ONNX")
-        biases = sorted(e.name for e in ckpt.tensors if e.name.endswith(".bias"))
-        if biases:
-            raise UnsupportedError(f"mpt with bias tensors ({biases[0]}, …; no_bias false): transformers' MPT "
-                                   "drops them, so the model is ambiguous; not exported as ONNX")
-    if kind == "opt" and not getattr(cfg, "layer_norm_elementwise_affine", True):
-        raise UnsupportedError("opt with layer_norm_elementwise_affine false: LayerNorms without weights are not "
-                               "exported as ONNX")
+    """Config switches the graph does not compute (the family file's onnx_checks), each refused with what
+    transformers would do instead."""
+    names = frozenset(e.name for e in ckpt.tensors)
+    for refusal in ONNX_CHECKS.get(layout.model_type, ()):
+        reason = refusal(cfg, names)
+        if reason:
+            raise UnsupportedError(f"{layout.model_type} with {reason}; not exported as ONNX")
 
 
 def _activation(layout, cfg) -> str:
