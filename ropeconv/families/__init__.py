@@ -147,4 +147,5 @@ ONNX_LAYOUTS: dict[str, OnnxLayout] = _views["ONNX_LAYOUTS"]
 NO_ONNX: dict[str, str] = _views["NO_ONNX"]
 ONNX_CHECKS: dict = _views["ONNX_CHECKS"]
 GENAI_TYPES: dict[str, str] = _views["GENAI_TYPES"]  # onnxruntime-genai model types (it has none for gpt_neox …)
-REFUSED_TYPES: dict[str, str] = _views["REFUSED_TYPES"]  # model types that name a family in another form → what instead
+# model types that name a family in another form → what to pass instead (Family.refused_types)
+REFUSED_TYPES: dict[str, str] = _views["REFUSED_TYPES"]
