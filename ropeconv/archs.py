@@ -8,10 +8,10 @@ module is the lookup the readers and writers use. Nothing here is code that diff
 from __future__ import annotations
 
 from ropeconv.errors import InputError
-from ropeconv.families import ARCHS, GGUF_ARCHS
+from ropeconv.families import ARCHS, GGUF_ARCHS, REFUSED_TYPES
 from ropeconv.families.spec import ArchSpec, GgufArchSpec
 
-__all__ = ["ARCHS", "GGUF_ARCHS", "ArchSpec", "GgufArchSpec", "arch_for", "gguf_arch_for"]
+__all__ = ["ARCHS", "GGUF_ARCHS", "REFUSED_TYPES", "ArchSpec", "GgufArchSpec", "arch_for", "gguf_arch_for"]
 
 
 def gguf_arch_for(name: str | None) -> GgufArchSpec:
@@ -30,6 +30,8 @@ def arch_for(model_type: str | None) -> ArchSpec:
         raise InputError("config.json has no model_type; cannot tell the architecture")
     if not isinstance(model_type, str):
         raise InputError(f"config.json: model_type must be a string, got {type(model_type).__name__}")
+    if model_type in REFUSED_TYPES:
+        raise InputError(f"model_type {model_type!r}: {REFUSED_TYPES[model_type]}")
     try:
         return ARCHS[model_type]
     except KeyError:

@@ -27,7 +27,8 @@ os.environ[tf4.ENV] = "off"
 TINY = {name: dict(family.tiny) for name, family in FAMILIES.items()}
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
-RANDOM_NORMS = {name for name, family in FAMILIES.items() if family.tiny_random_norms}
+# (name → the range they are drawn from: Family.tiny_norm_range)
+RANDOM_NORMS = {name: family.tiny_norm_range for name, family in FAMILIES.items() if family.tiny_random_norms}
 
 
 def default_cells(cells, fmt: str) -> list[tuple[str, str]]:
@@ -63,7 +64,7 @@ def make_tiny(root: Path, model_type: str = "llama", *, name: str | None = None,
         with torch.no_grad():
             for weight_name, param in model.named_parameters():
                 if weight_name.endswith("norm.weight"):
-                    param.uniform_(0.5, 1.5)
+                    param.uniform_(*RANDOM_NORMS[model_type])
     out = root / (name or f"tiny-{model_type}")
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **save_kwargs)

@@ -29,7 +29,8 @@ CLONE = (SRC / "families" / "llama.py").read_text().replace('"llama"', '"llama_c
 def test_every_family_is_complete():
     """Each registered family has its parts (the registry checks them; this states the count the matrix shows)."""
     assert list(FAMILIES) == ["llama", "mistral", "qwen2", "qwen3", "olmo2", "smollm3", "mixtral", "qwen3_moe",
-                              "qwen2_moe", "gemma", "gemma2", "phi3", "gpt_neox", "bloom", "mpt", "gpt2", "opt"]
+                              "qwen2_moe", "gemma", "gemma2", "gemma3_text", "phi3", "gpt_neox", "bloom", "mpt", "gpt2",
+                              "opt"]
     assert set(TINY) == set(FAMILIES)  # the tests' tiny configs come from the family files
 
 
@@ -147,6 +148,8 @@ def test_a_complete_minimal_family_file_is_accepted(tmp_path):
     ("a GGUF architecture no family defines", {"newfam": _family("newfam", gguf_arch=None)},
      ("newfam.py", "'llama'", "gguf_arch=GgufArchSpec")),
     ("a GGUF architecture defined twice", {"a": _family("a"), "b": _family("b")}, ("b.py", "'llama'", "twice")),
+    ("a refused model type that is a family", {"newfam": _family("newfam", refused_types='{{"newfam": "why"}}')},
+     ("newfam.py", "'newfam'", "a family")),
     ("parts that disagree", {"newfam": _family("newfam", onnx='OnnxLayout("llama", **LLAMA_ONNX)')},
      ("newfam.py", "OnnxLayout", "'llama'")),
 ])

@@ -154,10 +154,10 @@ def _greedy_in_both(og, out: Path) -> tuple[list[int], list[int]]:
     return expected, [int(t) for t in generator.get_sequence(0)][len(prompt):]
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "smollm3"])
+@pytest.mark.parametrize("arch", ["qwen3", "smollm3", "gemma3_text"])
 def test_onnxruntime_genai_runs_the_model_types_written_for_the_newer_families(tmp_path, arch):
-    """genai_config.json names onnxruntime-genai's own qwen3/smollm3 model types: its generation loop over the graph
-    (per-head q/k norms; layers without rope) gives transformers' greedy tokens beyond the original context."""
+    """genai_config.json names onnxruntime-genai's own qwen3/smollm3/gemma3_text model types: its generation loop over
+    the graph (per-head q/k norms; layers without rope; per-layer-type rope and sliding windows) gives transformers' greedy tokens beyond the original context."""
     og = pytest.importorskip("onnxruntime_genai")
 
     from conftest import add_byte_level_tokenizer

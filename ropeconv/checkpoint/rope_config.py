@@ -7,25 +7,46 @@ from typing import Any, Mapping
 
 from ropeconv.archs import ArchSpec
 from ropeconv.errors import InputError
+from ropeconv.families.spec import fixed_layer_thetas, layer_thetas  # noqa: F401 (the readers' names for them)
 from ropeconv.positions import RopeScheme
 
 _UNSCALED = {None, "default"}
 
 
-def rope_dict(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The effective rope dict as transformers 5.x resolves it: rope_scaling wins over rope_parameters."""
+def rope_dict(config: Mapping[str, Any], arch: ArchSpec | None = None) -> dict[str, Any]:
+    """The effective rope dict as transformers 5.x resolves it: rope_scaling wins over rope_parameters. With
+    per-layer-type rope (arch.scaled_layer_type), the scaled layer type's: 5.x merges rope_scaling into it."""
     scaling = config.get("rope_scaling")
     params = config.get("rope_parameters")
+    if arch is not None and arch.scaled_layer_type and isinstance(params, dict) \
+            and any(isinstance(v, dict) for v in params.values()):
+        _check_fixed_layers(params, arch)
+        scaled = params.get(arch.scaled_layer_type) or {}
+        if not isinstance(scaled, dict):
+            raise InputError(f"config.json: rope_parameters.{arch.scaled_layer_type} is {type(scaled).__name__}, "
+                             "expected an object")
+        params = {**scaled, **(scaling or {})}
+        scaling = None
     chosen = scaling or params or {}
     if not isinstance(chosen, dict):
         raise InputError(f"config.json: rope_scaling/rope_parameters is {type(chosen).__name__}, expected an object")
     if any(isinstance(v, dict) for v in chosen.values()):
-        raise InputError("config.json: per-layer-type rope_parameters are not supported yet")
+        raise InputError("config.json: per-layer-type rope_parameters are read for gemma3_text only")
     for key in ("rope_type", "type"):
         if chosen.get(key) is not None and not isinstance(chosen[key], str):
             raise InputError(f"config.json: {key} in rope_scaling/rope_parameters must be a string, "
                              f"got {type(chosen[key]).__name__}")
     return dict(chosen)
+
+
+def _check_fixed_layers(params: Mapping[str, Any], arch: ArchSpec) -> None:
+    for layer_type, _key, _default in arch.fixed_layer_bases:
+        own = params.get(layer_type) or {}
+        kind = own.get("rope_type", own.get("type", "default")) if isinstance(own, dict) else None
+        if kind not in _UNSCALED:
+            raise InputError(f"config.json: rope_parameters.{layer_type} is {str(kind)[:40]!r}; ropeconv scales "
+                             f"{arch.scaled_layer_type} layers only and needs the {layer_type} layers unscaled "
+                             "(rope_type default)")
 
 
 def head_dim(config: Mapping[str, Any], arch: ArchSpec) -> int:
@@ -41,7 +62,7 @@ def head_dim(config: Mapping[str, Any], arch: ArchSpec) -> int:
 
 
 def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
-    rope = rope_dict(config)
+    rope = rope_dict(config, arch)
     theta = rope.get("rope_theta", config.get(arch.theta_key, config.get("rope_theta", arch.default_theta)))
     partial = rope.get("partial_rotary_factor")
     if partial is None and arch.partial_key:
@@ -56,6 +77,8 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
         raise InputError(f"config.json: rope base {theta} must be > 1")
     if not 0 < partial <= 1:
         raise InputError(f"config.json: rotary fraction {partial} must be in (0, 1]")
+    if arch.scaled_layer_type:
+        layer_thetas(config, arch)  # the layer types and their bases, checked before anything is planned
     hd = head_dim(config, arch)
     rotary_dim = int(hd * partial)
     if rotary_dim < 4 or rotary_dim % 2:

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from ropeconv.archs import ArchSpec
+from ropeconv.checkpoint.rope_config import fixed_layer_thetas
 from ropeconv.errors import UnsupportedError
 from ropeconv.methods.longrope import default_attention_factor
 from ropeconv.positions import LengthRule, PositionPlan, PositionScheme, RopePlan, RopeScheme
@@ -114,6 +115,8 @@ def _rope_config(
         legacy = {"type": rope_type, "factor": float(rope["factor"])}  # exactly the two keys 4.x accepts
     cfg["rope_scaling"] = legacy
     cfg["rope_parameters"] = params
+    if arch.scaled_layer_type:
+        _per_layer_type(cfg, base, arch)
     return _with_aliases(cfg, arch)
 
 
@@ -124,6 +127,16 @@ def _with_aliases(cfg: dict[str, Any], arch: ArchSpec) -> dict[str, Any]:
         if old not in cfg and new in cfg:
             cfg[old] = cfg[new]
     return cfg
+
+
+def _per_layer_type(cfg: dict[str, Any], base: dict[str, Any], arch: ArchSpec) -> None:
+    """5.x: rope_parameters keyed by layer type, the method on the scaled type and each other type at its own base,
+    unscaled; 4.x: rope_theta + rope_scaling act on the scaled type and each other type's base has its own key."""
+    fixed = fixed_layer_thetas(base, arch)
+    cfg["rope_parameters"] = {arch.scaled_layer_type: cfg["rope_parameters"],
+                              **{t: {"rope_type": "default", "rope_theta": theta} for t, theta in fixed.items()}}
+    for layer_type, key, _default in arch.fixed_layer_bases:
+        cfg[key] = fixed[layer_type]
 
 
 def rope_type_refusal(arch: ArchSpec, method: str, rope_type: str) -> str | None:

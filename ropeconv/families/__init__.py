@@ -20,14 +20,14 @@ _SKIP = {"spec", "parts"}
 # The order the capability matrix lists families in (the order they were added); a family not named here comes
 # after these, by name, so that dropping a file in is enough. Name it here only to place it.
 ORDER = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "smollm3", "mixtral", "qwen3_moe", "qwen2_moe", "gemma",
-         "gemma2", "phi3", "gpt_neox", "bloom", "mpt", "gpt2", "opt")
+         "gemma2", "gemma3_text", "phi3", "gpt_neox", "bloom", "mpt", "gpt2", "opt")
 # The orders the GGUF and ONNX notes under the matrix list each exporter's families in (the order it learned
 # them, kept so that the matrix text did not change when the tables became files); same rule for a family not
 # named. One order for all three would do as well: it changes only the order of names in two notes.
 GGUF_ORDER = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "olmo2", "smollm3", "mixtral", "qwen3_moe",
-              "qwen2_moe", "gemma", "gemma2", "bloom", "mpt", "gpt2", "opt")
+              "qwen2_moe", "gemma", "gemma2", "gemma3_text", "bloom", "mpt", "gpt2", "opt")
 ONNX_ORDER = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "bloom", "mpt", "gpt2", "opt", "olmo2",
-              "smollm3", "mixtral", "qwen3_moe", "qwen2_moe", "gemma", "gemma2")
+              "smollm3", "mixtral", "qwen3_moe", "qwen2_moe", "gemma", "gemma2", "gemma3_text")
 
 
 class FamilyError(Exception):
@@ -112,6 +112,13 @@ def build_views(found: dict[str, Family]) -> dict[str, dict]:
             raise FamilyError(f"{_where(f.model_type)}: its GgufLayout writes GGUF architecture {f.gguf.arch!r}, "
                               "which no family defines: add gguf_arch=GgufArchSpec(...) (what llama.cpp's loader "
                               "of it reads)")
+    refused: dict[str, str] = {}
+    for f in families:
+        for name, reason in f.refused_types.items():
+            if name in found or name in refused:
+                raise FamilyError(f"{_where(f.model_type)}: refused model type {name!r} is "
+                                  f"{'a family' if name in found else 'refused twice'}; a refused type names no family")
+            refused[name] = reason
     return {
         "FAMILIES": {f.model_type: f for f in families},
         "ARCHS": {f.model_type: f.arch for f in families},
@@ -124,6 +131,7 @@ def build_views(found: dict[str, Family]) -> dict[str, dict]:
         "NO_ONNX": {f.model_type: f.no_onnx for f in onnx if f.no_onnx is not None},
         "ONNX_CHECKS": {f.model_type: f.onnx_checks for f in onnx if f.onnx_checks},
         "GENAI_TYPES": {f.model_type: f.genai_type for f in onnx if f.genai_type and f.onnx is not None},
+        "REFUSED_TYPES": refused,
     }
 
 
@@ -139,3 +147,5 @@ ONNX_LAYOUTS: dict[str, OnnxLayout] = _views["ONNX_LAYOUTS"]
 NO_ONNX: dict[str, str] = _views["NO_ONNX"]
 ONNX_CHECKS: dict = _views["ONNX_CHECKS"]
 GENAI_TYPES: dict[str, str] = _views["GENAI_TYPES"]  # onnxruntime-genai model types (it has none for gpt_neox …)
+# model types that name a family in another form → what to pass instead (Family.refused_types)
+REFUSED_TYPES: dict[str, str] = _views["REFUSED_TYPES"]

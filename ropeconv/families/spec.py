@@ -9,8 +9,10 @@ touching no tensor (`methods`, `inspect`, `recipe check`) never import gguf or n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+from ropeconv.errors import InputError
 
 Config = dict[str, Any]
 
@@ -56,6 +58,10 @@ class ArchSpec:
     # transformers 5's yarn/longrope read head_dim as getattr(config, "head_dim", hidden/heads), None where the config
     # class defaults it to None (Mixtral): the output states it
     explicit_head_dim: bool = False
+    # per-layer-type rope (transformers 5.x rope_parameters keyed by layer type): the one layer type a method
+    # scales; every other type keeps its own base, unscaled — (layer type, 4.x config key of its base, default)
+    scaled_layer_type: str | None = None
+    fixed_layer_bases: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class GgufArchSpec:
     # rope_factors_long/short: "always" (read whenever present) or "typed" (only with type longrope)
     longrope: str | None = None
     position: str = "rope"  # "alibi": slopes from max_alibi_bias; "absolute": position_embd rows
+    # sliding layers rotate at rope.freq_base_swa with scale 1, but YaRN's attn_factor reaches them too
+    swa_rope_unscaled: bool = False
 
 
 # ------------------------------------------------------------------------------------- tensor shapes
@@ -240,6 +248,11 @@ class Family:
     # named: every cell the matrix claims). For families whose tiny model is costly (mixtures of experts evaluate
     # every expert); ROPECONV_ALL_CELLS=1 runs every claimed cell anyway. Refused cells are checked regardless.
     test_methods: Mapping[str, tuple[str, ...]] | None = None
+    # where tiny_random_norms draws the norm weights: (0.5, 1.5) around the 1 a norm computes with; a family whose
+    # norms multiply by (1 + w) (gemma3) draws w in (−0.5, 0.5), the same 0.5–1.5 scale
+    tiny_norm_range: tuple[float, float] = (0.5, 1.5)
+    # model types that name this family in another form, each with what to pass instead (refused by name, one line)
+    refused_types: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def model_type(self) -> str:
@@ -265,3 +278,47 @@ def first(config: Config, keys: tuple[str, ...]) -> Any:
 def attn_config(name: str, default: Any = None) -> Callable[[Config], Any]:
     """MPT's attn_config.<name> in config.json."""
     return lambda c: (c.get("attn_config") or {}).get(name, default)
+
+
+# ----------------------------------------------------------------------------- per-layer-type rope
+
+
+def fixed_layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> dict[str, float]:
+    """The layer types a method leaves alone, each with its own rope base (5.x rope_parameters[type].rope_theta,
+    else 4.x's key for it, else transformers' default); empty for families with one rope."""
+    params = config.get("rope_parameters")
+    out = {}
+    for layer_type, key, default in arch.fixed_layer_bases:
+        own = params.get(layer_type) if isinstance(params, dict) else None
+        theta = own.get("rope_theta") if isinstance(own, dict) else None
+        theta = config.get(key, default) if theta is None else theta
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 1:
+            raise InputError(f"config.json: the {layer_type} rope base ({key}) must be a number > 1")
+        out[layer_type] = float(theta)
+    return out
+
+
+def layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> tuple[float | None, ...] | None:
+    """Per layer: the unscaled rope base of a layer the method leaves alone, None where the plan applies (None
+    overall: the plan applies to every layer)."""
+    fixed = fixed_layer_thetas(config, arch)
+    types = config.get("layer_types")
+    if not fixed:
+        return None
+    pattern = config.get("sliding_window_pattern", 6)
+    if types is None and isinstance(pattern, int) and pattern > 0 and isinstance(config.get("num_hidden_layers"), int):
+        # older Gemma 3 configs: transformers derives the layer types from the pattern (every 6th layer full)
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                 for i in range(config["num_hidden_layers"])]
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise InputError(f"config.json: {arch.model_type} needs layer_types, a list of layer type names")
+    if len(types) != config.get("num_hidden_layers"):
+        raise InputError(f"config.json: {len(types)} layer_types for num_hidden_layers "
+                         f"{str(config.get('num_hidden_layers'))[:20]}")
+    unknown = set(types) - {arch.scaled_layer_type, *fixed}
+    if unknown:
+        raise InputError(f"config.json: unknown layer type {sorted(unknown)[0][:40]!r} in layer_types")
+    if arch.scaled_layer_type not in types:
+        raise InputError(f"config.json: no {arch.scaled_layer_type} layer in layer_types, so a method would act on "
+                         "no layer")
+    return tuple(fixed.get(t) if t != arch.scaled_layer_type else None for t in types)

@@ -78,6 +78,10 @@ def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
     fields = [NewField("tokenizer.ggml.model", GGUFValueType.STRING, model)]
     if pre is not None:
         fields.append(NewField("tokenizer.ggml.pre", GGUFValueType.STRING, pre))
+    if isinstance(vocab, SentencePieceVocab) and not _adds_dummy_prefix(base / "tokenizer.model"):
+        # Gemma's: llama.cpp starts an SPM text with "▁" unless told otherwise (llama.cpp's converter writes the key
+        # from the same proto field); absent, the default true is what Llama-style models need
+        fields.append(NewField(Keys.Tokenizer.ADD_PREFIX, GGUFValueType.BOOL, False))
     fields += [
         NewField("tokenizer.ggml.tokens", GGUFValueType.ARRAY, tokens, GGUFValueType.STRING),
         NewField("tokenizer.ggml.scores", GGUFValueType.ARRAY, scores, GGUFValueType.FLOAT32),
@@ -97,6 +101,14 @@ def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
     if isinstance(special.chat_template, str) and special.chat_template:
         fields.append(NewField(Keys.Tokenizer.CHAT_TEMPLATE, GGUFValueType.STRING, special.chat_template))
     return fields
+
+
+def _adds_dummy_prefix(model_file: Path) -> bool:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_file.read_bytes())
+    return bool(proto.normalizer_spec.add_dummy_prefix)
 
 
 def byte_level_pre(tok_json: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ropeconv.errors import InputError
+from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.methods.base import (
     Cell,
     ExtendRequest,
@@ -151,5 +151,10 @@ def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
     # llama.cpp multiplies cos/sin by attn_factor·(0.1·ln s + 1): write the ratio when it is not the default
     default = get_mscale(plan.factor)
     if plan.attention_factor != default:
+        if getattr(arch, "swa_rope_unscaled", False):
+            raise UnsupportedError(
+                f"YaRN attention factor {plan.attention_factor:g} on {arch.name}: llama.cpp multiplies the sliding "
+                "layers by its ratio to the default too, where transformers leaves them unscaled; omit "
+                "--attention-factor (default 0.1·ln s + 1) or use --to safetensors/onnx")
         kv["rope.scaling.attn_factor"] = ("f32", plan.attention_factor / default)
     return GgufDeclaration(kv=kv)

@@ -32,7 +32,7 @@ from ropeconv.onnx_export.alibi import alibi_bias
 from ropeconv.onnx_export.graph import BOOL, FLOAT, FLOAT16, INT32, INT64, GraphBuilder
 from ropeconv.onnx_export.layouts import OnnxLayout
 from ropeconv.onnx_export.moe import MoeDims, is_sparse, moe_mlp
-from ropeconv.onnx_export.rotary import cos_sin
+from ropeconv.onnx_export.rotary import cos_sin, unscaled_cos_sin
 from ropeconv.positions import PositionPlan
 
 MASKED = float(np.finfo(np.float32).min)  # transformers' additive mask value
@@ -66,6 +66,9 @@ class DecoderDims:
     clip_qkv: float | None = None  # mpt: the fused projection clamped to ±clip_qkv
     rope_layers: tuple[bool, ...] | None = None  # smollm3: per layer, whether q/k are rotated (None: all are)
     moe: MoeDims | None = None  # mixture of experts: count, top k, renormalization, which layers
+    # per-layer-type rope (gemma3): per layer, the base of an unscaled rotation the method leaves alone, or None
+    # where the plan's applies (None overall: the plan's on every layer)
+    layer_thetas: tuple[float | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class _Decoder:
         self.g = GraphBuilder()
         self._cast: dict[tuple[str, int], str] = {}
         self.rope: tuple[str, str] | None = None  # (cos, sin) in the compute dtype
+        self.fixed_rope: dict[float, tuple[str, str]] = {}  # base → (cos, sin) of layers the method leaves alone
         self.bias: str | None = None  # the ALiBi bias, added to every layer's scores
         self.gqa: dict[str, str] = {}  # the fused kernel's per-call inputs (seqlens, lengths, padding bias)
 
@@ -253,7 +257,9 @@ class _Decoder:
     def attention(self, x: str, i: int, prefix: str, masks: dict) -> str:
         q, k, v = self.qkv(x, prefix)
         if self.rope and (self.dims.rope_layers is None or self.dims.rope_layers[i]):
-            q, k = self.rotate(q, *self.rope), self.rotate(k, *self.rope)
+            theta = self.dims.layer_thetas[i] if self.dims.layer_thetas else None
+            rope = self.rope if theta is None else self.fixed_rope[theta]
+            q, k = self.rotate(q, *rope), self.rotate(k, *rope)
         out = self.fused_attention(q, k, v, i) if self.fused else self.plain_attention(q, k, v, i, masks)
         return self.proj(out, prefix + self.layout.o_proj)
 
@@ -419,6 +425,9 @@ class _Decoder:
         if self.plan.kind == "rope":
             cos, sin = cos_sin(g, self.plan, "position_ids")  # [b, s, 1, d] beside q, k [b, s, heads, d]
             self.rope = (self.from32(cos), self.from32(sin))  # transformers: cos.to(x.dtype)
+            for theta in sorted({t for t in d.layer_thetas or () if t is not None}):
+                cos, sin = unscaled_cos_sin(g, theta, d.rotary_dim, "position_ids")
+                self.fixed_rope[theta] = (self.from32(cos), self.from32(sin))
         elif self.plan.kind == "alibi":
             self.bias = alibi_bias(g, self.plan, lay.alibi_keys, "attention_mask")
         masks = {}

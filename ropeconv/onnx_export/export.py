@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ropeconv.checkpoint import Checkpoint
+from ropeconv.checkpoint.rope_config import layer_thetas
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
@@ -234,6 +235,7 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         clip_qkv=float(_attn_config(cfg, "clip_qkv")) if _attn_config(cfg, "clip_qkv") else None,
         rope_layers=tuple(bool(x) for x in getattr(cfg, layout.rope_layers_key)) if layout.rope_layers_key else None,
         moe=moe_dims(layout.moe, cfg, n_layers) if layout.moe else None,
+        layer_thetas=layer_thetas(ckpt.config, ckpt.arch) if plan.kind == "rope" else None,
     )
 
 

@@ -41,6 +41,16 @@ def cos_sin(g: GraphBuilder, plan: RopePlan, position_ids: str) -> tuple[str, st
     return g.op("Unsqueeze", [cos, axis], hint="rope/cos"), g.op("Unsqueeze", [sin, axis], hint="rope/sin")
 
 
+def unscaled_cos_sin(g: GraphBuilder, theta: float, rotary_dim: int, position_ids: str) -> tuple[str, str]:
+    """Plain rope at base `theta`, for layers a method leaves alone (gemma3's sliding layers); its constant is
+    unnamed, outside the plan's rope/* names."""
+    inv_freq = g.const(default_inv_freq(theta, rotary_dim).astype(np.float32))
+    positions = g.op("Unsqueeze", [g.op("Cast", [position_ids], to=FLOAT), g.ints(-1)])
+    emb = g.op("Concat", [g.op("Mul", [positions, inv_freq])] * 2, axis=-1)
+    axis = g.ints(2)
+    return g.op("Unsqueeze", [g.op("Cos", [emb]), axis]), g.op("Unsqueeze", [g.op("Sin", [emb]), axis])
+
+
 def _running_length(g: GraphBuilder, position_ids: str) -> str:
     """max(position_ids) + 1, a scalar int64."""
     return g.op("Add", [g.op("ReduceMax", [position_ids], keepdims=0), g.const(1, np.int64)], hint="rope/length")

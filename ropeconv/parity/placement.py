@@ -239,6 +239,12 @@ def _gguf_config(directory: Path, gguf_file: str):
         value = src.value(f"{arch}.{key}")
         if isinstance(value, int) and hasattr(config, attr):
             setattr(config, attr, value)
+    # --- gemma3 ---
+    if arch == "gemma3":
+        from ropeconv.gguf_export.gemma3 import fix_transformers_config
+
+        fix_transformers_config(src, config)
+    # --- end gemma3 ---
     return config
 
 

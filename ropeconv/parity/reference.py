@@ -23,12 +23,17 @@ if TYPE_CHECKING:
 class PlanRotaryEmbedding(nn.Module):
     """Drop-in for transformers' *RotaryEmbedding: forward(x, position_ids) -> (cos, sin)."""
 
-    def __init__(self, plan: RopePlan):
+    def __init__(self, plan: RopePlan, own: nn.Module | None = None, keep: frozenset[str] = frozenset()):
         super().__init__()
         self.plan = plan
+        # per-layer-type rope (gemma3): layer types the method leaves alone keep the base model's own rotation
+        self.own, self.keep = own, keep
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **kwargs):
+        layer_type = args[0] if args else kwargs.get("layer_type")
+        if layer_type in self.keep:
+            return self.own(x, position_ids, layer_type)
         # a placed model (accelerate) may hand the ids on another device than its hidden states
         position_ids = position_ids.to(x.device)
         seq_len = int(position_ids.max()) + 1
@@ -48,9 +53,22 @@ def install_plan_rotary(model: nn.Module, plan: RopePlan) -> int:
         for name, child in parent.named_children()
         if type(child).__name__.endswith("RotaryEmbedding")
     ]
+    keep = _kept_layer_types(model)
     for parent, name in targets:
-        setattr(parent, name, PlanRotaryEmbedding(plan))
+        own = getattr(parent, name)
+        setattr(parent, name, PlanRotaryEmbedding(plan, own if keep else None, keep))
     return len(targets)
+
+
+def _kept_layer_types(model: nn.Module) -> frozenset[str]:
+    """The layer types the family's method does not scale (archs.ArchSpec.scaled_layer_type)."""
+    from ropeconv.archs import ARCHS
+
+    config = getattr(model, "config", None)
+    arch = ARCHS.get(getattr(config, "model_type", None))
+    if arch is None or not arch.scaled_layer_type:
+        return frozenset()
+    return frozenset(t for t in (getattr(config, "layer_types", None) or ()) if t != arch.scaled_layer_type)
 
 
 def install_plan_alibi(model: nn.Module, plan: AlibiPlan) -> int:
