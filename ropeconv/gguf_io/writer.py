@@ -22,6 +22,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from ropeconv.checkpoint.sources import copy_range, write_all
 from ropeconv.errors import InputError, RopeconvError
 from ropeconv.hashing import HashedWriter
+from ropeconv.gguf_io.types import VALUE_TYPES  # noqa: F401  (importers of the writer take it from here)
 from ropeconv.gguf_io.reader import (
     ALIGNMENT_KEY,
     DEFAULT_ALIGNMENT,
@@ -54,9 +55,6 @@ NUMPY_TO_GGML = {
 }  # fmt: skip
 
 
-# the value kinds methods' GGUF declarations and the layouts' hparams name
-VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING,
-               "bool": GGUFValueType.BOOL}
 
 
 @dataclass(frozen=True)
