@@ -353,20 +353,28 @@ class GgufConversion:
         rows = entry.shape[0] if entry.shape else 1
         row_bytes = entry.nbytes // rows
         heads = self.plan.heads_kv if t.op == "permute_k" else self.plan.heads
-        same = (entry.dtype, t.info.ggml_type) in SAME_BYTES
+        cast = (entry.dtype, t.info.ggml_type) not in SAME_BYTES or t.plus_one
+        scratch = {}  # reused buffers (a fresh one costs a page fault per 4 KiB): what is yielded is always new
+
+        def buffer(key: str, nbytes: int) -> np.ndarray:
+            if scratch.get(key, np.empty(0, np.uint8)).size < nbytes:
+                scratch[key] = np.empty(nbytes, np.uint8)
+            return scratch[key][:nbytes]
+
         for pieces in _chunks(_row_blocks(t.op, rows, heads), max(1, READ_CHUNK_BYTES // row_bytes)):
-            raw = np.empty(sum(n for _, n, _ in pieces) * row_bytes, np.uint8)
+            nbytes = sum(n for _, n, _ in pieces) * row_bytes
+            raw = buffer("raw", nbytes) if cast else np.empty(nbytes, np.uint8)
             at = 0
             for start, n, pairs in pieces:
                 dst = raw[at : at + n * row_bytes]
                 if pairs:  # row 2i of a head is its HF row i, row 2i+1 its row i + d/2 (row_order.permute_pairs)
-                    block = np.empty(n * row_bytes, np.uint8)
+                    block = buffer("pairs", n * row_bytes)
                     source.read_into(entry, start * row_bytes, memoryview(block))
                     dst.reshape(n // 2, 2, row_bytes)[:] = block.reshape(2, n // 2, row_bytes).swapaxes(0, 1)
                 else:
                     source.read_into(entry, start * row_bytes, memoryview(dst))
                 at += n * row_bytes
-            yield raw if same and not t.plus_one else self._numpy_cast(t, raw)
+            yield self._numpy_cast(t, raw) if cast else raw
 
     def _numpy_cast(self, t: TensorPlan, raw: np.ndarray) -> np.ndarray:
         from ropeconv.gguf_export import numpy_cast
