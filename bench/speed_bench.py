@@ -51,6 +51,8 @@ def startup_commands(base: Path, gguf: Path, recipe: Path, dry_out: Path) -> dic
         "ropeconv recipe check": [r, "recipe", "check", str(recipe)],
         "ropeconv extend --dry-run": [r, "extend", str(base), "--method", "yarn", "--factor", "4", "--to",
                                       "safetensors,gguf", "--dry-run", "-o", str(dry_out)],
+        "ropeconv extend X.gguf --dry-run": [r, "extend", str(gguf), "--method", "yarn", "--factor", "4", "--dry-run",
+                                             "-o", str(dry_out.with_suffix(".gguf"))],
     }  # fmt: skip
 
 

@@ -38,12 +38,13 @@ def run(argv):
     report.append({"argv": argv, "rc": rc, "loaded": loaded, "out": out.getvalue(), "err": err.getvalue()[-400:]})
 
 
-run(["--version"])
-run(["--help"])
-for name in sorted(COMMANDS):
-    run([name, "--help"])  # imports the command's module: its subcommands are known from here on
-    for sub in sorted(getattr(cli.get_command(None, name), "commands", {})):
-        run([name, sub, "--help"])
+if sys.argv[3:] != ["--no-help"]:
+    run(["--version"])
+    run(["--help"])
+    for name in sorted(COMMANDS):
+        run([name, "--help"])  # imports the command's module: its subcommands are known from here on
+        for sub in sorted(getattr(cli.get_command(None, name), "commands", {})):
+            run([name, sub, "--help"])
 for argv in json.loads(sys.argv[2]):
     run(argv)
 print(json.dumps(report))
@@ -64,8 +65,9 @@ def outputs(tmp_path_factory) -> dict[str, Path]:
     return {"base": base, "out": out, "gguf": gguf, "onnx": out / "onnx" / "model.onnx", "recipe": recipe}
 
 
-def probe(runs: list[list[str]]) -> list[dict]:
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY), json.dumps(runs)], capture_output=True,
+def probe(runs: list[list[str]], heavy: tuple[str, ...] = HEAVY, helps: bool = True) -> list[dict]:
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(heavy), json.dumps(runs)] + ([] if helps else
+                          ["--no-help"]), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
@@ -87,6 +89,9 @@ def test_commands_that_touch_no_tensor_import_no_runtime(outputs):
         ["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--no-verify", "-q", "-o",
          str(copied_out)],
     ]
+    # a GGUF conversion whose casts and row reorders are numpy's (F32 weights to F16): no torch either
+    runs.append(["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype",
+                 "f16", "--no-verify", "-q", "-o", str(outputs["out"].parent / "converted")])
     report = probe(runs)
     for row in report:
         assert row["rc"] == 0, row
@@ -106,6 +111,32 @@ def test_commands_that_touch_no_tensor_import_no_runtime(outputs):
 
     for name in COMMANDS:  # every command listed with its help, none imported
         assert f"  {name} " in listing, listing
+
+
+def test_reading_a_gguf_header_imports_neither_numpy_nor_gguf_py(outputs):
+    """inspect of a GGUF and a retrofit's dry run read the KV header with the standard library alone (numpy and
+    gguf-py are ~0.1-0.25 s of imports)."""
+    runs = [["inspect", str(outputs["gguf"])],
+            ["extend", str(outputs["gguf"]), "--method", "yarn", "--factor", "8", "--rebase", "--dry-run", "-o",
+             str(outputs["out"].parent / "dry.gguf")]]
+    report = probe(runs, HEAVY + ("numpy", "gguf"), helps=False)
+    for row in report:
+        assert row["rc"] == 0, row
+        assert row["loaded"] == [], f"`ropeconv {' '.join(row['argv'])}` imported {row['loaded']}"
+    assert "yarn" in report[-2]["out"] and "nothing written" in report[-1]["err"] + report[-1]["out"]
+
+
+def test_gguf_types_are_gguf_pys():
+    """The reader's stdlib copy of the type codes and block sizes against gguf-py's own."""
+    import gguf
+
+    from ropeconv.gguf_io import types
+
+    for ours, theirs in ((types.GGUFValueType, gguf.GGUFValueType),
+                         (types.GGMLQuantizationType, gguf.GGMLQuantizationType)):
+        assert [(m.name, m.value) for m in ours] == [(m.name, m.value) for m in theirs]
+    assert {int(k): v for k, v in types.GGML_QUANT_SIZES.items()} == \
+        {int(k): v for k, v in gguf.GGML_QUANT_SIZES.items()}
 
 
 def test_registry_help_lines_match_the_commands():

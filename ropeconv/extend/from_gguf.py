@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-from gguf import GGUFValueType
+from typing import TYPE_CHECKING
 
 from ropeconv import jsontext, methods
 from ropeconv.archs import GgufArchSpec
@@ -22,14 +20,18 @@ from ropeconv.export.card import check_name
 from ropeconv.export.staging import staged_file
 from ropeconv.extend.job import ExtendJob, ExtendResult, gate, is_gguf, job_placement, preflight
 from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
-from ropeconv.gguf_io.writer import VALUE_TYPES, rewrite_gguf
-from ropeconv.lora.gguf_base import GgufLora, plan_gguf_lora
+from ropeconv.gguf_io.types import VALUE_TYPES, GGUFValueType
 from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.parity import ParityReport, check_parity
 from ropeconv.positions import AbsoluteScheme, AlibiScheme, RopePlan
 from ropeconv.progress import Progress
 from ropeconv.provenance import LORA_KEY, provenance
 from ropeconv.provenance.gguf import gguf_fields
+
+if TYPE_CHECKING:  # numpy, gguf-py and the LoRA merge are imported when used: a dry run reads the header only
+    import numpy as np
+
+    from ropeconv.lora.gguf_base import GgufLora
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,9 @@ class GgufPrepared:
     plan: RopePlan
     set_fields: dict[str, tuple]
     drop_keys: frozenset[str]
-    add_tensors: dict[str, np.ndarray]
+    add_tensors: dict[str, "np.ndarray"]
     drop_tensors: frozenset[str] = frozenset()
-    lora: GgufLora | None = None  # adapters merged into float tensors
+    lora: "GgufLora | None" = None  # adapters merged into float tensors
 
 
 def prepare(job: ExtendJob) -> GgufPrepared:
@@ -84,9 +86,15 @@ def prepare(job: ExtendJob) -> GgufPrepared:
     drop -= set_fields.keys()
     # carriers of the scaling being replaced (--rebase) would keep acting on the new plan
     stale = {t.name for t in src.tensors if t.name in CARRIER_TENSORS and t.name not in declaration.tensors}
-    add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
+    add = {}
+    if declaration.tensors:
+        import numpy as np
+
+        add = {name: np.asarray(values, dtype=np.float32) for name, values in declaration.tensors.items()}
     lora = None
     if job.lora:
+        from ropeconv.lora.gguf_base import plan_gguf_lora
+
         lora = plan_gguf_lora(src, checked_adapters(job.lora, job.lora_trained_with, job.force_method, plan))
         set_fields[LORA_KEY] = (GGUFValueType.STRING, jsontext.dumps(lora.merge.to_json(), LORA_KEY, sort_keys=True))
         drop.discard(LORA_KEY)
@@ -131,6 +139,8 @@ def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
         merged = prepared.lora.transforms() if prepared.lora else None
         if merged:
             progress.note(f"gguf: merging LoRA into {len(merged)} tensors")
+        from ropeconv.gguf_io.writer import rewrite_gguf
+
         rewrite_gguf(prepared.src, tmp, set_fields=prepared.set_fields, drop_keys=set(prepared.drop_keys),
                      add_tensors=prepared.add_tensors, drop_tensors=set(prepared.drop_tensors),
                      transform_tensors=merged)

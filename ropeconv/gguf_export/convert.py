@@ -42,6 +42,8 @@ OUTTYPES = dict(zip(GGUF_OUTTYPES, (G.F32, G.F16, G.BF16, G.Q8_0)))  # written b
 ALL_OUTTYPES = GGUF_ALL_OUTTYPES  # OUTTYPES, then the rest: quantized by llama.cpp
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType
 CAST_CHUNK_BYTES = 1 << 20  # per piece of a streamed dtype conversion: stays in L2/L3
+READ_CHUNK_BYTES = 4 << 20  # per read of the numpy path: large sequential reads and writes, few handoffs
+ROW_OPS = (None, "permute_q", "permute_k", "qkv_blocks")  # pure row reorders (or none): the numpy path's
 SAME_BYTES = {("F32", G.F32), ("F16", G.F16), ("BF16", G.BF16)}  # safetensors dtype → GGUF type, no conversion
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 
@@ -257,6 +259,40 @@ def _op(layout: GgufLayout, gguf_name: str, entry: TensorEntry, plan: PositionPl
     return None
 
 
+def _row_blocks(op: str | None, rows: int, heads: int) -> list[tuple[int, int, bool]]:
+    """A row reorder as the source's row blocks in GGUF order: (first row, rows, whether the block's rotary
+    pairs are interleaved, as row_order.permute_pairs does to each head)."""
+    if op in ("permute_q", "permute_k"):
+        if rows % (2 * heads):
+            raise InputError(f"cannot split {rows} q/k rows into {heads} heads of rotary pairs")
+        per_head = rows // heads
+        return [(h * per_head, per_head, True) for h in range(heads)]
+    if op == "qkv_blocks":  # GPT-NeoX's [q_h, k_h, v_h] per head ─► all q, all k, all v (row_order.qkv_blocks)
+        if rows % (3 * heads):
+            raise InputError(f"cannot split {rows} fused qkv rows into {heads} heads")
+        per_part = rows // heads // 3
+        return [((h * 3 + part) * per_part, per_part, False) for part in range(3) for h in range(heads)]
+    return [(0, rows, False)]
+
+
+def _chunks(blocks: list[tuple[int, int, bool]], max_rows: int):
+    """Consecutive groups of blocks of at most max_rows rows (a block of pairs is never split; a longer plain
+    block is split into pieces)."""
+    group: list[tuple[int, int, bool]] = []
+    size = 0
+    for start, n, pairs in blocks:
+        pieces = [(start, n, True)] if pairs else [(s, min(max_rows, start + n - s), False)
+                                                   for s in range(start, start + n, max_rows)]
+        for piece in pieces:
+            if group and size + piece[1] > max_rows:
+                yield group
+                group, size = [], 0
+            group.append(piece)
+            size += piece[1]
+    if group:
+        yield group
+
+
 def _positive(config: dict, keys: tuple[str, ...]) -> int:
     value = first(config, keys)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -308,10 +344,15 @@ class GgufConversion:
                 t.members, lambda member: self._convert(replace(slice_plan, entry=member), source.load(member))))
             return t.info.nbytes
         # raw(): a LoRA-merged tensor is not the byte range its entry points at
-        elementwise = t.op is None and not t.plus_one and self.plan.raw_copy_ok and source.raw(entry) \
-            and entry.nbytes > 0
-        if elementwise and (entry.dtype, t.info.ggml_type) in SAME_BYTES:
+        raw = self.plan.raw_copy_ok and source.raw(entry) and entry.nbytes > 0
+        elementwise = raw and t.op is None and not t.plus_one
+        same = (entry.dtype, t.info.ggml_type) in SAME_BYTES
+        if elementwise and same:
             self._writer.write_tensor(t.info.name, ByteRange(entry.file, entry.offset, entry.nbytes))
+        elif raw and t.op in ROW_OPS and hasattr(source, "read_into") and \
+                (same and not t.plus_one or t.info.ggml_type in (G.F32, G.F16)):
+            # numpy on the file's bytes: no torch import, and its casts are the fast ones (numpy_cast)
+            self._writer.write_tensor_chunks(t.info.name, self._numpy_chunks(t, source))
         elif elementwise and t.info.ggml_type in (G.F32, G.F16, G.BF16):
             self._writer.write_tensor_chunks(t.info.name, self._cast_chunks(t, source))
         else:
@@ -325,6 +366,48 @@ class GgufConversion:
 
     def abort(self) -> None:
         self._writer.abort()
+
+    def _numpy_chunks(self, t: TensorPlan, source):
+        """The tensor in GGUF order and type, in new arrays of about READ_CHUNK_BYTES of source each (the writer
+        hands them to the hashing thread, so none is reused): read in the file's row blocks, reordered as
+        bytes, then cast. The same bytes as _convert writes (a test holds them equal)."""
+        entry = t.entry
+        rows = entry.shape[0] if entry.shape else 1
+        row_bytes = entry.nbytes // rows
+        heads = self.plan.heads_kv if t.op == "permute_k" else self.plan.heads
+        cast = (entry.dtype, t.info.ggml_type) not in SAME_BYTES or t.plus_one
+        scratch = {}  # reused buffers (a fresh one costs a page fault per 4 KiB): what is yielded is always new
+
+        def buffer(key: str, nbytes: int) -> np.ndarray:
+            if scratch.get(key, np.empty(0, np.uint8)).size < nbytes:
+                scratch[key] = np.empty(nbytes, np.uint8)
+            return scratch[key][:nbytes]
+
+        for pieces in _chunks(_row_blocks(t.op, rows, heads), max(1, READ_CHUNK_BYTES // row_bytes)):
+            nbytes = sum(n for _, n, _ in pieces) * row_bytes
+            raw = buffer("raw", nbytes) if cast else np.empty(nbytes, np.uint8)
+            at = 0
+            for start, n, pairs in pieces:
+                dst = raw[at : at + n * row_bytes]
+                if pairs:  # row 2i of a head is its HF row i, row 2i+1 its row i + d/2 (row_order.permute_pairs)
+                    block = buffer("pairs", n * row_bytes)
+                    source.read_into(entry, start * row_bytes, memoryview(block))
+                    dst.reshape(n // 2, 2, row_bytes)[:] = block.reshape(2, n // 2, row_bytes).swapaxes(0, 1)
+                else:
+                    source.read_into(entry, start * row_bytes, memoryview(dst))
+                at += n * row_bytes
+            yield self._numpy_cast(t, raw) if cast else raw
+
+    def _numpy_cast(self, t: TensorPlan, raw: np.ndarray) -> np.ndarray:
+        from ropeconv.gguf_export import numpy_cast
+
+        dtype, name = t.entry.dtype, t.entry.name
+        if t.plus_one:
+            x = numpy_cast.to_float32(raw, dtype) + np.float32(1)
+            return x if t.info.ggml_type == G.F32 else numpy_cast.float32_to_float16(x, name)
+        if t.info.ggml_type == G.F32:
+            return numpy_cast.to_float32(raw, dtype).astype(np.float32, copy=dtype == "F32")
+        return numpy_cast.to_float16(raw, dtype, name)
 
     def _cast_chunks(self, t: TensorPlan, source):
         """A dtype-only conversion streamed in cache-sized pieces: no whole-tensor buffers, and the float16

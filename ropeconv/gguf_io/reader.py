@@ -26,10 +26,8 @@ import struct
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
-import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
 from ropeconv.errors import InputError
+from ropeconv.gguf_io.types import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from ropeconv.inputfile import open_regular
 
 GGUF_MAGIC = b"GGUF"
@@ -112,7 +110,7 @@ def _decode_items(raw, at: int, item_type: GGUFValueType, count: int) -> list:
             out.append(bytes(raw[at + 8 : at + 8 + n]).decode("utf-8", STRING_ERRORS))
             at += 8 + n
         return out
-    values = np.frombuffer(raw, dtype=np.dtype(SCALAR_FORMATS[item_type]), count=count, offset=at).tolist()
+    values = list(struct.unpack_from(f"<{count}{SCALAR_FORMATS[item_type][-1]}", raw, at))
     return [v != 0 for v in values] if item_type == GGUFValueType.BOOL else values
 
 

@@ -22,6 +22,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from ropeconv.checkpoint.sources import copy_range, write_all
 from ropeconv.errors import InputError, RopeconvError
 from ropeconv.hashing import HashedWriter
+from ropeconv.gguf_io.types import VALUE_TYPES  # noqa: F401  (importers of the writer take it from here)
 from ropeconv.gguf_io.reader import (
     ALIGNMENT_KEY,
     DEFAULT_ALIGNMENT,
@@ -54,9 +55,6 @@ NUMPY_TO_GGML = {
 }  # fmt: skip
 
 
-# the value kinds methods' GGUF declarations and the layouts' hparams name
-VALUE_TYPES = {"f32": GGUFValueType.FLOAT32, "u32": GGUFValueType.UINT32, "str": GGUFValueType.STRING,
-               "bool": GGUFValueType.BOOL}
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ class NewField:
             if not isinstance(self.value, (list, tuple)):
                 raise InputError(f"GGUF key {self.key!r}: ARRAY value must be a list, got {type(self.value).__name__}")
             body = struct.pack("<IQ", self.item_type, len(self.value))
-            body += b"".join(_pack_value(self.key, self.item_type, v) for v in self.value)
+            body += _pack_items(self.key, self.item_type, self.value)
         else:
             if self.item_type is not None:
                 raise InputError(f"GGUF key {self.key!r}: item type given for a {self.value_type.name}")
@@ -97,6 +95,24 @@ KvEntry = Union[GgufField, NewField]
 def _pack_string(s: str, strict: bool = False) -> bytes:
     data = s.encode("utf-8", "strict" if strict else STRING_ERRORS)
     return struct.pack("<Q", len(data)) + data
+
+
+def _pack_items(key: str, item_type: GGUFValueType, values: list | tuple) -> bytes:
+    """An array's items: a vocabulary is 3 arrays of ~32k–150k items, packed in one call each where every item
+    is a plain str / float / int in range (the same bytes as _pack_value's, which checks and packs the rest)."""
+    fmt = SCALAR_FORMATS.get(item_type)
+    try:
+        if item_type == GGUFValueType.STRING and all(type(v) is str for v in values):
+            data = [v.encode("utf-8", STRING_ERRORS) for v in values]
+            return b"".join(part for d in data for part in (len(d).to_bytes(8, "little"), d))
+        if item_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64) \
+                and all(type(v) is float or type(v) is int for v in values):
+            return struct.pack(f"<{len(values)}{fmt[-1]}", *values)
+        if item_type in INT_RANGES and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return struct.pack(f"<{len(values)}{fmt[-1]}", *values)
+    except (OverflowError, struct.error):
+        pass  # out of range: the item-by-item path names the value
+    return b"".join(_pack_value(key, item_type, v) for v in values)
 
 
 def _pack_value(key: str, value_type: GGUFValueType, value: object) -> bytes:

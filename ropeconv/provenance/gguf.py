@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType
-
 from ropeconv import jsontext
 from ropeconv.errors import DamagedPlan, InputError
 from ropeconv.gguf_io.reader import GgufFile, read_gguf
+from ropeconv.gguf_io.types import GGUFValueType
 from ropeconv.positions import PositionPlan, plan_from_json
 from ropeconv.provenance import BASE_KEY, PLAN_KEY
 
