@@ -100,8 +100,6 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
 
 
 _TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
-# the Hub's library per format (what it shows and filters by); the first format written decides
-LIBRARIES = {f.name: f.library for f in FORMATS.values()}  # in the registry's order: the first written names it
 # what carries over from the base's card (not its base_model: that names the base's own parent)
 _FROM_BASE = ("license", "license_name", "license_link", "language")
 
@@ -111,7 +109,8 @@ def card_data(plan: PositionPlan, formats: dict[str, Any], fields: dict[str, Any
     """The metadata block: huggingface_hub's ModelCardData."""
     from huggingface_hub import ModelCardData
 
-    written = [f for f in LIBRARIES if f in formats]
+    # the Hub's library (what it shows and filters by): the first format written, in the registry's order, names it
+    written = [f for f in FORMATS if f in formats]
     meta: dict[str, Any] = {k: base_card[k] for k in _FROM_BASE if base_card.get(k)}
     if fields.get("license"):  # the user's license replaces the base's, with its name and link
         meta = {k: v for k, v in meta.items() if not k.startswith("license")}
@@ -123,7 +122,7 @@ def card_data(plan: PositionPlan, formats: dict[str, Any], fields: dict[str, Any
         relation = base_model_relation(plan, formats, lora)
         if relation:
             meta["base_model_relation"] = relation
-    return ModelCardData(library_name=LIBRARIES[written[0]], pipeline_tag="text-generation",
+    return ModelCardData(library_name=FORMATS[written[0]].library, pipeline_tag="text-generation",
                          tags=list(dict.fromkeys(tags)), model_name=name, **meta)
 
 

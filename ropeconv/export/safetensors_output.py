@@ -39,6 +39,7 @@ class SafetensorsOutput:
             except FileNotFoundError:
                 pass
         self._files = []
+        self._writer.sha256.clear()  # nothing it hashed is there any more
 
     def files(self) -> list[str]:
         return list(self._files)

@@ -20,7 +20,7 @@ from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.card import check_name
 from ropeconv.export.staging import staged_file
-from ropeconv.extend.job import GGUF_FORMATS, ExtendJob, ExtendResult, gate, is_gguf, job_placement, preflight
+from ropeconv.extend.job import ExtendJob, ExtendResult, formats_for, gate, is_gguf, job_placement, preflight
 from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
 from ropeconv.gguf_io.writer import VALUE_TYPES, rewrite_gguf
 from ropeconv.lora.gguf_base import GgufLora, plan_gguf_lora
@@ -119,7 +119,7 @@ def refuse_unroped(job: ExtendJob, src: GgufFile, arch: GgufArchSpec) -> None:
 def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     """The caller holds the output's lock (extend.run.run)."""
     progress = progress or Progress(enabled=False)
-    if job.formats not in (GGUF_FORMATS, ()):  # retrofitted in place: the one format a GGUF base is written as
+    if job.formats not in (formats_for(job.base), ()):  # retrofitted in place: the one format a GGUF base takes
         raise InputError(f"a GGUF base can only be written as GGUF (got --to {','.join(job.formats)})")
     if not is_gguf(job.out):
         raise InputError(f"-o {job.out}: a GGUF base is written to a .gguf file")
