@@ -133,7 +133,8 @@ def test_a_registered_format_is_written_inspected_and_verified_through_its_recor
     source.close()
     assert raw.stat().st_size == ckpt.total_bytes
     manifest = read_json(out / "manifest.json")
-    assert manifest["files"][RawDump.FILE]["sha256"] == expected.hexdigest() == hashlib.sha256(raw.read_bytes()).hexdigest()
+    on_disk = hashlib.sha256(raw.read_bytes()).hexdigest()
+    assert manifest["files"][RawDump.FILE]["sha256"] == expected.hexdigest() == on_disk
     assert SEEN["writer"].asked  # the digest came from the writer (hashed while written)
     assert manifest["formats"]["rawdump"] == {"file": RawDump.FILE, "tensors": len(ckpt.tensors)}
     assert (out / "model.safetensors").is_file()  # the other format in the same pass

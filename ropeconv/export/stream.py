@@ -1,4 +1,5 @@
-"""The one streaming loop (for every format: formats.Writer): every tensor of the base read once, in order, and handed to each format's writer.
+"""The one streaming loop: every tensor of the base read once, in order, and handed to each format's writer
+(formats.Writer).
 
 Memory stays one tensor (plus what a writer holds of it); the writers hash what they write as they write it. On
 any failure, or an interrupt, every writer is aborted, which removes what it wrote.

@@ -21,8 +21,9 @@ from ropeconv.formats.gguf import ALL_OUTTYPES as GGUF_ALL_OUTTYPES, OUTTYPES as
 from ropeconv.formats.gguf import QUANT_TYPES as GGUF_QUANT_TYPES
 from ropeconv.formats.onnx import DIR as ONNX_DIR, DTYPES as ONNX_DTYPES, MODEL_FILE as ONNX_MODEL_FILE
 
-__all__ = ["FORMATS", "GGUF_ALL_OUTTYPES", "GGUF_OUTTYPES", "GGUF_QUANT_TYPES", "ONNX_DIR", "ONNX_DTYPES", "ONNX_MODEL_FILE",
-           "Format", "Planning", "Ref", "Writer", "artifact_format", "format_of", "is_gguf", "register", "unregister"]
+__all__ = ["FORMATS", "GGUF_ALL_OUTTYPES", "GGUF_OUTTYPES", "GGUF_QUANT_TYPES", "ONNX_DIR", "ONNX_DTYPES",
+           "ONNX_MODEL_FILE", "Format", "Planning", "Ref", "Writer", "artifact_format", "format_of", "is_gguf",
+           "register", "unregister"]
 
 FORMATS: dict[str, Format] = {}
 
