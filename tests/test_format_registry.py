@@ -233,6 +233,24 @@ def test_a_failing_writer_aborts_every_writer_in_the_loop(tiny, tmp_path):
     assert listing(out) == []
 
 
+def test_every_format_records_the_plan_and_base_in_what_it_writes(tiny, tmp_path):
+    """Each format's provenance (GGUF keys, ONNX metadata_props, the safetensors folder's manifest) reads back the
+    plan and the base the output was made from."""
+    from ropeconv.positions import plan_from_json
+
+    out = tmp_path / "out"
+    assert run_cli("extend", tiny, "--method", "yarn", "--factor", "2", "--to", ",".join(REAL), "--no-verify", "-q",
+                   "-o", out) == 0
+    manifest = read_json(out / "manifest.json")
+    written = plan_from_json(manifest["plan"])
+    assert written.method == "yarn" and written.target_ctx == 2 * written.original_ctx
+    for name in REAL:
+        fmt = FORMATS[name]
+        plan, base = fmt.recorded(fmt.artifact(out, manifest["formats"][name]))
+        assert plan == written, name
+        assert Path(base).resolve() == tiny.resolve(), name
+
+
 def test_artifacts_are_known_by_their_record():
     assert format_of(Path("out/x-Q8_0.gguf")) is FORMATS["gguf"]
     assert artifact_format(Path("out")) is FORMATS["safetensors"]

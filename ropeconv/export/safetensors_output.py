@@ -13,6 +13,8 @@ from ropeconv.export.safetensors_writer import INDEX_NAME, SafetensorsWriter
 from ropeconv.export.table import changes_table, output_entry, resampled
 from ropeconv.formats.base import Note
 from ropeconv.formats.safetensors import SafetensorsPlan
+from ropeconv.manifest import read_manifest
+from ropeconv.positions import plan_from_json
 
 
 class SafetensorsOutput:
@@ -50,6 +52,15 @@ class SafetensorsOutput:
 
 def writer(splan: SafetensorsPlan, out: Path, note: Note) -> SafetensorsOutput:
     return SafetensorsOutput(splan, out)
+
+
+def recorded(folder: Path):
+    """(plan, base) as the manifest.json beside the shards records them (config.json holds the declaration only)."""
+    manifest = read_manifest(Path(folder)) or {}
+    try:
+        return plan_from_json(manifest["plan"]), Path(manifest["base"]["path"])
+    except (KeyError, TypeError, ValueError):
+        return None, None
 
 
 def card_declaration(rec: dict[str, Any], plan) -> str | None:

@@ -37,4 +37,5 @@ FORMAT = Format(
     plan=plan, writer=Ref("ropeconv.export.safetensors_output:writer"), home=home, record=record,
     runtime_module="ropeconv.parity.runtimes.hf", inspect=Ref("ropeconv.cli.inspect:_inspect_checkpoint"),
     card_declaration=Ref("ropeconv.export.safetensors_output:card_declaration"),
+    recorded=Ref("ropeconv.export.safetensors_output:recorded"),
 )
