@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import add_byte_level_tokenizer, listing, make_tiny, read_json, run_cli
+from conftest import add_byte_level_tokenizer, listing, read_json, run_cli
 from ropeconv.checkpoint import load_checkpoint
 from ropeconv.checkpoint.sources import tensor_bytes
 from ropeconv.export.stream import open_writers, stream
@@ -95,9 +96,9 @@ def rawdump():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    # llama.cpp needs the vocabulary in the GGUF
-    return add_byte_level_tokenizer(make_tiny(tmp_path_factory.mktemp("registry"), "llama"))
+def tiny(tiny_llama, tmp_path_factory) -> Path:
+    # the session's tiny llama, with the vocabulary llama.cpp needs in the GGUF
+    return add_byte_level_tokenizer(Path(shutil.copytree(tiny_llama, tmp_path_factory.mktemp("registry") / "base")))
 
 
 def _planned(base: Path, names: tuple[str, ...], out: Path):
