@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ropeconv.errors import InputError
+from ropeconv.formats import FORMATS, format_of
 from ropeconv.manifest import read_manifest
 from ropeconv.parity import ParityReport, Tolerance, check_parities
 from ropeconv.positions import plan_from_json
@@ -23,7 +24,8 @@ def verify_output(
     max_memory: str | None = None,
     allow_pickle: bool = False,
 ) -> list[ParityReport]:
-    """One report per artifact: a .gguf file, or each format an output directory's manifest lists.
+    """One report per artifact: a file of a registered format (its record's verify_file), or each format an output
+    directory's manifest lists.
     Every folder whose weights would be loaded is checked first: pickle weights need allow_pickle.
 
     full_length: a probe from position 0 to the target (None: the default, full length on a GPU up to 32k);
@@ -37,10 +39,10 @@ def verify_output(
         raise InputError(f"{out}: not found")
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
-    if out.suffix == ".gguf" and out.is_file():
-        return [_verify_gguf(out, base, device, tokens, tolerance, progress, probe, allow_pickle)]
-    if out.suffix == ".onnx" and out.is_file():
-        return [_verify_onnx(out, base, device, tokens, tolerance, progress, probe, allow_pickle)]
+    fmt = format_of(out)
+    if fmt is not None and fmt.verify_file is not None and out.is_file():
+        return [fmt.verify_file(out, base, device=device, tokens=tokens, tolerance=tolerance, progress=progress,
+                                probe=probe, allow_pickle=allow_pickle)]
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
     manifest = read_manifest(out)
@@ -50,22 +52,24 @@ def verify_output(
         plan = plan_from_json(manifest["plan"])
         recorded = Path(manifest["base"]["path"])
         vocab_size = int(manifest["vocab_size"])
-        formats = manifest.get("formats") or {"safetensors": {}}
-        gguf_file = out / formats["gguf"]["file"] if "gguf" in formats else None
-        onnx_file = out / formats["onnx"]["file"] if "onnx" in formats else None
+        # an output written before formats were recorded holds safetensors only
+        written = manifest.get("formats") or {next(n for n, f in FORMATS.items() if f.is_checkpoint): {}}
+        listed = {FORMATS[name]: FORMATS[name].artifact(out, record) for name, record in written.items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(f"{out}/manifest.json: damaged (plan, base, formats or vocab_size missing or malformed)") \
             from None
-    for listed in (gguf_file, onnx_file):
-        if listed is not None and not listed.is_file():
-            raise InputError(f"{listed}: listed in the manifest but missing")
+    for fmt, artifact in listed.items():
+        if not fmt.is_checkpoint and not artifact.is_file():
+            raise InputError(f"{artifact}: listed in the manifest but missing")
+    # an output folder transformers loads holds the base's tensors (LoRA merged)
+    checkpoint = any(fmt.is_checkpoint for fmt in listed)
     notes: tuple[str, ...] = ()
     recorded_lora = manifest.get("lora") or []
     lora_found = _adapters(recorded_lora)
     if base is None:
         if recorded.is_dir() and lora_found is not None:
             base = recorded
-        elif "safetensors" in formats and plan.kind != "absolute":
+        elif checkpoint and plan.kind != "absolute":
             # the tensors are byte copies of the base's (LoRA merged), so the output's own weights stand in for
             # them (not so when the position table was resampled)
             base, lora_found = out, []
@@ -79,20 +83,15 @@ def verify_output(
     elif lora_found is None:
         raise InputError(f"{out}: a LoRA adapter it merged is missing or changed: "
                          f"{', '.join(str(a.get('path')) for a in recorded_lora)}")
-    from ropeconv.extend.from_hf import gguf_twin, onnx_twin
-
     refuse_pickle(Path(base), allow_pickle, "the base")
-    if "safetensors" in formats:
+    if checkpoint:
         refuse_pickle(out, allow_pickle, "the output")
     # transformers sizes models from these configs: each is checked against its tensors first
-    for checkpoint in {Path(base), out} if "safetensors" in formats else {Path(base)}:
-        _check_against_tensors(checkpoint)
+    for folder in {Path(base), out} if checkpoint else {Path(base)}:
+        _check_against_tensors(folder)
     lora = _merge(lora_found, Path(base), allow_pickle) if lora_found else None
-    artifacts = [(out, None)] if "safetensors" in formats else []
-    if gguf_file is not None:
-        artifacts.append((gguf_file, gguf_twin(Path(base), plan, lora)))
-    if onnx_file is not None:
-        artifacts.append((onnx_file, onnx_twin(Path(base), plan, lora)))
+    # in the registry's order (the order extend checks them in)
+    artifacts = [(listed[fmt], fmt.twin(Path(base), plan, lora)) for fmt in FORMATS.values() if fmt in listed]
     return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
                           tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
 
@@ -141,7 +140,7 @@ def _merge(adapters: list, base: Path, allow_pickle: bool = False):
     return plan_merge(adapters, load_checkpoint(base, allow_pickle=allow_pickle).tensors)
 
 
-def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict,
+def _verify_gguf(out: Path, base: Path | None, *, device, tokens, tolerance, progress, probe: dict,
                  allow_pickle) -> ParityReport:
     from ropeconv.extend.from_gguf import verify_gguf_file
     from ropeconv.provenance.gguf import recorded
@@ -177,13 +176,13 @@ def _verify_gguf(out: Path, base: Path | None, device, tokens, tolerance, progre
                             progress=progress, lora=lora, **probe)
 
 
-def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, progress, probe: dict,
+def _verify_onnx(model: Path, base: Path | None, *, device, tokens, tolerance, progress, probe: dict,
                  allow_pickle) -> ParityReport:
     """A model.onnx carries its plan and base in metadata_props; the base may also be the output directory
     above it, whose safetensors are byte copies of the base's."""
     from ropeconv.checkpoint.hf import read_config
     from ropeconv.onnx_export.metadata import read_plan
-    from ropeconv.extend.from_hf import onnx_twin, vocab_size
+    from ropeconv.extend.from_hf import vocab_size
     from ropeconv.provenance import BASE_KEY, PLAN_KEY
 
     plan, props = read_plan(model)
@@ -210,6 +209,6 @@ def _verify_onnx(model: Path, base: Path | None, device, tokens, tolerance, prog
         raise InputError(f"{model}: a LoRA adapter merged into it is missing or changed")
     refuse_pickle(Path(base), allow_pickle, "the base")
     lora = _merge(adapters, Path(base), allow_pickle) if adapters else None
-    return check_parities([(model, onnx_twin(Path(base), plan, lora))], Path(base), plan,
+    return check_parities([(model, format_of(model).twin(Path(base), plan, lora))], Path(base), plan,
                           vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
                           notes=notes, progress=progress.note, lora=lora, **probe)[0]

@@ -11,7 +11,7 @@ from ropeconv import methods
 from ropeconv.cli.options import emit_json, full_length_option, max_memory_option, method_option_decorators, \
     method_options_for, parse_bytes
 from ropeconv.errors import InputError
-from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as DTYPES
+from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as DTYPES, is_gguf
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
 from ropeconv.parity.placement import parse_max_memory
@@ -140,10 +140,10 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
     if not (math.isfinite(max_abs_logit) and max_abs_logit > 0):
         raise InputError(f"--max-abs-logit must be a positive number, got {max_abs_logit}")
     chosen = parse_formats(formats, base)
-    if outtype is not None and (str(base).endswith(".gguf") or "gguf" not in chosen):
+    if outtype is not None and (is_gguf(base) or "gguf" not in chosen):
         raise InputError("--outtype applies when converting a HuggingFace base with --to gguf (a GGUF base keeps "
                          "its tensors as they are)")
-    if imatrix is not None and (str(base).endswith(".gguf") or "gguf" not in chosen):
+    if imatrix is not None and (is_gguf(base) or "gguf" not in chosen):
         raise InputError("--imatrix applies when converting a HuggingFace base with --to gguf --outtype TYPE")
     if onnx_dtype is not None and "onnx" not in chosen:
         raise InputError("--dtype applies to the ONNX output (--to onnx)")
@@ -187,7 +187,7 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
         from ropeconv.recipe.save import recipe_text, write_recipe
 
         saved = recipe_text(job, save_recipe, max_shard_size)
-    if dry_run and str(base).endswith(".gguf"):
+    if dry_run and is_gguf(base):
         g = from_gguf.prepare(job)
         if saved is not None:
             write_recipe(save_recipe, saved)

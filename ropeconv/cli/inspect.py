@@ -10,6 +10,7 @@ import click
 from ropeconv.checkpoint import load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.cli.options import emit_json
+from ropeconv.formats import FORMATS, artifact_format, format_of
 from ropeconv.manifest import read_manifest
 
 
@@ -36,16 +37,20 @@ def _scheme_line(s) -> str:
 def inspect(path: Path, as_json: bool) -> int:
     """Architecture, position scheme, contexts, scaling, tensor count and bytes of PATH (a HF dir, a GGUF or a
     ropeconv ONNX model)."""
-    if path.suffix == ".gguf":
-        return _inspect_gguf(path, as_json)
-    if path.suffix == ".onnx":
-        return _inspect_onnx(path, as_json)
+    fmt = format_of(path)
+    if fmt is not None and fmt.inspect is not None:
+        return fmt.inspect(path, as_json)
     written = (read_manifest(path) or {}).get("formats", {}) if path.is_dir() else {}
-    if "safetensors" not in written:  # an output written as GGUF or ONNX alone
-        if "gguf" in written:
-            return _inspect_gguf(path / str(written["gguf"].get("file")), as_json)
-        if "onnx" in written:
-            return _inspect_onnx(path / str(written["onnx"].get("file")), as_json)
+    listed = [FORMATS[name] for name in FORMATS if name in written]
+    if listed and not any(f.is_checkpoint for f in listed):  # an output written as single-file formats alone
+        first = next((f for f in listed if f.inspect is not None), None)
+        if first is not None:
+            return first.inspect(first.artifact(path, written[first.name]), as_json)
+    return artifact_format(path).inspect(path, as_json)  # a folder: the checkpoint format's view
+
+
+def _inspect_checkpoint(path: Path, as_json: bool) -> int:
+    """A HuggingFace folder (a base, or a ropeconv output with its manifest)."""
     ckpt = load_checkpoint(path, allow_pickle=False)
     s = ckpt.scheme
     manifest = read_manifest(ckpt.path)
@@ -80,12 +85,10 @@ def inspect(path: Path, as_json: bool) -> int:
         parity = manifest.get("parity") or {}  # per format
         verdicts = ", ".join(f"{fmt} {'passed' if (r or {}).get('passed') else 'FAILED'}" for fmt, r in parity.items())
         click.echo(f"  ropeconv         {manifest.get('method')}, parity {verdicts or 'not checked'}")
-        gguf = (manifest.get("formats") or {}).get("gguf")
-        if gguf:
-            click.echo(f"  gguf             {gguf.get('file')} ({gguf.get('outtype')})")
-        onnx = (manifest.get("formats") or {}).get("onnx")
-        if onnx:
-            click.echo(f"  onnx             {onnx.get('file')} ({onnx.get('dtype')}, opset {onnx.get('opset')})")
+        written = manifest.get("formats") or {}
+        for fmt in FORMATS.values():  # the single-file formats beside the folder
+            if not fmt.is_checkpoint and isinstance(written.get(fmt.name), dict):
+                click.echo(f"  {fmt.name:<16} {fmt.summary(written[fmt.name])}")
     return 0
 
 

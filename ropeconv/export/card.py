@@ -53,29 +53,11 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
     fields = fields or {}
     params = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(plan.params.items()))
     declared = []
-    rope = formats.get("safetensors", {}).get("declaration")
-    gguf, onnx = formats.get("gguf"), formats.get("onnx")
-    if rope is not None and plan.kind == "alibi":
-        keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items())
-        declared.append(f"transformers (`config.json`): `ropeconv_alibi_scaling` = {{{keys}}}, applied by "
-                        "`ropeconv.runtime.apply(model)`." if rope and plan.factor != 1.0 else
-                        "transformers (`config.json`): the base's own ALiBi, unchanged.")
-    elif rope is not None and plan.kind == "absolute":
-        declared.append(f"transformers (`config.json`): the resampled table `{plan.table}` and a context of "
-                        f"{plan.target_ctx} positions.")
-    elif rope is not None:
-        keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items() if k not in ("short_factor", "long_factor"))
-        declared.append(f"transformers (`config.json`, both `rope_parameters` and the 4.x `rope_theta` + "
-                        f"`rope_scaling`): {keys}.")
-    if gguf is not None:
-        keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in gguf["declaration"].items())
-        carriers = f"; carrier tensors {', '.join(gguf['carriers'])}" if gguf["carriers"] else ""
-        declared.append(f"llama.cpp (`{gguf['file']}`, {gguf['outtype']}): {keys}{carriers}.")
-    if onnx is not None:
-        attention = f", attention by {onnx['attention']}" if onnx.get("attention") else ""
-        declared.append(f"onnxruntime (`{onnx['file']}`, --dtype {onnx['dtype']}, opset {onnx['opset']}{attention}): the "
-                        f"position math is baked into the graph — {onnx['position_math']}.")
-    written = [f for f in ("safetensors", "gguf", "onnx") if f in formats]
+    for fmt in FORMATS.values():  # each format says how its file declares the plan
+        line = fmt.card_declaration(formats[fmt.name], plan) if fmt.name in formats else None
+        if line:
+            declared.append(line)
+    written = [f for f in FORMATS if f in formats]
     title = (fields.get("title") or name
              or f"{base_name} — context extended with {plan.method} to {plan.target_ctx} tokens")
     lines = [
@@ -118,8 +100,6 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
 
 
 _TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
-# the Hub's library per format (what it shows and filters by); the first format written decides
-LIBRARIES = {f.name: f.library for f in FORMATS.values()}  # in the registry's order: the first written names it
 # what carries over from the base's card (not its base_model: that names the base's own parent)
 _FROM_BASE = ("license", "license_name", "license_link", "language")
 
@@ -129,7 +109,8 @@ def card_data(plan: PositionPlan, formats: dict[str, Any], fields: dict[str, Any
     """The metadata block: huggingface_hub's ModelCardData."""
     from huggingface_hub import ModelCardData
 
-    written = [f for f in LIBRARIES if f in formats]
+    # the Hub's library (what it shows and filters by): the first format written, in the registry's order, names it
+    written = [f for f in FORMATS if f in formats]
     meta: dict[str, Any] = {k: base_card[k] for k in _FROM_BASE if base_card.get(k)}
     if fields.get("license"):  # the user's license replaces the base's, with its name and link
         meta = {k: v for k, v in meta.items() if not k.startswith("license")}
@@ -141,7 +122,7 @@ def card_data(plan: PositionPlan, formats: dict[str, Any], fields: dict[str, Any
         relation = base_model_relation(plan, formats, lora)
         if relation:
             meta["base_model_relation"] = relation
-    return ModelCardData(library_name=LIBRARIES[written[0]], pipeline_tag="text-generation",
+    return ModelCardData(library_name=FORMATS[written[0]].library, pipeline_tag="text-generation",
                          tags=list(dict.fromkeys(tags)), model_name=name, **meta)
 
 
@@ -149,7 +130,9 @@ def base_model_relation(plan: PositionPlan, formats: dict[str, Any], lora: bool)
     """The Hub knows adapter, merge, quantized and finetune. A merged LoRA or a changed position rule makes another
     model of the base (finetune); a Q8_0 GGUF without safetensors beside it is quantized; a plain conversion
     (--method none) in full precision is neither, so it is left for the Hub to infer."""
-    quantized = formats.get("gguf", {}).get("outtype") == "q8_0" and "safetensors" not in formats
+    written = [(FORMATS[name], record) for name, record in formats.items() if name in FORMATS]
+    quantized = any(fmt.hub_quantized(record) for fmt, record in written) \
+        and not any(fmt.is_checkpoint for fmt, _ in written)
     if lora or plan.method != "none":
         return "quantized" if quantized and not lora else "finetune"
     return "quantized" if quantized else None
@@ -217,17 +200,13 @@ def _lora_section(lora: list[dict[str, Any]] | None) -> list[str]:
             *rows, ""]
 
 
-RUNS = {"safetensors": "transformers reloading this directory", "gguf": "llama.cpp running the GGUF",
-        "onnx": "onnxruntime running the ONNX decoder (prefill, then decode steps through its KV cache)"}
-
-
 def _parity_text(fmt: str, parity: dict[str, Any] | None) -> str:
     if not parity:
         return f"{fmt}: not checked when this artifact was written; run `ropeconv verify` on it."
     verdict = "passed" if parity["passed"] else "FAILED"
     ran = f" ({' and '.join(parity['ran'])})" if parity.get("ran") else ""
     return (
-        f"{fmt}: {verdict}: {RUNS[fmt]}{ran} against the base weights with the intended position "
+        f"{fmt}: {verdict}: {FORMATS[fmt].proof}{ran} against the base weights with the intended position "
         f"math, {parity['tokens']} probe tokens at positions {parity['first_position']}–"
         f"{parity['last_position']} (crossing the original context), on {parity['device']}; tolerance "
         f"max |Δlogit| ≤ {parity['tolerance']['max_abs_logit']:g}, top-1 agreement ≥ "

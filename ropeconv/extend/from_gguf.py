@@ -18,7 +18,7 @@ from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.card import check_name
 from ropeconv.export.staging import staged_file
-from ropeconv.extend.job import ExtendJob, ExtendResult, gate, is_gguf, job_placement, preflight
+from ropeconv.extend.job import ExtendJob, ExtendResult, formats_for, gate, is_gguf, job_placement, preflight
 from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
 from ropeconv.gguf_io.types import VALUE_TYPES, GGUFValueType
 from ropeconv.lora.trained_with import checked_adapters
@@ -127,7 +127,7 @@ def refuse_unroped(job: ExtendJob, src: GgufFile, arch: GgufArchSpec) -> None:
 def run(job: ExtendJob, progress: Progress | None = None) -> ExtendResult:
     """The caller holds the output's lock (extend.run.run)."""
     progress = progress or Progress(enabled=False)
-    if job.formats not in (("gguf",), ()):
+    if job.formats not in (formats_for(job.base), ()):  # retrofitted in place: the one format a GGUF base takes
         raise InputError(f"a GGUF base can only be written as GGUF (got --to {','.join(job.formats)})")
     if not is_gguf(job.out):
         raise InputError(f"-o {job.out}: a GGUF base is written to a .gguf file")

@@ -11,9 +11,9 @@ import hashlib
 import importlib
 import shutil
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
@@ -22,24 +22,17 @@ from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, hub_id_from_path, model_card
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export import tokenizer_files
-from ropeconv.export.safetensors_writer import SafetensorsWriter
 from ropeconv.export.staging import staged_dir
-from ropeconv.export.table import changes_table, output_entry, resampled
+from ropeconv.export.stream import open_writers, stream
 from ropeconv.extend.job import ExtendJob, ExtendResult, gate, job_placement, owner, preflight
-from ropeconv.formats import ONNX_DIR, ONNX_MODEL_FILE as MODEL_FILE
+from ropeconv.formats import FORMATS, Format, Planning
 from ropeconv.lora import plan_merge
 from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.manifest import write_manifest
-from ropeconv.onnx_export import OPSET
 from ropeconv import methods
-from ropeconv.parity import ParityReport, Twin, check_parities
+from ropeconv.parity import ParityReport, check_parities
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
-from ropeconv.provenance import ATTENTION_KEY, provenance
-
-if TYPE_CHECKING:  # the exporters (numpy, gguf-py, …) are imported where a job writes their format
-    from ropeconv.gguf_export.convert import GgufPlan
-    from ropeconv.onnx_export.export import OnnxPlan
 
 
 @dataclass(frozen=True)
@@ -48,8 +41,10 @@ class Prepared:
     plan: PositionPlan
     hf_rope: dict[str, Any] | None  # None: transformers cannot declare the plan (no safetensors output)
     hf_config: dict[str, Any]
-    gguf: GgufPlan | None = None
-    onnx: OnnxPlan | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # format name → its plan (formats.Format.plan), in registry order
+
+    def planned(self) -> list[tuple[Format, Any]]:
+        return [(FORMATS[name], fplan) for name, fplan in self.outputs.items()]
 
 
 def prepare(job: ExtendJob) -> Prepared:
@@ -73,22 +68,15 @@ def prepare(job: ExtendJob) -> Prepared:
         hf_rope = method.hf_rope_parameters(plan)
         hf_config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, plan, hf_rope)
     except UnsupportedError:
-        if "safetensors" in job.formats:
+        if any(FORMATS[name].is_checkpoint for name in job.formats):
             raise
         # the graph bakes what transformers' config cannot declare (phi3 + yarn, say): the ONNX directory
         # then carries the base's config.json, for the shapes only
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
-    gguf = onnx = None
-    if "gguf" in job.formats:
-        from ropeconv.gguf_export.convert import plan_gguf
-
-        gguf = plan_gguf(ckpt, plan, job.outtype, job.imatrix, job.name)
-    if "onnx" in job.formats:
-        from ropeconv.onnx_export.export import plan_onnx
-
-        onnx = plan_onnx(ckpt, plan, job.onnx_dtype, provenance(plan, ckpt.path))
-    return Prepared(ckpt, plan, hf_rope, hf_config, gguf, onnx)
+    planning = Planning(ckpt, plan, job, hf_rope)
+    outputs = {name: fmt.plan(planning) for name, fmt in FORMATS.items() if name in job.formats}  # registry order
+    return Prepared(ckpt, plan, hf_rope, hf_config, outputs)
 
 
 def _plan_lora(job: ExtendJob, ckpt: Checkpoint, plan: PositionPlan):
@@ -100,30 +88,22 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
-    gguf_name = None
-    if prepared.gguf:
-        from ropeconv.gguf_export.convert import gguf_file_name
-
-        gguf_name = gguf_file_name(ckpt, job.outtype, job.name)
     with staged_dir(job.out, job.force, owner=owner(job)) as tmp:
         _import_aside("huggingface_hub.repocard")  # the model card's library (~0.3 s), loaded while tensors copy
-        files, known_sha256 = _write_tensors(prepared, job, tmp, gguf_name, progress)
+        writers = open_writers(prepared.planned(), tmp, progress.note)
+        label = "+".join(job.formats)
+        files, known_sha256 = stream(ckpt, writers, lambda done, total: progress.step(label, done, total))
+        formats = {fmt.name: fmt.record(fplan, plan) for fmt, fplan in prepared.planned()}
         config_text = jsontext.dumps(prepared.hf_config, "config.json", indent=2, sort_keys=True) + "\n"
-        # the ONNX directory is self-contained: what optimum's ORTModel and onnxruntime-genai look for beside it
-        homes = ([tmp] if "safetensors" in job.formats else []) + ([tmp / ONNX_DIR] if prepared.onnx else [])
-        for home in homes:
+        # each folder a runtime loads is self-contained: the ONNX one holds what optimum's ORTModel and
+        # onnxruntime-genai look for beside it
+        for home in filter(None, (fmt.home(fplan, tmp) for fmt, fplan in prepared.planned())):
             (home / "config.json").write_text(config_text)
             _copy_aux_files(ckpt, home)
-        if prepared.onnx and prepared.onnx.genai:
-            (tmp / ONNX_DIR / "genai_config.json").write_text(jsontext.dumps(prepared.onnx.genai, "genai_config.json",
-                                                                             indent=2) + "\n")
         reports: dict[str, ParityReport] = {}  # by format
         if job.verify:
-            artifacts = {"safetensors": (tmp, None)} if "safetensors" in job.formats else {}
-            if gguf_name:
-                artifacts["gguf"] = (tmp / gguf_name, gguf_twin(ckpt.path, plan, ckpt.lora))
-            if prepared.onnx:
-                artifacts["onnx"] = (tmp / ONNX_DIR / MODEL_FILE, onnx_twin(ckpt.path, plan, ckpt.lora))
+            artifacts = {fmt.name: (fmt.artifact(tmp, formats[fmt.name]), fmt.twin(ckpt.path, plan, ckpt.lora))
+                         for fmt, _ in prepared.planned()}
             found = check_parities(list(artifacts.values()), ckpt.path, plan, vocab_size(ckpt.config),
                                    device=job.device, tokens=job.tokens, tolerance=job.tolerance,
                                    progress=progress.note, lora=ckpt.lora, full_length=job.full_length,
@@ -132,7 +112,6 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
             for report in reports.values():
                 gate(report, job.out, progress)
         parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
-        formats = _formats_record(job, prepared, gguf_name)
         fields = dict(job.card or {})
         fields.setdefault("base_model", hub_id_from_path(ckpt.path))  # a base in huggingface_hub's cache names itself
         card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats, parity,
@@ -167,89 +146,6 @@ def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
             shutil.copyfile(ckpt.path / name, home / name)
 
 
-def _write_tensors(prepared: Prepared, job: ExtendJob, out: Path, gguf_name: str | None,
-                   progress: Progress) -> tuple[list[str], dict[str, str]]:
-    """One pass over the base's tensors, feeding every requested format. Returns the files written and the
-    sha256 of those hashed on the way."""
-    ckpt = prepared.checkpoint
-    plan = prepared.plan
-    safetensors = SafetensorsWriter(out, [output_entry(plan, e) for e in ckpt.tensors], job.max_shard_bytes) \
-        if "safetensors" in job.formats else None
-    gplan = prepared.gguf
-    # a type llama.cpp quantizes: the float conversion is staged beside the output first
-    gguf_path = out / (f".{gguf_name}.{gplan.outtype}.gguf" if gplan and gplan.quantize else f"{gguf_name}")
-    gguf = None
-    if gguf_name:
-        from ropeconv.gguf_export.convert import GgufConversion
-
-        gguf = GgufConversion(gplan, gguf_path)
-    onnx = None
-    if prepared.onnx:
-        (out / ONNX_DIR).mkdir()
-        from ropeconv.onnx_export.export import OnnxExport
-
-        onnx = OnnxExport(prepared.onnx, out / ONNX_DIR / MODEL_FILE)
-    label = "+".join(job.formats)
-    source = ckpt.open_source()
-    total, done = ckpt.total_bytes, 0
-    try:
-        for entry in ckpt.tensors:
-            if safetensors:
-                new = resampled(plan, entry, source) if changes_table(plan, entry) else None
-                safetensors.write(output_entry(plan, entry), source, new)
-            if gguf:
-                gguf.write(entry, source)
-            if onnx:
-                onnx.write(entry, source)
-            done += entry.nbytes
-            progress.step(label, done, total)
-        files = safetensors.close() if safetensors else []
-        known = dict(safetensors.sha256) if safetensors else {}  # hashed while written: not read back
-        if gguf:
-            gguf.close()
-            files.append(gguf_name)
-            if gplan.quantize:
-                progress.note(f"gguf: llama.cpp quantizes the {gplan.outtype.upper()} conversion to "
-                              f"{gplan.quantize.upper()}" + (f" with {gplan.imatrix.file_name}" if gplan.imatrix else ""))
-                from ropeconv.gguf_export import quantize as llama_quantize
-
-                llama_quantize.quantize(gguf_path, out / gguf_name, gplan.quantize, gplan.imatrix)
-                gguf_path.unlink()
-            else:
-                known[gguf_name] = gguf.sha256
-        if onnx:
-            progress.note("onnx: checking the graph with onnx.checker")
-            files.extend(f"{ONNX_DIR}/{p.name}" for p in onnx.close())
-            known.update({f"{ONNX_DIR}/{name}": digest for name, digest in onnx.sha256.items()})
-    except BaseException:
-        if safetensors:
-            safetensors.abort()
-        if gguf:
-            gguf.abort()
-        if onnx:
-            onnx.abort()
-        raise
-    finally:
-        source.close()
-    return files, known
-
-
-def gguf_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
-    """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
-    (strict: names, layout, metadata) and as itself against the quantized limits."""
-    from ropeconv.gguf_export.convert import write_f32_twin
-
-    return lambda dst: write_f32_twin(base, plan, dst, lora)
-
-
-def onnx_twin(base: Path, plan: PositionPlan, lora=None) -> Twin:
-    """A float16 ONNX is judged strictly through a float32 export of the same base and plan, and as itself
-    against the quantized limits."""
-    from ropeconv.onnx_export.export import export_file
-
-    return lambda dst: export_file(base, plan, "fp32", dst, lora)
-
-
 def vocab_size(config: dict[str, Any]) -> int:
     size = config.get("vocab_size")
     if not isinstance(size, int) or size <= 0:
@@ -275,37 +171,3 @@ def _manifest_body(prepared: Prepared, formats: dict[str, Any], parity: dict | N
         "vocab_size": vocab_size(ckpt.config),
         "parity": parity,
     }
-
-
-def _formats_record(job: ExtendJob, prepared: Prepared, gguf_name: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if "safetensors" in job.formats:
-        out["safetensors"] = {"declaration": prepared.hf_rope}
-    if gguf_name and prepared.gguf:
-        g = prepared.gguf
-        arch = g.arch_name
-        out["gguf"] = {
-            "file": gguf_name,
-            "outtype": g.final_outtype,
-            "architecture": arch,
-            "declaration": {f.key: f.value for f in g.fields if f.key.startswith(f"{arch}.rope.")
-                            or f.key == f"{arch}.context_length"},
-            "carriers": [name for name, _ in g.carriers],
-        }
-        if g.quantize:
-            out["gguf"]["quantized_by"] = {"tool": "llama.cpp llama_model_quantize", "from": g.outtype,
-                                           "imatrix": g.imatrix.file_name if g.imatrix else None}
-    if prepared.onnx:
-        from ropeconv.onnx_export.export import position_math
-
-        o = prepared.onnx
-        out["onnx"] = {
-            "file": f"{ONNX_DIR}/{MODEL_FILE}",
-            "dtype": o.dtype,
-            "opset": OPSET,
-            "attention": o.metadata[ATTENTION_KEY],
-            "external_data": o.external,
-            "position_math": position_math(prepared.plan),
-            "genai_config": o.genai is not None,
-        }
-    return out

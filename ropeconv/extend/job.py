@@ -59,8 +59,13 @@ class ExtendResult:
     reports: tuple[ParityReport, ...] = ()
 
 
+def formats_for(base: Path) -> tuple[str, ...]:
+    """What the base can be written as, read from the registry when asked (a format registered later counts)."""
+    return tuple(f.name for f in REGISTRY.values() if f.from_gguf or not is_gguf(base))
+
+
 def parse_formats(text: str | None, base: Path) -> tuple[str, ...]:
-    allowed = GGUF_FORMATS if is_gguf(base) else HF_FORMATS
+    allowed = formats_for(base)
     if text is None:
         return allowed[:1]
     formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))

@@ -12,7 +12,7 @@ from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.errors import InputError
 from ropeconv.inputfile import utf8_path
 from ropeconv.positions import PositionPlan
-from ropeconv.provenance import DTYPE_KEY
+from ropeconv.formats import artifact_format
 
 if TYPE_CHECKING:
     from ropeconv.parity.placement import Placement
@@ -270,16 +270,7 @@ def _run_tf4(artifact: Path, ids, passes, results: list, progress: Callable[[str
 
 
 def _twin_note(artifact: Path, twin: Twin | None) -> str:
-    name = Path(artifact).name
-    if Path(artifact).suffix == ".onnx":
-        from ropeconv.onnx_export.metadata import read_metadata
-
-        kind = {"fp16": "float16 compute", "int4": "int4 MatMulNBits weights"}.get(
-            read_metadata(Path(artifact)).get(DTYPE_KEY, ""), "not float32")
-        return (f"onnxruntime ran a float32 export of the same base and plan for the strict check, and {name} "
-                f"({kind}) for the q- rows")
-    how = "converted from the base in float32" if twin else "same metadata and carriers, tensors dequantized"
-    return f"llama.cpp ran a float32 twin of {name} ({how}) for the strict check, and the file itself for the q- rows"
+    return artifact_format(artifact).twin_note(Path(artifact), twin)
 
 
 def _remove_twin(path: Path) -> None:
@@ -288,32 +279,12 @@ def _remove_twin(path: Path) -> None:
 
 
 def _candidate_runs(artifact: Path, twin: Callable[[Path], Path] | None) -> list[tuple[str, Path, bool]]:
-    """(label, file, judged as quantized): a quantized GGUF or a float16 ONNX runs twice, as a float32 twin and
-    as is."""
+    """(label, file, judged as quantized): an artifact its format's twin policy judges through a float32 twin (a
+    quantized GGUF, a float16 ONNX) runs twice, as the twin and as is."""
     artifact = Path(artifact)
-    as_is = [(str(artifact), artifact, False)]
-    if artifact.suffix == ".onnx":
-        from ropeconv.onnx_export.metadata import read_metadata
-
-        if twin is None or read_metadata(artifact).get(DTYPE_KEY, "fp32") == "fp32":
-            return as_is
-        write = twin
-    elif artifact.suffix == ".gguf":
-        from gguf import GGMLQuantizationType
-
-        from ropeconv.gguf_io.reader import read_gguf
-        from ropeconv.parity.f32_twin import needs_twin, write_f32_twin
-
-        src = read_gguf(artifact)
-        if twin is not None:
-            needed = any(t.ggml_type != GGMLQuantizationType.F32 for t in src.tensors)
-        else:
-            needed = needs_twin(src)
-        if not needed:
-            return as_is
-        write = twin if twin is not None else (lambda dst: write_f32_twin(src, dst))
-    else:
-        return as_is
+    write = artifact_format(artifact).quantized_twin(artifact, twin)  # the format's twin policy
+    if write is None:
+        return [(str(artifact), artifact, False)]
     path = artifact.with_name(f".{artifact.name}.f32-twin{artifact.suffix}")
     try:
         write(path)

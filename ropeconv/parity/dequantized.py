@@ -29,7 +29,6 @@ import numpy as np
 
 from ropeconv.gguf_export.row_order import unpermute_pairs, unqkv_blocks
 from ropeconv.positions import PositionPlan
-from ropeconv.provenance import DTYPE_KEY
 
 
 def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple[str, "object", bool]] | None:
@@ -38,14 +37,14 @@ def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple
     artifact, base = Path(artifact), Path(base)
     if not base.is_dir():
         return None  # a GGUF base: the reference already runs its dequantized weights
-    if artifact.suffix == ".gguf":
-        return _gguf(artifact, base, plan)
-    if artifact.suffix == ".onnx":
-        from ropeconv.onnx_export.metadata import read_metadata
+    from ropeconv.formats import artifact_format
 
-        if read_metadata(artifact).get(DTYPE_KEY) == "int4":
-            return _onnx_int4(artifact, base, plan)
-    return None
+    return artifact_format(artifact).dequantized(artifact, base, plan)  # _gguf, _onnx_int4 below
+
+
+def gguf_tensors(artifact: Path, base: Path, plan: PositionPlan):
+    """The GGUF format's quantized tensors decoded (formats.Format.dequantized)."""
+    return _gguf(artifact, base, plan)
 
 
 def _gguf(artifact: Path, base: Path, plan: PositionPlan):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ropeconv.errors import InputError
+from ropeconv.formats import is_gguf
 from ropeconv.sizes import human_bytes, parse_bytes
 
 if TYPE_CHECKING:
@@ -266,7 +267,7 @@ def check_fits(path: Path, device: "torch.device", placement: Placement | None =
     only, so a command can refuse before it writes anything."""
     placement = placement or Placement()
     path = Path(path)
-    gguf_file = path.name if path.suffix == ".gguf" else None
+    gguf_file = path.name if is_gguf(path) else None  # a GGUF base transformers dequantizes
     return plan_devices(skeleton(path.parent if gguf_file else path, gguf_file), budget(placement, device),
                         rewrites_on_disk=gguf_file is not None, spec=placement.spec)
 
@@ -283,7 +284,7 @@ def load_placed(path: Path, device: "torch.device", placement: Placement | None 
 
     placement = placement or Placement()
     path = Path(path)
-    gguf_file = path.name if path.suffix == ".gguf" else None
+    gguf_file = path.name if is_gguf(path) else None  # a GGUF base transformers dequantizes
     directory = path.parent if gguf_file else path
     plan = plan_devices(skeleton(directory, gguf_file), budget(placement, device, scratch),
                         rewrites_on_disk=gguf_file is not None, spec=placement.spec)

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from ropeconv.errors import InputError
+from ropeconv.formats import FORMATS
 from ropeconv.recipe.schema import Recipe
 
 
@@ -23,14 +24,7 @@ def recipe_of(job) -> dict[str, Any]:
         method[key] = str(Path(value).resolve()) if isinstance(value, Path) else value
     outputs = []
     for fmt in job.formats:
-        item: dict[str, Any] = {"format": fmt}
-        if fmt == "gguf" and not str(job.base).endswith(".gguf"):
-            item["outtype"] = job.outtype
-            if job.imatrix is not None:
-                item["imatrix"] = str(Path(job.imatrix).resolve())
-        if fmt == "onnx":
-            item["dtype"] = job.onnx_dtype
-        outputs.append(item)
+        outputs.append({"format": fmt, **FORMATS[fmt].options(job)})
     base: dict[str, Any] = {"path": str(Path(job.base).resolve())}
     if job.request.original_ctx is not None:
         base["original_ctx"] = job.request.original_ctx

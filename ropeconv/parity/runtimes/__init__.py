@@ -11,14 +11,9 @@ from types import ModuleType
 
 
 def runtime_for(artifact: Path) -> ModuleType:
-    if Path(artifact).suffix == ".gguf":
-        from ropeconv.parity.runtimes import llamacpp
+    """The runtime module the artifact's format names (formats.Format.runtime_module)."""
+    from importlib import import_module
 
-        return llamacpp
-    if Path(artifact).suffix == ".onnx":
-        from ropeconv.parity.runtimes import ort
+    from ropeconv.formats import artifact_format
 
-        return ort
-    from ropeconv.parity.runtimes import hf
-
-    return hf
+    return import_module(artifact_format(artifact).runtime_module)

@@ -1,0 +1,121 @@
+"""What an output format is to ropeconv: one Format record, and the one protocol every format's writer follows.
+
+A record's hooks are functions: light ones (where the artifact lies, a summary line) in the format's own module,
+the rest named by a Ref ("module:function") in the layer that implements them and imported on first call, so the
+registry stays as light as a table — `methods`, `inspect` and `--help` read it without loading numpy, gguf-py,
+onnx or torch — and below every layer that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+# The types named below live in layers above this one (checkpoint, positions); they are written as names only.
+TensorEntry = TensorSource = Checkpoint = PositionPlan = Any
+
+@dataclass(frozen=True)
+class Ref:
+    """A hook named "module:function" and imported on its first call. The registry sits at the bottom of the
+    package's layers and names the writer, twin policy, inspect view and verify entry that the layers above it
+    implement (exporters, parity, cli, verify) without importing them: the dependency runs from the record to a
+    name, and the code named imports the registry, never the other way round."""
+
+    target: str
+
+    def __call__(self, *args, **kwargs):
+        module, _, name = self.target.partition(":")
+        return getattr(import_module(module), name)(*args, **kwargs)
+
+
+Note = Callable[[str], None]  # a progress line (stderr)
+Twin = Callable[[Path], Path]  # writes the float32 twin of an artifact at the path given, returns it
+
+
+@runtime_checkable
+class Writer(Protocol):
+    """Fed every tensor of the base, in the checkpoint's order, by the one streaming loop (formats.stream).
+
+    write(entry, source): take this tensor (a writer skips those its format does not hold);
+    close(): finish the files (a format may post-process here: llama.cpp's quantizer, onnx.checker);
+    abort(): stop, and remove everything this writer wrote — also after close();
+    files(): what close() wrote, relative to the output directory (the result's file list);
+    sha256(): file → sha256 of the files hashed while written (ropeconv.hashing), so the manifest need not read
+    them back; a file left out is hashed by the manifest after."""
+
+    def write(self, entry: TensorEntry, source: TensorSource) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def files(self) -> list[str]: ...
+
+    def sha256(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class Planning:
+    """What a format plans from: the base, the position plan, the job's options, and transformers' declaration
+    of the plan (None when transformers cannot declare it)."""
+
+    checkpoint: Checkpoint
+    plan: PositionPlan
+    job: Any  # extend.job.ExtendJob (outtype, imatrix, name, onnx_dtype, max_shard_bytes)
+    hf_rope: dict[str, Any] | None
+
+
+def _none(*_args, **_kwargs) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # --to, the manifest's and the parity report's key, the capability matrix's column
+    suffix: str | None  # the artifact is one file with this suffix; None: a folder (config.json beside it)
+    runtime: str  # the runtime a parity check runs it in (ParityReport.runtime)
+    library: str  # the model card's library_name when it is the first format written
+    from_gguf: bool = False  # a GGUF base can be written in it (retrofitted in place of a conversion)
+    # the artifact is a transformers folder: its config.json must declare the plan, it is loaded as a checkpoint,
+    # and its tensors are the base's (LoRA merged) unless the position table was resampled
+    is_checkpoint: bool = False
+    proof: str = ""  # the model card's line for what its parity check runs
+
+    # --- hooks (functions of the format module; heavy imports inside) ---
+    # plan(Planning) -> the format's plan, everything refusable checked; nothing written
+    plan: Callable[[Planning], Any] = _none
+    # writer(format plan, staged output directory, note) -> Writer
+    writer: Callable[[Any, Path, Note], Writer] = _none
+    # home(format plan, output directory) -> the folder that gets config.json and the tokenizer files, or None
+    home: Callable[[Any, Path], Path | None] = _none
+    # record(format plan, PositionPlan) -> the manifest's formats[name] entry
+    record: Callable[[Any, PositionPlan], dict[str, Any]] = _none
+    # artifact(output directory, manifest record) -> the path the runtime loads (a file, or the folder itself)
+    artifact: Callable[[Path, dict[str, Any]], Path] = lambda out, record: out
+    # twin(base dir, PositionPlan, lora merge) -> how a non-float32 artifact's float32 twin is written from a HF
+    # base (None: judged as it is)
+    twin: Callable[..., Twin | None] = _none
+    # quantized_twin(artifact, twin or None) -> the twin writer parity runs for the strict check, None: not needed
+    quantized_twin: Callable[[Path, Twin | None], Twin | None] = _none
+    # twin_note(artifact, twin) -> the parity report's note on what ran for the strict check
+    twin_note: Callable[[Path, Twin | None], str] = lambda artifact, twin: ""
+    # dequantized(artifact, base, plan) -> the artifact's quantized tensors decoded, or None
+    dequantized: Callable[..., Any] = _none
+    # the parity runtime module (NAME, run_passes) that loads the artifact, by its module name
+    runtime_module: str = ""
+    # recorded(artifact) -> (PositionPlan | None, base path | None) as the file itself records them
+    recorded: Callable[[Path], tuple[Any, Any]] = lambda artifact: (None, None)
+    # inspect(artifact, as_json) -> exit code: `ropeconv inspect` of the artifact
+    inspect: Callable[[Path, bool], int] | None = None
+    # summary(manifest record) -> the line `ropeconv inspect` shows for it under an output folder
+    summary: Callable[[dict[str, Any]], str] = lambda record: str(record.get("file", ""))
+    # verify_file(artifact, base, **probe) -> ParityReport: `ropeconv verify` of the artifact on its own
+    verify_file: Callable[..., Any] | None = None
+    # card_declaration(manifest record, PositionPlan) -> the model card's line on how the file declares the plan
+    card_declaration: Callable[[dict[str, Any], PositionPlan], str | None] = _none
+    # options(ExtendJob) -> the job's options for this format, as a recipe's output item records them
+    options: Callable[[Any], dict[str, Any]] = lambda job: {}
+    # hub_quantized(manifest record) -> the Hub's base_model_relation "quantized" (when no checkpoint is beside it)
+    hub_quantized: Callable[[dict[str, Any]], bool] = lambda record: False

@@ -1,0 +1,41 @@
+"""safetensors: the output folder is itself a transformers checkpoint — sharded model*.safetensors (untouched tensors
+byte-copied from the base, a resampled position table from memory), its config.json declaring the plan in
+rope_parameters (the plan and base recorded in manifest.json beside it), run by transformers reloading the folder.
+Writer: export.safetensors_output; inspect view: cli.inspect's checkpoint view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ropeconv.formats.base import Format, Planning, Ref
+
+
+@dataclass(frozen=True)
+class SafetensorsPlan:
+    planning: Planning
+    declaration: dict[str, Any] | None  # transformers' rope_parameters for the plan
+
+
+def plan(p: Planning) -> SafetensorsPlan:
+    # transformers must be able to declare the plan: extend.from_hf.prepare refuses otherwise (is_checkpoint)
+    return SafetensorsPlan(p, p.hf_rope)
+
+
+def record(splan: SafetensorsPlan, _plan) -> dict[str, Any]:
+    return {"declaration": splan.declaration}
+
+
+def home(_splan: SafetensorsPlan, out: Path) -> Path:
+    return out  # config.json and the tokenizer beside the shards
+
+
+FORMAT = Format(
+    "safetensors", None, "transformers", "transformers", is_checkpoint=True,
+    proof="transformers reloading this directory",
+    plan=plan, writer=Ref("ropeconv.export.safetensors_output:writer"), home=home, record=record,
+    runtime_module="ropeconv.parity.runtimes.hf", inspect=Ref("ropeconv.cli.inspect:_inspect_checkpoint"),
+    card_declaration=Ref("ropeconv.export.safetensors_output:card_declaration"),
+    recorded=Ref("ropeconv.export.safetensors_output:recorded"),
+)

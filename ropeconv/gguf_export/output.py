@@ -1,0 +1,99 @@
+"""The GGUF format's planning, writer (formats.Writer), manifest record, float32 twin and model-card line.
+
+The writer is gguf_export.convert.GgufConversion behind the one protocol; close() hands a type llama.cpp
+quantizes to llama.cpp's own quantizer (the float conversion is staged beside the output first)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ropeconv.export.card import _fmt
+from ropeconv.formats.base import Note, Planning, Twin
+from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
+
+
+@dataclass(frozen=True)
+class GgufOutput:
+    plan: GgufPlan
+    file: str  # in the output directory
+
+
+def plan(p: Planning) -> GgufOutput:
+    job = p.job
+    return GgufOutput(plan_gguf(p.checkpoint, p.plan, job.outtype, job.imatrix, job.name),
+                      gguf_file_name(p.checkpoint, job.outtype, job.name))
+
+
+class GgufOutputWriter:
+    def __init__(self, out: GgufOutput, directory: Path, note: Note) -> None:
+        g = out.plan
+        self.out, self.note = out, note
+        self.path = Path(directory) / out.file
+        self.staged = Path(directory) / f".{out.file}.{g.outtype}.gguf" if g.quantize else self.path
+        self._conversion = GgufConversion(g, self.staged)
+        self._sha256: dict[str, str] = {}
+        self._closed = False
+
+    def write(self, entry, source) -> None:
+        self._conversion.write(entry, source)
+
+    def close(self) -> None:
+        g = self.out.plan
+        self._conversion.close()
+        if g.quantize:
+            self.note(f"gguf: llama.cpp quantizes the {g.outtype.upper()} conversion to {g.quantize.upper()}"
+                      + (f" with {g.imatrix.file_name}" if g.imatrix else ""))
+            from ropeconv.gguf_export import quantize as llama_quantize
+
+            llama_quantize.quantize(self.staged, self.path, g.quantize, g.imatrix)
+            self.staged.unlink()  # the quantized file is hashed by the manifest, after
+        else:
+            self._sha256 = {self.out.file: self._conversion.sha256}
+        self._closed = True
+
+    def abort(self) -> None:
+        self._conversion.abort()
+        self.staged.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+        self._closed, self._sha256 = False, {}
+
+    def files(self) -> list[str]:
+        return [self.out.file] if self._closed else []
+
+    def sha256(self) -> dict[str, str]:
+        return dict(self._sha256)
+
+
+def writer(out: GgufOutput, directory: Path, note: Note) -> GgufOutputWriter:
+    return GgufOutputWriter(out, directory, note)
+
+
+def record(out: GgufOutput, _plan) -> dict[str, Any]:
+    g = out.plan
+    arch = g.arch_name
+    found = {
+        "file": out.file,
+        "outtype": g.final_outtype,
+        "architecture": arch,
+        "declaration": {f.key: f.value for f in g.fields if f.key.startswith(f"{arch}.rope.")
+                        or f.key == f"{arch}.context_length"},
+        "carriers": [name for name, _ in g.carriers],
+    }
+    if g.quantize:
+        found["quantized_by"] = {"tool": "llama.cpp llama_model_quantize", "from": g.outtype,
+                                 "imatrix": g.imatrix.file_name if g.imatrix else None}
+    return found
+
+
+def twin(base: Path, plan, lora=None) -> Twin:
+    """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
+    (strict: names, layout, metadata) and as itself against the quantized limits."""
+    return lambda dst: write_f32_twin(base, plan, dst, lora)
+
+
+def card_declaration(rec: dict[str, Any], _plan) -> str:
+    keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rec["declaration"].items())
+    carriers = f"; carrier tensors {', '.join(rec['carriers'])}" if rec["carriers"] else ""
+    return f"llama.cpp (`{rec['file']}`, {rec['outtype']}): {keys}{carriers}."
