@@ -5,7 +5,6 @@ sensitivity of each check, and the refusals."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
