@@ -108,7 +108,8 @@ FAMILY = Family(
         ),
         ("gelu_pytorch_tanh",), norm_plus_one=True, always_key_length=True,
     ),
-    gguf_arch=GgufArchSpec("gemma3", swa_rope_unscaled=True),
+    gguf_arch=GgufArchSpec("gemma3", swa_rope_unscaled=True,
+                           transformers_fixup="ropeconv.gguf_export.gemma3:fix_transformers_config"),
     gguf_checks=(gguf_refusal,),
     # gemma2's blocks with q/k RMSNorm (1 + w) per head; per-layer-type rope (DecoderDims.layer_thetas)
     onnx=OnnxLayout("gemma3_text", **dict(GEMMA_ONNX, mlp_norm="pre_feedforward_layernorm",

@@ -76,6 +76,10 @@ class GgufArchSpec:
     position: str = "rope"  # "alibi": slopes from max_alibi_bias; "absolute": position_embd rows
     # sliding layers rotate at rope.freq_base_swa with scale 1, but YaRN's attn_factor reaches them too
     swa_rope_unscaled: bool = False
+    # "module:function" called as f(reader, config) on transformers' config of a GGUF of this architecture, where
+    # transformers' GGUF reader leaves out keys llama.cpp's graph reads (a name, not an import: the function lives
+    # in a layer above the family records)
+    transformers_fixup: str | None = None
 
 
 # ------------------------------------------------------------------------------------- tensor shapes

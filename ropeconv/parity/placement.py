@@ -16,6 +16,8 @@ left out gets what the machine has free (GPUs keep GPU_HEADROOM free for activat
 
 from __future__ import annotations
 
+import importlib
+
 import contextlib
 import logging
 import re
@@ -240,12 +242,12 @@ def _gguf_config(directory: Path, gguf_file: str):
         value = src.value(f"{arch}.{key}")
         if isinstance(value, int) and hasattr(config, attr):
             setattr(config, attr, value)
-    # --- gemma3 ---
-    if arch == "gemma3":
-        from ropeconv.gguf_export.gemma3 import fix_transformers_config
+    from ropeconv.archs import GGUF_ARCHS
 
-        fix_transformers_config(src, config)
-    # --- end gemma3 ---
+    spec = GGUF_ARCHS.get(arch)
+    if spec is not None and spec.transformers_fixup:
+        module, _, function = spec.transformers_fixup.partition(":")
+        getattr(importlib.import_module(module), function)(src, config)
     return config
 
 
