@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from conftest import add_byte_level_tokenizer, make_tiny, run_cli
 from ropeconv.errors import UnsupportedError
 from ropeconv.gguf_export import convert
+from ropeconv.gguf_export import numpy_cast
 from ropeconv.gguf_export.numpy_cast import bf16_to_f16, float32_to_float16
 
 HEADS, HEADS_KV, LAYERS = 4, 2, 2
@@ -28,14 +29,32 @@ def test_bf16_to_f16_is_torchs_cast_on_every_bit_pattern():
     magnitude = every & 0x7FFF
     castable = every[(magnitude < 0x4780) | (magnitude >= 0x7F80)]  # beyond ±65504 (not inf/nan) is refused
     expected = torch_bits(torch.from_numpy(castable.view(np.int16).copy()).view(torch.bfloat16).to(torch.float16))
-    got = bf16_to_f16(castable, "w").view(np.uint16)
-    assert np.array_equal(got, expected), f"{int((got != expected).sum())} of {castable.size} bit patterns differ"
+    # the fast path (word-wise passes and the fix-up table), the element-wise definition the table is built from,
+    # and the table itself; odd lengths and offsets put patterns in both half words and in the odd tail
+    for cast in (bf16_to_f16, numpy_cast._bf16_to_f16_by_rebias):
+        for lo, hi in ((0, None), (1, None), (3, 8), (5, 6)):
+            got = cast(castable[lo:hi], "w").view(np.uint16)
+            want = expected[lo:hi]
+            assert np.array_equal(got, want), f"{cast.__name__}: {int((got != want).sum())} of {got.size} differ"
+    table = numpy_cast._fix_up_table()
+    assert np.array_equal(table[castable], expected)
 
 
 def test_float16_overflow_is_refused_as_torch_path_does():
     big = torch.tensor([1.0, 70000.0]).to(torch.bfloat16)
     with pytest.raises(UnsupportedError, match="beyond float16's range"):
         bf16_to_f16(torch_bits(big), "w")
+    # every finite pattern that rounds to a float16 inf, either sign, alone or amid values, at either half word
+    every = np.arange(1 << 16, dtype=np.uint16)
+    magnitude = every & 0x7FFF
+    overflowing = every[(magnitude >= 0x4780) & (magnitude < 0x7F80)]
+    assert np.isinf(torch.from_numpy(overflowing.view(np.int16).copy()).view(torch.bfloat16).to(torch.float16)).all()
+    for pattern in overflowing[:: 97].tolist() + [0x4780, 0xC780, 0x7F7F, 0xFF7F]:
+        for at in (0, 1, 2):
+            bits = np.full(3, 0x3F80, np.uint16)
+            bits[at] = pattern
+            with pytest.raises(UnsupportedError, match="beyond float16's range"):
+                bf16_to_f16(bits, "w")
     with pytest.raises(UnsupportedError, match="beyond float16's range"):
         float32_to_float16(np.array([65520.0], np.float32), "w")  # rounds up to inf
     # an inf already in the source is kept, not refused
