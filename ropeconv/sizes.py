@@ -6,6 +6,8 @@ import re
 
 from ropeconv.errors import InputError
 
+DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # transformers' default "5GB"; here so a job needs no writer import
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
           "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,

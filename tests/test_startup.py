@@ -171,3 +171,12 @@ def test_onnx_metadata_entries_decode_as_protobuf_does():
         assert _entry(raw) == (parsed.key, parsed.value)
     with pytest.raises(ValueError):
         _entry(bytes([1 << 3 | 2, 10]) + b"short")
+
+
+def test_recipe_check_reads_no_checkpoint_code(outputs):
+    """`recipe check` validates a recipe without its base: none of the checkpoint readers, tensor writers or numpy
+    are imported (the safetensors writer alone pulled in the checkpoint package, ~30 ms of a 0.3 s budget)."""
+    light = ("numpy", "gguf", "ropeconv.checkpoint", "ropeconv.export.safetensors_writer", "ropeconv.hashing")
+    report = probe([["recipe", "check", str(outputs["recipe"])]], HEAVY + light, helps=False)
+    assert report[0]["rc"] == 0, report[0]
+    assert report[0]["loaded"] == [], f"`recipe check` imported {report[0]['loaded']}"

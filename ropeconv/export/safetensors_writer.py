@@ -20,12 +20,12 @@ from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.checkpoint.sources import TensorSource, tensor_bytes
 from ropeconv.errors import InputError, RopeconvError
 from ropeconv.hashing import HashedWriter
+from ropeconv.sizes import DEFAULT_MAX_SHARD_BYTES
 
 if TYPE_CHECKING:
     import torch
 
 INDEX_NAME = "model.safetensors.index.json"
-DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # transformers' default "5GB"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ropeconv.errors import InputError, ParityError
-from ropeconv.export.safetensors_writer import DEFAULT_MAX_SHARD_BYTES
 from ropeconv.export.staging import check_target
 from ropeconv.formats import FORMATS as REGISTRY, is_gguf
 from ropeconv.methods.base import ExtendRequest
@@ -16,6 +15,7 @@ from ropeconv.parity import ParityReport, Tolerance, pick_device
 from ropeconv.parity.placement import Placement, check_fits, parse_max_memory
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
+from ropeconv.sizes import DEFAULT_MAX_SHARD_BYTES
 
 FORMATS = tuple(REGISTRY)  # the matrix's columns
 HF_FORMATS = FORMATS  # what a HuggingFace base can be written as
