@@ -130,6 +130,17 @@ def assert_refused(capsys, rc: int, out: Path, parent_before: list[str], *, ment
     return line
 
 
+def gguf_tensor_digests(path: Path) -> dict[str, str]:
+    """sha256 of each tensor's bytes in a GGUF, by name: what a retrofit must keep byte for byte."""
+    import hashlib
+
+    from ropeconv.gguf_io.reader import read_gguf
+
+    src = read_gguf(path)
+    with open(path, "rb") as fh:
+        return {t.name: hashlib.sha256((fh.seek(t.offset), fh.read(t.nbytes))[1]).hexdigest() for t in src.tensors}
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

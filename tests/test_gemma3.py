@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
+from conftest import (ORIGINAL_CTX, add_byte_level_tokenizer, assert_refused, gguf_tensor_digests, listing, make_tiny,
+                      read_json, run_cli)
 from ropeconv.parity import tf4
 
 TOKENS = str(4 * ORIGINAL_CTX)
@@ -174,7 +175,6 @@ def test_retrofit_of_a_foreign_gemma3_gguf_keeps_its_tensors_and_proves_parity(b
     """A gemma3 GGUF as llama.cpp's converter ships it, retrofitted; the reference is transformers reading the same
     GGUF, with the sliding layers' base and pattern and the query scale as llama.cpp reads them from the file."""
     pytest.importorskip("llama_cpp")
-    import hashlib
 
     from test_gguf_convert import _foreign_gguf, strip_declaration
 
@@ -189,12 +189,7 @@ def test_retrofit_of_a_foreign_gemma3_gguf_keeps_its_tensors_and_proves_parity(b
     assert result["parity"]["last_position"] >= 3 * ORIGINAL_CTX
     print(f"gemma3 retrofit yarn ×4: max|Δlogit| {result['parity']['max_abs_logit']:.3g}")
 
-    def payload(path: Path) -> dict[str, str]:
-        src = read_gguf(path)
-        with open(path, "rb") as fh:
-            return {t.name: hashlib.sha256((fh.seek(t.offset), fh.read(t.nbytes))[1]).hexdigest() for t in src.tensors}
-
-    assert payload(out) == payload(foreign)
+    assert gguf_tensor_digests(out) == gguf_tensor_digests(foreign)
     meta = read_gguf(out)
     assert meta.value("gemma3.rope.scaling.type") == "yarn" and meta.value("gemma3.rope.freq_base_swa") == 500.0
     assert run_cli("verify", strip_declaration(out), "--base", foreign, "--tokens", TOKENS, "-q") == 1

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (ORIGINAL_CTX, TINY, add_byte_level_tokenizer, assert_refused, default_cells, listing, make_tiny,
-                      read_json, run_cli)
+from conftest import (ORIGINAL_CTX, TINY, add_byte_level_tokenizer, assert_refused, default_cells, gguf_tensor_digests,
+                      listing, make_tiny, read_json, run_cli)
 from ropeconv import methods
 from ropeconv.capabilities import family_cell, family_cells
 from ropeconv.families import FAMILIES
@@ -370,8 +370,6 @@ def _foreign_gguf(base: Path, tmp_path: Path, arch: str, capsys) -> Path:
 
 @pytest.mark.parametrize("arch", RETROFIT)
 def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, tmp_path, arch, capsys):
-    import hashlib
-
     foreign = _foreign_gguf(bases[arch], tmp_path, arch, capsys)
     out = tmp_path / "yarn.gguf"
     assert run_cli("extend", foreign, "--method", "yarn", "--factor", "4", "--tokens", str(4 * ORIGINAL_CTX),
@@ -381,12 +379,7 @@ def test_retrofit_of_a_foreign_gguf_keeps_its_tensors_and_proves_parity(bases, t
     assert result["parity"]["last_position"] >= 3 * ORIGINAL_CTX
     print(f"{arch} retrofit yarn ×4: max|Δlogit| {result['parity']['max_abs_logit']:.3g}")
 
-    def payload(path: Path) -> dict[str, str]:
-        src = read_gguf(path)
-        with open(path, "rb") as fh:
-            return {t.name: hashlib.sha256((fh.seek(t.offset), fh.read(t.nbytes))[1]).hexdigest() for t in src.tensors}
-
-    assert payload(out) == payload(foreign)  # every tensor byte kept
+    assert gguf_tensor_digests(out) == gguf_tensor_digests(foreign)  # every tensor byte kept
     meta = read_gguf(out)
     name = meta.value("general.architecture")  # qwen3_moe's is qwen3moe
     assert meta.value(f"{name}.rope.scaling.type") == "yarn"
