@@ -2,7 +2,7 @@
 (`use_parallel_residual`); transformers stores the fused query_key_value per head as [q_h | k_h | v_h], which
 llama.cpp's gptneox splits as all-q, all-k, all-v blocks (the GGUF regroups it)."""
 
-from ropeconv.families.parts import COMMON, VOCAB, linear, norm
+from ropeconv.families.parts import COMMON, STANDARD_DIMS, VOCAB, linear, norm
 from ropeconv.families.spec import (UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam,
                                     OnnxLayout, T, get)
 
@@ -13,8 +13,7 @@ FAMILY = Family(
                   note="partial rotary (rotary_pct): methods act on the rotated dims only"),
     shapes=FamilyShapes(
         "gpt_neox",
-        (("hidden", Dim(("hidden_size",))), ("layers", Dim(("num_hidden_layers",))),
-         ("heads", Dim(("num_attention_heads",))), ("inter", Dim(("intermediate_size",))), VOCAB),
+        (*STANDARD_DIMS, ("inter", Dim(("intermediate_size",))), VOCAB),
         (
             T("gpt_neox.embed_in.weight", "vocab, hidden"),
             *norm(_NEOX + "input_layernorm", bias=True),

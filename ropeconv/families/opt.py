@@ -2,7 +2,7 @@
 unless do_layer_norm_before is false (350m: norms after each residual add, no final norm), project_in/out when
 word_embed_proj_dim ≠ hidden_size, LayerNorm eps fixed at torch's 1e-5, ReLU FFN. llama.cpp has no graph for it."""
 
-from ropeconv.families.parts import VOCAB, linear, norm
+from ropeconv.families.parts import STANDARD_DIMS, VOCAB, linear, norm
 from ropeconv.families.spec import OPTIONAL, UNTIED, ArchSpec, Dim, Family, FamilyShapes, OnnxLayout, T
 
 _OPT = "model.decoder.layers.{i}."
@@ -12,8 +12,7 @@ FAMILY = Family(
                   note="position table with 2 unused rows in front (kept as they are)"),
     shapes=FamilyShapes(
         "opt",
-        (("hidden", Dim(("hidden_size",))), ("layers", Dim(("num_hidden_layers",))),
-         ("heads", Dim(("num_attention_heads",))), ("inter", Dim(("ffn_dim",))),
+        (*STANDARD_DIMS, ("inter", Dim(("ffn_dim",))),
          ("proj", Dim(("word_embed_proj_dim",), "hidden")), VOCAB),
         (
             T("model.decoder.embed_tokens.weight", "vocab, proj"),

@@ -23,10 +23,14 @@ def norm(name: str, need: str = ALWAYS, bias: bool = False) -> tuple[T, ...]:
 
 
 VOCAB = ("vocab", Dim(("vocab_size",)))
-LLAMA_DIMS = (
+# width, depth and heads under transformers' standard config names (GPT-2, MPT and BLOOM use their own)
+STANDARD_DIMS = (
     ("hidden", Dim(("hidden_size",))),
     ("layers", Dim(("num_hidden_layers",))),
     ("heads", Dim(("num_attention_heads",))),
+)
+LLAMA_DIMS = (
+    *STANDARD_DIMS,
     ("kv_heads", Dim(("num_key_value_heads",), "heads")),
     ("head_dim", Dim(("head_dim",), "hidden // heads")),
     ("inter", Dim(("intermediate_size",))),
