@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ropeconv.archs import ArchSpec
+from ropeconv.archs import ARCHS, ArchSpec
 from ropeconv.errors import InputError
 from ropeconv.families.spec import fixed_layer_thetas, layer_thetas  # noqa: F401 (the readers' names for them)
 from ropeconv.positions import RopeScheme
@@ -31,7 +31,8 @@ def rope_dict(config: Mapping[str, Any], arch: ArchSpec | None = None) -> dict[s
     if not isinstance(chosen, dict):
         raise InputError(f"config.json: rope_scaling/rope_parameters is {type(chosen).__name__}, expected an object")
     if any(isinstance(v, dict) for v in chosen.values()):
-        raise InputError("config.json: per-layer-type rope_parameters are read for gemma3_text only")
+        readers = ", ".join(m for m, a in ARCHS.items() if a.scaled_layer_type)
+        raise InputError(f"config.json: per-layer-type rope_parameters are read for {readers} only")
     for key in ("rope_type", "type"):
         if chosen.get(key) is not None and not isinstance(chosen[key], str):
             raise InputError(f"config.json: {key} in rope_scaling/rope_parameters must be a string, "
