@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ropeconv.errors import UnsupportedError
+from ropeconv.export.half import HALF_INSTEAD, refuse_half
 
 # safetensors dtype → numpy dtype of its bytes (bf16 has no numpy dtype: its bits as uint16)
 BITS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
@@ -26,7 +26,6 @@ F16_NORMAL_LOW = 113 << 7
 F16_NORMAL_SPAN = (143 << 7) - F16_NORMAL_LOW
 REBIAS = (127 - 15) << 7
 BLOCK_ELEMENTS = 1 << 16  # per pass: in, out and two temporaries stay in L2
-HALF_INSTEAD = "--outtype bf16 or f32"
 PAIR = 0x10001  # a uint16 constant in both halves of a uint32 word
 OVERFLOW_LOW = 0x4780  # bf16 magnitude bits of 65536: from here up to inf, a finite bf16 rounds to a float16 inf
 FIX_UP: np.ndarray | None = None  # _fix_up_table()
@@ -58,32 +57,8 @@ def float32_to_float16(x: np.ndarray, name: str, instead: str = HALF_INSTEAD) ->
     # one cheap integer pass in the common case: any inf or nan at all?
     if int((y.view(np.uint16) & 0x7FFF).max(initial=0)) >= 0x7C00 and bool(np.isinf(y).any()) \
             and not bool(np.isinf(x).any()):
-        raise UnsupportedError(f"tensor {name!r} has values beyond float16's range (±65504); use {instead}")
+        refuse_half(name, instead)
     return y
-
-
-def _bf16_to_f16_by_rebias(b: np.ndarray, name: str, instead: str = HALF_INSTEAD) -> np.ndarray:
-    """uint16 bfloat16 bits (1-D) → a new float16 array, one element at a time in vectorized integer passes (and
-    float32 for the non-normals): the definition FIX_UP's table is built from."""
-    out = np.empty(b.shape, np.uint16)
-    t = np.empty(min(b.size, BLOCK_ELEMENTS), np.uint16)
-    other = np.empty(t.shape, np.bool_)
-    for start in range(0, b.size, BLOCK_ELEMENTS):
-        src, dst = b[start : start + BLOCK_ELEMENTS], out[start : start + BLOCK_ELEMENTS]
-        n = src.size
-        np.bitwise_and(src, 0x7FFF, out=t[:n])
-        t[:n] -= np.uint16(F16_NORMAL_LOW)  # wraps below: one unsigned compare finds every non-normal
-        np.greater_equal(t[:n], F16_NORMAL_SPAN, out=other[:n])
-        np.add(t[:n], np.uint16(F16_NORMAL_LOW - REBIAS), out=dst)
-        dst <<= 3
-        np.bitwise_and(src, 0x8000, out=t[:n])
-        dst |= t[:n]
-        if other[:n].any():
-            where = np.flatnonzero(other[:n])
-            values = (src[where].astype(np.uint32) << 16).view(np.float32)
-            bits = float32_to_float16(values, name, instead).view(np.uint16)
-            dst[where] = bits | np.where(np.isnan(values), np.uint16(0x0200), np.uint16(0))  # quiet, as torch
-    return out.view(np.float16)
 
 
 def bf16_to_f16(b: np.ndarray, name: str, instead: str = HALF_INSTEAD) -> np.ndarray:
@@ -117,20 +92,19 @@ def bf16_to_f16(b: np.ndarray, name: str, instead: str = HALF_INSTEAD) -> np.nda
             bits = src[where]
             magnitude = bits & 0x7FFF
             if bool(((magnitude >= OVERFLOW_LOW) & (magnitude < 0x7F80)).any()):
-                raise UnsupportedError(f"tensor {name!r} has values beyond float16's range (±65504); use {instead}")
+                refuse_half(name, instead)
             dst[where] = _fix_up_table()[bits]
     return out.view(np.float16)
 
 
 def _fix_up_table() -> np.ndarray:
-    """float16 bits of every bfloat16 bit pattern (the overflowing ones as ±inf: refused before they are
-    looked up), from the element-wise definition; built once, on the first cast (~1 ms)."""
+    """float16 bits of every bfloat16 bit pattern, through float32 and numpy's round-to-nearest-even cast as torch's
+    conversion goes (the overflowing ones become ±inf: refused before they are looked up; a nan stays quiet, as
+    torch's); built once, on the first cast (~1 ms)."""
     global FIX_UP
     if FIX_UP is None:
-        every = np.arange(1 << 16, dtype=np.uint16)
-        magnitude = every & 0x7FFF
-        overflows = (magnitude >= OVERFLOW_LOW) & (magnitude < 0x7F80)
-        table = np.where(every & 0x8000, np.uint16(0xFC00), np.uint16(0x7C00))
-        table[~overflows] = _bf16_to_f16_by_rebias(every[~overflows], "table").view(np.uint16)
-        FIX_UP = table
+        values = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            bits = values.astype(np.float16).view(np.uint16)
+        FIX_UP = bits | np.where(np.isnan(values), np.uint16(0x0200), np.uint16(0))
     return FIX_UP
