@@ -18,8 +18,6 @@ from ropeconv.progress import Progress
 from ropeconv.sizes import DEFAULT_MAX_SHARD_BYTES
 
 FORMATS = tuple(REGISTRY)  # the matrix's columns
-HF_FORMATS = FORMATS  # what a HuggingFace base can be written as
-GGUF_FORMATS = tuple(f.name for f in REGISTRY.values() if f.from_gguf)  # retrofitted in place of a conversion
 
 
 @dataclass(frozen=True)

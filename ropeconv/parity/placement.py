@@ -217,22 +217,24 @@ def _gguf_config(directory: Path, gguf_file: str):
 
     from ropeconv.gguf_io.reader import read_gguf
 
+    from ropeconv.errors import UnsupportedError
+
     src = read_gguf(Path(directory) / gguf_file)
     arch = src.value("general.architecture")
+
+    def unreadable(kind: str) -> UnsupportedError:
+        return UnsupportedError(f"transformers reads no {kind[:40]} GGUF, so the reference that proves this one "
+                                "cannot be built from it: prove it against its HF checkpoint (extend that with --to "
+                                "gguf, or verify --base HF_DIR), or pass --no-verify")
+
+    if arch == "llama" and src.value("llama.expert_count"):  # mixtral: transformers would build a dense llama
+        raise unreadable("llama-with-experts (mixtral)")
     try:
-        if arch == "llama" and src.value("llama.expert_count"):  # mixtral: transformers would build a dense llama
-            raise ValueError("llama with experts not supported")
         config = AutoConfig.from_pretrained(directory, gguf_file=gguf_file)
     except ValueError as exc:
         if "not supported" not in str(exc):
             raise
-        from ropeconv.errors import UnsupportedError
-
-        if arch == "llama":
-            arch = "llama-with-experts (mixtral)"
-        raise UnsupportedError(f"transformers reads no {str(arch)[:40]} GGUF, so the reference that proves this one "
-                               "cannot be built from it: prove it against its HF checkpoint (extend that with --to "
-                               "gguf, or verify --base HF_DIR), or pass --no-verify") from None
+        raise unreadable(str(arch)) from None
     key_length = src.value(f"{arch}.attention.key_length")
     if isinstance(key_length, int) and getattr(config, "head_dim", key_length) != key_length:
         config.head_dim = key_length
