@@ -166,7 +166,7 @@ GEMMA_ONNX: dict[str, Any] = dict(LLAMA_ONNX, norm="rms_plus_one", embed_scale=T
 QWEN_MOE_ONNX: dict[str, Any] = dict(
     router="mlp.gate.weight", count_keys=("num_experts", "num_local_experts"),
     experts=tuple(f"mlp.experts.{{e}}.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")),
-    norm_topk_key="norm_topk_prob", qwen_sparse_layers=True)
+    norm_topk_key="norm_topk_prob", sparse=qwen_moe_sparse)
 
 # ------------------------------------------------------------------------------------------------ tests
 

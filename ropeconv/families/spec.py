@@ -166,7 +166,8 @@ class MoeLayout:
     norm_topk_key: str | None  # None: always renormalized (Mixtral)
     shared: tuple[str, str, str] | None = None  # qwen2_moe's shared expert (gate, up, down)
     shared_gate: str | None = None  # its [1, hidden] sigmoid gate
-    qwen_sparse_layers: bool = False  # mlp_only_layers / decoder_sparse_step pick the layers with experts
+    # which layers hold experts (None: all of them): the family's own rule, the one its FamilyShapes.sparse holds
+    sparse: Callable[[Mapping[str, Any], int, Mapping[str, int]], bool] | None = None
 
 
 @dataclass(frozen=True)

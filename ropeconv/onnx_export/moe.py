@@ -36,10 +36,9 @@ def moe_dims(moe: MoeLayout, cfg: Any, n_layers: int) -> MoeDims:
     if not isinstance(count, int) or not isinstance(top_k, int) or not 0 < top_k <= count:
         raise InputError(f"config.json: {moe.count_keys[0]} {count!r} and num_experts_per_tok {top_k!r} must be "
                          "positive integers, the second at most the first")
-    if moe.qwen_sparse_layers:
-        only = getattr(cfg, "mlp_only_layers", None) or []
-        step = getattr(cfg, "decoder_sparse_step", 1) or 1
-        sparse = tuple(i not in only and (i + 1) % step == 0 for i in range(n_layers))
+    if moe.sparse is not None:
+        config = cfg.to_dict()
+        sparse = tuple(moe.sparse(config, i, {"experts": count}) for i in range(n_layers))
     else:
         sparse = (True,) * n_layers
     renormalize = True if moe.norm_topk_key is None else bool(getattr(cfg, moe.norm_topk_key, False))
