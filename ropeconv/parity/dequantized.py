@@ -39,15 +39,11 @@ def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple
         return None  # a GGUF base: the reference already runs its dequantized weights
     from ropeconv.formats import artifact_format
 
-    return artifact_format(artifact).dequantized(artifact, base, plan)  # _gguf, _onnx_int4 below
+    return artifact_format(artifact).dequantized(artifact, base, plan)  # gguf_tensors, onnx_int4 below
 
 
 def gguf_tensors(artifact: Path, base: Path, plan: PositionPlan):
     """The GGUF format's quantized tensors decoded (formats.Format.dequantized)."""
-    return _gguf(artifact, base, plan)
-
-
-def _gguf(artifact: Path, base: Path, plan: PositionPlan):
     import os
 
     import torch
@@ -97,7 +93,7 @@ def decode_int4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(packed.shape[0], -1)[:, :k].T)
 
 
-def _onnx_int4(artifact: Path, base: Path, plan: PositionPlan):
+def onnx_int4(artifact: Path, base: Path, plan: PositionPlan):
     import onnx
     import torch
     from onnx import numpy_helper

@@ -50,6 +50,6 @@ def onnx_int4_tensors(artifact: Path, base: Path, plan):
     """The int4 weights decoded as MatMulNBits reads them (parity.dequantized), for an int4 model only."""
     if _onnx_dtype(artifact) != "int4":
         return None
-    from ropeconv.parity.dequantized import _onnx_int4
+    from ropeconv.parity.dequantized import onnx_int4
 
-    return _onnx_int4(artifact, base, plan)
+    return onnx_int4(artifact, base, plan)
