@@ -27,10 +27,18 @@ def torch_dtypes() -> dict[str, "torch.dtype"]:
     }  # fmt: skip
 
 
+class ByteSink(Protocol):
+    """Where a source appends a tensor's bytes (ropeconv.hashing.HashedWriter: it hashes them as they land)."""
+
+    def copy(self, src_fd: int, offset: int, nbytes: int) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
 class TensorSource(Protocol):
     def raw(self, entry: TensorEntry) -> bool: ...
 
-    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None: ...
+    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None: ...
 
     def load(self, entry: TensorEntry) -> "torch.Tensor": ...
 
@@ -50,17 +58,10 @@ class SafetensorsSource:
         """The entry's byte range in its file is the tensor: writers may copy it without this source."""
         return True
 
-    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
-        """Append the tensor's bytes at dst_fd's current offset."""
-        src = self._fd(entry.file)
-        dst = dst_fd
-        offset, remaining = entry.offset, entry.nbytes
-        while remaining:
-            n = copy_range(src, dst, min(remaining, COPY_CHUNK_BYTES), offset)
-            if n <= 0:
-                raise OSError(f"{entry.file}: unexpected end of data in tensor {entry.name!r}")
-            offset += n
-            remaining -= n
+    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None:
+        """Append the tensor's bytes to out, copied by the kernel from this source's open file (EOFError when the
+        file ends first)."""
+        out.copy(self._fd(entry.file), entry.offset, entry.nbytes)
 
     def read_into(self, entry: TensorEntry, start: int, buf: memoryview) -> None:
         """Fill buf with the tensor's bytes from `start` (relative to the tensor's data)."""
@@ -112,8 +113,8 @@ class PickleSource:
     def raw(self, entry: TensorEntry) -> bool:
         return False
 
-    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
-        write_all(dst_fd, tensor_bytes(self._tensors[entry.name]))
+    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None:
+        out.write(tensor_bytes(self._tensors[entry.name]))
 
     def load(self, entry: TensorEntry) -> "torch.Tensor":
         return self._tensors[entry.name]

@@ -75,7 +75,6 @@ class SafetensorsWriter:
         self._fd: int | None = None
         self._out: HashedWriter | None = None
         self._shard = -1
-        self._src_fds: dict[Path, int] = {}
         self.sha256: dict[str, str] = {}  # file name → digest of the bytes written, filled as each file is finished
 
     def write(self, spec: TensorEntry, source: TensorSource, tensor: "torch.Tensor | None" = None) -> None:
@@ -88,7 +87,7 @@ class SafetensorsWriter:
             self._open(shard_index)
         if tensor is None and source.raw(spec):  # the entry's byte range in its file is the tensor
             try:
-                self._out.copy(self._src_fd(spec.file), spec.offset, spec.nbytes)
+                source.copy_into(spec, self._out)
             except EOFError:
                 raise InputError(f"{spec.file}: ended inside tensor {spec.name!r} (was it changed while copying?)") \
                     from None
@@ -97,11 +96,6 @@ class SafetensorsWriter:
         if len(data) != expected.nbytes:
             raise RopeconvError(f"internal: tensor {spec.name!r} has {len(data)} bytes, header says {expected.nbytes}")
         self._out.write(data)
-
-    def _src_fd(self, path: Path) -> int:
-        if path not in self._src_fds:
-            self._src_fds[path] = os.open(path, os.O_RDONLY)
-        return self._src_fds[path]
 
     def _open(self, index: int) -> None:
         self._close_fd()
@@ -124,19 +118,12 @@ class SafetensorsWriter:
     def abort(self) -> None:
         """Stop without finishing; the partial files are left for the caller's staging to remove."""
         self._close_fd(finished=False)
-        self._close_sources()
-
-    def _close_sources(self) -> None:
-        for fd in self._src_fds.values():
-            os.close(fd)
-        self._src_fds.clear()
 
     def close(self) -> list[str]:
         """Finish; returns the files written (shards and, when sharded, the index)."""
         if self._pos != len(self._queue):
             raise RopeconvError(f"internal: {len(self._queue) - self._pos} tensors were never written")
         self._close_fd()
-        self._close_sources()
         for shard in self.shards:
             if not (self.out_dir / shard.file).exists():  # a shard holding only empty tensors
                 with open(self.out_dir / shard.file, "wb") as fh:

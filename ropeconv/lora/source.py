@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
-from ropeconv.checkpoint.sources import tensor_bytes, write_all
+from ropeconv.checkpoint.sources import ByteSink, tensor_bytes
 from ropeconv.lora.merge import LoraMerge
 
 if TYPE_CHECKING:
@@ -45,10 +45,10 @@ class MergedSource:
             return self._inner.load(entry)
         return self._merged(entry)
 
-    def copy_into(self, entry: TensorEntry, dst_fd: int) -> None:
+    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None:
         if not self._merge.touches(entry.name):
-            return self._inner.copy_into(entry, dst_fd)
-        write_all(dst_fd, self._merged_bytes(entry))
+            return self._inner.copy_into(entry, out)
+        out.write(self._merged_bytes(entry))
 
     def read_into(self, entry: TensorEntry, start: int, buf: memoryview) -> None:
         if not self._merge.touches(entry.name):
