@@ -113,6 +113,16 @@ def test_commands_that_touch_no_tensor_import_no_runtime(outputs):
         assert f"  {name} " in listing, listing
 
 
+def test_stacked_experts_take_the_numpy_path(tmp_path):
+    """A mixture of experts converted F32 → F16: every expert slice of a stack is cast by numpy as a tensor of its
+    own would be, so the conversion imports no torch either."""
+    base = add_byte_level_tokenizer(make_tiny(tmp_path, "mixtral"))
+    [row] = probe([["extend", str(base), "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype", "f16",
+                    "--no-verify", "-q", "-o", str(tmp_path / "out")]], helps=False)
+    assert row["rc"] == 0, row
+    assert row["loaded"] == [], f"the stacked-expert conversion imported {row['loaded']}"
+
+
 def test_reading_a_gguf_header_imports_neither_numpy_nor_gguf_py(outputs):
     """inspect of a GGUF and a retrofit's dry run read the KV header with the standard library alone (numpy and
     gguf-py are ~0.1-0.25 s of imports)."""

@@ -338,26 +338,40 @@ class GgufConversion:
         t = self._by_name.get(entry.name)
         if t is None:
             return 0
-        if t.op == "stack":
+        if t.op == "stack":  # each expert as a tensor of its own would be (experts are neither permuted nor +1)
             slice_plan = replace(t, op=None, members=())
             self._writer.write_tensor_chunks(t.info.name, experts.slices(
-                t.members, lambda member: self._convert(replace(slice_plan, entry=member), source.load(member))))
+                t.members, lambda member: self._member_chunks(replace(slice_plan, entry=member), source)))
             return t.info.nbytes
-        # raw(): a LoRA-merged tensor is not the byte range its entry points at
-        raw = self.plan.raw_copy_ok and source.raw(entry) and entry.nbytes > 0
+        raw = self._raw(entry, source)
         elementwise = raw and t.op is None and not t.plus_one
-        same = (entry.dtype, t.info.ggml_type) in SAME_BYTES
-        if elementwise and same:
+        if elementwise and (entry.dtype, t.info.ggml_type) in SAME_BYTES:
             self._writer.write_tensor(t.info.name, ByteRange(entry.file, entry.offset, entry.nbytes))
-        elif raw and t.op in ROW_OPS and hasattr(source, "read_into") and \
-                (same and not t.plus_one or t.info.ggml_type in (G.F32, G.F16)):
-            # numpy on the file's bytes: no torch import, and its casts are the fast ones (numpy_cast)
+        elif raw and self._numpy_path(t, source):
             self._writer.write_tensor_chunks(t.info.name, self._numpy_chunks(t, source))
         elif elementwise and t.info.ggml_type in (G.F32, G.F16, G.BF16):
             self._writer.write_tensor_chunks(t.info.name, self._cast_chunks(t, source))
         else:
             self._writer.write_tensor(t.info.name, self._convert(t, source.load(entry)))
         return t.info.nbytes
+
+    def _raw(self, entry: TensorEntry, source) -> bool:
+        # raw(): a LoRA-merged tensor is not the byte range its entry points at
+        return self.plan.raw_copy_ok and source.raw(entry) and entry.nbytes > 0
+
+    @staticmethod
+    def _numpy_path(t: TensorPlan, source) -> bool:
+        """numpy on the file's bytes: no torch import, and its casts are the fast ones (numpy_cast)."""
+        same = (t.entry.dtype, t.info.ggml_type) in SAME_BYTES
+        return t.op in ROW_OPS and hasattr(source, "read_into") and \
+            (same and not t.plus_one or t.info.ggml_type in (G.F32, G.F16))
+
+    def _member_chunks(self, t: TensorPlan, source):
+        """One expert of a stack, by the numpy path where a tensor of its own would take it, else converted."""
+        if self._raw(t.entry, source) and self._numpy_path(t, source):
+            yield from self._numpy_chunks(t, source)
+        else:
+            yield self._convert(t, source.load(t.entry))
 
     def close(self) -> None:
         for name, array in self.plan.carriers:

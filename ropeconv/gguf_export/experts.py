@@ -67,10 +67,10 @@ def stacked_shape(stack: Stack) -> tuple[int, ...]:
     return tuple(reversed(stack.members[0].shape)) + (len(stack.members),)
 
 
-def slices(members: Sequence[TensorEntry], convert: Callable[[TensorEntry], object]) -> Iterator[object]:
-    """The stack's bytes: each expert converted on its own, in expert order."""
+def slices(members: Sequence[TensorEntry], convert: Callable[[TensorEntry], Iterable[object]]) -> Iterator[object]:
+    """The stack's bytes: each expert's pieces (convert(expert)), in expert order."""
     for entry in members:
-        yield convert(entry)
+        yield from convert(entry)
 
 
 def router_shape(gguf_name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
