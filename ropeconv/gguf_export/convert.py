@@ -28,7 +28,7 @@ from ropeconv.export.table import changes_table, output_entry
 from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES
 from ropeconv.gguf_export import experts
 from ropeconv.gguf_export import quantize as llama_quantize
-from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks
+from ropeconv.gguf_export.row_order import permute_pairs, qkv_blocks, row_blocks
 from ropeconv.gguf_export.layouts import (EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph,
                                           first, layout_for, model_arch)
 from ropeconv.gguf_export.vocab import general_name, tokenizer_fields
@@ -259,22 +259,6 @@ def _op(layout: GgufLayout, gguf_name: str, entry: TensorEntry, plan: PositionPl
     return None
 
 
-def _row_blocks(op: str | None, rows: int, heads: int) -> list[tuple[int, int, bool]]:
-    """A row reorder as the source's row blocks in GGUF order: (first row, rows, whether the block's rotary
-    pairs are interleaved, as row_order.permute_pairs does to each head)."""
-    if op in ("permute_q", "permute_k"):
-        if rows % (2 * heads):
-            raise InputError(f"cannot split {rows} q/k rows into {heads} heads of rotary pairs")
-        per_head = rows // heads
-        return [(h * per_head, per_head, True) for h in range(heads)]
-    if op == "qkv_blocks":  # GPT-NeoX's [q_h, k_h, v_h] per head ─► all q, all k, all v (row_order.qkv_blocks)
-        if rows % (3 * heads):
-            raise InputError(f"cannot split {rows} fused qkv rows into {heads} heads")
-        per_part = rows // heads // 3
-        return [((h * 3 + part) * per_part, per_part, False) for part in range(3) for h in range(heads)]
-    return [(0, rows, False)]
-
-
 def _chunks(blocks: list[tuple[int, int, bool]], max_rows: int):
     """Consecutive groups of blocks of at most max_rows rows (a block of pairs is never split; a longer plain
     block is split into pieces)."""
@@ -397,7 +381,7 @@ class GgufConversion:
                 scratch[key] = np.empty(nbytes, np.uint8)
             return scratch[key][:nbytes]
 
-        for pieces in _chunks(_row_blocks(t.op, rows, heads), max(1, READ_CHUNK_BYTES // row_bytes)):
+        for pieces in _chunks(row_blocks(t.op, rows, heads), max(1, READ_CHUNK_BYTES // row_bytes)):
             nbytes = sum(n for _, n, _ in pieces) * row_bytes
             raw = buffer("raw", nbytes) if cast else np.empty(nbytes, np.uint8)
             at = 0
