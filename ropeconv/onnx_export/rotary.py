@@ -29,26 +29,28 @@ DYNAMIC_EXPONENT = "rope/dynamic_exponent"  # d/(d−2); 0 makes b' = b
 
 
 def cos_sin(g: GraphBuilder, plan: RopePlan, position_ids: str) -> tuple[str, str]:
-    inv_freq = _inv_freq(g, plan, position_ids)
-    positions = g.op("Unsqueeze", [g.op("Cast", [position_ids], to=FLOAT), g.ints(-1)])  # [b, s, 1]
-    angles = g.op("Mul", [positions, inv_freq])  # [b, s, d/2]
-    emb = g.op("Concat", [angles, angles], axis=-1)
-    cos, sin = g.op("Cos", [emb]), g.op("Sin", [emb])
-    if plan.attention_factor != 1.0:
-        factor = g.const(plan.attention_factor, name=ATTENTION_FACTOR)
-        cos, sin = g.op("Mul", [cos, factor]), g.op("Mul", [sin, factor])
-    axis = g.ints(2)
-    return g.op("Unsqueeze", [cos, axis], hint="rope/cos"), g.op("Unsqueeze", [sin, axis], hint="rope/sin")
+    factor = g.const(plan.attention_factor, name=ATTENTION_FACTOR) if plan.attention_factor != 1.0 else None
+    return _rotation(g, _inv_freq(g, plan, position_ids), position_ids, factor, "rope/")
 
 
 def unscaled_cos_sin(g: GraphBuilder, theta: float, rotary_dim: int, position_ids: str) -> tuple[str, str]:
     """Plain rope at base `theta`, for layers a method leaves alone (gemma3's sliding layers); its constant is
     unnamed, outside the plan's rope/* names."""
-    inv_freq = g.const(default_inv_freq(theta, rotary_dim).astype(np.float32))
-    positions = g.op("Unsqueeze", [g.op("Cast", [position_ids], to=FLOAT), g.ints(-1)])
-    emb = g.op("Concat", [g.op("Mul", [positions, inv_freq])] * 2, axis=-1)
+    return _rotation(g, g.const(default_inv_freq(theta, rotary_dim).astype(np.float32)), position_ids)
+
+
+def _rotation(g: GraphBuilder, inv_freq: str, position_ids: str, factor: str | None = None,
+              hint: str = "") -> tuple[str, str]:
+    """cos and sin [b, s, 1, d] of position × inv_freq over both halves of the rotated dims, times factor."""
+    positions = g.op("Unsqueeze", [g.op("Cast", [position_ids], to=FLOAT), g.ints(-1)])  # [b, s, 1]
+    angles = g.op("Mul", [positions, inv_freq])  # [b, s, d/2]
+    emb = g.op("Concat", [angles, angles], axis=-1)
+    cos, sin = g.op("Cos", [emb]), g.op("Sin", [emb])
+    if factor is not None:
+        cos, sin = g.op("Mul", [cos, factor]), g.op("Mul", [sin, factor])
     axis = g.ints(2)
-    return g.op("Unsqueeze", [g.op("Cos", [emb]), axis]), g.op("Unsqueeze", [g.op("Sin", [emb]), axis])
+    return (g.op("Unsqueeze", [cos, axis], hint=hint and f"{hint}cos"),
+            g.op("Unsqueeze", [sin, axis], hint=hint and f"{hint}sin"))
 
 
 def _running_length(g: GraphBuilder, position_ids: str) -> str:
