@@ -19,19 +19,23 @@ from ropeconv.families import GGUF_CHECKS, GGUF_LAYOUTS as LAYOUTS, NO_GGUF
 from ropeconv.families.parts import EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS  # noqa: F401  (converter's keys)
 from ropeconv.families.spec import Config, GgufLayout, Hparam, first  # noqa: F401
 
-__all__ = ["LAYOUTS", "NO_GGUF", "GgufLayout", "Hparam", "check_graph", "first", "layout_for", "model_arch"]
+__all__ = ["LAYOUTS", "NO_GGUF", "GgufLayout", "Hparam", "check_graph", "first", "arch_by_name", "layout_for", "model_arch"]
+
+
+def arch_by_name(name: str) -> Any:
+    """gguf-py's MODEL_ARCH for a GGUF architecture name (general.architecture), or None when it has none."""
+    from gguf import MODEL_ARCH_NAMES
+
+    return next((arch for arch, arch_name in MODEL_ARCH_NAMES.items() if arch_name == name), None)
 
 
 def model_arch(layout: GgufLayout) -> Any:
     """gguf-py's MODEL_ARCH for the layout's architecture name (its tensor name map is keyed by it)."""
-    from gguf import MODEL_ARCH_NAMES
-
-    by_name = {name: arch for arch, name in MODEL_ARCH_NAMES.items()}
-    try:
-        return by_name[layout.arch]
-    except KeyError:
+    arch = arch_by_name(layout.arch)
+    if arch is None:
         raise UnsupportedError(f"{layout.model_type}: the installed gguf-py has no GGUF architecture "
-                               f"{layout.arch!r}; use --to safetensors") from None
+                               f"{layout.arch!r}; use --to safetensors")
+    return arch
 
 
 def layout_for(model_type: str) -> GgufLayout:

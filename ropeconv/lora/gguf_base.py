@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from gguf import MODEL_ARCH_NAMES, GGMLQuantizationType, get_tensor_name_map
+from gguf import GGMLQuantizationType, get_tensor_name_map
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.gguf_export.layouts import LAYOUTS
+from ropeconv.gguf_export.layouts import LAYOUTS, arch_by_name
 from ropeconv.gguf_export.row_order import permute_pairs, unpermute_pairs
 from ropeconv.gguf_io.reader import GgufFile, GgufTensor
 from ropeconv.lora.adapter import Adapter
@@ -59,12 +59,12 @@ class GgufLora:
 
 
 def plan_gguf_lora(src: GgufFile, adapters: Sequence[Adapter]) -> GgufLora:
-    arch_names = {name: arch for arch, name in MODEL_ARCH_NAMES.items()}
     a = src.arch
+    arch = arch_by_name(a) if isinstance(a, str) else None
     blocks = src.value(f"{a}.block_count")
-    if a not in arch_names or not isinstance(blocks, int):
+    if arch is None or not isinstance(blocks, int):
         raise InputError(f"{src.path}: cannot map LoRA modules onto a {a} GGUF (no architecture or block_count)")
-    names = get_tensor_name_map(arch_names[a], blocks)
+    names = get_tensor_name_map(arch, blocks)
     heads_q = src.value(f"{a}.attention.head_count")
     heads_kv = src.value(f"{a}.attention.head_count_kv") or heads_q
     targets: dict[str, str] = {}
