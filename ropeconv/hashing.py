@@ -7,12 +7,18 @@ to, while the next range is copied. On a machine with a core to spare the hash t
 on a busy one it costs what `cp` followed by `openssl dgst -sha256` costs, never a separate pass after.
 (Measured on 2 shared cores: copying through user-space buffers and hashing them on a thread was 2x slower
 than this, from the handoffs and the second memcpy.)
+
+Bytes computed here (a cast tensor) are made in a staging buffer that is a memfd's pages (stage()), appended
+from it by a kernel copy and hashed from it by the worker (append_staged()); a few such slots take turns, so
+the next piece is made while the last is hashed. On this VM, write() of 1 GB from process memory took
+0.19–2.6 s across identical runs, while the kernel copy from a memfd took 0.23–0.26 s every time.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import mmap
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +29,7 @@ COPY_CHUNK_BYTES = 16 * 1024 * 1024  # one kernel copy, then its hash is queued
 READ_CHUNK_BYTES = 2 * 1024 * 1024  # the worker reads back and hashes in pieces that stay in the CPU's caches
 BATCH_BYTES = 8 * 1024 * 1024  # owned buffers are handed to the worker in batches: fewer thread handoffs
 MAX_PENDING = 4  # how far the hash may trail the writing
+STAGE_SLOTS = 3  # staging buffers taking turns: one filled while the ones before it are hashed
 
 
 class HashedWriter:
@@ -43,6 +50,9 @@ class HashedWriter:
         self._batch: list[memoryview] = []
         self._batch_bytes = 0
         self._read_buf: memoryview | None = None
+        self._stage: tuple[int, mmap.mmap, int] | None = None  # memfd, its mapping, bytes a slot (stage())
+        self._slot = 0  # the slot stage() hands out next
+        self._slot_hashed: list[Future | None] = [None] * STAGE_SLOTS
 
     def write(self, data, owned: bool = False) -> None:
         view = memoryview(data).cast("B")
@@ -67,13 +77,54 @@ class HashedWriter:
             self._read_buf = memoryview(bytearray(READ_CHUNK_BYTES))
         self._flush_batch()
         while nbytes:
-            n = copy_range(src_fd, self.fd, min(nbytes, COPY_CHUNK_BYTES), offset)
-            if n <= 0:
-                raise EOFError(f"source ended {nbytes} bytes early")
-            self._submit(self._hash_range, self._pos, n)
-            self._pos += n
+            n = self._kernel_append(src_fd, offset, min(nbytes, COPY_CHUNK_BYTES))
+            self._submit(self._hash_range, self._pos - n, n)
             offset += n
             nbytes -= n
+
+    def _kernel_append(self, src_fd: int, offset: int, nbytes: int) -> int:
+        """Append nbytes of src_fd from offset by kernel copies, unhashed; EOFError when the source ends first."""
+        done = 0
+        while done < nbytes:
+            n = copy_range(src_fd, self.fd, nbytes - done, offset + done)
+            if n <= 0:
+                raise EOFError(f"source ended {nbytes - done} bytes early")
+            done += n
+            self._pos += n
+        return done
+
+    def stage(self, nbytes: int) -> memoryview:
+        """A writable buffer for the next nbytes to append: fill it, then append_staged(nbytes). It is valid
+        until the next stage()."""
+        if self._stage is None or self._stage[2] < nbytes:
+            self._drain()  # every slot hashed: the mapping can go
+            self._close_stage()
+            size = max(nbytes, 1)
+            if not hasattr(os, "memfd_create"):  # not Linux: process memory, appended by write()
+                self._stage = (-1, mmap.mmap(-1, size * STAGE_SLOTS), size)
+            else:
+                fd = os.memfd_create("ropeconv-stage", os.MFD_CLOEXEC)
+                os.ftruncate(fd, size * STAGE_SLOTS)
+                self._stage = (fd, mmap.mmap(fd, size * STAGE_SLOTS), size)
+        hashed = self._slot_hashed[self._slot]
+        if hashed is not None:
+            hashed.result()  # the worker is done reading this slot
+            self._slot_hashed[self._slot] = None
+        start = self._slot * self._stage[2]
+        return memoryview(self._stage[1])[start : start + nbytes]
+
+    def append_staged(self, nbytes: int) -> None:
+        """Append the first nbytes of the buffer the last stage() gave."""
+        fd, mapping, size = self._stage
+        start = self._slot * size
+        view = memoryview(mapping)[start : start + nbytes]
+        if fd < 0:
+            self.write(view)
+            return
+        self._flush_batch()
+        self._kernel_append(fd, start, nbytes)
+        self._slot_hashed[self._slot] = self._submit(self._hash_views, [view])
+        self._slot = (self._slot + 1) % STAGE_SLOTS
 
     def hexdigest(self) -> str:
         self._drain()
@@ -85,6 +136,19 @@ class HashedWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending.clear()
+        self._close_stage()  # after the worker: it may be reading a slot
+
+    def _close_stage(self) -> None:
+        self._slot, self._slot_hashed = 0, [None] * STAGE_SLOTS
+        if self._stage is not None:
+            fd, mapping, _ = self._stage
+            self._stage = None
+            try:
+                mapping.close()
+            except BufferError:  # a caller still holds a view: the mapping goes with it
+                pass
+            if fd >= 0:
+                os.close(fd)
 
     # --- the worker's side ---
 
@@ -107,12 +171,14 @@ class HashedWriter:
             views, self._batch, self._batch_bytes = self._batch, [], 0
             self._submit(self._hash_views, views)
 
-    def _submit(self, fn, *args) -> None:
+    def _submit(self, fn, *args) -> Future:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ropeconv-sha256")
         while len(self._pending) >= MAX_PENDING:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(fn, *args))
+        future = self._pool.submit(fn, *args)
+        self._pending.append(future)
+        return future
 
     def _drain(self) -> None:
         self._flush_batch()

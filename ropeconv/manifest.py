@@ -6,7 +6,6 @@ No timestamps or host names: two runs with the same inputs give byte-identical m
 from __future__ import annotations
 
 import hashlib
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ LIBRARIES = ("torch", "transformers", "safetensors", "numpy", "gguf", "onnx", "o
 
 
 def library_versions() -> dict[str, str]:
+    from importlib import metadata  # 12 ms: only where a manifest is written
+
     out = {}
     for name in LIBRARIES:
         try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import functools
-from typing import TYPE_CHECKING, Protocol
+import mmap
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from ropeconv.checkpoint.safetensors_header import DTYPE_BYTES, TensorEntry
 
@@ -74,6 +76,25 @@ class SafetensorsSource:
                 raise OSError(f"{entry.file}: unexpected end of data in tensor {entry.name!r}")
             done += n
 
+    @contextmanager
+    def mapped(self, entry: TensorEntry, start: int, nbytes: int) -> Iterator[memoryview]:
+        """The tensor's bytes [start, start + nbytes) as a read-only view of the file's pages (no copy), unmapped
+        on exit. The file must not shrink meanwhile (its pages would fault)."""
+        if start < 0 or start + nbytes > entry.nbytes or nbytes <= 0:
+            raise ValueError(f"map of {nbytes} bytes at {start} outside tensor {entry.name!r}")
+        fd = self._fd(entry.file)
+        at = entry.offset + start
+        if at + nbytes > os.fstat(fd).st_size:
+            raise OSError(f"{entry.file}: unexpected end of data in tensor {entry.name!r}")
+        lead = at % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(fd, lead + nbytes, mmap.MAP_SHARED, mmap.PROT_READ, offset=at - lead)
+        view = memoryview(mapping)[lead:]
+        try:
+            yield view
+        finally:
+            view.release()
+            mapping.close()
+
     def load(self, entry: TensorEntry) -> "torch.Tensor":
         import torch
 
@@ -91,9 +112,16 @@ class SafetensorsSource:
 
 
 def copy_range(src: int, dst: int, count: int, offset: int) -> int:
-    """Kernel copy where the OS has one, else pread + write; returns 0 only at the source's end."""
+    """Kernel copy where the OS has one (copy_file_range within a filesystem, sendfile across them, as from a
+    memfd), else pread + write; returns 0 only at the source's end."""
     try:
         n = os.copy_file_range(src, dst, count, offset)
+        if n > 0:
+            return n
+    except (AttributeError, OSError):
+        pass
+    try:
+        n = os.sendfile(dst, src, offset, count)
         if n > 0:
             return n
     except (AttributeError, OSError):

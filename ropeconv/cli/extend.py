@@ -15,7 +15,6 @@ from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as D
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
 from ropeconv.parity.placement import parse_max_memory
-from ropeconv.extend import from_gguf, from_hf
 from ropeconv.extend.dispatch import run
 from ropeconv.extend.job import ExtendJob, parse_formats
 from ropeconv.progress import Progress
@@ -188,6 +187,8 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
 
         saved = recipe_text(job, save_recipe, max_shard_size)
     if dry_run and is_gguf(base):
+        from ropeconv.extend import from_gguf
+
         g = from_gguf.prepare(job)
         if saved is not None:
             write_recipe(save_recipe, saved)
@@ -202,7 +203,9 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
                        + "; nothing written (--dry-run)")
         return 0
     if dry_run:
-        prepared = from_hf.prepare(job)
+        from ropeconv.extend import from_hf
+
+        prepared = from_hf.prepare(job, dry_run=True)
         if saved is not None:
             write_recipe(save_recipe, saved)
         data = {"plan": prepared.plan.to_json(), "config": prepared.hf_config, "out": str(out)}

@@ -47,8 +47,8 @@ class Prepared:
         return [(FORMATS[name], fplan) for name, fplan in self.outputs.items()]
 
 
-def prepare(job: ExtendJob) -> Prepared:
-    """All validation; reads headers only, writes nothing."""
+def prepare(job: ExtendJob, dry_run: bool = False) -> Prepared:
+    """All validation; reads headers only, writes nothing. dry_run: the plans are only shown, not written."""
     check_name(job.name)
     check_card_fields(job.card or {})
     ckpt = load_checkpoint(job.base, allow_pickle=job.allow_pickle)
@@ -74,7 +74,7 @@ def prepare(job: ExtendJob) -> Prepared:
         # then carries the base's config.json, for the shapes only
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
-    planning = Planning(ckpt, plan, job, hf_rope)
+    planning = Planning(ckpt, plan, job, hf_rope, dry_run)
     outputs = {name: fmt.plan(planning) for name, fmt in FORMATS.items() if name in job.formats}  # registry order
     return Prepared(ckpt, plan, hf_rope, hf_config, outputs)
 

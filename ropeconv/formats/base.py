@@ -58,13 +58,14 @@ class Writer(Protocol):
 
 @dataclass(frozen=True)
 class Planning:
-    """What a format plans from: the base, the position plan, the job's options, and transformers' declaration
-    of the plan (None when transformers cannot declare it)."""
+    """What a format plans from: the base, the position plan, the job's options, transformers' declaration of
+    the plan (None when transformers cannot declare it), and whether the plan is only shown (--dry-run)."""
 
     checkpoint: Checkpoint
     plan: PositionPlan
     job: Any  # extend.job.ExtendJob (outtype, imatrix, name, onnx_dtype, max_shard_bytes)
     hf_rope: dict[str, Any] | None
+    dry_run: bool = False  # checked as for writing, but nothing a writer alone needs is read (GGUF's token arrays)
 
 
 def _none(*_args, **_kwargs) -> None:

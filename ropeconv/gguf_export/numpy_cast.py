@@ -31,9 +31,16 @@ OVERFLOW_LOW = 0x4780  # bf16 magnitude bits of 65536: from here up to inf, a fi
 FIX_UP: np.ndarray | None = None  # _fix_up_table()
 
 
-def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """The values of little-endian bytes of a safetensors dtype (F32, F16 or BF16), as float32 (exact)."""
+def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The values of little-endian bytes of a safetensors dtype (F32, F16 or BF16), as float32 (exact); into
+    `out` (uint8, 4 bytes an element) when given, else a view of F32 bytes or a new array."""
     x = raw.view(BITS[dtype])
+    if out is not None:
+        if dtype == "BF16":
+            np.left_shift(x, 16, out=out.view(np.uint32), dtype=np.uint32)
+        else:
+            np.copyto(out.view(np.float32), x)
+        return out.view(np.float32)
     if dtype == "F32":
         return x
     if dtype == "F16":
@@ -41,19 +48,28 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     return (x.astype(np.uint32) << 16).view(np.float32)
 
 
-def to_float16(raw: np.ndarray, dtype: str, name: str, instead: str = HALF_INSTEAD) -> np.ndarray:
-    """float16 of little-endian bytes of a safetensors dtype (a new array unless already F16); refused when that
-    makes an inf the source lacked."""
+def to_float16(raw: np.ndarray, dtype: str, name: str, instead: str = HALF_INSTEAD,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """float16 of little-endian bytes of a safetensors dtype, into `out` (uint8, 2 bytes an element) when given,
+    else a new array (a view when already F16); refused when that makes an inf the source lacked."""
     if dtype == "F16":
-        return raw.view(np.float16)
+        if out is None:
+            return raw.view(np.float16)
+        np.copyto(out, raw)
+        return out.view(np.float16)
     if dtype == "BF16":
-        return bf16_to_f16(raw.view("<u2"), name, instead)
-    return float32_to_float16(raw.view("<f4"), name, instead)
+        return bf16_to_f16(raw.view("<u2"), name, instead, out)
+    return float32_to_float16(raw.view("<f4"), name, instead, out)
 
 
-def float32_to_float16(x: np.ndarray, name: str, instead: str = HALF_INSTEAD) -> np.ndarray:
+def float32_to_float16(x: np.ndarray, name: str, instead: str = HALF_INSTEAD,
+                       out: np.ndarray | None = None) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
-        y = x.astype(np.float16)
+        if out is None:
+            y = x.astype(np.float16)
+        else:
+            y = out.view(np.float16)
+            np.copyto(y, x, casting="same_kind")
     # one cheap integer pass in the common case: any inf or nan at all?
     if int((y.view(np.uint16) & 0x7FFF).max(initial=0)) >= 0x7C00 and bool(np.isinf(y).any()) \
             and not bool(np.isinf(x).any()):
@@ -61,10 +77,11 @@ def float32_to_float16(x: np.ndarray, name: str, instead: str = HALF_INSTEAD) ->
     return y
 
 
-def bf16_to_f16(b: np.ndarray, name: str, instead: str = HALF_INSTEAD) -> np.ndarray:
-    """uint16 bfloat16 bits (1-D) → a new float16 array: float16 normals in integer passes two elements a word,
-    the rest (~0.2% of a trained weight: zeros, tiny values, ±inf, nan) from the table of every bit pattern."""
-    out = np.empty(b.shape, np.uint16)
+def bf16_to_f16(b: np.ndarray, name: str, instead: str = HALF_INSTEAD, out: np.ndarray | None = None) -> np.ndarray:
+    """uint16 bfloat16 bits (1-D) → float16 (into `out`, any 1-D buffer of as many bytes, when given, else a new
+    array): float16 normals in integer passes two elements a word, the rest (~0.2% of a trained weight: zeros,
+    tiny values, ±inf, nan) from the table of every bit pattern."""
+    out = np.empty(b.shape, np.uint16) if out is None else out.view(np.uint16)
     words = min(b.size, BLOCK_ELEMENTS) // 2
     t = np.empty(words, np.uint32)
     other = np.empty(2 * words + 1, np.bool_)
@@ -108,3 +125,4 @@ def _fix_up_table() -> np.ndarray:
             bits = values.astype(np.float16).view(np.uint16)
         FIX_UP = bits | np.where(np.isnan(values), np.uint16(0x0200), np.uint16(0))
     return FIX_UP
+

@@ -22,7 +22,7 @@ class GgufOutput:
 
 def plan(p: Planning) -> GgufOutput:
     job = p.job
-    return GgufOutput(plan_gguf(p.checkpoint, p.plan, job.outtype, job.imatrix, job.name),
+    return GgufOutput(plan_gguf(p.checkpoint, p.plan, job.outtype, job.imatrix, job.name, tokens=not p.dry_run),
                       gguf_file_name(p.checkpoint, job.outtype, job.name))
 
 

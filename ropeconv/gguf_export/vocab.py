@@ -17,6 +17,7 @@ LlamaHfVocab for a SentencePiece-style tokenizer.json) and the special tokens an
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +39,45 @@ SPECIAL_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk
                 "sep": Keys.Tokenizer.SEP_ID, "pad": Keys.Tokenizer.PAD_ID}
 
 
+@dataclass(frozen=True)
+class TokenizerKind:
+    """What the GGUF's tokenizer.* keys will say of the base's tokenizer, decided without reading its tokens."""
+
+    reader: str  # gguf-py's vocabulary class: "bpe" (byte-level BPE), "spm" (tokenizer.model), "hf" (tokenizer.json)
+    model: str  # tokenizer.ggml.model
+    pre: str | None  # tokenizer.ggml.pre
+
+
+def tokenizer_kind(base: Path, tok_json: dict[str, Any] | None = None) -> TokenizerKind:
+    """The tokenizer's kind and llama.cpp pre-tokenizer, or the refusal a conversion would meet (a dry run's check:
+    one JSON read, no token list). tok_json: tokenizer.json as already read, if it was."""
+    tok_json = tok_json if tok_json is not None else _read_tokenizer_json(base)
+    if tok_json is not None and _is_byte_level(tok_json):
+        return TokenizerKind("bpe", "gpt2", byte_level_pre(tok_json))
+    if (base / "tokenizer.model").is_file():
+        return TokenizerKind("spm", "llama", None)
+    if tok_json is not None:
+        return TokenizerKind("hf", "llama", None)
+    raise InputError(f"{base}: no tokenizer.json or tokenizer.model; llama.cpp needs the vocabulary in the "
+                     "GGUF — put the base's tokenizer files beside config.json")
+
+
 def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
     from gguf.vocab import BpeVocab, LlamaHfVocab, SentencePieceVocab, SpecialVocab
 
     tok_json = _read_tokenizer_json(base)
-    byte_level = tok_json is not None and _is_byte_level(tok_json)
+    kind = tokenizer_kind(base, tok_json)
+    model, pre = kind.model, kind.pre
     try:
-        if byte_level:
-            vocab, model, pre = BpeVocab(base), "gpt2", byte_level_pre(tok_json)
-        elif (base / "tokenizer.model").is_file():
-            vocab, model, pre = SentencePieceVocab(base), "llama", None
-        elif tok_json is not None:
-            vocab, model, pre = LlamaHfVocab(base), "llama", None
-        else:
-            raise InputError(f"{base}: no tokenizer.json or tokenizer.model; llama.cpp needs the vocabulary in the "
-                             "GGUF — put the base's tokenizer files beside config.json")
+        vocab = {"bpe": BpeVocab, "spm": SentencePieceVocab, "hf": LlamaHfVocab}[kind.reader](base)
     except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
         raise UnsupportedError(f"{base}: tokenizer not supported for GGUF ({exc}); use --to safetensors") from None
 
     tokens, scores, types = [], [], []
-    for text, score, kind in vocab.all_tokens():
+    for text, score, token_type in vocab.all_tokens():
         tokens.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
         scores.append(float(score))
-        types.append(int(kind))
+        types.append(int(token_type))
     if len(tokens) > n_vocab:
         raise InputError(f"{base}: the tokenizer has {len(tokens)} tokens but the model only {n_vocab} embedding rows")
     specials = _special_flags(tok_json)
@@ -173,13 +190,18 @@ PHI3_NAMES = ("phi-3", "phi3")
 PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
 
 
+def needs_tokens(name: str) -> bool:
+    """Whether general_name() must see the token list to decide about this name."""
+    return any(n in name.lower() for n in PHI3_NAMES)
+
+
 def general_name(name: str, explicit: bool, fields: list[NewField]) -> str:
     """general.name as llama.cpp can load it: a name llama.cpp would take for Phi-3's (when the vocabulary lacks
     the tokens that rule looks up) loses its hyphen-or-nothing between "phi" and "3", e.g. tiny-phi3 → tiny-phi 3;
     an explicit --name of that kind is refused instead of rewritten."""
     import re
 
-    if not any(n in name.lower() for n in PHI3_NAMES):
+    if not needs_tokens(name):
         return name
     tokens = next((f.value for f in fields if f.key == "tokenizer.ggml.tokens"), None)
     missing = [t for t in PHI3_TOKENS if tokens is not None and t not in set(tokens)]

@@ -238,6 +238,13 @@ def _check_plan(fields: list[KvEntry], tensors: list[TensorInfo], alignment: int
             raise RopeconvError(f"internal: tensor {t.name!r} says {t.nbytes} bytes, type and shape need {expected}")
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A piece of a streamed tensor that is the first nbytes of the buffer GgufWriter.stage() gave."""
+
+    nbytes: int
+
+
 class GgufWriter:
     """write_tensor() must be called once per tensor, in TensorInfo order; then close()."""
 
@@ -254,6 +261,7 @@ class GgufWriter:
         # so a manifest need not read the file back
         self._hash_data = hash_data
         self._out: HashedWriter | None = None
+        self._plain_stage: bytearray | None = None  # stage() without hashing
         self.sha256: str | None = None
 
     def __enter__(self) -> GgufWriter:
@@ -301,17 +309,34 @@ class GgufWriter:
             self._emit(data)
         self._finish_tensor(info)
 
+    def stage(self, nbytes: int) -> memoryview:
+        """A buffer to make the next piece of the tensor write_tensor_chunks is streaming in: fill it, then yield
+        Staged(nbytes). With hashing it is a memfd's pages, appended by a kernel copy (hashing.HashedWriter.stage)."""
+        self._open()
+        if self._out:
+            return self._out.stage(nbytes)
+        if self._plain_stage is None or len(self._plain_stage) < nbytes:
+            self._plain_stage = bytearray(nbytes)
+        return memoryview(self._plain_stage)[:nbytes]
+
     def write_tensor_chunks(self, name: str, chunks) -> None:
-        """Append a tensor given as consecutive little-endian pieces (numpy arrays or buffers)."""
+        """Append a tensor given as consecutive little-endian pieces: numpy arrays, buffers, or Staged pieces
+        made in stage()'s buffer (appended before the next piece is asked for)."""
         info = self._check_next(name)
         self._open()
         written = 0
         for chunk in chunks:
-            data = memoryview(chunk).cast("B")
-            written += data.nbytes
+            staged = isinstance(chunk, Staged)
+            data = None if staged else memoryview(chunk).cast("B")
+            written += chunk.nbytes if staged else data.nbytes
             if written > info.nbytes:
                 break
-            self._emit(data)
+            if not staged:
+                self._emit(data)
+            elif self._out:
+                self._out.append_staged(chunk.nbytes)
+            else:
+                write_all(self._fd, memoryview(self._plain_stage)[: chunk.nbytes])
         if written != info.nbytes:
             raise RopeconvError(f"internal: tensor {name!r} streamed {written} bytes, header says {info.nbytes}")
         self._finish_tensor(info)
