@@ -92,8 +92,11 @@ class SafetensorsSource:
         try:
             yield view
         finally:
-            view.release()
-            mapping.close()
+            try:
+                view.release()
+                mapping.close()
+            except BufferError:  # an array over it is still referenced (by a traceback's frame): unmapped with it
+                pass
 
     def load(self, entry: TensorEntry) -> "torch.Tensor":
         import torch
