@@ -15,7 +15,8 @@ from ropeconv import methods
 from ropeconv.capabilities import family_cell, family_cells
 from ropeconv.families import FAMILIES
 from ropeconv.gguf_io.reader import read_gguf
-from ropeconv.methods.base import Support
+from ropeconv.gguf_export.plan import plan_gguf
+from ropeconv.methods.base import ExtendRequest, Support
 from ropeconv.gguf_io.writer import rewrite_gguf
 
 pytest.importorskip("llama_cpp")
@@ -272,6 +273,43 @@ def test_bad_conversions_exit_2_with_one_line_and_write_nothing(tmp_path, case, 
     capsys.readouterr()  # building the base printed transformers' progress
     line = assert_refused(capsys, run_cli("extend", base, *args, "--to", "gguf", "-o", out), out, before)
     assert words in line
+
+
+# a dry run plans the GGUF without reading the token arrays, but checks the tokenizer as the conversion does
+DRY_RUN_REFUSES = ["no tokenizer", "unknown pre-tokenizer", "activation llama.cpp does not compute", "outtype unknown"]
+
+
+@pytest.mark.parametrize("case", DRY_RUN_REFUSES)
+def test_a_dry_run_refuses_what_the_conversion_would(tmp_path, case, capsys):
+    arch, overrides, damage, args, words = BAD[case]
+    base = add_byte_level_tokenizer(make_tiny(tmp_path, arch, **overrides))
+    if damage:
+        damage(base)
+    out = tmp_path / "out"
+    before = listing(tmp_path)
+    capsys.readouterr()
+    line = assert_refused(capsys, run_cli("extend", base, *args, "--to", "gguf", "--dry-run", "-o", out), out, before)
+    assert words in line
+
+
+def test_a_dry_runs_gguf_plan_cannot_be_written(tmp_path):
+    from ropeconv.checkpoint import load_checkpoint
+    from ropeconv.errors import RopeconvError
+    from ropeconv.gguf_export.convert import GgufConversion
+
+    base = add_byte_level_tokenizer(make_tiny(tmp_path, "llama"))
+    ckpt = load_checkpoint(base)
+    plan = methods.get("linear").plan(ckpt.scheme, ExtendRequest(factor=2.0))
+    shown, full = plan_gguf(ckpt, plan, "f16", tokens=False), plan_gguf(ckpt, plan, "f16")
+    assert not any(f.key == "tokenizer.ggml.tokens" for f in shown.fields)
+    assert any(f.key == "tokenizer.ggml.tokens" for f in full.fields)
+    # everything else is the same plan
+    assert [f for f in full.fields if not f.key.startswith("tokenizer.")] == \
+        [f for f in shown.fields if not f.key.startswith("tokenizer.")]
+    assert shown.tensors == full.tensors
+    with pytest.raises(RopeconvError, match="dry run"):
+        GgufConversion(shown, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_rebase_replaces_a_carrier_scaling_and_drops_its_tensor(bases, tmp_path, capsys):

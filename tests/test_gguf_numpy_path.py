@@ -159,7 +159,7 @@ def test_array_fields_pack_as_item_by_item():
     from gguf import GGUFValueType as T
 
     from ropeconv.errors import InputError
-    from ropeconv.gguf_io.writer import NewField, _pack_value
+    from ropeconv.gguf_io.fields import NewField, _pack_value
 
     cases = [(T.STRING, ["a", "", "ключ", "\udcff raw byte", "[PAD7]"]), (T.FLOAT32, [0.0, -1000.0, 1.5, 3, 1e-40]),
              (T.INT32, [0, 1, -(2**31), 2**31 - 1]), (T.UINT32, []), (T.FLOAT32, [np.float32(2.5), 1.0])]

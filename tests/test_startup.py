@@ -190,3 +190,46 @@ def test_recipe_check_reads_no_checkpoint_code(outputs):
     report = probe([["recipe", "check", str(outputs["recipe"])]], HEAVY + light, helps=False)
     assert report[0]["rc"] == 0, report[0]
     assert report[0]["loaded"] == [], f"`recipe check` imported {report[0]['loaded']}"
+
+
+def test_planning_a_gguf_imports_neither_numpy_nor_gguf_py(outputs):
+    """A dry run to GGUF plans every tensor name through gguf-py's own name map, loaded without gguf-py's package
+    (its __init__ imports numpy and the writer) and without reading the vocabulary's arrays."""
+    dry = outputs["out"].parent / "dry-gguf"
+    [row] = probe([["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--to", "safetensors,gguf",
+                    "--dry-run", "-o", str(dry)]], HEAVY + ("numpy", "gguf"), helps=False)
+    assert row["rc"] == 0, row
+    assert row["loaded"] == [], f"the GGUF dry run imported {row['loaded']}"
+    assert "nothing written" in row["out"] and not dry.exists()
+
+
+TABLES = r"""
+import json, sys
+from ropeconv.gguf_io import tables
+from ropeconv.families import GGUF_LAYOUTS
+
+assert "gguf" not in sys.modules
+mapping, constants = tables.tensor_mapping(), tables.constants()
+assert "gguf" not in sys.modules and "numpy" not in sys.modules
+ours = {}
+for layout in GGUF_LAYOUTS.values():
+    arch = next(a for a, name in constants.MODEL_ARCH_NAMES.items() if name == layout.arch)
+    ours[layout.arch] = {k: [int(t), n] for k, (t, n) in mapping.get_tensor_name_map(arch, 3).mapping.items()}
+import gguf
+theirs = {}
+for layout in GGUF_LAYOUTS.values():
+    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == layout.arch)
+    theirs[layout.arch] = {k: [int(t), n] for k, (t, n) in gguf.get_tensor_name_map(arch, 3).mapping.items()}
+print(json.dumps({"equal": ours == theirs, "archs": len(ours), "names": sum(map(len, ours.values())),
+                  "private": mapping.__name__, "after": tables.tensor_mapping().__name__}))
+"""
+
+
+def test_the_private_tables_are_gguf_pys_own():
+    """gguf_io.tables loads gguf-py's constants and tensor_mapping without its package: the same name map for
+    every GGUF architecture a family writes, and gguf's own modules once gguf is imported."""
+    done = subprocess.run([sys.executable, "-c", TABLES], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["equal"] and report["archs"] >= 10 and report["names"] > 1000, report
+    assert report["private"].startswith("ropeconv._gguf_tables") and report["after"] == "gguf.tensor_mapping"

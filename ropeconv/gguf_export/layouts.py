@@ -24,9 +24,9 @@ __all__ = ["LAYOUTS", "NO_GGUF", "GgufLayout", "Hparam", "check_graph", "first",
 
 def arch_by_name(name: str) -> Any:
     """gguf-py's MODEL_ARCH for a GGUF architecture name (general.architecture), or None when it has none."""
-    from gguf import MODEL_ARCH_NAMES
+    from ropeconv.gguf_io import tables
 
-    return next((arch for arch, arch_name in MODEL_ARCH_NAMES.items() if arch_name == name), None)
+    return next((arch for arch, arch_name in tables.constants().MODEL_ARCH_NAMES.items() if arch_name == name), None)
 
 
 def model_arch(layout: GgufLayout) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ropeconv.export.card import _fmt
 from ropeconv.formats.base import Note, Planning, Twin
-from ropeconv.gguf_export.convert import GgufConversion, GgufPlan, gguf_file_name, plan_gguf, write_f32_twin
+from ropeconv.gguf_export.plan import GgufPlan, gguf_file_name, plan_gguf
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class GgufOutputWriter:
         self.out, self.note = out, note
         self.path = Path(directory) / out.file
         self.staged = Path(directory) / f".{out.file}.{g.outtype}.gguf" if g.quantize else self.path
+        from ropeconv.gguf_export.convert import GgufConversion  # numpy and the writer: only where one is written
+
         self._conversion = GgufConversion(g, self.staged)
         self._sha256: dict[str, str] = {}
         self._closed = False
@@ -90,7 +92,12 @@ def record(out: GgufOutput, _plan) -> dict[str, Any]:
 def twin(base: Path, plan, lora=None) -> Twin:
     """A GGUF converted from a HF base: a non-f32 file is judged as a float32 conversion of the same base
     (strict: names, layout, metadata) and as itself against the quantized limits."""
-    return lambda dst: write_f32_twin(base, plan, dst, lora)
+    def write(dst: Path) -> Path:
+        from ropeconv.gguf_export.convert import write_f32_twin
+
+        return write_f32_twin(base, plan, dst, lora)
+
+    return write
 
 
 def card_declaration(rec: dict[str, Any], _plan) -> str:
