@@ -39,9 +39,11 @@ def rope() -> str:
 
 # --- start-up -----------------------------------------------------------------------------------
 
-def startup_commands(base: Path, gguf: Path, recipe: Path, dry_out: Path) -> dict[str, list[str]]:
+def startup_commands(base: Path, gguf: Path, recipe: Path, dry_out: Path, smol: Path | None = None) -> dict[str, list[str]]:
+    """smol: a SmolLM2-135M HF folder (`make demo` builds it) — a real 49k-token tokenizer, where the synthetic
+    checkpoints carry a tiny one."""
     r = rope()
-    return {
+    cmds = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "ropeconv --version": [r, "--version"],
         "ropeconv --help": [r, "--help"],
@@ -54,6 +56,14 @@ def startup_commands(base: Path, gguf: Path, recipe: Path, dry_out: Path) -> dic
         "ropeconv extend X.gguf --dry-run": [r, "extend", str(gguf), "--method", "yarn", "--factor", "4", "--dry-run",
                                              "-o", str(dry_out.with_suffix(".gguf"))],
     }  # fmt: skip
+    if smol is not None:
+        cmds["ropeconv extend SMOLLM2 --dry-run"] = [r, "extend", str(smol), "--method", "yarn", "--factor", "4", "--to",
+                                                     "safetensors,gguf", "--dry-run", "-o", str(dry_out)]
+        # the ONNX plan reads config.json through transformers' config classes (their defaults are the
+        # reference's), which import torch: reported, knowingly over the limit
+        cmds["ropeconv extend SMOLLM2 --to onnx --dry-run"] = [r, "extend", str(smol), "--method", "yarn", "--factor",
+                                                               "4", "--to", "onnx", "--dry-run", "-o", str(dry_out)]
+    return cmds
 
 
 def time_child(cmd: list[str]) -> tuple[float, float]:
@@ -188,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--llama-cpp-src", type=Path, help="llama.cpp sources holding convert_hf_to_gguf.py "
                        "(default: the installed llama-cpp-python's sdist, fetched once into --work)"),
         p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp's converter out"),
-        p.add_argument("--skip-conversions", action="store_true", help="start-up only")), size_gb=0.5)
+        p.add_argument("--skip-conversions", action="store_true", help="start-up only"),
+        p.add_argument("--smollm2", type=Path, default=Path("work/smollm2-135m"), help="SmolLM2-135M HF folder for "
+                       "the dry runs with a real tokenizer (default: work/smollm2-135m, made by `make demo`; left "
+                       "out when missing)")), size_gb=0.5)
     from bench.convert_bench import llama_cpp_sources, with_tokenizer
 
     root = args.work / "speed"  # its own inputs: the other benchmarks' synthetic checkpoint stays at its 2 GB
@@ -203,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"  - format: safetensors\n  - format: gguf\n    outtype: q8_0\nout: {root / 'recipe-out'}\n")
     startup_runs = max(5, args.runs)  # cheap: at least 5, the medians are of short, noisy runs
     report["startup_runs"] = startup_runs
-    report["startup"] = bench_startup(startup_commands(srcs["fp16"], gguf, recipe, root / "dry-out"), startup_runs)
+    smol = args.smollm2 if (args.smollm2 / "config.json").is_file() else None
+    report["startup"] = bench_startup(startup_commands(srcs["fp16"], gguf, recipe, root / "dry-out", smol),
+                                      startup_runs)
     if not args.skip_conversions:
         for dtype, src in srcs.items():
             print(f"bench: conversions of the {dtype} checkpoint", file=sys.stderr)
