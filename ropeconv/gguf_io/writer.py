@@ -241,11 +241,11 @@ class GgufWriter:
             self._release()
             raise RopeconvError(f"internal: {missing} tensors were never written to {self.path}")
         self._open()  # a file with no tensors is still written
+        if self._out:  # first: the hashing thread may still be appending the last pieces
+            self.sha256 = self._out.hexdigest()
         end = len(self.header) + sum(align_up(t.nbytes, self.alignment) for t in self.tensors)
         if os.fstat(self._fd).st_size != end:
             os.ftruncate(self._fd, end)
-        if self._out:
-            self.sha256 = self._out.hexdigest()
         self._release()
 
     def _release(self) -> None:
