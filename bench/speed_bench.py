@@ -39,7 +39,8 @@ def rope() -> str:
 
 # --- start-up -----------------------------------------------------------------------------------
 
-def startup_commands(base: Path, gguf: Path, recipe: Path, dry_out: Path, smol: Path | None = None) -> dict[str, list[str]]:
+def startup_commands(base: Path, gguf: Path, recipe: Path, dry_out: Path,
+                     smol: Path | None = None) -> dict[str, list[str]]:
     """smol: a SmolLM2-135M HF folder (`make demo` builds it) — a real 49k-token tokenizer, where the synthetic
     checkpoints carry a tiny one."""
     r = rope()
@@ -57,8 +58,8 @@ def startup_commands(base: Path, gguf: Path, recipe: Path, dry_out: Path, smol: 
                                              "-o", str(dry_out.with_suffix(".gguf"))],
     }  # fmt: skip
     if smol is not None:
-        cmds["ropeconv extend SMOLLM2 --dry-run"] = [r, "extend", str(smol), "--method", "yarn", "--factor", "4", "--to",
-                                                     "safetensors,gguf", "--dry-run", "-o", str(dry_out)]
+        cmds["ropeconv extend SMOLLM2 --dry-run"] = [r, "extend", str(smol), "--method", "yarn", "--factor", "4",
+                                                     "--to", "safetensors,gguf", "--dry-run", "-o", str(dry_out)]
         # the ONNX plan reads config.json through transformers' config classes (their defaults are the
         # reference's), which import torch: reported, knowingly over the limit
         cmds["ropeconv extend SMOLLM2 --to onnx --dry-run"] = [r, "extend", str(smol), "--method", "yarn", "--factor",

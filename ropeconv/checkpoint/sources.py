@@ -117,18 +117,14 @@ class SafetensorsSource:
 def copy_range(src: int, dst: int, count: int, offset: int) -> int:
     """Kernel copy where the OS has one (copy_file_range within a filesystem, sendfile across them, as from a
     memfd), else pread + write; returns 0 only at the source's end."""
-    try:
-        n = os.copy_file_range(src, dst, count, offset)
-        if n > 0:
-            return n
-    except (AttributeError, OSError):
-        pass
-    try:
-        n = os.sendfile(dst, src, offset, count)
-        if n > 0:
-            return n
-    except (AttributeError, OSError):
-        pass
+    for kernel_copy in (lambda: os.copy_file_range(src, dst, count, offset),
+                        lambda: os.sendfile(dst, src, offset, count)):
+        try:
+            n = kernel_copy()
+            if n > 0:
+                return n
+        except (AttributeError, OSError):
+            pass
     # copy_file_range also returns 0 on filesystems it cannot handle: pread tells that from the end
     data = os.pread(src, count, offset)
     write_all(dst, data)

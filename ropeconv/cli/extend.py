@@ -123,7 +123,9 @@ def _method_options(fn):
 @click.option("--tag", "card_tags", multiple=True, help="a tag for the card's metadata (repeat for several)")
 @click.option("--save-recipe", type=click.Path(path_type=Path),
               help="also write this command line as a YAML recipe (`ropeconv recipe run FILE` repeats it)")
-@click.option("--dry-run", is_flag=True, help="print the plan, write nothing (but --save-recipe)")
+@click.option("--dry-run", is_flag=True, help="check and print the plan, write nothing (but --save-recipe); a GGUF "
+              "plan checks the tokenizer's kind but reads no token list, so a vocabulary larger than the embedding "
+              "is found by the run itself")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype, imatrix, onnx_dtype, lora,
