@@ -11,8 +11,8 @@ than this, from the handoffs and the second memcpy.)
 Bytes computed here (a cast tensor) are made in a staging buffer that is a memfd's pages (stage()), and the
 worker appends them by a kernel copy and hashes them from there (append_staged()); a few such slots take turns,
 so the caller makes the next piece while the worker appends and hashes the last. While the worker appends,
-bytes written after them go through it too; a copy() waits for it. On this VM, write() of 1 GB from process memory took
-0.19–2.6 s across identical runs, while the kernel copy from a memfd took 0.23–0.26 s every time.
+bytes written after them go through it too; a copy() waits for it. On this VM, write() of 1 GB from process
+memory took 0.19–2.6 s across identical runs, while the kernel copy from a memfd took 0.23–0.26 s every time.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class HashedWriter:
     write(data): written, then hashed before returning (the caller may reuse its buffer); with owned=True the
     caller promises never to change the buffer and its hash is left to the worker. copy(src_fd, …): a kernel
     copy hashed behind by the worker, which reads the range back through this descriptor, so it must be
-    open for reading too (O_RDWR). Nothing else may write to the descriptor meanwhile.
+    open for reading too (O_RDWR). stage(n) / append_staged(n): bytes made in the writer's own staging buffer,
+    appended and hashed by the worker. Nothing else may write to the descriptor meanwhile.
     """
 
     def __init__(self, fd: int) -> None:

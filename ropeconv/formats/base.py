@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 # The types named below live in layers above this one (checkpoint, positions); they are written as names only.
 TensorEntry = TensorSource = Checkpoint = PositionPlan = Any
 
+
 @dataclass(frozen=True)
 class Ref:
     """A hook named "module:function" and imported on its first call. The registry sits at the bottom of the
@@ -36,7 +37,7 @@ Twin = Callable[[Path], Path]  # writes the float32 twin of an artifact at the p
 
 @runtime_checkable
 class Writer(Protocol):
-    """Fed every tensor of the base, in the checkpoint's order, by the one streaming loop (formats.stream).
+    """Fed every tensor of the base, in the checkpoint's order, by the one streaming loop (export.stream).
 
     write(entry, source): take this tensor (a writer skips those its format does not hold);
     close(): finish the files (a format may post-process here: llama.cpp's quantizer, onnx.checker);

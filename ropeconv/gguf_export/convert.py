@@ -162,33 +162,33 @@ class GgufConversion:
                 scratch[key] = np.empty(nbytes, np.uint8)
             return scratch[key][:nbytes]
 
+        def read_rows(pieces: list[tuple[int, int, bool]], dst: np.ndarray) -> None:
+            at = 0
+            for start, n, pairs in pieces:
+                rows_dst = dst[at : at + n * row_bytes]
+                if pairs:  # row 2i of a head is its HF row i, row 2i+1 its row i + d/2 (row_order.permute_pairs)
+                    block = buffer("pairs", n * row_bytes)
+                    source.read_into(entry, start * row_bytes, memoryview(block))
+                    rows_dst.reshape(n // 2, 2, row_bytes)[:] = block.reshape(2, n // 2, row_bytes).swapaxes(0, 1)
+                else:
+                    source.read_into(entry, start * row_bytes, memoryview(rows_dst))
+                at += n * row_bytes
+
         for pieces in _chunks(row_blocks(t.op, rows, heads), max(1, READ_CHUNK_BYTES // row_bytes)):
             nbytes = sum(n for _, n, _ in pieces) * row_bytes
             out_nbytes = int(nbytes * widen)
             out = np.frombuffer(self._writer.stage(out_nbytes), np.uint8)
-            if cast and len(pieces) == 1 and not pieces[0][2] and hasattr(source, "mapped"):
+            if not cast:
+                read_rows(pieces, out)
+            elif len(pieces) == 1 and not pieces[0][2] and hasattr(source, "mapped"):
                 # a plain run of rows: cast from the file's own pages, no read into a buffer first
                 with source.mapped(entry, pieces[0][0] * row_bytes, nbytes) as view:
-                    raw = np.frombuffer(view, np.uint8)
-                    self._numpy_cast(t, raw, out)
-                    del raw
-                del out
-                yield Staged(out_nbytes)
-                continue
-            raw = buffer("raw", nbytes) if cast else out
-            at = 0
-            for start, n, pairs in pieces:
-                dst = raw[at : at + n * row_bytes]
-                if pairs:  # row 2i of a head is its HF row i, row 2i+1 its row i + d/2 (row_order.permute_pairs)
-                    block = buffer("pairs", n * row_bytes)
-                    source.read_into(entry, start * row_bytes, memoryview(block))
-                    dst.reshape(n // 2, 2, row_bytes)[:] = block.reshape(2, n // 2, row_bytes).swapaxes(0, 1)
-                else:
-                    source.read_into(entry, start * row_bytes, memoryview(dst))
-                at += n * row_bytes
-            if cast:
+                    self._numpy_cast(t, np.frombuffer(view, np.uint8), out)
+            else:
+                raw = buffer("raw", nbytes)
+                read_rows(pieces, raw)
                 self._numpy_cast(t, raw, out)
-            del out, raw, dst  # no view of the staging buffer outlives its piece
+            del out  # no view of the staging buffer outlives its piece
             yield Staged(out_nbytes)
 
     def _numpy_cast(self, t: TensorPlan, raw: np.ndarray, out: np.ndarray) -> None:

@@ -48,13 +48,10 @@ def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np
     return (x.astype(np.uint32) << 16).view(np.float32)
 
 
-def to_float16(raw: np.ndarray, dtype: str, name: str, instead: str = HALF_INSTEAD,
-               out: np.ndarray | None = None) -> np.ndarray:
-    """float16 of little-endian bytes of a safetensors dtype, into `out` (uint8, 2 bytes an element) when given,
-    else a new array (a view when already F16); refused when that makes an inf the source lacked."""
+def to_float16(raw: np.ndarray, dtype: str, name: str, out: np.ndarray, instead: str = HALF_INSTEAD) -> np.ndarray:
+    """float16 of little-endian bytes of a safetensors dtype, into `out` (uint8, 2 bytes an element); refused when
+    that makes an inf the source lacked."""
     if dtype == "F16":
-        if out is None:
-            return raw.view(np.float16)
         np.copyto(out, raw)
         return out.view(np.float16)
     if dtype == "BF16":

@@ -79,9 +79,14 @@ class GgufPlan:
         return [t.info for t in self.tensors] + [TensorInfo(n, (len(v),), G.F32, 4 * len(v)) for n, v in self.carriers]
 
 
+def model_name(ckpt: Checkpoint, name: str | None = None) -> str:
+    """The model's name (general.name, the file's): --name, else the base folder's."""
+    return name or ckpt.path.resolve().name
+
+
 def gguf_file_name(ckpt: Checkpoint, outtype: str, name: str | None = None) -> str:
-    """<name>-<OUTTYPE>.gguf; the model's name defaults to the base folder's."""
-    return f"{name or ckpt.path.resolve().name}-{outtype.upper()}.gguf"
+    """<name>-<OUTTYPE>.gguf."""
+    return f"{model_name(ckpt, name)}-{outtype.upper()}.gguf"
 
 
 def plan_gguf(ckpt: Checkpoint, plan: PositionPlan, outtype: str, imatrix: Path | None = None,
@@ -149,7 +154,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     kv["vocab_size"] = ("u32", n_vocab)
     kv.update(declaration.kv)
 
-    general = name or ckpt.path.resolve().name
+    general = model_name(ckpt, name)
     if tokens or needs_tokens(general):
         vocab = tokenizer_fields(ckpt.path, n_vocab)
     else:

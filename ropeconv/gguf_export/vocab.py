@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.gguf_io import tables
 from ropeconv.gguf_io.fields import NewField
 from ropeconv.gguf_io.types import GGUFValueType
 
@@ -36,7 +34,6 @@ SPLIT_REGEXES = {
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
         "qwen2",
 }
-SPECIAL_IDS = ("bos", "eos", "unk", "sep", "pad")  # tokenizer.ggml.<kind>_token_id, gguf-py's Keys.Tokenizer names
 
 
 @dataclass(frozen=True)
@@ -63,10 +60,12 @@ def tokenizer_kind(base: Path, tok_json: dict[str, Any] | None = None) -> Tokeni
 
 
 def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
+    # gguf-py's vocabulary readers: the conversion imports gguf-py here, not where a dry run plans
+    from gguf import Keys, TokenType
     from gguf.vocab import BpeVocab, LlamaHfVocab, SentencePieceVocab, SpecialVocab
 
-    constants = tables.constants()
-    Keys, TokenType = constants.Keys, constants.TokenType  # noqa: N806 (gguf-py's names)
+    special_keys = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk": Keys.Tokenizer.UNK_ID,
+                    "sep": Keys.Tokenizer.SEP_ID, "pad": Keys.Tokenizer.PAD_ID}
 
     tok_json = _read_tokenizer_json(base)
     kind = tokenizer_kind(base, tok_json)
@@ -110,7 +109,7 @@ def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
     if special.merges:
         fields.append(NewField("tokenizer.ggml.merges", GGUFValueType.ARRAY, list(special.merges),
                                GGUFValueType.STRING))
-    for kind, key in ((k, getattr(Keys.Tokenizer, f"{k.upper()}_ID")) for k in SPECIAL_IDS):
+    for kind, key in special_keys.items():
         token_id = special.special_token_ids.get(kind)
         if isinstance(token_id, int) and 0 <= token_id < n_vocab:
             fields.append(NewField(key, GGUFValueType.UINT32, token_id))

@@ -28,8 +28,6 @@ NUMPY_TO_GGML = {
 }  # fmt: skip
 
 
-
-
 @dataclass(frozen=True)
 class NewField:
     """A KV pair to serialize (as opposed to a GgufField copied verbatim)."""

@@ -126,7 +126,6 @@ class GgufWriter:
         # so a manifest need not read the file back
         self._hash_data = hash_data
         self._out: HashedWriter | None = None
-        self._plain_stage: bytearray | None = None  # stage() without hashing
         self.sha256: str | None = None
 
     def __enter__(self) -> GgufWriter:
@@ -176,13 +175,11 @@ class GgufWriter:
 
     def stage(self, nbytes: int) -> memoryview:
         """A buffer to make the next piece of the tensor write_tensor_chunks is streaming in: fill it, then yield
-        Staged(nbytes). With hashing it is a memfd's pages, appended by a kernel copy (hashing.HashedWriter.stage)."""
+        Staged(nbytes). It is the hashing writer's (hashing.HashedWriter.stage), so it needs hash_data=True."""
         self._open()
-        if self._out:
-            return self._out.stage(nbytes)
-        if self._plain_stage is None or len(self._plain_stage) < nbytes:
-            self._plain_stage = bytearray(nbytes)
-        return memoryview(self._plain_stage)[:nbytes]
+        if not self._out:
+            raise RopeconvError("internal: staged pieces are appended by the hashing writer (hash_data=True)")
+        return self._out.stage(nbytes)
 
     def write_tensor_chunks(self, name: str, chunks) -> None:
         """Append a tensor given as consecutive little-endian pieces: numpy arrays, buffers, or Staged pieces
@@ -196,12 +193,10 @@ class GgufWriter:
             written += chunk.nbytes if staged else data.nbytes
             if written > info.nbytes:
                 break
-            if not staged:
-                self._emit(data)
-            elif self._out:
+            if staged:
                 self._out.append_staged(chunk.nbytes)
             else:
-                write_all(self._fd, memoryview(self._plain_stage)[: chunk.nbytes])
+                self._emit(data)
         if written != info.nbytes:
             raise RopeconvError(f"internal: tensor {name!r} streamed {written} bytes, header says {info.nbytes}")
         self._finish_tensor(info)
