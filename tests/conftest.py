@@ -28,7 +28,7 @@ TINY = {name: dict(family.tiny) for name, family in FAMILIES.items()}
 
 # families with norms of their own (q/k norms, post-norms), initialized away from transformers' ones
 # (name → the range they are drawn from: Family.tiny_norm_range)
-RANDOM_NORMS = {name: family.tiny_norm_range for name, family in FAMILIES.items() if family.tiny_random_norms}
+RANDOM_NORMS = {name: family.tiny_norm_range for name, family in FAMILIES.items() if family.tiny_norm_range}
 
 
 def default_cells(cells, fmt: str) -> list[tuple[str, str]]:

@@ -63,9 +63,6 @@ def check_family(family: object, where: str, expected_name: str | None = None) -
     for part in (family.shapes, family.gguf, family.onnx):
         if part is not None and part.model_type != mt:
             raise FamilyError(f"{where}: {type(part).__name__} names {part.model_type!r}, the family is {mt!r}")
-    if family.onnx is not None and family.onnx.position != family.position:
-        raise FamilyError(f"{where}: {mt}'s OnnxLayout.position {family.onnx.position!r} ≠ its ArchSpec.position "
-                          f"{family.position!r}")
     if family.gguf_arch is not None and not isinstance(family.gguf_arch, GgufArchSpec):
         raise FamilyError(f"{where}: {mt}'s gguf_arch must be a GgufArchSpec")
     return family

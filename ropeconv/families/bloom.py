@@ -47,7 +47,7 @@ FAMILY = Family(
         attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
         qkv=("self_attention.query_key_value",), qkv_split="per_head", o_proj="self_attention.dense",
         mlp=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), mlp_kind="plain", eps_key="layer_norm_epsilon",
-        position="alibi", alibi_keys="mask", embed_norm="transformer.word_embeddings_layernorm",
+        alibi_keys="mask", embed_norm="transformer.word_embeddings_layernorm",
         fixed_activation="gelu_bloom", residual_norm_key="apply_residual_connection_post_layernorm",
         optional_prefix="transformer.",
     ),

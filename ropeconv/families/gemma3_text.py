@@ -93,7 +93,6 @@ FAMILY = Family(
     tiny=dict(TINY_LLAMA, head_dim=16, query_pre_attn_scalar=16, sliding_window=32, rope_theta=10000.0,
               rope_local_base_freq=500.0, layer_types=["sliding_attention", "full_attention"]),
     # q/k norms and sandwich norms of its own; Gemma's norms scale by (1 + w): w in ±0.5 is the others' 0.5–1.5 scale
-    tiny_random_norms=True,
     tiny_norm_range=(-0.5, 0.5),
     refused_types={"gemma3": "the multimodal Gemma 3 (vision tower + text_config) is not supported; extend its text "
                              "model, model_type gemma3_text (Gemma3ForCausalLM)"},

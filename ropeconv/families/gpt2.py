@@ -50,7 +50,7 @@ FAMILY = Family(
         "gpt2", embed="transformer.wte.weight", layer="transformer.h.{i}.", final_norm="transformer.ln_f",
         lm_head="lm_head.weight", norm="layer", attn_norm="ln_1", mlp_norm="ln_2", qkv=("attn.c_attn",),
         qkv_split="fused", o_proj="attn.c_proj", mlp=("mlp.c_fc", "mlp.c_proj"), mlp_kind="plain",
-        activation_key="activation_function", eps_key="layer_norm_epsilon", position="absolute", conv1d=True,
+        activation_key="activation_function", eps_key="layer_norm_epsilon", conv1d=True,
         optional_prefix="transformer.",
     ),
 )

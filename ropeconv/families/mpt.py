@@ -3,7 +3,7 @@
 (nn.GELU()), a 4·d_model FFN whatever expansion_ratio says, softmax_scale from attn_config. llama.cpp reads
 max_alibi_bias from the file (without it, no bias at all)."""
 
-from ropeconv.families.parts import ALIBI, LAYER_NORM, SHAPE, VOCAB, linear, norm, times_hidden
+from ropeconv.families.parts import ALIBI, LAYER_NORM, SHAPE, VOCAB, attn_config_value, linear, norm, times_hidden
 from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout,
                                     Hparam, OnnxLayout, T, attn_config)
 
@@ -15,11 +15,6 @@ def _softmax_scale(config, head_dim):
     if scale is not None and abs(scale * head_dim ** 0.5 - 1) > 1e-6:
         return f"attn_config.softmax_scale {scale}: llama.cpp scales queries by 1/sqrt(head_dim)"
     return None
-
-
-def _cfg_attn(cfg, key):
-    """attn_config.<key> of transformers' MptConfig (an object there, not a dict)."""
-    return getattr(getattr(cfg, "attn_config", None), key, None)
 
 
 def _onnx_bias_tensors(cfg, names):
@@ -71,14 +66,15 @@ FAMILY = Family(
         "mpt", embed="transformer.wte.weight", layer="transformer.blocks.{i}.", final_norm="transformer.norm_f",
         lm_head="lm_head.weight", norm="layer_no_bias", attn_norm="norm_1", mlp_norm="norm_2",
         qkv=("attn.Wqkv",), qkv_split="fused", o_proj="attn.out_proj", mlp=("ffn.up_proj", "ffn.down_proj"),
-        mlp_kind="plain", eps_key="layer_norm_epsilon", position="alibi", alibi_keys="cache",
+        mlp_kind="plain", eps_key="layer_norm_epsilon", alibi_keys="cache",
         fixed_activation="gelu_erf", linear_bias=False, optional_prefix="transformer.",
     ),
     onnx_checks=(
         lambda cfg, names: "attn_config.qk_ln: transformers' MPT ignores it while MosaicML's code normalizes q and "
-        "k, so the model is ambiguous" if _cfg_attn(cfg, "qk_ln") else None,
+        "k, so the model is ambiguous" if attn_config_value(cfg, "qk_ln") else None,
         lambda cfg, names: "prefix_lm or attn_uses_sequence_id: transformers' MPT ignores them, so the model is "
-        "ambiguous" if _cfg_attn(cfg, "prefix_lm") or _cfg_attn(cfg, "attn_uses_sequence_id") else None,
+        "ambiguous" if attn_config_value(cfg, "prefix_lm") or attn_config_value(cfg, "attn_uses_sequence_id")
+        else None,
         lambda cfg, names: "logit_scale: transformers' MPT ignores it, so the model is ambiguous"
         if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0) else None,
         _onnx_bias_tensors,

@@ -4,15 +4,8 @@ RMS-normalized over the whole projection (weights [heads·head_dim]) before the 
 olmo2 loader takes head_dim as hidden/heads, no output-projection bias and always a separate output matrix."""
 
 from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA, norm,
-                                     refuse_attention_bias)
+                                     refuse_attention_bias, refuse_head_dim_not_hidden_over_heads)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
-
-
-def _head_dim_is_hidden_over_heads(c, d):
-    if isinstance(c.get("hidden_size"), int) and isinstance(c.get("num_attention_heads"), int) \
-            and d != c["hidden_size"] // c["num_attention_heads"]:
-        return f"head_dim {d} ≠ hidden_size/num_attention_heads: llama.cpp's olmo2 takes heads that wide"
-    return None
 
 
 FAMILY = Family(
@@ -32,7 +25,7 @@ FAMILY = Family(
         GQA,
     ),
     tiny=TINY_LLAMA,
-    tiny_random_norms=True,
+    tiny_norm_range=(0.5, 1.5),
     # post_attention_layernorm is attn_post_norm here (no attn_norm/ffn_norm); q/k norms over the projection
     gguf=GgufLayout("olmo2", "olmo2", COMMON + RMS, ("silu",)),
     gguf_arch=GgufArchSpec("olmo2"),
@@ -40,7 +33,7 @@ FAMILY = Family(
         refuse_attention_bias("olmo2"),
         lambda c, d: "tied lm_head: llama.cpp's olmo2 reads a separate output matrix"
         if c.get("tie_word_embeddings") else None,
-        _head_dim_is_hidden_over_heads,
+        refuse_head_dim_not_hidden_over_heads("olmo2"),
     ),
     onnx=OnnxLayout("olmo2", **dict(LLAMA_ONNX, attn_norm=None, mlp_norm=None),
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",

@@ -42,7 +42,7 @@ FAMILY = Family(
         attn_norm="self_attn_layer_norm", mlp_norm="final_layer_norm",
         qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_split="separate",
         o_proj="self_attn.out_proj", mlp=("fc1", "fc2"), mlp_kind="plain", activation_key="activation_function",
-        position="absolute", query_prescaled=True, post_norm_key="do_layer_norm_before",
+        query_prescaled=True, post_norm_key="do_layer_norm_before",
         project=("model.decoder.project_in", "model.decoder.project_out"), optional_prefix="model.",
     ),
     onnx_checks=(

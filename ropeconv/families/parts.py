@@ -153,7 +153,23 @@ def refuse_attention_bias(gguf_arch: str) -> Callable[[Config, int], str | None]
                          if c.get("attention_bias") else None)
 
 
+def refuse_head_dim_not_hidden_over_heads(gguf_arch: str) -> Callable[[Config, int], str | None]:
+    """llama.cpp loaders that take head_dim as hidden_size / num_attention_heads (no key_length of their own)."""
+    def check(c: Config, d: int) -> str | None:
+        if isinstance(c.get("hidden_size"), int) and isinstance(c.get("num_attention_heads"), int) \
+                and d != c["hidden_size"] // c["num_attention_heads"]:
+            return f"head_dim {d} ≠ hidden_size/num_attention_heads: llama.cpp's {gguf_arch} takes heads that wide"
+        return None
+    return check
+
+
 # ------------------------------------------------------------------------------------------------ ONNX
+
+def attn_config_value(cfg: Any, key: str) -> Any:
+    """attn_config.<key> of a transformers config object (MPT's, where it is an object, not a dict); None for a
+    config without one."""
+    return getattr(getattr(cfg, "attn_config", None), key, None)
+
 
 LLAMA_ONNX: dict[str, Any] = dict(
     embed="model.embed_tokens.weight", layer="model.layers.{i}.", final_norm="model.norm", lm_head="lm_head.weight",
@@ -166,7 +182,7 @@ GEMMA_ONNX: dict[str, Any] = dict(LLAMA_ONNX, norm="rms_plus_one", embed_scale=T
 QWEN_MOE_ONNX: dict[str, Any] = dict(
     router="mlp.gate.weight", count_keys=("num_experts", "num_local_experts"),
     experts=tuple(f"mlp.experts.{{e}}.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")),
-    norm_topk_key="norm_topk_prob", sparse=qwen_moe_sparse)
+    norm_topk_key="norm_topk_prob")
 
 # ------------------------------------------------------------------------------------------------ tests
 

@@ -6,7 +6,8 @@ false), gives every layer experts, and takes head_dim as hidden/heads. The ONNX 
 expert (onnx_export/moe.py)."""
 
 from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS, QWEN_MOE_EXPERTS,
-                                     QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_dense_layers, without_mlp)
+                                     QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_dense_layers,
+                                     refuse_head_dim_not_hidden_over_heads, without_mlp)
 from ropeconv.families.spec import (ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, MoeLayout,
                                     OnnxLayout, T, get)
 
@@ -38,9 +39,7 @@ FAMILY = Family(
         lambda c, d: "norm_topk_prob true: llama.cpp's qwen2moe never renormalizes the top-k expert weights"
         if c.get("norm_topk_prob") else None,
         refuse_dense_layers("qwen2moe"),
-        lambda c, d: f"head_dim {d} ≠ hidden_size/num_attention_heads: llama.cpp's qwen2moe takes heads that wide"
-        if isinstance(c.get("hidden_size"), int) and isinstance(c.get("num_attention_heads"), int)
-        and d != c["hidden_size"] // c["num_attention_heads"] else None,
+        refuse_head_dim_not_hidden_over_heads("qwen2moe"),
     ),
     onnx=OnnxLayout("qwen2_moe", **LLAMA_ONNX, moe=MoeLayout(
         **QWEN_MOE_ONNX, shared_gate="mlp.shared_expert_gate.weight",

@@ -19,7 +19,7 @@ FAMILY = Family(
     ),
     # head_dim 32 ≠ hidden/heads, as Qwen3's own (0.6B: 1024 hidden, 16 heads of 128)
     tiny=dict(TINY_LLAMA, head_dim=32),
-    tiny_random_norms=True,
+    tiny_norm_range=(0.5, 1.5),
     gguf=GgufLayout("qwen3", "qwen3", COMMON + RMS, ("silu",), no_sliding_window=True, always_key_length=True),
     gguf_arch=GgufArchSpec("qwen3"),
     gguf_checks=(refuse_attention_bias("qwen3"),),

@@ -28,7 +28,7 @@ FAMILY = Family(
     # head_dim 32 ≠ hidden/heads and norm_topk_prob as Qwen3-30B-A3B's; num_experts as a 4.x config names it
     tiny=dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=48, num_attention_heads=4,
               num_key_value_heads=2, head_dim=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True),
-    tiny_random_norms=True,
+    tiny_norm_range=(0.5, 1.5),
     gguf=GgufLayout("qwen3_moe", "qwen3moe", COMMON + RMS + MOE + (
         Hparam("expert_feed_forward_length", "u32", get("moe_intermediate_size")),), ("silu",),
         no_sliding_window=True, always_key_length=True, experts=True),

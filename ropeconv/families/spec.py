@@ -166,8 +166,7 @@ class MoeLayout:
     norm_topk_key: str | None  # None: always renormalized (Mixtral)
     shared: tuple[str, str, str] | None = None  # qwen2_moe's shared expert (gate, up, down)
     shared_gate: str | None = None  # its [1, hidden] sigmoid gate
-    # which layers hold experts (None: all of them): the family's own rule, the one its FamilyShapes.sparse holds
-    sparse: Callable[[Mapping[str, Any], int, Mapping[str, int]], bool] | None = None
+    # which layers hold experts: the family's FamilyShapes.sparse
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,6 @@ class OnnxLayout:
     softcaps: bool = False  # gemma2: attn_logit_softcapping / final_logit_softcapping
     sliding_all_layers: bool = False  # mistral/phi3: `sliding_window` applies to every layer when set
     # ALiBi and learned tables ------------------------------------------------------------------
-    position: str = "rope"  # "rope", "alibi" or "absolute" (ArchSpec.position)
     # ALiBi key positions: "mask" ((cumsum(attention_mask) − 1)·mask, BLOOM) or "cache" (j − (t − 1) over the
     # t keys in view, padding included, MPT); softmax is shift-invariant per row, both give −m·(i − j)
     alibi_keys: str | None = None
@@ -248,14 +246,14 @@ class Family:
     no_onnx: str | None = None  # why there is no ONNX export (when onnx is None)
     onnx_checks: tuple[OnnxCheck, ...] = ()
     genai_type: str | None = None  # onnxruntime-genai's model type (None: it has none; no genai_config.json)
-    tiny_random_norms: bool = False  # tests: norms of its own (q/k, post-norms) initialized away from 1
     # tests: format → the methods the default suite's generated parity matrices run for this family (a format not
     # named: every cell the matrix claims). For families whose tiny model is costly (mixtures of experts evaluate
     # every expert); ROPECONV_ALL_CELLS=1 runs every claimed cell anyway. Refused cells are checked regardless.
     test_methods: Mapping[str, tuple[str, ...]] | None = None
-    # where tiny_random_norms draws the norm weights: (0.5, 1.5) around the 1 a norm computes with; a family whose
-    # norms multiply by (1 + w) (gemma3) draws w in (−0.5, 0.5), the same 0.5–1.5 scale
-    tiny_norm_range: tuple[float, float] = (0.5, 1.5)
+    # tests: norms of its own (q/k, post-norms) initialized away from 1, drawn from this range: (0.5, 1.5) around
+    # the 1 a norm computes with; a family whose norms multiply by (1 + w) (gemma3) draws w in (−0.5, 0.5), the same
+    # 0.5–1.5 scale. None: the norms keep transformers' initialization
+    tiny_norm_range: tuple[float, float] | None = None
     # model types that name this family in another form, each with what to pass instead (refused by name, one line)
     refused_types: Mapping[str, str] = field(default_factory=dict)
 

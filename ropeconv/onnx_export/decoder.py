@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import GraphProto, helper, numpy_helper
 
+from ropeconv.families import ARCHS
 from ropeconv.onnx_export.alibi import alibi_bias
 from ropeconv.onnx_export.graph import BOOL, FLOAT, FLOAT16, INT32, INT64, GraphBuilder
 from ropeconv.onnx_export.layouts import OnnxLayout
@@ -92,7 +93,7 @@ class Compute:
 
 
 def uses_fused_attention(layout: OnnxLayout, compute: Compute) -> bool:
-    return compute.fused_attention and layout.position != "alibi"
+    return compute.fused_attention and ARCHS[layout.model_type].position != "alibi"
 
 
 def quantized_names(name: str) -> tuple[str, str]:
@@ -414,7 +415,7 @@ class _Decoder:
             return g.op("Add", [g.op("Add", [mlp, attn]), h])
         h = g.op("Add", [normed if d.residual_from_norm else h, attn])
         normed = self.norm(h, p + lay.mlp_norm) if lay.mlp_norm else h
-        mlp = moe_mlp(self, normed, p) if is_sparse(self, i) else self.mlp(normed, p)
+        mlp = moe_mlp(self, normed, p) if is_sparse(self.dims, i) else self.mlp(normed, p)
         if lay.post_mlp_norm:
             mlp = self.norm(mlp, p + lay.post_mlp_norm)
         return g.op("Add", [normed if d.residual_from_norm else h, mlp])

@@ -28,7 +28,8 @@ from ropeconv.checkpoint.rope_config import layer_thetas
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.jsontext import printable
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.families import GENAI_TYPES, ONNX_CHECKS  # noqa: F401  (GENAI_TYPES: the family files' genai_type)
+from ropeconv.families import ARCHS, GENAI_TYPES, ONNX_CHECKS, SHAPES  # noqa: F401  (GENAI_TYPES: the family files' genai_type)
+from ropeconv.families.parts import attn_config_value
 from ropeconv.formats import ONNX_DIR, ONNX_DTYPES as DTYPES, ONNX_MODEL_FILE as MODEL_FILE  # noqa: F401
 from ropeconv.positions import AbsolutePlan, LengthRule, PositionPlan
 from ropeconv.provenance import ATTENTION_KEY, DTYPE_KEY
@@ -96,8 +97,9 @@ def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict
     except ImportError:
         raise InputError("writing ONNX needs the onnx package: pip install 'ropeconv[onnx]'") from None
     layout = onnx_layout_for(ckpt.arch.model_type)
-    if plan.kind != layout.position:
-        raise UnsupportedError(f"a {plan.kind} plan cannot drive {layout.model_type}'s {layout.position} positions")
+    position = ARCHS[layout.model_type].position
+    if plan.kind != position:
+        raise UnsupportedError(f"a {plan.kind} plan cannot drive {layout.model_type}'s {position} positions")
     layout = _resolve_prefix(layout, {e.name for e in ckpt.tensors})
     cfg = _hf_config(ckpt)
     _refuse_variants(layout, cfg, ckpt)
@@ -169,17 +171,12 @@ def _activation(layout, cfg) -> str:
 def _attn_scale(layout, cfg, head_dim: int) -> float:
     if layout.query_scalar_key:
         return float(getattr(cfg, layout.query_scalar_key)) ** -0.5
-    softmax_scale = _attn_config(cfg, "softmax_scale")  # mpt
+    softmax_scale = attn_config_value(cfg, "softmax_scale")  # mpt
     if softmax_scale is not None:
         return float(softmax_scale)
     if not getattr(cfg, "scale_attn_weights", True):  # gpt2
         return 1.0
     return float(head_dim) ** -0.5
-
-
-def _attn_config(cfg, key: str):
-    """MPT's attn_config.<key> (None elsewhere)."""
-    return getattr(getattr(cfg, "attn_config", None), key, None)
 
 
 def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
@@ -232,9 +229,9 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         post_norm=post_norm,
         residual_from_norm=bool(getattr(cfg, layout.residual_norm_key)) if layout.residual_norm_key else False,
         final_norm=not post_norm and not getattr(cfg, "_remove_final_layer_norm", False),
-        clip_qkv=float(_attn_config(cfg, "clip_qkv")) if _attn_config(cfg, "clip_qkv") else None,
+        clip_qkv=float(attn_config_value(cfg, "clip_qkv")) if attn_config_value(cfg, "clip_qkv") else None,
         rope_layers=tuple(bool(x) for x in getattr(cfg, layout.rope_layers_key)) if layout.rope_layers_key else None,
-        moe=moe_dims(layout.moe, cfg, n_layers) if layout.moe else None,
+        moe=moe_dims(layout.moe, SHAPES[layout.model_type].sparse, cfg, n_layers) if layout.moe else None,
         layer_thetas=layer_thetas(ckpt.config, ckpt.arch) if plan.kind == "rope" else None,
     )
 
@@ -242,7 +239,7 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
 def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
            tied: bool) -> dict[str, tuple[InitSpec, ...]]:
     """Every tensor the graph reads, checked against the checkpoint's headers."""
-    from ropeconv.onnx_export.moe import tensors as moe_tensors
+    from ropeconv.onnx_export.moe import is_sparse, tensors as moe_tensors
 
     entries = {e.name: e for e in ckpt.tensors}
     half, quant = dtype == "fp16", dtype == "int4"
@@ -257,11 +254,12 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
         if entry.dtype not in ("F32", "F16", "BF16"):
             raise UnsupportedError(f"tensor {name!r} is {entry.dtype}; the ONNX export reads float weights only")
         shape = tuple(entry.shape)
-        if kind == "linear":
+        if kind in ("linear", "router"):  # a router is a linear weight never quantized (moe.py)
             if len(shape) != 2:
                 raise InputError(f"tensor {name!r} has shape {list(shape)}; a linear weight is 2-D")
             stored = shape if conv1d else (shape[1], shape[0])  # Conv1D keeps [in, out], nn.Linear [out, in]
-            specs.setdefault(name, []).append(InitSpec(name, not conv1d, half, stored, quant=quant))
+            specs.setdefault(name, []).append(InitSpec(name, not conv1d, half, stored,
+                                                       quant=quant and kind == "linear"))
         elif kind == "table":
             assert isinstance(plan, AbsolutePlan)
             if len(shape) != 2 or shape[0] != plan.offset + plan.original_ctx or shape[1] != dims.hidden:
@@ -269,10 +267,6 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
                                  f"[{plan.offset + plan.original_ctx}, {dims.hidden}]")
             specs.setdefault(name, []).append(InitSpec(name, False, half, (plan.offset + plan.target_ctx, shape[1]),
                                                        resample=True))
-        elif kind == "router":  # a linear weight never quantized (moe.py)
-            if len(shape) != 2:
-                raise InputError(f"tensor {name!r} has shape {list(shape)}; a linear weight is 2-D")
-            specs.setdefault(name, []).append(InitSpec(name, True, half, (shape[1], shape[0])))
         elif kind == "embed":
             specs.setdefault(name, []).append(InitSpec(name, False, half, shape))
             if tied:
@@ -303,7 +297,7 @@ def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
         for n in (layout.attn_norm, layout.mlp_norm, layout.post_attn_norm, layout.post_mlp_norm):
             if n:
                 norm(p + n)
-        sparse = dims.moe is not None and dims.moe.sparse[i]
+        sparse = is_sparse(dims, i)
         for n in layout.qkv + (layout.o_proj,) + (() if sparse else layout.mlp):
             linear(p + n, conv1d=layout.conv1d)
         for name, kind in moe_tensors(layout.moe, dims.moe, p) if sparse else ():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ropeconv.errors import InputError
 from ropeconv.positions import PositionPlan
-from ropeconv.provenance import plan_in
+from ropeconv.provenance import DTYPE_KEY, plan_in
 
 _METADATA_PROPS = 14
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
@@ -90,6 +90,11 @@ def read_metadata(path: Path) -> dict[str, str]:
     except (EOFError, ValueError) as exc:
         raise InputError(f"{path}: not a readable ONNX model ({exc or 'truncated'})") from None
     return props
+
+
+def read_dtype(path: Path) -> str | None:
+    """The --dtype the export recorded (fp32, fp16, int4), or None where it recorded none."""
+    return read_metadata(Path(path)).get(DTYPE_KEY)
 
 
 def read_plan(path: Path) -> tuple[PositionPlan | None, dict[str, str]]:

@@ -28,7 +28,8 @@ class MoeDims:
     sparse: tuple[bool, ...]  # per layer: experts (True) or the dense MLP
 
 
-def moe_dims(moe: MoeLayout, cfg: Any, n_layers: int) -> MoeDims:
+def moe_dims(moe: MoeLayout, sparse_rule, cfg: Any, n_layers: int) -> MoeDims:
+    """sparse_rule: the family's FamilyShapes.sparse (which layers hold experts), None for all of them."""
     from ropeconv.errors import InputError
 
     count = next((getattr(cfg, k) for k in moe.count_keys if getattr(cfg, k, None) is not None), None)
@@ -36,9 +37,9 @@ def moe_dims(moe: MoeLayout, cfg: Any, n_layers: int) -> MoeDims:
     if not isinstance(count, int) or not isinstance(top_k, int) or not 0 < top_k <= count:
         raise InputError(f"config.json: {moe.count_keys[0]} {count!r} and num_experts_per_tok {top_k!r} must be "
                          "positive integers, the second at most the first")
-    if moe.sparse is not None:
+    if sparse_rule is not None:
         config = cfg.to_dict()
-        sparse = tuple(moe.sparse(config, i, {"experts": count}) for i in range(n_layers))
+        sparse = tuple(sparse_rule(config, i, {"experts": count}) for i in range(n_layers))
     else:
         sparse = (True,) * n_layers
     renormalize = True if moe.norm_topk_key is None else bool(getattr(cfg, moe.norm_topk_key, False))
@@ -81,6 +82,7 @@ def moe_mlp(d, x: str, prefix: str) -> str:
     return out
 
 
-def is_sparse(d, i: int) -> bool:
-    return d.layout.moe is not None and d.dims.moe is not None and d.dims.moe.sparse[i]
+def is_sparse(dims, i: int) -> bool:
+    """Layer i computes experts (dims.moe is set only where the layout has them)."""
+    return dims.moe is not None and dims.moe.sparse[i]
 
