@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ropeconv import methods
 from ropeconv.families import ARCHS
 from ropeconv.methods.base import Cell, Support
@@ -124,7 +126,7 @@ def family_cell(family: str, method: str, fmt: str) -> Cell:
         return cell
     from ropeconv.errors import UnsupportedError
 
-    plan = _sample_plan(fam, module)
+    plan = _sample_plan(family, method)
     if fmt == "safetensors":
         from ropeconv.export.hf_config import rope_type_refusal
 
@@ -148,20 +150,25 @@ def family_cells(fmt: str, position: str | None = None) -> list[tuple[str, str]]
             for m in methods.ordered() if family_cell(f, m.NAME, fmt).support is not Support.REFUSED]
 
 
-def _sample_plan(fam, module):
+@functools.lru_cache(maxsize=None)
+def _sample_plan(family: str, method: str):
     """The method's plan for a model of the family with 16 rotary pairs (head_dim 32 at the family's rotary fraction
     rounded to whole pairs), from 256 to 1024 tokens (llama.cpp's LongRoPE needs an original context of 256 or more),
-    with its defaults: what a cell declares does not depend on the sizes."""
+    with its defaults: what a cell declares does not depend on the sizes, nor on the format (made once per pair)."""
     import json
     import tempfile
     from pathlib import Path
 
+    from ropeconv.families import FAMILIES
     from ropeconv.methods.base import ExtendRequest
     from ropeconv.positions import RopeScheme
 
+    fam, module = FAMILIES[family], methods.get(method)
     rotary = 2 * max(2, int(32 * fam.arch.default_partial) // 2)
     scheme = RopeScheme(theta=fam.arch.default_theta, head_dim=32, rotary_dim=rotary, original_ctx=256,
                         declared_ctx=256)
+    if not any(o.name == "factors" for o in module.OPTIONS):
+        return module.plan(scheme, ExtendRequest(factor=4.0))
     pairs = rotary // 2
     with tempfile.TemporaryDirectory() as tmp:
         factors = Path(tmp) / "factors.json"
@@ -169,5 +176,4 @@ def _sample_plan(fam, module):
             factors.write_text(json.dumps({"short_factor": [1.0] * pairs, "long_factor": [2.0] * pairs}))
         else:
             factors.write_text(json.dumps([1.0 + j / pairs for j in range(pairs)]))
-        options = {"factors": str(factors)} if any(o.name == "factors" for o in module.OPTIONS) else {}
-        return module.plan(scheme, ExtendRequest(factor=4.0, options=options))
+        return module.plan(scheme, ExtendRequest(factor=4.0, options={"factors": str(factors)}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ropeconv.errors import InputError
-from ropeconv.formats import FORMATS, format_of
+from ropeconv.formats import FORMATS, checkpoint_format, format_of
 from ropeconv.manifest import read_manifest
 from ropeconv.parity import ParityReport, Tolerance, check_parities
 from ropeconv.positions import plan_from_json
@@ -53,7 +53,7 @@ def verify_output(
         recorded = Path(manifest["base"]["path"])
         vocab_size = int(manifest["vocab_size"])
         # an output written before formats were recorded holds safetensors only
-        written = manifest.get("formats") or {next(n for n, f in FORMATS.items() if f.is_checkpoint): {}}
+        written = manifest.get("formats") or {checkpoint_format().name: {}}
         listed = {FORMATS[name]: FORMATS[name].artifact(out, record) for name, record in written.items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(f"{out}/manifest.json: damaged (plan, base, formats or vocab_size missing or malformed)") \

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import gguf_tensor_digests, run_cli
 from ropeconv.fixtures import smollm2
 from ropeconv.gguf_io.reader import read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
@@ -33,16 +33,6 @@ def smol_hf() -> Path:
     return smollm2.materialize_hf(WORK / "smollm2-135m")
 
 
-def tensor_hashes(path: Path) -> dict[str, str]:
-    src = read_gguf(path)
-    out = {}
-    with open(path, "rb") as fh:
-        for t in src.tensors:
-            fh.seek(t.offset)
-            out[t.name] = hashlib.sha256(fh.read(t.nbytes)).hexdigest()
-    return out
-
-
 def strip(path: Path, keys: set[str], tensors: set[str] = frozenset()) -> Path:
     """A copy without the given declaration: what a converter that drops the extension ships."""
     src = read_gguf(path)
@@ -59,7 +49,7 @@ def strip(path: Path, keys: set[str], tensors: set[str] = frozenset()) -> Path:
 def test_yarn_x4_retrofit_keeps_every_tensor_and_proves_parity_against_the_same_gguf(gguf, tmp_path, capsys):
     out = tmp_path / "smol-32k.gguf"
     assert run_cli("extend", gguf, "--method", "yarn", "--factor", "4", "-o", out, "--tokens", TOKENS) == 0
-    before, after = tensor_hashes(gguf), tensor_hashes(out)
+    before, after = gguf_tensor_digests(gguf), gguf_tensor_digests(out)
     assert after == before  # all 272 tensors byte for byte, nothing added
     meta = read_gguf(out)
     assert meta.value("llama.context_length") == 32768
@@ -119,7 +109,7 @@ def test_gguf_cell_is_exact_in_llama_cpp(gguf, smol_hf, tmp_path, method, args, 
         args = ["--factors", str(path)]
     out = tmp_path / f"smol-{method}.gguf"
     assert run_cli("extend", gguf, "--method", method, "--factor", "4", "-o", out, "--no-verify", "-q", *args) == 0
-    assert tensor_hashes(out).items() >= tensor_hashes(gguf).items()
+    assert gguf_tensor_digests(out).items() >= gguf_tensor_digests(gguf).items()
     assert run_cli("verify", out, "--base", smol_hf, "--tokens", TOKENS, "-q") == 0
     base_theta = {"llama.rope.freq_base"} & declared_keys
     keys = declared_keys - base_theta

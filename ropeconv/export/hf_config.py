@@ -24,9 +24,9 @@ def with_legacy_rope_keys(config: dict[str, Any], arch: ArchSpec) -> dict[str, A
     """A config transformers 5 saved (rope_parameters only, which 4.x ignores: it falls back to rope_theta 10000 and
     no scaling) with the 4.x keys added, meaning the same. Keys already there are kept."""
     rope = config.get("rope_parameters")
-    if not isinstance(rope, dict) or any(isinstance(v, dict) for v in rope.values()):
-        return _with_aliases(dict(config), arch)  # none, or per layer type: 4.x has no schema for it
     cfg = _with_aliases(dict(config), arch)
+    if not isinstance(rope, dict) or any(isinstance(v, dict) for v in rope.values()):
+        return cfg  # none, or per layer type: 4.x has no schema for it
     if "rope_theta" in rope:
         cfg.setdefault(arch.theta_key, rope["rope_theta"])
         cfg.setdefault("rope_theta", rope["rope_theta"])

@@ -39,7 +39,6 @@ from ropeconv.progress import Progress
 class Prepared:
     checkpoint: Checkpoint
     plan: PositionPlan
-    hf_rope: dict[str, Any] | None  # None: transformers cannot declare the plan (no safetensors output)
     hf_config: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)  # format name → its plan (formats.Format.plan), in registry order
 
@@ -76,7 +75,7 @@ def prepare(job: ExtendJob, dry_run: bool = False) -> Prepared:
     vocab_size(ckpt.config)
     planning = Planning(ckpt, plan, job, hf_rope, dry_run)
     outputs = {name: fmt.plan(planning) for name, fmt in FORMATS.items() if name in job.formats}  # registry order
-    return Prepared(ckpt, plan, hf_rope, hf_config, outputs)
+    return Prepared(ckpt, plan, hf_config, outputs)
 
 
 def _plan_lora(job: ExtendJob, ckpt: Checkpoint, plan: PositionPlan):

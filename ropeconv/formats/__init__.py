@@ -22,8 +22,8 @@ from ropeconv.formats.gguf import QUANT_TYPES as GGUF_QUANT_TYPES
 from ropeconv.formats.onnx import DIR as ONNX_DIR, DTYPES as ONNX_DTYPES, MODEL_FILE as ONNX_MODEL_FILE
 
 __all__ = ["FORMATS", "GGUF_ALL_OUTTYPES", "GGUF_OUTTYPES", "GGUF_QUANT_TYPES", "ONNX_DIR", "ONNX_DTYPES",
-           "ONNX_MODEL_FILE", "Format", "Planning", "Ref", "Writer", "artifact_format", "format_of", "is_gguf",
-           "register", "unregister"]
+           "ONNX_MODEL_FILE", "Format", "Planning", "Ref", "Writer", "artifact_format", "checkpoint_format", "format_of",
+           "is_gguf", "register", "unregister"]
 
 FORMATS: dict[str, Format] = {}
 
@@ -52,9 +52,14 @@ def format_of(path: Path) -> Format | None:
     return next((f for f in FORMATS.values() if f.suffix and f.suffix == suffix), None)
 
 
+def checkpoint_format() -> Format:
+    """The format whose artifact is a transformers folder (the output directory itself)."""
+    return next(f for f in FORMATS.values() if f.is_checkpoint)
+
+
 def artifact_format(path: Path) -> Format:
     """The format of an artifact a runtime loads: a file by its suffix, a folder the checkpoint format's."""
-    return format_of(path) or next(f for f in FORMATS.values() if f.is_checkpoint)
+    return format_of(path) or checkpoint_format()
 
 
 def is_gguf(path: Path) -> bool:

@@ -34,7 +34,7 @@ FORMAT = Format(
     plan=Ref("ropeconv.onnx_export.output:plan"), writer=Ref("ropeconv.onnx_export.output:writer"), home=home,
     record=Ref("ropeconv.onnx_export.output:record"), artifact=artifact, twin=Ref("ropeconv.onnx_export.output:twin"),
     quantized_twin=Ref("ropeconv.parity.twin_policy:onnx_twin"), twin_note=Ref("ropeconv.parity.twin_policy:onnx_note"),
-    dequantized=Ref("ropeconv.parity.twin_policy:onnx_int4_tensors"), runtime_module="ropeconv.parity.runtimes.ort",
+    dequantized=Ref("ropeconv.parity.dequantized:onnx_int4_tensors"), runtime_module="ropeconv.parity.runtimes.ort",
     recorded=Ref("ropeconv.onnx_export.output:recorded"), inspect=Ref("ropeconv.cli.inspect:_inspect_onnx"),
     summary=summary, verify_file=Ref("ropeconv.verify:_verify_onnx"),
     card_declaration=Ref("ropeconv.onnx_export.output:card_declaration"), options=lambda job: {"dtype": job.onnx_dtype},

@@ -93,6 +93,13 @@ def decode_int4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(packed.shape[0], -1)[:, :k].T)
 
 
+def onnx_int4_tensors(artifact: Path, base: Path, plan: PositionPlan):
+    """The int4 weights decoded as MatMulNBits reads them (onnx_int4), for an int4 model only."""
+    from ropeconv.onnx_export.metadata import read_dtype
+
+    return onnx_int4(artifact, base, plan) if read_dtype(artifact) == "int4" else None
+
+
 def onnx_int4(artifact: Path, base: Path, plan: PositionPlan):
     import onnx
     import torch

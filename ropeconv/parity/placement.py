@@ -16,8 +16,6 @@ left out gets what the machine has free (GPUs keep GPU_HEADROOM free for activat
 
 from __future__ import annotations
 
-import importlib
-
 import contextlib
 import logging
 import re
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ropeconv.errors import InputError
-from ropeconv.formats import is_gguf
+from ropeconv.formats import Ref, is_gguf
 from ropeconv.sizes import human_bytes, parse_bytes
 
 if TYPE_CHECKING:
@@ -248,8 +246,7 @@ def _gguf_config(directory: Path, gguf_file: str):
 
     spec = GGUF_ARCHS.get(arch)
     if spec is not None and spec.transformers_fixup:
-        module, _, function = spec.transformers_fixup.partition(":")
-        getattr(importlib.import_module(module), function)(src, config)
+        Ref(spec.transformers_fixup)(src, config)
     return config
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ropeconv.provenance import DTYPE_KEY
 
 def gguf_twin(artifact: Path, given):
     """Any non-f32 tensor: the twin converted from the base; from a GGUF base (no twin given), one dequantized
@@ -29,9 +28,9 @@ def gguf_note(artifact: Path, given) -> str:
 
 
 def _onnx_dtype(artifact: Path) -> str | None:
-    from ropeconv.onnx_export.metadata import read_metadata
+    from ropeconv.onnx_export.metadata import read_dtype
 
-    return read_metadata(Path(artifact)).get(DTYPE_KEY)
+    return read_dtype(artifact)
 
 
 def onnx_twin(artifact: Path, given):
@@ -44,12 +43,3 @@ def onnx_note(artifact: Path, given) -> str:
                                                                                 "not float32")
     return (f"onnxruntime ran a float32 export of the same base and plan for the strict check, and "
             f"{Path(artifact).name} ({kind}) for the q- rows")
-
-
-def onnx_int4_tensors(artifact: Path, base: Path, plan):
-    """The int4 weights decoded as MatMulNBits reads them (parity.dequantized), for an int4 model only."""
-    if _onnx_dtype(artifact) != "int4":
-        return None
-    from ropeconv.parity.dequantized import onnx_int4
-
-    return onnx_int4(artifact, base, plan)
