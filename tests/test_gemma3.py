@@ -54,10 +54,10 @@ def test_transformers_fails_when_the_sliding_layers_take_the_full_layers_base(ba
 
 
 def test_onnx_fails_when_the_method_rotates_every_layer(base, tmp_path, monkeypatch):
-    import ropeconv.onnx_export.export as export
+    import ropeconv.onnx_export.plan as onnx_plan
 
     # (the same request passes: test_onnx's gemma3_text-yarn cell)
-    monkeypatch.setattr(export, "layer_thetas", lambda config, arch: None)  # the plan's rope on the sliding layer too
+    monkeypatch.setattr(onnx_plan, "layer_thetas", lambda config, arch: None)  # the plan's rope on the sliding layer too
     assert _extend(base, tmp_path / "bad", "yarn", "--to", "onnx") == 1
     assert not (tmp_path / "bad").exists()
 

@@ -355,9 +355,9 @@ def test_int4_is_onnxruntimes_own_matmulnbits_judged_twice(bases, tmp_path, caps
 
 
 def test_weights_beyond_the_protobuf_limit_go_to_external_data(bases, tmp_path, monkeypatch):
-    from ropeconv.onnx_export import writer
+    from ropeconv.onnx_export import plan
 
-    monkeypatch.setattr(writer, "MAX_INLINE_BYTES", 1000)
+    monkeypatch.setattr(plan, "MAX_INLINE_BYTES", 1000)
     out = tmp_path / "out"
     assert extend(bases["gpt_neox"], out, "gpt_neox", "yarn") == 0
     assert (out / "onnx" / "model.onnx.data").is_file()

@@ -14,6 +14,15 @@ def _query_scalar_is_head_dim(config, head_dim):
     return None
 
 
+# Gemma2Config's defaults; it derives layer_types as every other layer sliding, from the first
+_CONFIG = (
+    ("hidden_activation", "gelu_pytorch_tanh"), ("rms_norm_eps", 1e-6), ("query_pre_attn_scalar", 256),
+    ("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0), ("sliding_window", 4096),
+    ("layer_types", lambda c: ["sliding_attention" if (i + 1) % 2 else "full_attention"
+                               for i in range(c.num_hidden_layers)]),
+)
+
+
 FAMILY = Family(
     # 4.x's default sdpa path drops Gemma-2's attention soft-capping (the base's too); its eager path keeps it
     arch=ArchSpec("gemma2", default_head_dim=256, hf4_attention="eager"),
@@ -35,7 +44,7 @@ FAMILY = Family(
     gguf_arch=GgufArchSpec("gemma2"),
     gguf_checks=(_query_scalar_is_head_dim,),
     onnx=OnnxLayout("gemma2", **dict(GEMMA_ONNX, mlp_norm="pre_feedforward_layernorm",
-                                     activation_key="hidden_activation"),
+                                     activation_key="hidden_activation", config_defaults=_CONFIG),
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
                     query_scalar_key="query_pre_attn_scalar", softcaps=True),
     genai_type="gemma2",

@@ -79,6 +79,16 @@ def gguf_refusal(config: Config, head_dim: int) -> str | None:
     return None
 
 
+# Gemma3TextConfig's defaults; it derives layer_types from older configs' sliding_window_pattern (every n-th layer
+# full)
+_CONFIG = (
+    ("hidden_activation", "gelu_pytorch_tanh"), ("rms_norm_eps", 1e-6), ("query_pre_attn_scalar", 256),
+    ("sliding_window", 4096), ("sliding_window_pattern", 6),
+    ("layer_types", lambda c: ["sliding_attention" if (i + 1) % c.sliding_window_pattern else "full_attention"
+                               for i in range(c.num_hidden_layers)]),
+)
+
+
 FAMILY = Family(
     arch=ARCH,
     # gemma2's sandwich norms plus q/k RMSNorm per head ([head_dim])
@@ -112,7 +122,7 @@ FAMILY = Family(
     gguf_checks=(gguf_refusal,),
     # gemma2's blocks with q/k RMSNorm (1 + w) per head; per-layer-type rope (DecoderDims.layer_thetas)
     onnx=OnnxLayout("gemma3_text", **dict(GEMMA_ONNX, mlp_norm="pre_feedforward_layernorm",
-                                          activation_key="hidden_activation"),
+                                          activation_key="hidden_activation", config_defaults=_CONFIG),
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
                     query_scalar_key="query_pre_attn_scalar", softcaps=True,
                     qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),

@@ -1,7 +1,7 @@
 """Mistral: llama's blocks, attending through `sliding_window` on every layer when it is set. llama.cpp loads it
 as its llama architecture, whose graph has no sliding window: a window shorter than the target is refused there."""
 
-from ropeconv.families.parts import COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA
+from ropeconv.families.parts import COMMON, GQA, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufLayout, OnnxLayout
 
 FAMILY = Family(
@@ -9,6 +9,7 @@ FAMILY = Family(
     shapes=FamilyShapes("mistral", LLAMA_DIMS, LLAMA_TENSORS, GQA),
     tiny=dict(TINY_LLAMA, sliding_window=None),
     gguf=GgufLayout("mistral", "llama", COMMON + RMS, ("silu",), permute_qk=True, no_sliding_window=True),
-    onnx=OnnxLayout("mistral", **LLAMA_ONNX, sliding_all_layers=True),
+    onnx=OnnxLayout("mistral", **dict(LLAMA_ONNX, config_defaults=LLAMA_CONFIG + (("sliding_window", 4096),)),
+                    sliding_all_layers=True),
     genai_type="mistral",
 )

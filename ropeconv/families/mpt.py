@@ -68,6 +68,7 @@ FAMILY = Family(
         qkv=("attn.Wqkv",), qkv_split="fused", o_proj="attn.out_proj", mlp=("ffn.up_proj", "ffn.down_proj"),
         mlp_kind="plain", eps_key="layer_norm_epsilon", alibi_keys="cache",
         fixed_activation="gelu_erf", linear_bias=False, optional_prefix="transformer.",
+        config_defaults=(("layer_norm_epsilon", 1e-5),),
     ),
     onnx_checks=(
         lambda cfg, names: "attn_config.qk_ln: transformers' MPT ignores it while MosaicML's code normalizes q and "

@@ -171,13 +171,29 @@ def attn_config_value(cfg: Any, key: str) -> Any:
     return getattr(getattr(cfg, "attn_config", None), key, None)
 
 
+# transformers' LlamaConfig defaults of what the llama-shaped graph reads (OnnxLayout.config_defaults)
+LLAMA_CONFIG: tuple[tuple[str, Any], ...] = (("hidden_act", "silu"), ("rms_norm_eps", 1e-6))
 LLAMA_ONNX: dict[str, Any] = dict(
     embed="model.embed_tokens.weight", layer="model.layers.{i}.", final_norm="model.norm", lm_head="lm_head.weight",
     norm="rms", eps_key="rms_norm_eps", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
     qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_split="separate",
     o_proj="self_attn.o_proj", mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), mlp_kind="gated",
+    config_defaults=LLAMA_CONFIG,
 )
-GEMMA_ONNX: dict[str, Any] = dict(LLAMA_ONNX, norm="rms_plus_one", embed_scale=True)
+GEMMA_ONNX: dict[str, Any] = dict(LLAMA_ONNX, norm="rms_plus_one", embed_scale=True,
+                                  config_defaults=(("hidden_act", "gelu_pytorch_tanh"), ("rms_norm_eps", 1e-6)))
+
+
+def _qwen_layer_types(c: Any) -> list[str]:
+    return ["sliding_attention" if c.use_sliding_window and c.sliding_window is not None and i >= c.max_window_layers
+            else "full_attention" for i in range(c.num_hidden_layers)]
+
+
+# Qwen2Config / Qwen3Config: a window only with use_sliding_window, on the layers from max_window_layers on
+QWEN_CONFIG: tuple[tuple[str, Any], ...] = LLAMA_CONFIG + (
+    ("use_sliding_window", False), ("sliding_window", 4096), ("max_window_layers", 28),
+    ("layer_types", _qwen_layer_types))
+
 # Qwen2/3-MoE's experts in the ONNX graph (qwen2_moe adds its shared expert)
 QWEN_MOE_ONNX: dict[str, Any] = dict(
     router="mlp.gate.weight", count_keys=("num_experts", "num_local_experts"),

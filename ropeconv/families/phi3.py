@@ -1,7 +1,7 @@
 """Phi-3: fused qkv_proj split as [q | k | v] and fused gate_up_proj split as [gate | up]; `sliding_window` on
 every layer when set. llama.cpp's phi3 loader reads the LongRoPE factor tensors whenever they are present."""
 
-from ropeconv.families.parts import COMMON, GQA, L, LLAMA_DIMS, LLAMA_ONNX, RMS, TINY_LLAMA, linear, norm
+from ropeconv.families.parts import COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, RMS, TINY_LLAMA, linear, norm
 from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout,
                                     OnnxLayout, T)
 
@@ -33,7 +33,8 @@ FAMILY = Family(
     gguf=GgufLayout("phi3", "phi3", COMMON + RMS, ("silu",), no_sliding_window=True),
     gguf_arch=GgufArchSpec("phi3", longrope="always"),
     onnx=OnnxLayout("phi3", **dict(LLAMA_ONNX, qkv=("self_attn.qkv_proj",), qkv_split="fused",
-                                   mlp=("mlp.gate_up_proj", "mlp.down_proj"), mlp_kind="gated_fused"),
+                                   mlp=("mlp.gate_up_proj", "mlp.down_proj"), mlp_kind="gated_fused",
+                                   config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5),)),
                     sliding_all_layers=True),
     genai_type="phi3",
 )

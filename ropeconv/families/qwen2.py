@@ -1,6 +1,6 @@
 """Qwen2: llama's blocks with q/k/v biases, sliding window on the layers `layer_types` marks "sliding_attention"."""
 
-from ropeconv.families.parts import COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA
+from ropeconv.families.parts import COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, QWEN_CONFIG, RMS, TINY_LLAMA
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 
 FAMILY = Family(
@@ -9,6 +9,6 @@ FAMILY = Family(
     tiny=TINY_LLAMA,
     gguf=GgufLayout("qwen2", "qwen2", COMMON + RMS, ("silu",), no_sliding_window=True),
     gguf_arch=GgufArchSpec("qwen2"),
-    onnx=OnnxLayout("qwen2", **LLAMA_ONNX),
+    onnx=OnnxLayout("qwen2", **dict(LLAMA_ONNX, config_defaults=QWEN_CONFIG)),
     genai_type="qwen2",
 )

@@ -5,11 +5,18 @@ and its [1, hidden] gate as the vector ffn_gate_inp_shexp; its graph never renor
 false), gives every layer experts, and takes head_dim as hidden/heads. The ONNX graph as mixtral's plus the shared
 expert (onnx_export/moe.py)."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS, QWEN_MOE_EXPERTS,
-                                     QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_dense_layers,
+from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS,
+                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_dense_layers,
                                      refuse_head_dim_not_hidden_over_heads, without_mlp)
 from ropeconv.families.spec import (ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, MoeLayout,
                                     OnnxLayout, T, get)
+
+
+def _layer_types(c):
+    """Qwen2MoeConfig's derived layer_types: with use_sliding_window, every other layer below max_window_layers."""
+    return ["sliding_attention" if (i + 1) % 2 and i < c.max_window_layers and c.use_sliding_window
+            else "full_attention" for i in range(c.num_hidden_layers)]
+
 
 FAMILY = Family(
     arch=ArchSpec("qwen2_moe",
@@ -41,7 +48,9 @@ FAMILY = Family(
         refuse_dense_layers("qwen2moe"),
         refuse_head_dim_not_hidden_over_heads("qwen2moe"),
     ),
-    onnx=OnnxLayout("qwen2_moe", **LLAMA_ONNX, moe=MoeLayout(
+    onnx=OnnxLayout("qwen2_moe", **dict(LLAMA_ONNX, config_defaults=LLAMA_CONFIG + (
+        ("use_sliding_window", False), ("sliding_window", 4096), ("max_window_layers", 28),
+        ("layer_types", _layer_types), ("num_experts_per_tok", 4))), moe=MoeLayout(
         **QWEN_MOE_ONNX, shared_gate="mlp.shared_expert_gate.weight",
         shared=tuple(f"mlp.shared_expert.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")))),
     test_methods={"safetensors": ("linear",), "gguf": ("ntk",), "onnx": ("dynamic",)},

@@ -3,8 +3,8 @@ k_norm, weights [head_dim]) after the split into heads and before rope, in trans
 graph alike (attn_q_norm / attn_k_norm); head_dim is explicit (Qwen3Config defaults it to 128), written to the
 GGUF as key/value_length."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA,
-                                     refuse_attention_bias, with_head_dim_default)
+from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, QWEN_CONFIG, RMS,
+                                     TINY_LLAMA, refuse_attention_bias, with_head_dim_default)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
 
 FAMILY = Family(
@@ -23,6 +23,6 @@ FAMILY = Family(
     gguf=GgufLayout("qwen3", "qwen3", COMMON + RMS, ("silu",), no_sliding_window=True, always_key_length=True),
     gguf_arch=GgufArchSpec("qwen3"),
     gguf_checks=(refuse_attention_bias("qwen3"),),
-    onnx=OnnxLayout("qwen3", **LLAMA_ONNX, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
+    onnx=OnnxLayout("qwen3", **dict(LLAMA_ONNX, config_defaults=QWEN_CONFIG), qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
     genai_type="qwen3",
 )

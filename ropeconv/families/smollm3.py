@@ -2,7 +2,7 @@
 attend without rope (NoPE). llama.cpp drops rope on layers il with (il + 1) % 4 == 0 — it fixes the step at 4
 where transformers reads no_rope_layers — and loads no output-projection or MLP biases."""
 
-from ropeconv.families.parts import (COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA,
+from ropeconv.families.parts import (COMMON, GQA, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA,
                                      refuse_attention_bias)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 
@@ -19,6 +19,17 @@ def _no_rope_every_4th(config, head_dim):
     if declared is not None and [int(bool(x)) for x in declared] != fixed:
         return "no_rope_layers other than every 4th layer: llama.cpp's smollm3 drops rope on every 4th layer exactly"
     return None
+
+
+def _no_rope_layers(c):
+    """SmolLM3Config's derived no_rope_layers: 0 (no rope) on every no_rope_layer_interval-th layer."""
+    return [int((i + 1) % c.no_rope_layer_interval != 0) for i in range(c.num_hidden_layers)]
+
+
+def _layer_types(c):
+    """SmolLM3Config's derived layer_types: with use_sliding_window and a window, the layers without rope slide."""
+    return ["sliding_attention" if c.use_sliding_window and c.sliding_window is not None and not c.no_rope_layers[i]
+            else "full_attention" for i in range(c.num_hidden_layers)]
 
 
 FAMILY = Family(
@@ -38,6 +49,8 @@ FAMILY = Family(
         refuse_attention_bias("smollm3"),
         lambda c, d: "mlp_bias: llama.cpp's smollm3 loads no MLP biases" if c.get("mlp_bias") else None,
     ),
-    onnx=OnnxLayout("smollm3", **LLAMA_ONNX, rope_layers_key="no_rope_layers"),
+    onnx=OnnxLayout("smollm3", **dict(LLAMA_ONNX, config_defaults=LLAMA_CONFIG + (
+        ("use_sliding_window", False), ("sliding_window", None), ("no_rope_layer_interval", 4), ("no_rope_layers", _no_rope_layers),
+        ("layer_types", _layer_types))), rope_layers_key="no_rope_layers"),
     genai_type="smollm3",
 )

@@ -214,9 +214,14 @@ class OnnxLayout:
     project: tuple[str, str] | None = None  # opt: (project_in, project_out), when word_embed_proj_dim ≠ hidden
     optional_prefix: str | None = None  # checkpoints saved from the bare model lack it ("transformer.", "model.")
     moe: MoeLayout | None = None  # mixture of experts in place of `mlp` on its sparse layers (onnx_export/moe.py)
+    # transformers' config class values (5.x configuration_<family>.py) of the keys the graph reads that config.json
+    # may omit, as (key, default) pairs, a later pair winning: a value, or a function of the config as the graph reads
+    # it (onnx_export/config.py) where the class's __post_init__ derives the key from others
+    config_defaults: tuple[tuple[str, Any], ...] = ()
 
 
-# A config switch the ONNX graph does not compute: (transformers' config object, the checkpoint's tensor names) →
+# A config switch the ONNX graph does not compute: (config.json as transformers' config class reads it — attributes,
+# onnx_export/config.py — and the checkpoint's tensor names) →
 # the reason, or None. The exporter says "<family> with <reason>; not exported as ONNX".
 OnnxCheck = Callable[[Any, frozenset], "str | None"]
 

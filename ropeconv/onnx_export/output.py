@@ -14,7 +14,7 @@ from ropeconv import jsontext
 from ropeconv.formats.base import Note, Planning, Twin
 from ropeconv.formats.onnx import DIR, MODEL_FILE
 from ropeconv.onnx_export import OPSET
-from ropeconv.onnx_export.export import OnnxExport, OnnxPlan, export_file, plan_onnx, position_math
+from ropeconv.onnx_export.plan import OnnxPlan, plan_onnx, position_math
 from ropeconv.onnx_export.metadata import read_plan
 from ropeconv.provenance import ATTENTION_KEY, BASE_KEY, provenance
 
@@ -29,6 +29,8 @@ class OnnxOutputWriter:
         self.home = Path(out) / DIR
         self.home.mkdir()
         try:
+            from ropeconv.onnx_export.export import OnnxExport
+
             self._export = OnnxExport(oplan, self.home / MODEL_FILE)
         except BaseException:
             shutil.rmtree(self.home, ignore_errors=True)
@@ -78,6 +80,8 @@ def record(oplan: OnnxPlan, position_plan) -> dict[str, Any]:
 def twin(base: Path, plan, lora=None) -> Twin:
     """A float16 ONNX is judged strictly through a float32 export of the same base and plan, and as itself
     against the quantized limits."""
+    from ropeconv.onnx_export.export import export_file
+
     return lambda dst: export_file(base, plan, "fp32", dst, lora)
 
 

@@ -20,7 +20,6 @@ from onnx import ModelProto, StringStringEntryProto, TensorProto
 from ropeconv.hashing import HashedWriter
 from ropeconv.inputfile import utf8_path
 
-MAX_INLINE_BYTES = 2**31 - 2**26  # protobuf's 2 GiB limit, less room for the graph itself
 DATA_ALIGN = 4096
 
 _MODEL_GRAPH = 7  # ModelProto.graph

@@ -107,7 +107,7 @@ def onnx_int4(artifact: Path, base: Path, plan: PositionPlan):
 
     from ropeconv.checkpoint import load_checkpoint
     from ropeconv.onnx_export.decoder import quantized_names
-    from ropeconv.onnx_export.export import plan_onnx
+    from ropeconv.onnx_export.plan import plan_onnx
 
     oplan = plan_onnx(load_checkpoint(base), plan, "int4", {})
     inits = {i.name: i for i in onnx.load(artifact).graph.initializer}
