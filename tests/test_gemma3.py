@@ -57,7 +57,8 @@ def test_onnx_fails_when_the_method_rotates_every_layer(base, tmp_path, monkeypa
     import ropeconv.onnx_export.plan as onnx_plan
 
     # (the same request passes: test_onnx's gemma3_text-yarn cell)
-    monkeypatch.setattr(onnx_plan, "layer_thetas", lambda config, arch: None)  # the plan's rope on the sliding layer too
+    # the plan's rope on the sliding layer too
+    monkeypatch.setattr(onnx_plan, "layer_thetas", lambda config, arch: None)
     assert _extend(base, tmp_path / "bad", "yarn", "--to", "onnx") == 1
     assert not (tmp_path / "bad").exists()
 

@@ -205,7 +205,7 @@ def test_planning_a_gguf_imports_neither_numpy_nor_gguf_py(outputs):
 
 def test_planning_an_onnx_imports_neither_onnx_nor_transformers(outputs):
     """A dry run to ONNX reads config.json through the families' view of transformers' config classes
-    (test_onnx_config proves the plans equal) and sizes every initializer from the headers: no onnx, numpy,
+    (test_config_defaults proves the plans equal) and sizes every initializer from the headers: no onnx, numpy,
     transformers or torch (the last two were 1.6 s of each such dry run)."""
     dry = outputs["out"].parent / "dry-onnx"
     [row] = probe([["extend", str(outputs["base"]), "--method", "yarn", "--factor", "4", "--to", "onnx", "--dtype",

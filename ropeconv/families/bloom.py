@@ -50,6 +50,6 @@ FAMILY = Family(
         alibi_keys="mask", embed_norm="transformer.word_embeddings_layernorm",
         fixed_activation="gelu_bloom", residual_norm_key="apply_residual_connection_post_layernorm",
         optional_prefix="transformer.",
-        config_defaults=(("layer_norm_epsilon", 1e-5), ("apply_residual_connection_post_layernorm", False)),
     ),
+    config_defaults=(("layer_norm_epsilon", 1e-5), ("apply_residual_connection_post_layernorm", False)),
 )

@@ -44,8 +44,9 @@ FAMILY = Family(
     gguf_arch=GgufArchSpec("gemma2"),
     gguf_checks=(_query_scalar_is_head_dim,),
     onnx=OnnxLayout("gemma2", **dict(GEMMA_ONNX, mlp_norm="pre_feedforward_layernorm",
-                                     activation_key="hidden_activation", config_defaults=_CONFIG),
+                                     activation_key="hidden_activation"),
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
                     query_scalar_key="query_pre_attn_scalar", softcaps=True),
     genai_type="gemma2",
+    config_defaults=_CONFIG,
 )

@@ -122,9 +122,10 @@ FAMILY = Family(
     gguf_checks=(gguf_refusal,),
     # gemma2's blocks with q/k RMSNorm (1 + w) per head; per-layer-type rope (DecoderDims.layer_thetas)
     onnx=OnnxLayout("gemma3_text", **dict(GEMMA_ONNX, mlp_norm="pre_feedforward_layernorm",
-                                          activation_key="hidden_activation", config_defaults=_CONFIG),
+                                          activation_key="hidden_activation"),
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
                     query_scalar_key="query_pre_attn_scalar", softcaps=True,
                     qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
     genai_type="gemma3_text",
+    config_defaults=_CONFIG,
 )

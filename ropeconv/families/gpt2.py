@@ -52,6 +52,6 @@ FAMILY = Family(
         qkv_split="fused", o_proj="attn.c_proj", mlp=("mlp.c_fc", "mlp.c_proj"), mlp_kind="plain",
         activation_key="activation_function", eps_key="layer_norm_epsilon", conv1d=True,
         optional_prefix="transformer.",
-        config_defaults=(("activation_function", "gelu_new"), ("layer_norm_epsilon", 1e-5)),
     ),
+    config_defaults=(("activation_function", "gelu_new"), ("layer_norm_epsilon", 1e-5)),
 )

@@ -44,7 +44,7 @@ FAMILY = Family(
         qkv=("attention.query_key_value",), qkv_split="per_head", o_proj="attention.dense",
         mlp=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), mlp_kind="plain",
         parallel_residual_key="use_parallel_residual",
-        config_defaults=(("hidden_act", "gelu"), ("layer_norm_eps", 1e-5), ("use_parallel_residual", True)),
     ),
     # onnxruntime-genai has no gpt_neox model type
+    config_defaults=(("hidden_act", "gelu"), ("layer_norm_eps", 1e-5), ("use_parallel_residual", True)),
 )

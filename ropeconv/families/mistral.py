@@ -9,7 +9,7 @@ FAMILY = Family(
     shapes=FamilyShapes("mistral", LLAMA_DIMS, LLAMA_TENSORS, GQA),
     tiny=dict(TINY_LLAMA, sliding_window=None),
     gguf=GgufLayout("mistral", "llama", COMMON + RMS, ("silu",), permute_qk=True, no_sliding_window=True),
-    onnx=OnnxLayout("mistral", **dict(LLAMA_ONNX, config_defaults=LLAMA_CONFIG + (("sliding_window", 4096),)),
-                    sliding_all_layers=True),
+    onnx=OnnxLayout("mistral", **LLAMA_ONNX, sliding_all_layers=True),
     genai_type="mistral",
+    config_defaults=LLAMA_CONFIG + (("sliding_window", 4096),),
 )

@@ -68,7 +68,6 @@ FAMILY = Family(
         qkv=("attn.Wqkv",), qkv_split="fused", o_proj="attn.out_proj", mlp=("ffn.up_proj", "ffn.down_proj"),
         mlp_kind="plain", eps_key="layer_norm_epsilon", alibi_keys="cache",
         fixed_activation="gelu_erf", linear_bias=False, optional_prefix="transformer.",
-        config_defaults=(("layer_norm_epsilon", 1e-5),),
     ),
     onnx_checks=(
         lambda cfg, names: "attn_config.qk_ln: transformers' MPT ignores it while MosaicML's code normalizes q and "
@@ -80,4 +79,5 @@ FAMILY = Family(
         if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0) else None,
         _onnx_bias_tensors,
     ),
+    config_defaults=(("layer_norm_epsilon", 1e-5),),
 )

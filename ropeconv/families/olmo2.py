@@ -3,8 +3,8 @@ post_feedforward_layernorm; llama.cpp's attn_post_norm / ffn_post_norm) before i
 RMS-normalized over the whole projection (weights [heads·head_dim]) before the split into heads. llama.cpp's
 olmo2 loader takes head_dim as hidden/heads, no output-projection bias and always a separate output matrix."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA, norm,
-                                     refuse_attention_bias, refuse_head_dim_not_hidden_over_heads)
+from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS,
+                                     TINY_LLAMA, norm, refuse_attention_bias, refuse_head_dim_not_hidden_over_heads)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
 
 
@@ -35,8 +35,8 @@ FAMILY = Family(
         if c.get("tie_word_embeddings") else None,
         refuse_head_dim_not_hidden_over_heads("olmo2"),
     ),
-    onnx=OnnxLayout("olmo2", **dict(LLAMA_ONNX, attn_norm=None, mlp_norm=None,
-                                    config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5),)),
+    onnx=OnnxLayout("olmo2", **dict(LLAMA_ONNX, attn_norm=None, mlp_norm=None),
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
                     qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
+    config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5),),
 )

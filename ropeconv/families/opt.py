@@ -44,10 +44,10 @@ FAMILY = Family(
         o_proj="self_attn.out_proj", mlp=("fc1", "fc2"), mlp_kind="plain", activation_key="activation_function",
         query_prescaled=True, post_norm_key="do_layer_norm_before",
         project=("model.decoder.project_in", "model.decoder.project_out"), optional_prefix="model.",
-        config_defaults=(("activation_function", "relu"), ("do_layer_norm_before", True)),
     ),
     onnx_checks=(
         lambda cfg, names: "layer_norm_elementwise_affine false: the graph has no LayerNorm without weights"
         if not getattr(cfg, "layer_norm_elementwise_affine", True) else None,
     ),
+    config_defaults=(("activation_function", "relu"), ("do_layer_norm_before", True)),
 )

@@ -171,17 +171,16 @@ def attn_config_value(cfg: Any, key: str) -> Any:
     return getattr(getattr(cfg, "attn_config", None), key, None)
 
 
-# transformers' LlamaConfig defaults of what the llama-shaped graph reads (OnnxLayout.config_defaults)
+# transformers' LlamaConfig defaults of the keys the exporters read (Family.config_defaults)
 LLAMA_CONFIG: tuple[tuple[str, Any], ...] = (("hidden_act", "silu"), ("rms_norm_eps", 1e-6))
 LLAMA_ONNX: dict[str, Any] = dict(
     embed="model.embed_tokens.weight", layer="model.layers.{i}.", final_norm="model.norm", lm_head="lm_head.weight",
     norm="rms", eps_key="rms_norm_eps", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
     qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_split="separate",
     o_proj="self_attn.o_proj", mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), mlp_kind="gated",
-    config_defaults=LLAMA_CONFIG,
 )
-GEMMA_ONNX: dict[str, Any] = dict(LLAMA_ONNX, norm="rms_plus_one", embed_scale=True,
-                                  config_defaults=(("hidden_act", "gelu_pytorch_tanh"), ("rms_norm_eps", 1e-6)))
+GEMMA_ONNX: dict[str, Any] = dict(LLAMA_ONNX, norm="rms_plus_one", embed_scale=True)
+GEMMA_CONFIG: tuple[tuple[str, Any], ...] = (("hidden_act", "gelu_pytorch_tanh"), ("rms_norm_eps", 1e-6))
 
 
 def _qwen_layer_types(c: Any) -> list[str]:

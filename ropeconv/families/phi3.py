@@ -33,8 +33,8 @@ FAMILY = Family(
     gguf=GgufLayout("phi3", "phi3", COMMON + RMS, ("silu",), no_sliding_window=True),
     gguf_arch=GgufArchSpec("phi3", longrope="always"),
     onnx=OnnxLayout("phi3", **dict(LLAMA_ONNX, qkv=("self_attn.qkv_proj",), qkv_split="fused",
-                                   mlp=("mlp.gate_up_proj", "mlp.down_proj"), mlp_kind="gated_fused",
-                                   config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5),)),
+                                   mlp=("mlp.gate_up_proj", "mlp.down_proj"), mlp_kind="gated_fused"),
                     sliding_all_layers=True),
     genai_type="phi3",
+    config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5),),
 )

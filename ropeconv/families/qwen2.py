@@ -9,6 +9,7 @@ FAMILY = Family(
     tiny=TINY_LLAMA,
     gguf=GgufLayout("qwen2", "qwen2", COMMON + RMS, ("silu",), no_sliding_window=True),
     gguf_arch=GgufArchSpec("qwen2"),
-    onnx=OnnxLayout("qwen2", **dict(LLAMA_ONNX, config_defaults=QWEN_CONFIG)),
+    onnx=OnnxLayout("qwen2", **LLAMA_ONNX),
     genai_type="qwen2",
+    config_defaults=QWEN_CONFIG,
 )

@@ -48,10 +48,11 @@ FAMILY = Family(
         refuse_dense_layers("qwen2moe"),
         refuse_head_dim_not_hidden_over_heads("qwen2moe"),
     ),
-    onnx=OnnxLayout("qwen2_moe", **dict(LLAMA_ONNX, config_defaults=LLAMA_CONFIG + (
-        ("use_sliding_window", False), ("sliding_window", 4096), ("max_window_layers", 28),
-        ("layer_types", _layer_types), ("num_experts_per_tok", 4))), moe=MoeLayout(
+    onnx=OnnxLayout("qwen2_moe", **LLAMA_ONNX, moe=MoeLayout(
         **QWEN_MOE_ONNX, shared_gate="mlp.shared_expert_gate.weight",
         shared=tuple(f"mlp.shared_expert.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")))),
     test_methods={"safetensors": ("linear",), "gguf": ("ntk",), "onnx": ("dynamic",)},
+    config_defaults=LLAMA_CONFIG + (
+        ("use_sliding_window", False), ("sliding_window", 4096), ("max_window_layers", 28),
+        ("layer_types", _layer_types), ("num_experts_per_tok", 4)),
 )

@@ -23,6 +23,7 @@ FAMILY = Family(
     gguf=GgufLayout("qwen3", "qwen3", COMMON + RMS, ("silu",), no_sliding_window=True, always_key_length=True),
     gguf_arch=GgufArchSpec("qwen3"),
     gguf_checks=(refuse_attention_bias("qwen3"),),
-    onnx=OnnxLayout("qwen3", **dict(LLAMA_ONNX, config_defaults=QWEN_CONFIG), qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
+    onnx=OnnxLayout("qwen3", **LLAMA_ONNX, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
     genai_type="qwen3",
+    config_defaults=QWEN_CONFIG,
 )

@@ -7,9 +7,9 @@ experts): the output states num_experts too. llama.cpp's qwen3moe stacks the exp
 every layer experts. The ONNX graph as mixtral's (onnx_export/moe.py). Its config has no layer_types: with
 use_sliding_window, transformers masks every layer to sliding_window, as mistral's."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS, QWEN_MOE_EXPERTS,
-                                     QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_attention_bias, refuse_dense_layers,
-                                     without_mlp)
+from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS,
+                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_attention_bias,
+                                     refuse_dense_layers, without_mlp)
 from ropeconv.families.spec import (ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, MoeLayout,
                                     OnnxLayout, T, get)
 
@@ -40,8 +40,9 @@ FAMILY = Family(
         "norm_topk_prob false: llama.cpp's qwen3moe always renormalizes the top-k expert weights",
         refuse_dense_layers("qwen3moe"),
     ),
-    onnx=OnnxLayout("qwen3_moe", **dict(LLAMA_ONNX, config_defaults=LLAMA_CONFIG + (
-        ("use_sliding_window", False), ("sliding_window", 4096), ("num_experts_per_tok", 8))), qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True,
+    onnx=OnnxLayout("qwen3_moe", **LLAMA_ONNX, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True,
                     sliding_all_layers=True, moe=MoeLayout(**QWEN_MOE_ONNX)),
     test_methods={"safetensors": ("dynamic",), "gguf": ("yarn",), "onnx": ("longrope",)},
+    config_defaults=LLAMA_CONFIG + (
+        ("use_sliding_window", False), ("sliding_window", 4096), ("num_experts_per_tok", 8)),
 )

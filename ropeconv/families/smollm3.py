@@ -49,8 +49,9 @@ FAMILY = Family(
         refuse_attention_bias("smollm3"),
         lambda c, d: "mlp_bias: llama.cpp's smollm3 loads no MLP biases" if c.get("mlp_bias") else None,
     ),
-    onnx=OnnxLayout("smollm3", **dict(LLAMA_ONNX, config_defaults=LLAMA_CONFIG + (
-        ("use_sliding_window", False), ("sliding_window", None), ("no_rope_layer_interval", 4), ("no_rope_layers", _no_rope_layers),
-        ("layer_types", _layer_types))), rope_layers_key="no_rope_layers"),
+    onnx=OnnxLayout("smollm3", **LLAMA_ONNX, rope_layers_key="no_rope_layers"),
     genai_type="smollm3",
+    config_defaults=LLAMA_CONFIG + (
+        ("use_sliding_window", False), ("sliding_window", None), ("no_rope_layer_interval", 4),
+        ("no_rope_layers", _no_rope_layers), ("layer_types", _layer_types)),
 )

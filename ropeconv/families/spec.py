@@ -214,10 +214,6 @@ class OnnxLayout:
     project: tuple[str, str] | None = None  # opt: (project_in, project_out), when word_embed_proj_dim ≠ hidden
     optional_prefix: str | None = None  # checkpoints saved from the bare model lack it ("transformer.", "model.")
     moe: MoeLayout | None = None  # mixture of experts in place of `mlp` on its sparse layers (onnx_export/moe.py)
-    # transformers' config class values (5.x configuration_<family>.py) of the keys the graph reads that config.json
-    # may omit, as (key, default) pairs, a later pair winning: a value, or a function of the config as the graph reads
-    # it (onnx_export/config.py) where the class's __post_init__ derives the key from others
-    config_defaults: tuple[tuple[str, Any], ...] = ()
 
 
 # A config switch the ONNX graph does not compute: (config.json as transformers' config class reads it — attributes,
@@ -251,6 +247,11 @@ class Family:
     no_onnx: str | None = None  # why there is no ONNX export (when onnx is None)
     onnx_checks: tuple[OnnxCheck, ...] = ()
     genai_type: str | None = None  # onnxruntime-genai's model type (None: it has none; no genai_config.json)
+    # transformers' config class values (5.x configuration_<model_type>.py) of the keys the exporters read that
+    # config.json may omit, as (key, default) pairs, a later pair winning: a value, or a function of the config as
+    # transformers reads it (onnx_export/config.py's view) where the class's __post_init__ derives the key from others.
+    # tie_word_embeddings is FamilyShapes.tied_default. Read through class_defaults() below.
+    config_defaults: tuple[tuple[str, Any], ...] = ()
     # tests: format → the methods the default suite's generated parity matrices run for this family (a format not
     # named: every cell the matrix claims). For families whose tiny model is costly (mixtures of experts evaluate
     # every expert); ROPECONV_ALL_CELLS=1 runs every claimed cell anyway. Refused cells are checked regardless.
@@ -330,3 +331,14 @@ def layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> tuple[float | Non
         raise InputError(f"config.json: no {arch.scaled_layer_type} layer in layer_types, so a method would act on "
                          "no layer")
     return tuple(fixed.get(t) if t != arch.scaled_layer_type else None for t in types)
+
+
+def class_defaults(family: Family) -> dict[str, Any]:
+    """The family's transformers config class defaults (Family.config_defaults, with tie_word_embeddings)."""
+    return dict((("tie_word_embeddings", family.shapes.tied_default),) + family.config_defaults)
+
+
+def with_class_defaults(config: Config, family: Family) -> Config:
+    """config.json with the class defaults it omits filled in — the plain values only; the keys a class derives are
+    the view's (onnx_export/config.py)."""
+    return {**{k: v for k, v in class_defaults(family).items() if not callable(v)}, **config}

@@ -17,6 +17,8 @@ from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.table import changes_table, output_entry
+from ropeconv.families import FAMILIES
+from ropeconv.families.spec import with_class_defaults
 from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES, GGUF_QUANT_TYPES
 from ropeconv.gguf_export import experts
 from ropeconv.gguf_export.layouts import (EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph,
@@ -128,7 +130,9 @@ def _staging_type(ckpt: Checkpoint) -> str:
 
 
 def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | None, tokens: bool) -> GgufPlan:
-    config, scheme = ckpt.config, ckpt.scheme
+    # as transformers reads it: a key config.json omits takes the family's class default (Mixtral's norm epsilon
+    # 1e-5, Mistral's 4096-token window), not the GGUF layout's fallback
+    config, scheme = with_class_defaults(ckpt.config, FAMILIES[ckpt.arch.model_type]), ckpt.scheme
     layout = layout_for(ckpt.arch.model_type)
     heads = _positive(config, HEAD_KEYS)
     heads_kv = config.get("num_key_value_heads") or heads

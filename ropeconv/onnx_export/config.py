@@ -3,10 +3,10 @@ importing transformers (0.6 s) and the torch its configuration_utils pulls in (1
 onnx` starts as fast as the other dry runs.
 
 An attribute is config.json's key; else a dimension the family's shapes resolve under transformers' name (GPT-2's
-n_embd as hidden_size: its attribute_map); else the class default the family's OnnxLayout.config_defaults states, a
+n_embd as hidden_size: its attribute_map); else the class default the family's Family.config_defaults states, a
 value or a function of this view (what the class's __post_init__ derives, as Qwen2's layer_types from
 use_sliding_window and max_window_layers; a key present as null is derived too, as there); else there is no such
-attribute, as on transformers' object. tests/test_onnx_config.py plans every family from this view and from
+attribute, as on transformers' object. tests/test_config_defaults.py plans every family from this view and from
 transformers' own config object, over configs that omit every optional key, and requires the same plan.
 """
 
@@ -49,9 +49,9 @@ class ConfigView:
 def config_view(ckpt: Any, layout: Any) -> ConfigView:
     """ckpt: a Checkpoint; layout: its family's OnnxLayout."""
     from ropeconv.checkpoint.shapes import resolve_dims
-    from ropeconv.families import SHAPES
+    from ropeconv.families import FAMILIES
+    from ropeconv.families.spec import class_defaults
 
-    shapes = SHAPES[layout.model_type]
-    dims, _ = resolve_dims(ckpt.config, shapes)
-    defaults = dict((("tie_word_embeddings", shapes.tied_default),) + layout.config_defaults)
-    return ConfigView(ckpt.config, dims, defaults)
+    family = FAMILIES[layout.model_type]
+    dims, _ = resolve_dims(ckpt.config, family.shapes)
+    return ConfigView(ckpt.config, dims, class_defaults(family))

@@ -1,9 +1,9 @@
 """HF checkpoint ─► ONNX decoder with KV cache for onnxruntime, the plan's position math baked in.
 
-onnx_export/plan.py decides everything before a byte is written; OnnxExport then takes the checkpoint's tensors in file order (the same pass that writes safetensors
-and GGUF), one tensor in memory at a time. Linear weights are stored transposed ([in, out], what
-MatMul reads; GPT-2's Conv1D weights already are); a tied output matrix is the embedding written a second
-time, transposed. A learned position table is written resampled to the plan's length (the only tensor
+onnx_export/plan.py decides everything before a byte is written; OnnxExport then takes the checkpoint's tensors
+in file order (the same pass that writes safetensors and GGUF), one tensor in memory at a time. Linear weights are
+stored transposed ([in, out], what MatMul reads; GPT-2's Conv1D weights already are); a tied output matrix is the
+embedding written a second time, transposed. A learned position table is written resampled to the plan's length (the only tensor
 whose values change).
 
 --dtype: fp32 (float32 weights and compute); fp16 (float16 weights, activations and KV cache, as deployed on

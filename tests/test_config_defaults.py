@@ -1,9 +1,11 @@
-"""The ONNX plan reads config.json through ropeconv's view of transformers' config classes (onnx_export/config.py),
-so that a dry run imports no transformers. Here every family's plan is made twice, once through that view and once
-through transformers' own config object (what the plan read before), over configs as transformers saves them,
-configs that omit every key whose default the view states (so the class defaults and the derived keys decide), and
-the variants whose derived keys differ (sliding windows switched on, NoPE every other layer, Gemma 3's older
-pattern key): the two plans must be equal, dimensions, windows, initializers and all.
+"""Each family states transformers' config class defaults of the keys the exporters read (Family.config_defaults),
+so that planning imports no transformers. The ONNX plan reads config.json through a view of them
+(onnx_export/config.py): every family's plan is made twice, once through that view and once through transformers' own
+config object, over configs as transformers saves them, configs that omit every key whose default the family states
+(so the class defaults and the derived keys decide), and the variants whose derived keys differ (sliding windows
+switched on, NoPE every other layer, Gemma 3's older pattern key): the two plans must be equal, dimensions,
+windows, initializers and all. The GGUF plan fills in the plain defaults: its header from a config omitting them
+must equal its header from the config transformers completes (its own to_dict).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny, run_cli
-from ropeconv.families import FAMILIES, ONNX_LAYOUTS
+from conftest import add_byte_level_tokenizer, make_tiny, run_cli
+from ropeconv.families import FAMILIES, GGUF_LAYOUTS, ONNX_LAYOUTS
 
 # keys dropped from every family's saved config besides those its layout gives defaults for
 DROPPED = ("tie_word_embeddings", "layer_types", "word_embed_proj_dim", "no_rope_layers")
@@ -70,9 +72,7 @@ def _config_case(base: Path, dst: Path, family: str, case: str) -> Path:
             (dst / item.name).symlink_to(item)
     config = json.loads((base / "config.json").read_text())
     if case == "defaults":
-        for key in {k for k, _ in ONNX_LAYOUTS[family].config_defaults} | set(DROPPED):
-            config.pop(key, None)
-        config.update(KEEP.get(family, {}))
+        config = _without_defaults(config, family)
     elif case != "as saved":
         _, set_keys, dropped = next(v for v in VARIANTS[family] if v[0] == case)
         for key in dropped:
@@ -80,6 +80,11 @@ def _config_case(base: Path, dst: Path, family: str, case: str) -> Path:
         config.update(set_keys)
     (dst / "config.json").write_text(json.dumps(config))
     return dst
+
+
+def _without_defaults(config: dict, family: str) -> dict:
+    dropped = {k for k, _ in FAMILIES[family].config_defaults} | set(DROPPED)
+    return {k: v for k, v in config.items() if k not in dropped} | KEEP.get(family, {})
 
 
 def _planned(monkeypatch, base: Path, out: Path, family: str, reader=None):
@@ -150,3 +155,59 @@ def test_a_key_the_family_leaves_to_its_class_reads_as_missing():
     assert view.attn_config.clip_qkv == 2.0 and getattr(view.attn_config, "qk_ln", None) is None
     with pytest.raises(AttributeError):
         view.num_key_value_heads
+
+
+def _gguf_header(monkeypatch, base: Path, out: Path) -> str | list:
+    """The header fields a GGUF dry run planned (less the name and tokenizer ones), or its refusal."""
+    from ropeconv.gguf_export import output
+
+    seen = []
+    real = output.plan_gguf
+
+    def spy(*args, **kwargs):
+        try:
+            made = real(*args, **kwargs)
+        except Exception as exc:
+            seen.append(f"refused: {exc}")
+            raise
+        seen.append(sorted((f.key, repr(f.value)) for f in made.fields
+                           if not f.key.startswith(("general.", "tokenizer.", "ropeconv.base"))))
+        return made
+
+    with monkeypatch.context() as m:
+        m.setattr(output, "plan_gguf", spy)
+        run_cli("extend", base, "--method", "none", "--to", "gguf", "--dry-run", "-o", out)
+    assert len(seen) == 1, "the dry run made no GGUF plan"
+    return seen[0]
+
+
+# Gemma 2/3 without query_pre_attn_scalar take the class's 256, not the tiny head_dim 16: refused for GGUF (below)
+GGUF_KEEP = {"gemma2": dict(query_pre_attn_scalar=16), "gemma3_text": dict(query_pre_attn_scalar=16)}
+
+
+@pytest.mark.parametrize("family", list(GGUF_LAYOUTS))
+def test_gguf_header_takes_the_class_defaults(tiny, tmp_path, monkeypatch, family):
+    """A config.json that omits the keys a family states defaults for converts as transformers reads it: the same
+    header as from the config transformers itself completes. (Before, the GGUF layout's own fallbacks decided:
+    rms_norm_eps 1e-6 for Mixtral, OLMo 2 and Phi-3, whose classes default to 1e-5.)"""
+    from transformers import AutoConfig
+
+    base = add_byte_level_tokenizer(_config_case(tiny(family), tmp_path / "base", family, "defaults"))
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(config | GGUF_KEEP.get(family, {})))
+    completed = _config_case(base, tmp_path / "completed", family, "as saved")
+    (completed / "config.json").write_text(json.dumps(AutoConfig.from_pretrained(base).to_dict()))
+    ours = _gguf_header(monkeypatch, base, tmp_path / "a")
+    theirs = _gguf_header(monkeypatch, completed, tmp_path / "b")
+    assert not isinstance(ours, str), ours
+    assert ours == theirs
+
+
+def test_gguf_refuses_gemma2_by_its_class_query_scalar(tiny, tmp_path, monkeypatch):
+    """Gemma 2 without query_pre_attn_scalar scales queries by 256^-1/2 in transformers (its class default) while
+    llama.cpp scales by head_dim^-1/2: with a head_dim of 16 that is another model, refused (it converted before,
+    the check reading head_dim as the default)."""
+    base = add_byte_level_tokenizer(_config_case(tiny("gemma2"), tmp_path / "base", "gemma2", "defaults"))
+    refused = _gguf_header(monkeypatch, base, tmp_path / "out")
+    assert isinstance(refused, str) and "query_pre_attn_scalar 256" in refused, refused
+
