@@ -211,3 +211,18 @@ def test_gguf_refuses_gemma2_by_its_class_query_scalar(tiny, tmp_path, monkeypat
     refused = _gguf_header(monkeypatch, base, tmp_path / "out")
     assert isinstance(refused, str) and "query_pre_attn_scalar 256" in refused, refused
 
+
+
+def test_every_key_the_graph_reads_without_a_fallback_has_a_default():
+    """The ONNX plan reads these layout keys as attributes with no fallback: a config.json that omits one takes the
+    family's stated default (as transformers' class would), so each ONNX family must state one — a new family that
+    forgot would otherwise plan from transformers' default only when config.json happens to carry the key."""
+    missing = []
+    for family, layout in ONNX_LAYOUTS.items():
+        stated = {k for k, _ in FAMILIES[family].config_defaults}
+        needed = {layout.eps_key, layout.parallel_residual_key, layout.residual_norm_key, layout.post_norm_key,
+                  layout.query_scalar_key, layout.rope_layers_key} - {None}
+        if not layout.fixed_activation:
+            needed.add(layout.activation_key)
+        missing += [f"{family}: {key}" for key in sorted(needed - stated)]
+    assert not missing, missing
