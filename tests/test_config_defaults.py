@@ -87,12 +87,11 @@ def _without_defaults(config: dict, family: str) -> dict:
     return {k: v for k, v in config.items() if k not in dropped} | KEEP.get(family, {})
 
 
-def _planned(monkeypatch, base: Path, out: Path, family: str, reader=None):
-    """The ONNX plan a dry run made, or the refusal it raised (the exception's text)."""
-    from ropeconv.onnx_export import output, plan as plan_module
-
+def _dry_run_plan(monkeypatch, module, name: str, argv: list, patches=()):
+    """What `module.name` (a format's planning function) returned in a dry run of argv, or the refusal it raised
+    (the exception's text); patches: (object, attribute, value) set during the run."""
     seen = []
-    real = output.plan_onnx
+    real = getattr(module, name)
 
     def spy(*args, **kwargs):
         try:
@@ -104,13 +103,21 @@ def _planned(monkeypatch, base: Path, out: Path, family: str, reader=None):
         return made
 
     with monkeypatch.context() as m:
-        m.setattr(output, "plan_onnx", spy)
-        if reader is not None:
-            m.setattr(plan_module, "config_view", reader)
-        run_cli("extend", base, "--method", METHOD[FAMILIES[family].position], "--factor", "2", "--to", "onnx",
-                "--dry-run", "-o", out)
-    assert len(seen) == 1, f"{family}: the dry run made no ONNX plan"
+        m.setattr(module, name, spy)
+        for target, attribute, value in patches:
+            m.setattr(target, attribute, value)
+        run_cli("extend", *argv, "--dry-run")
+    assert len(seen) == 1, f"the dry run of {argv} made no plan"
     return seen[0]
+
+
+def _planned(monkeypatch, base: Path, out: Path, family: str, reader=None):
+    """The ONNX plan a dry run made, or the refusal it raised; reader: in place of the view."""
+    from ropeconv.onnx_export import output, plan as plan_module
+
+    return _dry_run_plan(monkeypatch, output, "plan_onnx",
+                         [base, "--method", METHOD[FAMILIES[family].position], "--factor", "2", "--to", "onnx", "-o",
+                          out], [(plan_module, "config_view", reader)] if reader else ())
 
 
 def _transformers_config(ckpt, layout):
@@ -158,27 +165,14 @@ def test_a_key_the_family_leaves_to_its_class_reads_as_missing():
 
 
 def _gguf_header(monkeypatch, base: Path, out: Path) -> str | list:
-    """The header fields a GGUF dry run planned (less the name and tokenizer ones), or its refusal."""
+    """The header fields a GGUF dry run planned (less the name, tokenizer and base path ones), or its refusal."""
     from ropeconv.gguf_export import output
 
-    seen = []
-    real = output.plan_gguf
-
-    def spy(*args, **kwargs):
-        try:
-            made = real(*args, **kwargs)
-        except Exception as exc:
-            seen.append(f"refused: {exc}")
-            raise
-        seen.append(sorted((f.key, repr(f.value)) for f in made.fields
-                           if not f.key.startswith(("general.", "tokenizer.", "ropeconv.base"))))
+    made = _dry_run_plan(monkeypatch, output, "plan_gguf", [base, "--method", "none", "--to", "gguf", "-o", out])
+    if isinstance(made, str):
         return made
-
-    with monkeypatch.context() as m:
-        m.setattr(output, "plan_gguf", spy)
-        run_cli("extend", base, "--method", "none", "--to", "gguf", "--dry-run", "-o", out)
-    assert len(seen) == 1, "the dry run made no GGUF plan"
-    return seen[0]
+    return sorted((f.key, repr(f.value)) for f in made.fields
+                  if not f.key.startswith(("general.", "tokenizer.", "ropeconv.base")))
 
 
 # Gemma 2/3 without query_pre_attn_scalar take the class's 256, not the tiny head_dim 16: refused for GGUF (below)
