@@ -20,7 +20,7 @@ keys above).
 from ropeconv.families.parts import (COMMON, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS, TINY_LLAMA, norm,
                                      with_head_dim_default)
 from ropeconv.families.spec import (ArchSpec, Config, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam,
-                                    OnnxLayout, T, fixed_layer_thetas, get, layer_thetas)
+                                    OnnxLayout, T, fixed_layer_thetas, get, layer_thetas, pattern_layer_types)
 
 ARCH = ArchSpec(
     "gemma3_text", default_head_dim=256, default_theta=1_000_000.0, scaled_layer_type="full_attention",
@@ -84,8 +84,7 @@ def gguf_refusal(config: Config, head_dim: int) -> str | None:
 _CONFIG = (
     ("hidden_activation", "gelu_pytorch_tanh"), ("rms_norm_eps", 1e-6), ("query_pre_attn_scalar", 256),
     ("sliding_window", 4096), ("sliding_window_pattern", 6),
-    ("layer_types", lambda c: ["sliding_attention" if (i + 1) % c.sliding_window_pattern else "full_attention"
-                               for i in range(c.num_hidden_layers)]),
+    ("layer_types", lambda c: pattern_layer_types(c.num_hidden_layers, c.sliding_window_pattern)),
 )
 
 

@@ -14,16 +14,16 @@ def _no_rope_every_4th(config, head_dim):
     interval = config.get("no_rope_layer_interval", 4)
     declared = config.get("no_rope_layers")
     if declared is None and isinstance(interval, int) and interval > 0:  # transformers' SmolLM3Config default
-        declared = [int((i + 1) % interval != 0) for i in range(layers)]
-    fixed = [int((i + 1) % 4 != 0) for i in range(layers)]
+        declared = _every_nth_without_rope(layers, interval)
+    fixed = _every_nth_without_rope(layers, 4)
     if declared is not None and [int(bool(x)) for x in declared] != fixed:
         return "no_rope_layers other than every 4th layer: llama.cpp's smollm3 drops rope on every 4th layer exactly"
     return None
 
 
-def _no_rope_layers(c):
-    """SmolLM3Config's derived no_rope_layers: 0 (no rope) on every no_rope_layer_interval-th layer."""
-    return [int((i + 1) % c.no_rope_layer_interval != 0) for i in range(c.num_hidden_layers)]
+def _every_nth_without_rope(n_layers: int, interval: int) -> list[int]:
+    """SmolLM3Config's derived no_rope_layers: 0 (no rope) on every interval-th layer, 1 elsewhere."""
+    return [int((i + 1) % interval != 0) for i in range(n_layers)]
 
 
 def _layer_types(c):
@@ -53,5 +53,6 @@ FAMILY = Family(
     genai_type="smollm3",
     config_defaults=LLAMA_CONFIG + (
         ("use_sliding_window", False), ("sliding_window", None), ("no_rope_layer_interval", 4),
-        ("no_rope_layers", _no_rope_layers), ("layer_types", _layer_types)),
+        ("no_rope_layers", lambda c: _every_nth_without_rope(c.num_hidden_layers, c.no_rope_layer_interval)),
+        ("layer_types", _layer_types)),
 )

@@ -307,6 +307,11 @@ def fixed_layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> dict[str, f
     return out
 
 
+def pattern_layer_types(n_layers: int, pattern: int) -> list[str]:
+    """Gemma 3's layer_types from its older sliding_window_pattern: every pattern-th layer full, the others sliding."""
+    return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+
+
 def layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> tuple[float | None, ...] | None:
     """Per layer: the unscaled rope base of a layer the method leaves alone, None where the plan applies (None
     overall: the plan applies to every layer)."""
@@ -317,8 +322,7 @@ def layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> tuple[float | Non
     pattern = config.get("sliding_window_pattern", 6)
     if types is None and isinstance(pattern, int) and pattern > 0 and isinstance(config.get("num_hidden_layers"), int):
         # older Gemma 3 configs: transformers derives the layer types from the pattern (every 6th layer full)
-        types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
-                 for i in range(config["num_hidden_layers"])]
+        types = pattern_layer_types(config["num_hidden_layers"], pattern)
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise InputError(f"config.json: {arch.model_type} needs layer_types, a list of layer type names")
     if len(types) != config.get("num_hidden_layers"):
