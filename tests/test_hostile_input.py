@@ -242,6 +242,28 @@ def test_config_disagreeing_with_the_tensors(capsys, base, out, changes, args, m
     assert_refused(capsys, extend(base, out, *args, "--no-verify"), out, before, mentions=mentions)
 
 
+@pytest.mark.parametrize(
+    "family, changes, mentions",
+    [
+        ("llama", {"rms_norm_eps": "abc"}, ("config.json", "wrong kind", "'abc'")),
+        ("llama", {"hidden_act": ["silu"]}, ("config.json", "wrong kind")),
+        ("llama", {"layer_types": ["full_attention"]}, ("1 layer_types", "num_hidden_layers 2")),
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": "x", "layer_types": None},
+         ("config.json", "wrong kind")),
+        ("smollm3", {"no_rope_layers": [1, 0]}, ("2 no_rope_layers", "num_hidden_layers 4")),
+    ],
+    ids=["eps-string", "activation-list", "layer_types-short", "max_window_layers-string", "no_rope_layers-short"],
+)
+def test_onnx_config_values_of_the_wrong_kind(capsys, tmp_path, out, family, changes, mentions):
+    """The ONNX plan reads config.json through the families' defaults, not transformers' config class, which
+    refused these: each is one line, exit 2, nothing written (a traceback before)."""
+    base = make_tiny(tmp_path, family)
+    edit_config(base, **changes)
+    capsys.readouterr()  # transformers' progress bar from saving the tiny model
+    before = listing(out.parent)
+    assert_refused(capsys, extend(base, out, "--to", "onnx", "--no-verify"), out, before, mentions=mentions)
+
+
 def test_verify_checks_the_base_config_before_transformers_loads_it(capsys, base, out):
     assert extend(base, out, "--no-verify", "-q") == 0
     edit_config(base, vocab_size=1024)  # the base changed after the run: transformers would size from it

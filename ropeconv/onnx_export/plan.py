@@ -87,8 +87,14 @@ def plan_onnx(ckpt: Checkpoint, plan: PositionPlan, dtype: str, provenance: dict
         raise UnsupportedError(f"a {plan.kind} plan cannot drive {layout.model_type}'s {position} positions")
     layout = _resolve_prefix(layout, {e.name for e in ckpt.tensors})
     cfg = config_view(ckpt, layout)
-    _refuse_variants(layout, cfg, ckpt)
-    dims = _dims(layout, cfg, ckpt, plan)
+    try:
+        _refuse_variants(layout, cfg, ckpt)
+        dims = _dims(layout, cfg, ckpt, plan)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        # a value of the wrong kind (an epsilon "abc", an activation given as a list): what transformers' config class
+        # refused to read when the plan read config.json through it
+        raise InputError(f"{ckpt.path}/config.json: a value the {layout.model_type} graph reads is of the wrong kind "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
     specs = _specs(layout, dims, ckpt, plan, dtype, bool(getattr(cfg, "tie_word_embeddings", False)))
     fused = uses_fused_attention(layout, compute_of(dtype, fused_attention))
     # protobuf strings are UTF-8: a base folder whose name is not is recorded as \xNN escapes (verify then
@@ -174,6 +180,8 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
     else:
         windows = (None,) * n_layers
+    if len(windows) != n_layers:
+        raise InputError(f"config.json: {len(windows)} layer_types for num_hidden_layers {n_layers}")
     post_norm = layout.post_norm_key is not None and not getattr(cfg, layout.post_norm_key)
     embed_dim = int(getattr(cfg, "word_embed_proj_dim", None) or hidden) if layout.project else hidden
     return DecoderDims(
@@ -198,10 +206,17 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         residual_from_norm=bool(getattr(cfg, layout.residual_norm_key)) if layout.residual_norm_key else False,
         final_norm=not post_norm and not getattr(cfg, "_remove_final_layer_norm", False),
         clip_qkv=float(attn_config_value(cfg, "clip_qkv")) if attn_config_value(cfg, "clip_qkv") else None,
-        rope_layers=tuple(bool(x) for x in getattr(cfg, layout.rope_layers_key)) if layout.rope_layers_key else None,
+        rope_layers=_per_layer(cfg, layout.rope_layers_key, n_layers) if layout.rope_layers_key else None,
         moe=moe_dims(layout.moe, SHAPES[layout.model_type].sparse, cfg, n_layers) if layout.moe else None,
         layer_thetas=layer_thetas(ckpt.config, ckpt.arch) if plan.kind == "rope" else None,
     )
+
+
+def _per_layer(cfg, key: str, n_layers: int) -> tuple[bool, ...]:
+    values = tuple(bool(x) for x in getattr(cfg, key))
+    if len(values) != n_layers:
+        raise InputError(f"config.json: {len(values)} {key} for num_hidden_layers {n_layers}")
+    return values
 
 
 def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
