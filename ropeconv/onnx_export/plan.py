@@ -17,6 +17,7 @@ from ropeconv.checkpoint.rope_config import layer_thetas
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.families import ARCHS, GENAI_TYPES, ONNX_CHECKS, SHAPES
 from ropeconv.families.parts import attn_config_value
+from ropeconv.families.spec import OnnxLayout
 from ropeconv.formats import ONNX_DTYPES as DTYPES, ONNX_MODEL_FILE as MODEL_FILE
 from ropeconv.jsontext import printable
 from ropeconv.onnx_export.config import config_view
@@ -31,7 +32,6 @@ PLAIN_ATTENTION = "standard operators (MatMul, Softmax: heads × new × total sc
 MAX_INLINE_BYTES = 2**31 - 2**26  # protobuf's 2 GiB limit, less room for the graph itself
 
 
-
 @dataclass(frozen=True)
 class InitSpec:
     name: str  # initializer name in the graph
@@ -44,8 +44,8 @@ class InitSpec:
 
 @dataclass(frozen=True)
 class OnnxPlan:
-    layout: Any  # OnnxLayout
-    dims: Any  # DecoderDims
+    layout: OnnxLayout
+    dims: DecoderDims
     dtype: str
     specs: dict[str, tuple[InitSpec, ...]]  # checkpoint tensor name → initializers made from it
     external: bool  # weights in model.onnx.data (over protobuf's 2 GB limit)
