@@ -165,14 +165,16 @@ def test_a_key_the_family_leaves_to_its_class_reads_as_missing():
 
 
 def _gguf_header(monkeypatch, base: Path, out: Path) -> str | list:
-    """The header fields a GGUF dry run planned (less the name, tokenizer and base path ones), or its refusal."""
+    """The header fields a GGUF dry run planned (less the name, tokenizer and base path ones) and its tensors, or its
+    refusal."""
     from ropeconv.gguf_export import output
 
     made = _dry_run_plan(monkeypatch, output, "plan_gguf", [base, "--method", "none", "--to", "gguf", "-o", out])
     if isinstance(made, str):
         return made
     return sorted((f.key, repr(f.value)) for f in made.fields
-                  if not f.key.startswith(("general.", "tokenizer.", "ropeconv.base")))
+                  if not f.key.startswith(("general.", "tokenizer.", "ropeconv.base"))) + \
+        [t.info.name for t in made.tensors]
 
 
 # Gemma 2/3 without query_pre_attn_scalar take the class's 256, not the tiny head_dim 16: refused for GGUF (below)

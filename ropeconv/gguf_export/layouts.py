@@ -50,7 +50,8 @@ def layout_for(model_type: str) -> GgufLayout:
 
 
 def check_graph(layout: GgufLayout, config: Config, head_dim: int, target_ctx: int) -> None:
-    """Refuse configs whose transformers forward pass llama.cpp's graph for the arch does not compute."""
+    """Refuse configs whose transformers forward pass llama.cpp's graph for the arch does not compute. config: with
+    the family's class defaults (families.spec.with_class_defaults), as the GGUF plan reads it."""
     key = next((k for k in layout.act_keys if config.get(k)), layout.act_keys[0])
     act = config.get(key) or layout.activation[0]
     if act not in layout.activation:
@@ -68,7 +69,7 @@ def check_graph(layout: GgufLayout, config: Config, head_dim: int, target_ctx: i
         reason = refusal(config, head_dim)
         if reason:
             raise UnsupportedError(f"{layout.model_type} with {reason}; use --to safetensors")
-    if layout.output_is_embedding and not config.get("tie_word_embeddings", True):
+    if layout.output_is_embedding and not config["tie_word_embeddings"]:
         raise UnsupportedError(f"{layout.model_type} with untied lm_head: llama.cpp always uses the token embedding "
                                "as the output matrix; use --to safetensors")
 

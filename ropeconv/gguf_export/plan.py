@@ -178,17 +178,18 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     fields += vocab
     fields += [NewField(key, GGUFValueType.STRING, value) for key, value in provenance(plan, ckpt.path).items()]
 
-    tensors = _plan_tensors(ckpt, layout, outtype, plan)
+    tensors = _plan_tensors(ckpt, config, layout, outtype, plan)
     carriers = tuple((name, tuple(float(v) for v in values)) for name, values in declaration.tensors.items())
     return GgufPlan(layout, outtype, tuple(fields), tensors, carriers, heads, heads_kv,
                     raw_copy_ok=ckpt.weight_format == "safetensors", plan=plan, tokens=bool(vocab))
 
 
-def _plan_tensors(ckpt: Checkpoint, layout: GgufLayout, outtype: str, plan: PositionPlan) -> tuple[TensorPlan, ...]:
-    config = ckpt.config
+def _plan_tensors(ckpt: Checkpoint, config, layout: GgufLayout, outtype: str,
+                  plan: PositionPlan) -> tuple[TensorPlan, ...]:
+    """config: with the family's class defaults, as _plan_float reads it."""
     n_blocks = _positive(config, LAYER_KEYS)
     names = tables.tensor_mapping().get_tensor_name_map(model_arch(layout), n_blocks)
-    tied = layout.output_is_embedding or config.get("tie_word_embeddings", False)
+    tied = layout.output_is_embedding or config["tie_word_embeddings"]
     out: list[TensorPlan] = []
     seen: dict[str, str] = {}
     expert_stacks = experts.stacks(ckpt.tensors, _positive(config, EXPERT_KEYS)) if layout.experts else {}
