@@ -4,7 +4,8 @@ and final logits, queries scaled by query_pre_attn_scalar^-1/2, sliding window o
 
 from ropeconv.families.parts import (COMMON, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS, TINY_LLAMA, norm,
                                      with_head_dim_default)
-from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, OnnxLayout, get
+from ropeconv.families.spec import (ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, OnnxLayout, get,
+                                    pattern_layer_types)
 
 
 def _query_scalar_is_head_dim(config, head_dim):
@@ -18,8 +19,7 @@ def _query_scalar_is_head_dim(config, head_dim):
 _CONFIG = (
     ("hidden_activation", "gelu_pytorch_tanh"), ("rms_norm_eps", 1e-6), ("query_pre_attn_scalar", 256),
     ("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0), ("sliding_window", 4096),
-    ("layer_types", lambda c: ["sliding_attention" if (i + 1) % 2 else "full_attention"
-                               for i in range(c.num_hidden_layers)]),
+    ("layer_types", lambda c: pattern_layer_types(c.num_hidden_layers, 2)),
 )
 
 

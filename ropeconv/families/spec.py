@@ -308,7 +308,8 @@ def fixed_layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> dict[str, f
 
 
 def pattern_layer_types(n_layers: int, pattern: int) -> list[str]:
-    """Gemma 3's layer_types from its older sliding_window_pattern: every pattern-th layer full, the others sliding."""
+    """Gemma's layer_types from a pattern: every pattern-th layer full, the others sliding (Gemma 2 derives them with 2,
+    Gemma 3 from its older configs' sliding_window_pattern)."""
     return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
 
 

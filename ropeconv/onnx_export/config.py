@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ropeconv.checkpoint.shapes import resolve_dims
+from ropeconv.families import FAMILIES
+from ropeconv.families.spec import class_defaults
+
 # transformers' attribute names → the dimension names of the families' shapes tables (families/parts.py)
 DIMENSIONS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
               "num_key_value_heads": "kv_heads", "vocab_size": "vocab", "word_embed_proj_dim": "proj"}
@@ -48,10 +52,6 @@ class ConfigView:
 
 def config_view(ckpt: Any, layout: Any) -> ConfigView:
     """ckpt: a Checkpoint; layout: its family's OnnxLayout."""
-    from ropeconv.checkpoint.shapes import resolve_dims
-    from ropeconv.families import FAMILIES
-    from ropeconv.families.spec import class_defaults
-
     family = FAMILIES[layout.model_type]
     dims, _ = resolve_dims(ckpt.config, family.shapes)
     return ConfigView(ckpt.config, dims, class_defaults(family))
