@@ -42,7 +42,8 @@ def test_transformers_fails_when_the_sliding_layers_take_the_full_layers_base(ba
     out = tmp_path / "out"
     assert _extend(base, out, "linear", "--no-verify") == 0
     config = read_json(out / "config.json")
-    config["rope_parameters"]["sliding_attention"]["rope_theta"] = 10000.0  # the local base lost
+    config["rope_parameters"]["sliding_attention"]["rope_theta"] = 10000.0  # the local base lost, for both majors
+    config["rope_local_base_freq"] = 10000.0  # (one lost alone is refused: 4.x and 5.x would disagree)
     (out / "config.json").write_text(json.dumps(config))
     assert run_cli("verify", out, "--tokens", TOKENS, "-q") == 1
     # a config whose sliding layers carry a method of their own is not one ropeconv reads
@@ -282,3 +283,33 @@ def test_sliding_window_pattern_is_llama_cpps_period(layer_types, period):
     if period:  # llama.cpp: layer il slides when il % n < n − 1 (llama_hparams::set_swa_pattern)
         assert [il % period < period - 1 for il in range(len(layer_types))] == \
                [t == "sliding_attention" for t in layer_types]
+
+
+def test_installing_a_second_plan_swaps_it_instead_of_nesting(base):
+    """Before: a second install_plan_rotary wrapped gemma3's kept sliding rotation again (a RecursionError after a
+    few dozen installs, as search made one per candidate); now the second plan replaces the first."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ropeconv.checkpoint import load_checkpoint
+    from ropeconv.methods import get
+    from ropeconv.methods.base import ExtendRequest
+    from ropeconv.parity.reference import PlanRotaryEmbedding, install_plan_rotary
+
+    scheme = load_checkpoint(base).scheme
+    linear, yarn = (get(m).plan(scheme, ExtendRequest(factor=4.0)) for m in ("linear", "yarn"))
+    ids = torch.arange(3 * ORIGINAL_CTX).reshape(1, -1) % 300
+
+    def logits(*plans):
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        for plan in plans:
+            install_plan_rotary(model, plan)
+        count = sum(isinstance(m, PlanRotaryEmbedding) for m in model.modules())
+        with torch.no_grad():
+            return model(ids).logits, count
+
+    once, count_once = logits(yarn)
+    swapped, count_swapped = logits(*[linear, yarn] * 20)
+    assert count_swapped == count_once
+    assert torch.equal(swapped, once)
+    assert not torch.equal(logits(linear)[0], once)  # the two plans differ past the original context

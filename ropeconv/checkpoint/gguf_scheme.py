@@ -7,6 +7,7 @@ from typing import Any
 
 from ropeconv.archs import GgufArchSpec, gguf_arch_for
 from ropeconv.errors import InputError
+from ropeconv.families.spec import MIN_CONTEXT
 from ropeconv.gguf_io.reader import GgufFile, scalar
 from ropeconv.positions import RopeScheme
 from ropeconv.provenance.gguf import recorded_plan_json
@@ -53,6 +54,7 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
             raise InputError(f"{src.path}: {key} = {str(value)[:40]} is not a positive integer")
         return value
 
+    _check_epsilons(src, a)
     embd = positive_int(f"{a}.embedding_length")
     heads = positive_int(f"{a}.attention.head_count")
     head_dim = positive_int(f"{a}.attention.key_length", embd // heads)
@@ -74,6 +76,9 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
         else:
             # e.g. Llama-3.1 GGUFs: rope_freqs and the extended context only; the original is not in the file
             existing = {**existing, "original_unknown": True}
+    if original < MIN_CONTEXT:
+        raise InputError(f"{src.path}: original context {original} is below {MIN_CONTEXT} tokens, the shortest "
+                         "ropeconv takes (its shortest probe; below 2π YaRN's correction range turns negative)")
     return RopeScheme(
         theta=float(theta),
         head_dim=head_dim,
@@ -82,6 +87,16 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
         declared_ctx=context,
         existing_scaling=existing,
     )
+
+
+def _check_epsilons(src: GgufFile, arch_name: str) -> None:
+    """A norm epsilon llama.cpp's loader takes and its graph aborts on (GGML_ASSERT(eps >= 0.0f), exit 134), or one
+    that divides a zero row by zero: each must be a finite number > 0 (families/parts.eps, for config.json)."""
+    for key in (f"{arch_name}.attention.layer_norm_rms_epsilon", f"{arch_name}.attention.layer_norm_epsilon"):
+        value = scalar(src, key)
+        if value is not None and (not isinstance(value, float) or not 0 < value < math.inf):
+            raise InputError(f"{src.path}: {key} = {str(value)[:40]} must be a finite number > 0 (llama.cpp asserts "
+                             "eps ≥ 0: the process aborts)")
 
 
 def _recorded_plan(src: GgufFile) -> dict[str, Any] | None:

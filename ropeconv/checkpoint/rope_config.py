@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from ropeconv.archs import ARCHS, ArchSpec
 from ropeconv.errors import InputError
+from ropeconv.families.spec import MIN_CONTEXT, check_legacy_agrees
 from ropeconv.families.spec import fixed_layer_thetas, layer_thetas  # noqa: F401 (the readers' names for them)
 from ropeconv.positions import RopeScheme
 
@@ -64,6 +65,8 @@ def head_dim(config: Mapping[str, Any], arch: ArchSpec) -> int:
 
 def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
     rope = rope_dict(config, arch)
+    for legacy, key in ((arch.theta_key, "rope_theta"), (arch.partial_key, "partial_rotary_factor")):
+        check_legacy_agrees(config, legacy, rope, key, "rope_parameters")
     theta = rope.get("rope_theta", config.get(arch.theta_key, config.get("rope_theta", arch.default_theta)))
     partial = rope.get("partial_rotary_factor")
     if partial is None and arch.partial_key:
@@ -78,6 +81,9 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
         raise InputError(f"config.json: rope base {theta} must be > 1")
     if not 0 < partial <= 1:
         raise InputError(f"config.json: rotary fraction {partial} must be in (0, 1]")
+    if partial != 1 and not arch.partial_rotary:
+        raise InputError(f"config.json: partial_rotary_factor {partial:g}: transformers' {arch.model_type} rotates the "
+                         "whole head whatever the factor says, so the model is ambiguous")
     if arch.scaled_layer_type:
         layer_thetas(config, arch)  # the layer types and their bases, checked before anything is planned
     hd = head_dim(config, arch)
@@ -97,6 +103,9 @@ def read_scheme(config: Mapping[str, Any], arch: ArchSpec) -> RopeScheme:
         )
         if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
             raise InputError(f"config.json: original_max_position_embeddings {str(original)[:40]} is not a positive integer")
+        if original < MIN_CONTEXT:
+            raise InputError(f"config.json: original_max_position_embeddings {original} is below {MIN_CONTEXT} tokens, "
+                             "the shortest original context ropeconv takes")
     return RopeScheme(
         theta=theta,
         head_dim=hd,

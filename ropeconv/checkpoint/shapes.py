@@ -58,8 +58,12 @@ def resolve_dims(config: Mapping[str, Any], family: FamilyShapes) -> tuple[dict[
             dims[name], source[name] = evaluate(dim.default, dims), dim.default
             continue
         value = config[key]
+        other = next((k for k in dim.keys if k != key and config.get(k) is not None and config[k] != value), None)
+        if other is not None:  # transformers 4.x and 5.x, or two exporters, read different ones of them
+            raise InputError(f"config.json: {key} {short(value)} and {other} {short(config[other])} name the same "
+                             "dimension and disagree")
         if not _is_count(value):
-            raise InputError(f"config.json: {key} must be an integer, got {_short(value)}")
+            raise InputError(f"config.json: {key} must be an integer, got {short(value)}")
         if value < 1:
             why = " (a model with no layers is not a model)" if name == "layers" else ""
             raise InputError(f"config.json: {key} must be at least 1, got {value}{why}")
@@ -111,7 +115,7 @@ def _check(spec: T, name: str, by_name: Mapping[str, TensorEntry], dims: Mapping
     if len(actual) != len(expected) or any(e is not None and e != a for e, a in zip(expected, actual)):
         shown = [("any" if e is None else e) for e in expected]
         meaning = ", ".join(_in_keys(p, source) for p in parts)
-        raise InputError(f"{entry.name} has shape {_short(actual)} but config.json implies {shown} ({meaning})")
+        raise InputError(f"{entry.name} has shape {short(actual)} but config.json implies {shown} ({meaning})")
 
 
 def _in_keys(expr: str, source: Mapping[str, str]) -> str:
@@ -125,6 +129,6 @@ def _in_keys(expr: str, source: Mapping[str, str]) -> str:
     return ast.unparse(tree)
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -65,6 +65,11 @@ def check_family(family: object, where: str, expected_name: str | None = None) -
             raise FamilyError(f"{where}: {type(part).__name__} names {part.model_type!r}, the family is {mt!r}")
     if family.gguf_arch is not None and not isinstance(family.gguf_arch, GgufArchSpec):
         raise FamilyError(f"{where}: {mt}'s gguf_arch must be a GgufArchSpec")
+    typed = {v.key for v in family.values} | {k for _, dim in family.shapes.dims for k in dim.keys}
+    untyped = sorted({k for k, _ in family.config_defaults} - typed - {"tie_word_embeddings"})
+    if untyped:
+        raise FamilyError(f"{where}: {mt} states a default for {untyped[0]!r} but no Value for it: add "
+                          f"values=(..., Value({untyped[0]!r}, kind, ...)) (its type and range)")
     return family
 
 

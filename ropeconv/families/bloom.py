@@ -3,7 +3,7 @@ query_key_value per head as [q_h | k_h | v_h] (view(…, n_head, 3, head_dim)), 
 GELU with Megatron's constants, residuals taken after the norm when apply_residual_connection_post_layernorm.
 llama.cpp fixes its slopes at max_alibi_bias 8 and writes no rope keys."""
 
-from ropeconv.families.parts import ALIBI, LAYER_NORM, SHAPE, VOCAB, linear, norm, times_hidden
+from ropeconv.families.parts import ALIBI, LAYER_NORM, SHAPE, VOCAB, context, eps, flag, linear, norm, times_hidden
 from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout,
                                     Hparam, OnnxLayout, T)
 
@@ -51,5 +51,7 @@ FAMILY = Family(
         fixed_activation="gelu_bloom", residual_norm_key="apply_residual_connection_post_layernorm",
         optional_prefix="transformer.",
     ),
+    values=(eps("layer_norm_epsilon"), context("seq_length", null=True),
+            flag("apply_residual_connection_post_layernorm")),
     config_defaults=(("layer_norm_epsilon", 1e-5), ("apply_residual_connection_post_layernorm", False)),
 )

@@ -2,8 +2,8 @@
 and final logits, queries scaled by query_pre_attn_scalar^-1/2, sliding window on the layers `layer_types` marks
 "sliding_attention". llama.cpp scales queries by 1/sqrt(head_dim) (except for its 46-layer 27B)."""
 
-from ropeconv.families.parts import (COMMON, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS, TINY_LLAMA, norm,
-                                     with_head_dim_default)
+from ropeconv.families.parts import (COMMON, GEMMA2_VALUES, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS,
+                                     TINY_LLAMA, norm, with_head_dim_default)
 from ropeconv.families.spec import (ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, OnnxLayout, get,
                                     pattern_layer_types)
 
@@ -48,5 +48,6 @@ FAMILY = Family(
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
                     query_scalar_key="query_pre_attn_scalar", softcaps=True),
     genai_type="gemma2",
+    values=GEMMA2_VALUES,
     config_defaults=_CONFIG,
 )

@@ -17,10 +17,10 @@ A foreign gemma3 GGUF's reference is fixed up by gguf_export/gemma3.py (transfor
 keys above).
 """
 
-from ropeconv.families.parts import (COMMON, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS, TINY_LLAMA, norm,
-                                     with_head_dim_default)
-from ropeconv.families.spec import (ArchSpec, Config, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam,
-                                    OnnxLayout, T, fixed_layer_thetas, get, layer_thetas, pattern_layer_types)
+from ropeconv.families.parts import (COMMON, GEMMA2_VALUES, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS,
+                                     TINY_LLAMA, norm, with_head_dim_default)
+from ropeconv.families.spec import (INT, ArchSpec, Config, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam,
+                                    OnnxLayout, T, Value, fixed_layer_thetas, get, layer_thetas, pattern_layer_types)
 
 ARCH = ArchSpec(
     "gemma3_text", default_head_dim=256, default_theta=1_000_000.0, scaled_layer_type="full_attention",
@@ -51,6 +51,12 @@ def swa_pattern(config: Config) -> int | None:
         if all((t == "sliding_attention") == (il % n < n - 1) for il, t in enumerate(types)):
             return n
     return None
+
+
+def sliding_window(config: Config) -> int | None:
+    """attention.sliding_window, only where a layer slides: llama.cpp's gemma3 loader reads a window as sliding layers
+    in its default pattern (5 of every 6) when the file states no attention.sliding_window_pattern."""
+    return config.get("sliding_window") if swa_pattern(config) is not None else None
 
 
 def local_base(config: Config) -> float | None:
@@ -110,7 +116,7 @@ FAMILY = Family(
         "gemma3_text", "gemma3",
         COMMON + RMS + (
             Hparam("final_logit_softcapping", "f32", get("final_logit_softcapping")),
-            Hparam("attention.sliding_window", "u32", get("sliding_window")),
+            Hparam("attention.sliding_window", "u32", sliding_window),
             Hparam("attention.sliding_window_pattern", "u32", swa_pattern),
             Hparam("rope.freq_base_swa", "f32", local_base),
         ),
@@ -126,5 +132,7 @@ FAMILY = Family(
                     query_scalar_key="query_pre_attn_scalar", softcaps=True,
                     qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
     genai_type="gemma3_text",
+    values=GEMMA2_VALUES + (
+        Value("sliding_window_pattern", INT, least=1, why="every sliding_window_pattern-th layer is full"),),
     config_defaults=_CONFIG,
 )

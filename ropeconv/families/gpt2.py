@@ -2,9 +2,9 @@
 weights [in, out] (what ONNX's MatMul reads; llama.cpp takes nn.Linear's [out, in], so the GGUF transposes them);
 fused c_attn as [q | k | v]; scale_attn_weights / scale_attn_by_inverse_layer_idx."""
 
-from ropeconv.families.parts import LAYER_NORM, SHAPE, VOCAB, norm, times_hidden
-from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout,
-                                    Hparam, OnnxLayout, T)
+from ropeconv.families.parts import LAYER_NORM, SHAPE, VOCAB, context, eps, flag, norm, times_hidden
+from ropeconv.families.spec import (STR, TINY_CTX, UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec,
+                                    GgufLayout, Hparam, OnnxLayout, T, Value)
 
 _H = "transformer.h.{i}."
 
@@ -53,5 +53,7 @@ FAMILY = Family(
         activation_key="activation_function", eps_key="layer_norm_epsilon", conv1d=True,
         optional_prefix="transformer.",
     ),
+    values=(Value("activation_function", STR), eps("layer_norm_epsilon"), context("n_positions"),
+            flag("scale_attn_weights"), flag("scale_attn_by_inverse_layer_idx"), flag("add_cross_attention")),
     config_defaults=(("activation_function", "gelu_new"), ("layer_norm_epsilon", 1e-5)),
 )

@@ -2,7 +2,7 @@
 (`use_parallel_residual`); transformers stores the fused query_key_value per head as [q_h | k_h | v_h], which
 llama.cpp's gptneox splits as all-q, all-k, all-v blocks (the GGUF regroups it)."""
 
-from ropeconv.families.parts import COMMON, STANDARD_DIMS, VOCAB, linear, norm
+from ropeconv.families.parts import ACTIVATION, COMMON, STANDARD_DIMS, VOCAB, context, eps, flag, linear, norm
 from ropeconv.families.spec import (UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam,
                                     OnnxLayout, T, get)
 
@@ -10,6 +10,7 @@ _NEOX = "gpt_neox.layers.{i}."
 
 FAMILY = Family(
     arch=ArchSpec("gpt_neox", theta_key="rotary_emb_base", partial_key="rotary_pct", default_partial=0.25,
+                  partial_rotary=True,
                   note="partial rotary (rotary_pct): methods act on the rotated dims only"),
     shapes=FamilyShapes(
         "gpt_neox",
@@ -46,5 +47,7 @@ FAMILY = Family(
         parallel_residual_key="use_parallel_residual",
     ),
     # onnxruntime-genai has no gpt_neox model type
+    values=(ACTIVATION, eps("layer_norm_eps"), context("max_position_embeddings"), flag("use_parallel_residual"),
+            flag("attention_bias")),
     config_defaults=(("hidden_act", "gelu"), ("layer_norm_eps", 1e-5), ("use_parallel_residual", True)),
 )

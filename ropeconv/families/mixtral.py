@@ -7,8 +7,8 @@ router as ffn_gate_inp; its build_moe_ffn takes softmax, the top k, and renormal
 Mixtral. The ONNX graph evaluates every expert and weights it by the scattered top-k routing (onnx_export/moe.py).
 MixtralConfig defaults head_dim to None, which transformers 5's yarn/longrope/llama3 trip on: the output states it."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, MOE, RMS,
-                                     TINY_LLAMA, without_mlp)
+from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, MOE,
+                                     MOE_VALUES, RMS, RMS_VALUES, SLIDING_WINDOW, TINY_LLAMA, without_mlp)
 from ropeconv.families.spec import ArchSpec, Dim, Family, FamilyShapes, GgufLayout, MoeLayout, OnnxLayout, T
 
 FAMILY = Family(
@@ -41,5 +41,6 @@ FAMILY = Family(
         router="block_sparse_moe.gate.weight", count_keys=("num_local_experts",), norm_topk_key=None,
         experts=tuple(f"block_sparse_moe.experts.{{e}}.{w}.weight" for w in ("w1", "w3", "w2")))),
     test_methods={"safetensors": ("yarn",), "gguf": ("llama3",), "onnx": ("yarn",)},
+    values=RMS_VALUES + MOE_VALUES + (SLIDING_WINDOW,),
     config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5), ("num_experts_per_tok", 2)),
 )

@@ -3,7 +3,8 @@
 (nn.GELU()), a 4·d_model FFN whatever expansion_ratio says, softmax_scale from attn_config. llama.cpp reads
 max_alibi_bias from the file (without it, no bias at all)."""
 
-from ropeconv.families.parts import ALIBI, LAYER_NORM, SHAPE, VOCAB, attn_config_value, linear, norm, times_hidden
+from ropeconv.families.parts import (ALIBI, LAYER_NORM, SHAPE, VOCAB, attn_config_value, context, eps, flag, linear,
+                                     norm, times_hidden)
 from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout,
                                     Hparam, OnnxLayout, T, attn_config)
 
@@ -79,5 +80,6 @@ FAMILY = Family(
         if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0) else None,
         _onnx_bias_tensors,
     ),
+    values=(eps("layer_norm_epsilon"), context("max_seq_len"), flag("no_bias")),
     config_defaults=(("layer_norm_epsilon", 1e-5),),
 )

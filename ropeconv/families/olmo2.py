@@ -4,7 +4,8 @@ RMS-normalized over the whole projection (weights [heads·head_dim]) before the 
 olmo2 loader takes head_dim as hidden/heads, no output-projection bias and always a separate output matrix."""
 
 from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS,
-                                     TINY_LLAMA, norm, refuse_attention_bias, refuse_head_dim_not_hidden_over_heads)
+                                     RMS_VALUES, TINY_LLAMA, flag, norm, refuse_attention_bias,
+                                     refuse_head_dim_not_hidden_over_heads)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
 
 
@@ -38,5 +39,6 @@ FAMILY = Family(
     onnx=OnnxLayout("olmo2", **dict(LLAMA_ONNX, attn_norm=None, mlp_norm=None),
                     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
                     qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
+    values=RMS_VALUES + (flag("attention_bias"),),
     config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5),),
 )

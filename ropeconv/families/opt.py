@@ -2,8 +2,8 @@
 unless do_layer_norm_before is false (350m: norms after each residual add, no final norm), project_in/out when
 word_embed_proj_dim ≠ hidden_size, LayerNorm eps fixed at torch's 1e-5, ReLU FFN. llama.cpp has no graph for it."""
 
-from ropeconv.families.parts import STANDARD_DIMS, VOCAB, linear, norm
-from ropeconv.families.spec import OPTIONAL, UNTIED, ArchSpec, Dim, Family, FamilyShapes, OnnxLayout, T
+from ropeconv.families.parts import STANDARD_DIMS, VOCAB, context, flag, linear, norm
+from ropeconv.families.spec import OPTIONAL, STR, UNTIED, ArchSpec, Dim, Family, FamilyShapes, OnnxLayout, T, Value
 
 _OPT = "model.decoder.layers.{i}."
 
@@ -49,5 +49,7 @@ FAMILY = Family(
         lambda cfg, names: "layer_norm_elementwise_affine false: the graph has no LayerNorm without weights"
         if not getattr(cfg, "layer_norm_elementwise_affine", True) else None,
     ),
+    values=(Value("activation_function", STR), context("max_position_embeddings"), flag("do_layer_norm_before"),
+            flag("layer_norm_elementwise_affine")),
     config_defaults=(("activation_function", "relu"), ("do_layer_norm_before", True)),
 )

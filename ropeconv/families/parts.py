@@ -5,10 +5,12 @@ bloom) spells everything out in its file."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from ropeconv.errors import InputError
-from ropeconv.families.spec import ALWAYS, OPTIONAL, UNTIED, Config, Dim, Hparam, T, attn_config, first, get
+from ropeconv.families.spec import (ALWAYS, BOOL, FLOAT, INT, MIN_CONTEXT, OPTIONAL, STR, UNTIED, Config, Dim, Hparam,
+                                    T, Value, attn_config, first, get)
 
 # ---------------------------------------------------------------------------------------- tensor shapes
 
@@ -198,6 +200,52 @@ QWEN_MOE_ONNX: dict[str, Any] = dict(
     router="mlp.gate.weight", count_keys=("num_experts", "num_local_experts"),
     experts=tuple(f"mlp.experts.{{e}}.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")),
     norm_topk_key="norm_topk_prob")
+
+# -------------------------------------------------------------------------------------- config values
+# (Family.values: the keys each family reads, typed as transformers 5's config classes annotate them)
+
+
+def flag(key: str, null: bool = False) -> Value:
+    return Value(key, BOOL, null=null)
+
+
+def eps(key: str) -> Value:
+    return Value(key, FLOAT, above=0.0, why="a norm's epsilon: llama.cpp asserts eps ≥ 0 (the process aborts), and 0 "
+                                              "divides a zero row by zero")
+
+
+def context(key: str, null: bool = False) -> Value:
+    return Value(key, INT, least=MIN_CONTEXT, null=null,
+                 why=f"the original context: ropeconv's shortest probe is {MIN_CONTEXT} tokens, and below 2π YaRN's "
+                     "correction range turns negative, where llama.cpp and transformers differ")
+
+
+def softcap(key: str) -> Value:
+    return Value(key, FLOAT, above=0.0, null=True, why="a soft-cap divides by it")
+
+
+ACTIVATION = Value("hidden_act", STR)
+# transformers' sliding-window cache keeps the last sliding_window − 1 keys: at 1 that is the slice [-0:], every key
+SLIDING_WINDOW = Value("sliding_window", INT, least=2, null=True,
+                       why="transformers' sliding-window cache keeps the last sliding_window − 1 keys, and at 1 keeps "
+                           "them all (measured: GGUF and ONNX off by 5.5 in their own verify)")
+LAYER_TYPES = Value("layer_types", STR, null=True, per_layer=True, choices=("full_attention", "sliding_attention"))
+RMS_VALUES = (ACTIVATION, eps("rms_norm_eps"), context("max_position_embeddings"))
+# the Qwen and SmolLM3 classes use the window only with use_sliding_window
+SWITCHED_WINDOW = (flag("use_sliding_window"), replace(SLIDING_WINDOW, only_if="use_sliding_window"))
+QWEN_WINDOWS = SWITCHED_WINDOW + (Value("max_window_layers", INT, least=0), LAYER_TYPES)
+MOE_VALUES = (
+    Value("num_experts_per_tok", INT, least=1, at_most="experts",
+          why="the experts each token uses: llama.cpp asserts 0 < expert_used_count ≤ expert_count"),
+)
+QWEN_MOE_VALUES = MOE_VALUES + (
+    flag("norm_topk_prob"), Value("decoder_sparse_step", INT, least=1), Value("mlp_only_layers", INT, least=0,
+                                                                               null=True, listed=True),
+)
+GEMMA2_VALUES = (Value("hidden_activation", STR), eps("rms_norm_eps"), context("max_position_embeddings"),
+                 flag("attention_bias"), flag("use_bidirectional_attention", null=True),
+                 Value("query_pre_attn_scalar", INT, least=1, why="queries are scaled by its inverse square root"),
+                 SLIDING_WINDOW, LAYER_TYPES, softcap("final_logit_softcapping"), softcap("attn_logit_softcapping"))
 
 # ------------------------------------------------------------------------------------------------ tests
 

@@ -1,7 +1,8 @@
 """Phi-3: fused qkv_proj split as [q | k | v] and fused gate_up_proj split as [gate | up]; `sliding_window` on
 every layer when set. llama.cpp's phi3 loader reads the LongRoPE factor tensors whenever they are present."""
 
-from ropeconv.families.parts import COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, RMS, TINY_LLAMA, linear, norm
+from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, RMS, RMS_VALUES,
+                                     SLIDING_WINDOW, TINY_LLAMA, context, linear, norm)
 from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout,
                                     OnnxLayout, T)
 
@@ -10,6 +11,7 @@ FAMILY = Family(
         "phi3",
         hf_rope_types=frozenset({"default", "longrope"}),
         strict_longrope_legacy=True,
+        partial_rotary=True,
         note="transformers accepts only rope_type default or longrope, so safetensors takes ntk, longrope "
         "and freqs and refuses the rest; its config cannot declare an attention factor (transformers "
         "derives sqrt(1 + ln s / ln L)), so another one is refused there (ONNX bakes any method)",
@@ -36,5 +38,6 @@ FAMILY = Family(
                                    mlp=("mlp.gate_up_proj", "mlp.down_proj"), mlp_kind="gated_fused"),
                     sliding_all_layers=True),
     genai_type="phi3",
+    values=RMS_VALUES + (context("original_max_position_embeddings"), SLIDING_WINDOW),
     config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5),),
 )

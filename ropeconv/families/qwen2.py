@@ -1,6 +1,7 @@
 """Qwen2: llama's blocks with q/k/v biases, sliding window on the layers `layer_types` marks "sliding_attention"."""
 
-from ropeconv.families.parts import COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, QWEN_CONFIG, RMS, TINY_LLAMA
+from ropeconv.families.parts import (COMMON, GQA, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, QWEN_CONFIG, QWEN_WINDOWS,
+                                     RMS, RMS_VALUES, TINY_LLAMA)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 
 FAMILY = Family(
@@ -11,5 +12,6 @@ FAMILY = Family(
     gguf_arch=GgufArchSpec("qwen2"),
     onnx=OnnxLayout("qwen2", **LLAMA_ONNX),
     genai_type="qwen2",
+    values=RMS_VALUES + QWEN_WINDOWS,
     config_defaults=QWEN_CONFIG,
 )

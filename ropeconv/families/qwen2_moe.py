@@ -6,8 +6,9 @@ false), gives every layer experts, and takes head_dim as hidden/heads. The ONNX 
 expert (onnx_export/moe.py)."""
 
 from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS,
-                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_dense_layers,
-                                     refuse_head_dim_not_hidden_over_heads, without_mlp)
+                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, QWEN_MOE_VALUES, QWEN_WINDOWS, RMS, RMS_VALUES,
+                                     qwen_moe_sparse, refuse_dense_layers, refuse_head_dim_not_hidden_over_heads,
+                                     without_mlp)
 from ropeconv.families.spec import (ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, MoeLayout,
                                     OnnxLayout, T, get)
 
@@ -52,6 +53,7 @@ FAMILY = Family(
         **QWEN_MOE_ONNX, shared_gate="mlp.shared_expert_gate.weight",
         shared=tuple(f"mlp.shared_expert.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")))),
     test_methods={"safetensors": ("linear",), "gguf": ("ntk",), "onnx": ("dynamic",)},
+    values=RMS_VALUES + QWEN_MOE_VALUES + QWEN_WINDOWS,
     config_defaults=LLAMA_CONFIG + (
         ("use_sliding_window", False), ("sliding_window", 4096), ("max_window_layers", 28),
         ("layer_types", _layer_types), ("num_experts_per_tok", 4)),

@@ -3,8 +3,8 @@ k_norm, weights [head_dim]) after the split into heads and before rope, in trans
 graph alike (attn_q_norm / attn_k_norm); head_dim is explicit (Qwen3Config defaults it to 128), written to the
 GGUF as key/value_length."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, QWEN_CONFIG, RMS,
-                                     TINY_LLAMA, refuse_attention_bias, with_head_dim_default)
+from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, QWEN_CONFIG, QWEN_WINDOWS,
+                                     RMS, RMS_VALUES, TINY_LLAMA, flag, refuse_attention_bias, with_head_dim_default)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
 
 FAMILY = Family(
@@ -25,5 +25,6 @@ FAMILY = Family(
     gguf_checks=(refuse_attention_bias("qwen3"),),
     onnx=OnnxLayout("qwen3", **LLAMA_ONNX, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True),
     genai_type="qwen3",
+    values=RMS_VALUES + QWEN_WINDOWS + (flag("attention_bias"),),
     config_defaults=QWEN_CONFIG,
 )

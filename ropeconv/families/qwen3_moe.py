@@ -8,8 +8,8 @@ every layer experts. The ONNX graph as mixtral's (onnx_export/moe.py). Its confi
 use_sliding_window, transformers masks every layer to sliding_window, as mistral's."""
 
 from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS,
-                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, RMS, qwen_moe_sparse, refuse_attention_bias,
-                                     refuse_dense_layers, without_mlp)
+                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, QWEN_MOE_VALUES, RMS, RMS_VALUES, SWITCHED_WINDOW,
+                                     flag, qwen_moe_sparse, refuse_attention_bias, refuse_dense_layers, without_mlp)
 from ropeconv.families.spec import (ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, MoeLayout,
                                     OnnxLayout, T, get)
 
@@ -43,6 +43,7 @@ FAMILY = Family(
     onnx=OnnxLayout("qwen3_moe", **LLAMA_ONNX, qk_norm=("self_attn.q_norm", "self_attn.k_norm"), qk_norm_per_head=True,
                     sliding_all_layers=True, moe=MoeLayout(**QWEN_MOE_ONNX)),
     test_methods={"safetensors": ("dynamic",), "gguf": ("yarn",), "onnx": ("longrope",)},
+    values=RMS_VALUES + QWEN_MOE_VALUES + SWITCHED_WINDOW + (flag("attention_bias"),),
     config_defaults=LLAMA_CONFIG + (
         ("use_sliding_window", False), ("sliding_window", 4096), ("num_experts_per_tok", 8)),
 )

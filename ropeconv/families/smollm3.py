@@ -2,9 +2,9 @@
 attend without rope (NoPE). llama.cpp drops rope on layers il with (il + 1) % 4 == 0 — it fixes the step at 4
 where transformers reads no_rope_layers — and loads no output-projection or MLP biases."""
 
-from ropeconv.families.parts import (COMMON, GQA, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, TINY_LLAMA,
-                                     refuse_attention_bias)
-from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
+from ropeconv.families.parts import (COMMON, GQA, LAYER_TYPES, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS,
+                                     RMS, RMS_VALUES, SWITCHED_WINDOW, TINY_LLAMA, flag, refuse_attention_bias)
+from ropeconv.families.spec import INT, ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, Value
 
 
 def _no_rope_every_4th(config, head_dim):
@@ -51,6 +51,10 @@ FAMILY = Family(
     ),
     onnx=OnnxLayout("smollm3", **LLAMA_ONNX, rope_layers_key="no_rope_layers"),
     genai_type="smollm3",
+    values=RMS_VALUES + (
+        *SWITCHED_WINDOW, LAYER_TYPES, flag("attention_bias"), flag("mlp_bias"),
+        Value("no_rope_layer_interval", INT, least=1, why="every interval-th layer goes without rope"),
+        Value("no_rope_layers", INT, least=0, most=1, null=True, per_layer=True)),
     config_defaults=LLAMA_CONFIG + (
         ("use_sliding_window", False), ("sliding_window", None), ("no_rope_layer_interval", 4),
         ("no_rope_layers", lambda c: _every_nth_without_rope(c.num_hidden_layers, c.no_rope_layer_interval)),

@@ -33,6 +33,9 @@ class ArchSpec:
     theta_key: str = "rope_theta"  # legacy (transformers 4.x) top-level key for the rope base
     partial_key: str | None = "partial_rotary_factor"  # legacy top-level key for the rotated fraction
     default_partial: float = 1.0
+    # transformers' modeling rotates part of each head by the rotary fraction (phi3, gpt_neox); the other families'
+    # rotate the whole head whatever the config states, so a fraction other than 1 is refused there
+    partial_rotary: bool = False
     default_theta: float = 10000.0
     default_head_dim: int | None = None  # when the config omits head_dim and hidden/heads is not it
     # rope types transformers accepts for this family (None: all of them)
@@ -222,6 +225,46 @@ class OnnxLayout:
 OnnxCheck = Callable[[Any, frozenset], "str | None"]
 
 
+# ---------------------------------------------------------------------------------------- config values
+
+INT, FLOAT, BOOL, STR = "int", "float", "bool", "str"  # Value.kind: transformers 5's strict annotation of the key
+INT32_MAX = 2**31 - 1  # llama.cpp's positions and counts are 32-bit, as onnxruntime's int32 inputs
+FLOAT32_MAX = 3.4028234663852886e38  # GGUF and ONNX store the value as a float32
+# The shortest original context taken: ropeconv's shortest parity probe is 8 tokens (parity/probe.default_tokens), and
+# below 2π YaRN's correction range turns negative, which llama.cpp and transformers clamp differently (measured:
+# qwen3 max_position_embeddings 1 or 2 published a GGUF off by 2.9 in its own verify, 4 and above exact).
+MIN_CONTEXT = 8
+
+
+@dataclass(frozen=True)
+class Value:
+    """One config.json key a family reads: the type its transformers config class declares (5.x's strict class refuses
+    any other: a float key takes no integer, a bool no 0/1, a count no true) and the range llama.cpp's loader and the
+    math need. checkpoint/config_values.py checks every key present when a checkpoint is loaded, before any byte is
+    written; a key the config omits takes the class default (Family.config_defaults)."""
+
+    key: str
+    kind: str  # INT (not a bool), FLOAT (a JSON number with a fraction or an exponent), BOOL or STR
+    least: float | None = None  # the least value taken
+    above: float | None = None  # values must exceed this
+    most: float | None = None  # the greatest value taken (None: INT32_MAX for INT, FLOAT32_MAX for FLOAT)
+    null: bool = False  # null taken (the class's `| None`: it then derives the value or goes without)
+    per_layer: bool = False  # a list of `kind`, one item per layer (num_hidden_layers long)
+    listed: bool = False  # a list of `kind`, any length
+    choices: tuple[str, ...] = ()  # STR: the values taken
+    at_most: str | None = None  # a dimension of the family's shapes the value may not exceed ("experts")
+    # a bool key (false by the class's default) without which the value is unused: its range is checked only when
+    # the key is true (Qwen2-MoE's class saves sliding_window 0 when use_sliding_window is false)
+    only_if: str | None = None
+    why: str = ""  # what a value out of range would do, said in the refusal
+
+    @property
+    def bound_high(self) -> float | None:
+        if self.most is not None:
+            return self.most
+        return INT32_MAX if self.kind == INT else FLOAT32_MAX if self.kind == FLOAT else None
+
+
 # --------------------------------------------------------------------------------------------- family
 
 
@@ -262,6 +305,9 @@ class Family:
     tiny_norm_range: tuple[float, float] | None = None
     # model types that name this family in another form, each with what to pass instead (refused by name, one line)
     refused_types: Mapping[str, str] = field(default_factory=dict)
+    # the config.json keys the family reads besides its dimensions (FamilyShapes.dims: positive integers) and
+    # tie_word_embeddings (a bool): each with its type and range (Value); every key of config_defaults is one of them
+    values: tuple[Value, ...] = ()
 
     @property
     def model_type(self) -> str:
@@ -299,12 +345,26 @@ def fixed_layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> dict[str, f
     out = {}
     for layer_type, key, default in arch.fixed_layer_bases:
         own = params.get(layer_type) if isinstance(params, dict) else None
-        theta = own.get("rope_theta") if isinstance(own, dict) else None
-        theta = config.get(key, default) if theta is None else theta
+        stated = isinstance(own, dict) and "rope_theta" in own  # a stated null is no base: transformers' rope fails
+        if stated:
+            check_legacy_agrees(config, key, own, "rope_theta", f"rope_parameters.{layer_type}")
+        theta = own["rope_theta"] if stated else config.get(key, default)
         if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 1:
             raise InputError(f"config.json: the {layer_type} rope base ({key}) must be a number > 1")
         out[layer_type] = float(theta)
     return out
+
+
+def check_legacy_agrees(config: Mapping[str, Any], legacy: str | None, rope: Mapping[str, Any], key: str,
+                        where: str) -> None:
+    """A rope value config.json states twice, under transformers 4.x's top-level key and in 5.x's rope dict, must be
+    the same: 4.x reads the first, 5.x the second."""
+    if not legacy or key not in rope or config.get(legacy) is None:
+        return
+    first, second = config[legacy], rope[key]
+    if first != second or isinstance(first, bool) != isinstance(second, bool):  # True == 1.0 to Python
+        raise InputError(f"config.json: {legacy} {str(first)[:40]} and {where}.{key} {str(second)[:40]} disagree "
+                         "(transformers 4.x reads the first, 5.x the second)")
 
 
 def pattern_layer_types(n_layers: int, pattern: int) -> list[str]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ropeconv import methods
 from ropeconv.archs import GGUF_ARCHS
 from ropeconv.checkpoint import Checkpoint
+from ropeconv.checkpoint.config_values import check_values
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.table import changes_table, output_entry
@@ -133,6 +134,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     # as transformers reads it: a key config.json omits takes the family's class default (Mixtral's norm epsilon
     # 1e-5, Mistral's 4096-token window), not the GGUF layout's fallback
     config, scheme = with_class_defaults(ckpt.config, FAMILIES[ckpt.arch.model_type]), ckpt.scheme
+    check_values(ckpt.config, FAMILIES[ckpt.arch.model_type], defaults=True)  # the defaults it writes, in range
     layout = layout_for(ckpt.arch.model_type)
     heads = _positive(config, HEAD_KEYS)
     heads_kv = config.get("num_key_value_heads") or heads
@@ -160,9 +162,9 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
 
     general = model_name(ckpt, name)
     if tokens or needs_tokens(general):
-        vocab = tokenizer_fields(ckpt.path, n_vocab)
+        vocab = tokenizer_fields(ckpt.tokenizer, n_vocab)
     else:
-        tokenizer_kind(ckpt.path)
+        tokenizer_kind(ckpt.tokenizer_outline)
         vocab = []
     fields = [
         NewField("general.architecture", GGUFValueType.STRING, arch_name),

@@ -46,16 +46,21 @@ class PlanRotaryEmbedding(nn.Module):
 
 
 def install_plan_rotary(model: nn.Module, plan: RopePlan) -> int:
-    """Replace every rotary module; returns how many were replaced."""
+    """Replace every rotary module; returns how many were replaced. Installing again (another plan on the same
+    model, as search does per candidate) swaps the plan: a PlanRotaryEmbedding is never wrapped, nor is the base
+    rotation it keeps (gemma3's sliding layers), which wrapping anew would nest once per call."""
     targets = [
         (parent, name)
         for parent in model.modules()
+        if not isinstance(parent, PlanRotaryEmbedding)
         for name, child in parent.named_children()
         if type(child).__name__.endswith("RotaryEmbedding")
     ]
     keep = _kept_layer_types(model)
     for parent, name in targets:
         own = getattr(parent, name)
+        if isinstance(own, PlanRotaryEmbedding):
+            own = own.own
         setattr(parent, name, PlanRotaryEmbedding(plan, own if keep else None, keep))
     return len(targets)
 
