@@ -33,20 +33,3 @@ def refuse_special(path: Path, what: str) -> None:
         raise InputError(f"{what} {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
         raise InputError(f"{what} {path}: is {kind_of(mode)}, not a regular file")
-
-
-def read_regular(path: Path, what: str) -> bytes:
-    """The bytes of a regular file; anything else is one InputError line ("{what} {path}: …")."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise InputError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{what} {path}: is {kind_of(mode)}, not a regular file")
-        os.set_blocking(fd, True)
-        try:
-            return fh.read()
-        except OSError as exc:
-            raise InputError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None

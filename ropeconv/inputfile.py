@@ -8,6 +8,7 @@ line before any reader touches it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -16,6 +17,8 @@ from typing import BinaryIO, Iterator
 
 from ropeconv.errors import InputError
 from ropeconv.jsontext import is_utf8, printable
+
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX: the longest path a system call takes
 
 _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
           stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
@@ -30,8 +33,24 @@ def refusal(path: Path, kind: str) -> InputError:
     return InputError(f"{path}: cannot read {kind}; ropeconv reads weights and configs from regular files only")
 
 
+def check_path(path: Path, what: str) -> Path:
+    """A path a user names, refused in one line where no system call could take it: a NUL byte (Python raises
+    ValueError), a symbolic link loop or a name too long. A path that does not exist (yet) passes."""
+    text = os.fspath(path)
+    named = f"{what} " if what else ""
+    if "\0" in text:
+        raise InputError(f"{named}{printable(text)[:200]!r}: a file name cannot hold a NUL byte")
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+            raise InputError(f"{named}{printable(text)[:200]}: {exc.strerror}") from None
+    return Path(path)
+
+
 def check_regular(path: Path) -> None:
     """For paths handed to a library that opens them itself (torch.load): refuse a non-regular file first."""
+    check_path(path, "")
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -43,6 +62,7 @@ def check_regular(path: Path) -> None:
 
 def open_regular(path: Path) -> BinaryIO:
     """Open for binary reading; refuse anything but a regular file without blocking on it."""
+    check_path(path, "")
     try:
         # O_NONBLOCK: opening a FIFO that has no writer returns at once instead of waiting for one
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))

@@ -18,6 +18,7 @@ from ropeconv.errors import InputError
 # Real configs, safetensors headers and recipes nest 4–6 levels; deep enough for any of them, shallow
 # enough that no recursive consumer (pydantic, copy, json.dumps) can hit the interpreter's limit.
 MAX_DEPTH = 64
+_PLAIN_LEAVES = frozenset((str, int, bool, type(None)))  # leaves check_tree has nothing to refuse in (not float)
 
 
 class _NonFinite(float):
@@ -62,9 +63,9 @@ def check_tree(data: Any, where: str, *, finite: bool = True, max_nodes: int | N
         if max_nodes is not None and nodes > max_nodes:
             raise InputError(f"{where}: more than {max_nodes} values once aliases are expanded")
         if isinstance(node, dict):
-            items = node.items()
+            items, values = node.items(), node.values()
         elif isinstance(node, list):
-            items = enumerate(node)
+            items, values = enumerate(node), node
         else:
             if finite and isinstance(node, float) and not math.isfinite(node):
                 shown = getattr(node, "literal", repr(node))
@@ -72,7 +73,20 @@ def check_tree(data: Any, where: str, *, finite: bool = True, max_nodes: int | N
             continue
         if depth >= MAX_DEPTH:
             raise InputError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        if max_nodes is None and _plain(values, depth + 1):
+            continue  # nothing below to check (a tokenizer's 50k-entry vocabulary, its merges): not walked one by one
         stack.extend((value, path + (key,), depth + 1) for key, value in items)
+
+
+def _plain(values, depth: int) -> bool:
+    """Whether every value is a plain leaf, or a list of plain leaves still within MAX_DEPTH (["a", "b"] merges)."""
+    for value in values:
+        kind = type(value)
+        if kind in _PLAIN_LEAVES or (kind is list and depth < MAX_DEPTH
+                                     and all(type(item) in _PLAIN_LEAVES for item in value)):
+            continue
+        return False
+    return True
 
 
 def key_path(path: tuple) -> str:

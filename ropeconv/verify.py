@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Callable
 
-from ropeconv.errors import InputError
+from ropeconv.errors import InputError, RopeconvError
 from ropeconv.formats import FORMATS, checkpoint_format, format_of
-from ropeconv.manifest import read_manifest
+from ropeconv.manifest import (AdapterRecord, ChangedFiles, Manifest, adapter_records, changed_files, describe_changes,
+                               find_manifest, load_manifest)
 from ropeconv.parity import ParityReport, Tolerance, check_parities
 from ropeconv.positions import plan_from_json
 from ropeconv.progress import Progress
@@ -41,83 +44,152 @@ def verify_output(
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     fmt = format_of(out)
     if fmt is not None and fmt.verify_file is not None and out.is_file():
-        return [fmt.verify_file(out, base, device=device, tokens=tokens, tolerance=tolerance, progress=progress,
-                                probe=probe, allow_pickle=allow_pickle)]
+        home = _home_manifest(out)  # a file of a ropeconv output folder: that output's files are checked too
+        return _judged(home, progress, lambda: [
+            fmt.verify_file(out, base, device=device, tokens=tokens, tolerance=tolerance, progress=progress,
+                            probe=probe, allow_pickle=allow_pickle)])
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
-    manifest = read_manifest(out)
-    if not manifest or "plan" not in manifest:
-        raise InputError(f"{out}: no readable manifest.json (not a ropeconv output?)")
+    manifest = load_manifest(out)
+    if manifest.plan is None or manifest.base_path is None or manifest.vocab_size is None:
+        raise InputError(f"{manifest.where}: damaged (its plan, base or vocab_size is missing)")
     try:
-        plan = plan_from_json(manifest["plan"])
-        recorded = Path(manifest["base"]["path"])
-        vocab_size = int(manifest["vocab_size"])
-        # an output written before formats were recorded holds safetensors only
-        written = manifest.get("formats") or {checkpoint_format().name: {}}
-        listed = {FORMATS[name]: FORMATS[name].artifact(out, record) for name, record in written.items()}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise InputError(f"{out}/manifest.json: damaged (plan, base, formats or vocab_size missing or malformed)") \
-            from None
+        plan = plan_from_json(manifest.plan)
+    except ValueError as exc:
+        raise InputError(f"{manifest.where}: plan: {exc}") from None
+    recorded = Path(manifest.base_path)
+    # an output written before formats were recorded holds safetensors only
+    written = manifest.formats or {checkpoint_format().name: {}}
+    listed = {FORMATS[name]: FORMATS[name].artifact(out, record) for name, record in written.items()}
     for fmt, artifact in listed.items():
         if not fmt.is_checkpoint and not artifact.is_file():
             raise InputError(f"{artifact}: listed in the manifest but missing")
     # an output folder transformers loads holds the base's tensors (LoRA merged)
     checkpoint = any(fmt.is_checkpoint for fmt in listed)
     notes: tuple[str, ...] = ()
-    recorded_lora = manifest.get("lora") or []
-    lora_found = _adapters(recorded_lora)
+    lora_found = _adapters(manifest.lora)
     if base is None:
-        if recorded.is_dir() and lora_found is not None:
+        if _is_model_dir(recorded) and lora_found is not None:
             base = recorded
         elif checkpoint and plan.kind != "absolute":
             # the tensors are byte copies of the base's (LoRA merged), so the output's own weights stand in for
             # them (not so when the position table was resampled)
             base, lora_found = out, []
-            missing = "base" if not recorded.is_dir() else "LoRA adapter (moved or changed)"
+            missing = "base" if not _is_model_dir(recorded) else "LoRA adapter (moved or changed)"
             notes = (f"{missing} not found; reference built from this output's weights",)
         else:
             raise InputError(f"{out}: its base {recorded} or a LoRA adapter it merged is not there; pass --base "
                              "BASE_DIR (and keep the adapters where the manifest lists them)")
-    elif not Path(base).is_dir():
-        raise InputError(f"--base {base}: not a directory")
+    elif not _is_model_dir(Path(base)):
+        raise InputError(f"--base {base}: not a HuggingFace model directory (no config.json)")
     elif lora_found is None:
         raise InputError(f"{out}: a LoRA adapter it merged is missing or changed: "
-                         f"{', '.join(str(a.get('path')) for a in recorded_lora)}")
-    refuse_pickle(Path(base), allow_pickle, "the base")
+                         f"{', '.join(a.path for a in manifest.lora)}")
+    base = Path(base)
+    refuse_pickle(base, allow_pickle, "the base")
     if checkpoint:
         refuse_pickle(out, allow_pickle, "the output")
-    # transformers sizes models from these configs: each is checked against its tensors first
-    for folder in {Path(base), out} if checkpoint else {Path(base)}:
-        _check_against_tensors(folder)
-    lora = _merge(lora_found, Path(base), allow_pickle) if lora_found else None
-    # in the registry's order (the order extend checks them in)
-    artifacts = [(listed[fmt], fmt.twin(Path(base), plan, lora)) for fmt in FORMATS.values() if fmt in listed]
-    return check_parities(artifacts, Path(base), plan, vocab_size, device=device, tokens=tokens,
-                          tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
+
+    def prove() -> list[ParityReport]:
+        # transformers sizes models from these configs: each is checked against its tensors first
+        for folder in {base, out} if checkpoint else {base}:
+            ckpt = _check_against_tensors(folder)
+            if ckpt is not None:
+                _check_plan_fits(manifest.where, plan, ckpt)
+        _check_vocab_size(manifest, base)
+        lora = _merge(lora_found, base, allow_pickle) if lora_found else None
+        # in the registry's order (the order extend checks them in)
+        artifacts = [(listed[fmt], fmt.twin(base, plan, lora)) for fmt in FORMATS.values() if fmt in listed]
+        return check_parities(artifacts, base, plan, manifest.vocab_size, device=device, tokens=tokens,
+                              tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
+
+    return _judged(manifest, progress, prove)
 
 
-def _check_against_tensors(path: Path) -> None:
-    """load_checkpoint's checks (config against the safetensors headers) for a folder transformers will load."""
+def _judged(manifest: Manifest | None, progress: Progress, prove: Callable[[], list[ParityReport]]) \
+        -> list[ParityReport]:
+    """prove()'s reports, and every file the manifest lists checked against its recorded size and sha256: hashed
+    before the proof runs, told after it (ChangedFiles, exit 1, when the proof passed; appended to the proof's own
+    error when it failed), so a changed file the proof catches too is reported with what the proof found."""
+    changed = []
+    if manifest is not None:
+        progress.note(f"checking {len(manifest.files)} files against the sha256 the manifest records")
+        changed = changed_files(manifest)
+    try:
+        reports = prove()
+    except RopeconvError as exc:
+        if changed:
+            exc.args = (f"{exc}; {describe_changes(manifest.root, changed)}",)
+        raise
+    if changed:
+        raise ChangedFiles(describe_changes(manifest.root, changed), reports)
+    return reports
+
+
+def _home_manifest(artifact: Path) -> Manifest | None:
+    """The manifest of the ropeconv output an artifact file belongs to (beside it, or a folder up: onnx/), if any."""
+    for folder in (artifact.parent, artifact.parent.parent):
+        manifest = find_manifest(folder)
+        if manifest is not None and Path(os.path.relpath(artifact, folder)).as_posix() in manifest.files:
+            return manifest
+    return None
+
+
+def _lora_of(folder: Path) -> tuple[AdapterRecord, ...]:
+    """The adapters merged into the ropeconv output `folder` (none when it is not one)."""
+    manifest = find_manifest(folder)
+    return manifest.lora if manifest else ()
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _check_vocab_size(manifest: Manifest, base: Path) -> None:
+    """The probe draws token ids below the recorded vocab_size: it must be the base's."""
+    from ropeconv.checkpoint.hf import read_config
+    from ropeconv.extend.from_hf import vocab_size
+
+    found = vocab_size(read_config(base))
+    if manifest.vocab_size != found:
+        raise InputError(f"{manifest.where}: vocab_size {manifest.vocab_size} is not the base's ({found} in "
+                         f"{base}/config.json)")
+
+def _check_against_tensors(path: Path):
+    """load_checkpoint's checks (config against the safetensors headers) for a folder transformers will load: the
+    Checkpoint, or None for a folder of pickle weights (transformers' to load, and to refuse)."""
     from ropeconv.checkpoint import load_checkpoint
 
-    if any(path.glob("*.safetensors")):  # pickle-only folders are transformers' to load (and to refuse)
-        load_checkpoint(path)
+    return load_checkpoint(path) if any(path.glob("*.safetensors")) else None
 
 
-def _adapters(records: list) -> list | None:
+def _check_plan_fits(where: str, plan, ckpt) -> None:
+    """A recorded plan must be one for this model: its kind of positions, rotated channels, heads or table."""
+    scheme = ckpt.scheme
+    if plan.kind != scheme.kind:
+        raise InputError(f"{where}: plan: {plan.kind} positions, but {ckpt.path} has {scheme.kind} positions")
+    for name, recorded, found in (
+            ("rotary_dim", getattr(plan, "rotary_dim", None), getattr(scheme, "rotary_dim", None)),
+            ("slopes (one per head)", len(getattr(plan, "slopes", ())), getattr(scheme, "n_heads", 0)),
+            ("table", getattr(plan, "table", None), getattr(scheme, "table", None))):
+        if recorded != found:
+            raise InputError(f"{where}: plan: {name} {recorded} does not fit {ckpt.path} ({found})")
+
+
+def _adapters(records: tuple[AdapterRecord, ...]) -> list | None:
     """The adapters a manifest lists, read again; None when one is gone or its bytes changed."""
     from ropeconv.lora import read_adapter
 
     adapters = []
     for record in records:
-        path = Path(str(record.get("path", "")))
+        path = Path(record.path)
         if not path.is_dir():
             return None
         try:
             adapter = read_adapter(path)
         except InputError:
             return None
-        if adapter.sha256 != record.get("sha256"):
+        if adapter.sha256 != record.sha256:
             return None
         adapters.append(adapter)
     return adapters
@@ -159,9 +231,10 @@ def _verify_gguf(out: Path, base: Path | None, *, device, tokens, tolerance, pro
     from ropeconv.provenance import LORA_KEY
 
     lora = None
-    in_file = read_gguf(out).value(LORA_KEY)  # a retrofit records its adapters in the file
-    listed = jsontext.loads(in_file, f"{out}: {LORA_KEY}") if isinstance(in_file, str) \
-        else (read_manifest(out.parent) or {}).get("lora") or []
+    in_file = read_gguf(out).value(LORA_KEY)
+    # a retrofit records its adapters in the file; a conversion in its output folder's manifest
+    listed = adapter_records(jsontext.loads(in_file, f"{out}: {LORA_KEY}"), f"{out}: {LORA_KEY}") \
+        if isinstance(in_file, str) else _lora_of(out.parent)
     if listed:
         adapters = _adapters(listed)
         if adapters is None:
@@ -191,8 +264,7 @@ def _verify_onnx(model: Path, base: Path | None, *, device, tokens, tolerance, p
     notes: tuple[str, ...] = ()
     beside = model.parent.parent
     # LoRA merged into it: the output directory's manifest lists the adapters
-    listed = (read_manifest(beside) or {}).get("lora") or []
-    adapters = _adapters(listed)
+    adapters = _adapters(_lora_of(beside))
     if base is None:
         recorded = Path(props.get(BASE_KEY, ""))
         if props.get(BASE_KEY) and (recorded / "config.json").is_file() and adapters is not None:

@@ -209,7 +209,8 @@ def _without_tokenizer(base: Path) -> None:
 def _foreign_pre_tokenizer(base: Path) -> None:
     tok = read_json(base / "tokenizer.json")
     tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"},
-                                                                 {"type": "ByteLevel", "use_regex": False}]}
+                                                                 {"type": "ByteLevel", "use_regex": False,
+                                                                  "add_prefix_space": False, "trim_offsets": True}]}
     (base / "tokenizer.json").write_text(json.dumps(tok))
 
 

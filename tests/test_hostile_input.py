@@ -56,7 +56,16 @@ def write_header(path: Path, header_text: bytes, data: bytes, length: int | None
 
 def rewrite_header(path: Path, edit) -> None:
     header, data = header_of(path)
+    ranges = {name: tuple(info["data_offsets"]) for name, info in header.items() if name != "__metadata__"}
     edit(header)
+    # a tensor dropped from the header takes its bytes with it (a hole is refused, as safetensors refuses it)
+    for begin, end in sorted((r for n, r in ranges.items() if n not in header and r not in
+                              [tuple(v.get("data_offsets", ())) for v in header.values() if isinstance(v, dict)]),
+                             reverse=True):
+        data = data[:begin] + data[end:]
+        for info in header.values():
+            if isinstance(info, dict) and "data_offsets" in info and info["data_offsets"][0] >= end:
+                info["data_offsets"] = [o - (end - begin) for o in info["data_offsets"]]
     write_header(path, json.dumps(header, separators=(",", ":")).encode(), data)
 
 
@@ -614,3 +623,23 @@ def test_malformed_safetensors_header_refused(capsys, base, out, damage, verify)
     before = listing(out.parent)
     rc = extend(base, out, *([] if verify else ["--no-verify"]), "-q")
     assert_refused(capsys, rc, out, before, mentions=("model.safetensors",))
+
+
+@pytest.mark.parametrize("lists", [1, 2, 63, 64, 65, 66])
+def test_nesting_is_refused_at_the_same_depth_through_lists_of_plain_values(lists):
+    """check_tree passes over a container of plain leaves without walking it (a tokenizer's vocabulary and merges
+    cost 0.2-0.5 s walked node by node); nesting beyond MAX_DEPTH must still be refused exactly where it was: a
+    chain of `lists` lists whose innermost holds strings has its innermost container at depth lists - 1."""
+    from ropeconv import jsontext
+
+    data: object = ["a", "b"]
+    for _ in range(lists - 1):
+        data = [data, "x"]
+    text = json.dumps({"merges": data})  # the object adds one level
+    if lists >= jsontext.MAX_DEPTH:  # innermost list at depth `lists` (object at 0) must be < MAX_DEPTH
+        with pytest.raises(InputError, match="nested more than"):
+            jsontext.loads(text, "tokenizer.json")
+    else:
+        assert jsontext.loads(text, "tokenizer.json") == {"merges": data}
+    with pytest.raises(InputError, match="not a finite number"):  # a float is never a plain leaf
+        jsontext.loads(json.dumps({"scores": [[0.5, 1.0]] * 3 + [[1.0, "NaN"]]}).replace('"NaN"', "NaN"), "t.json")

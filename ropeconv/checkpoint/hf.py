@@ -5,18 +5,22 @@ Reads no tensor bytes (except for opt-in pickle weights, which cannot be indexed
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ropeconv.archs import ArchSpec, arch_for
+from ropeconv.checkpoint.config_values import check_values
 from ropeconv.checkpoint.position_config import read_position_scheme
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
 from ropeconv.checkpoint.shapes import check_tensors
+from ropeconv.checkpoint.tokenizer import TokenizerFiles, read_tokenizer
 from ropeconv.checkpoint.sources import PickleSource, SafetensorsSource, TensorSource, entry_for
 from ropeconv import jsontext
 from ropeconv.errors import InputError
+from ropeconv.families import FAMILIES
 from ropeconv.inputfile import check_regular, read_bytes
 from ropeconv.positions import PositionScheme
 
@@ -34,6 +38,7 @@ AUX_FILES = (
     "generation_config.json",
 )
 INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
 # real configs are kilobytes and indexes a few megabytes; the caps keep a hostile one from exhausting memory
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_INDEX_BYTES = 64 * 1024 * 1024
@@ -49,6 +54,19 @@ class Checkpoint:
     weight_format: str  # "safetensors" or "pickle"
     aux_files: tuple[str, ...]
     lora: Any = None  # a ropeconv.lora.LoraMerge applied to every tensor read through open_source()
+
+    @functools.cached_property
+    def tokenizer(self) -> TokenizerFiles:
+        """The tokenizer files among aux_files, checked strictly (tokenizer.json loaded by the tokenizers library,
+        tokenizer.model by sentencepiece): read when first asked for — an extend that writes asks before its first
+        byte (extend.from_hf.prepare), `inspect` never does (a 3.5 MB tokenizer.json costs ~0.3 s to check)."""
+        return read_tokenizer(self.path, self.aux_files)
+
+    @functools.cached_property
+    def tokenizer_outline(self) -> TokenizerFiles:
+        """What a dry run plans from: the same files parsed as JSON and type-checked, without loading them in
+        their libraries (the strict check of `tokenizer` when that was already made)."""
+        return self.__dict__.get("tokenizer") or read_tokenizer(self.path, self.aux_files, load=False)
 
     @property
     def total_bytes(self) -> int:
@@ -82,7 +100,7 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
         raise InputError(f"{path}: expected a HuggingFace model directory")
     config = read_config(path)
     arch = arch_for(config.get("model_type"))
-    safetensors_files = _safetensors_files(path)
+    safetensors_files = _safetensors_files(path, config)
     if safetensors_files:
         tensors: list[TensorEntry] = []
         for f in safetensors_files:
@@ -92,7 +110,7 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
     else:
         pickles = _pickle_files(path)
         if not pickles:
-            raise InputError(f"{path}: no *.safetensors weights found")
+            raise InputError(_no_weights(path))
         if not allow_pickle:
             raise InputError(
                 f"{path}: weights are pickle files ({pickles[0].name}); loading pickles can run code — "
@@ -107,6 +125,7 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> Checkpoint:
     if len(set(names)) != len(names):
         raise InputError(f"{path}: the same tensor name appears in more than one weight file")
     check_tensors(config, arch.model_type, tensors)  # before anything is sized from the config
+    check_values(config, FAMILIES[arch.model_type])  # each value of the kind and range the family takes
     scheme = read_position_scheme(config, arch, tensors)
     aux = tuple(n for n in AUX_FILES if (path / n).is_file())
     return Checkpoint(path, config, arch, scheme, tuple(tensors), weight_format, aux)
@@ -126,15 +145,40 @@ def missing_base(path: Path) -> str:
     return f"{path}: base not found (a local HuggingFace model folder or a .gguf file)"
 
 
-def _safetensors_files(path: Path) -> list[Path]:
+def _safetensors_files(path: Path, config: dict[str, Any]) -> list[Path]:
+    """The weight files transformers loads from this folder, so that ropeconv and the parity reference read the same
+    weights: model.safetensors when it exists, else the shards the index names (modeling_utils'
+    _get_resolved_checkpoint_files on a local folder; a stray *.safetensors beside them is not read). [] when there
+    is neither (transformers then looks for pytorch_model.bin). An index beside a model.safetensors it does not
+    describe, or config.json's transformers_weights naming another file, is refused: the tools that read such a
+    folder disagree on its weights."""
+    if "transformers_weights" in config:
+        raise InputError(f"{path / 'config.json'}: transformers_weights {str(config['transformers_weights'])[:80]!r} "
+                         f"names the weights to load; ropeconv reads {SINGLE_FILE} or {INDEX_FILE} (the names its "
+                         "outputs keep): rename the weights to those and remove the key")
     weight_map = _weight_map(path)
     if weight_map is not None:
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (path / f).exists()]
         if missing:
             raise InputError(f"{path / INDEX_FILE}: lists {missing[0]}, which is not in {path}")
-        return [path / f for f in files]
-    return sorted(path.glob("*.safetensors"))
+        for f in files:
+            check_regular(path / f)
+    if (path / SINGLE_FILE).exists():
+        if weight_map is not None and set(weight_map.values()) != {SINGLE_FILE}:
+            raise InputError(f"{path}: holds both {SINGLE_FILE} and {INDEX_FILE}, which names other shards; "
+                             f"transformers loads {SINGLE_FILE} and ignores the index, other tools read the shards: "
+                             "remove the one that does not belong")
+        return [path / SINGLE_FILE]
+    return [path / f for f in files] if weight_map is not None else []
+
+
+def _no_weights(path: Path) -> str:
+    stray = sorted(path.glob("*.safetensors"))
+    if stray:
+        return (f"{path}: {stray[0].name} is neither {SINGLE_FILE} nor a shard named by {INDEX_FILE}, so transformers "
+                f"would not load it: rename it to {SINGLE_FILE} (or add the index)")
+    return f"{path}: no *.safetensors weights found"
 
 
 def _weight_map(path: Path) -> dict[str, str] | None:

@@ -10,6 +10,7 @@ import click
 from ropeconv import jsontext
 from ropeconv import methods
 from ropeconv.errors import InputError
+from ropeconv.inputfile import check_path
 from ropeconv.methods.base import Option
 from ropeconv.sizes import parse_bytes  # noqa: F401  (re-exported: the CLI's size flags)
 
@@ -20,6 +21,22 @@ FULL_LENGTH_HELP = ("probe from position 0 to the target context, prefilled in c
                     "(default on a GPU, up to 32768 tokens)")
 
 
+class UserPath(click.Path):
+    """click.Path → pathlib.Path, refusing in one line what no system call can take (a NUL byte, a symbolic link
+    loop: inputfile.check_path) before any command code sees it."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        what = (param.opts[0] if param.param_type_name == "option" else param.name.upper()) if param else "path"
+        check_path(value, what)  # first: click's own os.stat raises ValueError on a NUL byte
+        return super().convert(value, param, ctx)
+
+
+PATH = UserPath()  # every path a command takes
+
+
 def max_memory_option(f):
     return click.option("--max-memory", help=MAX_MEMORY_HELP)(f)
 
@@ -28,8 +45,15 @@ def full_length_option(f):
     return click.option("--full-length", is_flag=True, default=None, help=FULL_LENGTH_HELP)(f)
 
 
-def emit_json(data: Any) -> None:
-    click.echo(jsontext.dumps(data, "--json output", indent=2, sort_keys=True, default=str))
+def emit_json(data: Any, published: object = None) -> None:
+    """The --json document on stdout; `published`: the output already in place (a failed write then says so)."""
+    from ropeconv.cli.report import echo_published
+
+    text = jsontext.dumps(data, "--json output", indent=2, sort_keys=True, default=str)
+    if published is None:
+        click.echo(text)
+    else:
+        echo_published(text, published)
 
 
 def all_method_options() -> dict[str, Option]:
@@ -55,7 +79,7 @@ def method_option_decorators():
             flag = opt.flag[2:]
             decorators.append(click.option(f"--{flag}/--no-{flag}", opt.name, default=None, help=help_text))
         elif opt.kind is Path:
-            decorators.append(click.option(opt.flag, opt.name, type=click.Path(path_type=Path), help=help_text))
+            decorators.append(click.option(opt.flag, opt.name, type=PATH, help=help_text))
         else:
             decorators.append(click.option(opt.flag, opt.name, type=opt.kind, help=help_text))
     return decorators

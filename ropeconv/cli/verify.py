@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from ropeconv.cli.options import emit_json, full_length_option, max_memory_option
+from ropeconv.cli.options import PATH, emit_json, full_length_option, max_memory_option
 from ropeconv.errors import ParityError
+from ropeconv.manifest import ChangedFiles
 from ropeconv.parity import Tolerance
 from ropeconv.progress import Progress
 from ropeconv.verify import verify_output
@@ -33,8 +34,8 @@ says which versions ran.
 
 
 @click.command(epilog=EPILOG)
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--base", type=click.Path(path_type=Path), help="base checkpoint (default: the manifest's)")
+@click.argument("out", type=PATH)
+@click.option("--base", type=PATH, help="base checkpoint (default: the manifest's)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--tokens", type=int, help="probe length (default on a CPU 1.5× the original context, ≤ 2048)")
 @full_length_option
@@ -49,17 +50,21 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
            quiet) -> int:
     """Compare OUT (an output directory, a .gguf or a model.onnx) in its runtime with the base weights under
     the intended rope parameters."""
-    reports = verify_output(
-        out,
-        base=base,
-        device=device,
-        tokens=tokens,
-        tolerance=Tolerance(max_abs_logit=max_abs_logit, min_top1=min_top1),
-        progress=Progress(enabled=not quiet),
-        full_length=full_length,
-        max_memory=max_memory,
-        allow_pickle=allow_pickle,
-    )
+    changed = None  # the output's files are not those its manifest records: told after the reports
+    try:
+        reports = verify_output(
+            out,
+            base=base,
+            device=device,
+            tokens=tokens,
+            tolerance=Tolerance(max_abs_logit=max_abs_logit, min_top1=min_top1),
+            progress=Progress(enabled=not quiet),
+            full_length=full_length,
+            max_memory=max_memory,
+            allow_pickle=allow_pickle,
+        )
+    except ChangedFiles as exc:
+        reports, changed = exc.reports, exc
     if as_json:
         # one artifact: its report; several (e.g. safetensors and gguf): a list, in the manifest's order
         emit_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
@@ -68,5 +73,9 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
     failed = [r for r in reports if not r.passed]
     if failed:
         r = failed[0]
-        raise ParityError(f"parity failed in {r.failed_in()}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}")
+        also = f"; {changed}" if changed else ""
+        raise ParityError(f"parity failed in {r.failed_in()}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}"
+                          f"{also}")
+    if changed:
+        raise changed
     return 0

@@ -122,13 +122,15 @@ def require_runtime(kind: str) -> None:
 def model_hash(ref: ModelRef) -> str:
     """sha256 of the output's manifest.json when there is one, else of its config and weight names/sizes
     (for a bare GGUF: its name, size and first MiB, which holds the metadata). Cheap: no weights are read."""
+    from ropeconv.manifest import sha256_file
+
     h = hashlib.sha256(ref.runtime.encode())
     # an output directory's manifest: the directory itself (transformers), beside a .gguf, or above onnx/
     homes = (ref.path,) if ref.path.is_dir() else (ref.path.parent, ref.path.parent.parent)
     for directory in homes:
         manifest = directory / "manifest.json"
         if manifest.is_file():
-            h.update(manifest.read_bytes())
+            h.update(bytes.fromhex(sha256_file(manifest)))  # streamed: a manifest of any size costs no memory
             # the manifest covers every format of the output: say which file runs
             h.update(str(ref.path.resolve().relative_to(directory.resolve())).encode())
             return h.hexdigest()

@@ -2,7 +2,9 @@
 (formats.Writer).
 
 Memory stays one tensor (plus what a writer holds of it); the writers hash what they write as they write it. On
-any failure, or an interrupt, every writer is aborted, which removes what it wrote.
+any failure, or an interrupt, every writer is aborted, which removes what it wrote. Every float tensor is checked
+for NaN and infinity before any writer takes it (checkpoint.finite), whichever path each writer then copies or
+converts it by, so a non-finite weight is refused by name and nothing is published.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ropeconv.checkpoint import Checkpoint
+from ropeconv.checkpoint.finite import check_tensor
 from ropeconv.formats.base import Format, Note, Writer
 
 Step = Callable[[int, int], None]  # (bytes read so far, total bytes)
@@ -24,6 +27,8 @@ def stream(ckpt: Checkpoint, writers: Sequence[Writer], step: Step = lambda done
     total, done = ckpt.total_bytes, 0
     try:
         for entry in ckpt.tensors:
+            merged = ckpt.lora is not None and ckpt.lora.touches(entry.name)
+            check_tensor(entry, source, " (with the LoRA merged)" if merged else "")
             for writer in writers:
                 writer.write(entry, source)
             done += entry.nbytes

@@ -17,11 +17,12 @@ LOADER_STATE = ("is_local", "local_files_only")
 
 
 def portable_config(raw: bytes, has_tokenizer_json: bool) -> bytes:
-    """tokenizer_config.json as both majors read it; the bytes unchanged when nothing needs changing."""
+    """tokenizer_config.json as both majors read it; the bytes unchanged when nothing needs changing. A checkpoint's
+    was checked when it was read (ropeconv.checkpoint.tokenizer); anything else is passed through as it is."""
     try:
         config = json.loads(raw)
     except ValueError:
-        return raw  # not ours to repair: transformers reports it when loading
+        return raw
     if not isinstance(config, dict):
         return raw
     changed = dict(config)

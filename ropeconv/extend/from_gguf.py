@@ -21,6 +21,7 @@ from ropeconv.export.staging import staged_file
 from ropeconv.extend.job import ExtendJob, ExtendResult, formats_for, gate, is_gguf, job_placement, preflight
 from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
 from ropeconv.gguf_io.types import VALUE_TYPES, GGUFValueType
+from ropeconv.gguf_io.vocabulary import check_vocabulary
 from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.parity import ParityReport, check_parity
 from ropeconv.positions import AbsoluteScheme, AlibiScheme, RopePlan
@@ -59,6 +60,7 @@ def prepare(job: ExtendJob) -> GgufPrepared:
     if arch.position != "rope":
         refuse_unroped(job, src, arch)
     scheme = read_gguf_scheme(src)
+    check_vocabulary(src)  # copied unchanged: a vocabulary llama.cpp or transformers cannot load is refused now
     if scheme.existing_scaling and not job.rebase:
         raise InputError(
             f"{job.base} already carries rope scaling ({describe_scaling(scheme.existing_scaling)}, original "

@@ -73,6 +73,8 @@ def prepare(job: ExtendJob, dry_run: bool = False) -> Prepared:
         # then carries the base's config.json, for the shapes only
         hf_rope, hf_config = None, dict(ckpt.config)
     vocab_size(ckpt.config)
+    if not dry_run:
+        ckpt.tokenizer  # noqa: B018 - the strict tokenizer check, for every format, before any output byte
     planning = Planning(ckpt, plan, job, hf_rope, dry_run)
     outputs = {name: fmt.plan(planning) for name, fmt in FORMATS.items() if name in job.formats}  # registry order
     return Prepared(ckpt, plan, hf_config, outputs)

@@ -16,14 +16,15 @@ LlamaHfVocab for a SentencePiece-style tokenizer.json) and the special tokens an
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from ropeconv.checkpoint.tokenizer import TokenizerFiles, one_line
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.gguf_io.fields import NewField
 from ropeconv.gguf_io.types import GGUFValueType
+from ropeconv.gguf_io.vocabulary import check_tokens
 
 # transformers' ByteLevel(use_regex=True) splits with exactly GPT-2's regex
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -45,21 +46,37 @@ class TokenizerKind:
     pre: str | None  # tokenizer.ggml.pre
 
 
-def tokenizer_kind(base: Path, tok_json: dict[str, Any] | None = None) -> TokenizerKind:
+def tokenizer_kind(tok: TokenizerFiles) -> TokenizerKind:
     """The tokenizer's kind and llama.cpp pre-tokenizer, or the refusal a conversion would meet (a dry run's check:
-    one JSON read, no token list). tok_json: tokenizer.json as already read, if it was."""
-    tok_json = tok_json if tok_json is not None else _read_tokenizer_json(base)
+    no token list)."""
+    tok_json = tok.tokenizer_json
     if tok_json is not None and _is_byte_level(tok_json):
+        _check_dense_ids(tok.path / "tokenizer.json", tok_json["model"]["vocab"])
         return TokenizerKind("bpe", "gpt2", byte_level_pre(tok_json))
-    if (base / "tokenizer.model").is_file():
+    if tok.sentencepiece:
         return TokenizerKind("spm", "llama", None)
     if tok_json is not None:
         return TokenizerKind("hf", "llama", None)
-    raise InputError(f"{base}: no tokenizer.json or tokenizer.model; llama.cpp needs the vocabulary in the "
+    raise InputError(f"{tok.path}: no tokenizer.json or tokenizer.model; llama.cpp needs the vocabulary in the "
                      "GGUF — put the base's tokenizer files beside config.json")
 
 
-def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
+def _check_dense_ids(path: Path, vocab: Mapping[str, int]) -> None:
+    """A GGUF holds one token per id, ids 0..N-1; the tokenizers library also takes a vocabulary with gaps or with
+    two tokens on one id, which a GGUF cannot carry."""
+    owner: dict[int, str] = {}
+    for token, token_id in vocab.items():
+        if token_id in owner:
+            raise UnsupportedError(f"{path}: model.vocab gives id {token_id} to both {owner[token_id][:40]!r} and "
+                                   f"{token[:40]!r}; a GGUF vocabulary holds one token per id — use --to safetensors")
+        owner[token_id] = token
+    missing = next((i for i in range(len(vocab)) if i not in owner), None)
+    if missing is not None:
+        raise UnsupportedError(f"{path}: model.vocab has no token with id {missing} (its ids are not "
+                               f"0..{len(vocab) - 1}); a GGUF vocabulary holds one token per id — use --to safetensors")
+
+
+def tokenizer_fields(tok: TokenizerFiles, n_vocab: int) -> list[NewField]:
     # gguf-py's vocabulary readers: the conversion imports gguf-py here, not where a dry run plans
     from gguf import Keys, TokenType
     from gguf.vocab import BpeVocab, LlamaHfVocab, SentencePieceVocab, SpecialVocab
@@ -67,33 +84,34 @@ def tokenizer_fields(base: Path, n_vocab: int) -> list[NewField]:
     special_keys = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID, "unk": Keys.Tokenizer.UNK_ID,
                     "sep": Keys.Tokenizer.SEP_ID, "pad": Keys.Tokenizer.PAD_ID}
 
-    tok_json = _read_tokenizer_json(base)
-    kind = tokenizer_kind(base, tok_json)
+    base, tok_json = tok.path, tok.tokenizer_json
+    kind = tokenizer_kind(tok)
     model, pre = kind.model, kind.pre
-    try:
-        vocab = {"bpe": BpeVocab, "spm": SentencePieceVocab, "hf": LlamaHfVocab}[kind.reader](base)
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
-        raise UnsupportedError(f"{base}: tokenizer not supported for GGUF ({exc}); use --to safetensors") from None
-
     tokens, scores, types = [], [], []
-    for text, score, token_type in vocab.all_tokens():
-        tokens.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-        scores.append(float(score))
-        types.append(int(token_type))
+    try:  # what the checks before leave to gguf-py's readers (e.g. added tokens off the ids after the vocabulary)
+        vocab = {"bpe": BpeVocab, "spm": SentencePieceVocab, "hf": LlamaHfVocab}[kind.reader](base)
+        for text, score, token_type in vocab.all_tokens():
+            tokens.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+            scores.append(float(score))
+            types.append(int(token_type))
+        special = SpecialVocab(base, load_merges=model == "gpt2", n_vocab=n_vocab)
+    except GGUF_PY_ERRORS as exc:
+        raise UnsupportedError(f"{base}: tokenizer not supported for GGUF ({one_line(exc)}); use --to safetensors") \
+            from None
     if len(tokens) > n_vocab:
         raise InputError(f"{base}: the tokenizer has {len(tokens)} tokens but the model only {n_vocab} embedding rows")
     specials = _special_flags(tok_json)
     index = {t: i for i, t in enumerate(tokens)}
-    for content, special in specials.items():
+    for content, is_special in specials.items():
         i = index.get(content)
         if i is not None and types[i] in (TokenType.NORMAL, TokenType.CONTROL, TokenType.USER_DEFINED):
-            types[i] = TokenType.CONTROL if special else TokenType.USER_DEFINED
+            types[i] = TokenType.CONTROL if is_special else TokenType.USER_DEFINED
     for i in range(len(tokens), n_vocab):
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(TokenType.UNUSED)
+    check_tokens(tokens, f"{base}: the GGUF vocabulary (tokenizer.ggml.tokens)")
 
-    special = SpecialVocab(base, load_merges=model == "gpt2", n_vocab=n_vocab)
     fields = [NewField("tokenizer.ggml.model", GGUFValueType.STRING, model)]
     if pre is not None:
         fields.append(NewField("tokenizer.ggml.pre", GGUFValueType.STRING, pre))
@@ -165,23 +183,14 @@ def _is_byte_level(tok_json: dict[str, Any]) -> bool:
     return model.get("type") == "BPE" and not model.get("byte_fallback") and decoder.get("type") == "ByteLevel"
 
 
-def _special_flags(tok_json: dict[str, Any] | None) -> dict[str, bool]:
+def _special_flags(tok_json: Mapping[str, Any] | None) -> dict[str, bool]:
     if not tok_json:
         return {}
-    return {t["content"]: bool(t.get("special")) for t in tok_json.get("added_tokens", []) if "content" in t}
+    return {t["content"]: bool(t.get("special")) for t in tok_json.get("added_tokens") or []}
 
 
-def _read_tokenizer_json(base: Path) -> dict[str, Any] | None:
-    path = base / "tokenizer.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InputError(f"{path}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a tokenizer (expected a JSON object)")
-    return data
+# what gguf-py's vocabulary readers raise on a tokenizer they cannot convert (a missing sentencepiece: RuntimeError)
+GGUF_PY_ERRORS = (FileNotFoundError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError)
 
 
 # llama.cpp's vocabulary loader (llama-vocab.cpp, "set attributes by model/tokenizer/architecture name") gives

@@ -18,6 +18,7 @@ from typing import Union
 
 import numpy as np
 
+from ropeconv.checkpoint.finite import check_file_range
 from ropeconv.checkpoint.sources import copy_range, write_all
 from ropeconv.errors import InputError, RopeconvError
 from ropeconv.hashing import HashedWriter
@@ -165,6 +166,9 @@ class GgufWriter:
                 raise RopeconvError(
                     f"internal: tensor {name!r} source has {source.nbytes} bytes, header says {info.nbytes}"
                 )
+            if isinstance(source, GgufTensor):  # a float tensor of a GGUF base: checked as a converted one is
+                check_file_range(self._src_fd(source.file), source.offset, source.nbytes, source.ggml_type.name,
+                                 source.torch_shape, f"{source.file}: tensor {name!r}")
             self._copy(source, name)
         else:
             data = memoryview(le_contiguous(source) if isinstance(source, np.ndarray) else source).cast("B")
@@ -211,10 +215,14 @@ class GgufWriter:
         self._emit(bytes(align_up(info.nbytes, self.alignment) - info.nbytes))
         self._pos += 1
 
-    def _copy(self, source: GgufTensor | ByteRange, name: str) -> None:
-        src = self._src_fds.get(source.file)
+    def _src_fd(self, file: Path) -> int:
+        src = self._src_fds.get(file)
         if src is None:
-            src = self._src_fds[source.file] = os.open(source.file, os.O_RDONLY)
+            src = self._src_fds[file] = os.open(file, os.O_RDONLY)
+        return src
+
+    def _copy(self, source: GgufTensor | ByteRange, name: str) -> None:
+        src = self._src_fd(source.file)
         offset, remaining = source.offset, source.nbytes
         if self._out:  # a kernel copy all the same, hashed right behind it
             try:

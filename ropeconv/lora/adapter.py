@@ -21,11 +21,16 @@ from typing import Any, Mapping
 from ropeconv import jsontext
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
 from ropeconv.errors import InputError
+from ropeconv.inputfile import read_bytes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 ROPE_RECORD = "ropeconv_rope.json"  # the rope scaling the adapter was trained under (ropeconv finetune writes it)
 PREFIX = "base_model.model."
+MAX_JSON_BYTES = 16 * 1024 * 1024  # adapter_config.json is kilobytes, even with a pattern for every module
+# |lora_alpha / r| at most float16's largest value: peft's defaults give 0.25–64, and a larger scale drives a
+# float16 weight past its range even where B·A is of order 1 (1e308 / r overflows float32 outright)
+MAX_SCALE = 65504.0
 # adapter_config.json switches a plain W + s·B·A merge does not compute: refused by name
 _UNSUPPORTED = {
     "use_dora": "DoRA rescales each column by a learned magnitude",
@@ -71,19 +76,83 @@ class Adapter:
     trained_with: Mapping[str, Any] | None = field(default=None)  # ROPE_RECORD, when present
 
 
-def _pattern(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?{key}$", module):
+def _pattern(patterns: Mapping[re.Pattern, Any], module: str, default: Any) -> Any:
+    """peft's get_pattern_key: the first key K for which (.*\\.)?(K)$ matches the module's whole name."""
+    for pattern, value in patterns.items():
+        if pattern.match(module):
             return value
     return default
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    return jsontext.loads(text, f"{path}: {what}")
+    return jsontext.loads(read_bytes(path, MAX_JSON_BYTES, what), f"{path}: {what}")
+
+
+def _rank(where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{where} must be a positive integer (a JSON number), got {_shown(value)}")
+    return value
+
+
+def _number(where: str, value: Any) -> float:
+    """A JSON number (peft computes with lora_alpha as given: a string is no number), finite as a float."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            if math.isfinite(float(value)):
+                return float(value)
+        except OverflowError:  # an integer beyond float's range
+            pass
+    raise InputError(f"{where} must be a finite number (a JSON number), got {_shown(value)}")
+
+
+def _flag(where: str, value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise InputError(f"{where} must be true or false, got {_shown(value)}")
+
+
+def _patterns(path: Path, config: Mapping[str, Any], key: str, read) -> dict[re.Pattern, Any]:
+    """rank_pattern / alpha_pattern: an object of module-name regular expressions, each compiled as peft matches it,
+    to values read by `read`."""
+    patterns = config.get(key)
+    if patterns is None:
+        return {}
+    if not isinstance(patterns, dict):
+        raise InputError(f"--lora {path}: {key} must be an object of module-name patterns, got {_shown(patterns)}")
+    compiled = {}
+    for name, value in patterns.items():
+        try:
+            pattern = re.compile(rf"(.*\.)?({name})$")
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise InputError(f"--lora {path}: {key} key {_shown(name)} is not a regular expression ({exc})") from None
+        compiled[pattern] = read(f"--lora {path}: {key}[{_shown(name)}]", value)
+    return compiled
+
+
+def _scale(where: str, alpha: float, rank: int, rslora: bool) -> float:
+    scale = alpha / (math.sqrt(rank) if rslora else rank)
+    if not abs(scale) <= MAX_SCALE:
+        raise InputError(f"{where}: scale lora_alpha/{'√r' if rslora else 'r'} = {alpha:g}/"
+                         f"{'√' if rslora else ''}{rank} = {scale:g} is outside ±{MAX_SCALE:g}")
+    return scale
+
+
+def check_rope_record(where: str, record: Any) -> None:
+    """ROPE_RECORD as check_trained_with reads it: an object with a method name, a finite factor and a params
+    object (each optional)."""
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: must be a JSON object (method, factor, params), got {_shown(record)}")
+    if not isinstance(record.get("method", ""), str):
+        raise InputError(f"{where}: method must be a method name, got {_shown(record['method'])}")
+    if record.get("factor") is not None:
+        _number(f"{where}: factor", record["factor"])
+    if not isinstance(record.get("params") or {}, dict):
+        raise InputError(f"{where}: params must be an object, got {_shown(record['params'])}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_adapter(path: Path) -> Adapter:
@@ -107,14 +176,17 @@ def read_adapter(path: Path) -> Adapter:
                              "pass the merged model as the base")
     if config.get("bias", "none") != "none":
         raise InputError(f"--lora {path}: bias {config['bias']!r} (trained biases) is not supported; use bias 'none'")
-    try:
-        rank, alpha = int(config["r"]), float(config["lora_alpha"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"--lora {path}: {CONFIG_FILE} needs integer r and numeric lora_alpha") from None
+    for key in ("r", "lora_alpha"):
+        if key not in config:
+            raise InputError(f"--lora {path}: {CONFIG_FILE} needs integer r and numeric lora_alpha (no {key})")
+    rank, alpha = _rank(f"--lora {path}: r", config["r"]), _number(f"--lora {path}: lora_alpha", config["lora_alpha"])
+    rslora = _flag(f"--lora {path}: use_rslora", config.get("use_rslora"))
+    fan_in_fan_out = _flag(f"--lora {path}: fan_in_fan_out", config.get("fan_in_fan_out"))
     entries, _ = read_header(weights)
     tensors = {e.name: e for e in entries}
     modules, replaced, seen = [], {}, set()
-    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    rank_pattern = _patterns(path, config, "rank_pattern", _rank)
+    alpha_pattern = _patterns(path, config, "alpha_pattern", _number)
     for name in tensors:
         if not name.startswith(PREFIX):
             raise InputError(f"--lora {path}: tensor {name!r} is not a PEFT key (base_model.model.…)")
@@ -136,9 +208,9 @@ def read_adapter(path: Path) -> Adapter:
         missing = [k for k in (a_key, b_key) if k not in tensors]
         if missing:
             raise InputError(f"--lora {path}: {missing[0]!r} is missing (LoRA needs both A and B for {module})")
-        modules.append(LoraModule(module, a_key, b_key, int(_pattern(rank_pattern, module, rank)),
-                                  float(_pattern(alpha_pattern, module, alpha)), bool(config.get("use_rslora")),
-                                  bool(config.get("fan_in_fan_out")), embedding))
+        module_rank, module_alpha = _pattern(rank_pattern, module, rank), _pattern(alpha_pattern, module, alpha)
+        _scale(f"--lora {path}: {module}", module_alpha, module_rank, rslora)
+        modules.append(LoraModule(module, a_key, b_key, module_rank, module_alpha, rslora, fan_in_fan_out, embedding))
     if not modules and not replaced:
         raise InputError(f"--lora {path}: {WEIGHTS_FILE} holds no LoRA factors")
     digest = hashlib.sha256((path / CONFIG_FILE).read_bytes())
@@ -147,5 +219,7 @@ def read_adapter(path: Path) -> Adapter:
             digest.update(chunk)
     record = path / ROPE_RECORD
     trained = _read_json(record, ROPE_RECORD) if record.is_file() else None
+    if trained is not None:
+        check_rope_record(f"--lora {path}: {ROPE_RECORD}", trained)
     return Adapter(path, config, tuple(sorted(modules, key=lambda m: m.module)), replaced, tensors,
                    digest.hexdigest(), trained)

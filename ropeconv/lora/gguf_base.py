@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from gguf import GGMLQuantizationType, get_tensor_name_map
 
+from ropeconv.checkpoint.finite import refuse_non_finite
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.gguf_export.layouts import LAYOUTS, arch_by_name
@@ -55,7 +56,10 @@ class GgufLora:
         merged = self.merge.apply(self.targets[t.name], w)
         if heads:
             merged = permute_pairs(merged, heads)
-        return merged.contiguous().view(torch.uint8).numpy()
+        data = merged.contiguous().view(torch.uint8).numpy()
+        refuse_non_finite(data.reshape(-1), FLOAT_TYPES[t.ggml_type], tuple(merged.shape),
+                          f"{t.file}: tensor {t.name!r} (with the LoRA merged)")
+        return data
 
 
 def plan_gguf_lora(src: GgufFile, adapters: Sequence[Adapter]) -> GgufLora:

@@ -12,14 +12,15 @@ A method is one module in this package with:
 from __future__ import annotations
 
 import enum
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ropeconv import jsontext
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.positions import RopePlan, RopeScheme
+from ropeconv.positions.plan import MAX_CTX  # noqa: F401  (the recipe schema takes it from here)
 
 
 class Support(str, enum.Enum):
@@ -60,7 +61,6 @@ class ExtendRequest:
         return default if value is None else value
 
 
-MAX_CTX = 2**31 - 1  # runtimes hold positions in int32
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,18 @@ def require_positive(name: str, value: float) -> float:
     return value
 
 
+# The range of a per-pair divisor λ (θ'_j = θ_j / λ_j). Runtimes compute 1/λ, λ·θ^(2j/d) and the angles p/λ in
+# float32: inside [2^-10, 2^20] all three stay finite and normal for any rope_theta below 1e30 and any position
+# below 2^31, whereas 5e-324 (a denormal) makes 1/λ infinite and every angle past position 0 NaN. No extension
+# needs more: interpolation divides by ≥ 1 (LongRoPE searches [1, 1.25·s]), and 2^20 already stops a pair's
+# rotation over any context a runtime takes.
+MIN_DIVISOR = 2.0**-10
+MAX_DIVISOR = 2.0**20
+MAX_FACTORS_FILE_BYTES = 16 * 1024 * 1024  # a factors file is rotary_dim/2 numbers (kilobytes)
+
+
 def check_factor_list(name: str, values: Any, n_pairs: int) -> tuple[float, ...]:
-    """A per-pair divisor list: n_pairs finite numbers, each > 0."""
+    """A per-pair divisor list: n_pairs finite numbers, each in [MIN_DIVISOR, MAX_DIVISOR]."""
     if not isinstance(values, (list, tuple)) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
     ):
@@ -158,29 +168,27 @@ def check_factor_list(name: str, values: Any, n_pairs: int) -> tuple[float, ...]
         raise InputError(f"{name} has {len(values)} values; this model's rotary dim needs {n_pairs} (rotary_dim/2)")
     out = []
     for i, v in enumerate(values):
-        v = float(v)
-        if not math.isfinite(v) or v <= 0:
-            raise InputError(f"{name}[{i}] = {v} must be a finite number > 0")
+        try:
+            v = float(v)
+        except OverflowError:  # a JSON integer beyond float's range
+            v = math.inf
+        if not MIN_DIVISOR <= v <= MAX_DIVISOR:
+            raise InputError(f"{name}[{i}] = {v:g} is outside [2^-10, 2^20]: a divisor must be a number whose "
+                             "reciprocal and products stay finite in float32, as runtimes compute them")
         out.append(v)
     return tuple(out)
 
 
 def read_json_file(option: str, path: Path) -> Any:
-    from ropeconv.files import read_regular
+    """A JSON file named by an option: a regular file of bounded size, parsed by jsontext (finite numbers, bounded
+    nesting: a file nested 100k deep is one line, not a RecursionError)."""
+    from ropeconv.inputfile import read_bytes
 
     try:
-        text = read_regular(Path(path), option).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{option} {path}: not UTF-8 text") from None
-    try:
-        # NaN/Infinity are not JSON; refuse them rather than let Python's parser accept them
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise InputError(f"{option} {path}: not valid JSON ({exc})") from None
-
-
-def _reject_constant(token: str) -> None:
-    raise ValueError(f"{token} is not a finite number")
+        data = read_bytes(Path(path), MAX_FACTORS_FILE_BYTES, f"{option} file")
+    except InputError as exc:  # "PATH: cannot read …", said of the option
+        raise InputError(f"{option} {exc}") from None
+    return jsontext.loads(data, f"{option} {path}")
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,10 @@ PositionPlan = RopePlan | AlibiPlan | AbsolutePlan
 PositionScheme = RopeScheme | AlibiScheme | AbsoluteScheme
 
 
+MAX_CTX = 2**31 - 1  # positions are int32 in every runtime (methods.base refuses longer targets, recorded plans too)
+MAX_ROTARY_DIM = 2**16  # channels rotated per head (real models: 32 to 512)
+
+
 def plan_from_json(data: Mapping[str, Any]) -> PositionPlan:
     """Any recorded plan; records written before ALiBi and absolute tables existed have no kind: RoPE.
 
@@ -197,6 +201,13 @@ def plan_from_json(data: Mapping[str, Any]) -> PositionPlan:
         + list(getattr(plan, "slopes", ())) + [getattr(plan, "theta", 1.0), getattr(plan, "attention_factor", 1.0)]
     if not all(math.isfinite(x) for x in numbers):
         raise ValueError("the plan holds a non-finite number")
-    if plan.original_ctx < 1 or plan.target_ctx < 1 or not isinstance(plan.method, str):
+    if not (1 <= plan.original_ctx <= MAX_CTX and 1 <= plan.target_ctx <= MAX_CTX and isinstance(plan.method, str)):
         raise ValueError("the plan's lengths or method are malformed")
+    if plan.kind == "rope":
+        pairs = plan.rotary_dim // 2
+        if not 2 <= plan.rotary_dim <= MAX_ROTARY_DIM:
+            raise ValueError(f"rotary_dim {plan.rotary_dim} is not from 2 to {MAX_ROTARY_DIM}")
+        lists = [plan.divisors] + ([plan.long_divisors] if plan.long_divisors is not None else [])
+        if any(len(d) != pairs or min(d, default=1.0) <= 0 for d in lists):
+            raise ValueError(f"its divisors are not {pairs} positive numbers (one per rotated pair)")
     return plan

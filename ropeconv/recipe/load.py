@@ -14,10 +14,14 @@ from pydantic import ValidationError
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError
+from ropeconv.inputfile import read_bytes
 from ropeconv.recipe.schema import Recipe
 
 
 MAX_RECIPE_NODES = 100_000  # values in a recipe once YAML anchors are expanded; real ones hold < 100
+# a recipe, and each file it names beside it (a factors file), is refused above this size before it is read:
+# real ones are kilobytes, and PyYAML parses about a megabyte a second
+MAX_RECIPE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,9 @@ def yaml_path(loc: tuple) -> str:
 
 def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, list[str]]:
     """The loaded recipe, or None and every problem found ("FILE: yaml.path: what")."""
-    from ropeconv.files import read_regular
-
     file = Path(file)
     try:
-        text = read_regular(file, "recipe").decode("utf-8")
+        text = read_bytes(file, MAX_RECIPE_BYTES, "recipe").decode("utf-8")
     except InputError as exc:
         return None, [str(exc)]
     except UnicodeDecodeError:
@@ -135,9 +137,9 @@ def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, 
             problems.append(f"{file}: method.{name}: {value} not found (beside the recipe)")
             continue
         try:
-            sidecars[name] = read_regular(path, f"method.{name}:")
+            sidecars[name] = read_bytes(path, MAX_RECIPE_BYTES, f"method.{name} file")
         except InputError as exc:
-            problems.append(f"{file}: {exc}")
+            problems.append(f"{file}: method.{name}: {exc}")
     formats = [o.format for o in recipe.outputs]
     if len(set(formats)) != len(formats):
         problems.append(f"{file}: outputs: a format is listed twice")
