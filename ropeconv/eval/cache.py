@@ -1,7 +1,13 @@
 """Results cache: one JSON line per finished trial (passkey) or length (perplexity), appended as it finishes.
 
 The file is named by a hash of (model hash, settings), so a rerun with the same model and settings finds
-what was done and skips it; an interrupted sweep resumes where it stopped; a torn last line is ignored.
+what was done and skips it; an interrupted sweep resumes where it stopped.
+
+Reading is strict and bounded: a regular file only (a FIFO would block), at most MAX_FILE_BYTES, lines of at
+most MAX_LINE_BYTES read one at a time, at most MAX_ENTRIES records; every line UTF-8 JSON with finite numbers
+(ropeconv.jsontext), the first the settings this file is named by, each next one {"id": str, "record": object}
+that the cache's `check` (the caller's schema) accepts. Anything else is one InputError naming the file and the
+line. A last line without its newline is an interrupted write: it is ignored, and cut off before the next append.
 """
 
 from __future__ import annotations
@@ -10,6 +16,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Callable
+
+from ropeconv import jsontext
+from ropeconv.errors import InputError
+from ropeconv.inputfile import open_regular
+
+MAX_FILE_BYTES = 256 << 20
+MAX_LINE_BYTES = 1 << 20  # a search record is ~1.5 KB at 64 rotary pairs
+MAX_ENTRIES = 200_000
 
 
 def default_dir() -> Path:
@@ -18,25 +33,68 @@ def default_dir() -> Path:
 
 
 class ResultCache:
-    def __init__(self, directory: Path | None, kind: str, key: dict):
+    def __init__(self, directory: Path | None, kind: str, key: dict,
+                 check: Callable[[dict], str | None] = lambda record: None):
+        """check(record): why a cached record cannot be used (one clause), or None."""
         self.key = key
         self.digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
         self.path = None if directory is None else Path(directory) / f"{kind}-{self.digest}.jsonl"
+        self.check = check
         self._done: dict[str, dict] | None = None
+        self._complete_bytes = 0  # the bytes up to the last complete line: an append starts there
+        self._read_bytes = 0  # the file's size when read
 
     def done(self) -> dict[str, dict]:
         """id → record, for every complete line (the key recorded in the first line must match)."""
         if self._done is None:
             self._done = {}
-            if self.path is not None and self.path.is_file():
-                for line in self.path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:  # interrupted mid-write
-                        continue
-                    if isinstance(entry, dict) and "id" in entry and "record" in entry:
-                        self._done[str(entry["id"])] = entry["record"]
+            if self.path is not None and _exists(self.path):
+                self._read()
         return self._done
+
+    def _read(self) -> None:
+        header = json.loads(json.dumps({"cache": self.key}, sort_keys=True, default=str))
+        with open_regular(self.path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise self._damaged(0, f"{size} bytes, more than the {MAX_FILE_BYTES} a cache file may hold")
+            self._read_bytes = size
+            number = 0
+            while line := fh.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if self._complete_bytes + len(line) > MAX_FILE_BYTES:  # grown while read
+                    raise self._damaged(number, f"beyond the {MAX_FILE_BYTES} bytes a cache file may hold")
+                if not line.endswith(b"\n"):
+                    if len(line) > MAX_LINE_BYTES:
+                        raise self._damaged(number, f"longer than {MAX_LINE_BYTES} bytes")
+                    return  # interrupted mid-write
+                try:
+                    entry = jsontext.loads(line.decode("utf-8"), "")
+                except UnicodeDecodeError:
+                    raise self._damaged(number, "not UTF-8 text") from None
+                except InputError as exc:
+                    raise self._damaged(number, str(exc).removeprefix(": ")) from None
+                if number == 1:
+                    if entry != header:
+                        raise self._damaged(number, "not the settings this cache file is named by")
+                else:
+                    self._add_line(number, entry)
+                self._complete_bytes += len(line)
+
+    def _add_line(self, number: int, entry) -> None:
+        if not (isinstance(entry, dict) and entry.keys() == {"id", "record"} and isinstance(entry["id"], str)
+                and isinstance(entry["record"], dict)):
+            raise self._damaged(number, 'not a record {"id": "…", "record": {…}}')
+        why = self.check(entry["record"])
+        if why:
+            raise self._damaged(number, why)
+        if entry["id"] not in self._done and len(self._done) >= MAX_ENTRIES:
+            raise self._damaged(number, f"more than {MAX_ENTRIES} records")
+        self._done[entry["id"]] = entry["record"]
+
+    def _damaged(self, number: int, why: str) -> InputError:
+        where = f"{self.path}:{number}" if number else str(self.path)
+        return InputError(f"cache {where}: {why}; remove the file (or give another cache folder) to recompute")
 
     def get(self, record_id: str) -> dict | None:
         return self.done().get(record_id)
@@ -46,15 +104,29 @@ class ResultCache:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
         with open(self.path, "a", encoding="utf-8") as f:
-            if new:
+            end = f.seek(0, os.SEEK_END)
+            if end == self._read_bytes > self._complete_bytes:  # the torn line read above, still the last
+                f.truncate(self._complete_bytes)
+                end = self._complete_bytes
+            if end == 0:
                 f.write(json.dumps({"cache": self.key}, sort_keys=True, default=str) + "\n")
             elif not _ends_with_newline(self.path):
-                f.write("\n")  # after a torn line
+                f.write("\n")  # after a torn line another run left since
             f.write(json.dumps({"id": record_id, "record": record}, sort_keys=True, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
+            self._complete_bytes = self._read_bytes = f.seek(0, os.SEEK_END)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # a symlink loop, a denied folder: open_regular says which
+    return True
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -23,6 +23,7 @@ an uninterrupted one. Nothing here knows about models.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -34,6 +35,7 @@ MAX_CROSSOVER_TRIES = 20
 MAX_MUTATION_TRIES = 200  # a new candidate is almost always found in a few; bounded for tiny search spaces
 GRID_STEP = 0.01
 MAX_FACTOR_OVER_SCALE = 1.25  # λ_max = 1.25·s (paper's search space table)
+WORST_FITNESS = sys.float_info.max  # what a fitness that is not a finite number counts as: below every finite one
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,8 @@ def evolve(seeds: Mapping[str, np.ndarray], space: SearchSpace, fitness: Callabl
             return known[k]
         assert satisfies(factors, space), f"candidate outside the search space: {factors}"
         value = float(fitness(factors))
-        record = Evaluated(len(evaluated), generation, origin, factors, value if math.isfinite(value) else math.inf,
-                           parents)
+        record = Evaluated(len(evaluated), generation, origin, factors,
+                           value if math.isfinite(value) else WORST_FITNESS, parents)
         evaluated.append(record)
         known[k] = record
         if on_evaluated:

@@ -10,6 +10,10 @@ The model is loaded once through ropeconv.parity.reference.load_reference (the p
 rotary modules computing the plan) and each candidate only swaps those modules' plan: no weights are reloaded.
 Log-probabilities come from the decoder's hidden states through the output head a chunk of rows at a time, so
 memory grows with length × hidden size, not length × vocabulary.
+
+A candidate whose perplexity is not a finite number (NaN or infinite logits, or exp(NLL) beyond float64) scores
+evolution.WORST_FITNESS, the largest float64: ranked below every finite score, and a finite number in the cache,
+the log and the factors file (its NLL is recorded as null).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from ropeconv.eval import ppl as ppl_mod
 from ropeconv.positions import RopePlan
+from ropeconv.search.evolution import WORST_FITNESS
 
 HEAD_CHUNK_ROWS = 1024
 
@@ -31,7 +36,9 @@ HEAD_CHUNK_ROWS = 1024
 def token_logprobs(model, ids: list[int], chunk: int = HEAD_CHUNK_ROWS) -> np.ndarray:
     """log p(ids[i] | ids[:i]) for i = 1 … n−1 at positions 0 … n−1, float64 — the same values as log_softmax of
     model(ids).logits (the test holds them equal), without the [n, vocab] logits tensor."""
-    device = next(model.parameters()).device
+    from ropeconv.parity.placement import input_device
+
+    device = input_device(model)  # under disk offload the first parameters sit on the meta device
     x = torch.tensor([ids], device=device)
     hidden = model.base_model(input_ids=x, position_ids=torch.arange(len(ids), device=device)[None],
                               use_cache=False).last_hidden_state[0, :-1]
@@ -56,7 +63,7 @@ class Scorer:
         """placement (ropeconv.parity.placement): --max-memory caps; disk offload goes to a scratch folder of its
         own, removed by close()."""
         from ropeconv.parity.placement import scratch_dir
-        from ropeconv.parity.reference import load_reference
+        from ropeconv.parity.reference import PlanRotaryEmbedding, load_reference
 
         self.text_ids, self.bos_id, self.samples = text_ids, bos_id, samples
         self.scratch = scratch_dir(placement) if placement is not None and placement.caps else None
@@ -66,12 +73,14 @@ class Scorer:
         except BaseException:
             self._remove_scratch()
             raise
+        # installed once; a candidate only swaps their plan (installing again would wrap the installed modules,
+        # and gemma3's, which hand some layer types to the module they replaced, in ever deeper chains)
+        self.rotary = [m for m in self.model.modules() if isinstance(m, PlanRotaryEmbedding)]
 
     def perplexity(self, plan: RopePlan, length: int) -> dict:
         """{"ppl", "nll", "tokens", "seconds"} of `samples` consecutive windows of `length` tokens."""
-        from ropeconv.parity.reference import install_plan_rotary
-
-        install_plan_rotary(self.model, plan)
+        for module in self.rotary:
+            module.plan = plan
         width = ppl_mod.window_tokens(length, self.bos_id)
         start = time.monotonic()
         nlls, tokens = [], 0
@@ -81,7 +90,9 @@ class Scorer:
             nlls.append(record["nll"])
             tokens += record["tokens"]
         nll = float(np.mean(nlls))
-        return {"ppl": math.exp(nll) if nll < 700 else math.inf, "nll": nll, "tokens": tokens,
+        ppl = math.exp(nll) if nll < math.log(WORST_FITNESS) else math.inf  # a NaN nll too
+        finite = math.isfinite(nll) and math.isfinite(ppl)
+        return {"ppl": ppl if finite else WORST_FITNESS, "nll": nll if finite else None, "tokens": tokens,
                 "seconds": round(time.monotonic() - start, 3)}
 
     def close(self) -> None:

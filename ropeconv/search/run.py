@@ -11,8 +11,6 @@ to the same result; another seed or population reuses whatever candidates coinci
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +20,13 @@ import numpy as np
 
 from ropeconv import __version__
 from ropeconv.errors import InputError
+from ropeconv.eval.text import Text, read_text
 from ropeconv.methods.base import ExtendRequest, Lengths, resolve_lengths
 from ropeconv.positions import RopeScheme
 from ropeconv.search import evolution as evo
+from ropeconv.search import limits
+from ropeconv.search import publish
+from ropeconv.search.publish import side_paths
 from ropeconv.search.seeds import SEED_NAMES, seed_factors
 
 PROTOCOL = "longrope-search-v1"  # bump when what a cached fitness value means changes
@@ -50,6 +52,7 @@ class SearchJob:
     device: str | None = None
     max_memory: str | None = None  # --max-memory: the model placed by accelerate under these caps (disk beside out)
     cache_dir: Path | None = None
+    force: bool = False  # replace a previous search's files (each proven search's, see search.publish)
 
     @property
     def short_generation_count(self) -> int:
@@ -63,8 +66,8 @@ class Prepared:
     eval_ctx: int
     short_ctx: int
     max_factor: float
-    text: str
-    text_sha256: str
+    text: Text  # the start of --text that the search reads (ropeconv.search.limits.text_bytes)
+    text_sha256: str  # of text.text: the whole file's when it was read whole
     log_path: Path
     curve_path: Path
 
@@ -81,12 +84,6 @@ class Phase:
     seconds: float = 0.0
     last: dict = field(default_factory=dict)  # the fitness record of the candidate just evaluated
     last_cached: bool = False
-
-
-def side_paths(out: Path) -> tuple[Path, Path]:
-    """factors.json → factors.search.jsonl, factors.search.png."""
-    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return out.with_name(f"{stem}.search.jsonl"), out.with_name(f"{stem}.search.png")
 
 
 def prepare(job: SearchJob) -> Prepared:
@@ -115,30 +112,38 @@ def prepare(job: SearchJob) -> Prepared:
     if not 2 <= short_ctx <= lengths.original_ctx:
         raise InputError(f"--short-ctx {short_ctx} must be between 2 and the original context {lengths.original_ctx} "
                          "(where the short factors apply)")
-    if job.population < 4:
-        raise InputError(f"--population {job.population}: the search needs at least 4 (parents are the best half)")
-    if job.generations < 0 or job.short_generation_count < 0:
-        raise InputError("--generations and --short-generations must be ≥ 0")
-    if job.samples < 1:
-        raise InputError("--samples must be at least 1")
+    _check_sizes(job)
     max_factor = job.max_factor if job.max_factor is not None else evo.MAX_FACTOR_OVER_SCALE * lengths.factor
-    if not (max_factor >= 1 and np.isfinite(max_factor)):
-        raise InputError(f"--max-factor {max_factor}: must be a finite number ≥ 1")
+    if not (1 <= max_factor <= limits.MAX_FACTOR):  # NaN too
+        given = "--max-factor" if job.max_factor is not None else "the default --max-factor 1.25·s ="
+        raise InputError(f"{given} {max_factor:g}: the largest factor λ_max must be a number in "
+                         f"[1, {limits.MAX_FACTOR:g}]")
     if job.out.is_dir():
         raise InputError(f"-o {job.out}: is a directory; give the factors file to write (e.g. {job.out}/factors.json)")
     if not job.out.parent.is_dir():
         raise InputError(f"-o {job.out}: folder {job.out.parent} does not exist")
-    if not job.text.is_file():
-        raise InputError(f"--text {job.text}: file not found")
-    try:
-        text = job.text.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--text {job.text}: cannot read it as UTF-8 ({exc})") from None
-    if not text.strip():
-        raise InputError(f"--text {job.text}: empty")
+    publish.check(job.out, job.force, [("base", job.base), ("--text file", job.text)])
+    text = read_text(job.text, limits.text_bytes(max(eval_ctx, short_ctx), job.samples))
     log_path, curve_path = side_paths(job.out)
     return Prepared(scheme, lengths, eval_ctx, short_ctx, float(max_factor), text,
-                    hashlib.sha256(text.encode("utf-8")).hexdigest(), log_path, curve_path)
+                    hashlib.sha256(text.text.encode("utf-8")).hexdigest(), log_path, curve_path)
+
+
+def _check_sizes(job: SearchJob) -> None:
+    """The bounds of ropeconv.search.limits (the CLI's option types hold the same): before anything is drawn."""
+    for flag, value, low, high in (("--population", job.population, limits.MIN_POPULATION, limits.MAX_POPULATION),
+                                   ("--generations", job.generations, 0, limits.MAX_GENERATIONS),
+                                   ("--short-generations", job.short_generation_count, 0, limits.MAX_GENERATIONS),
+                                   ("--samples", job.samples, 1, limits.MAX_SAMPLES),
+                                   ("--seed", job.seed, 0, limits.MAX_SEED)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InputError(f"{flag} {value}: must be an integer from {low} to {high}")
+    evaluations = max(evo.Settings(job.population, g).evaluations()
+                      for g in (job.generations, job.short_generation_count))
+    if evaluations > limits.MAX_EVALUATIONS:
+        raise InputError(f"--population {job.population} with {max(job.generations, job.short_generation_count)} "
+                         f"generations is {evaluations} evaluations, more than the {limits.MAX_EVALUATIONS} a search "
+                         "may make (and its fitness cache hold): fewer generations or a smaller population")
 
 
 def check_text_length(n_tokens: int, prep: Prepared, job: SearchJob, bos_id: int | None) -> None:
@@ -147,9 +152,14 @@ def check_text_length(n_tokens: int, prep: Prepared, job: SearchJob, bos_id: int
     need = job.samples * window_tokens(max(prep.eval_ctx, prep.short_ctx), bos_id)
     if n_tokens < need:
         windows = f"{job.samples} windows" if job.samples > 1 else "one window"
-        raise InputError(f"--text {job.text}: {n_tokens} tokens in this base's tokenizer; the search scores {windows} "
-                         f"of {prep.eval_ctx} tokens from the start of the text, which needs {need}: give a longer "
-                         "text, or fewer --samples, or a shorter --eval-ctx")
+        raise InputError(f"--text {job.text}: {n_tokens} tokens in this base's tokenizer{_text_part(prep.text)}; the "
+                         f"search scores {windows} of {prep.eval_ctx} tokens from the start of the text, which needs "
+                         f"{need}: give a longer text, or fewer --samples, or a shorter --eval-ctx")
+
+
+def _text_part(text: Text) -> str:
+    """How much of --text was read, when not all of it."""
+    return "" if text.complete else f" (from its first {text.bytes_read} of {text.file_bytes} bytes)"
 
 
 def cache_key(job: SearchJob, prep: Prepared, model_hash: str, device: str, phase: str, length: int) -> dict:
@@ -165,6 +175,12 @@ def cache_key(job: SearchJob, prep: Prepared, model_hash: str, device: str, phas
 
 def run(job: SearchJob, progress) -> dict[str, Any]:
     """The search; returns the result document (also the factors file's `_search` record)."""
+    prep = prepare(job)
+    with publish.locked(job.out):  # the whole run: a second search to this -o is refused, not raced
+        return _run(job, prep, progress)
+
+
+def _run(job: SearchJob, prep: Prepared, progress) -> dict[str, Any]:
     import torch  # noqa: F401  (the heavy imports only once the input is known to be good)
 
     from ropeconv.eval import cache as cache_mod
@@ -175,8 +191,8 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
     from ropeconv.parity.device import pick_device
     from ropeconv.parity.placement import budget, parse_max_memory
     from ropeconv.search.fitness import Scorer
+    from ropeconv.search.plot import best_curve
 
-    prep = prepare(job)
     plots.require()
     _quiet_transformers()
     device = pick_device(job.device)
@@ -184,7 +200,7 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
     budget(placement, device)  # a cap the device cannot meet is refused before the text is read
     ref = rt.resolve(job.base, "hf")
     tokenizer = rt.open_runtime(ref, device)  # the tokenizer only: weights load lazily and never here
-    text_ids = tokenizer.tokenize_plain(prep.text)
+    text_ids = tokenizer.tokenize_plain(prep.text.text)
     bos_id = tokenizer.bos_id
     check_text_length(len(text_ids), prep, job, bos_id)
     model_hash = rt.model_hash(ref)
@@ -205,7 +221,7 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
                   f"{job.generations} generations (≤ {settings.evaluations()} evaluations at {prep.eval_ctx} tokens)"
                   + (f", then {short_settings.generations} at {prep.short_ctx} for the short factors"
                      if short_settings.generations else "")
-                  + f", seed {job.seed}, {device.type}; {len(text_ids)} text tokens")
+                  + f", seed {job.seed}, {device.type}; {len(text_ids)} text tokens" + _text_part(prep.text))
     scorer = None
     started = time.monotonic()
     try:
@@ -214,7 +230,8 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
 
         long_phase = Phase("long", prep.eval_ctx)
         long_cache = cache_mod.ResultCache(cache_dir, "longrope",
-                                           cache_key(job, prep, model_hash, device.type, "long", prep.eval_ctx))
+                                           cache_key(job, prep, model_hash, device.type, "long", prep.eval_ctx),
+                                           check=fitness_record_problem)
         long = evo.evolve(seeds, space, _fitness(long_phase, long_cache, lambda f: plan_for(ones, f), scorer),
                           settings, job.seed, on_evaluated=_logger(long_phase, settings, progress),
                           on_generation=_generation_note(long_phase, settings, progress))
@@ -223,7 +240,8 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
         short = None
         if short_settings.generations:
             short_cache = cache_mod.ResultCache(cache_dir, "longrope",
-                                                cache_key(job, prep, model_hash, device.type, "short", prep.short_ctx))
+                                                cache_key(job, prep, model_hash, device.type, "short", prep.short_ctx),
+                                                check=fitness_record_problem)
             short_seeds = {"original": ones, "long": long.best}
             short = evo.evolve(short_seeds, space, _fitness(short_phase, short_cache,
                                                             lambda f: plan_for(f, long.best), scorer),
@@ -234,6 +252,8 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
             scorer.close()
         tokenizer.close()
     elapsed = time.monotonic() - started
+    _check_found(long, long_phase, space)
+    _check_found(short, short_phase, space)
 
     short_best = short.best if short is not None else ones
     doc = {
@@ -249,12 +269,41 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
     factors = {"short_factor": [float(x) for x in short_best], "long_factor": [float(x) for x in long.best],
                "_search": doc}
     records = long_phase.records + short_phase.records
-    _publish(job.out, factors, prep.log_path, records, prep.curve_path, long, short, job)
+    title = f"LongRoPE search: {job.base.name} → {job.target_ctx} tokens, population {job.population}, seed {job.seed}"
+    publish.publish(job.out, job.force, factors, records, lambda path: best_curve(path, long, short, title))
     return {**doc, "files": {"factors": str(job.out), "log": str(prep.log_path), "curve": str(prep.curve_path)},
             "evaluations": {"computed": long_phase.computed + short_phase.computed,
                             "cached": long_phase.cached + short_phase.cached},
             "seconds": round(elapsed, 1),
             "short_factor": factors["short_factor"], "long_factor": factors["long_factor"]}
+
+
+def fitness_record_problem(record: dict) -> str | None:
+    """Why a cached fitness record (Scorer.perplexity's) cannot be used, or None. Its numbers are finite already
+    (eval.cache reads through ropeconv.jsontext); a candidate that scored no finite perplexity is cached as
+    evolution.WORST_FITNESS with a null nll."""
+    ppl, nll, tokens = record.get("ppl"), record.get("nll", ""), record.get("tokens")
+    if not (_is_number(ppl) and ppl > 0):
+        return f"ppl {ppl!r} is not a perplexity (a number > 0)"
+    if not (_is_number(nll) and nll >= 0 or nll is None and ppl == evo.WORST_FITNESS):
+        return f"nll {nll!r} is not a negative log-likelihood (a number ≥ 0; null only with the worst ppl)"
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        return f"tokens {tokens!r} is not a token count"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_found(result: evo.SearchResult | None, phase: Phase, space: evo.SearchSpace) -> None:
+    """Before anything is written: a best candidate that scored, and factors inside the search space (finite)."""
+    if result is None:
+        return
+    if result.best_fitness >= evo.WORST_FITNESS:
+        raise InputError(f"the {phase.name} search scored no candidate with a finite perplexity at {phase.length} "
+                         "tokens (the base's logits are NaN or infinite on this text); nothing was written")
+    assert evo.satisfies(result.best, space), f"{phase.name} factors outside the search space: {result.best}"
 
 
 def _fitness(phase: Phase, cache, plan_of: Callable, scorer) -> Callable[[np.ndarray], float]:
@@ -264,6 +313,7 @@ def _fitness(phase: Phase, cache, plan_of: Callable, scorer) -> Callable[[np.nda
         record_id = evo.key(factors)
         record = cache.get(record_id)
         if record is None:
+            publish.refuse_link(cache.path)  # before the first value is computed, and before each append
             record = scorer.perplexity(plan_of(factors), phase.length)
             cache.add(record_id, record)
             phase.computed += 1
@@ -291,7 +341,7 @@ def _logger(phase: Phase, settings: evo.Settings, progress) -> Callable[[evo.Eva
                               "factors": [float(x) for x in r.factors]})
         how = "cached" if phase.last_cached else f"{phase.last['seconds']:.1f} s"
         progress.note(f"  {phase.name} search: generation {r.generation}/{settings.generations}, candidate "
-                      f"{r.index + 1} (≤ {total}) {_origin_label(r.origin)}: ppl {r.fitness:.4f} (best {best:.4f}), "
+                      f"{r.index + 1} (≤ {total}) {_origin_label(r.origin)}: ppl {_ppl(r.fitness)} (best {_ppl(best)}), "
                       f"{how}")
 
     return on_evaluated
@@ -299,9 +349,13 @@ def _logger(phase: Phase, settings: evo.Settings, progress) -> Callable[[evo.Eva
 
 def _generation_note(phase: Phase, settings: evo.Settings, progress) -> Callable[[int, float], None]:
     def note(generation: int, best: float) -> None:
-        progress.note(f"{phase.name} search: generation {generation}/{settings.generations} done, best ppl {best:.4f}")
+        progress.note(f"{phase.name} search: generation {generation}/{settings.generations} done, best ppl {_ppl(best)}")
 
     return note
+
+
+def _ppl(value: float) -> str:
+    return "not finite (ranked worst)" if value >= evo.WORST_FITNESS else f"{value:.4f}"
 
 
 def _origin_label(origin: str) -> str:
@@ -316,23 +370,3 @@ def _summary(result: evo.SearchResult, phase: Phase, settings: evo.Settings) -> 
             "best_initial_ppl": result.best_initial_fitness, "best_seed": result.best_seed,
             "seed_ppl": dict(result.seed_fitness), "best_per_generation": list(result.best_per_generation),
             "evaluations": len(result.evaluated)}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _publish(out: Path, factors: dict, log_path: Path, records: list[dict], curve_path: Path,
-             long: evo.SearchResult, short: evo.SearchResult | None, job: SearchJob) -> None:
-    """The log and the curve first, the factors file last: its presence means the search finished."""
-    from ropeconv.search.plot import best_curve
-
-    _write_atomic(log_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
-    best_curve(curve_path, long, short, f"LongRoPE search: {job.base.name} → {job.target_ctx} tokens, "
-                                        f"population {job.population}, seed {job.seed}")
-    _write_atomic(out, (json.dumps(factors, indent=1, sort_keys=False) + "\n").encode())
