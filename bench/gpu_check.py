@@ -9,7 +9,10 @@ work/gpu-check/report.md (and $OUT/report.md when the device tool runs it).
    carries, so on the device tool's machine this step says why it was skipped);
 4. the ×4 passkey sweep in transformers on CUDA: 16k, 24k, 32k tokens, 5 trials each (and the unscaled base
    at the same lengths, for contrast, when time is left);
-5. bench.scale_bench's per-layer cost of Llama-8B and 70B-shaped layers on the GPU (the README's GPU row).
+5. bench.scale_bench's per-layer cost of Llama-8B and 70B-shaped layers on the GPU (the README's GPU row);
+6. (before 4) a short one-GPU fine-tune: `finetune segments` on SmolLM2 at train-ctx 2k (tokens/s, peak GPU
+   memory), and 5 fp32 steps plain vs under accelerate's FSDP (one process), which must agree within 1e-4 (FSDP
+   cannot run on the CPU, so this is where it is proven).
 
 It installs what the machine lacks from gpu-carry/ (make gpu-wheels, run where pip can reach PyPI) into a
 folder on PYTHONPATH; it never uses the network. GPU_CHECK_DRY=1 (or --dry) runs the same steps on the CPU
@@ -226,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{', '.join(providers) or 'none'}); onnxruntime-gpu's wheel (244 MiB for Python 3.12) is over "
                    "the 64 MiB a device call carries")
 
+    finetune(check, smol, device)
+
     lengths, trials = ("1k", 1) if args.dry else ("16k,24k,32k", 5)
     passkey(check, "passkey-yarn4", out, lengths, trials, device, 60)
     passkey(check, "passkey-base", smol, lengths, trials, device, 90)
@@ -238,6 +243,70 @@ def main(argv: list[str] | None = None) -> int:
         check.figures["per_layer"] = rows
         check.note("per-layer", "\n".join(_layer_rows(rows)))
     return finish(check)
+
+
+FSDP_CONFIG = REPO / "ropeconv" / "finetune" / "configs" / "fsdp.yaml"
+
+
+def finetune(check: Check, smol: Path, device: str) -> None:
+    """A short one-GPU fine-tune of SmolLM2 (segments, train-ctx 2k → 32k under YaRN, bf16, gradient checkpointing):
+    tokens/s and peak memory; then the same few fp32 steps plain and under accelerate's FSDP (one process): the
+    loss curves and adapters must agree (FSDP cannot run on the CPU, so this is where it is proven)."""
+    n, big, steps, batch = (128, 16384, 1, 2) if check.dry else (2048, 32768, 20, 8)
+    text = check.work / "finetune-text.txt"
+    text.write_text(_corpus(), encoding="utf-8")
+    common = ["finetune", "segments", str(smol), "--method", "yarn", "--train-ctx", str(n), "--target-ctx", str(big),
+              "--text", str(text), "--device", device, "--json", "-q", "--force", "--lr", "1e-4"]
+    shape = ["--max-steps", str(steps), "--batch", str(batch), "--micro-batch", str(batch // 2)]
+    timed = check.run("finetune", rope(*common, *shape, "--gradient-checkpointing", "--warmup-steps", "2",
+                                       "--schedule", "linear", "-o", str(check.work / "finetune-lora")), 180, 60)
+    if timed is not None and timed.returncode == 0:
+        r = json.loads(timed.stdout)
+        check.figures["finetune"] = {k: r[k] for k in ("tokens_per_s", "peak_rss_mib", "peak_gpu_mib", "losses",
+                                                       "processes", "distributed", "seconds")}
+        check.note("finetune", f"segments on SmolLM2-135M, {n} → {big} tokens (YaRN), {steps} steps × {batch} "
+                   f"samples (micro-batch {batch // 2}), precision auto, gradient checkpointing: "
+                   f"{r['tokens_per_s']:.0f} tokens/s, peak GPU {r['peak_gpu_mib']} MiB, peak RSS "
+                   f"{r['peak_rss_mib']} MiB, loss {r['losses'][0]:.3f} → {r['losses'][-1]:.3f}")
+    if check.dry:
+        check.note("finetune-fsdp", "dry run: skipped (accelerate runs FSDP on GPUs only)")
+        return
+    five = [*common, "--max-steps", "5", "--batch", "2", "--precision", "fp32"]
+    plain = check.run("finetune-plain", rope(*five, "-o", str(check.work / "ft-plain")), 120, 40)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+              "--num_processes", "1", "--mixed_precision", "no", "-m", "ropeconv.cli.main"]
+    fsdp = check.run("finetune-fsdp", launch + [*five, "-o", str(check.work / "ft-fsdp")], 180, 40)
+    if plain is None or fsdp is None or plain.returncode or fsdp.returncode:
+        return
+    a, b = json.loads(plain.stdout), json.loads(fsdp.stdout)
+    curve = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
+    weights = _adapter_diff(check.work / "ft-plain", check.work / "ft-fsdp")
+    check.figures["finetune_fsdp"] = {"distributed": b["distributed"], "loss_max_diff": curve,
+                                      "adapter_max_diff": weights}
+    ok = b["distributed"] == "FSDP" and curve < 1e-4 and weights < 1e-4
+    if not ok:
+        check.failed.append("finetune-fsdp")
+    check.note("finetune-fsdp", f"{b['distributed']} (1 process) vs plain, 5 fp32 steps: loss curve max |Δ| "
+               f"{curve:.2e}, adapter max |Δ| {weights:.2e} ({'ok' if ok else 'FAILED: over 1e-4'})")
+
+
+def _corpus() -> str:
+    """Deterministic filler text long enough for 32k-token windows."""
+    import random
+
+    rng = random.Random(0)
+    words = ("the river ran past the old mill where seven lanterns hung and the keeper counted every boat that "
+             "passed under the bridge before the winter storms closed the valley").split()
+    return "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(8, 20))).capitalize() + "."
+                     for _ in range(6000)) + "\n"
+
+
+def _adapter_diff(a: Path, b: Path) -> float:
+    from safetensors.numpy import load_file
+
+    x, y = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    return max(float(abs(x[k].astype("float64") - y[k].astype("float64")).max()) for k in x) if x.keys() == y.keys() \
+        else float("inf")
 
 
 def _layer_rows(result: dict) -> list[str]:

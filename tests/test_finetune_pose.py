@@ -229,7 +229,7 @@ def _pose(base, text, out, *extra, n=N_CTX, big=T_CTX, method="yarn"):
 
 
 @pytest.mark.parametrize("case, args, kwargs, mentions", [
-    ("missing text", ("--text-missing",), {}, ("no such file",)),
+    ("missing text", ("--text-missing",), {}, ("not found",)),
     ("window = target", (), {"n": T_CTX}, ("--train-ctx",)),
     ("window > target", (), {"n": 256}, ("--train-ctx",)),
     ("window < 8", (), {"n": 4}, ("--train-ctx", "8")),
@@ -238,7 +238,7 @@ def _pose(base, text, out, *extra, n=N_CTX, big=T_CTX, method="yarn"):
     ("alibi on a rope base", (), {"method": "alibi"}, ("alibi", "rope")),
     ("option of another method", ("--low-freq-factor", "2"), {}, ("--low-freq-factor",)),
     ("unknown target module", ("--target-modules", "q_proj,nope"), {}, ("nope",)),
-    ("zero steps", ("--steps", "0"), {}, ("--steps",)),
+    ("zero steps", ("--steps", "0"), {}, ("--max-steps",)),
     ("zero rank", ("--rank", "0"), {}, ("--rank",)),
     ("negative lr", ("--lr", "-1"), {}, ("--lr",)),
 ])
@@ -291,3 +291,42 @@ def test_help_has_examples(capsys):
     assert run_cli("finetune", "pose", "--help") == 0
     help_text = capsys.readouterr().out
     assert "Examples:" in help_text and "--train-ctx" in help_text and "extend" in help_text
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["user folder", "user file"])
+def test_a_checkpoint_dir_that_is_not_ropeconvs_is_refused_even_with_force(base, text, outdir, tmp_path, capsys,
+                                                                           where):
+    """Before: --checkpoint-dir naming a user's folder, with --force, had the run delete that folder (it removes its
+    checkpoint folder once the adapter is out, and a previous run's with --force before it starts)."""
+    mine = tmp_path / "mine"
+    if where == "user folder":
+        (mine / "sub").mkdir(parents=True)
+        (mine / "notes.txt").write_text("keep")
+        (mine / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    else:
+        mine.write_text("keep")
+    before_files = _tree(mine) if mine.is_dir() else {"": mine.read_bytes()}
+    before = listing(outdir.parent)
+    capsys.readouterr()
+    rc = _pose(base, text, outdir, "--checkpoint-dir", mine, "--force")
+    assert_refused(capsys, rc, outdir, before, mentions=("--checkpoint-dir",))
+    assert (_tree(mine) if mine.is_dir() else {"": mine.read_bytes()}) == before_files
+
+
+@pytest.mark.parametrize("target", ["inside the base", "checkpoints in the base"])
+def test_outputs_over_the_inputs_are_refused(base, text, outdir, capsys, target):
+    """-o or the checkpoint folder may not lie inside the base (before: the run wrote into it); -o over --text is
+    refused as any file where a folder goes."""
+    base_before, text_before = _tree(base), text.read_bytes()
+    out = {"inside the base": base / "adapter", "checkpoints in the base": outdir}[target]
+    extra = ("--checkpoint-dir", base / "ckpt") if target == "checkpoints in the base" else ()
+    capsys.readouterr()
+    rc = _pose(base, text, out, *extra, "--force")
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "base" in err or "--text" in err, err
+    assert _tree(base) == base_before and text.read_bytes() == text_before
