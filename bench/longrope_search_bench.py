@@ -63,7 +63,7 @@ def search(base: Path, text: Path, out: Path, work: Path, target: int, sizes: di
     from ropeconv.search.run import SearchJob, run
 
     job = SearchJob(base=base, target_ctx=target, text=text, out=out, seed=0, device=device,
-                    cache_dir=work / "search-cache", **sizes)
+                    cache_dir=work / "search-cache", force=True, **sizes)  # a rerun replaces its previous factors
     return run(job, Progress())
 
 

@@ -1,5 +1,6 @@
 """llama.cpp's log routed into Python while a call runs: the parity runtime and the quantizer both turn it into
-one message instead of raw lines on stderr."""
+one message instead of raw lines on stderr. A signal whose handler runs inside the log callback (native code calls
+it; a raise there would be swallowed) is raised again when the block ends."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import contextlib
 import ctypes
 import re
 from typing import Iterator
+
+from ropeconv.interrupts import native_callback, raise_if_interrupted
 
 # ggml's enum since late 2024: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5. (llama-cpp-python 0.3.36's
 # _logger still maps the older order, INFO 1 … ERROR 3, DEBUG 4, so with verbose=False it prints llama.cpp's
@@ -26,6 +29,7 @@ def captured_log(llama_cpp) -> Iterator[list[tuple[int, str]]]:
     lines: list[tuple[int, str]] = []
 
     @llama_cpp.llama_log_callback
+    @native_callback  # a signal landing here is raised when the block ends
     def collect(level: int, text: bytes, user_data) -> None:  # noqa: ARG001
         message = text.decode("utf-8", "replace")
         if level == GGML_LOG_LEVEL_CONT and lines:
@@ -40,6 +44,7 @@ def captured_log(llama_cpp) -> Iterator[list[tuple[int, str]]]:
         from llama_cpp import _logger
 
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    raise_if_interrupted()  # the first safe point after the native calls the block made
 
 
 def first_error(lines: list[tuple[int, str]], fallback: str) -> str:

@@ -429,3 +429,23 @@ def test_help_has_examples():
     for sub in ("passkey", "ppl"):
         result = CliRunner().invoke(eval_group, [sub, "--help"])
         assert result.exit_code == 0 and "Examples:" in result.output and "ropeconv eval " + sub in result.output
+
+
+def test_ppl_reads_only_the_start_it_scores_and_bounds_a_sliding_window(models, tmp_path, capsys, monkeypatch):
+    """Before: eval ppl read --text whole (a 300 MB text aborted in the tokenizer at 3.3 GB). A single pass scores
+    the first window, so bytes past the budget are never read — here invalid UTF-8 that a whole read refuses; a
+    sliding window scores everything, so a text over the cap is refused, not cut."""
+    from ropeconv.eval import text as text_mod
+
+    good = Path(models["text"]).read_bytes()
+    text = tmp_path / "long.txt"
+    text.write_bytes(good * (2 * text_mod.MIN_TEXT_BYTES // len(good) + 1) + b"\xff\xfe tail")
+    assert run_cli("eval", "ppl", models["hf"], "--text", text, "--lengths", "64", "--json", "-q",
+                   "--cache-dir", tmp_path / "c") == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["tokens"] == 63
+    monkeypatch.setattr(text_mod, "MAX_TEXT_BYTES", 3 * text_mod.MIN_TEXT_BYTES)
+    _refused(capsys, tmp_path / "res", "eval", "ppl", models["hf"], "--text", text, "--lengths", "32",
+             "--stride", "16", mentions=("not UTF-8",))
+    monkeypatch.setattr(text_mod, "MAX_TEXT_BYTES", text_mod.MIN_TEXT_BYTES)
+    _refused(capsys, tmp_path / "res", "eval", "ppl", models["hf"], "--text", text, "--lengths", "32",
+             "--stride", "16", mentions=("--stride", "whole text"))

@@ -192,6 +192,8 @@ BAD = {
     "an importance matrix for a type ropeconv writes": (["--outtype", "q8_0", "--imatrix", "IM"], "--imatrix"),
     "an importance matrix of another model": (["--outtype", "q4_k_m", "--imatrix", "IM"], "row length"),
     "an importance matrix that is not one": (["--outtype", "q4_k_m", "--imatrix", "JUNK"], "imatrix"),
+    "an importance matrix declaring more entries than it holds": (["--outtype", "q4_k_m", "--imatrix", "SHORT"],
+                                                                   "more than its 12 bytes can hold"),
     "an importance matrix that does not exist": (["--outtype", "q4_k_m", "--imatrix", "/nonexistent.dat"],
                                                  "not found"),
 }
@@ -202,12 +204,53 @@ def test_bad_quantization_requests_exit_2_with_one_line_and_write_nothing(base, 
     args, word = BAD[case]
     junk = tmp_path / "junk.dat"
     junk.write_bytes(b"\x00\x00\x00\x00")
-    args = [str(_mismatched_imatrix(tmp_path)) if a == "IM" else str(junk) if a == "JUNK" else a for a in args]
+    short = tmp_path / "short.dat"
+    short.write_bytes(np.array([1000, 0, 0], "<i4").tobytes())
+    named = {"IM": _mismatched_imatrix(tmp_path), "JUNK": junk, "SHORT": short}
+    args = [str(named.get(a, a)) for a in args]
     out = tmp_path / "out"
     before = listing(tmp_path)
     capsys.readouterr()
     rc = run_cli("extend", base, "--method", "yarn", "--factor", "4", "--to", "gguf", *args, "-o", out)
     assert word in assert_refused(capsys, rc, out, before)
+
+
+def _bytes_read() -> int:
+    """What this process has read so far through read() and friends (mapped pages are not counted)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+LEGACY_NAME = b"blk.0.attn_q.weight"
+HUGE_LEGACY = {  # header → what the one line says
+    "no entries": np.int32(0).tobytes(),
+    "entries declared": np.int32(2**31 - 1).tobytes(),
+    "name length": np.array([1, 2**31 - 1], "<i4").tobytes(),
+    "value count": np.array([1, len(LEGACY_NAME)], "<i4").tobytes() + LEGACY_NAME
+    + np.array([1, 2**31 - 1], "<i4").tobytes(),
+}
+
+
+@pytest.mark.parametrize("word", list(HUGE_LEGACY))
+def test_a_huge_legacy_imatrix_is_refused_before_its_bytes_are_read(tmp_path, word):
+    """A legacy .dat of 256 MiB (sparse) whose header cannot describe it is refused in one line having read a few
+    bytes of it: its counts and lengths are checked against the file's size first (it was read whole)."""
+    from ropeconv.errors import InputError
+    from ropeconv.gguf_export.quantize import load_imatrix
+
+    path = tmp_path / "huge.dat"
+    with open(path, "wb") as fh:
+        fh.write(HUGE_LEGACY[word])
+        fh.truncate(256 << 20)
+    before = _bytes_read()
+    with pytest.raises(InputError) as refused:
+        load_imatrix(path)
+    read = _bytes_read() - before
+    assert read < 1 << 20, f"{read} bytes read to refuse it"
+    message = str(refused.value)
+    assert word in message and "\n" not in message and str(path) in message, message
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])

@@ -19,7 +19,7 @@ ROOT = Path(ropeconv.__file__).parent
 # names only its __init__); a module may import its own layer and the layers below, never one above.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("ropeconv", "ropeconv.errors", "ropeconv.jsontext", "ropeconv.files", "ropeconv.inputfile",
-              "ropeconv.sizes", "ropeconv.progress", "ropeconv.llamacpp_log", "ropeconv.manifest",
+              "ropeconv.interrupts", "ropeconv.sizes", "ropeconv.progress", "ropeconv.llamacpp_log", "ropeconv.manifest",
               "ropeconv.formats")),
     ("positions", ("ropeconv.positions",)),
     # runtime: the transformers-side ALiBi scaling a loaded model applies (positions only)

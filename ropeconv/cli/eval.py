@@ -4,13 +4,12 @@ or llama.cpp), with results cached so that an interrupted sweep resumes."""
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 
 import click
 
 from ropeconv.cli.options import emit_json
+from ropeconv.cli.report import echo_published
 from ropeconv.errors import InputError
 from ropeconv.eval import cache as cache_mod
 from ropeconv.eval import passkey as pk
@@ -75,30 +74,29 @@ def _pick_device(device: str):
     return pick_device(device)
 
 
-def _prepare_out(out: Path | None) -> None:
-    if out is not None and out.exists() and not out.is_dir():
+def _prepare_out(out: Path | None, name: str) -> None:
+    """-o checked before any work: a folder (made when there is something to write), whose results may be placed."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
         raise InputError(f"-o {out}: exists and is not a directory")
+    from ropeconv.eval.publish import check
+
+    check(out, name)
 
 
 def _cache_dir(out: Path | None, cache_dir: Path | None) -> Path:
     return cache_dir if cache_dir is not None else (out / "cache" if out is not None else cache_mod.default_dir())
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _placement(max_memory: str | None, dev, out: Path | None):
-    """--max-memory checked against the device before any work; disk offload beside -o when given."""
+    """--max-memory checked against the device before any work; disk offload beside -o when given (not in it:
+    -o is made only when there is something to put in it)."""
     from ropeconv.parity.placement import budget, parse_max_memory
-
-    from dataclasses import replace
 
     placement = parse_max_memory(max_memory)
     if out is not None:
-        placement = replace(placement, scratch_parent=Path(out).resolve())
+        placement = placement.beside(out)
     budget(placement, dev)
     return placement
 
@@ -127,7 +125,7 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
     if trials < 1:
         raise InputError("--trials must be at least 1")
     ref = rt.resolve(model, runtime)
-    _prepare_out(out)
+    _prepare_out(out, "passkey")
     if out is not None:
         plots.require()
     dev = _pick_device(device)
@@ -141,8 +139,6 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
         key = {"kind": "passkey", "model_hash": rt.model_hash(ref), "runtime": ref.runtime, "device": dev.type,
                "seed": seed, "depths": depth_grid or "random", "template": pk.TEMPLATE,
                "max_new_tokens": pk.MAX_NEW_TOKENS}
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
         cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "passkey", key)
         specs = pk.trial_specs(length_list, trials, depth_grid)
         done = cache.done()
@@ -189,6 +185,19 @@ def _passkey_table(doc: dict) -> str:
 # ---------------------------------------------------------------------------------------------- ppl
 
 
+def _ppl_text(path: Path, longest: int, stride: int | None) -> str:
+    """--text as eval ppl reads it: a single pass scores the first window, so only the start the longest window
+    needs is read (eval.text.text_bytes); a sliding window (--stride) scores the whole text, refused above
+    MAX_TEXT_BYTES rather than cut."""
+    from ropeconv.eval.text import MAX_TEXT_BYTES, read_text, text_bytes
+
+    text = read_text(path, MAX_TEXT_BYTES if stride else text_bytes(longest, 1))
+    if stride and not text.complete:
+        raise InputError(f"--text {path}: {text.file_bytes} bytes; with --stride eval ppl scores the whole text, "
+                         f"at most {MAX_TEXT_BYTES >> 20} MiB — give a shorter text")
+    return text.text
+
+
 @eval_group.command(epilog=PPL_EPILOG)
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--text", "text_path", required=True, type=click.Path(path_type=Path), help="UTF-8 text to score")
@@ -200,16 +209,9 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
     length_list = pk.parse_lengths(lengths)
     if stride is not None and stride < 1:
         raise InputError("--stride must be positive")
-    if not text_path.is_file():
-        raise InputError(f"--text {text_path}: file not found")
-    try:
-        text = text_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--text {text_path}: cannot read it as UTF-8 ({exc})") from None
-    if not text.strip():
-        raise InputError(f"--text {text_path}: empty")
+    text = _ppl_text(text_path, length_list[-1], stride)
     refs = [rt.resolve(m, runtime) for m in models]
-    _prepare_out(out)
+    _prepare_out(out, "ppl")
     if out is not None:
         plots.require()
     dev = _pick_device(device)
@@ -227,8 +229,6 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
             ids = runtime_.tokenize_plain(text)
             ppl_mod.check_text(len(ids), length_list[-1], runtime_.bos_id, label)
             ppl_mod.check_stride(stride, length_list[0], runtime_.bos_id)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
         results = []
         for ref, label, runtime_ in zip(refs, labels, opened):
             ids = runtime_.tokenize_plain(text)
@@ -260,16 +260,22 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
 
 
 def _publish(doc: dict, out, name: str, plot, table, as_json: bool) -> None:
-    """OUT/<name>.json and OUT/<name>.png when -o is given; the document or its table on stdout."""
-    if out is not None:
-        _write_json(out / f"{name}.json", doc)
-        plot(out / f"{name}.png")
-    if as_json:
-        emit_json(doc)
+    """OUT/<name>.json and OUT/<name>.png when -o is given (see ropeconv.eval.publish); the document or its table
+    on stdout."""
+    if out is None:
+        if as_json:
+            emit_json(doc)
+        else:
+            click.echo(table(doc))
         return
-    click.echo(table(doc))
-    if out is not None:
-        click.echo(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")
+    from ropeconv.eval.publish import publish, results_paths
+
+    publish(out, name, doc, plot)
+    document, png = results_paths(out, name)
+    if as_json:
+        emit_json(doc, published=document)
+        return
+    echo_published(f"{table(doc)}\nwrote {document} and {png}", document)
 
 
 def _labels(refs) -> list[str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import click
 
 from ropeconv import methods
-from ropeconv.cli.options import emit_json, full_length_option, max_memory_option, method_option_decorators, \
-    method_options_for, parse_bytes
+from ropeconv.cli.options import PATH, emit_json, full_length_option, max_memory_option, \
+    method_option_decorators, method_options_for, parse_bytes
+from ropeconv.cli.report import echo_published
 from ropeconv.errors import InputError
 from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as DTYPES, is_gguf
 from ropeconv.methods.base import ExtendRequest
@@ -75,7 +77,7 @@ def _method_options(fn):
 
 
 @click.command(epilog=EPILOG)
-@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("base", type=PATH)
 @click.option("--method", "method_name", required=True, type=click.Choice([m.NAME for m in methods.ordered()]),
               help="context-extension method (see `ropeconv methods`)")
 @click.option("--factor", type=float, help="extension factor s = target/original (> 1)")
@@ -89,18 +91,18 @@ def _method_options(fn):
               help="GGUF weight type when converting a HF base with --to gguf: f32, f16 (default), bf16, q8_0 "
               "written by ropeconv; q4_k_m, q5_k_m, q6_k, q4_0, q5_0, iq4_nl, iq4_xs, … quantized by llama.cpp's "
               "own quantizer from the float conversion (norms, biases and carriers stay f32)")
-@click.option("--imatrix", type=click.Path(path_type=Path), default=None,
+@click.option("--imatrix", type=PATH, default=None,
               help="an importance matrix (llama-imatrix's .gguf or legacy .dat) for llama.cpp's quantizer")
 @click.option("--dtype", "onnx_dtype", type=click.Choice(list(DTYPES)), default=None,
               help="ONNX weights and compute with --to onnx: fp32 (default); fp16 (float16 weights, activations and "
               "KV cache, for GPUs); int4 (MatMulNBits weights by onnxruntime's quantizer, float32 activations)")
-@click.option("--lora", "lora", multiple=True, type=click.Path(path_type=Path),
+@click.option("--lora", "lora", multiple=True, type=PATH,
               help="a PEFT LoRA adapter directory to merge into the base (repeat for several; merged in fp32, "
               "one tensor at a time)")
 @click.option("--lora-trained-with", help="METHOD[:FACTOR] the adapters were trained under, when they do not "
               "record it (ropeconv finetune writes ropeconv_rope.json)")
 @click.option("--force-method", is_flag=True, help="merge adapters trained under another rope scaling anyway")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output directory")
+@click.option("-o", "--out", type=PATH, required=True, help="output directory")
 @click.option("--force", is_flag=True, help="replace a previous ropeconv output or an empty folder (never files "
               "ropeconv did not write)")
 @click.option("--rebase", is_flag=True, help="replace rope scaling the base already carries")
@@ -121,7 +123,7 @@ def _method_options(fn):
 @click.option("--license", "card_license", help="the card's license (Hub identifier, e.g. apache-2.0; default: the "
               "base card's)")
 @click.option("--tag", "card_tags", multiple=True, help="a tag for the card's metadata (repeat for several)")
-@click.option("--save-recipe", type=click.Path(path_type=Path),
+@click.option("--save-recipe", type=PATH,
               help="also write this command line as a YAML recipe (`ropeconv recipe run FILE` repeats it)")
 @click.option("--dry-run", is_flag=True, help="check and print the plan, write nothing (but --save-recipe); a GGUF "
               "plan checks the tokenizer's kind but reads no token list, so a vocabulary larger than the embedding "
@@ -183,17 +185,38 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
                                 ("base_model", base_model)) if v} or None,
         name=name,
     )
-    saved = None
-    if save_recipe is not None:  # checked now, written only when the command succeeds
-        from ropeconv.recipe.save import recipe_text, write_recipe
+    recipe = contextlib.nullcontext()
+    if save_recipe is not None:  # checked now, written staged before the work starts, published when it succeeds
+        from ropeconv.recipe.save import recipe_text, saving
 
-        saved = recipe_text(job, save_recipe, max_shard_size)
-    if dry_run and is_gguf(base):
+        recipe = saving(save_recipe, recipe_text(job, save_recipe, max_shard_size))
+    with recipe:
+        if dry_run:
+            return _dry_run(job, as_json)
+        result = run(job, Progress(enabled=not quiet))
+    # published (and the recipe saved): a stdout that cannot take the report is not "bad input, nothing written"
+    if as_json:
+        emit_json({
+            "out": str(result.out),
+            "plan": result.plan.to_json(),
+            "files": list(result.files),
+            "parity": result.parity.to_json() if result.parity else None,
+            "reports": [r.to_json() for r in result.reports],  # one per format: safetensors, gguf, onnx order
+        }, published=result.out)
+    else:
+        p = result.plan
+        echo_published(f"wrote {result.out}: {p.method} {p.original_ctx} → {p.target_ctx} tokens"
+                       + (", parity passed" if result.parity else ", parity not checked (--no-verify)"), result.out)
+    return 0
+
+
+def _dry_run(job: ExtendJob, as_json: bool) -> int:
+    """--dry-run: the plan checked and printed, nothing written (but --save-recipe)."""
+    out = job.out
+    if is_gguf(job.base):
         from ropeconv.extend import from_gguf
 
         g = from_gguf.prepare(job)
-        if saved is not None:
-            write_recipe(save_recipe, saved)
         data = {"plan": g.plan.to_json(), "set": {k: v[1] for k, v in g.set_fields.items()},
                 "drop": sorted(g.drop_keys), "add_tensors": sorted(g.add_tensors), "out": str(out)}
         if as_json:
@@ -204,36 +227,17 @@ def extend(base, method_name, factor, target_ctx, original_ctx, formats, outtype
                        + (f" and add {', '.join(data['add_tensors'])}" if data["add_tensors"] else "")
                        + "; nothing written (--dry-run)")
         return 0
-    if dry_run:
-        from ropeconv.extend import from_hf
+    from ropeconv.extend import from_hf
 
-        prepared = from_hf.prepare(job, dry_run=True)
-        if saved is not None:
-            write_recipe(save_recipe, saved)
-        data = {"plan": prepared.plan.to_json(), "config": prepared.hf_config, "out": str(out)}
-        if as_json:
-            emit_json(data)
-        else:
-            p = prepared.plan
-            extra = f"attention factor {p.attention_factor:.6g}, " if p.kind == "rope" else f"{p.kind} positions, "
-            click.echo(f"{p.method}: {p.original_ctx} → {p.target_ctx} tokens (×{p.factor:g}), "
-                       f"{extra}{p.length_rule.value}")
-            click.echo(f"would write {out} as {', '.join(job.formats)} ({len(prepared.checkpoint.tensors)} tensors, "
-                       f"{prepared.checkpoint.total_bytes / 1e6:.1f} MB); nothing written (--dry-run)")
-        return 0
-    result = run(job, Progress(enabled=not quiet))
-    if saved is not None:
-        write_recipe(save_recipe, saved)
+    prepared = from_hf.prepare(job, dry_run=True)
+    data = {"plan": prepared.plan.to_json(), "config": prepared.hf_config, "out": str(out)}
     if as_json:
-        emit_json({
-            "out": str(result.out),
-            "plan": result.plan.to_json(),
-            "files": list(result.files),
-            "parity": result.parity.to_json() if result.parity else None,
-            "reports": [r.to_json() for r in result.reports],  # one per format: safetensors, gguf, onnx order
-        })
+        emit_json(data)
     else:
-        p = result.plan
-        click.echo(f"wrote {result.out}: {p.method} {p.original_ctx} → {p.target_ctx} tokens"
-                   + (", parity passed" if result.parity else ", parity not checked (--no-verify)"))
+        p = prepared.plan
+        extra = f"attention factor {p.attention_factor:.6g}, " if p.kind == "rope" else f"{p.kind} positions, "
+        click.echo(f"{p.method}: {p.original_ctx} → {p.target_ctx} tokens (×{p.factor:g}), "
+                   f"{extra}{p.length_rule.value}")
+        click.echo(f"would write {out} as {', '.join(job.formats)} ({len(prepared.checkpoint.tensors)} tensors, "
+                   f"{prepared.checkpoint.total_bytes / 1e6:.1f} MB); nothing written (--dry-run)")
     return 0

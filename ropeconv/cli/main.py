@@ -1,6 +1,7 @@
 """ropeconv's entry point: turns every user error into one line on stderr and an exit code.
 
-0 ok · 1 parity failed · 2 bad input (no traceback) · 130 interrupted (nothing half-written).
+0 ok · 1 parity failed · 2 bad input (no traceback) · 128 + the signal's number when a signal interrupted the run
+(130 SIGINT, 143 SIGTERM; SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 likewise): nothing half-written, nothing published.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import errno
 import importlib
 import os
-import signal
 import sys
 from typing import Callable
 
@@ -16,6 +16,7 @@ import click
 
 from ropeconv import __version__
 from ropeconv.errors import RopeconvError
+from ropeconv.interrupts import exit_code, handled, raise_if_interrupted
 
 
 # name → (module, attribute, the command's one-line help). A command's module is imported only when that command
@@ -92,22 +93,13 @@ def cli() -> None:
     """
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised as an exception so staged outputs are cleaned up on the way out."""
-
-
-def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise Interrupted()
-
-
 def main(argv: list[str] | None = None) -> int:
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     restore = _paths_printable(sys.stdout)
     try:
-        return _run(argv)
+        with handled():  # every catchable signal raises an Interrupted, so staged outputs are removed on the way out
+            return _run(argv)
     finally:
         restore()
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _paths_printable(stream) -> "Callable[[], None]":
@@ -126,6 +118,7 @@ def _paths_printable(stream) -> "Callable[[], None]":
 def _run(argv: list[str] | None) -> int:
     try:
         result = cli.main(args=argv, prog_name="ropeconv", standalone_mode=False)
+        raise_if_interrupted()  # a signal whose raise was swallowed where it landed (a ctypes callback, a __del__)
         return int(result or 0)
     except RopeconvError as exc:
         click.echo(f"ropeconv: error: {_one_line(str(exc))}", err=True)
@@ -135,12 +128,9 @@ def _run(argv: list[str] | None) -> int:
     except click.ClickException as exc:
         click.echo(f"ropeconv: error: {_one_line(exc.format_message())}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # click turns a KeyboardInterrupt into an Abort
         click.echo("ropeconv: interrupted; nothing was published", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("ropeconv: interrupted; nothing was published", err=True)
-        return 130
+        return exit_code(exc)
     except BrokenPipeError:
         raise
     except OSError as exc:  # the last net: disk, permissions, a vanished file — one line, never a traceback

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ropeconv.cli.options import emit_json
+from ropeconv.cli.report import echo_published
 from ropeconv.errors import RopeconvError
 from ropeconv.progress import Progress
 
@@ -44,16 +45,19 @@ def run(file: Path, sets: tuple[str, ...], force: bool, as_json: bool, quiet: bo
     loaded = load_recipe(file, sets)
     outcome = run_recipe(loaded, force=force, progress=Progress(enabled=not quiet))
     result = outcome.result
+    # published (or up to date): a stdout that cannot take the report is exit 74, not "bad input, nothing written"
     if as_json:
         emit_json({"recipe": str(file), "recipe_sha256": loaded.sha256, "out": str(outcome.out),
                    "skipped": outcome.skipped,
-                   "reports": [r.to_json() for r in result.reports] if result else []})
+                   "reports": [r.to_json() for r in result.reports] if result else []}, published=outcome.out)
     elif outcome.skipped:
-        click.echo(f"{outcome.out} is up to date with {file} (manifest matches; --force to rebuild)")
+        echo_published(f"{outcome.out} is up to date with {file} (manifest matches; --force to rebuild)",
+                       outcome.out)
     else:
         p = result.plan
-        click.echo(f"wrote {outcome.out}: {p.method} {p.original_ctx} → {p.target_ctx} tokens"
-                   + (", parity passed" if result.parity else ", parity not checked (parity.verify false)"))
+        echo_published(f"wrote {outcome.out}: {p.method} {p.original_ctx} → {p.target_ctx} tokens"
+                       + (", parity passed" if result.parity else ", parity not checked (parity.verify false)"),
+                       outcome.out)
     return 0
 
 

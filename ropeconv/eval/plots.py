@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from ropeconv.errors import InputError
 
 INSTALL_HINT = "pip install 'ropeconv[eval]' (or pip install matplotlib)"
+SOFTWARE = "ropeconv"  # every plot's PNG Software tag: what proves a PNG one ropeconv drew (so it may be replaced)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 64 << 20  # a larger file is not read to prove it a ropeconv plot: it is not one
 
 
 def require():
@@ -26,11 +30,40 @@ def _save(fig, path: Path) -> None:
     plt = require()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": SOFTWARE})
         os.replace(tmp, path)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
+
+
+def drawn_by_ropeconv(path: Path) -> bool:
+    """A regular PNG file whose tEXt chunks, before its image data, hold Software = SOFTWARE (never raises)."""
+    from ropeconv.inputfile import read_bytes
+
+    try:
+        data = read_bytes(path, MAX_PNG_BYTES)
+    except InputError:
+        return False
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    at = len(PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        if kind == b"IDAT" or len(body) < length:
+            return False
+        if kind == b"tEXt" and body.split(b"\0", 1) == [b"Software", SOFTWARE.encode("latin-1")]:
+            return True
+        at += 12 + length
+    return False
+
+
+def plot_proof():
+    """What `--force` (or a rerun) checks before replacing a plot: export.staging's Proof of a ropeconv PNG."""
+    from ropeconv.export.staging import Proof
+
+    return Proof("a plot ropeconv drew", f"not a PNG with the Software tag {SOFTWARE!r}", drawn_by_ropeconv)
 
 
 def passkey_heatmap(summary: dict, lengths: list[int], title: str, path: Path) -> None:

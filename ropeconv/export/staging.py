@@ -7,10 +7,12 @@
 - `target_lock` holds an exclusive flock on `.NAME.lock` beside the target for the whole run, so two
   runs to one target cannot both publish; the second is refused at once. Holding the lock proves no
   other run is writing, so staging left by a killed run (`kill -9`) is removed then.
-- `staged_dir` / `staged_file` write into a hidden temporary sibling; only a complete result is
-  renamed into place. Any exception — including KeyboardInterrupt and the SIGTERM the CLI turns
-  into one — removes the temporary and leaves a previous output untouched; an OS error (disk full,
+- `staged_dir` / `staged_file` / `staged_files` write into a hidden temporary sibling; only a complete result
+  is renamed into place (`staged_files`: a set of files published together, the last one last, a failed
+  rename undoing the ones before it). Any exception — including KeyboardInterrupt and the SIGTERM the CLI
+  turns into one — removes the temporary and leaves a previous output untouched; an OS error (disk full,
   read-only, permission) becomes one InputError line naming the path and the OS reason.
+- `overlap_refusal`: an output is never one of the command's inputs (the --text) nor inside one (the base).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import re
 import shutil
 import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from ropeconv.errors import InputError
 from ropeconv.files import kind_of
+from ropeconv.interrupts import raise_if_interrupted
 from ropeconv.provenance import PLAN_KEY, VERSION_KEY
 
 MANIFEST = "manifest.json"  # ropeconv.manifest.MANIFEST_NAME (that module sits above this one)
@@ -37,14 +41,24 @@ SHOWN = 3  # names quoted in a refusal before "and N more"
 _held: dict[str, int] = {}  # targets this process holds the lock of (recipe run → extend take it twice)
 
 
+@dataclass(frozen=True)
+class Proof:
+    """How an existing file is proven to be ropeconv's own output of one kind: only such a file may be replaced."""
+
+    what: str  # "a GGUF ropeconv wrote": the kind of file --force may replace
+    missing: str  # what a file that is not one lacks, for the refusal ("no ropeconv.plan metadata")
+    holds: Callable[[Path], bool]  # the check (never raises: an unreadable file is not proven)
+
+
 # ----------------------------------------------------------------------------- what may be replaced
 
 
-def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner: str | None = None) -> str | None:
+def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner: str | None = None,
+                    proof: Proof | None = None) -> str | None:
     """None when an output of `kind` ("dir" or "file") may be published at `out`; else why not (one line).
 
     owner: the recipe file (resolved path) this run comes from; its own previous output is replaced
-    without --force."""
+    without --force. proof: for a file, what proves an existing one is ropeconv's (default: a GGUF it wrote)."""
     out = Path(out)
     path = absolute(out)
     protected = _protected(path)
@@ -59,7 +73,7 @@ def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner:
         return f"{out} is a symbolic link; ropeconv replaces only its own outputs, not links, even with --force — " \
                "remove it or choose another output path"
     if kind == "file":
-        return _file_refusal(out, path, st, force)
+        return _file_refusal(out, path, st, force, proof or GGUF_PROOF)
     if not stat.S_ISDIR(st.st_mode):
         return f"{out} is {kind_of(st.st_mode)}, not a folder; ropeconv writes a folder here and will not " \
                "replace it, even with --force — remove it or choose another output path"
@@ -72,7 +86,11 @@ def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner:
         return f"{out} is not a ropeconv output (no manifest.json listing its files; it holds {_names(first)}); " \
                "--force replaces only a previous ropeconv output or an empty folder — move them or choose another " \
                "output path"
-    strangers = _unlisted(path, set(manifest["files"]))
+    strangers, blocked = _unlisted(path, set(manifest["files"]))
+    if blocked:
+        return f"{out} holds a folder ropeconv cannot read or empty ({_names(blocked)}); replacing it would " \
+               "leave your files behind, so ropeconv will not, even with --force — fix its permissions, move it " \
+               "out or choose another output path"
     if strangers:
         return f"{out} holds files its manifest.json does not list ({_names(strangers)}); ropeconv will not delete " \
                "them, even with --force — move them out or choose another output path"
@@ -86,10 +104,32 @@ def replace_refusal(out: Path, *, kind: str = "dir", force: bool = False, owner:
     return f"{out} already exists ({made_by}); pass --force to replace it"
 
 
-def check_target(out: Path, force: bool, *, kind: str = "dir", owner: str | None = None) -> None:
-    reason = replace_refusal(out, kind=kind, force=force, owner=owner)
+def check_target(out: Path, force: bool, *, kind: str = "dir", owner: str | None = None,
+                 proof: Proof | None = None) -> None:
+    reason = replace_refusal(out, kind=kind, force=force, owner=owner, proof=proof)
     if reason:
         raise InputError(reason)
+
+
+def check_files(outs: Sequence[tuple[Path, Proof]], force: bool) -> None:
+    """check_target for each of a set of files published together (see staged_files)."""
+    for out, proof in outs:
+        check_target(out, force, kind="file", proof=proof)
+
+
+def overlap_refusal(out: Path, inputs: Sequence[tuple[str, Path]]) -> str | None:
+    """Why `out` may not be written when it is one of the inputs (`--text FILE`) or lies inside one (the base
+    folder, symlinks followed); None when it is neither. inputs: (how the command names it, path)."""
+    real = Path(os.path.realpath(out))
+    for label, given in inputs:
+        source = Path(os.path.realpath(given))
+        if real == source:
+            return f"{out} is the {label} {given}; ropeconv will not write over its input — choose another " \
+                   "output path"
+        if source in real.parents:
+            return f"{out} lies inside the {label} {given}; ropeconv will not write into its input — choose " \
+                   "another output path"
+    return None
 
 
 def absolute(path: Path) -> Path:
@@ -149,16 +189,16 @@ def _parents(out: Path) -> Iterator[None]:
         raise
 
 
-def _file_refusal(out: Path, path: Path, st: os.stat_result, force: bool) -> str | None:
+def _file_refusal(out: Path, path: Path, st: os.stat_result, force: bool, proof: Proof) -> str | None:
     if stat.S_ISDIR(st.st_mode):
         return f"{out} is a directory; -o must name a file here"
     if not stat.S_ISREG(st.st_mode):
-        return f"{out} is {kind_of(st.st_mode)}; ropeconv replaces only a GGUF it wrote — remove it or choose " \
+        return f"{out} is {kind_of(st.st_mode)}; ropeconv replaces only {proof.what} — remove it or choose " \
                "another output path"
-    if not _ropeconv_gguf(path):
-        return f"{out} is a file ropeconv did not write (no {GGUF_PROVENANCE[0]} metadata); --force replaces " \
-               "only a GGUF ropeconv wrote — move it or choose another output path"
-    return None if force else f"{out} already exists (a GGUF ropeconv wrote); pass --force to replace it"
+    if not proof.holds(path):
+        return f"{out} is a file ropeconv did not write ({proof.missing}); --force replaces only {proof.what} — " \
+               "move it or choose another output path"
+    return None if force else f"{out} already exists ({proof.what}); pass --force to replace it"
 
 
 def _ropeconv_gguf(path: Path) -> bool:
@@ -174,15 +214,18 @@ def _ropeconv_gguf(path: Path) -> bool:
     return all(isinstance(gguf.value(key), str) for key in GGUF_PROVENANCE)
 
 
+GGUF_PROOF = Proof("a GGUF ropeconv wrote", f"no {GGUF_PROVENANCE[0]} metadata", _ropeconv_gguf)
+
+
 def _manifest(path: Path) -> dict | None:
     """ropeconv's manifest.json (its version and a files table), or None."""
-    import json
+    from ropeconv.manifest import read_manifest  # the one strict reader: bounded before reading, typed
 
     file = path / MANIFEST
     try:
         if not stat.S_ISREG(os.lstat(file).st_mode):
             return None
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = read_manifest(path)
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("ropeconv_version"), str) \
@@ -191,11 +234,20 @@ def _manifest(path: Path) -> dict | None:
     return data
 
 
-def _unlisted(root: Path, listed: set[str], limit: int = SHOWN + 1) -> list[str]:
-    """Entries under root that the manifest does not list (links and special files count), first few."""
+def _unlisted(root: Path, listed: set[str], limit: int = SHOWN + 1) -> tuple[list[str], list[str]]:
+    """Entries under root that the manifest does not list (links and special files count), first few; and the
+    folders this process cannot list or empty (a user's unreadable folder: replacing would leave it behind)."""
     found: list[str] = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    blocked: list[str] = []
+
+    def unreadable(exc: OSError) -> None:
+        blocked.append(Path(os.fsdecode(exc.filename)).relative_to(root).as_posix() + "/")
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
         rel = Path(folder).relative_to(root)
+        # root itself: an unwritable one cannot be renamed aside either, so the OS refuses before anything moves
+        if rel.parts and not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            blocked.append(rel.as_posix() + "/")
         for name in sorted(dirs):
             if os.path.islink(os.path.join(folder, name)):
                 found.append((rel / name).as_posix())
@@ -205,10 +257,10 @@ def _unlisted(root: Path, listed: set[str], limit: int = SHOWN + 1) -> list[str]
                 continue
             if item not in listed or not stat.S_ISREG(os.lstat(os.path.join(folder, name)).st_mode):
                 found.append(item)
-        if len(found) >= limit:
+        if len(found) >= limit or blocked:
             break
         dirs.sort()
-    return found
+    return found, blocked
 
 
 def _names(names: list[str]) -> str:
@@ -325,6 +377,7 @@ def staged_dir(out: Path, force: bool, *, owner: str | None = None) -> Iterator[
         try:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a published model should be readable like any dir
             yield tmp
+            raise_if_interrupted()  # a signal whose raise was swallowed (a ctypes callback, a __del__)
             _replace(tmp, path)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -360,26 +413,87 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_file(out: Path, force: bool) -> Iterator[Path]:
+def staged_file(out: Path, force: bool, *, proof: Proof | None = None) -> Iterator[Path]:
     """Yield a temporary sibling path; on clean exit it atomically replaces `out`."""
-    out = Path(out)
-    with target_lock(out):
-        check_target(out, force, kind="file")
-        path = absolute(out)
-        # keep the suffix: runtimes pick themselves by it (a staged .gguf is run by llama.cpp)
+    with staged_files([(Path(out), proof or GGUF_PROOF)], force) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def target_locks(outs: Sequence[Path]) -> Iterator[None]:
+    """target_lock on each of `outs` (a set of files one run publishes together), all held until the end."""
+    with contextlib.ExitStack() as stack:
+        for out in outs:
+            stack.enter_context(target_lock(out))
+        yield
+
+
+@contextlib.contextmanager
+def staged_files(outs: Sequence[tuple[Path, Proof]], force: bool) -> Iterator[tuple[Path, ...]]:
+    """Yield one temporary sibling per (target, proof); on clean exit each replaces its target, in the order
+    given (the last one last: its presence can mean the set is complete). Every target is locked and checked
+    first (a file replaced must be proven ropeconv's, see replace_refusal). A rename that fails puts back
+    the files this call had already published: no mixed set is left."""
+    paths = [Path(out) for out, _ in outs]
+    with target_locks(paths):
+        check_files(outs, force)
+        tmps: list[Path] = []
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+            for out in paths:
+                tmps.append(_temp_file(out))
+            yield tuple(tmps)
+            raise_if_interrupted()  # a signal whose raise was swallowed (a ctypes callback, a __del__)
+            _publish_files(list(zip(tmps, paths)))
         except OSError as exc:
-            raise os_refusal(exc, out) from None
-        os.close(fd)
-        tmp = Path(name)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())
-            yield tmp
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise os_refusal(exc, out, tmp) from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            where = os.fsdecode(exc.filename) if exc.filename is not None else None
+            n = next((i for i, tmp in enumerate(tmps) if str(tmp) == where), min(len(tmps), len(paths) - 1))
+            raise os_refusal(exc, paths[n], tmps[n] if n < len(tmps) else None) from None
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+
+
+def _temp_file(out: Path) -> Path:
+    """An empty `.NAME.XXXXXXXX.tmp.SUFFIX` beside `out` (the suffix kept: runtimes pick themselves by it, a
+    staged .gguf is run by llama.cpp), readable like any file the user makes."""
+    path = absolute(out)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
+    return Path(name)
+
+
+def _publish_files(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each staged file over its target; when one fails, undo the renames already made. A file replaced
+    before the last rename is kept as a hard link `.NAME.XXXXXXXX.old` until the set is complete."""
+    done: list[tuple[Path, Path | None]] = []  # (target published, its previous content or None: it was new)
+    try:
+        for n, (tmp, out) in enumerate(pairs):
+            path = absolute(out)
+            backup = _link_aside(path) if n < len(pairs) - 1 and os.path.lexists(path) else None
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+                raise
+            done.append((path, backup))
+    except BaseException:
+        for path, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, path)
+                else:
+                    path.unlink()
+        raise
+    for _, backup in done:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
+def _link_aside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
+    os.close(fd)
+    os.unlink(name)
+    os.link(path, name)
+    return Path(name)

@@ -6,6 +6,8 @@ llama.cpp's: the tensor type per ftype (Q4_K_M puts Q6_K on half the attn_v/ffn_
 output matrix, falls back to Q5_0/Q8_0 where a row is not a multiple of 256, …), which tensors it leaves alone
 (1-D tensors — norms, biases, the rope_freqs / rope_factors_* carriers — and position tables stay as staged,
 F32), and the metadata, copied key for key (ropeconv.* included) with general.file_type set to the ftype.
+It runs in a child process (ropeconv.gguf_export.quantize_child) that a signal to the run kills: nothing is
+quantized on, or published, after one.
 
 An importance matrix (`--imatrix FILE`, what `llama-imatrix` writes: GGUF, or the legacy .dat) is read the way
 llama.cpp's common_imatrix_load and llama-quantize's load_imatrix read it — per-entry sums divided by their
@@ -15,22 +17,33 @@ quantize.imatrix.* keys record it in the file.
 
 from __future__ import annotations
 
-import ctypes
+import importlib.util
+import json
+import mmap
+import os
+import pickle
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+import ropeconv
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.formats import GGUF_QUANT_TYPES
+from ropeconv.gguf_export import quantize_child
+from ropeconv.inputfile import open_regular
+from ropeconv.interrupts import raise_if_interrupted
 
+# a legacy entry: name length, a name of at least 1 byte, ncall, nval, at least one value
+_LEGACY_ENTRY_MIN_BYTES = 4 + 1 + 4 + 4 + 4
+_LEGACY_NAME_MAX_BYTES = 4096  # GGUF tensor names are at most 64 bytes (GGML_MAX_NAME)
 QUANT_TYPES = GGUF_QUANT_TYPES  # llama-quantize's names, lower case (kept in ropeconv.formats for the CLI)
 # ftypes whose default tensor type llama.cpp quantizes only with an importance matrix (tensor_requires_imatrix:
 # IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_M, IQ1_S, and Q2_K inside a Q2_K_S file)
 NEEDS_IMATRIX = frozenset({"q2_k_s", "iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m"})
-
-_KV_OVERRIDE_INT, _KV_OVERRIDE_STR = 0, 3  # llama_model_kv_override_type: INT, FLOAT, BOOL, STR
 
 
 @dataclass(frozen=True)
@@ -43,24 +56,24 @@ class Imatrix:
     chunks: int = 0
 
 
-def ftype_of(outtype: str) -> int:
-    import llama_cpp
-
-    return int(getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}"))
-
-
 def load_imatrix(path: Path) -> Imatrix:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"--imatrix {path}: file not found")
-    with open(path, "rb") as f:
-        magic = f.read(4)
     try:
-        return _load_gguf(path) if magic == b"GGUF" else _load_legacy(path)
-    except InputError:
-        raise
-    except (ValueError, struct.error, IndexError, KeyError) as exc:
-        raise InputError(f"--imatrix {path}: not an importance matrix llama.cpp reads ({exc})") from None
+        fh = open_regular(path)  # a FIFO or a device is refused here, before anything reads from it
+    except InputError as exc:
+        raise InputError(f"--imatrix {exc}") from None
+    with fh:
+        try:
+            magic = fh.read(4)
+            return _load_gguf(path) if magic == b"GGUF" else _load_legacy(path, fh)
+        except InputError:
+            raise
+        except (ValueError, struct.error, IndexError, KeyError) as exc:
+            raise InputError(f"--imatrix {path}: not an importance matrix llama.cpp reads ({exc})") from None
+        except OSError as exc:
+            raise InputError(f"--imatrix {path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _load_gguf(path: Path) -> Imatrix:
@@ -93,34 +106,51 @@ def _load_gguf(path: Path) -> Imatrix:
     return Imatrix(path.name, entries, names, chunks)
 
 
-def _load_legacy(path: Path) -> Imatrix:
+def _load_legacy(path: Path, fh) -> Imatrix:
     """The .dat format: n, then per entry (name length, name, ncall, nval, nval floats), then optionally the
-    chunk count and dataset name; values are divided by ncall."""
-    data = path.read_bytes()
-    (n,), at = struct.unpack_from("<i", data, 0), 4
-    if n < 1:
-        raise InputError(f"--imatrix {path}: no entries")
-    entries = {}
-    for _ in range(n):
-        (length,) = struct.unpack_from("<i", data, at)
-        name = data[at + 4 : at + 4 + length].decode("utf-8")
-        at += 4 + length
-        ncall, nval = struct.unpack_from("<ii", data, at)
-        at += 8
-        if nval < 1:
-            raise InputError(f"--imatrix {path}: entry {name!r} has no values")
-        values = np.frombuffer(data, dtype="<f4", count=nval, offset=at).astype(np.float32)
-        at += 4 * nval
-        entries[name] = values / ncall if ncall > 0 else values
-    datasets: tuple[str, ...] = ()
-    chunks = 0
-    if at + 4 <= len(data):
-        (chunks,) = struct.unpack_from("<i", data, at)
-        if at + 8 <= len(data):
-            (length,) = struct.unpack_from("<i", data, at + 4)
-            if length > 0:
-                datasets = (data[at + 8 : at + 8 + length].decode("utf-8", "replace"),)
+    chunk count and dataset name; values are divided by ncall. The file is mapped, not read: every count and
+    length is checked against the file's size before the bytes it names are touched."""
+    size = os.fstat(fh.fileno()).st_size
+    if size < 4:
+        raise InputError(f"--imatrix {path}: {size} bytes, too short for an importance matrix")
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        (n,), at = struct.unpack_from("<i", data, 0), 4
+        if n < 1:
+            raise InputError(f"--imatrix {path}: no entries")
+        if n > (size - at) // _LEGACY_ENTRY_MIN_BYTES:
+            raise InputError(f"--imatrix {path}: {n} entries declared, more than its {size} bytes can hold")
+        entries = {}
+        for i in range(n):
+            room = min(_LEGACY_NAME_MAX_BYTES, size - at - 4)
+            length = _legacy_count(path, data, at, f"entry {i}'s name length", room)
+            name = bytes(data[at + 4 : at + 4 + length]).decode("utf-8")
+            at += 4 + length
+            (ncall,) = struct.unpack_from("<i", data, at)
+            nval = _legacy_count(path, data, at + 4, f"entry {name!r}'s value count", (size - at - 8) // 4)
+            at += 8
+            values = np.frombuffer(bytes(data[at : at + 4 * nval]), dtype="<f4").astype(np.float32)
+            at += 4 * nval
+            entries[name] = values / ncall if ncall > 0 else values
+        datasets: tuple[str, ...] = ()
+        chunks = 0
+        if at + 4 <= size:
+            (chunks,) = struct.unpack_from("<i", data, at)
+            if at + 8 <= size:
+                (length,) = struct.unpack_from("<i", data, at + 4)
+                shown = min(max(length, 0), size - at - 8, _LEGACY_NAME_MAX_BYTES)  # the key keeps 127 bytes anyway
+                if shown > 0:
+                    datasets = (bytes(data[at + 8 : at + 8 + shown]).decode("utf-8", "replace"),)
     return Imatrix(path.name, entries, datasets, chunks)
+
+
+def _legacy_count(path: Path, data, at: int, what: str, most: int) -> int:
+    """An int32 count at `at` that must be at least 1 and at most `most` (what the rest of the file can hold)."""
+    if at + 4 > len(data):
+        raise InputError(f"--imatrix {path}: ends before {what}")
+    (count,) = struct.unpack_from("<i", data, at)
+    if not 1 <= count <= most:
+        raise InputError(f"--imatrix {path}: {what} is {count}, outside 1..{max(most, 0)} (what the file holds)")
+    return count
 
 
 def check_imatrix(imatrix: Imatrix, rows_of: dict[str, int]) -> None:
@@ -137,54 +167,46 @@ def check_imatrix(imatrix: Imatrix, rows_of: dict[str, int]) -> None:
 
 
 def quantize(src: Path, dst: Path, outtype: str, imatrix: Imatrix | None = None, threads: int = 0) -> None:
-    """llama.cpp quantizes src (a float GGUF) into dst."""
+    """llama.cpp quantizes src (a float GGUF) into dst, in a child process that is killed when a signal interrupts
+    the run (ropeconv.gguf_export.quantize_child says why): after a signal nothing is quantized on, and dst is
+    removed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise InputError(f"--outtype {outtype} runs llama.cpp's quantizer: pip install 'ropeconv[gguf]'")
+    request = quantize_child.Request(str(src), str(dst), outtype, imatrix, threads)
     try:
-        import llama_cpp
-    except ImportError:
-        raise InputError(f"--outtype {outtype} runs llama.cpp's quantizer: pip install 'ropeconv[gguf]'") from None
-    from ropeconv.llamacpp_log import captured_log, first_error
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype_of(outtype)
-    params.nthread = threads
-    keep_alive = []  # the arrays the C side reads during the call
-    if imatrix is not None:
-        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix.entries) + 1))()
-        for i, (name, values) in enumerate(sorted(imatrix.entries.items())):
-            values = np.ascontiguousarray(values, dtype=np.float32)
-            keep_alive += [values, name.encode()]
-            entries[i].name = keep_alive[-1]
-            entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = values.size
-        entries[len(imatrix.entries)].name = None  # the terminator
-        params.imatrix = entries
-        overrides = _imatrix_keys(llama_cpp, imatrix)
-        params.kv_overrides = overrides
-        keep_alive += [entries, overrides]
-    with captured_log(llama_cpp) as lines:
-        status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        status, reason = _in_child(request)
+        raise_if_interrupted()  # a signal whose raise was swallowed while the child ran
+    except BaseException:
+        Path(dst).unlink(missing_ok=True)
+        raise
     if status != 0:
-        dst.unlink(missing_ok=True)
-        reason = first_error(lines, f"llama_model_quantize returned {status}")
+        Path(dst).unlink(missing_ok=True)
         if "imatrix" in reason:
             raise InputError(f"llama.cpp cannot quantize to {outtype.upper()}: {reason} (pass --imatrix FILE)")
         raise UnsupportedError(f"llama.cpp cannot quantize to {outtype.upper()}: {reason}")
 
 
-def _imatrix_keys(llama_cpp, imatrix: Imatrix):
-    """The quantize.imatrix.* keys llama-quantize writes (the file's name, not its local path)."""
-    values: list[tuple[str, int, object]] = [("quantize.imatrix.file", _KV_OVERRIDE_STR, imatrix.file_name)]
-    if imatrix.datasets:
-        values.append(("quantize.imatrix.dataset", _KV_OVERRIDE_STR, imatrix.datasets[0]))
-    values.append(("quantize.imatrix.entries_count", _KV_OVERRIDE_INT, len(imatrix.entries)))
-    if imatrix.chunks > 0:
-        values.append(("quantize.imatrix.chunks_count", _KV_OVERRIDE_INT, imatrix.chunks))
-    overrides = (llama_cpp.llama_model_kv_override * (len(values) + 1))()
-    for slot, (key, tag, value) in zip(overrides, values):
-        slot.key, slot.tag = key.encode(), tag
-        if tag == _KV_OVERRIDE_STR:
-            slot.value.val_str = str(value).encode()[:127]
-        else:
-            slot.value.val_i64 = int(value)
-    overrides[len(values)].key = b""  # the terminator: an empty key
-    return overrides
+def _in_child(request: quantize_child.Request) -> tuple[int, str]:
+    """Run quantize_child on `request`: (llama_model_quantize's status, its first error). The child is killed and
+    reaped whatever ends the wait (a signal's Interrupted included)."""
+    package_root = str(Path(ropeconv.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+    child = subprocess.Popen([sys.executable, "-m", quantize_child.__name__, str(os.getpid())], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(payload)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    try:
+        result = json.loads(out)
+        return int(result["status"]), str(result["reason"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise_if_interrupted()
+    how = f"killed by signal {-child.returncode}" if child.returncode < 0 else f"exit {child.returncode}"
+    said = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
+    raise UnsupportedError(f"llama.cpp's quantizer stopped ({how}) before it finished {request.outtype.upper()}"
+                           + (f": {' '.join(said[-1].split())}" if said else ""))

@@ -158,13 +158,13 @@ def _bytes(params) -> int:
     return sum(p.numel() * FLOAT32_BYTES for p in params)
 
 
-def plan_devices(model: "nn.Module", max_memory: dict[Any, int], *, rewrites_on_disk: bool = False,
+def plan_devices(model: "nn.Module", max_memory: dict[Any, int], *, memory_only: bool = False,
                  spec: str = "") -> DevicePlan:
     """accelerate's planner over `max_memory` (GPU ids, cpu, disk), for a float32 model skeleton (meta tensors).
     Several GPUs are balanced (accelerate's get_balanced_memory), so every one of them holds layers.
 
-    rewrites_on_disk: disk-placed weights are written to the offload folder (a GGUF base); safetensors ones are
-    read where they lie."""
+    memory_only: a GGUF base, which transformers loads into memory only (its GGUF loader refuses disk offload);
+    a safetensors base's disk-placed weights are read where they lie."""
     from accelerate import infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
@@ -173,8 +173,8 @@ def plan_devices(model: "nn.Module", max_memory: dict[Any, int], *, rewrites_on_
     execution: Any = gpus[0] if gpus else "cpu"
     largest = max(blocks(model), key=lambda b: b[1])
     room = max_memory[execution]
+    given = f"{FLAG} {spec}: " if spec else ""
     if largest[1] > room:
-        given = f"{FLAG} {spec}: " if spec else ""
         raise InputError(
             f"{given}too small for this model: its largest block ({largest[0] or 'the model'}, {human_bytes(largest[1])} "
             f"in float32) must fit whole on the device that runs it ({_name(execution)}, {human_bytes(room)} "
@@ -187,10 +187,11 @@ def plan_devices(model: "nn.Module", max_memory: dict[Any, int], *, rewrites_on_
     device_map = dict(infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split))
     sizes = _placed_bytes(model, device_map)
     on_disk = sizes.get("disk", 0)
-    if rewrites_on_disk and on_disk > max_memory.get("disk", 0):
-        raise InputError(f"this model needs {human_bytes(on_disk)} of disk for offload and {human_bytes(max_memory['disk'])} "
-                         f"{'is allowed' if spec and 'disk' in spec else 'is free'}; free disk beside the output or "
-                         f"raise {FLAG} (GPU/cpu)")
+    if memory_only and on_disk:
+        raise InputError(f"{given}this GGUF base's float32 weights ({human_bytes(sum(sizes.values()))}) do not fit in "
+                         f"{'memory under the caps' if spec else 'free memory'}, and transformers cannot offload a "
+                         "GGUF's weights to disk — give GPU/cpu room for the whole model, verify against the HF "
+                         "checkpoint it came from (verify --base HF_DIR), or pass --no-verify")
     return DevicePlan(device_map, largest, sizes)
 
 
@@ -270,7 +271,7 @@ def check_fits(path: Path, device: "torch.device", placement: Placement | None =
     path = Path(path)
     gguf_file = path.name if is_gguf(path) else None  # a GGUF base transformers dequantizes
     return plan_devices(skeleton(path.parent if gguf_file else path, gguf_file), budget(placement, device),
-                        rewrites_on_disk=gguf_file is not None, spec=placement.spec)
+                        memory_only=gguf_file is not None, spec=placement.spec)
 
 
 def load_placed(path: Path, device: "torch.device", placement: Placement | None = None,
@@ -288,7 +289,7 @@ def load_placed(path: Path, device: "torch.device", placement: Placement | None 
     gguf_file = path.name if is_gguf(path) else None  # a GGUF base transformers dequantizes
     directory = path.parent if gguf_file else path
     plan = plan_devices(skeleton(directory, gguf_file), budget(placement, device, scratch),
-                        rewrites_on_disk=gguf_file is not None, spec=placement.spec)
+                        memory_only=gguf_file is not None, spec=placement.spec)
     if plan.offloaded or len(set(plan.device_map.values())) > 1:
         progress(f"placement: {plan.describe()}")
     kwargs: dict[str, Any] = {"dtype": torch.float32, "device_map": plan.device_map}

@@ -1,16 +1,27 @@
-"""`extend … --save-recipe FILE`: the command line as a recipe that `ropeconv recipe run FILE` repeats."""
+"""`extend … --save-recipe FILE`: the command line as a recipe that `ropeconv recipe run FILE` repeats.
+
+FILE is published like every output (ropeconv.export.staging): checked before the run (never the output, inside
+it or inside the base; never over a file that is not a recipe ropeconv saved, a link or a special file), written
+staged beside FILE before the run starts — so a read-only or full folder is refused before anything is
+published — and renamed into place only when the command succeeds.
+"""
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from ropeconv.errors import InputError
+from ropeconv.export.staging import Proof, overlap_refusal, staged_file
 from ropeconv.formats import FORMATS
+from ropeconv.inputfile import read_bytes
+from ropeconv.recipe.load import MAX_RECIPE_BYTES  # a larger file is no recipe ropeconv saved
 from ropeconv.recipe.schema import Recipe
+
+HEADER = "# written by `ropeconv extend --save-recipe`; run it with `ropeconv recipe run`\n"
 
 
 def recipe_of(job) -> dict[str, Any]:
@@ -51,7 +62,7 @@ def recipe_of(job) -> dict[str, Any]:
 
 def recipe_text(job, file: Path, max_shard_size: str) -> str:
     """The recipe `--save-recipe FILE` will write, checked before the run starts: it must load (the schema
-    recipe run uses) and FILE must be a writable place for it. Writes nothing."""
+    recipe run uses) and FILE must be a place for it (see the module's docstring). Writes nothing."""
     from pydantic import ValidationError
 
     from ropeconv.files import refuse_special
@@ -69,20 +80,26 @@ def recipe_text(job, file: Path, max_shard_size: str) -> str:
     if not file.parent.is_dir():
         raise InputError(f"--save-recipe {file}: its folder does not exist")
     refuse_special(file, "--save-recipe")
-    return ("# written by `ropeconv extend --save-recipe`; run it with `ropeconv recipe run`\n"
-            + yaml.safe_dump(data, sort_keys=False))
+    reason = overlap_refusal(file, [("output", job.out), ("base", job.base)])
+    if reason:
+        raise InputError(f"--save-recipe {reason}")
+    return HEADER + yaml.safe_dump(data, sort_keys=False)
 
 
-def write_recipe(file: Path, text: str) -> None:
-    """Called once the command succeeded: a refused or failed run saves nothing."""
-    from ropeconv.files import refuse_special
-
-    file = Path(file)
-    refuse_special(file, "--save-recipe")
-    tmp = file.with_name(f".{file.name}.tmp")
-    try:
+@contextlib.contextmanager
+def saving(file: Path, text: str) -> Iterator[None]:
+    """Around the command's work: FILE's lock held and `text` written staged beside it now (an OS error is one
+    line before any work), renamed into place when the block succeeds."""
+    with staged_file(Path(file), True, proof=SAVED_RECIPE) as tmp:  # a recipe it saved before is replaced
         tmp.write_text(text)
-        os.replace(tmp, file)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"--save-recipe {file}: cannot write ({exc.strerror or exc})") from None
+        yield
+
+
+def _saved_recipe(path: Path) -> bool:
+    try:
+        return read_bytes(path, MAX_RECIPE_BYTES, "recipe").startswith(HEADER.encode())
+    except InputError:
+        return False
+
+
+SAVED_RECIPE = Proof("a recipe ropeconv saved", "its first line is not ropeconv's", _saved_recipe)
