@@ -86,7 +86,10 @@ def read_bytes(path: Path, limit: int | None = None, what: str = "file") -> byte
             size = os.fstat(fh.fileno()).st_size
             if limit is not None and size > limit:
                 raise InputError(f"{path}: {size} bytes is too large for a {what} (at most {limit})")
-            return fh.read()
+            data = fh.read() if limit is None else fh.read(limit + 1)  # a file growing meanwhile stays bounded
+            if limit is not None and len(data) > limit:
+                raise InputError(f"{path}: more than {limit} bytes is too large for a {what} (it grew while read)")
+            return data
         except OSError as exc:
             raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 

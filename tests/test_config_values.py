@@ -209,6 +209,27 @@ def test_gguf_base_with_a_norm_epsilon_llama_cpp_aborts_on_is_refused(capsys, ti
     assert base.read_bytes() == raw
 
 
+def test_verify_of_a_gguf_whose_epsilon_llama_cpp_aborts_on_is_refused_before_loading(tiny_yarn_gguf, tmp_path):
+    """verify loads the artifact in llama.cpp: a negative epsilon written into an output GGUF aborted the process
+    there (exit 134, with gdb's backtrace on stdout). Run as a subprocess: an abort must not take pytest with it."""
+    import struct
+    import subprocess
+    import sys
+
+    raw = bytearray(tiny_yarn_gguf.read_bytes())
+    key = b"llama.attention.layer_norm_rms_epsilon"
+    at = raw.index(key) + len(key)
+    struct.pack_into("<f", raw, at + 4, -1e-6)
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(bytes(raw))
+    done = subprocess.run([sys.executable, "-m", "ropeconv.cli.main", "verify", str(damaged), "--base",
+                           str(tiny_yarn_gguf.parent.parent / "base"), "--tokens", "64", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert len(lines) == 1 and "layer_norm_rms_epsilon" in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
 # ------------------------------------------------------------------ the property: refused or accepted alike
 
 MUTATIONS = {"zero": 0, "zero-float": 0.0, "negative": -1, "negative-float": -1e-6, "bool": True, "string": "1",

@@ -449,3 +449,33 @@ def test_ppl_reads_only_the_start_it_scores_and_bounds_a_sliding_window(models, 
     monkeypatch.setattr(text_mod, "MAX_TEXT_BYTES", text_mod.MIN_TEXT_BYTES)
     _refused(capsys, tmp_path / "res", "eval", "ppl", models["hf"], "--text", text, "--lengths", "32",
              "--stride", "16", mentions=("--stride", "whole text"))
+
+
+@pytest.mark.parametrize("kind", ["passkey", "ppl"])
+def test_a_damaged_cached_record_is_refused_naming_its_line(models, tmp_path, capsys, kind):
+    """Before: eval read cached records unchecked, so a trial whose hit was the text "no" ended in a TypeError
+    traceback in summarize (and a ppl record whose nll was text in the report)."""
+    cache = tmp_path / "c"
+    args = (["eval", "passkey", models["hf"], "--lengths", "256", "--trials", "1", "--device", "cpu"] if kind == "passkey"
+            else ["eval", "ppl", models["hf"], "--text", models["text"], "--lengths", "64"])
+    assert run_cli(*args, "--json", "-q", "--cache-dir", cache) == 0
+    capsys.readouterr()
+    [file] = cache.glob(f"{kind}-*.jsonl")
+    lines = file.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["record"]["hit" if kind == "passkey" else "nll"] = "no"
+    file.write_text("\n".join([lines[0], json.dumps(entry)] + lines[2:]) + "\n")
+    _refused(capsys, tmp_path / "res", *args, "--cache-dir", cache, mentions=(f"{file.name}:2",))
+
+
+def test_eval_out_inside_a_model_or_its_output_folder_is_refused(models, capsys):
+    """Before: `eval … -o` inside the ropeconv output holding the model evaluated put ppl.json, ppl.png and cache/
+    there, so its manifest no longer listed every file and `extend --force` refused to replace it."""
+    onnx_model = models["onnx"] / "onnx" / "model.onnx"
+    for model, out in ((onnx_model, models["onnx"] / "eval"), (models["hf"], models["hf"] / "eval")):
+        before = sorted(p.name for p in out.parent.iterdir())
+        rc = run_cli("eval", "ppl", model, "--text", models["text"], "--lengths", "64", "-q", "-o", out)
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "-o" in err and ("model" in err or "output" in err), err
+        assert sorted(p.name for p in out.parent.iterdir()) == before

@@ -269,3 +269,23 @@ def test_gguf_base_vocabulary_refused(capsys, tiny_yarn_gguf, tmp_path, case):
     rc = run_cli("extend", base, "--method", "yarn", "--factor", "2", "--rebase", "--no-verify", "-q", "-o", out)
     assert_refused(capsys, rc, out, [], mentions=mentions)
     assert digests(base_dir) == before
+
+
+@pytest.mark.parametrize("vocab", [[["a", 0]], None, {"a": "0"}], ids=["list", "missing", "text-id"])
+def test_a_malformed_vocabulary_is_refused_by_a_gguf_dry_run(byte_level_base, tmp_path, capsys, vocab):
+    """A dry run parses tokenizer.json without loading it in the tokenizers library; a model.vocab that is not an
+    object of integer ids was an AttributeError / KeyError traceback there."""
+    base = Path(shutil.copytree(byte_level_base, tmp_path / "base"))
+
+    def damage(tok):
+        if vocab is None:
+            del tok["model"]["vocab"]
+        else:
+            tok["model"]["vocab"] = vocab
+
+    edit_json("tokenizer.json", damage)(base)
+    before, out = digests(base), tmp_path / "outputs" / "out"
+    out.parent.mkdir()
+    rc = run_cli("extend", base, "--method", "yarn", "--factor", "2", "--to", "gguf", "--dry-run", "-o", out)
+    assert_refused(capsys, rc, out, [], mentions=("model.vocab",))
+    assert digests(base) == before

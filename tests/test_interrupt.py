@@ -338,13 +338,22 @@ def test_a_signal_landing_in_llama_cpps_log_callback_is_raised_when_the_call_ret
     assert run_cli("extend", quant_base, "--method", "yarn", "--factor", "4", "--to", "gguf", "--outtype", "f32",
                    "--no-verify", "-q", "-o", floats) == 0
     [src] = floats.glob("*.gguf")
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))  # while llama.cpp is quantizing
+    from ropeconv import llamacpp_log
+
+    marked, sent = llamacpp_log.native_callback, []
+
+    def signalling(fn):  # the signal is sent from inside the callback llama.cpp calls while it quantizes
+        def callback(*args):
+            if not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)  # its handler runs at the callback's next bytecode
+            return fn(*args)
+        return marked(callback)
+
+    monkeypatch.setattr(llamacpp_log, "native_callback", signalling)
     with handled():
-        timer.start()
-        try:
-            with pytest.raises(Interrupted) as caught:
-                quantize_child.run(quantize_child.Request(str(src), str(tmp_path / "q.gguf"), "q4_k_m"))
-        finally:
-            timer.cancel()
+        with pytest.raises(Interrupted) as caught:
+            quantize_child.run(quantize_child.Request(str(src), str(tmp_path / "q.gguf"), "q4_k_m"))
+    assert sent, "llama.cpp logged nothing while quantizing: the signal was never sent from its callback"
     assert caught.value.signum == signal.SIGTERM
     assert not swallowed, [(u.exc_value, u.object) for u in swallowed]

@@ -201,18 +201,28 @@ def test_save_recipe_into_a_read_only_or_full_folder_is_refused_before_anything_
         assert snapshot(saves) == before and listing(saves) == sorted(before)
 
 
-@pytest.mark.parametrize("where", ["out", "inside-base", "user-file"])
+@pytest.mark.parametrize("where", ["out", "inside-base", "user-file", "holding-out"])
 def test_save_recipe_where_it_cannot_go_is_refused_before_anything_is_published(where, tiny, tmp_path, capsys):
+    """holding-out: -o R/out with --save-recipe R (R absent) made R a folder for the output, published it, then
+    failed to rename the recipe onto that folder: exit 2 after publishing."""
     base = Path(shutil.copytree(tiny, tmp_path / "base"))
     place = tmp_path / "place"
     place.mkdir()
-    out = place / "out"
-    saved = {"out": out, "inside-base": base / "recipe.yaml", "user-file": place / "notes.yaml"}[where]
+    out = place / ("recipe.yaml/out" if where == "holding-out" else "out")
+    saved = {"out": out, "inside-base": base / "recipe.yaml", "user-file": place / "notes.yaml",
+             "holding-out": place / "recipe.yaml"}[where]
     if where == "user-file":
         saved.write_text("my notes\n")
     before, base_before = snapshot(place), digest(base)
     rc = run_cli(*extend_args(base, out, "--save-recipe", saved))
-    assert_refused(capsys, rc, out, sorted(before), mentions=("--save-recipe" if where != "user-file" else "notes",))
+    if where == "holding-out":
+        before_parent = sorted(before)
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "--save-recipe" in err, err
+        assert listing(place) == before_parent  # no recipe.yaml folder, no output inside it
+    else:
+        assert_refused(capsys, rc, out, sorted(before),
+                       mentions=("--save-recipe" if where != "user-file" else "notes",))
     assert snapshot(place) == before and digest(base) == base_before
 
 
@@ -324,3 +334,23 @@ def test_recipe_run_report_that_cannot_be_written_after_publishing_is_not_bad_in
     lines = err.splitlines()
     assert len(lines) == 1 and "was published" in lines[0] and "Traceback" not in err
     assert (out / "manifest.json").is_file()
+
+
+def test_a_set_of_files_is_republished_where_hard_links_are_not_supported(tmp_path, monkeypatch):
+    """Replacing a set of files keeps the earlier ones aside (to put back if a later rename fails) as hard links;
+    on vfat/exFAT and some SMB/FUSE mounts os.link fails (EPERM): before, every re-publication there was exit 2."""
+    from ropeconv.export import staging
+
+    ours = staging.Proof("a test file", "no marker", lambda p: p.read_bytes().startswith(b"ours"))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for round_ in (1, 2):  # the first publishes, the second replaces both
+        with staging.staged_files([(a, ours), (b, ours)], force=True) as (ta, tb):
+            ta.write_bytes(b"ours a%d" % round_)
+            tb.write_bytes(b"ours b%d" % round_)
+        if round_ == 1:
+            def no_links(*args, **kwargs):
+                raise OSError(errno.EPERM, "Operation not permitted")
+
+            monkeypatch.setattr(staging.os, "link", no_links)
+    assert a.read_bytes() == b"ours a2" and b.read_bytes() == b"ours b2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # nothing left aside

@@ -144,7 +144,7 @@ def test_a_non_finite_fitness_ranks_last():
 
     result = evo.evolve(SEEDS, SPACE, sometimes_nan, evo.Settings(population=8, generations=3), seed=0)
     assert math.isfinite(result.best_fitness)
-    assert all(r.fitness == math.inf for r in result.evaluated if r.factors[0] > 1.5)
+    assert all(r.fitness == evo.WORST_FITNESS for r in result.evaluated if r.factors[0] > 1.5)
 
 
 @pytest.mark.parametrize("bad", [dict(n_pairs=0, max_factor=2.0), dict(n_pairs=4, max_factor=0.5),

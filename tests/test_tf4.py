@@ -8,6 +8,7 @@ fail in 4.x, so the check is shown to see what it guards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -136,8 +137,12 @@ def test_verify_runs_both_majors_and_fails_when_4x_reads_it_differently(bases, t
     assert any(b["pass_name"].startswith(tf4.PREFIX) for b in report["bands"])
 
     config = read_json(out / "config.json")
-    del config["original_max_position_embeddings"]  # what ropeconv wrote before
+    del config["original_max_position_embeddings"]  # what ropeconv wrote before, its manifest recording that file
     (out / "config.json").write_text(json.dumps(config))
+    manifest = read_json(out / "manifest.json")
+    manifest["files"]["config.json"] = {"sha256": hashlib.sha256((out / "config.json").read_bytes()).hexdigest(),
+                                        "bytes": (out / "config.json").stat().st_size}
+    (out / "manifest.json").write_text(json.dumps(manifest))
     assert run_cli("verify", out, "--tokens", TOKENS, "-q") == 1
     err = capsys.readouterr().err
     assert "parity failed in transformers 4." in err, err

@@ -54,7 +54,7 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
             raise InputError(f"{src.path}: {key} = {str(value)[:40]} is not a positive integer")
         return value
 
-    _check_epsilons(src, a)
+    check_epsilons(src)
     embd = positive_int(f"{a}.embedding_length")
     heads = positive_int(f"{a}.attention.head_count")
     head_dim = positive_int(f"{a}.attention.key_length", embd // heads)
@@ -89,9 +89,11 @@ def read_gguf_scheme(src: GgufFile) -> RopeScheme:
     )
 
 
-def _check_epsilons(src: GgufFile, arch_name: str) -> None:
+def check_epsilons(src: GgufFile) -> None:
     """A norm epsilon llama.cpp's loader takes and its graph aborts on (GGML_ASSERT(eps >= 0.0f), exit 134), or one
-    that divides a zero row by zero: each must be a finite number > 0 (families/parts.eps, for config.json)."""
+    that divides a zero row by zero: each must be a finite number > 0 (families/parts.eps, for config.json). Checked
+    for a GGUF base and, by the llama.cpp runtime, for every GGUF before llama.cpp loads it (verify, eval)."""
+    arch_name = src.arch
     for key in (f"{arch_name}.attention.layer_norm_rms_epsilon", f"{arch_name}.attention.layer_norm_epsilon"):
         value = scalar(src, key)
         if value is not None and (not isinstance(value, float) or not 0 < value < math.inf):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Sequence
 
 import click
 
@@ -74,12 +75,24 @@ def _pick_device(device: str):
     return pick_device(device)
 
 
-def _prepare_out(out: Path | None, name: str) -> None:
-    """-o checked before any work: a folder (made when there is something to write), whose results may be placed."""
+def _prepare_out(out: Path | None, name: str, models: Sequence[Path], text: Path | None = None) -> None:
+    """-o checked before any work: a folder (made when there is something to write), whose results may be placed,
+    neither a model evaluated, nor inside one or inside the ropeconv output holding it (its manifest would no longer
+    list every file, and `extend --force` would refuse to replace it), nor the --text."""
     if out is None:
         return
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {out}: exists and is not a directory")
+    from ropeconv.export.staging import overlap_refusal
+
+    inputs = [("model", Path(m)) for m in models] + ([("--text", Path(text))] if text is not None else [])
+    for m in models:  # OUT/x.gguf and OUT/onnx/model.onnx belong to the output folder OUT
+        holder = next((p for p in list(Path(m).absolute().parents)[:2] if (p / "manifest.json").is_file()), None)
+        if holder is not None:
+            inputs.append(("ropeconv output", holder))
+    reason = overlap_refusal(out, inputs)
+    if reason:
+        raise InputError(f"-o {reason}")
     from ropeconv.eval.publish import check
 
     check(out, name)
@@ -125,7 +138,7 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
     if trials < 1:
         raise InputError("--trials must be at least 1")
     ref = rt.resolve(model, runtime)
-    _prepare_out(out, "passkey")
+    _prepare_out(out, "passkey", [model])
     if out is not None:
         plots.require()
     dev = _pick_device(device)
@@ -139,7 +152,8 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
         key = {"kind": "passkey", "model_hash": rt.model_hash(ref), "runtime": ref.runtime, "device": dev.type,
                "seed": seed, "depths": depth_grid or "random", "template": pk.TEMPLATE,
                "max_new_tokens": pk.MAX_NEW_TOKENS}
-        cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "passkey", key)
+        cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "passkey", key,
+                                      check=lambda r: cache_mod.fields_problem(r, pk.RECORD_FIELDS))
         specs = pk.trial_specs(length_list, trials, depth_grid)
         done = cache.done()
         cached = sum(s.id in done for s in specs)
@@ -211,7 +225,7 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
         raise InputError("--stride must be positive")
     text = _ppl_text(text_path, length_list[-1], stride)
     refs = [rt.resolve(m, runtime) for m in models]
-    _prepare_out(out, "ppl")
+    _prepare_out(out, "ppl", models, text_path)
     if out is not None:
         plots.require()
     dev = _pick_device(device)
@@ -234,7 +248,8 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
             ids = runtime_.tokenize_plain(text)
             key = {"kind": "ppl", "model_hash": rt.model_hash(ref), "runtime": ref.runtime, "device": dev.type,
                    "text_sha256": text_sha, "stride": stride, "protocol": "yarn-v1"}
-            cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "ppl", key)
+            cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "ppl", key,
+                                          check=lambda r: cache_mod.fields_problem(r, ppl_mod.RECORD_FIELDS))
             for L in length_list:
                 record = cache.get(str(L))
                 if record is None:

@@ -117,8 +117,8 @@ def _shape_options(kind: str):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def finetune() -> None:
     """Fine-tune a base for an extended context; writes a PEFT LoRA adapter (needs ropeconv[finetune]). Runs as
-    one process, or under `accelerate launch` / `torchrun` as many (data parallel; FSDP or DeepSpeed from
-    accelerate's config file)."""
+    one process, or under `accelerate launch` / `torchrun` as many (data parallel; FSDP from accelerate's config
+    file; a DeepSpeed config is refused)."""
 
 
 @finetune.command(epilog=POSE_EPILOG)

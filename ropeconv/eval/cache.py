@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError
@@ -25,6 +25,23 @@ from ropeconv.inputfile import open_regular
 MAX_FILE_BYTES = 256 << 20
 MAX_LINE_BYTES = 1 << 20  # a search record is ~1.5 KB at 64 rotary pairs
 MAX_ENTRIES = 200_000
+
+
+def whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def number(value: Any) -> bool:  # finite already: the cache reads through ropeconv.jsontext
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def fields_problem(record: dict, fields: Mapping[str, Callable[[Any], bool]]) -> str | None:
+    """The first of `fields` (name → what its value must satisfy) a cached record breaks, as one clause; the
+    `check` of a cache whose records are plain typed fields (passkey trials, perplexities)."""
+    for name, ok in fields.items():
+        if not ok(record.get(name)):
+            return f"{name} {str(record.get(name))[:40]!r} is not what this record holds"
+    return None
 
 
 def default_dir() -> Path:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ropeconv.errors import InputError
+from ropeconv.eval.cache import number, whole
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
         "I will quiz you about the important information there.")
@@ -187,6 +188,12 @@ def run_trial(runtime, spec: TrialSpec, seed: int, depths: Sequence[float] | Non
     return {"id": spec.id, "length": spec.length, "trial": spec.trial, "tokens": n_tokens, "depth": depth,
             "n_garbage": prompt.n_garbage, "n_prefix": prompt.n_prefix, "key": key, "output": output,
             "answer": first_integer(output), "hit": score(output, key)}
+
+
+# what summarize() and the report read of a cached trial (eval.cache checks it on reading)
+RECORD_FIELDS = {"length": lambda v: whole(v) and v > 0, "trial": whole, "tokens": whole,
+                 "depth": lambda v: number(v) and 0 <= v <= 1, "key": whole, "output": lambda v: isinstance(v, str),
+                 "hit": lambda v: isinstance(v, bool)}
 
 
 def depth_bins(records: list[dict], depths: Sequence[float] | None, n_bins: int = 5) -> list[tuple[str, list]]:

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ropeconv.errors import InputError
+from ropeconv.eval.cache import number, whole
 
 
 def window_tokens(length: int, bos_id: int | None) -> int:
@@ -60,6 +61,13 @@ def windows(n: int, width: int, stride: int | None) -> list[tuple[int, int, int]
         if end == n:
             break
     return out
+
+
+# what the report and the plot read of a cached perplexity (eval.cache checks it on reading)
+RECORD_FIELDS = {"length": lambda v: whole(v) and v > 0, "tokens": lambda v: whole(v) and v > 0,
+                 "windows": lambda v: whole(v) and v > 0, "nll": lambda v: number(v) and v >= 0,
+                 "ppl": lambda v: number(v) and v > 0, "nll_tokens": lambda v: number(v) and v >= 0,
+                 "ppl_tokens": lambda v: number(v) and v > 0, "mode": lambda v: isinstance(v, str)}
 
 
 def perplexity(text_ids: list[int], length: int, logprobs: Callable[[list[int]], np.ndarray],

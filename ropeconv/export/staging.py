@@ -492,8 +492,15 @@ def _publish_files(pairs: list[tuple[Path, Path]]) -> None:
 
 
 def _link_aside(path: Path) -> Path:
+    """A hidden sibling holding `path`'s current bytes, to put back if a later rename of the set fails: a hard link,
+    or on a filesystem without them (vfat, exFAT, some SMB/FUSE mounts) a copy."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
     os.close(fd)
     os.unlink(name)
-    os.link(path, name)
+    try:
+        os.link(path, name)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        shutil.copy2(path, name)
     return Path(name)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.finite import check_tensor
 from ropeconv.formats.base import Format, Note, Writer
+from ropeconv.interrupts import raise_if_interrupted
 
 Step = Callable[[int, int], None]  # (bytes read so far, total bytes)
 
@@ -27,6 +28,7 @@ def stream(ckpt: Checkpoint, writers: Sequence[Writer], step: Step = lambda done
     total, done = ckpt.total_bytes, 0
     try:
         for entry in ckpt.tensors:
+            raise_if_interrupted()  # a signal swallowed in native code or a __del__: stop streaming, not at the end
             merged = ckpt.lora is not None and ckpt.lora.touches(entry.name)
             check_tensor(entry, source, " (with the LoRA merged)" if merged else "")
             for writer in writers:

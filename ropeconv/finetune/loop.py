@@ -1,5 +1,5 @@
 """The training loop PoSE and segments share, on accelerate: one process, or many under `accelerate launch` /
-`torchrun` (data parallel; FSDP or DeepSpeed from accelerate's own config file).
+`torchrun` (data parallel; FSDP from accelerate's own config file; DeepSpeed is refused, see `refuse_deepspeed`).
 
 accelerate owns the distributed parts: the process group, the wrapping (DDP/FSDP), mixed precision, gradient
 accumulation (`accumulate` + `backward`), the gradient all-reduce, and the checkpoints (`save_state`/`load_state`).
@@ -7,9 +7,14 @@ What ropeconv adds:
   - the global batch of a step is drawn from (seed, step) alone (ropeconv.finetune.batches); process r takes its
     slice, in micro-batches of `micro_batch` samples; so the loss is the mean over the global batch whatever the
     number of processes, and a resumed run draws what an uninterrupted one draws;
-  - checkpoints hold the adapter's weights only (a save-state hook), the optimizer, the schedule and the RNGs;
+  - checkpoints hold the adapter's weights only (a save-state hook), the optimizer and accelerate's RNG record;
     each is written to `step-NNNNNN.partial` and renamed to `step-NNNNNN` once every process is done, so a kill
-    leaves the last complete checkpoint, which `--resume` continues from.
+    leaves the last complete checkpoint, which `--resume` continues from. The learning-rate schedule is not saved:
+    it is a function of the step, rebuilt at the resumed step (accelerate would pickle a registered scheduler and
+    load it with weights_only=False). Everything load_state reads here goes through torch.load(weights_only=True)
+    or safetensors (under FSDP, torch.distributed.checkpoint also reads its `.metadata` with pickle);
+  - checkpoints are taken on step boundaries only, so a resume restarts accelerate's micro-batch counter at 0: the
+    accumulation then syncs at this run's micro-batches even when --micro-batch or the process count changed.
 """
 
 from __future__ import annotations
@@ -68,25 +73,51 @@ class LoopResult:
 def make_accelerator(device: str, precision: str, global_batch: int, micro_batch: int):
     """The Accelerator for this process group, with gradient accumulation sized so that
     processes × micro_batch × accumulation = global_batch (refused when it does not divide)."""
-    import torch
     from accelerate import Accelerator, PartialState
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible to this process")
-    cpu = device == "cpu" or not torch.cuda.is_available()
-    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+    refuse_deepspeed("DEEPSPEED" if _env_true("ACCELERATE_USE_DEEPSPEED") else "NO")  # before accelerate imports it
+    kind, mixed = resolve_run(device, precision)
+    cpu = kind == "cpu"
+    if cpu and _env_true("ACCELERATE_USE_FSDP"):
         raise InputError("FSDP runs on GPUs only (accelerate shards over CUDA/XPU/… devices, never the CPU's gloo "
                          "group); on the CPU launch without the FSDP config for data parallel")
-    mixed = resolve_precision(precision, cuda=not cpu)
     state = PartialState(cpu=cpu)
     try:
         accumulation = accumulation_steps(global_batch, micro_batch, state.num_processes)
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=accumulation,
+                                  step_scheduler_with_optimizer=False)
+        refuse_deepspeed(accelerator.distributed_type.value)
     except InputError:
         if state.num_processes == 1:
             release_state()
         raise
-    return Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=accumulation,
-                       step_scheduler_with_optimizer=False)
+    return accelerator
+
+
+DEEPSPEED_REFUSED = (
+    "DeepSpeed is not supported by ropeconv finetune (it needs a DataLoader in prepare, its config's gradient "
+    "accumulation overrides --batch/--micro-batch, and ZeRO-3 cannot gather the adapter); shard with FSDP instead: "
+    "accelerate launch --config_file ropeconv/finetune/configs/fsdp.yaml …")
+
+
+def refuse_deepspeed(distributed_type: str) -> None:
+    """DeepSpeed through accelerate is refused before any work: prepare(model, optimizer) without a DataLoader
+    raises under its "auto" micro-batch, its gradient_accumulation_steps overrides ropeconv's, and ZeRO-3's
+    get_state_dict raises. FSDP is the supported sharding."""
+    if str(distributed_type).upper() == "DEEPSPEED":
+        raise InputError(DEEPSPEED_REFUSED)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"  # as accelerate reads its ACCELERATE_USE_* flags
+
+
+def end_process_group(accelerator) -> None:
+    """Destroy the process group this run joined (accelerate's end_training), when one was initialized."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        accelerator.end_training()
 
 
 def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
@@ -98,6 +129,16 @@ def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
         raise InputError(f"--micro-batch {micro} must divide each process's share of the global batch, {share} "
                          f"(--batch {global_batch} over {world} processes)")
     return share // micro
+
+
+def resolve_run(device: str, precision: str) -> tuple[str, str]:
+    """(the device type, accelerate's mixed_precision) this process would train with: what a resume must repeat."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible to this process")
+    cuda = device != "cpu" and torch.cuda.is_available()
+    return ("cuda" if cuda else "cpu"), resolve_precision(precision, cuda=cuda)
 
 
 def resolve_precision(precision: str, *, cuda: bool) -> str:
@@ -134,7 +175,8 @@ def train(accelerator, model, spec: LoopSpec, draw: Callable[[int], Sequence[Sam
     schedule = get_scheduler(SCHEDULES[spec.schedule], optimizer, num_warmup_steps=spec.warmup_steps,
                              num_training_steps=spec.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(schedule)  # stepped by hand: once per optimizer step, any world size
+    # the schedule is stepped by hand, once per optimizer step, and never registered for checkpointing (accelerate
+    # would pickle it and load it with weights_only=False): a resume rebuilds it at the resumed step instead
     _register_adapter_hooks(accelerator)
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -143,6 +185,7 @@ def train(accelerator, model, spec: LoopSpec, draw: Callable[[int], Sequence[Sam
     first = 1
     if spec.resume:
         first, losses = resume(accelerator, spec.checkpoint_dir)
+        advance_schedule(schedule, first - 1)
         progress.note(f"resumed from step {first - 1} ({spec.checkpoint_dir})")
     model.train()
     every = max(1, spec.steps // 10)
@@ -215,6 +258,16 @@ def _register_adapter_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load)
 
 
+def advance_schedule(schedule, steps: int) -> None:
+    """The schedule as it stands after `steps` optimizer steps (it is a function of the step alone)."""
+    import warnings
+
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            schedule.step()
+
+
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:06d}"
 
@@ -254,9 +307,31 @@ def resume(accelerator, directory: Path | None) -> tuple[int, list[float]]:
     if latest is None:
         raise InputError(f"--resume: no complete checkpoint in {directory}")
     step, path = latest
-    accelerator.load_state(str(path))
-    losses = json.loads((path / LOSSES).read_text(encoding="utf-8"))
+    try:
+        losses = json.loads((path / LOSSES).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise _unreadable(path, f"{LOSSES}: {_reason(exc)}") from None
+    if not (isinstance(losses, list) and len(losses) == step
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in losses)):
+        raise _unreadable(path, f"{LOSSES} does not hold the {step} finite losses of steps 1–{step}")
+    try:
+        accelerator.load_state(str(path))
+    except Exception as exc:  # torch, safetensors and accelerate raise many kinds for a truncated or foreign file
+        raise _unreadable(path, _reason(exc)) from None
+    # checkpoints are taken on step boundaries: accelerate's restored micro-batch counter counts micro-batches of the
+    # run that saved it (its --micro-batch and process count), so it restarts at 0 for this run's accumulation
+    accelerator.step = 0
     return step + 1, [float(x) for x in losses]
+
+
+def _unreadable(path: Path, why: str) -> InputError:
+    return InputError(f"--resume: checkpoint {path} unreadable ({why}); start over with --force")
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = (text[:160] + "…") if len(text) > 160 else text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- figures

@@ -285,10 +285,13 @@ def _foreign_checkpoints(where: Path) -> str | None:
 
 
 def run_fingerprint(job: FinetuneJob) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (processes and micro-batch may change)."""
+    """What a resumed run must share with the run it continues (processes and micro-batch may change). Device and
+    precision are recorded as this machine resolves them (auto → cuda/cpu, bf16/fp16/no), so a resume in another
+    precision is refused."""
     keys = ("train_ctx", "target_ctx", "sampling", "n_segments", "method", "steps", "max_tokens", "lr",
             "warmup_steps", "schedule", "rank", "alpha", "target_modules", "batch", "seed", "rebase")
     record = {k: getattr(job, k) for k in keys}
+    record["device"], record["precision"] = loop.resolve_run(job.device, job.precision)
     record.update(base=str(Path(job.base).resolve()), text=str(Path(job.text).resolve()),
                   options=json.loads(json.dumps(dict(job.options), default=str)),
                   target_modules=list(job.target_modules))
@@ -461,8 +464,11 @@ def run(job: FinetuneJob, progress: Progress | None = None) -> FinetuneResult:
         with target_lock(Path(job.out)):  # the whole run: a second run to this -o is refused, not raced
             return _run(prepared, accelerator, progress)
     finally:
-        if accelerator.num_processes == 1:
-            loop.release_state()
+        try:
+            loop.end_process_group(accelerator)  # the process group, when this run joined one
+        finally:
+            if accelerator.num_processes == 1:
+                loop.release_state()
 
 
 def _run(prepared: Prepared, accelerator, progress: Progress) -> FinetuneResult:
@@ -502,7 +508,14 @@ def _run(prepared: Prepared, accelerator, progress: Progress) -> FinetuneResult:
                   f"{accelerator.mixed_precision}")
     rule = sample_rule(job)
     draw = partial(global_batch, job.seed, documents=prepared.documents, size=job.batch, rule=rule)
-    model, trained = loop.train(accelerator, model, spec, draw, progress, forward_loss)
+    try:
+        model, trained = loop.train(accelerator, model, spec, draw, progress, forward_loss)
+    except BaseException:
+        # a fresh run that dies before its first complete checkpoint (prepare, the first steps, a signal) leaves
+        # nothing to resume: its folder (run.json alone) would only block the retry, so it goes
+        if accelerator.is_main_process and not job.resume and loop.latest_checkpoint(checkpoints) is None:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
 
     state = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers the shards)
     record = rope_record(prepared)

@@ -192,14 +192,14 @@ def _in_child(request: quantize_child.Request) -> tuple[int, str]:
     package_root = str(Path(ropeconv.__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-    child = subprocess.Popen([sys.executable, "-m", quantize_child.__name__, str(os.getpid())], env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = child.communicate(payload)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    with subprocess.Popen([sys.executable, "-m", quantize_child.__name__, str(os.getpid())], env=env,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        try:  # leaving the block closes the child's pipes, whatever ended the wait
+            out, err = child.communicate(payload)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     try:
         result = json.loads(out)
         return int(result["status"]), str(result["reason"])

@@ -51,7 +51,7 @@ def tokenizer_kind(tok: TokenizerFiles) -> TokenizerKind:
     no token list)."""
     tok_json = tok.tokenizer_json
     if tok_json is not None and _is_byte_level(tok_json):
-        _check_dense_ids(tok.path / "tokenizer.json", tok_json["model"]["vocab"])
+        _check_dense_ids(tok.path / "tokenizer.json", tok_json["model"].get("vocab"))
         return TokenizerKind("bpe", "gpt2", byte_level_pre(tok_json))
     if tok.sentencepiece:
         return TokenizerKind("spm", "llama", None)
@@ -63,7 +63,10 @@ def tokenizer_kind(tok: TokenizerFiles) -> TokenizerKind:
 
 def _check_dense_ids(path: Path, vocab: Mapping[str, int]) -> None:
     """A GGUF holds one token per id, ids 0..N-1; the tokenizers library also takes a vocabulary with gaps or with
-    two tokens on one id, which a GGUF cannot carry."""
+    two tokens on one id, which a GGUF cannot carry. A dry run reaches this with tokenizer.json parsed but not yet
+    loaded by the tokenizers library, so the vocabulary's shape is checked here too."""
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
+        raise InputError(f"{path}: model.vocab must be an object mapping each token to an integer id")
     owner: dict[int, str] = {}
     for token, token_id in vocab.items():
         if token_id in owner:
@@ -180,6 +183,8 @@ def _flatten(node: Any) -> list[dict[str, Any]]:
 def _is_byte_level(tok_json: dict[str, Any]) -> bool:
     model = tok_json.get("model") or {}
     decoder = tok_json.get("decoder") or {}
+    if not isinstance(model, dict) or not isinstance(decoder, dict):
+        return False
     return model.get("type") == "BPE" and not model.get("byte_fallback") and decoder.get("type") == "ByteLevel"
 
 

@@ -80,9 +80,10 @@ def recipe_text(job, file: Path, max_shard_size: str) -> str:
     if not file.parent.is_dir():
         raise InputError(f"--save-recipe {file}: its folder does not exist")
     refuse_special(file, "--save-recipe")
-    reason = overlap_refusal(file, [("output", job.out), ("base", job.base)])
+    reason = overlap_refusal(file, [("output", job.out), ("base", job.base)]) \
+        or overlap_refusal(job.out, [("--save-recipe path", file)])  # -o R/out would make R a folder first
     if reason:
-        raise InputError(f"--save-recipe {reason}")
+        raise InputError(reason if "--save-recipe" in reason else f"--save-recipe {reason}")
     return HEADER + yaml.safe_dump(data, sort_keys=False)
 
 

@@ -20,6 +20,8 @@ import numpy as np
 
 from ropeconv import __version__
 from ropeconv.errors import InputError
+from ropeconv.interrupts import raise_if_interrupted
+from ropeconv.eval.cache import number
 from ropeconv.eval.text import Text, read_text
 from ropeconv.methods.base import ExtendRequest, Lengths, resolve_lengths
 from ropeconv.positions import RopeScheme
@@ -283,17 +285,13 @@ def fitness_record_problem(record: dict) -> str | None:
     (eval.cache reads through ropeconv.jsontext); a candidate that scored no finite perplexity is cached as
     evolution.WORST_FITNESS with a null nll."""
     ppl, nll, tokens = record.get("ppl"), record.get("nll", ""), record.get("tokens")
-    if not (_is_number(ppl) and ppl > 0):
+    if not (number(ppl) and ppl > 0):
         return f"ppl {ppl!r} is not a perplexity (a number > 0)"
-    if not (_is_number(nll) and nll >= 0 or nll is None and ppl == evo.WORST_FITNESS):
+    if not (number(nll) and nll >= 0 or nll is None and ppl == evo.WORST_FITNESS):
         return f"nll {nll!r} is not a negative log-likelihood (a number ≥ 0; null only with the worst ppl)"
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         return f"tokens {tokens!r} is not a token count"
     return None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_found(result: evo.SearchResult | None, phase: Phase, space: evo.SearchSpace) -> None:
@@ -312,6 +310,7 @@ def _fitness(phase: Phase, cache, plan_of: Callable, scorer) -> Callable[[np.nda
     def fitness(factors: np.ndarray) -> float:
         record_id = evo.key(factors)
         record = cache.get(record_id)
+        raise_if_interrupted()  # a signal swallowed in a __del__ stops the search here, not after every generation
         if record is None:
             publish.refuse_link(cache.path)  # before the first value is computed, and before each append
             record = scorer.perplexity(plan_of(factors), phase.length)

@@ -37,7 +37,9 @@ from typing import Any
 
 import torch
 
+from ropeconv.checkpoint.gguf_scheme import check_epsilons
 from ropeconv.errors import InputError
+from ropeconv.gguf_io.reader import read_gguf
 # llama.cpp's log, captured: shared with the quantizer (gguf_export), which sits below parity
 from ropeconv.llamacpp_log import captured_log as _captured_log
 from ropeconv.llamacpp_log import first_error as _first_error
@@ -104,6 +106,7 @@ def load(artifact: Path, device: torch.device, n_ctx: int, **llama_kwargs) -> Ll
     """
     llama_cpp = _import_llama_cpp()
     path = _gguf_file(artifact)
+    check_epsilons(read_gguf(path))  # a negative epsilon aborts the process inside llama.cpp's graph (exit 134)
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be positive, got {n_ctx}")
     threads = os.cpu_count() or 1
