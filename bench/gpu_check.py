@@ -9,7 +9,7 @@ work/gpu-check/report.md (and $OUT/report.md when the device tool runs it).
    carries, so on the device tool's machine this step says why it was skipped);
 4. the ×4 passkey sweep in transformers on CUDA: 16k, 24k, 32k tokens, 5 trials each (and the unscaled base
    at the same lengths, for contrast, when time is left);
-5. bench.scale_bench's per-layer cost of Llama-8B and 70B-shaped layers on the GPU (the README's GPU row);
+5. bench.scale_bench's per-layer cost of Llama-8B and 70B-shaped layers on the GPU (the GPU row of docs/parity-and-scale.md's per-layer table);
 6. (before 4) a short one-GPU fine-tune: `finetune segments` on SmolLM2 at train-ctx 2k (tokens/s, peak GPU
    memory), and 5 fp32 steps plain vs under accelerate's FSDP (one process), which must agree within 1e-5 (FSDP
    cannot run on the CPU, so this is where its code path is proven; one process shards nothing, and the 2-GPU

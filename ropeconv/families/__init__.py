@@ -1,7 +1,7 @@
 """Family registry: every module in this package that defines FAMILY is an architecture family.
 
 Adding a family is one file here, ropeconv/families/<model_type>.py with `FAMILY = Family(...)` (see
-spec.Family and the README's "Adding a family"): the config reader, the shape check, both exporters, the
+spec.Family and docs/developing.md's "Adding a family"): the config reader, the shape check, both exporters, the
 capability matrix and the tests' matrices read the views below, built from the files found (pkgutil over this
 package, sorted by name). spec.py (the record's types) and parts.py (parts several families share) are not
 families.
