@@ -31,7 +31,7 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
 RECIPE_ARGS ?=
 
-.PHONY: install tf4 demo test bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
+.PHONY: install tf4 demo test lint bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
 
 install: $(STAMP)
 
@@ -91,8 +91,12 @@ eval-demo: install $(SMOL)/config.json
 	$(PY) -m bench.eval_demo --work $(WORK)
 
 # ROPECONV_REQUIRE_TF4: the tests that run transformers 4.x fail instead of skipping when it is missing
-test: install tf4
+test: install tf4 lint
 	ROPECONV_TF4_PYTHON=$(abspath $(VENV4))/bin/python ROPECONV_REQUIRE_TF4=1 $(PY) -m pytest -q -ra
+
+# the lint gate (rules in pyproject.toml's [tool.ruff]); `make test` runs it before the suite
+lint: install
+	$(VENV)/bin/ruff check ropeconv tests bench
 
 bench: install
 	$(PY) -m bench.speed_bench --work $(WORK)/bench

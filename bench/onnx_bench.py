@@ -71,7 +71,6 @@ def timed(fn, runs: int, sync=lambda: None) -> float:
 def torch_latency(model, ids: torch.Tensor, decode: int, runs: int, device: str) -> tuple[float, float]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     ids = ids.to(device)
-    n = ids.shape[1]
     prefill = timed(lambda: model(input_ids=ids, use_cache=True), runs, sync)
 
     def decode_loop():

@@ -81,7 +81,7 @@ def bench_startup(cmds: dict[str, list[str]], runs: int) -> list[dict]:
     # as an installed package starts (pip compiles its .pyc): a PYTHONDONTWRITEBYTECODE in the bench's environment
     # would have every run compile ~100 modules from source (~0.07 s here) and the warm-up below warm nothing
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for label, cmd in cmds.items():  # one untimed run each: the first import compiles .pyc files
+    for cmd in cmds.values():  # one untimed run each: the first import compiles .pyc files
         time_child(cmd, env)
     for r in range(runs):
         for label in list(cmds) if r % 2 == 0 else list(reversed(cmds)):

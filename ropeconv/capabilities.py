@@ -16,7 +16,7 @@ def _gguf_note() -> str:
     from ropeconv.families import GGUF_ARCHS, GGUF_LAYOUTS as LAYOUTS
     from ropeconv.formats import GGUF_OUTTYPES as OUTTYPES, GGUF_QUANT_TYPES as QUANT_TYPES
 
-    converted = ", ".join(f"{m} → {l.arch}" for m, l in LAYOUTS.items())
+    converted = ", ".join(f"{m} → {layout.arch}" for m, layout in LAYOUTS.items())
     freqs = ", ".join(a.name for a in GGUF_ARCHS.values() if a.reads_rope_freqs)
     longrope = ", ".join(a.name for a in GGUF_ARCHS.values() if a.longrope)
     return (

@@ -161,7 +161,7 @@ def test_a_key_the_family_leaves_to_its_class_reads_as_missing():
     assert getattr(view, "scale_attn_weights", "absent") == "absent"
     assert view.attn_config.clip_qkv == 2.0 and getattr(view.attn_config, "qk_ln", None) is None
     with pytest.raises(AttributeError):
-        view.num_key_value_heads
+        view.num_key_value_heads  # noqa: B018 - the attribute read is the test
 
 
 def _gguf_header(monkeypatch, base: Path, out: Path) -> str | list:

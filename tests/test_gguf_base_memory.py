@@ -4,7 +4,6 @@ built that way — refused in one line before anything is written, not a Runtime
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -132,7 +132,8 @@ def test_converted_tensors_are_the_torch_cast_of_the_reordered_source(bases, tmp
     # reads of 3 rows of 64 half floats: chunks split plain tensors and group whole heads of pairs
     monkeypatch.setattr(convert, "READ_CHUNK_BYTES", 3 * 64 * 2)
     for torch_path in ("_convert", "_cast_chunks"):  # every tensor here is the numpy path's (or a byte copy)
-        monkeypatch.setattr(convert.GgufConversion, torch_path, lambda *a: pytest.fail(f"{torch_path} used"))
+        monkeypatch.setattr(convert.GgufConversion, torch_path,
+                            lambda *a, name=torch_path: pytest.fail(f"{name} used"))
     out = tmp_path / "out"
     assert run_cli("extend", base, "--method", "linear", "--factor", "2", "--to", "gguf", "--outtype", outtype,
                    "--no-verify", "-q", "-o", out) == 0

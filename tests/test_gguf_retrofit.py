@@ -3,7 +3,6 @@ in llama.cpp against transformers, and each exact GGUF cell fails once its decla
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
