@@ -6,15 +6,17 @@ import functools
 
 from ropeconv import methods
 from ropeconv.families import ARCHS
-from ropeconv.methods.base import Cell, Support
 from ropeconv.formats import FORMATS
+from ropeconv.methods.base import Cell, Support
 
 _NOT_YET = Cell(Support.REFUSED, "no exporter for this format yet")
 
 
 def _gguf_note() -> str:
-    from ropeconv.families import GGUF_ARCHS, GGUF_LAYOUTS as LAYOUTS
-    from ropeconv.formats import GGUF_OUTTYPES as OUTTYPES, GGUF_QUANT_TYPES as QUANT_TYPES
+    from ropeconv.families import GGUF_ARCHS
+    from ropeconv.families import GGUF_LAYOUTS as LAYOUTS
+    from ropeconv.formats import GGUF_OUTTYPES as OUTTYPES
+    from ropeconv.formats import GGUF_QUANT_TYPES as QUANT_TYPES
 
     converted = ", ".join(f"{m} → {layout.arch}" for m, layout in LAYOUTS.items())
     freqs = ", ".join(a.name for a in GGUF_ARCHS.values() if a.reads_rope_freqs)
@@ -31,7 +33,8 @@ def _gguf_note() -> str:
 
 
 def _onnx_note() -> str:
-    from ropeconv.families import GENAI_TYPES, ONNX_LAYOUTS as LAYOUTS
+    from ropeconv.families import GENAI_TYPES
+    from ropeconv.families import ONNX_LAYOUTS as LAYOUTS
 
     no_genai = ", ".join(m for m in LAYOUTS if m not in GENAI_TYPES)
     rope = ", ".join(m for m in LAYOUTS if ARCHS[m].position == "rope")
@@ -150,7 +153,7 @@ def family_cells(fmt: str, position: str | None = None) -> list[tuple[str, str]]
             for m in methods.ordered() if family_cell(f, m.NAME, fmt).support is not Support.REFUSED]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sample_plan(family: str, method: str):
     """The method's plan for a model of the family with 16 rotary pairs (head_dim 32 at the family's rotary fraction
     rounded to whole pairs), from 256 to 1024 tokens (llama.cpp's LongRoPE needs an original context of 256 or more),

@@ -12,8 +12,9 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from ropeconv.errors import InputError
 from ropeconv.jsontext import is_utf8, printable

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from ropeconv.interrupts import native_callback, raise_if_interrupted
 

@@ -9,9 +9,10 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import ropeconv
 from ropeconv import jsontext

@@ -16,7 +16,8 @@ such key changes nothing and returns 0.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 KEY = "ropeconv_alibi_scaling"  # {"rule": "static" | "proportional", "original_ctx": L, "factor": s}
 # the block class and the keyword its model passes the bias under

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ropeconv.errors import InputError, RopeconvError
 from ropeconv.formats import FORMATS, checkpoint_format, format_of
-from ropeconv.manifest import (AdapterRecord, ChangedFiles, Manifest, adapter_records, changed_files, describe_changes,
-                               find_manifest, load_manifest)
+from ropeconv.manifest import (
+    AdapterRecord,
+    ChangedFiles,
+    Manifest,
+    adapter_records,
+    changed_files,
+    describe_changes,
+    find_manifest,
+    load_manifest,
+)
 from ropeconv.parity import ParityReport, Tolerance, check_parities
 from ropeconv.positions import plan_from_json
 from ropeconv.progress import Progress
@@ -254,8 +262,8 @@ def _verify_onnx(model: Path, base: Path | None, *, device, tokens, tolerance, p
     """A model.onnx carries its plan and base in metadata_props; the base may also be the output directory
     above it, whose safetensors are byte copies of the base's."""
     from ropeconv.checkpoint.hf import read_config
-    from ropeconv.onnx_export.metadata import read_plan
     from ropeconv.extend.from_hf import vocab_size
+    from ropeconv.onnx_export.metadata import read_plan
     from ropeconv.provenance import BASE_KEY, PLAN_KEY
 
     plan, props = read_plan(model)

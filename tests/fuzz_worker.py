@@ -166,9 +166,9 @@ def check_gguf(path: Path) -> dict:
 
 def plan_retrofit(path: Path) -> str:
     from ropeconv.errors import InputError
-    from ropeconv.methods.base import ExtendRequest
     from ropeconv.extend.from_gguf import prepare as prepare_gguf
     from ropeconv.extend.job import ExtendJob
+    from ropeconv.methods.base import ExtendRequest
 
     job = ExtendJob(base=path, method="yarn", request=ExtendRequest(factor=2.0), out=path.with_name("out.gguf"),
                     formats=("gguf",), rebase=True, verify=False)
@@ -302,9 +302,9 @@ def write_checkpoint(base: Path, dst: Path, rng: random.Random) -> str:
 def check_checkpoint(path: Path) -> dict:
     from ropeconv.checkpoint import load_checkpoint
     from ropeconv.errors import InputError
-    from ropeconv.methods.base import ExtendRequest
     from ropeconv.extend.from_hf import prepare
     from ropeconv.extend.job import ExtendJob
+    from ropeconv.methods.base import ExtendRequest
 
     outcome = {}
     try:
@@ -375,9 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # imported before forking, so each child starts warm and its memory cap measures the case alone
-    import ropeconv.cli.main  # noqa: F401
     import ropeconv.checkpoint.gguf_scheme  # noqa: F401
     import ropeconv.cli.inspect  # noqa: F401
+    import ropeconv.cli.main  # noqa: F401
     import ropeconv.extend.from_gguf  # noqa: F401
     import ropeconv.extend.from_hf  # noqa: F401
     from ropeconv.cli.inspect import inspect

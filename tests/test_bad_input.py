@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
+from safetensors.torch import load_file
 
 N_PAIRS = 8  # tiny llama: head_dim 16, full rotary -> 8 frequency pairs
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from conftest import run_cli
+
 from ropeconv import methods
 from ropeconv.capabilities import format_markdown
 from ropeconv.extend.job import FORMATS

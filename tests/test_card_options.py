@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, run_cli
+
 from ropeconv.gguf_io.reader import read_gguf
 
 

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import add_byte_level_tokenizer, make_tiny, run_cli
+
 from ropeconv.families import FAMILIES, GGUF_LAYOUTS, ONNX_LAYOUTS
 
 # keys dropped from every family's saved config besides those its layout gives defaults for
@@ -113,7 +113,8 @@ def _dry_run_plan(monkeypatch, module, name: str, argv: list, patches=()):
 
 def _planned(monkeypatch, base: Path, out: Path, family: str, reader=None):
     """The ONNX plan a dry run made, or the refusal it raised; reader: in place of the view."""
-    from ropeconv.onnx_export import output, plan as plan_module
+    from ropeconv.onnx_export import output
+    from ropeconv.onnx_export import plan as plan_module
 
     return _dry_run_plan(monkeypatch, output, "plan_onnx",
                          [base, "--method", METHOD[FAMILIES[family].position], "--factor", "2", "--to", "onnx", "-o",

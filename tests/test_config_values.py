@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, run_cli
+
 from ropeconv.checkpoint.config_values import described
 from ropeconv.families import FAMILIES
 from ropeconv.families.spec import BOOL, FLOAT, INT, STR

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, run_cli
+
 from ropeconv.cli.eval import eval_group
 from ropeconv.cli.main import cli
 from ropeconv.eval import passkey as pk
@@ -172,7 +172,7 @@ def test_parse_lengths_and_depths():
 # ------------------------------------------------------------------------------------------ perplexity
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_nll(base: Path, text: str, length: int, stride: int | None) -> float:
     """YaRN's loop written out independently: labels masked with -100, shifted log_softmax cross-entropy on
     AutoModelForCausalLM's logits, window-mean NLL."""

@@ -12,9 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 import ropeconv
-from conftest import TINY
 from ropeconv.families import FAMILIES, FamilyError, build_views, discover
 
 SRC = Path(ropeconv.__file__).parent

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import add_byte_level_tokenizer, make_tiny, run_cli
 from test_finetune_support import cli_json, one_thread  # noqa: F401 (an autouse fixture)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
+
 from ropeconv.finetune.pose import N_CHUNKS, gather, pose_sample
 
 N_CTX, T_CTX = 32, 128  # PoSE window and target; the tiny llama's original context is 64 → factor 2

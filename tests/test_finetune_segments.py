@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import add_byte_level_tokenizer, make_tiny, read_json, run_cli
 from test_finetune_support import cli_json, one_thread  # noqa: F401 (an autouse fixture)
+
 from ropeconv.finetune.batches import global_batch, process_slice
 from ropeconv.finetune.pose import gather
 from ropeconv.finetune.segments import segment_lengths, segments_sample

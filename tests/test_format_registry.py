@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import add_byte_level_tokenizer, listing, read_json, run_cli
+
 from ropeconv.checkpoint import load_checkpoint
 from ropeconv.checkpoint.sources import tensor_bytes
 from ropeconv.export.stream import open_writers, stream

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 HERE = Path(__file__).parent
 GGUF_SEED, GGUF_CASES = 1414, 300
 CHECKPOINT_SEED, CHECKPOINT_CASES = 1415, 200

@@ -10,9 +10,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import (
+    ORIGINAL_CTX,
+    add_byte_level_tokenizer,
+    assert_refused,
+    gguf_tensor_digests,
+    listing,
+    make_tiny,
+    read_json,
+    run_cli,
+)
 
-from conftest import (ORIGINAL_CTX, add_byte_level_tokenizer, assert_refused, gguf_tensor_digests, listing, make_tiny,
-                      read_json, run_cli)
 from ropeconv.parity import tf4
 
 TOKENS = str(4 * ORIGINAL_CTX)

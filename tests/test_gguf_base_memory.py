@@ -4,9 +4,7 @@ built that way — refused in one line before anything is written, not a Runtime
 
 from __future__ import annotations
 
-
 import pytest
-
 from conftest import assert_refused, listing, run_cli
 
 pytest.importorskip("llama_cpp")

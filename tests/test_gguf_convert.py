@@ -8,16 +8,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (
+    ORIGINAL_CTX,
+    TINY,
+    add_byte_level_tokenizer,
+    assert_refused,
+    default_cells,
+    gguf_tensor_digests,
+    listing,
+    make_tiny,
+    read_json,
+    run_cli,
+)
 
-from conftest import (ORIGINAL_CTX, TINY, add_byte_level_tokenizer, assert_refused, default_cells, gguf_tensor_digests,
-                      listing, make_tiny, read_json, run_cli)
 from ropeconv import methods
 from ropeconv.capabilities import family_cell, family_cells
 from ropeconv.families import FAMILIES
-from ropeconv.gguf_io.reader import read_gguf
 from ropeconv.gguf_export.plan import plan_gguf
-from ropeconv.methods.base import ExtendRequest, Support
+from ropeconv.gguf_io.reader import read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
+from ropeconv.methods.base import ExtendRequest, Support
 
 pytest.importorskip("llama_cpp")
 
@@ -452,11 +462,11 @@ def test_phi3_with_a_byte_level_bpe_loads_in_llama_cpp(tmp_path, capsys):
     """A Phi-4-style model (phi3 architecture, byte-level BPE without <unk>, <s>, </s>): llama.cpp applies Phi-3's
     token rules to any model named phi3 and then cannot load the vocabulary, so the name it gets avoids that; the
     GGUF loads, tokenizes as transformers does and is proven. Named phi3 again, the same file does not load."""
+    from gguf import GGUFValueType
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
     from ropeconv.fixtures.tokenizers import PHI4_SPECIALS, add_byte_level_bpe
-    from gguf import GGUFValueType
 
     base = add_byte_level_bpe(make_tiny(tmp_path, "phi3"), **PHI4_SPECIALS)  # folder tiny-phi3
     out = tmp_path / "out"

@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import add_byte_level_tokenizer, make_tiny, run_cli
 from gguf import GGUFReader
 from safetensors.torch import load_file, save_file
 
-from conftest import add_byte_level_tokenizer, make_tiny, run_cli
 from ropeconv.errors import UnsupportedError
-from ropeconv.gguf_export import convert
-from ropeconv.gguf_export import numpy_cast
+from ropeconv.gguf_export import convert, numpy_cast
 from ropeconv.gguf_export.numpy_cast import bf16_to_f16, float32_to_float16
 
 HEADS, HEADS_KV, LAYERS = 4, 2, 2

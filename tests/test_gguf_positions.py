@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, assert_refused, listing, run_cli
+
 from ropeconv.gguf_io.reader import read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
 

@@ -9,9 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (
+    IQ4_NL_LEVELS,
+    ORIGINAL_CTX,
+    add_byte_level_tokenizer,
+    assert_refused,
+    listing,
+    make_tiny,
+    on_quant_grid,
+    read_json,
+    run_cli,
+)
 
-from conftest import (IQ4_NL_LEVELS, ORIGINAL_CTX, add_byte_level_tokenizer, assert_refused, listing, make_tiny,
-                      on_quant_grid, read_json, run_cli)
 from ropeconv.gguf_io.reader import read_gguf
 from ropeconv.gguf_io.writer import rewrite_gguf
 

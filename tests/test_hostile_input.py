@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
+
 from ropeconv.checkpoint import load_checkpoint
 from ropeconv.checkpoint.shapes import ALWAYS, SHAPES
 from ropeconv.errors import InputError

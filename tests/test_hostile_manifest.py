@@ -18,13 +18,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, read_json, run_cli
+
 from ropeconv.errors import InputError
 from ropeconv.manifest import MAX_MANIFEST_BYTES
 from ropeconv.recipe.load import MAX_RECIPE_BYTES
 from ropeconv.sizes import MAX_BYTES, parse_bytes
-
 
 # ----------------------------------------------------------------------------- fixtures and helpers
 

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, run_cli
 
 

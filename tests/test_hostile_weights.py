@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, run_cli
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, run_cli
 from ropeconv.checkpoint import load_checkpoint
 from ropeconv.checkpoint.safetensors_header import read_header
 from ropeconv.checkpoint.sources import SafetensorsSource

@@ -7,13 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+import peft  # noqa: F401  (the oracle; a test dependency, never skipped)
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
-
-import peft  # noqa: F401  (the oracle; a test dependency, never skipped)
+from safetensors.torch import load_file, save_file
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

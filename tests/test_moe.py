@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, make_tiny, read_json, run_cli
+
 from ropeconv.gguf_io.reader import read_gguf
 
 TOKENS = str(4 * ORIGINAL_CTX)

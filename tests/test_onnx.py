@@ -11,9 +11,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
-
 from conftest import ORIGINAL_CTX, assert_refused, default_cells, listing, make_tiny, read_json, run_cli
+from onnx import numpy_helper
+from test_parity_archs import TOKENS
+from test_parity_archs import extend as extend_hf
+
 from ropeconv.archs import ARCHS
 from ropeconv.capabilities import family_cells
 from ropeconv.checkpoint import load_checkpoint
@@ -21,8 +23,7 @@ from ropeconv.onnx_export.layouts import LAYOUTS
 from ropeconv.onnx_export.rotary import default_constants
 from ropeconv.parity.runtimes import ort as ort_runtime
 from ropeconv.positions import RopePlan
-from test_parity_archs import TOKENS
-from test_parity_archs import extend as extend_hf
+
 ROPE_ARCHS = sorted(a for a in LAYOUTS if ARCHS[a].position == "rope")  # ALiBi and tables: test_onnx_positions.py
 # every (family, method) the matrix claims for ONNX (all of them: the graph computes any plan), none aside (no
 # position math to strip; the RoPE families' none cells are not run per family)
@@ -449,7 +450,7 @@ def test_bad_onnx_requests_exit_2_with_one_line_and_write_nothing(bases, tmp_pat
 
 
 def test_verify_of_a_foreign_onnx_is_refused(tmp_path, capsys):
-    from onnx import helper, TensorProto
+    from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

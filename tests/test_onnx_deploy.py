@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
+
 from ropeconv.positions import RopePlan
 
 # One prefill in a fresh process, onnxruntime's arena off so freed buffers are returned, one thread so no

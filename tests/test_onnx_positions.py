@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
 from onnx import numpy_helper
 
-from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
 from ropeconv import methods
 from ropeconv.capabilities import family_cells
 from ropeconv.families import FAMILIES as REGISTRY

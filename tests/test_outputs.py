@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, make_tiny, read_json, run_cli
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from conftest import ORIGINAL_CTX, add_byte_level_tokenizer, make_tiny, read_json, run_cli
 from ropeconv.positions import RopePlan, inv_freq_at
 
 

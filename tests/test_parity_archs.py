@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ORIGINAL_CTX, assert_refused, default_cells, listing, make_tiny, read_json, run_cli
+
 from ropeconv import methods
 from ropeconv.capabilities import family_cell, family_cells
-from ropeconv.families import FAMILIES
 from ropeconv.checkpoint import load_checkpoint
+from ropeconv.families import FAMILIES
 
 TOKENS = str(4 * ORIGINAL_CTX)
 ROPE_ARCHS = sorted(a for a, fam in FAMILIES.items() if fam.position == "rope")  # others: test_positions_alibi_abs

@@ -9,16 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
 from safetensors.torch import load_file, save_file
 
-from conftest import ORIGINAL_CTX, assert_refused, listing, make_tiny, read_json, run_cli
 from ropeconv import methods
 from ropeconv.capabilities import family_cells
 from ropeconv.families import FAMILIES
 from ropeconv.positions import AbsolutePlan
 from ropeconv.positions.absolute import interpolate_rows, resample_table
 from ropeconv.positions.alibi import base_slopes
-
 
 # ---------------------------------------------------------------------------------------------- math
 

@@ -20,11 +20,10 @@ import traceback
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_refused, listing, run_cli
+from test_interrupt import digest
 from test_safety import mounted
 from test_search import SIZES, TARGET, _one_thread, text, tiny  # noqa: F401  (fixtures)
-from test_interrupt import digest
 
 
 def search_args(base: Path, text_path: Path, out: Path, cache: Path, *extra) -> list:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import add_byte_level_tokenizer, make_tiny, read_json, run_cli
+
 from ropeconv.recipe.load import problems_of
 
 ROOT = Path(__file__).resolve().parents[1]

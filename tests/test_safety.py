@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import add_byte_level_tokenizer, listing, read_json, run_cli
 from test_interrupt import Run, digest, ropeconv_cmd
 
@@ -282,9 +281,8 @@ def test_two_runs_started_together_publish_once(base, place):
 
 
 def test_kill_9_mid_write_then_a_clean_run(tmp_path, place, capsys):
-    from test_interrupt import extend_args as slow_args
-
     from conftest import make_tiny
+    from test_interrupt import extend_args as slow_args
 
     slow = make_tiny(tmp_path, "llama", name="slow", num_hidden_layers=4, hidden_size=128, intermediate_size=256)
     out = place / "out"

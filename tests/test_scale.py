@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, run_cli
 from test_memory import ropeconv_cmd
 
@@ -210,13 +209,13 @@ def yarn_out(tmp_path_factory):
 def test_chunked_prefill_equals_one_shot_from_position_0_to_4x(yarn_out, monkeypatch):
     """Reference (transformers with the plan) and onnxruntime, 256 tokens = 4× the original context: chunks of 48
     through the KV cache against one call; the logits are kept in a scratch file (as a long probe's are)."""
+    from ropeconv.extend.from_hf import prepare
+    from ropeconv.extend.job import ExtendJob
+    from ropeconv.methods.base import ExtendRequest
     from ropeconv.parity import logit_rows
     from ropeconv.parity.probe import plan_passes, probe_ids
     from ropeconv.parity.reference import load_reference
     from ropeconv.parity.runtimes import hf, ort
-    from ropeconv.extend.from_hf import prepare
-    from ropeconv.extend.job import ExtendJob
-    from ropeconv.methods.base import ExtendRequest
 
     base, out = yarn_out
     plan = prepare(ExtendJob(base=base, method="yarn", request=ExtendRequest(factor=4), out=out)).plan

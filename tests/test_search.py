@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
+
 from ropeconv.fixtures.tokenizers import CORPUS
 from ropeconv.search import evolution as evo
 

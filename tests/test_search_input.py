@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_refused, listing, make_tiny, run_cli
+from test_search import ORIGINAL, TARGET, _one_thread, text, tiny  # noqa: F401  (the same fixtures: a tiny base)
+
 from ropeconv.errors import InputError
 from ropeconv.eval import cache as cache_mod
 from ropeconv.search import evolution as evo
 from ropeconv.search import limits
-from test_search import ORIGINAL, TARGET, _one_thread, text, tiny  # noqa: F401  (the same fixtures: a tiny base)
 
 
 def search(base: Path, text: Path, out: Path, cache: Path, *extra) -> int:

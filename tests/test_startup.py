@@ -16,7 +16,6 @@ from pathlib import Path
 
 import click
 import pytest
-
 from conftest import add_byte_level_tokenizer, make_tiny, run_cli
 
 HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "llama_cpp", "accelerate", "peft", "safetensors.torch")

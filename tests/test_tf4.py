@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ORIGINAL_CTX, make_tiny, read_json, run_cli
+from test_parity_archs import RUN as ROPE_CELLS
+from test_parity_archs import method_args
+
 from ropeconv import methods
 from ropeconv.archs import ARCHS
 from ropeconv.capabilities import family_cells
@@ -24,8 +26,6 @@ from ropeconv.parity import Tolerance, tf4
 from ropeconv.parity.probe import plan_passes, probe_ids
 from ropeconv.parity.report import compare
 from ropeconv.positions import plan_from_json
-from test_parity_archs import RUN as ROPE_CELLS
-from test_parity_archs import method_args
 
 TOKENS = 2 * ORIGINAL_CTX  # crosses the original context, and with it LongRoPE's switch
 ROPE_ARCHS = sorted(a for a, spec in ARCHS.items() if spec.position == "rope")

@@ -11,8 +11,9 @@ the plans check what they derive from the defaults.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from ropeconv.checkpoint.shapes import resolve_dims, short
 from ropeconv.errors import InputError

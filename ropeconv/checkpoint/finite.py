@@ -11,7 +11,8 @@ buffer, a max), with no float decoding, and works alike for bfloat16, which nump
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ropeconv.checkpoint.safetensors_header import DTYPE_BYTES, TensorEntry
 from ropeconv.errors import InputError
@@ -37,7 +38,7 @@ def checked(dtype: str) -> bool:
     return dtype in NON_FINITE_BITS
 
 
-def first_non_finite(data: "np.ndarray", dtype: str) -> tuple[int, str] | None:
+def first_non_finite(data: np.ndarray, dtype: str) -> tuple[int, str] | None:
     """(element index, "NaN" / "+inf" / "-inf") of the first non-finite element of `data` (the little-endian
     bytes of elements of `dtype`, as uint8), or None when every element is finite."""
     import numpy as np
@@ -68,7 +69,7 @@ def check_tensor(entry: TensorEntry, source, what: str = "") -> None:
         refuse_non_finite(piece, entry.dtype, entry.shape, f"{entry.file}: tensor {entry.name!r}{what}", at)
 
 
-def refuse_non_finite(data: "np.ndarray", dtype: str, shape: tuple[int, ...], where: str, at: int = 0) -> None:
+def refuse_non_finite(data: np.ndarray, dtype: str, shape: tuple[int, ...], where: str, at: int = 0) -> None:
     """InputError("{where} holds NaN at element [i, j]; …") when `data` (bytes at byte `at` of a tensor of this
     dtype and shape) holds a non-finite element."""
     found = first_non_finite(data, dtype)
@@ -93,7 +94,7 @@ def check_file_range(fd: int, offset: int, nbytes: int, dtype: str, shape: tuple
         refuse_non_finite(piece, dtype, shape, where, start)
 
 
-def _pieces(entry: TensorEntry, source) -> Iterator[tuple[int, "np.ndarray"]]:
+def _pieces(entry: TensorEntry, source) -> Iterator[tuple[int, np.ndarray]]:
     """(byte offset, bytes) of the tensor as the writers will read it: its file's bytes read into one reused buffer
     in pieces (mapping the pages instead measured no faster: a page fault per 4 KiB), or a merged or unpickled
     tensor from memory."""

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ropeconv import jsontext
 from ropeconv.archs import ArchSpec, arch_for
 from ropeconv.checkpoint.config_values import check_values
 from ropeconv.checkpoint.position_config import read_position_scheme
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
 from ropeconv.checkpoint.shapes import check_tensors
-from ropeconv.checkpoint.tokenizer import TokenizerFiles, read_tokenizer
 from ropeconv.checkpoint.sources import PickleSource, SafetensorsSource, TensorSource, entry_for
-from ropeconv import jsontext
+from ropeconv.checkpoint.tokenizer import TokenizerFiles, read_tokenizer
 from ropeconv.errors import InputError
 from ropeconv.families import FAMILIES
 from ropeconv.inputfile import check_regular, read_bytes

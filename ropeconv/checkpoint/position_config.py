@@ -3,7 +3,8 @@ an absolute position table, as the architecture table says."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ropeconv.archs import ArchSpec
 from ropeconv.checkpoint.rope_config import read_scheme

@@ -3,12 +3,12 @@ rope_parameters) wrote it."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ropeconv.archs import ARCHS, ArchSpec
 from ropeconv.errors import InputError
-from ropeconv.families.spec import MIN_CONTEXT, check_legacy_agrees
-from ropeconv.families.spec import fixed_layer_thetas, layer_thetas  # noqa: F401 (the readers' names for them)
+from ropeconv.families.spec import MIN_CONTEXT, check_legacy_agrees, fixed_layer_thetas, layer_thetas  # noqa: F401 (the readers' names for them)
 from ropeconv.positions import RopeScheme
 
 _UNSCALED = {None, "default"}

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError
-from ropeconv.jsontext import is_utf8
 from ropeconv.inputfile import open_regular
+from ropeconv.jsontext import is_utf8
 
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,

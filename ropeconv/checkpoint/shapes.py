@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import ast
 import operator
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError

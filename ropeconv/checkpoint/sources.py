@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import mmap
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ropeconv.checkpoint.safetensors_header import DTYPE_BYTES, TensorEntry
 
@@ -18,7 +19,7 @@ COPY_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 @functools.cache
-def torch_dtypes() -> dict[str, "torch.dtype"]:
+def torch_dtypes() -> dict[str, torch.dtype]:
     # torch is imported only when a tensor is touched: a byte-copy extend never needs it (~1.5 s)
     import torch
 
@@ -40,9 +41,9 @@ class ByteSink(Protocol):
 class TensorSource(Protocol):
     def raw(self, entry: TensorEntry) -> bool: ...
 
-    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None: ...
+    def copy_into(self, entry: TensorEntry, out: ByteSink) -> None: ...
 
-    def load(self, entry: TensorEntry) -> "torch.Tensor": ...
+    def load(self, entry: TensorEntry) -> torch.Tensor: ...
 
 
 class SafetensorsSource:
@@ -60,7 +61,7 @@ class SafetensorsSource:
         """The entry's byte range in its file is the tensor: writers may copy it without this source."""
         return True
 
-    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None:
+    def copy_into(self, entry: TensorEntry, out: ByteSink) -> None:
         """Append the tensor's bytes to out, copied by the kernel from this source's open file (EOFError when the
         file ends first)."""
         out.copy(self._fd(entry.file), entry.offset, entry.nbytes)
@@ -98,7 +99,7 @@ class SafetensorsSource:
             except BufferError:  # an array over it is still referenced (by a traceback's frame): unmapped with it
                 pass
 
-    def load(self, entry: TensorEntry) -> "torch.Tensor":
+    def load(self, entry: TensorEntry) -> torch.Tensor:
         import torch
 
         dtype = torch_dtypes()[entry.dtype]
@@ -134,16 +135,16 @@ def copy_range(src: int, dst: int, count: int, offset: int) -> int:
 class PickleSource:
     """A torch pickle loaded with weights_only=True; pickles cannot be streamed, so it lives in memory."""
 
-    def __init__(self, tensors: dict[str, "torch.Tensor"]) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self._tensors = tensors
 
     def raw(self, entry: TensorEntry) -> bool:
         return False
 
-    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None:
+    def copy_into(self, entry: TensorEntry, out: ByteSink) -> None:
         out.write(tensor_bytes(self._tensors[entry.name]))
 
-    def load(self, entry: TensorEntry) -> "torch.Tensor":
+    def load(self, entry: TensorEntry) -> torch.Tensor:
         return self._tensors[entry.name]
 
     def close(self) -> None:
@@ -156,13 +157,13 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def tensor_bytes(tensor: "torch.Tensor") -> bytes:
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
     import torch
 
     return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def entry_for(name: str, tensor: "torch.Tensor", file: Path) -> TensorEntry:
+def entry_for(name: str, tensor: torch.Tensor, file: Path) -> TensorEntry:
     dtype = {v: k for k, v in torch_dtypes().items()}.get(tensor.dtype)
     if dtype is None:
         raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot store")

@@ -16,9 +16,10 @@ Each refusal is one InputError naming the file and what is wrong in it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError

@@ -4,8 +4,8 @@ or llama.cpp), with results cached so that an interrupted sweep resumes."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import click
 

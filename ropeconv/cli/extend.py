@@ -8,16 +8,25 @@ import math
 import click
 
 from ropeconv import methods
-from ropeconv.cli.options import PATH, emit_json, full_length_option, max_memory_option, \
-    method_option_decorators, method_options_for, parse_bytes
+from ropeconv.cli.options import (
+    PATH,
+    emit_json,
+    full_length_option,
+    max_memory_option,
+    method_option_decorators,
+    method_options_for,
+    parse_bytes,
+)
 from ropeconv.cli.report import echo_published
 from ropeconv.errors import InputError
-from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as DTYPES, is_gguf
+from ropeconv.extend.dispatch import run
+from ropeconv.extend.job import ExtendJob, parse_formats
+from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES
+from ropeconv.formats import ONNX_DTYPES as DTYPES
+from ropeconv.formats import is_gguf
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import Tolerance
 from ropeconv.parity.placement import parse_max_memory
-from ropeconv.extend.dispatch import run
-from ropeconv.extend.job import ExtendJob, parse_formats
 from ropeconv.progress import Progress
 
 EPILOG = """\b

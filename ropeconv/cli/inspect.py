@@ -94,8 +94,8 @@ def _inspect_checkpoint(path: Path, as_json: bool) -> int:
 
 def _inspect_onnx(path: Path, as_json: bool) -> int:
     from ropeconv.errors import DamagedPlan, InputError
-    from ropeconv.onnx_export.plan import position_math
     from ropeconv.onnx_export.metadata import read_metadata, read_plan
+    from ropeconv.onnx_export.plan import position_math
     from ropeconv.provenance import ATTENTION_KEY, BASE_KEY, DTYPE_KEY
 
     if not path.is_file():

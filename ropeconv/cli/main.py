@@ -10,14 +10,13 @@ import errno
 import importlib
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
 from ropeconv import __version__
 from ropeconv.errors import RopeconvError
 from ropeconv.interrupts import exit_code, handled, raise_if_interrupted
-
 
 # name → (module, attribute, the command's one-line help). A command's module is imported only when that command
 # runs or shows its help: importing them all pulled torch in (via eval) and cost every command 2-4 s. The help lines
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         restore()
 
 
-def _paths_printable(stream) -> "Callable[[], None]":
+def _paths_printable(stream) -> Callable[[], None]:
     """A path whose bytes are not UTF-8 (os.fsdecode's surrogate escapes) prints as \\xNN instead of raising
     UnicodeEncodeError on a strict stdout (stderr already does this by default)."""
     errors = getattr(stream, "errors", None)

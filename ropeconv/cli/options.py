@@ -7,13 +7,11 @@ from typing import Any
 
 import click
 
-from ropeconv import jsontext
-from ropeconv import methods
+from ropeconv import jsontext, methods
 from ropeconv.errors import InputError
 from ropeconv.inputfile import check_path
 from ropeconv.methods.base import Option
 from ropeconv.sizes import parse_bytes  # noqa: F401  (re-exported: the CLI's size flags)
-
 
 MAX_MEMORY_HELP = ("caps for the transformers models, e.g. cuda:0=20GiB,cpu=12GiB (cuda:N, cuda, cpu, disk); layers "
                    "go over every GPU, then the CPU, then disk beside the output (default: what the machine has)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import click
 
 from ropeconv.cli.options import PATH, emit_json, full_length_option, max_memory_option

@@ -15,7 +15,7 @@ A position with no token before it (the first of a window without BOS) is never 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

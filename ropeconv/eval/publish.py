@@ -8,8 +8,8 @@ previous results, each proven by its content; never a file of the user's, a link
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ropeconv.errors import InputError
 from ropeconv.eval import plots

@@ -15,12 +15,11 @@ Tokenization: ``tokenize`` adds what the model's tokenizer adds by default (BOS 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -268,9 +267,9 @@ class HFRuntime(_HFTokenizer, Runtime):
 
     @_no_grad
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        from ropeconv.parity.probe import LONG_PREFILL, PREFILL_CHUNK
         import torch
 
+        from ropeconv.parity.probe import LONG_PREFILL, PREFILL_CHUNK
         from ropeconv.parity.runtimes.hf import cache_from
 
         model = self.model

@@ -77,7 +77,7 @@ class SafetensorsWriter:
         self._shard = -1
         self.sha256: dict[str, str] = {}  # file name → digest of the bytes written, filled as each file is finished
 
-    def write(self, spec: TensorEntry, source: TensorSource, tensor: "torch.Tensor | None" = None) -> None:
+    def write(self, spec: TensorEntry, source: TensorSource, tensor: torch.Tensor | None = None) -> None:
         """Append a tensor: byte-copied from `source` when `tensor` is None, else from memory."""
         shard_index, expected = self._queue[self._pos]
         if expected.name != spec.name:

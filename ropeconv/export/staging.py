@@ -25,9 +25,9 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from ropeconv.errors import InputError
 from ropeconv.files import kind_of

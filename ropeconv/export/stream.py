@@ -9,8 +9,8 @@ converts it by, so a non-finite weight is refused by name and nothing is publish
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.finite import check_tensor

@@ -25,7 +25,7 @@ def output_entry(plan: PositionPlan, entry: TensorEntry) -> TensorEntry:
     return replace(entry, shape=shape, nbytes=math.prod(shape) * DTYPE_BYTES[entry.dtype])
 
 
-def resampled(plan: PositionPlan, entry: TensorEntry, source) -> "torch.Tensor":
+def resampled(plan: PositionPlan, entry: TensorEntry, source) -> torch.Tensor:
     """The resampled table in the stored dtype (computed in float64, rounded once)."""
     import torch
 

@@ -42,9 +42,9 @@ class GgufPrepared:
     plan: RopePlan
     set_fields: dict[str, tuple]
     drop_keys: frozenset[str]
-    add_tensors: dict[str, "np.ndarray"]
+    add_tensors: dict[str, np.ndarray]
     drop_tensors: frozenset[str] = frozenset()
-    lora: "GgufLora | None" = None  # adapters merged into float tensors
+    lora: GgufLora | None = None  # adapters merged into float tensors
 
 
 def prepare(job: ExtendJob) -> GgufPrepared:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ropeconv import jsontext
+from ropeconv import jsontext, methods
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.export import tokenizer_files
 from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, hub_id_from_path, model_card
 from ropeconv.export.hf_config import extended_config
-from ropeconv.export import tokenizer_files
 from ropeconv.export.staging import staged_dir
 from ropeconv.export.stream import open_writers, stream
 from ropeconv.extend.job import ExtendJob, ExtendResult, gate, job_placement, owner, preflight
@@ -29,7 +29,6 @@ from ropeconv.formats import FORMATS, Format, Planning
 from ropeconv.lora import plan_merge
 from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.manifest import write_manifest
-from ropeconv import methods
 from ropeconv.parity import ParityReport, check_parities
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress

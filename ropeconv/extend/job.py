@@ -9,7 +9,8 @@ from typing import Any
 
 from ropeconv.errors import InputError, ParityError
 from ropeconv.export.staging import check_target
-from ropeconv.formats import FORMATS as REGISTRY, is_gguf
+from ropeconv.formats import FORMATS as REGISTRY
+from ropeconv.formats import is_gguf
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import ParityReport, Tolerance, pick_device
 from ropeconv.parity.placement import Placement, check_fits, parse_max_memory

@@ -2,8 +2,19 @@
 1 + w; embeddings multiplied by sqrt(hidden), GeGLU MLP; llama.cpp's output projection is always the token
 embedding (an untied lm_head is refused there)."""
 
-from ropeconv.families.parts import (COMMON, GEMMA_CONFIG, GEMMA_ONNX, GQA, LLAMA_DIMS, LLAMA_TENSORS, RMS, RMS_VALUES,
-                                     TINY_LLAMA, flag, with_head_dim_default)
+from ropeconv.families.parts import (
+                                     COMMON,
+                                     GEMMA_CONFIG,
+                                     GEMMA_ONNX,
+                                     GQA,
+                                     LLAMA_DIMS,
+                                     LLAMA_TENSORS,
+                                     RMS,
+                                     RMS_VALUES,
+                                     TINY_LLAMA,
+                                     flag,
+                                     with_head_dim_default,
+)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 
 FAMILY = Family(

@@ -2,10 +2,30 @@
 and final logits, queries scaled by query_pre_attn_scalar^-1/2, sliding window on the layers `layer_types` marks
 "sliding_attention". llama.cpp scales queries by 1/sqrt(head_dim) (except for its 46-layer 27B)."""
 
-from ropeconv.families.parts import (COMMON, GEMMA2_VALUES, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS,
-                                     TINY_LLAMA, norm, with_head_dim_default)
-from ropeconv.families.spec import (ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, OnnxLayout, get,
-                                    pattern_layer_types)
+from ropeconv.families.parts import (
+    COMMON,
+    GEMMA2_VALUES,
+    GEMMA_ONNX,
+    GQA,
+    LLAMA_DIMS,
+    LLAMA_TENSORS,
+    RMS,
+    TINY_LLAMA,
+    L,
+    norm,
+    with_head_dim_default,
+)
+from ropeconv.families.spec import (
+    ArchSpec,
+    Family,
+    FamilyShapes,
+    GgufArchSpec,
+    GgufLayout,
+    Hparam,
+    OnnxLayout,
+    get,
+    pattern_layer_types,
+)
 
 
 def _query_scalar_is_head_dim(config, head_dim):

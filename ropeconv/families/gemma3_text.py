@@ -17,10 +17,36 @@ A foreign gemma3 GGUF's reference is fixed up by gguf_export/gemma3.py (transfor
 keys above).
 """
 
-from ropeconv.families.parts import (COMMON, GEMMA2_VALUES, GEMMA_ONNX, GQA, L, LLAMA_DIMS, LLAMA_TENSORS, RMS,
-                                     TINY_LLAMA, norm, with_head_dim_default)
-from ropeconv.families.spec import (INT, ArchSpec, Config, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam,
-                                    OnnxLayout, T, Value, fixed_layer_thetas, get, layer_thetas, pattern_layer_types)
+from ropeconv.families.parts import (
+    COMMON,
+    GEMMA2_VALUES,
+    GEMMA_ONNX,
+    GQA,
+    LLAMA_DIMS,
+    LLAMA_TENSORS,
+    RMS,
+    TINY_LLAMA,
+    L,
+    norm,
+    with_head_dim_default,
+)
+from ropeconv.families.spec import (
+    INT,
+    ArchSpec,
+    Config,
+    Family,
+    FamilyShapes,
+    GgufArchSpec,
+    GgufLayout,
+    Hparam,
+    OnnxLayout,
+    T,
+    Value,
+    fixed_layer_thetas,
+    get,
+    layer_thetas,
+    pattern_layer_types,
+)
 
 ARCH = ArchSpec(
     "gemma3_text", default_head_dim=256, default_theta=1_000_000.0, scaled_layer_type="full_attention",

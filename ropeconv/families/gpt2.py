@@ -3,8 +3,21 @@ weights [in, out] (what ONNX's MatMul reads; llama.cpp takes nn.Linear's [out, i
 fused c_attn as [q | k | v]; scale_attn_weights / scale_attn_by_inverse_layer_idx."""
 
 from ropeconv.families.parts import LAYER_NORM, SHAPE, VOCAB, context, eps, flag, norm, times_hidden
-from ropeconv.families.spec import (STR, TINY_CTX, UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec,
-                                    GgufLayout, Hparam, OnnxLayout, T, Value)
+from ropeconv.families.spec import (
+                                    STR,
+                                    TINY_CTX,
+                                    UNTIED,
+                                    ArchSpec,
+                                    Dim,
+                                    Family,
+                                    FamilyShapes,
+                                    GgufArchSpec,
+                                    GgufLayout,
+                                    Hparam,
+                                    OnnxLayout,
+                                    T,
+                                    Value,
+)
 
 _H = "transformer.h.{i}."
 

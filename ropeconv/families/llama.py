@@ -3,8 +3,18 @@ interleaved pairs (GGML_ROPE_TYPE_NORM) while transformers rotates the two halve
 permutes q/k rows within each head to keep the same math; its loader reads rope_freqs (a per-pair divisor) and,
 with rope.scaling.type longrope, the LongRoPE factor tensors."""
 
-from ropeconv.families.parts import (COMMON, GQA, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, RMS_VALUES,
-                                     TINY_LLAMA, flag)
+from ropeconv.families.parts import (
+                                     COMMON,
+                                     GQA,
+                                     LLAMA_CONFIG,
+                                     LLAMA_DIMS,
+                                     LLAMA_ONNX,
+                                     LLAMA_TENSORS,
+                                     RMS,
+                                     RMS_VALUES,
+                                     TINY_LLAMA,
+                                     flag,
+)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 
 FAMILY = Family(

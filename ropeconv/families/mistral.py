@@ -1,8 +1,18 @@
 """Mistral: llama's blocks, attending through `sliding_window` on every layer when it is set. llama.cpp loads it
 as its llama architecture, whose graph has no sliding window: a window shorter than the target is refused there."""
 
-from ropeconv.families.parts import (COMMON, GQA, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, RMS, RMS_VALUES,
-                                     SLIDING_WINDOW, TINY_LLAMA)
+from ropeconv.families.parts import (
+                                     COMMON,
+                                     GQA,
+                                     LLAMA_CONFIG,
+                                     LLAMA_DIMS,
+                                     LLAMA_ONNX,
+                                     LLAMA_TENSORS,
+                                     RMS,
+                                     RMS_VALUES,
+                                     SLIDING_WINDOW,
+                                     TINY_LLAMA,
+)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufLayout, OnnxLayout
 
 FAMILY = Family(

@@ -7,8 +7,22 @@ router as ffn_gate_inp; its build_moe_ffn takes softmax, the top k, and renormal
 Mixtral. The ONNX graph evaluates every expert and weights it by the scattered top-k routing (onnx_export/moe.py).
 MixtralConfig defaults head_dim to None, which transformers 5's yarn/longrope/llama3 trip on: the output states it."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, MOE,
-                                     MOE_VALUES, RMS, RMS_VALUES, SLIDING_WINDOW, TINY_LLAMA, without_mlp)
+from ropeconv.families.parts import (
+                                     COMMON,
+                                     GQA,
+                                     LLAMA_CONFIG,
+                                     LLAMA_DIMS,
+                                     LLAMA_ONNX,
+                                     LLAMA_TENSORS,
+                                     MOE,
+                                     MOE_VALUES,
+                                     RMS,
+                                     RMS_VALUES,
+                                     SLIDING_WINDOW,
+                                     TINY_LLAMA,
+                                     L,
+                                     without_mlp,
+)
 from ropeconv.families.spec import ArchSpec, Dim, Family, FamilyShapes, GgufLayout, MoeLayout, OnnxLayout, T
 
 FAMILY = Family(

@@ -3,10 +3,33 @@
 (nn.GELU()), a 4·d_model FFN whatever expansion_ratio says, softmax_scale from attn_config. llama.cpp reads
 max_alibi_bias from the file (without it, no bias at all)."""
 
-from ropeconv.families.parts import (ALIBI, LAYER_NORM, SHAPE, VOCAB, attn_config_value, context, eps, flag, linear,
-                                     norm, times_hidden)
-from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout,
-                                    Hparam, OnnxLayout, T, attn_config)
+from ropeconv.families.parts import (
+    ALIBI,
+    LAYER_NORM,
+    SHAPE,
+    VOCAB,
+    attn_config_value,
+    context,
+    eps,
+    flag,
+    linear,
+    norm,
+    times_hidden,
+)
+from ropeconv.families.spec import (
+    TINY_CTX,
+    UNTIED,
+    ArchSpec,
+    Dim,
+    Family,
+    FamilyShapes,
+    GgufArchSpec,
+    GgufLayout,
+    Hparam,
+    OnnxLayout,
+    T,
+    attn_config,
+)
 
 _MPT = "transformer.blocks.{i}."
 

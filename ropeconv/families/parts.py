@@ -5,12 +5,29 @@ bloom) spells everything out in its file."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ropeconv.errors import InputError
-from ropeconv.families.spec import (ALWAYS, BOOL, FLOAT, INT, MIN_CONTEXT, OPTIONAL, STR, UNTIED, Config, Dim, Hparam,
-                                    T, Value, attn_config, first, get)
+from ropeconv.families.spec import (
+    ALWAYS,
+    BOOL,
+    FLOAT,
+    INT,
+    MIN_CONTEXT,
+    OPTIONAL,
+    STR,
+    UNTIED,
+    Config,
+    Dim,
+    Hparam,
+    T,
+    Value,
+    attn_config,
+    first,
+    get,
+)
 
 # ---------------------------------------------------------------------------------------- tensor shapes
 

@@ -1,10 +1,32 @@
 """Phi-3: fused qkv_proj split as [q | k | v] and fused gate_up_proj split as [gate | up]; `sliding_window` on
 every layer when set. llama.cpp's phi3 loader reads the LongRoPE factor tensors whenever they are present."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, RMS, RMS_VALUES,
-                                     SLIDING_WINDOW, TINY_LLAMA, context, linear, norm)
-from ropeconv.families.spec import (TINY_CTX, UNTIED, ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout,
-                                    OnnxLayout, T)
+from ropeconv.families.parts import (
+                                     COMMON,
+                                     GQA,
+                                     LLAMA_CONFIG,
+                                     LLAMA_DIMS,
+                                     LLAMA_ONNX,
+                                     RMS,
+                                     RMS_VALUES,
+                                     SLIDING_WINDOW,
+                                     TINY_LLAMA,
+                                     L,
+                                     context,
+                                     linear,
+                                     norm,
+)
+from ropeconv.families.spec import (
+                                     TINY_CTX,
+                                     UNTIED,
+                                     ArchSpec,
+                                     Family,
+                                     FamilyShapes,
+                                     GgufArchSpec,
+                                     GgufLayout,
+                                     OnnxLayout,
+                                     T,
+)
 
 FAMILY = Family(
     arch=ArchSpec(

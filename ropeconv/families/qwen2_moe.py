@@ -5,12 +5,39 @@ and its [1, hidden] gate as the vector ffn_gate_inp_shexp; its graph never renor
 false), gives every layer experts, and takes head_dim as hidden/heads. The ONNX graph as mixtral's plus the shared
 expert (onnx_export/moe.py)."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS,
-                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, QWEN_MOE_VALUES, QWEN_WINDOWS, RMS, RMS_VALUES,
-                                     qwen_moe_sparse, refuse_dense_layers, refuse_head_dim_not_hidden_over_heads,
-                                     without_mlp)
-from ropeconv.families.spec import (ArchSpec, Dim, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, MoeLayout,
-                                    OnnxLayout, T, get)
+from ropeconv.families.parts import (
+    COMMON,
+    GQA,
+    LLAMA_CONFIG,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    MOE,
+    QWEN_MOE_DIMS,
+    QWEN_MOE_EXPERTS,
+    QWEN_MOE_ONNX,
+    QWEN_MOE_VALUES,
+    QWEN_WINDOWS,
+    RMS,
+    RMS_VALUES,
+    L,
+    qwen_moe_sparse,
+    refuse_dense_layers,
+    refuse_head_dim_not_hidden_over_heads,
+    without_mlp,
+)
+from ropeconv.families.spec import (
+    ArchSpec,
+    Dim,
+    Family,
+    FamilyShapes,
+    GgufArchSpec,
+    GgufLayout,
+    Hparam,
+    MoeLayout,
+    OnnxLayout,
+    T,
+    get,
+)
 
 
 def _layer_types(c):

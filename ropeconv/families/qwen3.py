@@ -3,8 +3,22 @@ k_norm, weights [head_dim]) after the split into heads and before rope, in trans
 graph alike (attn_q_norm / attn_k_norm); head_dim is explicit (Qwen3Config defaults it to 128), written to the
 GGUF as key/value_length."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS, QWEN_CONFIG, QWEN_WINDOWS,
-                                     RMS, RMS_VALUES, TINY_LLAMA, flag, refuse_attention_bias, with_head_dim_default)
+from ropeconv.families.parts import (
+                                     COMMON,
+                                     GQA,
+                                     LLAMA_DIMS,
+                                     LLAMA_ONNX,
+                                     LLAMA_TENSORS,
+                                     QWEN_CONFIG,
+                                     QWEN_WINDOWS,
+                                     RMS,
+                                     RMS_VALUES,
+                                     TINY_LLAMA,
+                                     L,
+                                     flag,
+                                     refuse_attention_bias,
+                                     with_head_dim_default,
+)
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
 
 FAMILY = Family(

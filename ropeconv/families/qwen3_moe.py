@@ -7,11 +7,39 @@ experts): the output states num_experts too. llama.cpp's qwen3moe stacks the exp
 every layer experts. The ONNX graph as mixtral's (onnx_export/moe.py). Its config has no layer_types: with
 use_sliding_window, transformers masks every layer to sliding_window, as mistral's."""
 
-from ropeconv.families.parts import (COMMON, GQA, L, LLAMA_CONFIG, LLAMA_ONNX, LLAMA_TENSORS, MOE, QWEN_MOE_DIMS,
-                                     QWEN_MOE_EXPERTS, QWEN_MOE_ONNX, QWEN_MOE_VALUES, RMS, RMS_VALUES, SWITCHED_WINDOW,
-                                     flag, qwen_moe_sparse, refuse_attention_bias, refuse_dense_layers, without_mlp)
-from ropeconv.families.spec import (ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, Hparam, MoeLayout,
-                                    OnnxLayout, T, get)
+from ropeconv.families.parts import (
+                                     COMMON,
+                                     GQA,
+                                     LLAMA_CONFIG,
+                                     LLAMA_ONNX,
+                                     LLAMA_TENSORS,
+                                     MOE,
+                                     QWEN_MOE_DIMS,
+                                     QWEN_MOE_EXPERTS,
+                                     QWEN_MOE_ONNX,
+                                     QWEN_MOE_VALUES,
+                                     RMS,
+                                     RMS_VALUES,
+                                     SWITCHED_WINDOW,
+                                     L,
+                                     flag,
+                                     qwen_moe_sparse,
+                                     refuse_attention_bias,
+                                     refuse_dense_layers,
+                                     without_mlp,
+)
+from ropeconv.families.spec import (
+                                     ArchSpec,
+                                     Family,
+                                     FamilyShapes,
+                                     GgufArchSpec,
+                                     GgufLayout,
+                                     Hparam,
+                                     MoeLayout,
+                                     OnnxLayout,
+                                     T,
+                                     get,
+)
 
 FAMILY = Family(
     arch=ArchSpec("qwen3_moe", legacy_aliases=(("num_experts", "num_local_experts"),),

@@ -2,8 +2,21 @@
 attend without rope (NoPE). llama.cpp drops rope on layers il with (il + 1) % 4 == 0 — it fixes the step at 4
 where transformers reads no_rope_layers — and loads no output-projection or MLP biases."""
 
-from ropeconv.families.parts import (COMMON, GQA, LAYER_TYPES, LLAMA_CONFIG, LLAMA_DIMS, LLAMA_ONNX, LLAMA_TENSORS,
-                                     RMS, RMS_VALUES, SWITCHED_WINDOW, TINY_LLAMA, flag, refuse_attention_bias)
+from ropeconv.families.parts import (
+    COMMON,
+    GQA,
+    LAYER_TYPES,
+    LLAMA_CONFIG,
+    LLAMA_DIMS,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    RMS,
+    RMS_VALUES,
+    SWITCHED_WINDOW,
+    TINY_LLAMA,
+    flag,
+    refuse_attention_bias,
+)
 from ropeconv.families.spec import INT, ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, Value
 
 

@@ -9,8 +9,9 @@ touching no tensor (`methods`, `inspect`, `recipe check`) never import gguf or n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ropeconv.errors import InputError
 

@@ -9,8 +9,8 @@ rule (PoSE or segments) on it. The draw does not depend on the number of process
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from ropeconv.finetune.pose import Ranges, gather
 

@@ -25,9 +25,10 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ropeconv.errors import InputError
 from ropeconv.finetune.batches import Sample, process_slice
@@ -167,7 +168,6 @@ def train(accelerator, model, spec: LoopSpec, draw: Callable[[int], Sequence[Sam
           loss_fn: Callable) -> tuple[Any, LoopResult]:
     """Train `model` (its trainable parameters) for spec.steps; returns the prepared model and the result."""
     import torch
-
     from transformers import get_scheduler
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -24,7 +24,7 @@ Pure: only the random.Random passed in is used, so one seed gives one sequence o
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 N_CHUNKS = 2
 

@@ -30,10 +30,11 @@ import os
 import random
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ropeconv import methods
 from ropeconv.errors import InputError

@@ -16,10 +16,14 @@ from pathlib import Path
 
 from ropeconv.formats import gguf, onnx, safetensors
 from ropeconv.formats.base import Format, Planning, Ref, Writer
+
 # the type names of GGUF and ONNX output (read by `methods`, option parsing and recipes)
-from ropeconv.formats.gguf import ALL_OUTTYPES as GGUF_ALL_OUTTYPES, OUTTYPES as GGUF_OUTTYPES
+from ropeconv.formats.gguf import ALL_OUTTYPES as GGUF_ALL_OUTTYPES
+from ropeconv.formats.gguf import OUTTYPES as GGUF_OUTTYPES
 from ropeconv.formats.gguf import QUANT_TYPES as GGUF_QUANT_TYPES
-from ropeconv.formats.onnx import DIR as ONNX_DIR, DTYPES as ONNX_DTYPES, MODEL_FILE as ONNX_MODEL_FILE
+from ropeconv.formats.onnx import DIR as ONNX_DIR
+from ropeconv.formats.onnx import DTYPES as ONNX_DTYPES
+from ropeconv.formats.onnx import MODEL_FILE as ONNX_MODEL_FILE
 
 __all__ = ["FORMATS", "GGUF_ALL_OUTTYPES", "GGUF_OUTTYPES", "GGUF_QUANT_TYPES", "ONNX_DIR", "ONNX_DTYPES",
            "ONNX_MODEL_FILE", "Format", "Planning", "Ref", "Writer", "artifact_format", "checkpoint_format", "format_of",

@@ -8,10 +8,11 @@ onnx or torch — and below every layer that reads it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # The types named below live in layers above this one (checkpoint, positions); they are written as names only.
 TensorEntry = TensorSource = Checkpoint = PositionPlan = Any

@@ -12,8 +12,8 @@ converter stacks them (conversion/llama.py, conversion/qwen.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError

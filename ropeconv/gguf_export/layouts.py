@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from ropeconv.errors import UnsupportedError
-from ropeconv.families import GGUF_CHECKS, GGUF_LAYOUTS as LAYOUTS, NO_GGUF
+from ropeconv.families import GGUF_CHECKS, NO_GGUF
+from ropeconv.families import GGUF_LAYOUTS as LAYOUTS
 from ropeconv.families.parts import EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS  # noqa: F401  (converter's keys)
 from ropeconv.families.spec import Config, GgufLayout, Hparam, first  # noqa: F401
 

@@ -22,8 +22,17 @@ from ropeconv.families import FAMILIES
 from ropeconv.families.spec import with_class_defaults
 from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES, GGUF_QUANT_TYPES
 from ropeconv.gguf_export import experts
-from ropeconv.gguf_export.layouts import (EXPERT_KEYS, HEAD_KEYS, HIDDEN_KEYS, LAYER_KEYS, GgufLayout, check_graph,
-                                          first, layout_for, model_arch)
+from ropeconv.gguf_export.layouts import (
+    EXPERT_KEYS,
+    HEAD_KEYS,
+    HIDDEN_KEYS,
+    LAYER_KEYS,
+    GgufLayout,
+    check_graph,
+    first,
+    layout_for,
+    model_arch,
+)
 from ropeconv.gguf_export.vocab import general_name, needs_tokens, tokenizer_fields, tokenizer_kind
 from ropeconv.gguf_io import tables
 from ropeconv.gguf_io.fields import NewField, TensorInfo
@@ -65,7 +74,7 @@ class GgufPlan:
     raw_copy_ok: bool  # safetensors source: untouched tensors can be kernel copies
     plan: PositionPlan | None = None  # "table" tensors are resampled for it
     quantize: str | None = None  # an outtype llama.cpp's quantizer makes of this (staged float) conversion
-    imatrix: "llama_quantize.Imatrix | None" = None
+    imatrix: llama_quantize.Imatrix | None = None
     tokens: bool = True  # False: planned without the vocabulary's arrays (a dry run), not to be written
 
     @property

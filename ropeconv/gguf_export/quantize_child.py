@@ -43,8 +43,8 @@ def ftype_of(outtype: str) -> int:
 
 def run(request: Request) -> tuple[int, str]:
     """llama_model_quantize in this process: (its status, llama.cpp's first error, or "" when status is 0)."""
-    import numpy as np
     import llama_cpp
+    import numpy as np
 
     from ropeconv.llamacpp_log import captured_log, first_error
 

@@ -16,9 +16,10 @@ LlamaHfVocab for a SentencePiece-style tokenizer.json) and the special tokens an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ropeconv.checkpoint.tokenizer import TokenizerFiles, one_line
 from ropeconv.errors import InputError, UnsupportedError

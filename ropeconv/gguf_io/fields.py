@@ -8,7 +8,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from ropeconv.errors import InputError
 from ropeconv.gguf_io.reader import MAX_DIMS, SCALAR_FORMATS, STRING_ERRORS, GgufField, GgufTensor
@@ -60,7 +60,7 @@ class NewField:
         return pack_string(self.key, strict=True) + struct.pack("<I", self.value_type) + body
 
 
-KvEntry = Union[GgufField, NewField]
+KvEntry = GgufField | NewField
 
 
 def pack_string(s: str, strict: bool = False) -> bytes:

@@ -23,7 +23,8 @@ import math
 import mmap
 import os
 import struct
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 from ropeconv.errors import InputError
@@ -83,7 +84,7 @@ class GgufField:
         return _decode(self.raw, self.value_at, self.value_type, self.item_type, self.count)
 
 
-def scalar(src: "GgufFile", key: str, default: object = None) -> object:
+def scalar(src: GgufFile, key: str, default: object = None) -> object:
     """A key llama.cpp reads as one value: refused when the file holds an array (or an outsized string) there,
     before it is decoded."""
     f = src.field(key)

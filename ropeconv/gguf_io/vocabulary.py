@@ -10,7 +10,7 @@ vocabulary converted from a tokenizer.json is held to the same token rule.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ropeconv.errors import InputError
 from ropeconv.gguf_io.reader import GgufFile

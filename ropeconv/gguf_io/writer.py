@@ -14,17 +14,20 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 from ropeconv.checkpoint.finite import check_file_range
 from ropeconv.checkpoint.sources import copy_range, write_all
 from ropeconv.errors import InputError, RopeconvError
-from ropeconv.hashing import HashedWriter
-from ropeconv.gguf_io.types import VALUE_TYPES, GGUFValueType  # noqa: F401  (VALUE_TYPES: importers take it here)
-from ropeconv.gguf_io.fields import ByteRange, KvEntry, NewField, TensorInfo, pack_string
-from ropeconv.gguf_io.fields import ggml_type_of_array  # noqa: F401  (importers of the writer take it from here)
+from ropeconv.gguf_io.fields import (
+    ByteRange,
+    KvEntry,
+    NewField,
+    TensorInfo,
+    ggml_type_of_array,  # noqa: F401  (importers of the writer take it from here)
+    pack_string,
+)
 from ropeconv.gguf_io.reader import (
     ALIGNMENT_KEY,
     DEFAULT_ALIGNMENT,
@@ -36,12 +39,14 @@ from ropeconv.gguf_io.reader import (
     align_up,
     tensor_nbytes,
 )
+from ropeconv.gguf_io.types import VALUE_TYPES, GGUFValueType  # noqa: F401  (VALUE_TYPES: importers take it here)
+from ropeconv.hashing import HashedWriter
 
 WRITE_VERSION = 3
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME is 64 including the terminating NUL; llama.cpp refuses longer
 COPY_CHUNK_BYTES = 16 * 1024 * 1024
 
-TensorSource = Union[GgufTensor, ByteRange, bytes, bytearray, memoryview, np.ndarray]
+TensorSource = GgufTensor | ByteRange | bytes | bytearray | memoryview | np.ndarray
 
 
 def le_contiguous(array: np.ndarray) -> np.ndarray:

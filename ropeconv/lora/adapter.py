@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header

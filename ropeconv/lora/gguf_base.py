@@ -7,8 +7,8 @@ such a tensor is un-permuted, merged in transformers' layout, and permuted back 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType, get_tensor_name_map

@@ -9,8 +9,9 @@ else may then adapt it: the two would not compose); a saved base_layer weight re
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError
@@ -30,7 +31,7 @@ class LoraMerge:
     def touches(self, name: str) -> bool:
         return name in self.deltas or name in self.replacements
 
-    def apply(self, name: str, base: "torch.Tensor") -> "torch.Tensor":
+    def apply(self, name: str, base: torch.Tensor) -> torch.Tensor:
         """The merged tensor, in base's dtype; base is returned as is when nothing touches it."""
         from safetensors import safe_open
 

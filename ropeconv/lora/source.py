@@ -21,14 +21,14 @@ class MergedSource:
     def __init__(self, inner, merge: LoraMerge) -> None:
         self._inner = inner
         self._merge = merge
-        self._cached: tuple[str, "torch.Tensor"] | None = None
+        self._cached: tuple[str, torch.Tensor] | None = None
         self._cached_bytes: bytes | None = None
 
     def raw(self, entry: TensorEntry) -> bool:
         """Whether the entry's bytes in its file are the tensor (a raw byte range may be copied)."""
         return not self._merge.touches(entry.name) and getattr(self._inner, "raw", lambda e: True)(entry)
 
-    def _merged(self, entry: TensorEntry) -> "torch.Tensor":
+    def _merged(self, entry: TensorEntry) -> torch.Tensor:
         if self._cached is None or self._cached[0] != entry.name:
             self._cached, self._cached_bytes = None, None  # drop the previous one before making the next
             self._cached = (entry.name, self._merge.apply(entry.name, self._inner.load(entry)))
@@ -40,12 +40,12 @@ class MergedSource:
             self._cached_bytes = tensor_bytes(tensor)
         return self._cached_bytes
 
-    def load(self, entry: TensorEntry) -> "torch.Tensor":
+    def load(self, entry: TensorEntry) -> torch.Tensor:
         if not self._merge.touches(entry.name):
             return self._inner.load(entry)
         return self._merged(entry)
 
-    def copy_into(self, entry: TensorEntry, out: "ByteSink") -> None:
+    def copy_into(self, entry: TensorEntry, out: ByteSink) -> None:
         if not self._merge.touches(entry.name):
             return self._inner.copy_into(entry, out)
         out.write(self._merged_bytes(entry))

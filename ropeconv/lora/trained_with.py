@@ -5,7 +5,8 @@ user forces it."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ropeconv.errors import InputError
 from ropeconv.lora.adapter import ROPE_RECORD, Adapter

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError, UnsupportedError

@@ -16,10 +16,10 @@ from ropeconv.methods.base import (
     GgufDeclaration,
     Option,
     Support,
+    build_plan,
     check_factor_list,
     read_json_file,
     require_positive,
-    build_plan,
     resolve_lengths,
     rope_freqs_carrier,
 )

@@ -17,8 +17,8 @@ from ropeconv.methods.base import (
     GgufDeclaration,
     Option,
     Support,
-    require_positive,
     build_plan,
+    require_positive,
     resolve_lengths,
     rope_freqs_carrier,
 )

@@ -18,10 +18,10 @@ from ropeconv.methods.base import (
     GgufDeclaration,
     Option,
     Support,
+    build_plan,
     check_factor_list,
     read_json_file,
     require_positive,
-    build_plan,
     resolve_lengths,
 )
 from ropeconv.positions import LengthRule, RopePlan, RopeScheme

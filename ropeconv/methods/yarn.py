@@ -20,8 +20,8 @@ from ropeconv.methods.base import (
     GgufDeclaration,
     Option,
     Support,
-    require_positive,
     build_plan,
+    require_positive,
     resolve_lengths,
     rope_freqs_carrier,
 )

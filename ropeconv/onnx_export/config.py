@@ -12,7 +12,8 @@ transformers' own config object, over configs that omit every optional key, and 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ropeconv.checkpoint.shapes import resolve_dims
 from ropeconv.families import FAMILIES

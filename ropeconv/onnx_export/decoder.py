@@ -29,9 +29,9 @@ import numpy as np
 from onnx import GraphProto, helper, numpy_helper
 
 from ropeconv.onnx_export.alibi import alibi_bias
+from ropeconv.onnx_export.dims import Compute, DecoderDims, uses_fused_attention
 from ropeconv.onnx_export.graph import BOOL, FLOAT, FLOAT16, INT32, INT64, GraphBuilder
 from ropeconv.onnx_export.layouts import OnnxLayout
-from ropeconv.onnx_export.dims import Compute, DecoderDims, uses_fused_attention
 from ropeconv.onnx_export.moe import is_sparse, moe_mlp
 from ropeconv.onnx_export.rotary import cos_sin, unscaled_cos_sin
 from ropeconv.positions import PositionPlan

@@ -34,8 +34,8 @@ class OnnxExport:
         import onnx
         from onnx import helper
 
-        from ropeconv.onnx_export.decoder import MS_DOMAIN, Weights, build_decoder
         from ropeconv.onnx_export import OPSET
+        from ropeconv.onnx_export.decoder import MS_DOMAIN, Weights, build_decoder
         from ropeconv.onnx_export.writer import OnnxFileWriter
 
         self.plan = plan
@@ -107,8 +107,10 @@ def _int4_quantizer():
     """onnxruntime's weight-only quantizer as MatMulNBitsQuantizer(block_size=32, is_symmetric=True,
     accuracy_level=4) configures it."""
     try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                     DefaultWeightOnlyQuantizer)
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            DefaultWeightOnlyQuantizer,
+        )
     except ImportError:
         raise InputError("--dtype int4 needs onnxruntime's quantizer: pip install 'ropeconv[onnx]'") from None
     return DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
@@ -148,9 +150,9 @@ def _rows(name: str, matrix, dtype):
 
 def export_file(base: Path, plan: PositionPlan, dtype: str, dst: Path, lora=None, fused_attention: bool = True) -> Path:
     """A whole export of `base` to one path (the float32 twin that proves a float16 or int4 export strictly)."""
-    from ropeconv.checkpoint import load_checkpoint
-
     from dataclasses import replace
+
+    from ropeconv.checkpoint import load_checkpoint
 
     ckpt = replace(load_checkpoint(base), lora=lora)
     export = OnnxExport(plan_onnx(ckpt, plan, dtype, {}, fused_attention), dst)

@@ -11,7 +11,8 @@ Biases are not listed: a linear layer has one exactly when its `.bias` tensor is
 from __future__ import annotations
 
 from ropeconv.errors import UnsupportedError
-from ropeconv.families import NO_ONNX, ONNX_LAYOUTS as LAYOUTS
+from ropeconv.families import NO_ONNX
+from ropeconv.families import ONNX_LAYOUTS as LAYOUTS
 from ropeconv.families.spec import OnnxLayout
 
 __all__ = ["ACTIVATIONS", "FIXED_ACTIVATIONS", "LAYOUTS", "OnnxLayout", "onnx_layout_for"]

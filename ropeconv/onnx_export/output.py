@@ -14,8 +14,8 @@ from ropeconv import jsontext
 from ropeconv.formats.base import Note, Planning, Twin
 from ropeconv.formats.onnx import DIR, MODEL_FILE
 from ropeconv.onnx_export import OPSET
-from ropeconv.onnx_export.plan import OnnxPlan, plan_onnx, position_math
 from ropeconv.onnx_export.metadata import read_plan
+from ropeconv.onnx_export.plan import OnnxPlan, plan_onnx, position_math
 from ropeconv.provenance import ATTENTION_KEY, BASE_KEY, provenance
 
 

@@ -18,7 +18,8 @@ from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.families import ARCHS, GENAI_TYPES, ONNX_CHECKS, SHAPES
 from ropeconv.families.parts import attn_config_value
 from ropeconv.families.spec import OnnxLayout
-from ropeconv.formats import ONNX_DTYPES as DTYPES, ONNX_MODEL_FILE as MODEL_FILE
+from ropeconv.formats import ONNX_DTYPES as DTYPES
+from ropeconv.formats import ONNX_MODEL_FILE as MODEL_FILE
 from ropeconv.jsontext import printable
 from ropeconv.onnx_export.config import config_view
 from ropeconv.onnx_export.dims import Compute, DecoderDims, uses_fused_attention
@@ -222,7 +223,8 @@ def _per_layer(cfg, key: str, n_layers: int) -> tuple[bool, ...]:
 def _specs(layout, dims, ckpt: Checkpoint, plan: PositionPlan, dtype: str,
            tied: bool) -> dict[str, tuple[InitSpec, ...]]:
     """Every tensor the graph reads, checked against the checkpoint's headers."""
-    from ropeconv.onnx_export.moe import is_sparse, tensors as moe_tensors
+    from ropeconv.onnx_export.moe import is_sparse
+    from ropeconv.onnx_export.moe import tensors as moe_tensors
 
     entries = {e.name: e for e in ckpt.tensors}
     half, quant = dtype == "fp16", dtype == "int4"

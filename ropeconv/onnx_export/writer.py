@@ -11,8 +11,8 @@ Each file's sha256 is computed as its bytes are written (ropeconv.hashing), for 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from onnx import ModelProto, StringStringEntryProto, TensorProto

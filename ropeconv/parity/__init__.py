@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
+from ropeconv.errors import InputError
+from ropeconv.formats import artifact_format
+from ropeconv.inputfile import utf8_path
 from ropeconv.parity.memory import free, release
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids, run_each
 from ropeconv.parity.report import ParityReport, Tolerance, compare
-from ropeconv.errors import InputError
-from ropeconv.inputfile import utf8_path
 from ropeconv.positions import PositionPlan
-from ropeconv.formats import artifact_format
 
 if TYPE_CHECKING:
     from ropeconv.parity.placement import Placement
@@ -49,7 +50,7 @@ def check_parities(
     device: str | None = None,
     tokens: int | None = None,
     full_length: bool | None = None,
-    placement: "Placement | None" = None,
+    placement: Placement | None = None,
     tolerance: Tolerance = Tolerance(),
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,

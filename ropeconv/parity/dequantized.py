@@ -22,8 +22,8 @@ A retrofitted GGUF needs none of this: its reference already loads the base GGUF
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from ropeconv.gguf_export.row_order import unpermute_pairs, unqkv_blocks
 from ropeconv.positions import PositionPlan
 
 
-def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple[str, "object", bool]] | None:
+def tensors_of(artifact: Path, base: Path, plan: PositionPlan) -> Iterator[tuple[str, object, bool]] | None:
     """(base tensor name, float32 torch tensor, also the output matrix) for every quantized tensor of the
     artifact; None when the artifact has no quantized weights of its own to decode."""
     artifact, base = Path(artifact), Path(base)

@@ -53,7 +53,7 @@ class Placement:
     def cap(self, key: str) -> int | None:
         return dict(self.caps).get(key)
 
-    def beside(self, path: Path) -> "Placement":
+    def beside(self, path: Path) -> Placement:
         """The same caps, scratch folders beside `path` (an output being written or verified)."""
         from dataclasses import replace
 
@@ -79,7 +79,7 @@ def parse_max_memory(text: str | None) -> Placement:
     return Placement(tuple(caps.items()), spec=text)
 
 
-def budget(placement: Placement, device: "torch.device", disk_folder: Path | None = None) -> dict[Any, int]:
+def budget(placement: Placement, device: torch.device, disk_folder: Path | None = None) -> dict[Any, int]:
     """accelerate's max_memory for a run on `device`: GPU ids (every visible GPU on a cuda run), cpu, disk."""
     import psutil
     import torch
@@ -135,7 +135,7 @@ def _name(device: Any) -> str:
     return f"cuda:{device}" if isinstance(device, int) else str(device)
 
 
-def blocks(model: "nn.Module") -> list[tuple[str, int]]:
+def blocks(model: nn.Module) -> list[tuple[str, int]]:
     """(name, float32 bytes) of every unit accelerate places whole: each no-split module (a decoder layer) and
     each module with weights of its own outside them (embeddings, final norm, head)."""
     no_split = set(getattr(model, "_no_split_modules", None) or [])
@@ -158,7 +158,7 @@ def _bytes(params) -> int:
     return sum(p.numel() * FLOAT32_BYTES for p in params)
 
 
-def plan_devices(model: "nn.Module", max_memory: dict[Any, int], *, memory_only: bool = False,
+def plan_devices(model: nn.Module, max_memory: dict[Any, int], *, memory_only: bool = False,
                  spec: str = "") -> DevicePlan:
     """accelerate's planner over `max_memory` (GPU ids, cpu, disk), for a float32 model skeleton (meta tensors).
     Several GPUs are balanced (accelerate's get_balanced_memory), so every one of them holds layers.
@@ -195,7 +195,7 @@ def plan_devices(model: "nn.Module", max_memory: dict[Any, int], *, memory_only:
     return DevicePlan(device_map, largest, sizes)
 
 
-def _placed_bytes(model: "nn.Module", device_map: dict[str, Any]) -> dict[str, Any]:
+def _placed_bytes(model: nn.Module, device_map: dict[str, Any]) -> dict[str, Any]:
     totals: dict[str, int] = {}
     for name, param in model.named_parameters():
         device = _device_of(name, device_map)
@@ -214,9 +214,8 @@ def _gguf_config(directory: Path, gguf_file: str):
     experts' widths likewise."""
     from transformers import AutoConfig
 
-    from ropeconv.gguf_io.reader import read_gguf
-
     from ropeconv.errors import UnsupportedError
+    from ropeconv.gguf_io.reader import read_gguf
 
     src = read_gguf(Path(directory) / gguf_file)
     arch = src.value("general.architecture")
@@ -251,7 +250,7 @@ def _gguf_config(directory: Path, gguf_file: str):
     return config
 
 
-def skeleton(directory: Path, gguf_file: str | None = None) -> "nn.Module":
+def skeleton(directory: Path, gguf_file: str | None = None) -> nn.Module:
     """The model with float32 meta tensors: what the planner weighs, no weights read."""
     import torch
     from accelerate import init_empty_weights
@@ -264,7 +263,7 @@ def skeleton(directory: Path, gguf_file: str | None = None) -> "nn.Module":
     return model
 
 
-def check_fits(path: Path, device: "torch.device", placement: Placement | None = None) -> DevicePlan:
+def check_fits(path: Path, device: torch.device, placement: Placement | None = None) -> DevicePlan:
     """The placement a model would get, refused (InputError) when it cannot run under the caps: reads the config
     only, so a command can refuse before it writes anything."""
     placement = placement or Placement()
@@ -274,8 +273,8 @@ def check_fits(path: Path, device: "torch.device", placement: Placement | None =
                         memory_only=gguf_file is not None, spec=placement.spec)
 
 
-def load_placed(path: Path, device: "torch.device", placement: Placement | None = None,
-                scratch: Path | None = None, progress=lambda _: None) -> "nn.Module":
+def load_placed(path: Path, device: torch.device, placement: Placement | None = None,
+                scratch: Path | None = None, progress=lambda _: None) -> nn.Module:
     """A transformers causal LM (a HF directory, or a GGUF file transformers dequantizes) in float32, placed by
     accelerate under the placement's caps. Disk offload goes to `scratch`; without one, to a folder made beside
     the output (or in the system temp) that lives as long as the model."""
@@ -330,7 +329,7 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-def input_device(model: "nn.Module") -> "torch.device":
+def input_device(model: nn.Module) -> torch.device:
     """Where a placed model takes its inputs: its first GPU, else the CPU (accelerate's hooks move them on)."""
     import torch
 
@@ -341,7 +340,7 @@ def input_device(model: "nn.Module") -> "torch.device":
     return next(model.parameters()).device
 
 
-def offloaded_names(model: "nn.Module") -> set[str]:
+def offloaded_names(model: nn.Module) -> set[str]:
     """Parameters that accelerate keeps off the model (meta tensors, brought in by hooks when their block runs)."""
     return {name for name, p in model.named_parameters() if p.is_meta}
 

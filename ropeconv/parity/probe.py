@@ -15,8 +15,9 @@ activations stay bounded (the attention of one chunk against the keys before it)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ropeconv.positions import LengthRule, PositionPlan
 
@@ -45,7 +46,7 @@ class Pass:
     def last_position(self) -> int:
         return self.first_position + self.n_tokens - 1
 
-    def position_ids(self) -> "torch.Tensor":
+    def position_ids(self) -> torch.Tensor:
         import torch
 
         return torch.arange(self.first_position, self.first_position + self.n_tokens).unsqueeze(0)
@@ -67,8 +68,8 @@ def pass_done(progress: Callable[[str], None] | None, index: int, total: int, p:
                  f"{p.last_position} done in {time.monotonic() - started:.1f} s")
 
 
-def run_each(passes: Sequence[Pass], run_one: Callable[[Pass], "torch.Tensor"],
-             progress: Callable[[str], None] | None = None) -> list["torch.Tensor"]:
+def run_each(passes: Sequence[Pass], run_one: Callable[[Pass], torch.Tensor],
+             progress: Callable[[str], None] | None = None) -> list[torch.Tensor]:
     out = []
     for index, p in enumerate(passes, 1):
         started = time.monotonic()
@@ -110,7 +111,7 @@ def _chunk(prefill: int, chunk_tokens: int | None) -> int:
     return chunk_tokens if 0 < chunk_tokens < prefill else 0
 
 
-def probe_ids(vocab_size: int, n_tokens: int, seed: int = PROBE_SEED) -> "torch.Tensor":
+def probe_ids(vocab_size: int, n_tokens: int, seed: int = PROBE_SEED) -> torch.Tensor:
     import torch
 
     generator = torch.Generator().manual_seed(seed)

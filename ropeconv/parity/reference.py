@@ -107,7 +107,6 @@ def merge_into(model: nn.Module, lora) -> int:
     """The LoRA merge exporters stream, applied to the loaded reference's weights: same code, and rounded to the
     checkpoint's own dtype as the exporters store it."""
     from ropeconv.checkpoint.sources import torch_dtypes
-
     from ropeconv.parity.placement import offloaded_names
 
     state = model.state_dict()
@@ -126,7 +125,7 @@ def merge_into(model: nn.Module, lora) -> int:
 
 
 def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=None, weights=None,
-                   placement: "Placement | None" = None, scratch: Path | None = None,
+                   placement: Placement | None = None, scratch: Path | None = None,
                    progress=lambda _: None) -> nn.Module:
     """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32. The model is placed by
     ropeconv.parity.placement (GPUs, then CPU, then disk under the placement's caps; disk offload in `scratch`).

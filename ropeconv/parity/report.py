@@ -43,10 +43,10 @@ class Band:
     # the runtime's own float32 rope error grows with position (see runtimes: POSITION_NOISE)
     position_noise: float = 0.0
 
-    def allowed_max_abs(self, tol: "Tolerance") -> float:
+    def allowed_max_abs(self, tol: Tolerance) -> float:
         return max(tol.max_abs_logit, self.position_noise * self.last_position)
 
-    def within(self, tol: "Tolerance") -> bool:
+    def within(self, tol: Tolerance) -> bool:
         if self.quantized:
             return self.mean_kl <= tol.quantized_max_kl and self.top1 >= tol.quantized_min_top1
         return self.max_abs_logit <= self.allowed_max_abs(tol) and self.top1 >= tol.min_top1
@@ -152,7 +152,7 @@ def band_edges(original_ctx: int, first: int, last: int) -> list[tuple[int, int]
     return spans
 
 
-def compare(pass_: Pass, reference: "torch.Tensor", candidate: "torch.Tensor", original_ctx: int,
+def compare(pass_: Pass, reference: torch.Tensor, candidate: torch.Tensor, original_ctx: int,
             quantized: bool = False, position_noise: float = 0.0, prefix: str = "") -> list[Band]:
     """reference/candidate: [n_tokens, vocab] logits for the pass; prefix marks the rows of another provider."""
     import torch

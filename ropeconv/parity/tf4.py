@@ -15,9 +15,9 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ropeconv.errors import InputError, ParityError
 
@@ -52,7 +52,7 @@ def missing_note() -> str:
 @dataclass(frozen=True)
 class Job:
     model: Path  # a transformers directory
-    ids: "object"  # torch.Tensor [1, n]
+    ids: object  # torch.Tensor [1, n]
     passes: Sequence  # ropeconv.parity.probe.Pass
     attention: str | None = None  # attn_implementation, where 4.x's default differs from 5.x (archs.hf4_attention)
 

@@ -48,7 +48,7 @@ def load(model_dir: str, attention: str | None, ropeconv_src: str | None):
 
 
 @torch.no_grad()
-def run_pass(model, ids: "torch.Tensor", first: int, spans: list, out_file: str) -> None:
+def run_pass(model, ids: torch.Tensor, first: int, spans: list, out_file: str) -> None:
     params = inspect.signature(model.forward).parameters
     positions = torch.arange(first, first + ids.shape[1]).unsqueeze(0)
     # ALiBi models take no position ids: their bias depends on distances only

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 class LengthRule(str, enum.Enum):
@@ -82,7 +83,7 @@ class AlibiPlan:
                 "length_rule": self.length_rule.value, "params": dict(self.params)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "AlibiPlan":
+    def from_json(cls, data: Mapping[str, Any]) -> AlibiPlan:
         return cls(method=data["method"], slopes=tuple(float(x) for x in data["slopes"]),
                    original_ctx=int(data["original_ctx"]), target_ctx=int(data["target_ctx"]),
                    factor=float(data["factor"]), length_rule=LengthRule(data["length_rule"]),
@@ -110,7 +111,7 @@ class AbsolutePlan:
                 "length_rule": self.length_rule.value, "params": dict(self.params)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "AbsolutePlan":
+    def from_json(cls, data: Mapping[str, Any]) -> AbsolutePlan:
         return cls(method=data["method"], table=str(data["table"]), offset=int(data["offset"]),
                    original_ctx=int(data["original_ctx"]), target_ctx=int(data["target_ctx"]),
                    factor=float(data["factor"]), params=dict(data.get("params", {})))
@@ -157,7 +158,7 @@ class RopePlan:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RopePlan":
+    def from_json(cls, data: Mapping[str, Any]) -> RopePlan:
         long = data.get("long_divisors")
         return cls(
             method=data["method"],

@@ -17,7 +17,6 @@ from ropeconv.errors import InputError
 from ropeconv.inputfile import read_bytes
 from ropeconv.recipe.schema import Recipe
 
-
 MAX_RECIPE_NODES = 100_000  # values in a recipe once YAML anchors are expanded; real ones hold < 100
 # a recipe, and each file it names beside it (a factors file), is refused above this size before it is read:
 # real ones are kilobytes, and PyYAML parses about a megabyte a second
@@ -164,9 +163,9 @@ def job_for(loaded: Loaded, force: bool = False):
     """The recipe as an extend job, with every check that needs no base: the request (methods.check_request,
     which extend's resolve_lengths also runs), formats, outtype/dtype, shard size, adapters' scalings."""
     from ropeconv import methods
+    from ropeconv.extend.job import ExtendJob, parse_formats
     from ropeconv.methods.base import ExtendRequest
     from ropeconv.parity import Tolerance
-    from ropeconv.extend.job import ExtendJob, parse_formats
     from ropeconv.sizes import parse_bytes
 
     r = loaded.recipe

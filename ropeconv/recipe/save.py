@@ -9,8 +9,9 @@ published — and renamed into place only when the command succeeds.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from ropeconv import methods
-from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES, ONNX_DTYPES as DTYPES
+from ropeconv.formats import GGUF_ALL_OUTTYPES as ALL_OUTTYPES
+from ropeconv.formats import ONNX_DTYPES as DTYPES
 from ropeconv.inputfile import MAX_PATH_CHARS
 from ropeconv.methods.base import MAX_CTX
 from ropeconv.parity.report import Tolerance
@@ -89,7 +90,7 @@ def _method_model(module) -> type[BaseModel]:
 
 
 METHOD_MODELS = {m.NAME: _method_model(m) for m in methods.ordered()}
-Method = Annotated[Union[tuple(METHOD_MODELS.values())], Field(discriminator="name")]  # type: ignore[valid-type]
+Method = Annotated[Union[tuple(METHOD_MODELS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007 - a Union built from a tuple has no X | Y spelling
 
 
 class Recipe(Strict):

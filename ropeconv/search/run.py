@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ropeconv import __version__
 from ropeconv.errors import InputError
-from ropeconv.interrupts import raise_if_interrupted
 from ropeconv.eval.cache import number
 from ropeconv.eval.text import Text, read_text
+from ropeconv.interrupts import raise_if_interrupted
 from ropeconv.methods.base import ExtendRequest, Lengths, resolve_lengths
 from ropeconv.positions import RopeScheme
 from ropeconv.search import evolution as evo
-from ropeconv.search import limits
-from ropeconv.search import publish
+from ropeconv.search import limits, publish
 from ropeconv.search.publish import side_paths
 from ropeconv.search.seeds import SEED_NAMES, seed_factors
 

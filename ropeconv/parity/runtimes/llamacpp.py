@@ -40,6 +40,7 @@ import torch
 from ropeconv.checkpoint.gguf_scheme import check_epsilons
 from ropeconv.errors import InputError
 from ropeconv.gguf_io.reader import read_gguf
+
 # llama.cpp's log, captured: shared with the quantizer (gguf_export), which sits below parity
 from ropeconv.llamacpp_log import captured_log as _captured_log
 from ropeconv.llamacpp_log import first_error as _first_error
