@@ -96,7 +96,7 @@ test: install tf4 lint
 
 # the lint gate (rules in pyproject.toml's [tool.ruff]); `make test` runs it before the suite
 lint: install
-	$(VENV)/bin/ruff check ropeconv tests bench
+	$(VENV)/bin/ruff check ropeconv tests bench tools
 
 bench: install
 	$(PY) -m bench.speed_bench --work $(WORK)/bench
@@ -111,13 +111,13 @@ bench: install
 
 # wheels a GPU machine lacks (Python 3.12, x86-64), into gpu-carry/ (ignored): run here, where pip reaches PyPI
 gpu-wheels:
-	python3 -m bench.gpu_wheels --out gpu-carry
+	python3 -m tools.gpu_wheels --out gpu-carry
 
 # on a machine with one CUDA GPU and no network (its own python3, no venv): CUDA tests, SmolLM2 YaRN x4 at the
 # full 32768 tokens, passkey 16k-32k; work/gpu-check/report.md. GPU_CHECK_DRY=1 runs it on the CPU, short.
 GPU_PY ?= python3
 gpu-check:
-	$(GPU_PY) -m bench.gpu_check --work $(WORK)
+	$(GPU_PY) -m tools.gpu_check --work $(WORK)
 
 # LongRoPE's search on SmolLM2-135M 8k → 16k vs PI and YaRN (~40 min on 2 cores). The texts are Jane Austen's
 # novels from Debian's r-cran-janeaustenr (Project Gutenberg, public domain), read out with Rscript.

@@ -22,7 +22,7 @@ It installs what the machine lacks from gpu-carry/ (make gpu-wheels, run where p
 folder on PYTHONPATH; it never uses the network. GPU_CHECK_DRY=1 (or --dry) runs the same steps on the CPU
 with short lengths and without the install, to show the script works up to the CUDA parts.
 
-    python3 -m bench.gpu_check [--work work] [--dry]
+    python3 -m tools.gpu_check [--work work] [--dry]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def install(check: Check) -> None:
 
 def _join(check: Check, dest: Path) -> Path:
     sys.path.insert(0, str(REPO))
-    from bench.gpu_wheels import join
+    from tools.gpu_wheels import join
 
     return join(CARRY, dest)
 
@@ -252,7 +252,7 @@ def passkey(check: Check, name: str, model: Path, lengths: str, trials: int, dev
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m bench.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 -m tools.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "work")
     parser.add_argument("--dry", action="store_true", default=os.environ.get("GPU_CHECK_DRY") == "1",
                         help="on the CPU, short lengths, no install (GPU_CHECK_DRY=1)")

