@@ -5,17 +5,17 @@ llama.cpp fixes its slopes at max_alibi_bias 8 and writes no rope keys."""
 
 from ropeconv.families.parts import ALIBI, LAYER_NORM, SHAPE, VOCAB, context, eps, flag, linear, norm, times_hidden
 from ropeconv.families.spec import (
-                                    TINY_CTX,
-                                    UNTIED,
-                                    ArchSpec,
-                                    Dim,
-                                    Family,
-                                    FamilyShapes,
-                                    GgufArchSpec,
-                                    GgufLayout,
-                                    Hparam,
-                                    OnnxLayout,
-                                    T,
+    TINY_CTX,
+    UNTIED,
+    ArchSpec,
+    Dim,
+    Family,
+    FamilyShapes,
+    GgufArchSpec,
+    GgufLayout,
+    Hparam,
+    OnnxLayout,
+    T,
 )
 
 _H = "transformer.h.{i}."

@@ -3,17 +3,17 @@
 embedding (an untied lm_head is refused there)."""
 
 from ropeconv.families.parts import (
-                                     COMMON,
-                                     GEMMA_CONFIG,
-                                     GEMMA_ONNX,
-                                     GQA,
-                                     LLAMA_DIMS,
-                                     LLAMA_TENSORS,
-                                     RMS,
-                                     RMS_VALUES,
-                                     TINY_LLAMA,
-                                     flag,
-                                     with_head_dim_default,
+    COMMON,
+    GEMMA_CONFIG,
+    GEMMA_ONNX,
+    GQA,
+    LLAMA_DIMS,
+    LLAMA_TENSORS,
+    RMS,
+    RMS_VALUES,
+    TINY_LLAMA,
+    flag,
+    with_head_dim_default,
 )
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 

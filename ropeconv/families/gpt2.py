@@ -4,19 +4,19 @@ fused c_attn as [q | k | v]; scale_attn_weights / scale_attn_by_inverse_layer_id
 
 from ropeconv.families.parts import LAYER_NORM, SHAPE, VOCAB, context, eps, flag, norm, times_hidden
 from ropeconv.families.spec import (
-                                    STR,
-                                    TINY_CTX,
-                                    UNTIED,
-                                    ArchSpec,
-                                    Dim,
-                                    Family,
-                                    FamilyShapes,
-                                    GgufArchSpec,
-                                    GgufLayout,
-                                    Hparam,
-                                    OnnxLayout,
-                                    T,
-                                    Value,
+    STR,
+    TINY_CTX,
+    UNTIED,
+    ArchSpec,
+    Dim,
+    Family,
+    FamilyShapes,
+    GgufArchSpec,
+    GgufLayout,
+    Hparam,
+    OnnxLayout,
+    T,
+    Value,
 )
 
 _H = "transformer.h.{i}."

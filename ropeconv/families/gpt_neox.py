@@ -4,17 +4,17 @@ llama.cpp's gptneox splits as all-q, all-k, all-v blocks (the GGUF regroups it).
 
 from ropeconv.families.parts import ACTIVATION, COMMON, STANDARD_DIMS, VOCAB, context, eps, flag, linear, norm
 from ropeconv.families.spec import (
-                                    UNTIED,
-                                    ArchSpec,
-                                    Dim,
-                                    Family,
-                                    FamilyShapes,
-                                    GgufArchSpec,
-                                    GgufLayout,
-                                    Hparam,
-                                    OnnxLayout,
-                                    T,
-                                    get,
+    UNTIED,
+    ArchSpec,
+    Dim,
+    Family,
+    FamilyShapes,
+    GgufArchSpec,
+    GgufLayout,
+    Hparam,
+    OnnxLayout,
+    T,
+    get,
 )
 
 _NEOX = "gpt_neox.layers.{i}."

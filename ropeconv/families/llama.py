@@ -4,16 +4,16 @@ permutes q/k rows within each head to keep the same math; its loader reads rope_
 with rope.scaling.type longrope, the LongRoPE factor tensors."""
 
 from ropeconv.families.parts import (
-                                     COMMON,
-                                     GQA,
-                                     LLAMA_CONFIG,
-                                     LLAMA_DIMS,
-                                     LLAMA_ONNX,
-                                     LLAMA_TENSORS,
-                                     RMS,
-                                     RMS_VALUES,
-                                     TINY_LLAMA,
-                                     flag,
+    COMMON,
+    GQA,
+    LLAMA_CONFIG,
+    LLAMA_DIMS,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    RMS,
+    RMS_VALUES,
+    TINY_LLAMA,
+    flag,
 )
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 

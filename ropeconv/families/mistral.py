@@ -2,16 +2,16 @@
 as its llama architecture, whose graph has no sliding window: a window shorter than the target is refused there."""
 
 from ropeconv.families.parts import (
-                                     COMMON,
-                                     GQA,
-                                     LLAMA_CONFIG,
-                                     LLAMA_DIMS,
-                                     LLAMA_ONNX,
-                                     LLAMA_TENSORS,
-                                     RMS,
-                                     RMS_VALUES,
-                                     SLIDING_WINDOW,
-                                     TINY_LLAMA,
+    COMMON,
+    GQA,
+    LLAMA_CONFIG,
+    LLAMA_DIMS,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    RMS,
+    RMS_VALUES,
+    SLIDING_WINDOW,
+    TINY_LLAMA,
 )
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufLayout, OnnxLayout
 

@@ -8,20 +8,20 @@ Mixtral. The ONNX graph evaluates every expert and weights it by the scattered t
 MixtralConfig defaults head_dim to None, which transformers 5's yarn/longrope/llama3 trip on: the output states it."""
 
 from ropeconv.families.parts import (
-                                     COMMON,
-                                     GQA,
-                                     LLAMA_CONFIG,
-                                     LLAMA_DIMS,
-                                     LLAMA_ONNX,
-                                     LLAMA_TENSORS,
-                                     MOE,
-                                     MOE_VALUES,
-                                     RMS,
-                                     RMS_VALUES,
-                                     SLIDING_WINDOW,
-                                     TINY_LLAMA,
-                                     L,
-                                     without_mlp,
+    COMMON,
+    GQA,
+    LLAMA_CONFIG,
+    LLAMA_DIMS,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    MOE,
+    MOE_VALUES,
+    RMS,
+    RMS_VALUES,
+    SLIDING_WINDOW,
+    TINY_LLAMA,
+    L,
+    without_mlp,
 )
 from ropeconv.families.spec import ArchSpec, Dim, Family, FamilyShapes, GgufLayout, MoeLayout, OnnxLayout, T
 

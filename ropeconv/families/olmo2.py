@@ -4,20 +4,20 @@ RMS-normalized over the whole projection (weights [heads·head_dim]) before the 
 olmo2 loader takes head_dim as hidden/heads, no output-projection bias and always a separate output matrix."""
 
 from ropeconv.families.parts import (
-                                     COMMON,
-                                     GQA,
-                                     LLAMA_CONFIG,
-                                     LLAMA_DIMS,
-                                     LLAMA_ONNX,
-                                     LLAMA_TENSORS,
-                                     RMS,
-                                     RMS_VALUES,
-                                     TINY_LLAMA,
-                                     L,
-                                     flag,
-                                     norm,
-                                     refuse_attention_bias,
-                                     refuse_head_dim_not_hidden_over_heads,
+    COMMON,
+    GQA,
+    LLAMA_CONFIG,
+    LLAMA_DIMS,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    RMS,
+    RMS_VALUES,
+    TINY_LLAMA,
+    L,
+    flag,
+    norm,
+    refuse_attention_bias,
+    refuse_head_dim_not_hidden_over_heads,
 )
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
 

@@ -1,16 +1,16 @@
 """Qwen2: llama's blocks with q/k/v biases, sliding window on the layers `layer_types` marks "sliding_attention"."""
 
 from ropeconv.families.parts import (
-                                     COMMON,
-                                     GQA,
-                                     LLAMA_DIMS,
-                                     LLAMA_ONNX,
-                                     LLAMA_TENSORS,
-                                     QWEN_CONFIG,
-                                     QWEN_WINDOWS,
-                                     RMS,
-                                     RMS_VALUES,
-                                     TINY_LLAMA,
+    COMMON,
+    GQA,
+    LLAMA_DIMS,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    QWEN_CONFIG,
+    QWEN_WINDOWS,
+    RMS,
+    RMS_VALUES,
+    TINY_LLAMA,
 )
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 

@@ -4,20 +4,20 @@ graph alike (attn_q_norm / attn_k_norm); head_dim is explicit (Qwen3Config defau
 GGUF as key/value_length."""
 
 from ropeconv.families.parts import (
-                                     COMMON,
-                                     GQA,
-                                     LLAMA_DIMS,
-                                     LLAMA_ONNX,
-                                     LLAMA_TENSORS,
-                                     QWEN_CONFIG,
-                                     QWEN_WINDOWS,
-                                     RMS,
-                                     RMS_VALUES,
-                                     TINY_LLAMA,
-                                     L,
-                                     flag,
-                                     refuse_attention_bias,
-                                     with_head_dim_default,
+    COMMON,
+    GQA,
+    LLAMA_DIMS,
+    LLAMA_ONNX,
+    LLAMA_TENSORS,
+    QWEN_CONFIG,
+    QWEN_WINDOWS,
+    RMS,
+    RMS_VALUES,
+    TINY_LLAMA,
+    L,
+    flag,
+    refuse_attention_bias,
+    with_head_dim_default,
 )
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout, T
 
