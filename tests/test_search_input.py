@@ -1,7 +1,7 @@
 """What `ropeconv search longrope` reads and computes, against hostile input (issue 26): sizes bounded before
 anything is drawn, the fitness cache read strictly and boundedly (regular files, line and file caps, one line
 naming file:line), only finite fitness values cached and published, a bounded prefix of a huge --text, and the
-scorer on gemma3_text (rotary modules installed once) and under disk offload (inputs placed off the meta device)."""
+scorer on gemma3_text (a second plan swaps the first, never nests it) and under disk offload (inputs placed off the meta device)."""
 
 from __future__ import annotations
 
@@ -159,8 +159,8 @@ def test_a_fitness_that_is_not_finite_ranks_worst_and_is_cached_finite(tmp_path,
     from ropeconv.search.run import fitness_record_problem
 
     monkeypatch.setattr(fitness, "token_logprobs", lambda model, ids: np.full(len(ids) - 1, np.nan))
-    scorer = fitness.Scorer.__new__(fitness.Scorer)  # no model: the log-probabilities above stand in for it
-    scorer.model, scorer.rotary, scorer.text_ids, scorer.bos_id, scorer.samples = None, [], list(range(40)), None, 1
+    scorer = fitness.Scorer.__new__(fitness.Scorer)  # no real model: the log-probabilities above stand in for it
+    scorer.model, scorer.text_ids, scorer.bos_id, scorer.samples = torch.nn.Module(), list(range(40)), None, 1
     record = scorer.perplexity(None, 16)
     assert record["ppl"] == evo.WORST_FITNESS and record["nll"] is None and math.isfinite(record["ppl"])
     cache = _cache(tmp_path, fitness_record_problem)

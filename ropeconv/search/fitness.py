@@ -63,7 +63,7 @@ class Scorer:
         """placement (ropeconv.parity.placement): --max-memory caps; disk offload goes to a scratch folder of its
         own, removed by close()."""
         from ropeconv.parity.placement import scratch_dir
-        from ropeconv.parity.reference import PlanRotaryEmbedding, load_reference
+        from ropeconv.parity.reference import load_reference
 
         self.text_ids, self.bos_id, self.samples = text_ids, bos_id, samples
         self.scratch = scratch_dir(placement) if placement is not None and placement.caps else None
@@ -73,14 +73,12 @@ class Scorer:
         except BaseException:
             self._remove_scratch()
             raise
-        # installed once; a candidate only swaps their plan (installing again would wrap the installed modules,
-        # and gemma3's, which hand some layer types to the module they replaced, in ever deeper chains)
-        self.rotary = [m for m in self.model.modules() if isinstance(m, PlanRotaryEmbedding)]
 
     def perplexity(self, plan: RopePlan, length: int) -> dict:
         """{"ppl", "nll", "tokens", "seconds"} of `samples` consecutive windows of `length` tokens."""
-        for module in self.rotary:
-            module.plan = plan
+        from ropeconv.parity.reference import install_plan_rotary
+
+        install_plan_rotary(self.model, plan)  # swaps the plan of the rotary modules load_reference installed
         width = ppl_mod.window_tokens(length, self.bos_id)
         start = time.monotonic()
         nlls, tokens = [], 0
