@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import pwd
 import shutil
@@ -353,3 +354,17 @@ def test_a_set_of_files_is_republished_where_hard_links_are_not_supported(tmp_pa
             monkeypatch.setattr(staging.os, "link", no_links)
     assert a.read_bytes() == b"ours a2" and b.read_bytes() == b"ours b2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # nothing left aside
+
+
+def test_a_search_log_past_the_proof_read_cap_is_still_proven_searchs(tmp_path, monkeypatch):
+    """Search's own log reaches ~300 MB at its evaluation bound, past the 256 MiB a proof reads whole; the log is
+    proven line by line, so --force can replace the longest log search writes (here the cap is made small)."""
+    from ropeconv.search import publish
+
+    log = tmp_path / "f.search.jsonl"
+    record = {"phase": "long", "generation": 0, "origin": "seed", "factors": [1.0] * 32, "ppl": 12.5}
+    log.write_text("".join(json.dumps(record) + "\n" for _ in range(50)))
+    monkeypatch.setattr(publish, "MAX_PROOF_BYTES", log.stat().st_size // 4)
+    assert publish.LOG_PROOF.holds(log)
+    log.write_text(log.read_text() + "not a record\n")
+    assert not publish.LOG_PROOF.holds(log)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from ropeconv.errors import InputError
 from ropeconv.eval import plots
+from ropeconv.eval.cache import MAX_LINE_BYTES
 from ropeconv.export.staging import Proof, check_files, overlap_refusal, staged_files, target_locks
-from ropeconv.inputfile import read_bytes
+from ropeconv.inputfile import open_regular, read_bytes
 
 MAX_PROOF_BYTES = 256 << 20  # a file larger than this is not read to prove it search's: it is not
 LOG_KEYS = frozenset({"phase", "generation", "origin", "factors", "ppl"})
@@ -93,14 +94,19 @@ def _is_factors(path: Path) -> bool:
 
 
 def _is_log(path: Path) -> bool:
-    data = _bounded(path)
-    if data is None:
-        return False
+    """Every line a search record, read one line at a time (a search's own log reaches ~300 MB at the evaluation
+    bound, past MAX_PROOF_BYTES), each line at most eval.cache's MAX_LINE_BYTES."""
     try:
-        records = [json.loads(line) for line in data.decode("utf-8").splitlines()]
-    except (ValueError, RecursionError):
+        with open_regular(path) as fh:
+            while line := fh.readline(MAX_LINE_BYTES + 1):
+                if len(line) > MAX_LINE_BYTES:
+                    return False
+                record = json.loads(line)
+                if not (isinstance(record, dict) and LOG_KEYS <= record.keys()):
+                    return False
+    except (InputError, OSError, ValueError, RecursionError):
         return False
-    return all(isinstance(r, dict) and LOG_KEYS <= r.keys() for r in records)
+    return True
 
 
 FACTORS_PROOF = Proof("a factors file ropeconv search wrote", "no _search record", _is_factors)
