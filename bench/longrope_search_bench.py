@@ -87,9 +87,9 @@ def plans_for(base: Path, factors: Path | None, target: int) -> dict:
 def evaluate(base: Path, text: Path, plans: dict, target: int, device: str, cache_dir: Path) -> list[dict]:
     """Perplexity of each plan at each length (the unscaled base only up to its own context), cached per
     (model, text, plan, length) so that a rerun, or another process that scored some of them, is reused."""
+    from ropeconv.device.pick import pick_device
     from ropeconv.eval import cache as cache_mod
     from ropeconv.eval import runtimes as rt
-    from ropeconv.parity.device import pick_device
     from ropeconv.search.fitness import Scorer
 
     dev = pick_device(device)

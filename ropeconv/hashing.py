@@ -124,6 +124,7 @@ class HashedWriter:
 
     def append_staged(self, nbytes: int) -> None:
         """Append the first nbytes of the buffer the last stage() gave."""
+        assert self._stage is not None  # stage() came first
         fd, mapping, size = self._stage
         start = self._slot * size
         view = memoryview(mapping)[start : start + nbytes]
@@ -172,6 +173,7 @@ class HashedWriter:
 
     def _hash_range(self, pos: int, nbytes: int) -> None:
         buf = self._read_buf
+        assert buf is not None  # copy() made it before handing the range over
         while nbytes:
             n = os.preadv(self.fd, [buf[: min(nbytes, READ_CHUNK_BYTES)]], pos)
             if n <= 0:

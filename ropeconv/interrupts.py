@@ -64,11 +64,12 @@ def exit_code(exc: BaseException) -> int:
     """128 + the signal behind `exc` (or behind what it was raised from: click turns a KeyboardInterrupt into an
     Abort); 130 for a KeyboardInterrupt no handler raised."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, Interrupted):
-            return exc.exit_code
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, Interrupted):
+            return link.exit_code
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
     return 128 + _received[0] if _received else SIGINT_EXIT
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from ropeconv.errors import InputError
@@ -62,6 +63,8 @@ def check_tree(data: Any, where: str, *, finite: bool = True, max_nodes: int | N
         nodes += 1
         if max_nodes is not None and nodes > max_nodes:
             raise InputError(f"{where}: more than {max_nodes} values once aliases are expanded")
+        items: Iterable[tuple[Any, Any]]
+        values: Iterable[Any]
         if isinstance(node, dict):
             items, values = node.items(), node.values()
         elif isinstance(node, list):

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal, overload
 
 import ropeconv
 from ropeconv import jsontext
@@ -174,6 +174,9 @@ def parse_manifest(root: Path, data: Any) -> Manifest:
     base_path = r.text(base.get("path"), "base.path") if "base" in doc else None
     for key in ("config_sha256", "architecture"):
         r.text(base.get(key), f"base.{key}", optional=True)
+    hub = r.object(base.get("hub"), "base.hub", optional=True)  # a base given as a Hub id
+    for key in ("repo_id", "revision", "commit", "file"):
+        r.text(hub.get(key), f"base.hub.{key}", optional=key == "file" or not hub)
     vocab = doc.get("vocab_size")
     lora = adapter_records(doc.get("lora"), r.where)
     recipe = r.object(doc.get("recipe"), "recipe", optional=True)
@@ -219,6 +222,12 @@ class _Fields:
         if not isinstance(value, list):
             raise self.fail(key, f"expected a list, not {_kind(value)}")
         return value
+
+    @overload
+    def text(self, value: Any, key: str, optional: Literal[False] = False) -> str: ...
+
+    @overload
+    def text(self, value: Any, key: str, optional: bool) -> str | None: ...
 
     def text(self, value: Any, key: str, optional: bool = False) -> str | None:
         if value is None and optional:

@@ -42,7 +42,7 @@ class Progress:
         self.stream.flush()
 
 
-def _human(n: int, unit: str) -> str:
+def _human(n: float, unit: str) -> str:
     if unit != "B":
         return f"{n} {unit}"
     for suffix in ("B", "KB", "MB", "GB", "TB"):

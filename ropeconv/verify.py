@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ropeconv.errors import InputError, RopeconvError
 from ropeconv.formats import FORMATS, checkpoint_format, format_of
@@ -41,26 +42,28 @@ def verify_output(
 
     full_length: a probe from position 0 to the target (None: the default, full length on a GPU up to 32k);
     max_memory: --max-memory caps for the transformers models (disk offload beside OUT)."""
-    from ropeconv.parity.placement import parse_max_memory
+    from ropeconv.device.placement import parse_max_memory
 
     progress = progress or Progress(enabled=False)
     out = Path(out)
-    probe = {"full_length": full_length, "placement": parse_max_memory(max_memory).beside(out)}
+    probe: dict[str, Any] = {"full_length": full_length, "placement": parse_max_memory(max_memory).beside(out)}
     if not out.exists():
         raise InputError(f"{out}: not found")
     if tokens is not None and tokens < 2:
         raise InputError(f"--tokens must be at least 2, got {tokens}")
     fmt = format_of(out)
-    if fmt is not None and fmt.verify_file is not None and out.is_file():
+    if fmt is not None and fmt.verify_file is not None and (out.is_file() or fmt.suffix is None):
         home = _home_manifest(out)  # a file of a ropeconv output folder: that output's files are checked too
+        verify_file = fmt.verify_file
         return _judged(home, progress, lambda: [
-            fmt.verify_file(out, base, device=device, tokens=tokens, tolerance=tolerance, progress=progress,
+            verify_file(out, base, device=device, tokens=tokens, tolerance=tolerance, progress=progress,
                             probe=probe, allow_pickle=allow_pickle)])
     if not out.is_dir():
         raise InputError(f"{out}: expected a ropeconv output directory")
     manifest = load_manifest(out)
     if manifest.plan is None or manifest.base_path is None or manifest.vocab_size is None:
         raise InputError(f"{manifest.where}: damaged (its plan, base or vocab_size is missing)")
+    vocab_size: int = manifest.vocab_size
     try:
         plan = plan_from_json(manifest.plan)
     except ValueError as exc:
@@ -70,7 +73,7 @@ def verify_output(
     written = manifest.formats or {checkpoint_format().name: {}}
     listed = {FORMATS[name]: FORMATS[name].artifact(out, record) for name, record in written.items()}
     for fmt, artifact in listed.items():
-        if not fmt.is_checkpoint and not artifact.is_file():
+        if not fmt.is_checkpoint and not (artifact.is_file() or (fmt.suffix is None and artifact.is_dir())):
             raise InputError(f"{artifact}: listed in the manifest but missing")
     # an output folder transformers loads holds the base's tensors (LoRA merged)
     checkpoint = any(fmt.is_checkpoint for fmt in listed)
@@ -108,7 +111,7 @@ def verify_output(
         lora = _merge(lora_found, base, allow_pickle) if lora_found else None
         # in the registry's order (the order extend checks them in)
         artifacts = [(listed[fmt], fmt.twin(base, plan, lora)) for fmt in FORMATS.values() if fmt in listed]
-        return check_parities(artifacts, base, plan, manifest.vocab_size, device=device, tokens=tokens,
+        return check_parities(artifacts, base, plan, vocab_size, device=device, tokens=tokens,
                               tolerance=tolerance, notes=notes, progress=progress.note, lora=lora, **probe)
 
     return _judged(manifest, progress, prove)
@@ -126,10 +129,10 @@ def _judged(manifest: Manifest | None, progress: Progress, prove: Callable[[], l
     try:
         reports = prove()
     except RopeconvError as exc:
-        if changed:
+        if manifest is not None and changed:
             exc.args = (f"{exc}; {describe_changes(manifest.root, changed)}",)
         raise
-    if changed:
+    if manifest is not None and changed:
         raise ChangedFiles(describe_changes(manifest.root, changed), reports)
     return reports
 
@@ -289,6 +292,8 @@ def _verify_onnx(model: Path, base: Path | None, *, device, tokens, tolerance, p
         raise InputError(f"{model}: a LoRA adapter merged into it is missing or changed")
     refuse_pickle(Path(base), allow_pickle, "the base")
     lora = _merge(adapters, Path(base), allow_pickle) if adapters else None
-    return check_parities([(model, format_of(model).twin(Path(base), plan, lora))], Path(base), plan,
+    fmt = format_of(model)
+    assert fmt is not None  # a model.onnx: the onnx format's artifact
+    return check_parities([(model, fmt.twin(Path(base), plan, lora))], Path(base), plan,
                           vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
                           notes=notes, progress=progress.note, lora=lora, **probe)[0]

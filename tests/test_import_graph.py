@@ -20,19 +20,26 @@ ROOT = Path(ropeconv.__file__).parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("ropeconv", "ropeconv.errors", "ropeconv.jsontext", "ropeconv.files", "ropeconv.inputfile",
               "ropeconv.interrupts", "ropeconv.sizes", "ropeconv.progress", "ropeconv.llamacpp_log", "ropeconv.manifest",
-              "ropeconv.formats")),
+              "ropeconv.optionfields", "ropeconv.formats")),
     ("positions", ("ropeconv.positions",)),
-    # runtime: the transformers-side ALiBi scaling a loaded model applies (positions only)
-    # families: one record per architecture family (data, and pure functions of config.json values)
-    ("archs/methods", ("ropeconv.archs", "ropeconv.families", "ropeconv.methods", "ropeconv.runtime")),
+    # alibi_patch: the transformers-side ALiBi scaling a loaded model applies (positions only); runtime: its public
+    # name, a re-export
+    # families: one record per architecture family (data, and pure functions of config.json values), and lookup.py
+    ("archs/methods", ("ropeconv.families", "ropeconv.methods", "ropeconv.alibi_patch", "ropeconv.runtime")),
     # lora's adapters and merge feed the checkpoint's tensor source; lora.gguf_base is an exporter's concern
     # hashing: the writers' hash-while-written (it copies ranges through checkpoint.sources)
+    # hub: the Hugging Face Hub (push.py: an output's files, from its manifest, and its recorded plan uploaded;
+    # and base.py: a base given as a Hub id, fetched into huggingface_hub's cache; the exporters name a snapshot by it)
     ("checkpoint/gguf_io/provenance", ("ropeconv.checkpoint", "ropeconv.gguf_io", "ropeconv.provenance",
-                                       "ropeconv.lora", "ropeconv.hashing")),
-    ("exporters", ("ropeconv.export", "ropeconv.gguf_export", "ropeconv.onnx_export", "ropeconv.lora.gguf_base")),
+                                       "ropeconv.lora", "ropeconv.hashing", "ropeconv.hub")),
+    ("exporters", ("ropeconv.export", "ropeconv.gguf_export", "ropeconv.onnx_export", "ropeconv.mlx_export",
+                   "ropeconv.lora.gguf_base")),
+    # device: where models run (the device, accelerate's placement under --max-memory, freeing memory), for
+    # parity, eval, search, extend and the CLI alike
+    ("device", ("ropeconv.device",)),
     ("parity", ("ropeconv.parity", "ropeconv.eval")),
     ("extend flows", ("ropeconv.extend",)),
-    ("verify/recipe", ("ropeconv.verify", "ropeconv.recipe", "ropeconv.search", "ropeconv.finetune",
+    ("verify/recipe", ("ropeconv.verify", "ropeconv.verify_mlx", "ropeconv.recipe", "ropeconv.search", "ropeconv.finetune",
                        "ropeconv.capabilities", "ropeconv.fixtures")),
     ("cli", ("ropeconv.cli",)),
 )

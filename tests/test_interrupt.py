@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import add_byte_level_tokenizer, make_tiny, run_cli
 
 from ropeconv.interrupts import CATCHABLE, Interrupted, exit_code, handled, raise_if_interrupted
+from tests.conftest import add_byte_level_tokenizer, make_tiny, run_cli
 
 TIMEOUT_S = 60.0
 

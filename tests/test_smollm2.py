@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_json, run_cli
 
 from ropeconv.fixtures import smollm2
+from tests.conftest import read_json, run_cli
 
 WORK = Path(os.environ.get("ROPECONV_WORK", Path(__file__).resolve().parents[1] / "work"))
 
@@ -61,10 +61,10 @@ def test_stripped_scaling_fails_on_the_real_model(smol, tmp_path):
 
 @pytest.mark.slow
 def test_onnx_yarn_x4_over_1024_tokens_and_greedy_decoding_matches_transformers(smol, tmp_path, capsys):
-    from test_onnx import strip_position_math
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ropeconv.parity.runtimes import ort as ort_runtime
+    from tests.onnx_export.test_export import strip_position_math
 
     out = tmp_path / "smol-yarn-32k"
     capsys.readouterr()

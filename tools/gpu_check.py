@@ -1,7 +1,7 @@
 """make gpu-check: what a machine with one CUDA GPU and no network proves, in at most 8 minutes, into
 work/gpu-check/report.md (and $OUT/report.md when the device tool runs it).
 
-1. the CUDA tests (tests/test_scale.py, tests/test_device.py: -k cuda);
+1. the CUDA tests (tests/parity/test_scale.py, tests/device/test_pick.py: -k cuda);
 2. SmolLM2-135M YaRN ×4 (8k → 32k): `extend` on CUDA, whose parity probe is then by default the full length
    (positions 0–32767, prefilled through the KV cache in chunks); `verify --full-length` again; and a verify
    with --max-memory holding half the layers off the GPU (accelerate's hooks bring them in);
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return finish(check)
 
     check.run("cuda-tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                             "tests/test_scale.py", "tests/test_device.py", "-k", "cuda"], 150)
+                             "tests/parity/test_scale.py", "tests/device/test_pick.py", "-k", "cuda"], 150)
     tests = check.logs / "cuda-tests.out"
     if tests.is_file():
         check.note("cuda-tests", "```\n" + "\n".join(tests.read_text().strip().splitlines()[-12:]) + "\n```")

@@ -20,7 +20,7 @@ from ropeconv.errors import InputError
 from ropeconv.families.spec import BOOL, FLOAT, INT, STR, Family, Value, with_class_defaults
 
 # Python's type of each kind as JSON gives it (a bool is an int to Python: told apart below)
-_TYPES = {INT: int, FLOAT: float, BOOL: bool, STR: str}
+_TYPES: dict[str, type[Any]] = {INT: int, FLOAT: float, BOOL: bool, STR: str}
 _NAMES = {INT: "an integer", FLOAT: "a float", BOOL: "true or false", STR: "a string"}
 
 

@@ -89,7 +89,7 @@ def check_file_range(fd: int, offset: int, nbytes: int, dtype: str, shape: tuple
     buf = np.empty(min(nbytes, READ_BYTES), np.uint8)
     for start in range(0, nbytes, buf.size):
         piece = buf[: min(buf.size, nbytes - start)]
-        if os.preadv(fd, [memoryview(piece)], offset + start) != piece.size:
+        if os.preadv(fd, [piece.data], offset + start) != piece.size:  # .data: memoryview(piece)
             raise InputError(f"{where} ends before its {nbytes} bytes (was the file changed?)")
         refuse_non_finite(piece, dtype, shape, where, start)
 
@@ -104,7 +104,7 @@ def _pieces(entry: TensorEntry, source) -> Iterator[tuple[int, np.ndarray]]:
         buf = np.empty(min(entry.nbytes, READ_BYTES), np.uint8)
         for start in range(0, entry.nbytes, buf.size):
             piece = buf[: min(buf.size, entry.nbytes - start)]
-            source.read_into(entry, start, memoryview(piece))
+            source.read_into(entry, start, piece.data)  # .data: memoryview(piece)
             yield start, piece
     else:
         import torch

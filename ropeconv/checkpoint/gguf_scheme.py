@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ropeconv.archs import GgufArchSpec, gguf_arch_for
 from ropeconv.errors import InputError
+from ropeconv.families.lookup import GgufArchSpec, gguf_arch_for
 from ropeconv.families.spec import MIN_CONTEXT
 from ropeconv.gguf_io.reader import GgufFile, scalar
 from ropeconv.positions import RopeScheme

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ropeconv import jsontext
-from ropeconv.archs import ArchSpec, arch_for
 from ropeconv.checkpoint.config_values import check_values
 from ropeconv.checkpoint.position_config import read_position_scheme
 from ropeconv.checkpoint.safetensors_header import TensorEntry, read_header
@@ -21,6 +20,7 @@ from ropeconv.checkpoint.sources import PickleSource, SafetensorsSource, TensorS
 from ropeconv.checkpoint.tokenizer import TokenizerFiles, read_tokenizer
 from ropeconv.errors import InputError
 from ropeconv.families import FAMILIES
+from ropeconv.families.lookup import ArchSpec, arch_for
 from ropeconv.inputfile import check_regular, read_bytes
 from ropeconv.positions import PositionScheme
 
@@ -135,11 +135,14 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def missing_base(path: Path) -> str:
-    """The error for a base that is not there; a Hub id (ORG/NAME, no such local folder) gets how to fetch it."""
+    """The error for a base that is not there; a Hub id (ORG/NAME, no such local folder) gets how to fetch it: the
+    commands other than `extend` and recipes (which fetch a Hub id themselves: ropeconv.hub.base) read a local
+    copy."""
     text = str(path)
     if _HUB_ID.fullmatch(text) and not Path(text).parent.exists():
         name = text.split("/")[1]
-        return (f"{text}: not a local folder; ropeconv reads a local copy, not a Hub id: download it with "
+        return (f"{text}: not a local folder; `ropeconv extend` and recipes fetch a Hub id, this command reads a "
+                f"local copy: download it with "
                 f"`hf download {text} --local-dir {name}` (or `huggingface-cli download {text} --local-dir {name}`), "
                 f"then pass {name}")
     return f"{path}: base not found (a local HuggingFace model folder or a .gguf file)"

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ropeconv.archs import ArchSpec
+from ropeconv.alibi_patch import KEY as ALIBI_KEY
 from ropeconv.checkpoint.rope_config import read_scheme
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError
+from ropeconv.families.lookup import ArchSpec
 from ropeconv.positions import AbsoluteScheme, AlibiScheme, PositionScheme
 from ropeconv.positions.alibi import MAX_BIAS
-from ropeconv.runtime import KEY as ALIBI_KEY
 
 _HEAD_KEYS = ("num_attention_heads", "n_head", "n_heads")
 

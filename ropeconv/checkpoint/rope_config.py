@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ropeconv.archs import ARCHS, ArchSpec
 from ropeconv.errors import InputError
+from ropeconv.families.lookup import ARCHS, ArchSpec
 from ropeconv.families.spec import MIN_CONTEXT, check_legacy_agrees, fixed_layer_thetas, layer_thetas  # noqa: F401 (the readers' names for them)
 from ropeconv.positions import RopeScheme
 

@@ -45,6 +45,8 @@ class TensorSource(Protocol):
 
     def load(self, entry: TensorEntry) -> torch.Tensor: ...
 
+    def close(self) -> None: ...
+
 
 class SafetensorsSource:
     """Byte-copies a tensor's range straight from the file (kernel copy where the OS has one)."""

@@ -42,6 +42,22 @@ a sliding window scores only the tokens new to each window, and PPL = exp(mean o
 """
 
 
+class RuntimeChoice(click.Choice):
+    """--runtime's choices as the format registry stands when they are read (eval.runtimes.kinds): a format
+    registered at run time is a choice."""
+
+    def __init__(self) -> None:
+        super().__init__(list(rt.runtime_choices()))
+
+    @property
+    def choices(self):
+        return tuple(rt.runtime_choices())
+
+    @choices.setter
+    def choices(self, _value) -> None:
+        pass
+
+
 def _device_option(f):
     return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                         help="where transformers/onnxruntime/llama.cpp run")(f)
@@ -49,7 +65,7 @@ def _device_option(f):
 
 def _common(f):
     for decorator in reversed([
-        click.option("--runtime", type=click.Choice(list(rt.RUNTIMES)), default="auto", show_default=True,
+        click.option("--runtime", type=RuntimeChoice(), default="auto", show_default=True,
                      help="auto: from the path (.gguf → llama.cpp, .onnx or onnx/ → onnxruntime, else transformers)"),
         _device_option,
         click.option("--max-memory", help="caps for the transformers runtime, e.g. cuda:0=20GiB,cpu=12GiB (layers over "
@@ -66,11 +82,11 @@ def _common(f):
 
 @click.group(name="eval")
 def eval_group() -> None:
-    """Evaluate a model in its target runtime: passkey retrieval and perplexity."""
+    """Evaluate a model in its target runtime: passkey retrieval, RULER and perplexity."""
 
 
 def _pick_device(device: str):
-    from ropeconv.parity.device import pick_device  # imports torch: only when a command runs, never for --help
+    from ropeconv.device.pick import pick_device  # imports torch: only when a command runs, never for --help
 
     return pick_device(device)
 
@@ -105,7 +121,7 @@ def _cache_dir(out: Path | None, cache_dir: Path | None) -> Path:
 def _placement(max_memory: str | None, dev, out: Path | None):
     """--max-memory checked against the device before any work; disk offload beside -o when given (not in it:
     -o is made only when there is something to put in it)."""
-    from ropeconv.parity.placement import budget, parse_max_memory
+    from ropeconv.device.placement import budget, parse_max_memory
 
     placement = parse_max_memory(max_memory)
     if out is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -44,9 +45,11 @@ def inspect(path: Path, as_json: bool) -> int:
     listed = [FORMATS[name] for name in FORMATS if name in written]
     if listed and not any(f.is_checkpoint for f in listed):  # an output written as single-file formats alone
         first = next((f for f in listed if f.inspect is not None), None)
-        if first is not None:
+        if first is not None and first.inspect is not None:
             return first.inspect(first.artifact(path, written[first.name]), as_json)
-    return artifact_format(path).inspect(path, as_json)  # a folder: the checkpoint format's view
+    view = artifact_format(path).inspect  # a folder: the checkpoint format's view
+    assert view is not None  # the checkpoint format has one
+    return view(path, as_json)
 
 
 def _inspect_checkpoint(path: Path, as_json: bool) -> int:
@@ -54,7 +57,7 @@ def _inspect_checkpoint(path: Path, as_json: bool) -> int:
     ckpt = load_checkpoint(path, allow_pickle=False)
     s = ckpt.scheme
     manifest = read_manifest(ckpt.path)
-    info = {
+    info: dict[str, Any] = {
         "path": str(ckpt.path),
         "architecture": ckpt.arch.model_type,
         "position_scheme": _scheme_json(s),
@@ -107,7 +110,7 @@ def _inspect_onnx(path: Path, as_json: bool) -> int:
         damaged = str(exc).removeprefix(f"{path}: ")
         plan, props = None, read_metadata(path)
     data = path.with_name(path.name + ".data")
-    info = {
+    info: dict[str, Any] = {
         "path": str(path),
         "format": "onnx",
         "bytes": path.stat().st_size + (data.stat().st_size if data.is_file() else 0),
@@ -153,7 +156,7 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
         method, plan_state, problem = None, "damaged", str(exc).removeprefix(f"{path}: ")
     except InputError:
         method, plan_state = None, None
-    info = {
+    info: dict[str, Any] = {
         "path": str(path),
         "format": "gguf",
         "gguf_version": src.version,

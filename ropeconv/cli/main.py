@@ -2,6 +2,7 @@
 
 0 ok · 1 parity failed · 2 bad input (no traceback) · 128 + the signal's number when a signal interrupted the run
 (130 SIGINT, 143 SIGTERM; SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 likewise): nothing half-written, nothing published.
+74: published, its report lost (cli.report) · 75: the upload to the Hub failed (hub.push; the output stands).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from ropeconv.interrupts import exit_code, handled, raise_if_interrupted
 # name → (module, attribute, the command's one-line help). A command's module is imported only when that command
 # runs or shows its help: importing them all pulled torch in (via eval) and cost every command 2-4 s. The help lines
 # are the docstrings' first sentences, repeated here so `ropeconv --help` lists every command without importing any
-# (tests/test_startup.py checks they still match).
+# (tests/cli/test_startup.py checks they still match).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "eval": ("ropeconv.cli.eval", "eval_group",
-             "Evaluate a model in its target runtime: passkey retrieval and perplexity."),
-    "extend": ("ropeconv.cli.extend", "extend",
-               "Extend BASE (a HuggingFace model directory or a GGUF file) with --method and write it to --out."),
+    # cli.eval_ruler imports cli.eval (its group and options) and adds `eval ruler` to the group
+    "eval": ("ropeconv.cli.eval_ruler", "eval_group",
+             "Evaluate a model in its target runtime: passkey retrieval, RULER and perplexity."),
+    "extend": ("ropeconv.cli.extend", "command",
+               "Extend BASE (a HuggingFace model directory, a GGUF file, or a Hub id ORG/NAME[@REVISION][:FILE.gguf]) "
+               "with --method and write it to --out."),
     "finetune": ("ropeconv.cli.finetune", "finetune",
                  "Fine-tune a base for an extended context; writes a PEFT LoRA adapter (needs ropeconv[finetune])."),
     "inspect": ("ropeconv.cli.inspect", "inspect",
@@ -34,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "or a ropeconv ONNX model)."),
     "methods": ("ropeconv.cli.methods_cmd", "methods",
                 "Every method × output format: exact, exact via carrier, or refused (and why)."),
+    "push": ("ropeconv.cli.push", "push",
+             "Upload OUT (a ropeconv output folder, or a GGUF base's .gguf output) to the Hub repo REPO in one "
+             "commit."),
     "recipe": ("ropeconv.cli.recipe", "recipe",
                "Run or check YAML recipes (`ropeconv extend … --save-recipe FILE` writes one)."),
     "search": ("ropeconv.cli.search", "search",
@@ -53,7 +59,10 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             module, attribute, _ = COMMANDS[cmd_name]
-            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+            found = getattr(importlib.import_module(module), attribute)
+            if not isinstance(found, click.Command):  # a builder: the command as the registries stand now
+                return found()
+            self.add_command(found, cmd_name)
         return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -85,6 +94,7 @@ def cli() -> None:
       ropeconv extend ./base --lora ./adapter --method yarn --factor 16 -o out/
       ropeconv finetune pose ./base --train-ctx 2048 --target-ctx 16384 --method yarn --text book.txt -o adapter/
       ropeconv recipe run recipes/smollm2-135m-yarn-32k.yaml
+      ropeconv push out/ me/SmolLM2-135M-YaRN-32k
       ropeconv recipe check recipes/*.yaml
       ropeconv eval passkey out/smollm2-135m-Q8_0.gguf --lengths 8k,12k --trials 3 -o eval/
       ropeconv eval ppl ./base out/ --text book.txt --lengths 2k,8k,16k --stride 512 -o eval/

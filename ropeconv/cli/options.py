@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -12,11 +12,6 @@ from ropeconv.errors import InputError
 from ropeconv.inputfile import check_path
 from ropeconv.methods.base import Option
 from ropeconv.sizes import parse_bytes  # noqa: F401  (re-exported: the CLI's size flags)
-
-MAX_MEMORY_HELP = ("caps for the transformers models, e.g. cuda:0=20GiB,cpu=12GiB (cuda:N, cuda, cpu, disk); layers "
-                   "go over every GPU, then the CPU, then disk beside the output (default: what the machine has)")
-FULL_LENGTH_HELP = ("probe from position 0 to the target context, prefilled in chunks through the KV cache "
-                    "(default on a GPU, up to 32768 tokens)")
 
 
 class UserPath(click.Path):
@@ -29,18 +24,53 @@ class UserPath(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         what = (param.opts[0] if param.param_type_name == "option" else param.name.upper()) if param else "path"
         check_path(value, what)  # first: click's own os.stat raises ValueError on a NUL byte
-        return super().convert(value, param, ctx)
+        return cast(Path, super().convert(value, param, ctx))  # path_type=Path
 
 
 PATH = UserPath()  # every path a command takes
 
 
+def group_decorators(group: type, prefix: str, **help_values: str) -> list:
+    """click options for the fields of an options group (optionfields) that have flags, each under the parameter
+    name PREFIX__FIELD (group_values reads them back); help texts may hold {placeholders} filled from help_values."""
+    from ropeconv.optionfields import fields_of
+
+    decorators = []
+    for f, spec in fields_of(group):
+        if not spec.flags:
+            continue
+        kwargs = dict(spec.click)
+        choices = kwargs.pop("choices", None)
+        kind = kwargs.pop("type", None)
+        if choices is not None:
+            kwargs["type"] = click.Choice(list(choices))
+        elif kind is not None:
+            kwargs["type"] = {"int": int, "float": float, "path": PATH}[kind]
+        decorators.append(click.option(*spec.flags, f"{prefix}__{f.name}", help=spec.help.format(**help_values) if help_values else spec.help,
+                                       **kwargs))
+    return decorators
+
+
+def group_values(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The values click parsed for one group's options (group_decorators), removed from params."""
+    start = f"{prefix}__"
+    return {key[len(start):]: params.pop(key) for key in [k for k in params if k.startswith(start)]}
+
+
 def max_memory_option(f):
-    return click.option("--max-memory", help=MAX_MEMORY_HELP)(f)
+    """extend's --max-memory (its parity group), for the other commands that place transformers models."""
+    from ropeconv.extend.options import ParityOptions
+    from ropeconv.optionfields import spec_of
+
+    return click.option("--max-memory", help=spec_of(ParityOptions, "max_memory").help)(f)
 
 
 def full_length_option(f):
-    return click.option("--full-length", is_flag=True, default=None, help=FULL_LENGTH_HELP)(f)
+    """extend's --full-length (its parity group), for verify."""
+    from ropeconv.extend.options import ParityOptions
+    from ropeconv.optionfields import spec_of
+
+    return click.option("--full-length", is_flag=True, default=None, help=spec_of(ParityOptions, "full_length").help)(f)
 
 
 def emit_json(data: Any, published: object = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,19 +46,24 @@ def run(file: Path, sets: tuple[str, ...], force: bool, as_json: bool, quiet: bo
     loaded = load_recipe(file, sets)
     outcome = run_recipe(loaded, force=force, progress=Progress(enabled=not quiet))
     result = outcome.result
+    pushed = getattr(result, "pushed", None)  # hub.push.Pushed: the recipe's `push` ran
     # published (or up to date): a stdout that cannot take the report is exit 74, not "bad input, nothing written"
     if as_json:
         emit_json({"recipe": str(file), "recipe_sha256": loaded.sha256, "out": str(outcome.out),
                    "skipped": outcome.skipped,
+                   "pushed": pushed.to_json() if pushed else None,
                    "reports": [r.to_json() for r in result.reports] if result else []}, published=outcome.out)
     elif outcome.skipped:
-        echo_published(f"{outcome.out} is up to date with {file} (manifest matches; --force to rebuild)",
+        push = loaded.job.push
+        echo_published(f"{outcome.out} is up to date with {file} (manifest matches; --force to rebuild)"
+                       + (f"; not pushed (`ropeconv push {outcome.out} {push}` uploads it)" if push else ""),
                        outcome.out)
     else:
+        assert result is not None  # not skipped: the pipeline ran
         p = result.plan
         echo_published(f"wrote {outcome.out}: {p.method} {p.original_ctx} → {p.target_ctx} tokens"
-                       + (", parity passed" if result.parity else ", parity not checked (parity.verify false)"),
-                       outcome.out)
+                       + (", parity passed" if result.parity else ", parity not checked (parity.verify false)")
+                       + (f"; pushed to {pushed.repo}" if pushed else ""), outcome.out)
     return 0
 
 
@@ -70,7 +76,7 @@ def check(files: tuple[Path, ...], sets: tuple[str, ...], as_json: bool) -> int:
     The base need not be on this machine (that is checked when the recipe runs)."""
     from ropeconv.recipe.load import problems_of
 
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for file in files:
         loaded, problems = problems_of(file, sets)
         results[str(file)] = {"ok": not problems, "problems": problems,
@@ -78,9 +84,9 @@ def check(files: tuple[Path, ...], sets: tuple[str, ...], as_json: bool) -> int:
     if as_json:
         emit_json(results)
     else:
-        for file, r in results.items():
+        for name, r in results.items():
             if r["ok"]:
-                click.echo(f"ok   {file}")
+                click.echo(f"ok   {name}")
             for line in r["problems"]:
                 click.echo(f"ropeconv: error: {line}", err=True)
     bad = sum(not r["ok"] for r in results.values())

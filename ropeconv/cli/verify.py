@@ -24,6 +24,8 @@ Examples:
   ropeconv verify out/ --max-memory cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB
   ropeconv verify out/ --base ./pickle-base --allow-pickle   # a base with pytorch_model.bin weights
   ROPECONV_TF4_PYTHON=/envs/tf4/bin/python ropeconv verify out/   # safetensors in transformers 5.x and 4.x
+  ropeconv verify out/ --runtime vllm         # the safetensors output in vLLM (make vllm), not the own runtimes
+  ropeconv verify out/ --runtime own --runtime vllm   # both
 
 A safetensors output runs in transformers 4.x as well (rows marked 4.x-) when a 4.x environment is there:
 $ROPECONV_TF4_PYTHON (off: never), else .venv-tf4 beside the project (`make tf4`). The report's "ran:" line
@@ -42,15 +44,25 @@ says which versions ran.
 @click.option("--min-top1", type=float, default=Tolerance.min_top1, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="accept pickle .bin weights in the base or the output "
               "(loaded with weights_only=True)")
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["own", "vllm"]),
+              help="where to prove it (repeatable): own = each format's own runtimes (the default); vllm = a "
+              "safetensors output in vLLM's offline engine (float32, CPU), from .venv-vllm (`make vllm`) or "
+              "$ROPECONV_VLLM_PYTHON")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, min_top1, allow_pickle, as_json,
-           quiet) -> int:
+def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, min_top1, allow_pickle, runtimes,
+           as_json, quiet) -> int:
     """Compare OUT (an output directory, a .gguf or a model.onnx) in its runtime with the base weights under
     the intended rope parameters."""
     changed = None  # the output's files are not those its manifest records: told after the reports
+    runtimes = set(runtimes) or {"own"}
+    reports: list = []
+    if "vllm" in runtimes:  # refused cells and a missing environment are told before anything runs
+        from ropeconv.parity.vllm import preflight
+
+        preflight(out, base)
     try:
-        reports = verify_output(
+        reports = [] if "own" not in runtimes else verify_output(
             out,
             base=base,
             device=device,
@@ -63,6 +75,14 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
         )
     except ChangedFiles as exc:
         reports, changed = exc.reports, exc
+    if "vllm" in runtimes:
+        from ropeconv.parity.vllm import verify_in_vllm
+
+        in_vllm = verify_in_vllm([out], base=base, tokens=tokens, progress=Progress(enabled=not quiet).note)
+        reports = reports + in_vllm
+        moved = next((r.changed for r in in_vllm if r.changed), None)
+        if changed is None and moved:
+            changed = ChangedFiles(moved, reports)
     if as_json:
         # one artifact: its report; several (e.g. safetensors and gguf): a list, in the manifest's order
         emit_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])
@@ -72,6 +92,8 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
     if failed:
         r = failed[0]
         also = f"; {changed}" if changed else ""
+        if hasattr(r, "failure"):  # vLLM's report: log-probabilities, not logits
+            raise ParityError(r.failure() + also)
         raise ParityError(f"parity failed in {r.failed_in()}: max |Δlogit| {r.max_abs_logit:.3g}, top-1 {r.top1:.1%}"
                           f"{also}")
     if changed:

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError
@@ -32,7 +32,7 @@ def whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def number(value: Any) -> bool:  # finite already: the cache reads through ropeconv.jsontext
+def number(value: Any) -> TypeGuard[int | float]:  # finite already: the cache reads through ropeconv.jsontext
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -67,12 +67,12 @@ class ResultCache:
         if self._done is None:
             self._done = {}
             if self.path is not None and _exists(self.path):
-                self._read()
+                self._read(self.path)
         return self._done
 
-    def _read(self) -> None:
+    def _read(self, path: Path) -> None:
         header = json.loads(json.dumps({"cache": self.key}, sort_keys=True, default=str))
-        with open_regular(self.path) as fh:
+        with open_regular(path) as fh:
             size = os.fstat(fh.fileno()).st_size
             if size > MAX_FILE_BYTES:
                 raise self._damaged(0, f"{size} bytes, more than the {MAX_FILE_BYTES} a cache file may hold")
@@ -106,9 +106,11 @@ class ResultCache:
         why = self.check(entry["record"])
         if why:
             raise self._damaged(number, why)
-        if entry["id"] not in self._done and len(self._done) >= MAX_ENTRIES:
+        done = self._done
+        assert done is not None  # done() made it before reading the file
+        if entry["id"] not in done and len(done) >= MAX_ENTRIES:
             raise self._damaged(number, f"more than {MAX_ENTRIES} records")
-        self._done[entry["id"]] = entry["record"]
+        done[entry["id"]] = entry["record"]
 
     def _damaged(self, number: int, why: str) -> InputError:
         where = f"{self.path}:{number}" if number else str(self.path)

@@ -90,27 +90,40 @@ def tolerance(length: int) -> int:
 
 def fit_prompt(count_tokens: Callable[[str], int], length: int, depth: float, key: int) -> tuple[Prompt, int]:
     """The prompt with the most filler whose token count ≤ length, and its count (≥ length − tolerance)."""
-    base = build_prompt(0, depth, key)
-    n0 = count_tokens(base.text)
+    # first guess: ≥ 3 characters per token in practice, so usually one doubling at most
+    n, count = largest_fitting(count_tokens, lambda n: build_prompt(n, depth, key).text, length,
+                               first=lambda n0: max(SENTENCE, 3 * (length - n0)), limit=64 * length + 10_000,
+                               tolerance=tolerance(length), what="passkey")
+    return build_prompt(n, depth, key), count
+
+
+def largest_fitting(count_tokens: Callable[[str], int], text_of: Callable[[int], str], length: int, *,
+                    first: Callable[[int], int], limit: int, tolerance: int, what: str) -> tuple[int, int]:
+    """The largest n ≥ 0 whose text_of(n) is at most `length` tokens, and that count (≥ length − tolerance).
+
+    n is what grows the prompt (passkey: filler characters; RULER: haystack sentences, words); first(n0) is the
+    first guess from the template's own count n0, doubled until it overshoots (past `limit`: the filler does not
+    grow the prompt in this tokenizer), then bisected."""
+    n0 = count_tokens(text_of(0))
     if n0 > length:
-        raise InputError(f"passkey length {length}: the template alone is {n0} tokens in this tokenizer")
+        raise InputError(f"{what} length {length}: the template alone is {n0} tokens in this tokenizer")
     lo, lo_count = 0, n0
-    hi = max(SENTENCE, 3 * (length - n0))  # ≥ 3 characters per token in practice: usually one doubling at most
-    while (hi_count := count_tokens(build_prompt(hi, depth, key).text)) <= length:
+    hi = max(1, first(n0))
+    while (hi_count := count_tokens(text_of(hi))) <= length:
         lo, lo_count, hi = hi, hi_count, hi * 2
-        if hi > 64 * length + 10_000:  # a tokenizer that swallows the filler whole: cannot reach the length
-            raise InputError(f"passkey length {length}: the filler does not grow the prompt in this tokenizer")
+        if hi > limit:  # a tokenizer that swallows the filler whole: cannot reach the length
+            raise InputError(f"{what} length {length}: the filler does not grow the prompt in this tokenizer")
     while hi - lo > 1:  # invariant: count(lo) ≤ length < count(hi)
         mid = (lo + hi) // 2
-        c = count_tokens(build_prompt(mid, depth, key).text)
+        c = count_tokens(text_of(mid))
         if c <= length:
             lo, lo_count = mid, c
         else:
             hi = mid
-    if length - lo_count > tolerance(length):
-        raise InputError(f"passkey length {length}: the closest prompt is {lo_count} tokens "
-                         f"(tolerance {tolerance(length)})")
-    return build_prompt(lo, depth, key), lo_count
+    if length - lo_count > tolerance:
+        raise InputError(f"{what} length {length}: the closest prompt is {lo_count} tokens "
+                         f"(tolerance {tolerance})")
+    return lo, lo_count
 
 
 _INT = re.compile(r"\d+")
@@ -179,7 +192,10 @@ def trial_specs(lengths: Sequence[int], trials: int, depths: Sequence[float] | N
 def run_trial(runtime, spec: TrialSpec, seed: int, depths: Sequence[float] | None,
               max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """Build, fit, generate and score one trial in the runtime; the record that passkey.json lists."""
-    depth = None if spec.depth_index is None else depths[spec.depth_index]
+    depth = None
+    if spec.depth_index is not None:
+        assert depths is not None  # a grid index comes with its grid (trial_specs)
+        depth = depths[spec.depth_index]
     key, depth = draw_trial(seed, spec.length, spec.trial, depth, spec.depth_index)
     prompt, n_tokens = fit_prompt(lambda t: len(runtime.tokenize(t)), spec.length, depth, key)
     ids = runtime.tokenize(prompt.text)

@@ -1,4 +1,5 @@
-"""Plots (matplotlib, Agg backend, nothing shown): the passkey length × depth heatmap and perplexity curves."""
+"""Plots (matplotlib, Agg backend, nothing shown): the passkey length × depth heatmap, RULER's task × length
+heatmap and perplexity curves."""
 
 from __future__ import annotations
 
@@ -88,6 +89,32 @@ def passkey_heatmap(summary: dict, lengths: list[int], title: str, path: Path) -
             if counts[i][j]:
                 ax.text(j, i, f"{grid[i][j]:.0%}\n(n={counts[i][j]})", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label="accuracy")
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def ruler_heatmap(summary: dict, tasks: list[str], lengths: list[int], title: str, path: Path) -> None:
+    """RULER's score per (task, length): rows are the tasks and their average, columns the lengths."""
+    plt = require()
+    cells = {(c["task"], c["length"]): c for c in summary["per_task_length"]}
+    rows = [*tasks, "average"]
+    grid = [[float("nan")] * len(lengths) for _ in rows]
+    for i, task in enumerate(tasks):
+        for j, L in enumerate(lengths):
+            score = cells[task, L]["score"]
+            grid[i][j] = float("nan") if score is None else score
+    for j, c in enumerate(summary["per_length"]):
+        grid[-1][j] = float("nan") if c["score"] is None else c["score"]
+    fig, ax = plt.subplots(figsize=(2.2 + 1.1 * len(lengths), 1.0 + 0.45 * len(rows)))
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(lengths)), [_k(L) for L in lengths])
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("sequence length (tokens)")
+    for i in range(len(rows)):
+        for j in range(len(lengths)):
+            if grid[i][j] == grid[i][j]:  # not NaN
+                ax.text(j, i, f"{100 * grid[i][j]:.0f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="string_match_all")
     ax.set_title(title, fontsize=9)
     _save(fig, path)
 

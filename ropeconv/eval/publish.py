@@ -16,7 +16,7 @@ from ropeconv.eval import plots
 from ropeconv.export.staging import Proof, check_files, staged_files
 from ropeconv.inputfile import read_bytes
 
-KINDS = ("passkey", "ppl")
+KINDS = ("passkey", "ppl", "ruler")
 MAX_RESULTS_BYTES = 256 << 20  # a larger file is not read to prove it eval's results: it is not
 
 

@@ -1,13 +1,16 @@
-"""Evaluation adapters over the parity runtimes: tokenizer, greedy generation and per-token log-probabilities.
+"""Evaluation adapters over the runtimes: tokenizer, greedy generation and per-token log-probabilities.
 
-Each adapter runs a model the way its users would run it, reusing ropeconv.parity.runtimes:
+Each adapter runs a model the way its users would run it, through the same runtime interface parity uses
+(ropeconv.parity.runtimes.base.Runtime: `load`, `logits`, `close`, `require`), picked by the format it runs: each
+format's record names its --runtime choice, where its artifact lies and its adapter (formats.EvalSpec), and
+kinds() reads them from the registry:
 
-* ``hf``   — an output (or base) directory with config.json + weights: transformers through
-  ``parity.runtimes.hf.load`` (which applies ropeconv's ALiBi scaling), tokenizer from the directory;
-* ``onnx`` — a ``.onnx`` file (or an output directory's onnx/model.onnx): onnxruntime through
-  ``parity.runtimes.ort.Decoder`` with its KV cache, tokenizer from the folder holding model.onnx;
-* ``gguf`` — a ``.gguf`` file: llama.cpp through ``parity.runtimes.llamacpp.load``, with llama.cpp's own
-  tokenizer (``Llama.tokenize``/``detokenize``), never the HF one.
+* ``hf``   — an output (or base) directory with config.json + weights: transformers (its runtime applies
+  ropeconv's ALiBi scaling), tokenizer from the directory;
+* ``onnx`` — a ``.onnx`` file (or an output directory's onnx/model.onnx): onnxruntime through its decoder with
+  its KV cache, tokenizer from the folder holding model.onnx;
+* ``gguf`` — a ``.gguf`` file: llama.cpp, with llama.cpp's own tokenizer (``Llama.tokenize``/``detokenize``),
+  never the HF one.
 
 Tokenization: ``tokenize`` adds what the model's tokenizer adds by default (BOS where it is configured to);
 ``tokenize_plain`` adds nothing; ``bos_id`` is the token ``tokenize`` prepends, or None.
@@ -20,18 +23,46 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ropeconv.errors import InputError
+from ropeconv.formats import FORMATS, EvalSpec, Format, format_of
+from ropeconv.formats.safetensors import WEIGHT_GLOBS
 
 if TYPE_CHECKING:
     import torch
 
-RUNTIMES = ("auto", "hf", "onnx", "gguf")
-NAMES = {"hf": "transformers", "onnx": "onnxruntime", "gguf": "llama.cpp"}
-WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+    from ropeconv.parity.runtimes.base import Runtime
+
+def kinds() -> dict[str, Format]:
+    """--runtime's choices (also ModelRef.runtime and the result caches' keys), each → the format whose artifact it
+    runs, from the format registry (formats.Format.eval) when asked: a format registered later counts."""
+    found = sorted((f for f in FORMATS.values() if f.eval is not None), key=lambda f: spec(f).rank)
+    return {spec(f).kind: f for f in found}
+
+
+def spec(fmt: Format) -> EvalSpec:
+    """The eval record of a format kinds() lists."""
+    assert fmt.eval is not None, fmt.name
+    return fmt.eval
+
+
+def runtime_choices() -> tuple[str, ...]:
+    return ("auto", *kinds())
+
+
+def runtime_name(kind: str) -> str:
+    """As reports name a runtime: "transformers", "llama.cpp", "onnxruntime" (formats.Format.runtime)."""
+    return kinds()[kind].runtime
+
+
+def engine(kind: str) -> Runtime:
+    """The runtime (ropeconv.parity.runtimes) a --runtime choice runs in; imports its engine's modules."""
+    from ropeconv.parity.runtimes import runtime_of
+
+    return runtime_of(kinds()[kind])
 
 
 def _no_grad(method):
@@ -55,67 +86,44 @@ class ModelRef:
 
     @property
     def runtime_name(self) -> str:
-        return NAMES[self.runtime]
-
-
-def _has_weights(directory: Path) -> bool:
-    return (directory / "config.json").is_file() and any(
-        p for g in WEIGHT_GLOBS for p in directory.glob(g))
-
-
-def _single_gguf(directory: Path) -> Path | None:
-    found = sorted(directory.glob("*.gguf"))
-    if len(found) > 1:
-        raise InputError(f"{directory}: {len(found)} .gguf files; name the one to evaluate")
-    return found[0] if found else None
+        return runtime_name(self.runtime)
 
 
 def resolve(model: Path, runtime: str = "auto") -> ModelRef:
     """Pick the runtime from the path (or check the one asked for) without loading anything."""
     model = Path(model)
-    if runtime not in RUNTIMES:
-        raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    found = kinds()
+    if runtime not in ("auto", *found):
+        raise InputError(f"--runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}")
     if not model.exists():
         raise InputError(f"{model}: model not found")
     if model.is_file():
-        kind = {".gguf": "gguf", ".onnx": "onnx"}.get(model.suffix)
-        if kind is None:
-            raise InputError(f"{model}: not a model (expected a directory, a .gguf or a .onnx file)")
+        fmt = format_of(model)
+        if fmt is None or fmt.eval is None:
+            raise InputError(f"{model}: not a model (expected a directory, "
+                             f"{' or '.join(f'a {f.suffix}' for f in found.values() if f.suffix)} file)")
+        kind = fmt.eval.kind
         if runtime not in ("auto", kind):
             raise InputError(f"{model}: a {model.suffix} file cannot run in --runtime {runtime}")
         ref = ModelRef(model, kind, model)
     else:
-        onnx = next((p for p in (model / "onnx" / "model.onnx", model / "model.onnx") if p.is_file()), None)
-        candidates = {"hf": model if _has_weights(model) else None, "onnx": onnx}
-        if runtime in ("auto", "gguf"):
-            candidates["gguf"] = _single_gguf(model)
-        order = ("hf", "onnx", "gguf") if runtime == "auto" else (runtime,)
-        chosen = next((k for k in order if candidates.get(k) is not None), None)
+        asked = list(found.values()) if runtime == "auto" else [found[runtime]]  # in rank order
+        candidates = {spec(f).kind: spec(f).find(model) for f in asked}  # every one looked for: an ambiguity refuses
+        chosen = next((kind for kind, path in candidates.items() if path is not None), None)
         if chosen is None:
-            wanted = "config.json with weights, onnx/model.onnx or a .gguf" if runtime == "auto" else {
-                "hf": "config.json with safetensors weights", "onnx": "onnx/model.onnx",
-                "gguf": "a .gguf file"}[runtime]
+            wanted = (", ".join(spec(f).wanted for f in asked[:-1]) + f" or {spec(asked[-1]).wanted}"
+                      if len(asked) > 1 else spec(asked[0]).wanted)
             raise InputError(f"{model}: no model for --runtime {runtime} here (expected {wanted})")
-        ref = ModelRef(model, chosen, candidates[chosen])
+        found_path = candidates[chosen]
+        assert found_path is not None
+        ref = ModelRef(model, chosen, found_path)
     require_runtime(ref.runtime)
     return ref
 
 
 def require_runtime(kind: str) -> None:
     """InputError (with the install hint) when the runtime's package is missing."""
-    if kind == "onnx":
-        from ropeconv.parity.runtimes import ort
-
-        ort._ort()
-    elif kind == "gguf":
-        from ropeconv.parity.runtimes import llamacpp
-
-        llamacpp._import_llama_cpp()
-    else:
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            raise InputError("the transformers runtime needs transformers: pip install transformers") from None
+    engine(kind).require()
 
 
 def model_hash(ref: ModelRef) -> str:
@@ -133,7 +141,7 @@ def model_hash(ref: ModelRef) -> str:
             # the manifest covers every format of the output: say which file runs
             h.update(str(ref.path.resolve().relative_to(directory.resolve())).encode())
             return h.hexdigest()
-    if ref.runtime == "gguf":
+    if spec(kinds()[ref.runtime]).header_identifies:
         h.update(ref.path.name.encode() + str(ref.path.stat().st_size).encode())
         with open(ref.path, "rb") as f:
             h.update(f.read(1 << 20))
@@ -161,14 +169,16 @@ def log_softmax_rows(logits, ids_next: np.ndarray, chunk: int = 1024) -> np.ndar
     return out
 
 
-class Runtime:
-    """Base of the adapters. Subclasses load lazily: the tokenizer first, the weights on first use."""
+class EvalRuntime:
+    """Base of the adapters: a model opened for evaluation, its tokenizer and its runtime (`engine`). Subclasses
+    load lazily: the tokenizer first, the weights on first use."""
 
     kind = ""
 
-    def __init__(self, ref: ModelRef, device: torch.device):
+    def __init__(self, ref: ModelRef, device: torch.device, placement=None):
         self.ref, self.device = ref, device
-        self.name = NAMES[ref.runtime]
+        self.engine = engine(ref.runtime)
+        self.name = self.engine.name
 
     # tokenizer
     bos_id: int | None = None
@@ -228,29 +238,29 @@ class _HFTokenizer:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def detokenize(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
+        return cast(str, self.tok.decode(ids, skip_special_tokens=True))  # one sequence in, one str out
 
 
-class HFRuntime(_HFTokenizer, Runtime):
-    """transformers, the model placed by ropeconv.parity.placement (GPUs, CPU, disk under --max-memory); a long
+class HFRuntime(_HFTokenizer, EvalRuntime):
+    """transformers, the model placed by ropeconv.device.placement (GPUs, CPU, disk under --max-memory); a long
     prompt is prefilled through the KV cache in chunks of PREFILL_CHUNK tokens."""
 
     kind = "hf"
 
     def __init__(self, ref: ModelRef, device: torch.device, placement=None):
-        super().__init__(ref, device)
+        super().__init__(ref, device, placement)
         self.placement = placement
         self._load_tokenizer(ref.path)
-        self._model = None
+        self._model: torch.nn.Module | None = None  # loaded on first use
 
     @property
     def model(self):
         if self._model is None:
-            from ropeconv.parity.placement import input_device
-            from ropeconv.parity.runtimes import hf
-
-            self._model = hf.load(self.ref.path, self.device, self.placement)
             import inspect
+
+            from ropeconv.device.placement import input_device
+
+            self._model = self.engine.load(self.ref.path, self.device, placement=self.placement)
 
             params = inspect.signature(self._model.forward).parameters
             self._takes_positions = "position_ids" in params
@@ -275,7 +285,7 @@ class HFRuntime(_HFTokenizer, Runtime):
         model = self.model
         x = torch.tensor([ids], device=self._inputs_on)
         step = PREFILL_CHUNK if len(ids) > LONG_PREFILL else len(ids)
-        out = None
+        out: Any = None  # the model's output (logits, cache) of the last call
         for a in range(0, len(ids), step):
             b = min(a + step, len(ids))
             out = model(input_ids=x[:, a:b], use_cache=True, **self._positions(a, b - a),
@@ -295,35 +305,28 @@ class HFRuntime(_HFTokenizer, Runtime):
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
         import torch
 
-        model = self.model
-        out = model(input_ids=torch.tensor([ids], device=self._inputs_on), use_cache=False,
-                    **self._positions(0, len(ids)))
-        logits = out.logits[0, :-1].float().cpu()
-        return log_softmax_rows(logits, np.asarray(ids[1:]))
+        logits = self.engine.logits(self.model, torch.tensor([ids]), torch.arange(len(ids))[None])
+        return log_softmax_rows(logits[:-1], np.asarray(ids[1:]))
 
     def close(self) -> None:
         if self._model is not None:
-            from ropeconv.parity import free
-
             model, self._model = self._model, None
-            free(model)
+            self.engine.close(model)
 
 
-class OnnxRuntime(_HFTokenizer, Runtime):
+class OnnxRuntime(_HFTokenizer, EvalRuntime):
     kind = "onnx"
 
-    def __init__(self, ref: ModelRef, device: torch.device):
-        super().__init__(ref, device)
+    def __init__(self, ref: ModelRef, device: torch.device, placement=None):
+        super().__init__(ref, device, placement)
         self._load_tokenizer(ref.path.parent)
         self._decoder = None
 
     @property
     def decoder(self):
         if self._decoder is None:
-            from ropeconv.parity.runtimes import ort
-
-            provider = ort.providers(self.device)[-1]  # cuda on a GPU, else cpu
-            self._decoder = ort.Decoder(ort.session(self.ref.path, provider))
+            provider = self.engine.targets(self.device)[-1]  # cuda on a GPU, else cpu
+            self._decoder = self.engine.load(self.ref.path, self.device, target=provider)
         return self._decoder
 
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
@@ -340,33 +343,29 @@ class OnnxRuntime(_HFTokenizer, Runtime):
         return new
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
-        decoder = self.decoder
-        decoder.reset()
-        logits = decoder.step(np.asarray([ids]), np.arange(len(ids))[None])
-        decoder.reset()  # drop the cache
+        import torch
+
+        # the prefill in one call, the cache dropped after it
+        logits = self.engine.logits(self.decoder, torch.tensor([ids]), torch.arange(len(ids))[None])
         return log_softmax_rows(logits[:-1], np.asarray(ids[1:]))
 
     def close(self) -> None:
-        self._decoder = None
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            self.engine.close(decoder)
 
 
-class GGUFRuntime(Runtime):
+class GGUFRuntime(EvalRuntime):
     """llama.cpp: its own tokenizer (a vocab-only load, milliseconds) and a context grown to what is asked."""
 
     kind = "gguf"
 
-    def __init__(self, ref: ModelRef, device: torch.device):
-        super().__init__(ref, device)
+    def __init__(self, ref: ModelRef, device: torch.device, placement=None):
+        super().__init__(ref, device, placement)
         from ropeconv.parity.runtimes import llamacpp
 
-        self._lc = llamacpp
-        llama_cpp = llamacpp._import_llama_cpp()
-        with llamacpp._captured_log(llama_cpp) as log:
-            try:
-                self.vocab = llama_cpp.Llama(model_path=str(ref.path), vocab_only=True, verbose=False)
-            except Exception as exc:  # llama-cpp-python's generic ValueError
-                raise InputError(f"{ref.path}: llama.cpp could not load it: "
-                                 f"{llamacpp._first_error(log, str(exc))}") from None
+        self._lc = llamacpp  # its tokenizer and Llama.eval's generation: llama.cpp's own, beyond the interface
+        self.vocab = llamacpp.load_vocab(ref.path)
         self.bos_id = self.vocab.token_bos() if self.vocab._model.add_bos_token() else None
         self.eos_ids = frozenset(t for t in (self.vocab.token_eos(),) if t >= 0)
         self._handle = None
@@ -384,17 +383,16 @@ class GGUFRuntime(Runtime):
     def _context(self, n_tokens: int):
         if self._handle is None or self._handle.n_ctx < n_tokens:
             if self._handle is not None:
-                self._handle.close()
-                self._handle = None
-            self._handle = self._lc.load(self.ref.path, self.device, n_tokens)
+                handle, self._handle = self._handle, None
+                self.engine.close(handle)
+            self._handle = self.engine.load(self.ref.path, self.device, n_ctx=n_tokens)
         return self._handle
 
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
         """Llama.eval numbers tokens 0, 1, … and (logits_all off) asks llama.cpp for the last row only."""
         handle = self._context(len(ids) + max_new_tokens)
         llama, n_vocab = handle.llama, handle.n_vocab
-        llama_cpp = self._lc._import_llama_cpp()
-        with self._lc._captured_log(llama_cpp):
+        with self._lc.captured_log():
             llama.reset()
             llama.eval(ids)
             new: list[int] = []
@@ -412,24 +410,22 @@ class GGUFRuntime(Runtime):
         import torch
 
         handle = self._context(len(ids))
-        x = torch.tensor([ids])
-        logits = self._lc.logits(handle, x, torch.arange(len(ids))[None])
+        logits = self.engine.logits(handle, torch.tensor([ids]), torch.arange(len(ids))[None])
         return log_softmax_rows(logits[:-1], np.asarray(ids[1:]))
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            self.engine.close(handle)
         vocab, self.vocab = getattr(self, "vocab", None), None
         if vocab is not None:
             vocab.close()
 
 
-def open_runtime(ref: ModelRef, device: torch.device, placement=None) -> Runtime:
-    """placement (ropeconv.parity.placement.Placement): --max-memory caps, for the transformers runtime."""
-    if ref.runtime == "hf":
-        return HFRuntime(ref, device, placement)
-    return {"onnx": OnnxRuntime, "gguf": GGUFRuntime}[ref.runtime](ref, device)
+def open_runtime(ref: ModelRef, device: torch.device, placement=None) -> EvalRuntime:
+    """The adapter the format's record names (formats.EvalSpec.adapter); placement
+    (ropeconv.device.placement.Placement): --max-memory caps, for the transformers runtime."""
+    return spec(kinds()[ref.runtime]).adapter(ref, device, placement)
 
 
 def describe(ref: ModelRef) -> dict:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ropeconv.errors import InputError
 from ropeconv.formats import FORMATS
+from ropeconv.hub.base import cache_snapshot
 from ropeconv.jsontext import printable
 from ropeconv.positions import LengthRule, PositionPlan
 
@@ -46,10 +47,11 @@ def _alibi_runtime_note(plan) -> list[str]:
 def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str, dict[str, Any]],
                parity: dict[str, dict[str, Any]] | None, lora: list[dict[str, Any]] | None = None,
                fields: dict[str, Any] | None = None, base_card: dict[str, Any] | None = None,
-               name: str | None = None) -> str:
+               name: str | None = None, base_ref: str | None = None) -> str:
     """formats: the manifest's record per format written; parity: the report summary per format; fields: the card
     options (title, description, license, tags, base_model: `extend --card-title …` or a recipe's card section);
-    base_card: the base's own card metadata (base_card_metadata); name: the output model's name (--name)."""
+    base_card: the base's own card metadata (base_card_metadata); name: the output model's name (--name);
+    base_ref: the base's row when it is a Hub snapshot (base_names: its id at its commit), else base_name."""
     fields = fields or {}
     params = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(plan.params.items()))
     declared = []
@@ -68,7 +70,7 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         "",
         "| | |",
         "|---|---|",
-        f"| base | {base_name} ({arch}) |",
+        f"| base | {base_ref or base_name} ({arch}) |",
         f"| method | {plan.method} |",
         f"| original context | {plan.original_ctx} |",
         f"| target context | {plan.target_ctx} |",
@@ -170,11 +172,19 @@ def check_card_fields(fields: dict[str, Any]) -> None:
 
 def hub_id_from_path(base: Path) -> str | None:
     """The Hub id of a base that is a snapshot in huggingface_hub's cache (what `hf download ID` without --local-dir
-    leaves: …/models--ORG--NAME/snapshots/REVISION), else None."""
-    parts = Path(base).absolute().parts
-    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
-        return parts[-3][len("models--"):].replace("--", "/")
-    return None
+    leaves, and what `ropeconv extend ID` reads: …/models--ORG--NAME/snapshots/COMMIT), else None."""
+    snapshot = cache_snapshot(base)
+    return snapshot.repo_id if snapshot is not None and not snapshot.inside else None
+
+
+def base_names(base: Path) -> tuple[str, str | None]:
+    """The base's name (the card's default title) and its card row when it is a Hub snapshot: a folder's name, or
+    for a snapshot the repo's name, and its id at the commit the snapshot holds (the base_model relation's
+    revision)."""
+    snapshot = cache_snapshot(base)
+    if snapshot is None or snapshot.inside:
+        return Path(base).name, None
+    return snapshot.name, f"[{snapshot.repo_id}](https://huggingface.co/{snapshot.repo_id}) at commit {snapshot.commit}"
 
 
 def base_card_metadata(base: Path) -> dict[str, Any]:

@@ -11,9 +11,9 @@ import copy
 import math
 from typing import Any
 
-from ropeconv.archs import ArchSpec
 from ropeconv.checkpoint.rope_config import fixed_layer_thetas
 from ropeconv.errors import UnsupportedError
+from ropeconv.families.lookup import ArchSpec
 from ropeconv.methods.longrope import default_attention_factor
 from ropeconv.positions import LengthRule, PositionPlan, PositionScheme, RopePlan, RopeScheme
 
@@ -53,12 +53,13 @@ def extended_config(
         return _alibi_config(base, arch, plan, rope)
     if plan.kind == "absolute":
         return _absolute_config(base, arch, plan)
+    assert scheme.kind == "rope"  # a rotary plan is made from a rotary scheme
     return _rope_config(base, arch, scheme, plan, rope)
 
 
 def _alibi_config(base: dict[str, Any], arch: ArchSpec, plan: PositionPlan,
                   scaling: dict[str, Any]) -> dict[str, Any]:
-    from ropeconv.runtime import KEY
+    from ropeconv.alibi_patch import KEY
 
     cfg = copy.deepcopy(base)
     cfg.pop(KEY, None)

@@ -85,9 +85,11 @@ class SafetensorsWriter:
         self._pos += 1
         if shard_index != self._shard:
             self._open(shard_index)
+        out = self._out
+        assert out is not None  # _open made this shard's writer
         if tensor is None and source.raw(spec):  # the entry's byte range in its file is the tensor
             try:
-                source.copy_into(spec, self._out)
+                source.copy_into(spec, out)
             except EOFError:
                 raise InputError(f"{spec.file}: ended inside tensor {spec.name!r} (was it changed while copying?)") \
                     from None
@@ -95,7 +97,7 @@ class SafetensorsWriter:
         data = tensor_bytes(source.load(spec) if tensor is None else tensor)
         if len(data) != expected.nbytes:
             raise RopeconvError(f"internal: tensor {spec.name!r} has {len(data)} bytes, header says {expected.nbytes}")
-        self._out.write(data)
+        out.write(data)
 
     def _open(self, index: int) -> None:
         self._close_fd()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from ropeconv.checkpoint.safetensors_header import DTYPE_BYTES, TensorEntry
-from ropeconv.positions import PositionPlan
+from ropeconv.positions import AbsolutePlan, PositionPlan
 
 if TYPE_CHECKING:
     import torch
 
 
-def changes_table(plan: PositionPlan, entry: TensorEntry) -> bool:
+def changes_table(plan: PositionPlan, entry: TensorEntry) -> TypeGuard[AbsolutePlan]:
     return plan.kind == "absolute" and entry.name == plan.table and plan.target_ctx != plan.original_ctx
 
 
@@ -25,7 +25,7 @@ def output_entry(plan: PositionPlan, entry: TensorEntry) -> TensorEntry:
     return replace(entry, shape=shape, nbytes=math.prod(shape) * DTYPE_BYTES[entry.dtype])
 
 
-def resampled(plan: PositionPlan, entry: TensorEntry, source) -> torch.Tensor:
+def resampled(plan: AbsolutePlan, entry: TensorEntry, source) -> torch.Tensor:
     """The resampled table in the stored dtype (computed in float64, rounded once)."""
     import torch
 

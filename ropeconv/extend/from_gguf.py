@@ -12,19 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ropeconv import jsontext, methods
-from ropeconv.archs import GgufArchSpec
 from ropeconv.checkpoint.gguf_scheme import CARRIER_TENSORS, gguf_arch, read_gguf_scheme
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.card import check_name
 from ropeconv.export.staging import staged_file
 from ropeconv.extend.job import ExtendJob, ExtendResult, formats_for, gate, is_gguf, job_placement, preflight
+from ropeconv.families.lookup import GgufArchSpec
 from ropeconv.gguf_io.reader import GgufFile, read_gguf, scalar
 from ropeconv.gguf_io.types import VALUE_TYPES, GGUFValueType
 from ropeconv.gguf_io.vocabulary import check_vocabulary
 from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.parity import ParityReport, check_parity
-from ropeconv.positions import AbsoluteScheme, AlibiScheme, RopePlan
+from ropeconv.positions import AbsoluteScheme, AlibiScheme, PositionPlan, RopePlan
 from ropeconv.progress import Progress
 from ropeconv.provenance import LORA_KEY, provenance
 from ropeconv.provenance.gguf import gguf_fields
@@ -110,6 +110,7 @@ def refuse_unroped(job: ExtendJob, src: GgufFile, arch: GgufArchSpec) -> None:
     heads = scalar(src, f"{a}.attention.head_count")
     if not isinstance(context, int) or context <= 0 or not isinstance(heads, int) or heads <= 0:
         raise InputError(f"{src.path}: {a}.context_length and {a}.attention.head_count must be positive integers")
+    scheme: AlibiScheme | AbsoluteScheme
     if arch.position == "alibi":
         scheme = AlibiScheme(n_heads=heads, original_ctx=context, declared_ctx=context)
     else:
@@ -165,7 +166,7 @@ def gguf_vocab_size(src: GgufFile) -> int:
     raise InputError(f"{src.path}: cannot tell the vocabulary size")
 
 
-def verify_gguf_file(artifact: Path, base: Path, plan: RopePlan, *, device, tokens, tolerance, progress,
+def verify_gguf_file(artifact: Path, base: Path, plan: PositionPlan, *, device, tokens, tolerance, progress,
                      notes: tuple[str, ...] = (), lora=None, **probe) -> ParityReport:
     """probe: check_parities' full_length and placement."""
     return check_parity(artifact, base, plan, gguf_vocab_size(read_gguf(artifact)), device=device, tokens=tokens,

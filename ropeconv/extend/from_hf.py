@@ -20,7 +20,14 @@ from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export import tokenizer_files
-from ropeconv.export.card import base_card_metadata, check_card_fields, check_name, hub_id_from_path, model_card
+from ropeconv.export.card import (
+    base_card_metadata,
+    base_names,
+    check_card_fields,
+    check_name,
+    hub_id_from_path,
+    model_card,
+)
 from ropeconv.export.hf_config import extended_config
 from ropeconv.export.staging import staged_dir
 from ropeconv.export.stream import open_writers, stream
@@ -114,10 +121,15 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
         parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
         fields = dict(job.card or {})
         fields.setdefault("base_model", hub_id_from_path(ckpt.path))  # a base in huggingface_hub's cache names itself
-        card = model_card(ckpt.path.name, ckpt.arch.model_type, plan, formats, parity,
-                          ckpt.lora.to_json() if ckpt.lora else None, fields, base_card_metadata(ckpt.path), job.name)
+        base_name, base_ref = base_names(ckpt.path)  # a Hub snapshot: the repo's name; its id at its commit
+        card = model_card(base_name, ckpt.arch.model_type, plan, formats, parity,
+                          ckpt.lora.to_json() if ckpt.lora else None, fields, base_card_metadata(ckpt.path), job.name,
+                          base_ref)
         (tmp / "README.md").write_text(card)
-        write_manifest(tmp, dict(_manifest_body(prepared, formats, parity), recipe=job.recipe), known_sha256)
+        body = dict(_manifest_body(prepared, formats, parity), recipe=job.recipe)
+        if job.hub is not None:  # a base given as a Hub id: the repo, the revision asked, the commit read
+            body["base"]["hub"] = job.hub.to_json()
+        write_manifest(tmp, body, known_sha256)
     first = next(iter(reports.values()), None)
     return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
 

@@ -3,17 +3,20 @@ base can take, the target, where parity may place the models, and the gate a par
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from ropeconv.device.placement import Placement, check_fits, parse_max_memory
 from ropeconv.errors import InputError, ParityError
 from ropeconv.export.staging import check_target
 from ropeconv.formats import FORMATS as REGISTRY
 from ropeconv.formats import is_gguf
+from ropeconv.hub.base import HubBase
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.parity import ParityReport, Tolerance, pick_device
-from ropeconv.parity.placement import Placement, check_fits, parse_max_memory
 from ropeconv.positions import PositionPlan
 from ropeconv.progress import Progress
 from ropeconv.sizes import DEFAULT_MAX_SHARD_BYTES
@@ -28,9 +31,8 @@ class ExtendJob:
     request: ExtendRequest
     out: Path
     formats: tuple[str, ...] = ("safetensors",)
-    outtype: str = "f16"  # GGUF tensor type for weight matrices (beyond f32/f16/bf16/q8_0: llama.cpp quantizes)
-    imatrix: Path | None = None  # an importance matrix for llama.cpp's quantizer
-    onnx_dtype: str = "fp32"  # ONNX weights and compute: fp32, fp16, int4 (MatMulNBits)
+    # each chosen format's own options (its record's options_group: GGUF's outtype and imatrix, ONNX's dtype)
+    format_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     force: bool = False
     rebase: bool = False
     allow_pickle: bool = False
@@ -40,13 +42,24 @@ class ExtendJob:
     lora_trained_with: str | None = None  # METHOD[:FACTOR] for adapters that record no rope scaling
     force_method: bool = False  # merge even when an adapter was trained under another scaling
     recipe: dict[str, Any] | None = None  # {file, sha256} of the recipe this job came from, for the manifest
+    hub: HubBase | None = None  # the base was a Hub id: what was asked and the commit fetched (the manifest's)
     card: dict[str, Any] | None = None  # model-card fields: title, description, license, tags, base_model
     name: str | None = None  # the output model's name: GGUF general.name and file name, the card's title
+    push: str | None = None  # the Hub repo the published output is uploaded to (--push-to-hub)
+    private: bool = True  # the visibility create_repo asks for
     device: str | None = None
     tokens: int | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
     full_length: bool | None = None  # a probe from position 0 to the target (None: so on a GPU, up to 32k)
     max_memory: str | None = None  # --max-memory caps for the transformers reference and candidate
+
+    def options_for(self, fmt: str) -> Any:
+        """The format's options group as the job sets it (its defaults when the job sets none)."""
+        found = self.format_options.get(fmt)
+        if found is None:
+            group = REGISTRY[fmt].options_group
+            found = group() if group is not None else None
+        return found
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class ExtendResult:
     files: tuple[str, ...]
     parity: ParityReport | None
     reports: tuple[ParityReport, ...] = ()
+    pushed: Any = None  # hub.push.Pushed, when the job pushed the output
 
 
 def formats_for(base: Path) -> tuple[str, ...]:

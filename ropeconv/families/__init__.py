@@ -3,8 +3,8 @@
 Adding a family is one file here, ropeconv/families/<model_type>.py with `FAMILY = Family(...)` (see
 spec.Family and docs/developing.md's "Adding a family"): the config reader, the shape check, both exporters, the
 capability matrix and the tests' matrices read the views below, built from the files found (pkgutil over this
-package, sorted by name). spec.py (the record's types) and parts.py (parts several families share) are not
-families.
+package, sorted by name). spec.py (the record's types), parts.py (parts several families share) and lookup.py
+(the registry looked up by model_type or GGUF architecture) are not families.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from types import ModuleType
 
 from ropeconv.families.spec import ArchSpec, Family, FamilyShapes, GgufArchSpec, GgufLayout, OnnxLayout
 
-_SKIP = {"spec", "parts"}
+_SKIP = {"spec", "parts", "lookup"}
 
 # The order the capability matrix lists families in (the order they were added); a family not named here comes
 # after these, by name, so that dropping a file in is enough. Name it here only to place it.
@@ -60,9 +60,9 @@ def check_family(family: object, where: str, expected_name: str | None = None) -
                               f"no_{part}= (why there is none, and what to use instead)")
         if value is not None and not isinstance(value, kind):
             raise FamilyError(f"{where}: {mt}'s {part} must be a {kind.__name__}")
-    for part in (family.shapes, family.gguf, family.onnx):
-        if part is not None and part.model_type != mt:
-            raise FamilyError(f"{where}: {type(part).__name__} names {part.model_type!r}, the family is {mt!r}")
+    for layout in (family.shapes, family.gguf, family.onnx):
+        if layout is not None and layout.model_type != mt:
+            raise FamilyError(f"{where}: {type(layout).__name__} names {layout.model_type!r}, the family is {mt!r}")
     if family.gguf_arch is not None and not isinstance(family.gguf_arch, GgufArchSpec):
         raise FamilyError(f"{where}: {mt}'s gguf_arch must be a GgufArchSpec")
     typed = {v.key for v in family.values} | {k for _, dim in family.shapes.dims for k in dim.keys}

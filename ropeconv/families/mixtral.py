@@ -53,7 +53,8 @@ FAMILY = Family(
                     experts=True),
     onnx=OnnxLayout("mixtral", **dict(LLAMA_ONNX, mlp=()), sliding_all_layers=True, moe=MoeLayout(
         router="block_sparse_moe.gate.weight", count_keys=("num_local_experts",), norm_topk_key=None,
-        experts=tuple(f"block_sparse_moe.experts.{{e}}.{w}.weight" for w in ("w1", "w3", "w2")))),
+        experts=("block_sparse_moe.experts.{e}.w1.weight", "block_sparse_moe.experts.{e}.w3.weight",
+                 "block_sparse_moe.experts.{e}.w2.weight"))),
     test_methods={"safetensors": ("yarn",), "gguf": ("llama3",), "onnx": ("yarn",)},
     values=RMS_VALUES + MOE_VALUES + (SLIDING_WINDOW,),
     config_defaults=LLAMA_CONFIG + (("rms_norm_eps", 1e-5), ("num_experts_per_tok", 2)),

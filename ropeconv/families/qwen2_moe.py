@@ -78,7 +78,8 @@ FAMILY = Family(
     ),
     onnx=OnnxLayout("qwen2_moe", **LLAMA_ONNX, moe=MoeLayout(
         **QWEN_MOE_ONNX, shared_gate="mlp.shared_expert_gate.weight",
-        shared=tuple(f"mlp.shared_expert.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")))),
+        shared=("mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight",
+                "mlp.shared_expert.down_proj.weight"))),
     test_methods={"safetensors": ("linear",), "gguf": ("ntk",), "onnx": ("dynamic",)},
     values=RMS_VALUES + QWEN_MOE_VALUES + QWEN_WINDOWS,
     config_defaults=LLAMA_CONFIG + (

@@ -346,10 +346,11 @@ def fixed_layer_thetas(config: Mapping[str, Any], arch: ArchSpec) -> dict[str, f
     out = {}
     for layer_type, key, default in arch.fixed_layer_bases:
         own = params.get(layer_type) if isinstance(params, dict) else None
-        stated = isinstance(own, dict) and "rope_theta" in own  # a stated null is no base: transformers' rope fails
-        if stated:
+        if isinstance(own, dict) and "rope_theta" in own:  # a stated null is no base: transformers' rope fails
             check_legacy_agrees(config, key, own, "rope_theta", f"rope_parameters.{layer_type}")
-        theta = own["rope_theta"] if stated else config.get(key, default)
+            theta = own["rope_theta"]
+        else:
+            theta = config.get(key, default)
         if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 1:
             raise InputError(f"config.json: the {layer_type} rope base ({key}) must be a number > 1")
         out[layer_type] = float(theta)
@@ -404,7 +405,7 @@ def class_defaults(family: Family) -> dict[str, Any]:
     return dict((("tie_word_embeddings", family.shapes.tied_default),) + family.config_defaults)
 
 
-def with_class_defaults(config: Config, family: Family) -> Config:
+def with_class_defaults(config: Mapping[str, Any], family: Family) -> Config:
     """config.json with the class defaults it omits filled in — the plain values only; the keys a class derives are
     the view's (onnx_export/config.py)."""
     return {**{k: v for k, v in class_defaults(family).items() if not callable(v)}, **config}

@@ -61,7 +61,9 @@ def segments_sample(rng: random.Random, n_tokens_available: int, train_ctx: int,
         raise ValueError(f"the document has {lx} tokens, fewer than target_ctx {lt}")
     w = rng.randint(0, lx - lt)
     gaps = _composition(rng, lt - lc, k)
-    ranges, positions, start = [], [], 0
+    ranges: list[tuple[int, int]] = []
+    positions: list[int] = []
+    start = 0
     for i, length in enumerate(segment_lengths(lc, k)):
         start += gaps[i - 1] if i else 0  # segment 0 starts at the window's head
         ranges.append((w + start, w + start + length))

@@ -14,19 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ropeconv.formats import gguf, onnx, safetensors
-from ropeconv.formats.base import Format, Planning, Ref, Writer
+from ropeconv.formats import gguf, mlx, onnx, safetensors
+from ropeconv.formats.base import EvalSpec, Format, Planning, Ref, Writer
 
-# the type names of GGUF and ONNX output (read by `methods`, option parsing and recipes)
-from ropeconv.formats.gguf import ALL_OUTTYPES as GGUF_ALL_OUTTYPES
-from ropeconv.formats.gguf import OUTTYPES as GGUF_OUTTYPES
-from ropeconv.formats.gguf import QUANT_TYPES as GGUF_QUANT_TYPES
-from ropeconv.formats.onnx import DIR as ONNX_DIR
-from ropeconv.formats.onnx import DTYPES as ONNX_DTYPES
-from ropeconv.formats.onnx import MODEL_FILE as ONNX_MODEL_FILE
-
-__all__ = ["FORMATS", "GGUF_ALL_OUTTYPES", "GGUF_OUTTYPES", "GGUF_QUANT_TYPES", "ONNX_DIR", "ONNX_DTYPES",
-           "ONNX_MODEL_FILE", "Format", "Planning", "Ref", "Writer", "artifact_format", "checkpoint_format", "format_of",
+__all__ = ["FORMATS", "EvalSpec", "Format", "Planning", "Ref", "Writer", "artifact_format", "checkpoint_format", "format_of",
            "is_gguf", "register", "unregister"]
 
 FORMATS: dict[str, Format] = {}
@@ -36,7 +27,7 @@ def register(fmt: Format) -> Format:
     """Add a format (a test's, say); its name and suffix must be new."""
     if fmt.name in FORMATS:
         raise ValueError(f"format {fmt.name!r} is registered already")
-    if any(f.suffix == fmt.suffix for f in FORMATS.values()):
+    if fmt.suffix is not None and any(f.suffix == fmt.suffix for f in FORMATS.values()):
         raise ValueError(f"format {fmt.name!r}: suffix {fmt.suffix!r} is another format's")
     FORMATS[fmt.name] = fmt
     return fmt
@@ -46,14 +37,16 @@ def unregister(name: str) -> None:
     FORMATS.pop(name, None)
 
 
-for _module in (safetensors, gguf, onnx):  # the capability matrix's column order
+for _module in (safetensors, gguf, onnx, mlx):  # the capability matrix's column order
     register(_module.FORMAT)
 
 
 def format_of(path: Path) -> Format | None:
-    """The format a file is by its suffix; None for anything else (a folder, say)."""
+    """The format a file is by its suffix, or a folder a format's record claims (an mlx folder); None for anything
+    else (a transformers folder, say)."""
     suffix = Path(path).suffix
-    return next((f for f in FORMATS.values() if f.suffix and f.suffix == suffix), None)
+    found = next((f for f in FORMATS.values() if f.suffix and f.suffix == suffix), None)
+    return found or next((f for f in FORMATS.values() if f.claims(Path(path))), None)
 
 
 def checkpoint_format() -> Format:

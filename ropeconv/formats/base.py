@@ -8,14 +8,17 @@ onnx or torch — and below every layer that reads it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 # The types named below live in layers above this one (checkpoint, positions); they are written as names only.
-TensorEntry = TensorSource = Checkpoint = PositionPlan = Any
+TensorEntry: TypeAlias = Any
+TensorSource: TypeAlias = Any
+Checkpoint: TypeAlias = Any
+PositionPlan: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,26 @@ class Planning:
 
     checkpoint: Checkpoint
     plan: PositionPlan
-    job: Any  # extend.job.ExtendJob (outtype, imatrix, name, onnx_dtype, max_shard_bytes)
+    job: Any  # extend.job.ExtendJob (options_for(format), name, max_shard_bytes)
     hf_rope: dict[str, Any] | None
     dry_run: bool = False  # checked as for writing, but nothing a writer alone needs is read (GGUF's token arrays)
 
 
-def _none(*_args, **_kwargs) -> None:
+@dataclass(frozen=True)
+class EvalSpec:
+    """How `ropeconv eval` (and search's tokenizer) reach a format's artifact: the --runtime choice that names it,
+    where it lies in a folder, and the adapter that runs prompts through it (eval.runtimes)."""
+
+    kind: str  # --runtime's choice, the eval results' and caches' "runtime" key: hf, gguf, onnx
+    rank: int  # `--runtime auto` on a folder holding several artifacts takes the lowest rank found
+    wanted: str  # what a folder must hold for this choice (the refusal names it)
+    find: Callable[[Path], Path | None]  # the artifact in a folder (None: not there); may refuse an ambiguous one
+    adapter: Callable[..., Any]  # (ModelRef, device, placement) -> an eval.runtimes.EvalRuntime
+    # a bare file with no manifest beside it is known by its name, size and first MiB (its own metadata lies there)
+    header_identifies: bool = False
+
+
+def _none(*_args: Any, **_kwargs: Any) -> Any:
     return None
 
 
@@ -96,7 +113,7 @@ class Format:
     # record(format plan, PositionPlan) -> the manifest's formats[name] entry
     record: Callable[[Any, PositionPlan], dict[str, Any]] = _none
     # artifact(output directory, manifest record) -> the path the runtime loads (a file, or the folder itself)
-    artifact: Callable[[Path, dict[str, Any]], Path] = lambda out, record: out
+    artifact: Callable[[Path, Mapping[str, Any]], Path] = lambda out, record: out
     # twin(base dir, PositionPlan, lora merge) -> how a non-float32 artifact's float32 twin is written from a HF
     # base (None: judged as it is)
     twin: Callable[..., Twin | None] = _none
@@ -118,7 +135,19 @@ class Format:
     verify_file: Callable[..., Any] | None = None
     # card_declaration(manifest record, PositionPlan) -> the model card's line on how the file declares the plan
     card_declaration: Callable[[dict[str, Any], PositionPlan], str | None] = _none
-    # options(ExtendJob) -> the job's options for this format, as a recipe's output item records them
-    options: Callable[[Any], dict[str, Any]] = lambda job: {}
+    # how `ropeconv eval` finds and runs the artifact; None: eval does not take this format
+    eval: EvalSpec | None = None
+    # the format's own options: a frozen dataclass of optionfields.option fields (GGUF's outtype and imatrix, ONNX's
+    # dtype), read by the CLI's flags, the recipe's output items and the job (ExtendJob.options_for); None: none
+    options_group: type | None = None
+    # matrix_note() -> the capability matrix's note under this format's column
+    matrix_note: Callable[[], str] = lambda: ""
+    # family_refusal(family record, method module, sample plan or None) -> why the capability matrix refuses the
+    # family's cell in this format (no layout, a declaration its loader rejects), or None; the sample plan is a
+    # callable (made only when needed), returning None where the method makes no rope plan for the family
+    family_refusal: Callable[[Any, Any, Callable[[], Any]], str | None] = lambda family, method, plan: None
     # hub_quantized(manifest record) -> the Hub's base_model_relation "quantized" (when no checkpoint is beside it)
     hub_quantized: Callable[[dict[str, Any]], bool] = lambda record: False
+    # claims(folder) -> the folder is this format's artifact (a format whose artifact is a folder, suffix None, other
+    # than the checkpoint's: format_of finds it by this, light and without reading weights)
+    claims: Callable[[Path], bool] = lambda path: False

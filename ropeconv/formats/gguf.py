@@ -6,10 +6,13 @@ llama.cpp; a non-f32 file is also judged through a float32 twin. A GGUF base is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ropeconv.formats.base import Format, Ref
+from ropeconv.formats.base import EvalSpec, Format, Ref
+from ropeconv.optionfields import option
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # --outtype written by ropeconv (gguf_export.convert.OUTTYPES)
 # llama-quantize's names (QUANT_OPTIONS), lower case; each maps to llama.cpp's LLAMA_FTYPE_MOSTLY_<NAME>
@@ -23,7 +26,7 @@ ALL_OUTTYPES = OUTTYPES + QUANT_TYPES  # the rest: quantized by llama.cpp
 SUFFIX = ".gguf"
 
 
-def artifact(out: Path, rec: dict[str, Any]) -> Path:
+def artifact(out: Path, rec: Mapping[str, Any]) -> Path:
     return out / rec["file"]
 
 
@@ -31,17 +34,32 @@ def summary(rec: dict[str, Any]) -> str:
     return f"{rec.get('file')} ({rec.get('outtype')})"
 
 
-def options(job) -> dict[str, Any]:
-    if Path(job.base).suffix == SUFFIX:  # retrofitted: the tensors stay as they are
-        return {}
-    found: dict[str, Any] = {"outtype": job.outtype}
-    if job.imatrix is not None:
-        found["imatrix"] = str(Path(job.imatrix).resolve())
-    return found
+@dataclass(frozen=True)
+class GgufOptions:
+    """--to gguf's own options; both apply when a HuggingFace base is converted (a GGUF base keeps its tensors)."""
+
+    outtype: str = option(
+        "GGUF weight type when converting a HF base with --to gguf: f32, f16 (default), bf16, q8_0 written by "
+        "ropeconv; q4_k_m, q5_k_m, q6_k, q4_0, q5_0, iq4_nl, iq4_xs, … quantized by llama.cpp's own quantizer from "
+        "the float conversion (norms, biases and carriers stay f32)", "f16", flags=("--outtype",),
+        click={"choices": ALL_OUTTYPES, "metavar": "TYPE"}, schema=ALL_OUTTYPES, converts_only=True)
+    imatrix: Path | None = option(
+        "an importance matrix (llama-imatrix's .gguf or legacy .dat) for llama.cpp's quantizer",
+        flags=("--imatrix",), click={"type": "path"}, schema="path", converts_only=True)
 
 
 def hub_quantized(rec: dict[str, Any]) -> bool:
     return rec.get("outtype") == "q8_0"
+
+
+def eval_artifact(folder: Path) -> Path | None:
+    """The one .gguf of a folder; several are refused (the user names one)."""
+    from ropeconv.errors import InputError
+
+    found = sorted(folder.glob(f"*{SUFFIX}"))
+    if len(found) > 1:
+        raise InputError(f"{folder}: {len(found)} {SUFFIX} files; name the one to evaluate")
+    return found[0] if found else None
 
 
 FORMAT = Format(
@@ -52,5 +70,9 @@ FORMAT = Format(
     dequantized=Ref("ropeconv.parity.dequantized:gguf_tensors"), runtime_module="ropeconv.parity.runtimes.llamacpp",
     recorded=Ref("ropeconv.provenance.gguf:recorded"), inspect=Ref("ropeconv.cli.inspect:_inspect_gguf"),
     summary=summary, verify_file=Ref("ropeconv.verify:_verify_gguf"),
-    card_declaration=Ref("ropeconv.gguf_export.output:card_declaration"), hub_quantized=hub_quantized, options=options,
+    card_declaration=Ref("ropeconv.gguf_export.output:card_declaration"), hub_quantized=hub_quantized,
+    options_group=GgufOptions, matrix_note=Ref("ropeconv.gguf_export.capability:matrix_note"),
+    family_refusal=Ref("ropeconv.gguf_export.capability:family_refusal"),
+    eval=EvalSpec("gguf", 2, "a .gguf file", eval_artifact, Ref("ropeconv.eval.runtimes:GGUFRuntime"),
+                  header_identifies=True),
 )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ropeconv.formats.base import Format, Planning, Ref
+from ropeconv.formats.base import EvalSpec, Format, Planning, Ref
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,15 @@ def home(_splan: SafetensorsPlan, out: Path) -> Path:
     return out  # config.json and the tokenizer beside the shards
 
 
+WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+
+
+def eval_artifact(folder: Path) -> Path | None:
+    """A folder transformers loads: config.json beside weights."""
+    has_weights = any(p for g in WEIGHT_GLOBS for p in folder.glob(g))
+    return folder if (folder / "config.json").is_file() and has_weights else None
+
+
 FORMAT = Format(
     "safetensors", None, "transformers", "transformers", is_checkpoint=True,
     proof="transformers reloading this directory",
@@ -38,4 +47,8 @@ FORMAT = Format(
     runtime_module="ropeconv.parity.runtimes.hf", inspect=Ref("ropeconv.cli.inspect:_inspect_checkpoint"),
     card_declaration=Ref("ropeconv.export.safetensors_output:card_declaration"),
     recorded=Ref("ropeconv.export.safetensors_output:recorded"),
+    matrix_note=Ref("ropeconv.export.safetensors_capability:matrix_note"),
+    family_refusal=Ref("ropeconv.export.safetensors_capability:family_refusal"),
+    eval=EvalSpec("hf", 0, "config.json with safetensors weights", eval_artifact,
+                  Ref("ropeconv.eval.runtimes:HFRuntime")),
 )

@@ -155,7 +155,7 @@ class GgufConversion:
         heads = self.plan.heads_kv if t.op == "permute_k" else self.plan.heads
         cast = (entry.dtype, t.info.ggml_type) not in SAME_BYTES or t.plus_one
         widen = ITEM_BYTES[t.info.ggml_type] / ITEM_BYTES[entry.dtype]  # output bytes per source byte
-        scratch = {}  # reused buffers (a fresh one costs a page fault per 4 KiB)
+        scratch: dict[str, np.ndarray] = {}  # reused buffers (a fresh one costs a page fault per 4 KiB)
 
         def buffer(key: str, nbytes: int) -> np.ndarray:
             if scratch.get(key, np.empty(0, np.uint8)).size < nbytes:
@@ -168,10 +168,10 @@ class GgufConversion:
                 rows_dst = dst[at : at + n * row_bytes]
                 if pairs:  # row 2i of a head is its HF row i, row 2i+1 its row i + d/2 (row_order.permute_pairs)
                     block = buffer("pairs", n * row_bytes)
-                    source.read_into(entry, start * row_bytes, memoryview(block))
+                    source.read_into(entry, start * row_bytes, block.data)  # .data: memoryview(block)
                     rows_dst.reshape(n // 2, 2, row_bytes)[:] = block.reshape(2, n // 2, row_bytes).swapaxes(0, 1)
                 else:
-                    source.read_into(entry, start * row_bytes, memoryview(rows_dst))
+                    source.read_into(entry, start * row_bytes, rows_dst.data)
                 at += n * row_bytes
 
         for pieces in _chunks(row_blocks(t.op, rows, heads), max(1, READ_CHUNK_BYTES // row_bytes)):
@@ -236,8 +236,10 @@ class GgufConversion:
         if t.op == "table":
             from ropeconv.positions.absolute import resample_table
 
+            plan = self.plan.plan
+            assert plan is not None and plan.kind == "absolute"  # only an absolute plan has a "table" tensor
             # float64 all the way, rounded once to the output type
-            tensor = torch.from_numpy(resample_table(tensor.double().numpy(), self.plan.plan))
+            tensor = torch.from_numpy(resample_table(tensor.double().numpy(), plan))
         elif t.op == "transpose":
             tensor = tensor.T.contiguous()
         elif t.op == "permute_q":
@@ -257,6 +259,7 @@ class GgufConversion:
             half = tensor.to(torch.float16)
             check_half(t.entry.name, tensor, half)
             return half.numpy()
+        from gguf import GGMLQuantizationType as GgufQuantType
         from gguf.quants import quantize
 
-        return quantize(tensor.to(torch.float32).numpy(), kind)
+        return quantize(tensor.to(torch.float32).numpy(), GgufQuantType(kind))  # gguf-py's member of the same code

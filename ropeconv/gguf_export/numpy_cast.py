@@ -20,7 +20,7 @@ import numpy as np
 from ropeconv.export.half import HALF_INSTEAD, refuse_half
 
 # safetensors dtype → numpy dtype of its bytes (bf16 has no numpy dtype: its bits as uint16)
-BITS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+BITS: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 # a bf16's magnitude bits whose value is a float16 normal: biased exponent 113..142 (float16's 1..30)
 F16_NORMAL_LOW = 113 << 7
 F16_NORMAL_SPAN = (143 << 7) - F16_NORMAL_LOW

@@ -21,9 +21,10 @@ class GgufOutput:
 
 
 def plan(p: Planning) -> GgufOutput:
-    job = p.job
-    return GgufOutput(plan_gguf(p.checkpoint, p.plan, job.outtype, job.imatrix, job.name, tokens=not p.dry_run),
-                      gguf_file_name(p.checkpoint, job.outtype, job.name))
+    job, options = p.job, p.job.options_for("gguf")  # formats.gguf.GgufOptions
+    return GgufOutput(plan_gguf(p.checkpoint, p.plan, options.outtype, options.imatrix, job.name,
+                                tokens=not p.dry_run),
+                      gguf_file_name(p.checkpoint, options.outtype, job.name))
 
 
 class GgufOutputWriter:
@@ -52,7 +53,9 @@ class GgufOutputWriter:
             llama_quantize.quantize(self.staged, self.path, g.quantize, g.imatrix)
             self.staged.unlink()  # the quantized file is hashed by the manifest, after
         else:
-            self._sha256 = {self.out.file: self._conversion.sha256}
+            sha256 = self._conversion.sha256
+            assert sha256 is not None  # hashed while written (hash_data=True), set by close()
+            self._sha256 = {self.out.file: sha256}
         self._closed = True
 
     def abort(self) -> None:

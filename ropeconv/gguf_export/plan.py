@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ropeconv import methods
-from ropeconv.archs import GGUF_ARCHS
 from ropeconv.checkpoint import Checkpoint
 from ropeconv.checkpoint.config_values import check_values
 from ropeconv.checkpoint.safetensors_header import TensorEntry
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export.table import changes_table, output_entry
 from ropeconv.families import FAMILIES
+from ropeconv.families.lookup import GGUF_ARCHS
 from ropeconv.families.spec import with_class_defaults
-from ropeconv.formats import GGUF_ALL_OUTTYPES, GGUF_OUTTYPES, GGUF_QUANT_TYPES
+from ropeconv.formats.gguf import ALL_OUTTYPES as GGUF_ALL_OUTTYPES
+from ropeconv.formats.gguf import OUTTYPES as GGUF_OUTTYPES
+from ropeconv.formats.gguf import QUANT_TYPES as GGUF_QUANT_TYPES
 from ropeconv.gguf_export import experts
 from ropeconv.gguf_export.layouts import (
     EXPERT_KEYS,
@@ -38,6 +40,7 @@ from ropeconv.gguf_io import tables
 from ropeconv.gguf_io.fields import NewField, TensorInfo
 from ropeconv.gguf_io.reader import tensor_nbytes
 from ropeconv.gguf_io.types import VALUE_TYPES, GGMLQuantizationType, GGUFValueType
+from ropeconv.hub.base import cache_snapshot
 from ropeconv.positions import PositionPlan
 from ropeconv.provenance import provenance
 
@@ -92,8 +95,12 @@ class GgufPlan:
 
 
 def model_name(ckpt: Checkpoint, name: str | None = None) -> str:
-    """The model's name (general.name, the file's): --name, else the base folder's."""
-    return name or ckpt.path.resolve().name
+    """The model's name (general.name, the file's): --name, else the base folder's (for a snapshot in
+    huggingface_hub's cache, the repo's: its folder is named by a commit)."""
+    if name:
+        return name
+    snapshot = cache_snapshot(ckpt.path)
+    return snapshot.name if snapshot is not None and not snapshot.inside else ckpt.path.resolve().name
 
 
 def gguf_file_name(ckpt: Checkpoint, outtype: str, name: str | None = None) -> str:
@@ -149,13 +156,13 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     heads_kv = config.get("num_key_value_heads") or heads
     hidden = _positive(config, HIDDEN_KEYS)
     n_vocab = _positive(config, ("vocab_size",))
-    rope = scheme.kind == "rope"  # ALiBi and learned tables: llama.cpp reads no rope key for these archs
-    head_dim = scheme.head_dim if rope else hidden // heads
+    # ALiBi and learned tables: llama.cpp reads no rope key for these archs
+    head_dim = scheme.head_dim if scheme.kind == "rope" else hidden // heads
     check_graph(layout, config, head_dim, plan.target_ctx)
     arch_name = layout.arch
     declaration = methods.get(plan.method).gguf_declaration(plan, GGUF_ARCHS[arch_name])
 
-    kv: dict[str, tuple[str, object]] = {"context_length": ("u32", plan.target_ctx)}
+    kv: dict[str, tuple[str, Any]] = {"context_length": ("u32", plan.target_ctx)}
     for h in layout.hparams:
         value = h.value(config)
         if value is not None:
@@ -163,7 +170,7 @@ def _plan_float(ckpt: Checkpoint, plan: PositionPlan, outtype: str, name: str | 
     if layout.always_key_length or head_dim != hidden // heads:
         kv["attention.key_length"] = ("u32", head_dim)
         kv["attention.value_length"] = ("u32", head_dim)
-    if rope:
+    if scheme.kind == "rope":
         kv["rope.dimension_count"] = ("u32", scheme.rotary_dim)
         kv["rope.freq_base"] = ("f32", scheme.theta)
     kv["vocab_size"] = ("u32", n_vocab)
@@ -228,7 +235,7 @@ def _plan_tensors(ckpt: Checkpoint, config, layout: GgufLayout, outtype: str,
                                    "weights (dequantize first)")
         op = "stack" if stack else _op(layout, gguf_name, entry, plan)
         if stack:
-            shape = experts.stacked_shape(stack)
+            shape: tuple[int, ...] = experts.stacked_shape(stack)
             out.append(TensorPlan(entry, TensorInfo(gguf_name, shape, _out_type(shape, outtype),
                                                     tensor_nbytes(shape, _out_type(shape, outtype))),
                                   op, False, stack.members))
@@ -242,7 +249,7 @@ def _plan_tensors(ckpt: Checkpoint, config, layout: GgufLayout, outtype: str,
             if len(stored) != 2 or stored[0] != plan.target_ctx:
                 raise InputError(f"{entry.name}: {list(stored)} is not a [{plan.target_ctx}, hidden] position "
                                  "table; llama.cpp needs one row per position of context_length")
-            shape: tuple[int, ...] = tuple(reversed(stored))
+            shape = tuple(reversed(stored))
             ggml_type = G.F32  # as llama.cpp's converter: position tables stay F32 at every outtype
         else:
             # a transposed Conv1D [in, out] is nn.Linear's [out, in], i.e. GGUF's {in, out}: the stored order

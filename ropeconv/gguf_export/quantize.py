@@ -32,7 +32,7 @@ import numpy as np
 
 import ropeconv
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.formats import GGUF_QUANT_TYPES
+from ropeconv.formats.gguf import QUANT_TYPES as GGUF_QUANT_TYPES
 from ropeconv.gguf_export import quantize_child
 from ropeconv.inputfile import open_regular
 from ropeconv.interrupts import raise_if_interrupted
@@ -40,7 +40,7 @@ from ropeconv.interrupts import raise_if_interrupted
 # a legacy entry: name length, a name of at least 1 byte, ncall, nval, at least one value
 _LEGACY_ENTRY_MIN_BYTES = 4 + 1 + 4 + 4 + 4
 _LEGACY_NAME_MAX_BYTES = 4096  # GGUF tensor names are at most 64 bytes (GGML_MAX_NAME)
-QUANT_TYPES = GGUF_QUANT_TYPES  # llama-quantize's names, lower case (kept in ropeconv.formats for the CLI)
+QUANT_TYPES = GGUF_QUANT_TYPES  # llama-quantize's names, lower case (declared by formats.gguf, the CLI reads them there)
 # ftypes whose default tensor type llama.cpp quantizes only with an importance matrix (tensor_requires_imatrix:
 # IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_M, IQ1_S, and Q2_K inside a Q2_K_S file)
 NEEDS_IMATRIX = frozenset({"q2_k_s", "iq3_xxs", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m"})
@@ -85,7 +85,8 @@ def _load_gguf(path: Path) -> Imatrix:
     if not {"imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"} <= set(fields):
         raise InputError(f"--imatrix {path}: missing imatrix metadata (imatrix.datasets, chunk_count, chunk_size), "
                          "which llama-quantize requires")
-    sums, counts = {}, {}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         for suffix, into in ((".in_sum2", sums), (".counts", counts)):
             if t.name.endswith(suffix):

@@ -73,7 +73,7 @@ def run(request: Request) -> tuple[int, str]:
 
 def _imatrix_keys(llama_cpp, imatrix):
     """The quantize.imatrix.* keys llama-quantize writes (the file's name, not its local path)."""
-    values: list[tuple[str, int, object]] = [("quantize.imatrix.file", _KV_OVERRIDE_STR, imatrix.file_name)]
+    values: list[tuple[str, int, Any]] = [("quantize.imatrix.file", _KV_OVERRIDE_STR, imatrix.file_name)]
     if imatrix.datasets:
         values.append(("quantize.imatrix.dataset", _KV_OVERRIDE_STR, imatrix.datasets[0]))
     values.append(("quantize.imatrix.entries_count", _KV_OVERRIDE_INT, len(imatrix.entries)))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ropeconv.checkpoint.tokenizer import TokenizerFiles, one_line
 from ropeconv.errors import InputError, UnsupportedError
@@ -93,7 +93,9 @@ def tokenizer_fields(tok: TokenizerFiles, n_vocab: int) -> list[NewField]:
     model, pre = kind.model, kind.pre
     tokens, scores, types = [], [], []
     try:  # what the checks before leave to gguf-py's readers (e.g. added tokens off the ids after the vocabulary)
-        vocab = {"bpe": BpeVocab, "spm": SentencePieceVocab, "hf": LlamaHfVocab}[kind.reader](base)
+        readers: dict[str, type[BpeVocab] | type[SentencePieceVocab] | type[LlamaHfVocab]] = {
+            "bpe": BpeVocab, "spm": SentencePieceVocab, "hf": LlamaHfVocab}
+        vocab = readers[kind.reader](base)
         for text, score, token_type in vocab.all_tokens():
             tokens.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
             scores.append(float(score))
@@ -131,14 +133,14 @@ def tokenizer_fields(tok: TokenizerFiles, n_vocab: int) -> list[NewField]:
     if special.merges:
         fields.append(NewField("tokenizer.ggml.merges", GGUFValueType.ARRAY, list(special.merges),
                                GGUFValueType.STRING))
-    for kind, key in special_keys.items():
-        token_id = special.special_token_ids.get(kind)
+    for which, key in special_keys.items():
+        token_id = special.special_token_ids.get(which)
         if isinstance(token_id, int) and 0 <= token_id < n_vocab:
             fields.append(NewField(key, GGUFValueType.UINT32, token_id))
-    for kind, add in sorted(special.add_special_token.items()):
-        key = {"bos": Keys.Tokenizer.ADD_BOS, "eos": Keys.Tokenizer.ADD_EOS}.get(kind)
-        if key:
-            fields.append(NewField(key, GGUFValueType.BOOL, bool(add)))
+    for which, add in sorted(special.add_special_token.items()):
+        add_key = {"bos": Keys.Tokenizer.ADD_BOS, "eos": Keys.Tokenizer.ADD_EOS}.get(which)
+        if add_key:
+            fields.append(NewField(add_key, GGUFValueType.BOOL, bool(add)))
     if isinstance(special.chat_template, str) and special.chat_template:
         fields.append(NewField(Keys.Tokenizer.CHAT_TEMPLATE, GGUFValueType.STRING, special.chat_template))
     return fields
@@ -147,12 +149,12 @@ def tokenizer_fields(tok: TokenizerFiles, n_vocab: int) -> list[NewField]:
 def _adds_dummy_prefix(model_file: Path) -> bool:
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated, no stubs
     proto.ParseFromString(model_file.read_bytes())
     return bool(proto.normalizer_spec.add_dummy_prefix)
 
 
-def byte_level_pre(tok_json: dict[str, Any]) -> str:
+def byte_level_pre(tok_json: Mapping[str, Any]) -> str:
     """llama.cpp's pre-tokenizer name whose regexes equal this tokenizer.json's pre_tokenizer."""
     steps = _flatten(tok_json.get("pre_tokenizer"))
     kinds = [s.get("type") for s in steps]
@@ -163,7 +165,9 @@ def byte_level_pre(tok_json: dict[str, Any]) -> str:
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) and \
             steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
-        name = SPLIT_REGEXES.get((steps[0].get("pattern") or {}).get("Regex"))
+        pattern = steps[0].get("pattern")
+        regex = pattern.get("Regex") if isinstance(pattern, dict) else None
+        name = SPLIT_REGEXES.get(regex) if isinstance(regex, str) else None
         if name:
             return name
     raise UnsupportedError(
@@ -181,7 +185,7 @@ def _flatten(node: Any) -> list[dict[str, Any]]:
     return [node]
 
 
-def _is_byte_level(tok_json: dict[str, Any]) -> bool:
+def _is_byte_level(tok_json: Mapping[str, Any]) -> bool:
     model = tok_json.get("model") or {}
     decoder = tok_json.get("decoder") or {}
     if not isinstance(model, dict) or not isinstance(decoder, dict):
@@ -220,7 +224,8 @@ def general_name(name: str, explicit: bool, fields: list[NewField]) -> str:
 
     if not needs_tokens(name):
         return name
-    tokens = next((f.value for f in fields if f.key == "tokenizer.ggml.tokens"), None)
+    # tokenizer_fields writes this key's value as a list of str
+    tokens = cast("list[str] | None", next((f.value for f in fields if f.key == "tokenizer.ggml.tokens"), None))
     missing = [t for t in PHI3_TOKENS if tokens is not None and t not in set(tokens)]
     if not missing:
         return name

@@ -71,7 +71,7 @@ def pack_string(s: str, strict: bool = False) -> bytes:
 def _pack_items(key: str, item_type: GGUFValueType, values: list | tuple) -> bytes:
     """An array's items: a vocabulary is 3 arrays of ~32k–150k items, packed in one call each where every item
     is a plain str / float / int in range (the same bytes as _pack_value's, which checks and packs the rest)."""
-    fmt = SCALAR_FORMATS.get(item_type)
+    fmt = SCALAR_FORMATS.get(item_type, "")  # "": STRING, which has no struct format
     try:
         if item_type == GGUFValueType.STRING and all(type(v) is str for v in values):
             data = [v.encode("utf-8", STRING_ERRORS) for v in values]
@@ -86,7 +86,7 @@ def _pack_items(key: str, item_type: GGUFValueType, values: list | tuple) -> byt
     return b"".join(_pack_value(key, item_type, v) for v in values)
 
 
-def _numpy_scalars() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+def _numpy_scalars() -> tuple[tuple[type[Any], ...], tuple[type[Any], ...], tuple[type[Any], ...]]:
     """numpy's bool, integer and floating scalar types (a value can be one only once numpy is imported)."""
     np = sys.modules.get("numpy")
     return ((np.bool_,), (np.integer,), (np.floating,)) if np is not None else ((), (), ())
@@ -95,16 +95,20 @@ def _numpy_scalars() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ..
 def _pack_value(key: str, value_type: GGUFValueType, value: object) -> bytes:
     where = f"GGUF key {key!r}"
     np_bool, np_int, np_float = _numpy_scalars()
+    # typed tuples: mypy joins a tuple display of bool and type[Any] to object, and would narrow value to it
+    bools: tuple[type[Any], ...] = (bool, *np_bool)
+    ints: tuple[type[Any], ...] = (int, *np_int)
+    numbers: tuple[type[Any], ...] = (int, float, *np_int, *np_float)
     if value_type == GGUFValueType.STRING:
         if not isinstance(value, str):
             raise InputError(f"{where}: STRING value must be a str, got {type(value).__name__}")
         return pack_string(value)
     if value_type == GGUFValueType.BOOL:
-        if not isinstance(value, (bool, *np_bool)):
+        if not isinstance(value, bools):
             raise InputError(f"{where}: BOOL value must be a bool, got {type(value).__name__}")
         return struct.pack("<B", int(value))
     if value_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
-        if isinstance(value, (bool, *np_bool)) or not isinstance(value, (int, float, *np_int, *np_float)):
+        if isinstance(value, bools) or not isinstance(value, numbers):
             raise InputError(f"{where}: {value_type.name} value must be a number, got {type(value).__name__}")
         try:
             return struct.pack(SCALAR_FORMATS[value_type], float(value))
@@ -112,7 +116,7 @@ def _pack_value(key: str, value_type: GGUFValueType, value: object) -> bytes:
             raise InputError(f"{where}: {value} does not fit {value_type.name}") from None
     if value_type in INT_RANGES:
         # a float, even an integral one, is refused: it usually means the wrong type was chosen
-        if isinstance(value, (bool, *np_bool)) or not isinstance(value, (int, *np_int)):
+        if isinstance(value, bools) or not isinstance(value, ints):
             raise InputError(f"{where}: {value_type.name} value must be an int, got {type(value).__name__}")
         low, high = INT_RANGES[value_type]
         if not low <= int(value) <= high:

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
+from typing import Any
 
 from ropeconv.errors import InputError
 from ropeconv.gguf_io.types import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -79,12 +80,13 @@ class GgufField:
         return len(self.raw) - self.value_at
 
     @functools.cached_property
-    def value(self) -> object:
-        """str, int, float, bool, or a list of them; decoded on first use."""
+    def value(self) -> Any:
+        """str, int, float, bool, or a list of them; decoded on first use. Any, as json.loads's: what it holds
+        depends on the file, and each reader checks the field's value_type before using it."""
         return _decode(self.raw, self.value_at, self.value_type, self.item_type, self.count)
 
 
-def scalar(src: GgufFile, key: str, default: object = None) -> object:
+def scalar(src: GgufFile, key: str, default: object = None) -> Any:
     """A key llama.cpp reads as one value: refused when the file holds an array (or an outsized string) there,
     before it is decoded."""
     f = src.field(key)
@@ -96,7 +98,7 @@ def scalar(src: GgufFile, key: str, default: object = None) -> object:
     return f.value
 
 
-def _decode(raw, at: int, value_type: GGUFValueType, item_type: GGUFValueType | None, count: int) -> object:
+def _decode(raw, at: int, value_type: GGUFValueType, item_type: GGUFValueType | None, count: int) -> Any:
     if value_type != GGUFValueType.ARRAY:
         return _decode_items(raw, at, value_type, 1)[0]
     assert item_type is not None
@@ -151,7 +153,7 @@ class GgufFile:
     def field(self, key: str) -> GgufField | None:
         return self._fields_by_key.get(key)
 
-    def value(self, key: str, default: object = None) -> object:
+    def value(self, key: str, default: object = None) -> Any:
         f = self._fields_by_key.get(key)
         return default if f is None else f.value
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +149,8 @@ class GgufWriter:
         """Stop without finishing; the partial file is left for the caller's staging to remove."""
         self._release()
 
-    def _open(self) -> None:
+    def _open(self) -> int:
+        """The output's descriptor, opened (and the header written) on first use."""
         if self._fd is None:
             # No O_TRUNC: the staged path already exists (mkstemp), and truncating an existing file to 0
             # arms ext4's auto_da_alloc, which makes close() write the whole file back (~1.8 s for 2 GB).
@@ -155,11 +158,13 @@ class GgufWriter:
             self._fd = os.open(self.path, (os.O_RDWR if self._hash_data else os.O_WRONLY) | os.O_CREAT, 0o644)
             self._out = HashedWriter(self._fd) if self._hash_data else None
             self._emit(self.header)
+        return self._fd
 
     def _emit(self, data) -> None:
         if self._out:  # owned: every buffer emitted here is made for this write and never changed after
             self._out.write(data, owned=True)
         else:
+            assert self._fd is not None  # _open() came first
             write_all(self._fd, data)
 
     def write_tensor(self, name: str, source: TensorSource) -> None:
@@ -176,7 +181,7 @@ class GgufWriter:
                                  source.torch_shape, f"{source.file}: tensor {name!r}")
             self._copy(source, name)
         else:
-            data = memoryview(le_contiguous(source) if isinstance(source, np.ndarray) else source).cast("B")
+            data = (le_contiguous(source).data if isinstance(source, np.ndarray) else memoryview(source)).cast("B")
             if data.nbytes != info.nbytes:
                 raise RopeconvError(f"internal: tensor {name!r} has {data.nbytes} bytes, header says {info.nbytes}")
             self._emit(data)
@@ -197,12 +202,12 @@ class GgufWriter:
         self._open()
         written = 0
         for chunk in chunks:
-            staged = isinstance(chunk, Staged)
-            data = None if staged else memoryview(chunk).cast("B")
-            written += chunk.nbytes if staged else data.nbytes
+            data = None if isinstance(chunk, Staged) else memoryview(chunk).cast("B")
+            written += chunk.nbytes if data is None else data.nbytes
             if written > info.nbytes:
                 break
-            if staged:
+            if data is None:  # a Staged piece
+                assert self._out is not None  # stage() gave its buffer: the hashing writer's
                 self._out.append_staged(chunk.nbytes)
             else:
                 self._emit(data)
@@ -236,8 +241,9 @@ class GgufWriter:
                 raise InputError(f"{source.file}: ended inside tensor {name!r} (was the file changed while copying?)") \
                     from None
             return
+        dst = self._open()  # open already (write_tensor opened it)
         while remaining:
-            n = copy_range(src, self._fd, min(remaining, COPY_CHUNK_BYTES), offset)
+            n = copy_range(src, dst, min(remaining, COPY_CHUNK_BYTES), offset)
             if n <= 0:
                 raise InputError(f"{source.file}: ended inside tensor {name!r} (was the file changed while copying?)")
             offset += n
@@ -248,12 +254,12 @@ class GgufWriter:
             missing = len(self.tensors) - self._pos
             self._release()
             raise RopeconvError(f"internal: {missing} tensors were never written to {self.path}")
-        self._open()  # a file with no tensors is still written
+        fd = self._open()  # a file with no tensors is still written
         if self._out:  # first: the hashing thread may still be appending the last pieces
             self.sha256 = self._out.hexdigest()
         end = len(self.header) + sum(align_up(t.nbytes, self.alignment) for t in self.tensors)
-        if os.fstat(self._fd).st_size != end:
-            os.ftruncate(self._fd, end)
+        if os.fstat(fd).st_size != end:
+            os.ftruncate(fd, end)
         self._release()
 
     def _release(self) -> None:
@@ -268,9 +274,9 @@ class GgufWriter:
             self._fd = None
 
 
-def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, drop_keys: set[str] = frozenset(),
-                 add_tensors: dict[str, np.ndarray] | None = None, drop_tensors: set[str] = frozenset(),
-                 transform_tensors: dict | None = None) -> None:
+def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None,
+                 drop_keys: AbstractSet[str] = frozenset(), add_tensors: dict[str, np.ndarray] | None = None,
+                 drop_tensors: AbstractSet[str] = frozenset(), transform_tensors: dict | None = None) -> None:
     """Copy `src` to `dst` with metadata changed and tensors added; everything else byte for byte.
 
     set_fields maps a key to (value_type, value) or (value_type, value, item_type): an existing key
@@ -299,16 +305,16 @@ def rewrite_gguf(src: GgufFile, dst: Path, *, set_fields: dict | None = None, dr
     fields += new.values()
 
     infos: list[TensorInfo] = []
-    sources: list[TensorSource] = []
+    sources: list[TensorSource | Callable[..., TensorSource]] = []  # a callable: a transformed tensor, made late
     if set(drop_tensors) & add_tensors.keys():
         raise RopeconvError(f"internal: tensors both added and dropped: {sorted(set(drop_tensors) & add_tensors.keys())}")
     for t in src.tensors:
         if t.name in drop_tensors:
             continue
-        array = add_tensors.pop(t.name, None)
-        infos.append(TensorInfo.of(t) if array is None else TensorInfo.of_array(t.name, array))
+        added = add_tensors.pop(t.name, None)
+        infos.append(TensorInfo.of(t) if added is None else TensorInfo.of_array(t.name, added))
         transform = transform_tensors.get(t.name)
-        sources.append(array if array is not None else (lambda t=t, f=transform: f(t)) if transform else t)
+        sources.append(added if added is not None else (lambda t=t, f=transform: f(t)) if transform else t)
     for name, array in add_tensors.items():
         infos.append(TensorInfo.of_array(name, array))
         sources.append(array)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGMLQuantizationType, get_tensor_name_map
+from gguf import get_tensor_name_map
 
 from ropeconv.checkpoint.finite import refuse_non_finite
 from ropeconv.checkpoint.safetensors_header import TensorEntry
@@ -19,6 +19,7 @@ from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.gguf_export.layouts import LAYOUTS, arch_by_name
 from ropeconv.gguf_export.row_order import permute_pairs, unpermute_pairs
 from ropeconv.gguf_io.reader import GgufFile, GgufTensor
+from ropeconv.gguf_io.types import GGMLQuantizationType
 from ropeconv.lora.adapter import Adapter
 from ropeconv.lora.merge import LoraMerge, plan_merge
 

@@ -25,6 +25,7 @@ CELLS = {
                  "changes the ratio between slopes, not their scale); use --to onnx or safetensors, or "
                  "--method none for the unscaled model"),
     "onnx": Cell(Support.CARRIER, "float32 slope constants in the graph; --dynamic's length rule computed per call"),
+    "mlx": Cell(Support.REFUSED, "mlx-lm has no BLOOM or MPT model and no ALiBi position scale; use --to onnx or safetensors"),
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.positions import RopePlan, RopeScheme
+from ropeconv.positions import PositionScheme, RopePlan, RopeScheme
 from ropeconv.positions.plan import MAX_CTX  # noqa: F401  (the recipe schema takes it from here)
 
 
@@ -101,7 +101,7 @@ def check_request(request: ExtendRequest, *, takes_length: bool = True) -> None:
             require_positive("--" + name.replace("_", "-"), value)
 
 
-def resolve_lengths(scheme: RopeScheme, request: ExtendRequest) -> Lengths:
+def resolve_lengths(scheme: PositionScheme, request: ExtendRequest) -> Lengths:
     """Exactly one of factor / target_ctx; original from the override or the checkpoint."""
     check_request(request)
     original = request.original_ctx if request.original_ctx is not None else scheme.original_ctx
@@ -113,6 +113,7 @@ def resolve_lengths(scheme: RopeScheme, request: ExtendRequest) -> Lengths:
             raise InputError(f"--factor {factor:g} gives a context beyond {MAX_CTX} tokens")
         target = int(round(original * factor))
     else:
+        assert request.target_ctx is not None  # check_request: exactly one of factor and target_ctx
         target = int(request.target_ctx)
         if target <= original:
             raise InputError(f"--target-ctx {target} must exceed the original context {original}")

@@ -30,6 +30,7 @@ CELLS = {
     "gguf": Cell(Support.REFUSED, "llama.cpp has no length-dependent base; --bake-at N writes the exact base at N"),
     "onnx": Cell(Support.EXACT, "the base computed in the graph (float64) from max(position_ids) + 1 at every call, "
                  "as transformers does; --bake-at N gives a constant"),
+    "mlx": Cell(Support.EXACT, "rope_scaling type dynamic: mlx-lm's DynamicNTKScalingRoPE computes the base per call from the cache offset + length, as transformers does"),
 }
 
 

@@ -35,6 +35,7 @@ CELLS = {
     "safetensors": Cell(Support.CARRIER, "rope_type longrope with short_factor = long_factor"),
     "gguf": Cell(Support.CARRIER, "rope_freqs tensor + attn_factor; llama only"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq and attention-factor constants in the graph"),
+    "mlx": Cell(Support.REFUSED, "a longrope carrier: mlx-lm's SuScaledRoPE ignores attention_factor and computes its own scale; use --to safetensors, gguf or onnx"),
 }
 
 

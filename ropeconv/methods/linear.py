@@ -15,6 +15,7 @@ CELLS = {
     "safetensors": Cell(Support.EXACT, "rope_type linear"),
     "gguf": Cell(Support.EXACT, "rope.scaling.type linear + factor"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq constant in the graph"),
+    "mlx": Cell(Support.EXACT, "rope_scaling type linear: nn.RoPE at scale 1/factor"),
 }
 
 

@@ -34,6 +34,7 @@ CELLS = {
     "safetensors": Cell(Support.EXACT, "rope_type llama3"),
     "gguf": Cell(Support.EXACT, "rope_freqs tensor (as llama.cpp's converter writes it); llama only"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq constant in the graph"),
+    "mlx": Cell(Support.EXACT, "rope_scaling type llama3: Llama3RoPE"),
 }
 
 

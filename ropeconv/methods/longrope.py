@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.methods.base import (
@@ -43,6 +44,7 @@ CELLS = {
     ),
     "onnx": Cell(Support.EXACT, "short and long inv_freq constants, chosen in the graph per call by "
                  "max(position_ids) + 1 > original (transformers' rule); attention-factor constant"),
+    "mlx": Cell(Support.REFUSED, "mlx-lm's SuScaledRoPE builds the long factors only (wrong below the original length, where transformers uses the short ones) and ignores attention_factor; use --to safetensors, gguf or onnx"),
 }
 
 
@@ -83,7 +85,7 @@ def plan_from_factors(scheme: RopeScheme, request: ExtendRequest, short, long, f
         if explicit is not None
         else default_attention_factor(n.factor, n.original_ctx)
     )
-    params = {"factor": n.factor, "attention_factor": attention}
+    params: dict[str, Any] = {"factor": n.factor, "attention_factor": attention}
     if factors_file is not None:
         params["factors_file"] = factors_file
     return build_plan(
@@ -125,7 +127,7 @@ def gguf_declaration(plan: RopePlan, arch) -> GgufDeclaration:
             "would never apply; use --to safetensors"
         )
     # no rope.scaling.factor: llama.cpp would add a 1/factor interpolation on top of the factors
-    kv = {
+    kv: dict[str, tuple[str, Any]] = {
         "rope.scaling.original_context_length": ("u32", plan.original_ctx),
         "rope.scaling.attn_factor": ("f32", plan.attention_factor),
     }

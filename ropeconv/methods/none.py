@@ -20,6 +20,7 @@ CELLS = {
     "safetensors": Cell(Support.EXACT, "the base's own config"),
     "gguf": Cell(Support.EXACT, "the base's own keys (every converted architecture, BLOOM and MPT included)"),
     "onnx": Cell(Support.EXACT, "the base's own math in the graph"),
+    "mlx": Cell(Support.EXACT, "the base's own rope_theta, unscaled"),
 }
 
 

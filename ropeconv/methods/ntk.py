@@ -17,6 +17,7 @@ CELLS = {
     "safetensors": Cell(Support.EXACT, "rope_theta changed, rope_type default"),
     "gguf": Cell(Support.EXACT, "rope.freq_base changed"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq constant at the new base in the graph"),
+    "mlx": Cell(Support.EXACT, "rope_theta changed, read from the top level"),
 }
 
 

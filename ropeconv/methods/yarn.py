@@ -45,6 +45,7 @@ CELLS = {
         "truncate off via a rope_freqs carrier on llama, refused elsewhere",
     ),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq and attention-factor constants in the graph"),
+    "mlx": Cell(Support.EXACT, "rope_scaling type yarn: YarnRoPE reads factor, original length, betas and mscale; a non-default attention factor or truncate off is refused, as mlx-lm reads neither"),
 }
 
 BETA_FAST = 32.0

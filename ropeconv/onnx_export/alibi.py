@@ -23,7 +23,7 @@ SCALE = "alibi/scale"  # float32 scalar, the STATIC divisor
 ORIGINAL_CTX = "alibi/original_ctx"  # float64 scalar, the PROPORTIONAL rule's L
 
 
-def alibi_bias(g: GraphBuilder, plan: AlibiPlan, keys: str, attention_mask: str) -> str:
+def alibi_bias(g: GraphBuilder, plan: AlibiPlan, keys: str | None, attention_mask: str) -> str:
     heads = len(plan.slopes)
     slopes = g.op("Reshape", [g.const(np.asarray(plan.slopes, np.float32), name=SLOPES), g.ints(1, heads, 1, 1, 1)])
     bias = g.op("Mul", [slopes, _key_positions(g, keys, attention_mask)])  # [b or 1, heads, 1, 1, total]
@@ -34,7 +34,7 @@ def _total(g: GraphBuilder, attention_mask: str) -> str:
     return g.op("Squeeze", [g.op("Shape", [attention_mask], start=1, end=2), g.ints(0)])  # scalar int64
 
 
-def _key_positions(g: GraphBuilder, keys: str, attention_mask: str) -> str:
+def _key_positions(g: GraphBuilder, keys: str | None, attention_mask: str) -> str:
     """[b, 1, 1, 1, total] (mask) or [1, 1, 1, 1, total] (cache), float32."""
     if keys == "mask":
         position = g.op("Mul", [g.op("Sub", [g.op("CumSum", [attention_mask, g.const(1, np.int64)]),
@@ -59,6 +59,6 @@ def _divisor(g: GraphBuilder, plan: AlibiPlan, attention_mask: str) -> str:
     raise AssertionError(plan.length_rule)
 
 
-def default_constants() -> dict[str, np.ndarray]:
+def default_constants() -> dict[str, np.ndarray | np.generic]:
     """The values that undo the extension (slopes unscaled at every length), for sensitivity tests."""
     return {SCALE: np.float32(1.0), ORIGINAL_CTX: np.float64(np.finfo(np.float64).max)}

@@ -6,7 +6,7 @@ An attribute is config.json's key; else a dimension the family's shapes resolve 
 n_embd as hidden_size: its attribute_map); else the class default the family's Family.config_defaults states, a
 value or a function of this view (what the class's __post_init__ derives, as Qwen2's layer_types from
 use_sliding_window and max_window_layers; a key present as null is derived too, as there); else there is no such
-attribute, as on transformers' object. tests/test_config_defaults.py plans every family from this view and from
+attribute, as on transformers' object. tests/families/test_config_defaults.py plans every family from this view and from
 transformers' own config object, over configs that omit every optional key, and requires the same plan.
 """
 

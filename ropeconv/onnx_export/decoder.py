@@ -24,6 +24,7 @@ position_ids (as optimum's BLOOM export): their bias is built from attention_mas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from onnx import GraphProto, helper, numpy_helper
@@ -39,7 +40,8 @@ from ropeconv.positions import PositionPlan
 MASKED = float(np.finfo(np.float32).min)  # transformers' additive mask value
 MS_DOMAIN = "com.microsoft"
 KEEP_LOGITS = "num_logits_to_keep"
-COMPUTE_TYPES = {"float32": (FLOAT, np.float32), "float16": (FLOAT16, np.float16)}
+COMPUTE_TYPES: dict[str, tuple[int, type[np.floating]]] = {"float32": (FLOAT, np.float32),
+                                                             "float16": (FLOAT16, np.float16)}
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class _Decoder:
         if name in self.nbits:
             k, n = self.nbits[name]
             packed, scales = quantized_names(name)
-            attrs = dict(K=k, N=n, bits=4, block_size=self.compute.block_size)
+            attrs: dict[str, Any] = dict(K=k, N=n, bits=4, block_size=self.compute.block_size)
             if self.compute.accuracy_level:
                 attrs["accuracy_level"] = self.compute.accuracy_level
             return self.g.op("MatMulNBits", [x, packed, scales], domain=MS_DOMAIN, **attrs)
@@ -232,8 +234,9 @@ class _Decoder:
         attrs: dict = dict(num_heads=d.heads, kv_num_heads=d.heads_kv, scale=float(scale))
         if d.attn_softcap:
             attrs["softcap"] = float(d.attn_softcap)
-        if d.windows[i] is not None:
-            attrs["local_window_size"] = int(d.windows[i])
+        window = d.windows[i]
+        if window is not None:
+            attrs["local_window_size"] = int(window)
         ctx = self.gqa
         common = [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", ctx["seqlens_k"], ctx["total"]]
         # inputs 7–9 (cos/sin caches, position_ids) unused: q and k arrive rotated; 16: query_seqlens, which lets a
@@ -360,6 +363,7 @@ class _Decoder:
         g, d, lay = self.g, self.dims, self.layout
         p = lay.layer.format(i=i)
         if d.post_norm:  # OPT 350m: x = norm(x + f(x)) for attention, then the MLP
+            assert lay.attn_norm and lay.mlp_norm  # OPT has both
             h = self.norm(g.op("Add", [h, self.attention(h, i, p, masks)]), p + lay.attn_norm)
             return self.norm(g.op("Add", [h, self.mlp(h, p)]), p + lay.mlp_norm)
         normed = self.norm(h, p + lay.attn_norm) if lay.attn_norm else h
@@ -367,6 +371,7 @@ class _Decoder:
         if lay.post_attn_norm:
             attn = self.norm(attn, p + lay.post_attn_norm)
         if d.parallel_residual:
+            assert lay.mlp_norm  # gpt_neox's post_attention_layernorm
             mlp = self.mlp(self.norm(h, p + lay.mlp_norm), p)
             return g.op("Add", [g.op("Add", [mlp, attn]), h])
         h = g.op("Add", [normed if d.residual_from_norm else h, attn])
@@ -410,8 +415,8 @@ class _Decoder:
 
     def _graph_proto(self) -> GraphProto:
         d = self.dims
-        kv_shape = ["batch_size", d.heads_kv, "past_sequence_length", d.head_dim]
-        present_shape = ["batch_size", d.heads_kv, "total_sequence_length", d.head_dim]
+        kv_shape: list[str | int] = ["batch_size", d.heads_kv, "past_sequence_length", d.head_dim]
+        present_shape: list[str | int] = ["batch_size", d.heads_kv, "total_sequence_length", d.head_dim]
         inputs = [
             helper.make_tensor_value_info("input_ids", INT64, ["batch_size", "sequence_length"]),
             helper.make_tensor_value_info("attention_mask", INT64, ["batch_size", "total_sequence_length"]),

@@ -41,7 +41,7 @@ class OnnxExport:
         self.plan = plan
         all_specs = [s for specs in plan.specs.values() for s in specs]
         weights = Weights(frozenset(s.name for s in all_specs), frozenset(s.name for s in all_specs if s.half),
-                          tuple((s.name, *s.shape) for s in all_specs if s.quant))
+                          tuple((s.name, s.shape[0], s.shape[1]) for s in all_specs if s.quant))  # [K, N]
         graph = build_decoder(plan.layout, plan.dims, plan.plan, weights, plan.compute)
         opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
         self.header = helper.make_model(graph, opset_imports=opsets, producer_name="ropeconv", ir_version=IR_VERSION)
@@ -61,7 +61,9 @@ class OnnxExport:
         for spec in specs:
             matrix = tensor.t() if spec.transpose else tensor
             if spec.resample:
-                matrix = _resampled_table(matrix, self.plan.plan)
+                plan = self.plan.plan
+                assert plan.kind == "absolute"  # only an absolute plan's table is resampled
+                matrix = _resampled_table(matrix, plan)
             if spec.quant:
                 self._write_quantized(spec, matrix)
                 continue
@@ -79,6 +81,7 @@ class OnnxExport:
         from ropeconv.onnx_export.decoder import quantized_names
 
         weight = np.ascontiguousarray(matrix.to(torch.float32).numpy())
+        assert self._quantizer is not None  # made in __init__ when any spec is quantized
         packed, scales, _ = self._quantizer.qbits_block_quant(weight)
         for name, kind, array in zip(quantized_names(spec.name), (TensorProto.UINT8, TensorProto.FLOAT),
                                      (packed, scales)):

@@ -79,6 +79,7 @@ def moe_mlp(d, x: str, prefix: str) -> str:
         shared = d.proj(g.op("Mul", [d.activation(d.proj(x, gate)), d.proj(x, up)]), down)
         sigmoid = g.op("Sigmoid", [d.proj(x, prefix + moe.shared_gate.removesuffix(".weight"))])
         out = g.op("Add", [out, g.op("Mul", [sigmoid, shared])])
+    assert out is not None  # a sparse layer has at least one expert
     return out
 
 

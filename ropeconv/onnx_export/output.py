@@ -20,7 +20,7 @@ from ropeconv.provenance import ATTENTION_KEY, BASE_KEY, provenance
 
 
 def plan(p: Planning) -> OnnxPlan:
-    return plan_onnx(p.checkpoint, p.plan, p.job.onnx_dtype, provenance(p.plan, p.checkpoint.path))
+    return plan_onnx(p.checkpoint, p.plan, p.job.options_for("onnx").dtype, provenance(p.plan, p.checkpoint.path))
 
 
 class OnnxOutputWriter:

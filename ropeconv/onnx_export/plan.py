@@ -18,8 +18,7 @@ from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.families import ARCHS, GENAI_TYPES, ONNX_CHECKS, SHAPES
 from ropeconv.families.parts import attn_config_value
 from ropeconv.families.spec import OnnxLayout
-from ropeconv.formats import ONNX_DTYPES as DTYPES
-from ropeconv.formats import ONNX_MODEL_FILE as MODEL_FILE
+from ropeconv.formats.onnx import DTYPES, MODEL_FILE
 from ropeconv.jsontext import printable
 from ropeconv.onnx_export.config import config_view
 from ropeconv.onnx_export.dims import Compute, DecoderDims, uses_fused_attention
@@ -165,6 +164,7 @@ def _dims(layout, cfg, ckpt: Checkpoint, plan: PositionPlan):
         raise InputError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {heads_kv}")
     hidden = int(cfg.hidden_size)
     if plan.kind == "rope":
+        assert ckpt.scheme.kind == "rope"  # a rotary plan is made from a rotary scheme
         head_dim = ckpt.scheme.head_dim
     elif hidden % heads:
         raise InputError(f"hidden size {hidden} is not a multiple of the {heads} attention heads")

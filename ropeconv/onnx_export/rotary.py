@@ -85,7 +85,7 @@ def _dynamic_inv_freq(g: GraphBuilder, plan: RopePlan, position_ids: str) -> str
     return g.op("Cast", [inv], to=FLOAT, hint="rope/inv_freq")
 
 
-def default_constants(base_theta: float, rotary_dim: int) -> dict[str, np.ndarray]:
+def default_constants(base_theta: float, rotary_dim: int) -> dict[str, np.ndarray | np.generic]:
     """The values the rope/* constants take with no extension at all, on the base's own rope base (for
     sensitivity tests)."""
     plain = default_inv_freq(base_theta, rotary_dim).astype(np.float32)

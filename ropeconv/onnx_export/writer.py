@@ -53,15 +53,17 @@ class OnnxFileWriter:
         self.external = external
         self.data_path = self.path.with_name(self.path.name + ".data")
         self._refs: list[TensorProto] = []  # every initializer as an external reference (for the checker)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        # None once closed (and _data_fd without external data): _hashed then holds no writer for it
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self._data_fd = os.open(self.data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666) if external else None
-        self._hashed = {fd: HashedWriter(fd) for fd in (self._fd, self._data_fd) if fd is not None}
+        self._hashed: dict[int | None, HashedWriter] = {
+            fd: HashedWriter(fd) for fd in (self._fd, self._data_fd) if fd is not None}
         self.sha256: dict[str, str] = {}  # file name → digest of the bytes written, once closed
         self._data_offset = 0
         self._offset = 0
         self._write(self._fd, header.SerializeToString())
 
-    def _write(self, fd: int, data) -> None:
+    def _write(self, fd: int | None, data) -> None:
         view = memoryview(data).cast("B")
         self._hashed[fd].write(view)
         if fd == self._fd:
@@ -89,7 +91,7 @@ class OnnxFileWriter:
         self._ref(head, self.path.name, self._offset, nbytes)
         self._write_chunks(self._fd, chunks, nbytes, name)
 
-    def _write_chunks(self, fd: int, chunks: Iterable[np.ndarray], nbytes: int, name: str) -> None:
+    def _write_chunks(self, fd: int | None, chunks: Iterable[np.ndarray], nbytes: int, name: str) -> None:
         written = 0
         for piece in chunks:
             piece = np.ascontiguousarray(piece)

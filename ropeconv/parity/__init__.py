@@ -7,16 +7,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ropeconv.device.memory import free, release
 from ropeconv.errors import InputError
 from ropeconv.formats import artifact_format
 from ropeconv.inputfile import utf8_path
-from ropeconv.parity.memory import free, release
 from ropeconv.parity.probe import default_tokens, plan_passes, probe_ids, run_each
 from ropeconv.parity.report import ParityReport, Tolerance, compare
 from ropeconv.positions import PositionPlan
 
 if TYPE_CHECKING:
-    from ropeconv.parity.placement import Placement
+    from torch import nn
+
+    from ropeconv.device.placement import Placement
 
 # torch and transformers load only when parity runs: `extend --no-verify`, `inspect` and `methods`
 # never touch a tensor and skip their ~1.5 s import.
@@ -74,7 +76,7 @@ def _check_parities(artifacts, base, plan, vocab_size, *, device, tokens, full_l
                     progress, lora):
     import shutil
 
-    from ropeconv.parity.placement import scratch_dir
+    from ropeconv.device.placement import scratch_dir
 
     _quiet_transformers()
     dev = pick_device(device)
@@ -135,7 +137,7 @@ def _reference(base, plan, dev, lora, placement, scratch, ids, passes, progress)
     from ropeconv.parity.runtimes import hf as hf_runtime
 
     progress(f"reference: base weights with the {plan.method} plan on {dev.type}")
-    model = load_reference(base, plan, dev, lora, None, placement, scratch, progress)
+    model: nn.Module | None = load_reference(base, plan, dev, lora, None, placement, scratch, progress)
     try:
         placed = _placement_note(model)
         reference = run_each(passes, lambda p: hf_runtime.pass_logits(model, ids, p, scratch), progress)
@@ -154,7 +156,7 @@ def _quantized_reference(artifact, base, plan, dev, lora, placement, scratch, id
     if weights is None:
         return None
     progress(f"reference: {Path(artifact).name}'s own quantized weights, decoded, with the {plan.method} plan")
-    model = load_reference(base, plan, dev, lora, weights, placement, scratch, progress)
+    model: nn.Module | None = load_reference(base, plan, dev, lora, weights, placement, scratch, progress)
     try:
         return run_each(passes, lambda p: hf_runtime.pass_logits(model, ids, p, scratch), progress)
     finally:
@@ -181,28 +183,24 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
     runs = _candidate_runs(artifact, twin)
     q_reference = quantized_reference(artifact) if any(quantized for _, _, quantized in runs) else None
     # onnxruntime: the CPU provider always, CUDA as well on a GPU machine (when the weights fit it)
-    providers = runtime.providers(dev, Path(artifact)) if hasattr(runtime, "providers") else [None]
-    if hasattr(runtime, "providers") and dev.type == "cuda" and "cuda" not in providers:
-        notes = notes + (runtime.fits_gpu(Path(artifact), dev)[1],)
-    if hasattr(runtime, "device_note") and runtime.device_note(dev):
-        notes = notes + (runtime.device_note(dev),)
+    targets = runtime.targets(dev, Path(artifact))
+    notes = notes + runtime.fallback_notes(dev, Path(artifact), targets)
     results = []
     for label, path, quantized in runs:
         try:
-            for provider in providers:
-                on = f" ({provider} provider)" if provider else ""
-                progress(f"candidate: {label} in {runtime.NAME}{on}")
-                extra = {"provider": provider} if provider else {}
-                prefix = f"{provider}-" if provider not in (None, "cpu") else ""
-                results.append((runtime.run_passes(path, dev, ids, passes, placement=placement, scratch=scratch,
-                                                   progress=progress, **extra), quantized, prefix))
+            for target in targets:
+                on = f" ({target} provider)" if target else ""
+                progress(f"candidate: {label} in {runtime.name}{on}")
+                results.append((runtime.run_passes(path, dev, ids, passes, target=target, placement=placement,
+                                                   scratch=scratch, progress=progress),
+                                quantized, runtime.row_prefix(target)))
         finally:
             if path != Path(artifact):
                 _remove_twin(path)
     if len(runs) > 1:
         notes = notes + (_twin_note(artifact, twin),)
     ran: tuple[str, ...] = ()
-    if runtime.NAME == "transformers":
+    if runtime.runs_tf4_too:
         ran, tf4_notes = _run_tf4(artifact, ids, passes, results, progress, placement, scratch)
         notes = notes + tf4_notes
     if q_reference is not None:
@@ -214,24 +212,19 @@ def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev
     for candidate, quantized, prefix in results:
         for p, ref, cand in zip(passes, q_reference if quantized and q_reference else reference, candidate):
             bands.extend(compare(p, ref, cand, plan.original_ctx, quantized=quantized, prefix=prefix,
-                                 position_noise=getattr(runtime, "POSITION_NOISE", 0.0)))
+                                 position_noise=runtime.position_noise))
     probe = passes[-1]
     if probe.chunk_tokens:
+        micro = runtime.micro_batch_tokens
         notes = notes + (f"prefill in chunks of {probe.chunk_tokens} tokens through the KV cache, reference and "
-                         "candidate alike" + (f" (llama.cpp in its own micro-batches of {runtime.N_BATCH})"
-                                              if runtime.NAME == "llama.cpp" else ""),)
-    if probe.decode_steps and runtime.NAME != "llama.cpp":
+                         "candidate alike" + (f" ({runtime.name} in its own micro-batches of {micro})"
+                                              if micro else ""),)
+    if probe.decode_steps and runtime.supports_decode_steps:
         notes = notes + (f"the last {probe.decode_steps} probe tokens were decoded one at a time through the KV "
                          "cache, on both sides",)
-    if providers != [None]:
-        where = "+".join(p for p in providers if p)
-    elif hasattr(runtime, "device_used"):
-        where = runtime.device_used(dev)
-    else:
-        where = dev.type
     return ParityReport(
-        runtime=runtime.NAME,
-        device=where,
+        runtime=runtime.name,
+        device=runtime.ran_on(dev, targets),
         tokens=ids.shape[1],
         original_ctx=plan.original_ctx,
         first_position=probe.first_position,
@@ -275,6 +268,11 @@ def _twin_note(artifact: Path, twin: Twin | None) -> str:
 
 
 def _remove_twin(path: Path) -> None:
+    if path.is_dir():  # a folder format's twin (an mlx folder)
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        return
     path.unlink(missing_ok=True)
     path.with_name(path.name + ".data").unlink(missing_ok=True)  # an ONNX twin's external weights
 
@@ -304,6 +302,6 @@ def _quiet_transformers() -> None:
 
 
 def pick_device(requested: str | None = None):
-    from ropeconv.parity.device import pick_device as pick
+    from ropeconv.device.pick import pick_device as pick
 
     return pick(requested)

@@ -47,11 +47,11 @@ def gguf_tensors(artifact: Path, base: Path, plan: PositionPlan):
     import os
 
     import torch
-    from gguf import GGMLQuantizationType
 
     from ropeconv.checkpoint import load_checkpoint
     from ropeconv.gguf_export.convert import plan_gguf
     from ropeconv.gguf_io.reader import read_gguf
+    from ropeconv.gguf_io.types import GGMLQuantizationType
     from ropeconv.parity.f32_twin import _to_f32
 
     gplan = plan_gguf(load_checkpoint(base), plan, "f32")  # the name map and ops (the outtype plays no part)

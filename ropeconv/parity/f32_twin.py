@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType as GgufQuantType
 from gguf.quants import dequantize
 
 from ropeconv.gguf_io.reader import GgufFile
+from ropeconv.gguf_io.types import GGMLQuantizationType, GGUFValueType
 from ropeconv.gguf_io.writer import GgufWriter, NewField, TensorInfo, effective_alignment
 
 FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
@@ -52,5 +53,6 @@ def _to_f32(raw: np.ndarray, ggml_type: GGMLQuantizationType, torch_shape: tuple
     if ggml_type == GGMLQuantizationType.F16:
         return raw.view(np.float16).astype(np.float32).reshape(torch_shape)
     rows = raw.reshape(*torch_shape[:-1], -1)  # dequantize takes one row of blocks per last axis
-    return np.ascontiguousarray(dequantize(rows, ggml_type), dtype=np.float32).reshape(torch_shape)
+    # gguf-py's member of the same code (the two enums' members compare and hash alike)
+    return np.ascontiguousarray(dequantize(rows, GgufQuantType(ggml_type)), dtype=np.float32).reshape(torch_shape)
 

@@ -9,7 +9,7 @@ method: parity then proves that the artifact's own declaration makes its runtime
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from ropeconv.positions import AbsolutePlan, AlibiPlan, PositionPlan, RopePlan, attention_factor_at, inv_freq_at
 
 if TYPE_CHECKING:
-    from ropeconv.parity.placement import Placement
+    from ropeconv.device.placement import Placement
 
 
 class PlanRotaryEmbedding(nn.Module):
@@ -33,6 +33,7 @@ class PlanRotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **kwargs):
         layer_type = args[0] if args else kwargs.get("layer_type")
         if layer_type in self.keep:
+            assert self.own is not None  # keep is given only with the base's own rotation
             return self.own(x, position_ids, layer_type)
         # a placed model (accelerate) may hand the ids on another device than its hidden states
         position_ids = position_ids.to(x.device)
@@ -67,21 +68,22 @@ def install_plan_rotary(model: nn.Module, plan: RopePlan) -> int:
 
 def _kept_layer_types(model: nn.Module) -> frozenset[str]:
     """The layer types the family's method does not scale (archs.ArchSpec.scaled_layer_type)."""
-    from ropeconv.archs import ARCHS
+    from ropeconv.families.lookup import ARCHS
 
     config = getattr(model, "config", None)
-    arch = ARCHS.get(getattr(config, "model_type", None))
+    arch = ARCHS.get(getattr(config, "model_type", ""))
     if arch is None or not arch.scaled_layer_type:
         return frozenset()
     return frozenset(t for t in (getattr(config, "layer_types", None) or ()) if t != arch.scaled_layer_type)
 
 
 def install_plan_alibi(model: nn.Module, plan: AlibiPlan) -> int:
+    from ropeconv.alibi_patch import install_alibi_scaling
     from ropeconv.positions.alibi import alibi_scale_at
-    from ropeconv.runtime import install_alibi_scaling
 
-    if hasattr(model.config, "max_seq_len"):  # MPT builds its bias max_seq_len long
-        model.config.max_seq_len = max(model.config.max_seq_len, plan.target_ctx)
+    config: Any = model.config  # transformers' PretrainedConfig
+    if hasattr(config, "max_seq_len"):  # MPT builds its bias max_seq_len long
+        config.max_seq_len = max(config.max_seq_len, plan.target_ctx)
     return install_alibi_scaling(model, lambda kv_len: alibi_scale_at(plan, kv_len))
 
 
@@ -107,7 +109,7 @@ def merge_into(model: nn.Module, lora) -> int:
     """The LoRA merge exporters stream, applied to the loaded reference's weights: same code, and rounded to the
     checkpoint's own dtype as the exporters store it."""
     from ropeconv.checkpoint.sources import torch_dtypes
-    from ropeconv.parity.placement import offloaded_names
+    from ropeconv.device.placement import offloaded_names
 
     state = model.state_dict()
     names = [n for n in state if lora.touches(n)]
@@ -128,10 +130,10 @@ def load_reference(base: Path, plan: PositionPlan, device: torch.device, lora=No
                    placement: Placement | None = None, scratch: Path | None = None,
                    progress=lambda _: None) -> nn.Module:
     """`base` is a HF directory or a GGUF file, which transformers dequantizes to float32. The model is placed by
-    ropeconv.parity.placement (GPUs, then CPU, then disk under the placement's caps; disk offload in `scratch`).
+    ropeconv.device.placement (GPUs, then CPU, then disk under the placement's caps; disk offload in `scratch`).
     weights: (name, tensor, also the output matrix) to put in place of the base's (a quantized output's own,
     parity.dequantized)."""
-    from ropeconv.parity.placement import load_placed
+    from ropeconv.device.placement import load_placed
 
     model = load_placed(Path(base), device, placement, scratch, progress)
     if lora is not None:

@@ -18,8 +18,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ropeconv.errors import InputError, ParityError
+
+if TYPE_CHECKING:
+    import torch
 
 ENV = "ROPECONV_TF4_PYTHON"
 PREFIX = "4.x-"
@@ -52,7 +56,7 @@ def missing_note() -> str:
 @dataclass(frozen=True)
 class Job:
     model: Path  # a transformers directory
-    ids: object  # torch.Tensor [1, n]
+    ids: torch.Tensor  # [1, n]
     passes: Sequence  # ropeconv.parity.probe.Pass
     attention: str | None = None  # attn_implementation, where 4.x's default differs from 5.x (archs.hf4_attention)
 
@@ -69,7 +73,7 @@ def run_jobs(jobs: Sequence[Job], interpreter: Path, progress: Callable[[str], N
     import torch
 
     with tempfile.TemporaryDirectory(prefix="ropeconv-tf4-", dir=scratch) as tmp:
-        request = {"jobs": [], "ropeconv_src": str(PROJECT)}
+        request: dict[str, Any] = {"jobs": [], "ropeconv_src": str(PROJECT)}
         for j, job in enumerate(jobs):
             np.save(Path(tmp) / f"ids-{j}.npy", job.ids.numpy())
             request["jobs"].append({"model": str(Path(job.model).resolve()), "ids": str(Path(tmp) / f"ids-{j}.npy"),
@@ -91,7 +95,7 @@ def run_jobs(jobs: Sequence[Job], interpreter: Path, progress: Callable[[str], N
 
 def attention_for(model_dir: Path) -> str | None:
     """The attention implementation 4.x must be asked for (a user loading the output in 4.x must ask for it too)."""
-    from ropeconv.archs import ARCHS
+    from ropeconv.families.lookup import ARCHS
 
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     spec = ARCHS.get(config.get("model_type"))

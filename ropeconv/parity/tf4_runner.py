@@ -22,6 +22,7 @@ import inspect
 import json
 import sys
 import time
+from typing import Any
 
 ALIBI_KEY = "ropeconv_alibi_scaling"
 
@@ -57,7 +58,7 @@ def run_pass(model, ids: torch.Tensor, first: int, spans: list, out_file: str) -
     rows = None
     past = None
     for a, b in spans:
-        cached = {cache_kw: past} if past is not None else {}
+        cached: dict[str, Any] = {cache_kw: past} if past is not None else {}
         out = model(input_ids=ids[:, a:b], use_cache=len(spans) > 1, **pos(a, b), **cached)
         logits = out.logits[0].float().numpy()
         if rows is None:
@@ -65,6 +66,7 @@ def run_pass(model, ids: torch.Tensor, first: int, spans: list, out_file: str) -
                                              shape=(ids.shape[1], logits.shape[-1]))
         rows[a:b] = logits
         past = getattr(out, "cache", None) or out.past_key_values
+    assert rows is not None  # a pass has at least one span
     rows.flush()
     del rows
 

@@ -10,9 +10,8 @@ from pathlib import Path
 def gguf_twin(artifact: Path, given):
     """Any non-f32 tensor: the twin converted from the base; from a GGUF base (no twin given), one dequantized
     from the file itself where it needs one."""
-    from gguf import GGMLQuantizationType
-
     from ropeconv.gguf_io.reader import read_gguf
+    from ropeconv.gguf_io.types import GGMLQuantizationType
     from ropeconv.parity.f32_twin import needs_twin, write_f32_twin
 
     src = read_gguf(artifact)

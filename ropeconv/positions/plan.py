@@ -6,7 +6,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 
 class LengthRule(str, enum.Enum):
@@ -29,7 +29,7 @@ class RopeScheme:
     declared_ctx: int  # max_position_embeddings as the base config states it
     existing_scaling: Mapping[str, Any] | None = None  # rope scaling the base already carries
 
-    kind = "rope"
+    kind: ClassVar[Literal["rope"]] = "rope"
 
     @property
     def n_pairs(self) -> int:
@@ -41,12 +41,12 @@ class AlibiScheme:
     """A base checkpoint whose attention adds −m_h·(i − j) (no position ids at all)."""
 
     n_heads: int
-    original_ctx: int  # the training length the slopes were learned at
+    original_ctx: int | None  # the training length the slopes were learned at (BLOOM's config states none)
     declared_ctx: int  # what the config states (MPT's max_seq_len; BLOOM states none)
     max_bias: float = 8.0
     existing_scaling: Mapping[str, Any] | None = None  # a ropeconv ALiBi scaling already in the config
 
-    kind = "alibi"
+    kind: ClassVar[Literal["alibi"]] = "alibi"
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class AbsoluteScheme:
     declared_ctx: int
     existing_scaling: Mapping[str, Any] | None = None
 
-    kind = "absolute"
+    kind: ClassVar[Literal["absolute"]] = "absolute"
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class AlibiPlan:
     length_rule: LengthRule = LengthRule.STATIC
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    kind = "alibi"
+    kind: ClassVar[Literal["alibi"]] = "alibi"
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "method": self.method, "slopes": list(self.slopes),
@@ -102,7 +102,7 @@ class AbsolutePlan:
     factor: float
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    kind = "absolute"
+    kind: ClassVar[Literal["absolute"]] = "absolute"
     length_rule = LengthRule.STATIC
 
     def to_json(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ class RopePlan:
     # The user-level parameters, normalised, for the model card, the manifest and format declarations.
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    kind = "rope"
+    kind: ClassVar[Literal["rope"]] = "rope"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,7 +188,8 @@ def plan_from_json(data: Mapping[str, Any]) -> PositionPlan:
 
     A record that is not a plan (wrong types, missing keys, non-finite or non-positive numbers) raises
     ValueError, whatever is wrong with it: a recorded plan comes from a file that may be damaged."""
-    kinds = {"rope": RopePlan, "alibi": AlibiPlan, "absolute": AbsolutePlan}
+    kinds: dict[str, type[RopePlan] | type[AlibiPlan] | type[AbsolutePlan]] = {
+        "rope": RopePlan, "alibi": AlibiPlan, "absolute": AbsolutePlan}
     try:
         if not isinstance(data, Mapping):
             raise ValueError(f"a plan is an object, not {type(data).__name__}")

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from ropeconv import jsontext
 from ropeconv.errors import InputError
 from ropeconv.inputfile import read_bytes
-from ropeconv.recipe.schema import Recipe
+from ropeconv.recipe.schema import path_options, recipe_model
 
 MAX_RECIPE_NODES = 100_000  # values in a recipe once YAML anchors are expanded; real ones hold < 100
 # a recipe, and each file it names beside it (a factors file), is refused above this size before it is read:
@@ -25,7 +25,7 @@ MAX_RECIPE_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class Loaded:
-    recipe: Recipe
+    recipe: Any  # the validated recipe (recipe.schema.recipe_model())
     file: Path
     sha256: str  # of the validated recipe (overrides applied) and the files it names beside it
     job: Any = None  # the pipeline's ExtendJob (force off), built and checked without the base
@@ -94,8 +94,9 @@ def yaml_path(loc: tuple) -> str:
     return ".".join(parts) or "(top)"
 
 
-def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, list[str]]:
-    """The loaded recipe, or None and every problem found ("FILE: yaml.path: what")."""
+def problems_of(file: Path, sets: tuple[str, ...] = (), fetch: bool = False) -> tuple[Loaded | None, list[str]]:
+    """The loaded recipe, or None and every problem found ("FILE: yaml.path: what"). fetch: a base given as a Hub
+    id is fetched (`recipe run`); else only its form is checked (`recipe check` needs no base)."""
     file = Path(file)
     try:
         text = read_bytes(file, MAX_RECIPE_BYTES, "recipe").decode("utf-8")
@@ -124,13 +125,13 @@ def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, 
         except InputError as exc:
             return None, [f"{file}: {exc}"]
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = recipe_model().model_validate(data)
     except ValidationError as exc:
         return None, [f"{file}: {yaml_path(e['loc'])}{_TAG.get(e['type'], '')}: {e['msg']}" for e in exc.errors()]
     loaded = Loaded(recipe, file, "")
     problems = []
     sidecars = {}
-    for name, value in recipe.path_options().items():
+    for name, value in path_options(recipe).items():
         path = loaded.resolve(value)
         if not os.path.lexists(path):
             problems.append(f"{file}: method.{name}: {value} not found (beside the recipe)")
@@ -139,85 +140,109 @@ def problems_of(file: Path, sets: tuple[str, ...] = ()) -> tuple[Loaded | None, 
             sidecars[name] = read_bytes(path, MAX_RECIPE_BYTES, f"method.{name} file")
         except InputError as exc:
             problems.append(f"{file}: method.{name}: {exc}")
-    formats = [o.format for o in recipe.outputs]
+    formats = [o.format for o in recipe.outputs]  # type: ignore[attr-defined]  # a model made at run time
     if len(set(formats)) != len(formats):
         problems.append(f"{file}: outputs: a format is listed twice")
     if problems:
         return None, problems
     loaded = Loaded(recipe, file, _digest(loaded, sidecars))
     try:
-        job = job_for(loaded)  # what the run would refuse before reading the base, check refuses too
+        job = job_for(loaded, fetch=fetch)  # what the run would refuse before reading the base, check refuses too
     except InputError as exc:
         return None, [f"{file}: {exc}"]
     return replace(loaded, job=job), []
 
 
+PUSH_KEYS = ("push", "private")  # the top-level keys that say where the output goes after it is made
+
+
 def _digest(loaded: Loaded, sidecars: dict[str, bytes]) -> str:
-    h = hashlib.sha256(json.dumps(loaded.recipe.model_dump(mode="json"), sort_keys=True).encode())
+    # where the output is pushed is not part of what it is: adding `push` to a recipe whose output is up to date
+    # rebuilds nothing (`ropeconv push OUT REPO` uploads it). Keys left unset (None) are left out, so an option a
+    # new release adds (a format's, say) does not change the hash of a recipe that does not use it
+    content = loaded.recipe.model_dump(mode="json", exclude=set(PUSH_KEYS), exclude_none=True)
+    h = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
     for name in sorted(sidecars):
         h.update(sidecars[name])  # a sidecar's content is part of the recipe
     return h.hexdigest()
 
 
-def job_for(loaded: Loaded, force: bool = False):
-    """The recipe as an extend job, with every check that needs no base: the request (methods.check_request,
-    which extend's resolve_lengths also runs), formats, outtype/dtype, shard size, adapters' scalings."""
-    from ropeconv import methods
-    from ropeconv.extend.job import ExtendJob, parse_formats
-    from ropeconv.methods.base import ExtendRequest
-    from ropeconv.parity import Tolerance
-    from ropeconv.sizes import parse_bytes
+def job_for(loaded: Loaded, force: bool = False, fetch: bool = True):
+    """The recipe as an extend job, through the function `ropeconv extend` uses (extend.options.build_job), with
+    every check that needs no base: the request, formats, each format's options, shard size, adapters' scalings.
+    base.path is a path beside the recipe when one is there, else a Hub id (ORG/NAME[@REVISION][:FILE.gguf]) when
+    it has that form, fetched when `fetch`."""
+    from ropeconv.extend.options import build_job
+    from ropeconv.hub.base import HubRef, parse_ref
 
     r = loaded.recipe
-    base = loaded.resolve(r.base.path)
+    path = loaded.resolve(r.base.path)
+    base: Path | HubRef = path if os.path.lexists(path) else (parse_ref(r.base.path) or path)
     method = r.method
     options = {k: v for k, v in method.model_dump().items() if k not in ("name", "factor", "target_ctx")
                and v is not None}
-    options.update({k: loaded.resolve(v) for k, v in r.path_options().items()})
-    request = ExtendRequest(factor=method.factor, target_ctx=method.target_ctx, original_ctx=r.base.original_ctx,
-                            options=options)
-    methods.check_request(methods.get(method.name), request)
-    outtypes = {o.outtype for o in r.outputs if o.outtype}
-    dtypes = {o.dtype for o in r.outputs if o.dtype}
-    if any((o.outtype or o.imatrix) and o.format != "gguf" for o in r.outputs) or any(o.dtype and o.format != "onnx"
-                                                                                       for o in r.outputs):
-        raise InputError("outputs: outtype and imatrix belong to gguf, dtype to onnx")
-    imatrix = next((loaded.resolve(o.imatrix) for o in r.outputs if o.imatrix), None)
-    return ExtendJob(
-        base=base,
-        method=method.name,
-        request=request,
-        out=loaded.resolve(r.out),
-        formats=parse_formats(",".join(o.format for o in r.outputs), base),
-        outtype=next(iter(outtypes), "f16"),
-        imatrix=imatrix,
-        onnx_dtype=next(iter(dtypes), "fp32"),
-        force=force,
-        rebase=r.base.rebase,
-        allow_pickle=r.base.allow_pickle,
-        max_shard_bytes=parse_bytes("max_shard_size", r.max_shard_size),
-        verify=r.parity.verify,
-        lora=tuple(loaded.resolve(a.path) for a in r.lora),
-        lora_trained_with=_one_trained_with(r),
-        force_method=r.force_method,
-        device=r.parity.device,
-        tokens=r.parity.tokens,
-        tolerance=Tolerance(max_abs_logit=r.parity.max_abs_logit),
+    options.update({k: loaded.resolve(v) for k, v in path_options(r).items()})
+    format_values: dict[str, dict[str, Any]] = {}
+    for index, item in enumerate(r.outputs):
+        given = {k: v for k, v in item.model_dump().items() if k != "format" and v is not None}
+        for key, value in given.items():
+            fmt = _owner(key)
+            if fmt != item.format:  # the item's format must be the option's: name it by the item's path
+                raise InputError(f"outputs.{index}.{key}: belongs to the {fmt} output, not {item.format}")
+            format_values.setdefault(fmt, {})[key] = loaded.resolve(value) if key in _path_keys(fmt) else value
+    card = r.card.model_dump(exclude_defaults=True)
+    return build_job(
+        base, method.name, factor=method.factor, target_ctx=method.target_ctx, method_options=options,
+        values={
+            "base": {"original_ctx": r.base.original_ctx, "rebase": r.base.rebase, "allow_pickle": r.base.allow_pickle},
+            "lora": {"paths": tuple(loaded.resolve(a.path) for a in r.lora), "trained_with": _one_trained_with(r),
+                     "force_method": r.force_method},
+            "output": {"formats": ",".join(o.format for o in r.outputs), "out": loaded.resolve(r.out),
+                       "force": force, "max_shard_size": r.max_shard_size, "name": r.name, "push": r.push,
+                       "private": r.private},
+            "parity": {"verify": r.parity.verify, "max_abs_logit": r.parity.max_abs_logit, "tokens": r.parity.tokens,
+                       "device": r.parity.device},
+            "card": card,
+        },
+        format_values=format_values,
+        fetch_hub=fetch,
         recipe={"file": str(loaded.file.resolve()), "sha256": loaded.sha256},
-        card=r.card.model_dump(exclude_defaults=True) or None,
-        name=r.name,
+        name=_yaml_name,
     )
 
 
-def _one_trained_with(recipe: Recipe) -> str | None:
+_SECTIONS = {"base": "base.", "parity": "parity.", "card": "card.", "output": "", "lora": ""}
+
+
+def _yaml_name(group: str, field: str, _spec: Any) -> str:
+    """A message's name for an option in a recipe: its YAML path (a format's options sit in the output items)."""
+    return f"{_SECTIONS.get(group, 'outputs[].')}{field}"
+
+
+def _owner(key: str) -> str:
+    """The format whose options group declares this output-item key."""
+    from ropeconv.extend.options import format_groups
+    from ropeconv.optionfields import fields_of
+
+    return next(fmt for fmt, group in format_groups().items() if any(f.name == key for f, _ in fields_of(group)))
+
+
+def _path_keys(fmt: str) -> set[str]:
+    from ropeconv.extend.options import format_groups
+    from ropeconv.optionfields import fields_of
+
+    return {f.name for f, spec in fields_of(format_groups()[fmt]) if spec.schema == "path"}
+
+
+def _one_trained_with(recipe: Any) -> str | None:
     given = {a.trained_with for a in recipe.lora if a.trained_with}
     if len(given) > 1:
         raise InputError("lora: adapters trained under different scalings cannot be merged into one model")
     return next(iter(given), None)
 
 
-def load_recipe(file: Path, sets: tuple[str, ...] = ()) -> Loaded:
-    loaded, problems = problems_of(file, sets)
+def load_recipe(file: Path, sets: tuple[str, ...] = (), fetch: bool = True) -> Loaded:
+    loaded, problems = problems_of(file, sets, fetch)
     if problems:
         raise RecipeErrors(problems)
     assert loaded is not None

@@ -6,17 +6,21 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ropeconv.errors import InputError
 from ropeconv.manifest import read_manifest
 from ropeconv.recipe.load import Loaded
+
+if TYPE_CHECKING:
+    from ropeconv.extend.job import ExtendResult
 
 
 @dataclass(frozen=True)
 class RecipeResult:
     out: Path
     skipped: bool  # the output's manifest already matched this recipe and its base
-    result: object | None  # the pipeline's ExtendResult when it ran
+    result: ExtendResult | None  # the pipeline's result when it ran
 
 
 def up_to_date(job) -> bool:
@@ -33,6 +37,8 @@ def up_to_date(job) -> bool:
     if config.is_file() and manifest.get("base", {}).get("config_sha256") != hashlib.sha256(
             config.read_bytes()).hexdigest():
         return False
+    if job.hub is not None and (manifest.get("base", {}).get("hub") or {}).get("commit") != job.hub.commit:
+        return False  # a Hub base whose revision now names another commit
     for rel, record in (manifest.get("files") or {}).items():
         path = out / rel
         if not path.is_file() or path.stat().st_size != record.get("bytes"):

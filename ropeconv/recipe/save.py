@@ -17,10 +17,10 @@ import yaml
 
 from ropeconv.errors import InputError
 from ropeconv.export.staging import Proof, overlap_refusal, staged_file
-from ropeconv.formats import FORMATS
+from ropeconv.extend.options import output_item
 from ropeconv.inputfile import read_bytes
 from ropeconv.recipe.load import MAX_RECIPE_BYTES  # a larger file is no recipe ropeconv saved
-from ropeconv.recipe.schema import Recipe
+from ropeconv.recipe.schema import recipe_model
 
 HEADER = "# written by `ropeconv extend --save-recipe`; run it with `ropeconv recipe run`\n"
 
@@ -34,10 +34,10 @@ def recipe_of(job) -> dict[str, Any]:
         method["target_ctx"] = job.request.target_ctx
     for key, value in job.request.options.items():
         method[key] = str(Path(value).resolve()) if isinstance(value, Path) else value
-    outputs = []
-    for fmt in job.formats:
-        outputs.append({"format": fmt, **FORMATS[fmt].options(job)})
-    base: dict[str, Any] = {"path": str(Path(job.base).resolve())}
+    outputs = [output_item(job, fmt) for fmt in job.formats]
+    # a Hub base as it was asked (ORG/NAME[@REVISION][:FILE.gguf]): the run fetches it again, the manifest
+    # records the commit
+    base: dict[str, Any] = {"path": job.hub.text if job.hub is not None else str(Path(job.base).resolve())}
     if job.request.original_ctx is not None:
         base["original_ctx"] = job.request.original_ctx
     if job.rebase:
@@ -56,6 +56,10 @@ def recipe_of(job) -> dict[str, Any]:
         data["card"] = dict(job.card)
     if job.name:
         data["name"] = job.name
+    if job.push:
+        data["push"] = job.push
+        if not job.private:
+            data["private"] = False
     data["parity"] = {"verify": job.verify, "max_abs_logit": job.tolerance.max_abs_logit,
                       "device": job.device or "auto", **({"tokens": job.tokens} if job.tokens else {})}
     return data
@@ -72,7 +76,7 @@ def recipe_text(job, file: Path, max_shard_size: str) -> str:
     data = recipe_of(job)
     data["max_shard_size"] = max_shard_size
     try:
-        Recipe.model_validate(data)  # what is saved must load
+        recipe_model().model_validate(data)  # what is saved must load
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InputError(f"--save-recipe {file}: this command cannot be saved as a recipe: "

@@ -227,8 +227,8 @@ def evolve(seeds: Mapping[str, np.ndarray], space: SearchSpace, fitness: Callabl
     population = []
     by_origin: dict[str, int] = {}
     for factors, origin, parent_names in initial_population(seeds, space, settings, rng):
-        parents = tuple(by_origin[n] for n in parent_names)
-        record = evaluate(factors, 0, origin, parents)
+        parent_ids = tuple(by_origin[n] for n in parent_names)
+        record = evaluate(factors, 0, origin, parent_ids)
         by_origin.setdefault(origin, record.index)
         population.append(record)
     # every seed by name, also one that coincided with an earlier seed (evaluated once)
@@ -251,13 +251,14 @@ def evolve(seeds: Mapping[str, np.ndarray], space: SearchSpace, fitness: Callabl
             children.append(evaluate(child, generation, "mutation", (parent.index,)))
         for _ in range(settings.n_crossovers):
             i, j = sorted(rng.choice(len(parents), size=2, replace=False)) if len(parents) > 1 else (0, 0)
-            child = crossover(parents[i].factors, parents[j].factors, space, rng, seen, settings.mutation_p)
-            origin, came_from = "crossover", (parents[i].index, parents[j].index)
-            if child is None:
-                child = mutate(parents[i].factors, space, rng, seen, settings.mutation_p)
+            crossed = crossover(parents[i].factors, parents[j].factors, space, rng, seen, settings.mutation_p)
+            came_from: tuple[int, ...] = (parents[i].index, parents[j].index)
+            origin = "crossover"
+            if crossed is None:
+                crossed = mutate(parents[i].factors, space, rng, seen, settings.mutation_p)
                 origin, came_from = "crossover→mutation", (parents[i].index,)
-            seen.add(key(child))
-            children.append(evaluate(child, generation, origin, came_from))
+            seen.add(key(crossed))
+            children.append(evaluate(crossed, generation, origin, came_from))
         population = _distinct(parents + children)
         curve.append(min(population, key=_rank).fitness)
         if on_generation:

@@ -36,7 +36,7 @@ HEAD_CHUNK_ROWS = 1024
 def token_logprobs(model, ids: list[int], chunk: int = HEAD_CHUNK_ROWS) -> np.ndarray:
     """log p(ids[i] | ids[:i]) for i = 1 … n−1 at positions 0 … n−1, float64 — the same values as log_softmax of
     model(ids).logits (the test holds them equal), without the [n, vocab] logits tensor."""
-    from ropeconv.parity.placement import input_device
+    from ropeconv.device.placement import input_device
 
     device = input_device(model)  # under disk offload the first parameters sit on the meta device
     x = torch.tensor([ids], device=device)
@@ -60,16 +60,16 @@ class Scorer:
 
     def __init__(self, base: Path, first_plan: RopePlan, device: torch.device, text_ids: list[int],
                  bos_id: int | None, samples: int = 1, placement=None, progress=lambda _: None):
-        """placement (ropeconv.parity.placement): --max-memory caps; disk offload goes to a scratch folder of its
+        """placement (ropeconv.device.placement): --max-memory caps; disk offload goes to a scratch folder of its
         own, removed by close()."""
-        from ropeconv.parity.placement import scratch_dir
+        from ropeconv.device.placement import scratch_dir
         from ropeconv.parity.reference import load_reference
 
         self.text_ids, self.bos_id, self.samples = text_ids, bos_id, samples
         self.scratch = scratch_dir(placement) if placement is not None and placement.caps else None
         try:
-            self.model = load_reference(base, first_plan, device, placement=placement, scratch=self.scratch,
-                                        progress=progress)
+            self.model: torch.nn.Module | None = load_reference(  # None once closed
+                base, first_plan, device, placement=placement, scratch=self.scratch, progress=progress)
         except BaseException:
             self._remove_scratch()
             raise
@@ -78,13 +78,15 @@ class Scorer:
         """{"ppl", "nll", "tokens", "seconds"} of `samples` consecutive windows of `length` tokens."""
         from ropeconv.parity.reference import install_plan_rotary
 
-        install_plan_rotary(self.model, plan)  # swaps the plan of the rotary modules load_reference installed
+        model = self.model
+        assert model is not None, "the scorer is closed"
+        install_plan_rotary(model, plan)  # swaps the plan of the rotary modules load_reference installed
         width = ppl_mod.window_tokens(length, self.bos_id)
         start = time.monotonic()
         nlls, tokens = [], 0
         for k in range(self.samples):
             window = self.text_ids[k * width : (k + 1) * width]
-            record = ppl_mod.perplexity(window, length, lambda ids: token_logprobs(self.model, ids), self.bos_id)
+            record = ppl_mod.perplexity(window, length, lambda ids: token_logprobs(model, ids), self.bos_id)
             nlls.append(record["nll"])
             tokens += record["tokens"]
         nll = float(np.mean(nlls))
@@ -94,7 +96,7 @@ class Scorer:
                 "seconds": round(time.monotonic() - start, 3)}
 
     def close(self) -> None:
-        from ropeconv.parity import free
+        from ropeconv.device.memory import free
 
         model, self.model = self.model, None
         if model is not None:

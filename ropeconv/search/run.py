@@ -185,13 +185,13 @@ def run(job: SearchJob, progress) -> dict[str, Any]:
 def _run(job: SearchJob, prep: Prepared, progress) -> dict[str, Any]:
     import torch  # noqa: F401  (the heavy imports only once the input is known to be good)
 
+    from ropeconv.device.pick import pick_device
+    from ropeconv.device.placement import budget, parse_max_memory
     from ropeconv.eval import cache as cache_mod
     from ropeconv.eval import plots
     from ropeconv.eval import runtimes as rt
     from ropeconv.methods.longrope import plan_from_factors
     from ropeconv.parity import _quiet_transformers
-    from ropeconv.parity.device import pick_device
-    from ropeconv.parity.placement import budget, parse_max_memory
     from ropeconv.search.fitness import Scorer
     from ropeconv.search.plot import best_curve
 

@@ -1,5 +1,5 @@
 """transformers reloading a safetensors output directory through its own config.json, placed by accelerate
-(ropeconv.parity.placement) like the reference."""
+(ropeconv.device.placement) like the reference. RUNTIME is this engine behind the Runtime interface (base.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ from pathlib import Path
 
 import torch
 
+from ropeconv.errors import InputError
+from ropeconv.parity.runtimes.base import RuntimeBase
+
 NAME = "transformers"
 
 
 def load(artifact: Path, device: torch.device, placement=None, scratch: Path | None = None,
          progress=lambda _: None):
     import ropeconv.runtime
-    from ropeconv.parity.placement import load_placed
+    from ropeconv.device.placement import load_placed
 
     model = load_placed(Path(artifact), device, placement, scratch, progress)
     ropeconv.runtime.apply(model)  # ALiBi scaling recorded under ropeconv_alibi_scaling, as a user would load it
@@ -26,8 +29,8 @@ def logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, decode_st
            scratch: Path | None = None, lead_tokens: int = 0) -> torch.Tensor:
     """[n, vocab] float32 on the CPU: the prefill of all but the last decode_steps tokens (in calls of chunk_tokens
     through transformers' KV cache when given; the first of lead_tokens when longer), then one token per call."""
+    from ropeconv.device.placement import input_device
     from ropeconv.parity.logit_rows import allocate
-    from ropeconv.parity.placement import input_device
     from ropeconv.parity.probe import Pass
 
     device = input_device(model)
@@ -64,7 +67,7 @@ def pass_logits(model, ids: torch.Tensor, p, scratch: Path | None = None) -> tor
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, placement=None,
                scratch: Path | None = None, progress=None) -> list[torch.Tensor]:
-    from ropeconv.parity.memory import release
+    from ropeconv.device.memory import release
     from ropeconv.parity.probe import run_each
 
     model = load(artifact, device, placement, scratch, progress or (lambda _: None))
@@ -73,3 +76,37 @@ def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, 
     finally:
         model = None
         release()
+
+
+class TransformersRuntime(RuntimeBase):
+    """The transformers candidate: placed by accelerate like the reference; parity runs it in 4.x as well (the
+    two majors read config.json differently)."""
+
+    name = NAME
+    runs_tf4_too = True
+
+    def require(self) -> None:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise InputError("the transformers runtime needs transformers: pip install transformers") from None
+
+    def load(self, artifact, device, *, target=None, n_ctx=0, placement=None, scratch=None,
+             progress=lambda _: None):
+        return load(artifact, device, placement, scratch, progress)
+
+    def logits(self, loaded, input_ids, position_ids, *, decode_steps=0, chunk_tokens=0, lead_tokens=0,
+               scratch=None):
+        return logits(loaded, input_ids, position_ids, decode_steps, chunk_tokens, scratch, lead_tokens)
+
+    def close(self, loaded) -> None:
+        from ropeconv.device.memory import free
+
+        free(loaded)
+
+    def run_passes(self, artifact, device, ids, passes, *, target=None, placement=None, scratch=None,
+                   progress=None):
+        return run_passes(artifact, device, ids, passes, placement=placement, scratch=scratch, progress=progress)
+
+
+RUNTIME = TransformersRuntime()

@@ -24,6 +24,9 @@ its float error grows with position: on a float32 GGUF it matches transformers t
 9e-3 around 8k (max |Δlogit|, SmolLM2). Quantized weights add far more: Q4_1 matmuls on q8-rounded
 activations put SmolLM2 at max |Δlogit| 1–5, mean KL 5e-3–8e-3, top-1 87–91% against the float32
 dequantized weights, which hides rope errors below ~1% (see the parity tolerance for GGUF).
+
+RUNTIME is this engine behind the Runtime interface (base.py): its rope noise, its own micro-batches, and no
+decode steps of its own (a pass's tokens go through llama_decode in chunks of N_BATCH).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ropeconv.gguf_io.reader import read_gguf
 # llama.cpp's log, captured: shared with the quantizer (gguf_export), which sits below parity
 from ropeconv.llamacpp_log import captured_log as _captured_log
 from ropeconv.llamacpp_log import first_error as _first_error
+from ropeconv.parity.runtimes.base import RuntimeBase
 
 NAME = "llama.cpp"
 # ggml builds rope angles by repeated float32 multiplication (theta *= base^(-2/d)), so its error
@@ -204,6 +208,22 @@ def logits(handle: LlamaCppHandle, input_ids: torch.Tensor, position_ids: torch.
     return torch.from_numpy(out)
 
 
+def load_vocab(artifact: Path):
+    """The GGUF's tokenizer alone (a vocab-only llama_cpp.Llama: milliseconds), as llama.cpp's users tokenize."""
+    llama_cpp = _import_llama_cpp()
+    path = Path(artifact)
+    with _captured_log(llama_cpp) as log:
+        try:
+            return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except Exception as exc:  # llama-cpp-python's generic ValueError
+            raise InputError(f"{path}: llama.cpp could not load it: {_first_error(log, str(exc))}") from None
+
+
+def captured_log():
+    """llama.cpp's log held back (shown in an error only) while calls through llama_cpp.Llama run."""
+    return _captured_log(_import_llama_cpp())
+
+
 def gpu_offload() -> bool:
     """Whether this llama.cpp was built with a GPU backend (`make install LLAMA=cuda`): its layers then go to the
     GPU on a cuda run; a CPU build runs there on the CPU, and the report says so."""
@@ -238,6 +258,7 @@ def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, 
                 if handle is not None:
                     handle.close()
                 handle, handle_ctx = load(path, device, n_ctx), n_ctx
+            assert handle is not None  # loaded for the first pass (handle_ctx was None)
             out.append(logits(handle, ids[:, : p.n_tokens], p.position_ids(), scratch))
             pass_done(progress, index, len(passes), p, started)
     finally:
@@ -256,3 +277,40 @@ def _length_switched(path: Path) -> bool:
         return False
     # a rope_freqs tensor takes precedence over both sets (llama_model::get_rope_factors)
     return index.tensor("rope_factors_long.weight") is not None and index.tensor("rope_freqs.weight") is None
+
+
+class LlamaCppRuntime(RuntimeBase):
+    """llama.cpp: every token at its own position through a llama_batch; on the GPU only when built with CUDA."""
+
+    name = NAME
+    position_noise = POSITION_NOISE
+    supports_decode_steps = False  # a pass's tokens go through llama_decode in chunks of micro_batch_tokens
+    micro_batch_tokens = N_BATCH
+
+    def require(self) -> None:
+        _import_llama_cpp()
+
+    def load(self, artifact, device, *, target=None, n_ctx=0, placement=None, scratch=None,
+             progress=lambda _: None):
+        return load(artifact, device, n_ctx)
+
+    def logits(self, loaded, input_ids, position_ids, *, decode_steps=0, chunk_tokens=0, lead_tokens=0,
+               scratch=None):
+        return logits(loaded, input_ids, position_ids, scratch)
+
+    def close(self, loaded) -> None:
+        loaded.close()
+
+    def run_passes(self, artifact, device, ids, passes, *, target=None, placement=None, scratch=None,
+                   progress=None):
+        return run_passes(artifact, device, ids, passes, scratch=scratch, progress=progress)
+
+    def ran_on(self, device, targets):
+        return device_used(device)
+
+    def fallback_notes(self, device, artifact, targets):
+        note = device_note(device)
+        return (note,) if note else ()
+
+
+RUNTIME = LlamaCppRuntime()

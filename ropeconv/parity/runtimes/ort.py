@@ -2,7 +2,8 @@
 time through the KV cache (past_key_values.* fed back from present.*), as a generation loop runs it.
 
 The CPU provider always runs; on a machine with a GPU the CUDA provider runs as well (TF32 off, as for
-the reference), and its rows are marked cuda-.
+the reference), and its rows are marked cuda-. RUNTIME is this engine behind the Runtime interface (base.py):
+its targets are the providers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ropeconv.errors import InputError
+from ropeconv.parity.runtimes.base import RuntimeBase
 
 NAME = "onnxruntime"
 # the weights plus activations and the KV cache of a long probe: a session needs more than the file's size
@@ -122,8 +124,42 @@ def fits_gpu(artifact: Path, device: torch.device) -> tuple[bool, str]:
 
 def run_passes(artifact: Path, device: torch.device, ids: torch.Tensor, passes, *, provider: str = "cpu",
                scratch: Path | None = None, progress=None, **_placement) -> list[torch.Tensor]:
-    from ropeconv.parity.probe import run_each
+    return RUNTIME.run_passes(artifact, device, ids, passes, target=provider, scratch=scratch, progress=progress)
 
-    decoder = Decoder(session(artifact, provider))
-    return run_each(passes, lambda p: decode(decoder, ids[:, : p.n_tokens], p.position_ids(), p.decode_steps,
-                                             p.chunk_tokens, scratch, p.lead_tokens), progress)
+
+class OrtRuntime(RuntimeBase):
+    """onnxruntime: a Decoder over a session on one provider (a target); the CPU provider always, CUDA as well on
+    a GPU machine when the weights fit it (else a note says why it was skipped)."""
+
+    name = NAME
+
+    def require(self) -> None:
+        _ort()
+
+    def targets(self, device, artifact=None):
+        return tuple(providers(device, artifact))
+
+    def load(self, artifact, device, *, target=None, n_ctx=0, placement=None, scratch=None,
+             progress=lambda _: None):
+        return Decoder(session(artifact, target or "cpu"))
+
+    def logits(self, loaded, input_ids, position_ids, *, decode_steps=0, chunk_tokens=0, lead_tokens=0,
+               scratch=None):
+        return decode(loaded, input_ids, position_ids, decode_steps, chunk_tokens, scratch, lead_tokens)
+
+    def close(self, loaded) -> None:
+        loaded.reset()  # the cache of a long probe is GBs; the session goes with the last reference
+
+    def row_prefix(self, target):
+        return f"{target}-" if target not in (None, "cpu") else ""
+
+    def ran_on(self, device, targets):
+        return "+".join(t for t in targets if t)
+
+    def fallback_notes(self, device, artifact, targets):
+        if device.type == "cuda" and "cuda" not in targets:
+            return (fits_gpu(Path(artifact), device)[1],)
+        return ()
+
+
+RUNTIME = OrtRuntime()

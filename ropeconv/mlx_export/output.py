@@ -1,0 +1,306 @@
+"""The mlx format's planning, writer (formats.Writer), manifest record, twin policy, provenance reader, inspect view
+and model-card line.
+
+The writer stages a transformers folder (the safetensors writer's shards, the extended config.json declaring the
+plan in rope_scaling and rope_parameters, the tokenizer) in <out>/.mlx-staging, and close() hands it to mlx-lm's
+own `mlx_lm.convert` (dtype, quantization) writing <out>/mlx/; the staging folder is then removed. mlx-lm is
+imported only there (and by the twin), never while planning."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ropeconv import jsontext
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.export import tokenizer_files
+from ropeconv.export.hf_config import extended_config
+from ropeconv.formats.base import Note, Planning, Twin
+from ropeconv.formats.mlx import DIR, MARKER
+from ropeconv.formats.safetensors import SafetensorsPlan
+from ropeconv.mlx_export.capability import family_reason, scaling_reason
+from ropeconv.provenance import BASE_KEY, PLAN_KEY, provenance
+
+STAGING = ".mlx-staging"
+INSTALL_HINT = "pip install 'ropeconv[mlx]' (mlx[cpu] and mlx-lm on Linux, mlx and mlx-lm on macOS)"
+
+
+@dataclass(frozen=True)
+class MlxPlan:
+    planning: Planning
+    config: dict[str, Any]  # the staged transformers config.json (the plan declared in rope_scaling too)
+    scaling: dict[str, Any] | None  # the rope_scaling mlx-lm reads
+    dtype: str
+    bits: int | None
+    group_size: int
+    props: dict[str, str]  # provenance: plan, base, ropeconv version
+
+
+def require() -> None:
+    """InputError with the install hint when mlx-lm (or mlx) cannot be found; imports neither."""
+    from importlib.util import find_spec
+
+    for module in ("mlx_lm", "mlx"):
+        if find_spec(module) is None:
+            raise InputError(f"--to mlx needs {module.replace('_', '-')}; {INSTALL_HINT}")
+
+
+def plan(p: Planning) -> MlxPlan:
+    ckpt, position_plan = p.checkpoint, p.plan
+    model_type = ckpt.arch.model_type
+    reason = family_reason(model_type, position_plan.method)
+    if reason is None and p.hf_rope is None:
+        reason = "transformers cannot declare this plan in config.json, which is what mlx-lm reads"
+    config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, position_plan, p.hf_rope) \
+        if reason is None and p.hf_rope is not None else {}
+    scaling = config.get("rope_scaling") if position_plan.kind == "rope" else None
+    if reason is None and position_plan.kind != "rope":
+        reason = f"mlx-lm runs rope models only here ({position_plan.kind} positions)"
+    if reason is None:
+        reason = scaling_reason(scaling, position_plan)
+    if reason is not None:
+        raise UnsupportedError(f"--to mlx: {model_type} with {position_plan.method}: {reason}")
+    options = p.job.options_for("mlx")
+    if options.mlx_bits is None and options.mlx_group_size != 64:
+        raise InputError("--mlx-group-size applies with --mlx-bits (a quantized mlx folder)")
+    if not p.dry_run:
+        require()
+    return MlxPlan(p, config, scaling, options.mlx_dtype, options.mlx_bits, options.mlx_group_size,
+                   provenance(position_plan, ckpt.path))
+
+
+def _convert(src: Path, dst: Path, **kwargs: Any) -> None:
+    """mlx_lm.convert, its [INFO] lines dropped (stdout is the CLI's, --json's; the writer's note says what runs)."""
+    try:
+        from mlx_lm import convert
+    except ImportError:
+        raise InputError(f"mlx-lm is not installed; {INSTALL_HINT}") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            convert(str(src), mlx_path=str(dst), **kwargs)
+        except ValueError as exc:  # mlx-lm's own refusals (a group size that does not divide a dimension, say)
+            raise InputError(f"mlx-lm's convert refused {src.name}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def mlx_lm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlx-lm")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+class MlxOutputWriter:
+    def __init__(self, mplan: MlxPlan, out: Path, note: Note) -> None:
+        from ropeconv.export.safetensors_output import SafetensorsOutput
+
+        self.mplan, self.note = mplan, note
+        self.out = Path(out)
+        self.staging, self.home = self.out / STAGING, self.out / DIR
+        self.staging.mkdir()
+        try:
+            self._staged = SafetensorsOutput(SafetensorsPlan(mplan.planning, mplan.planning.hf_rope), self.staging)
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+        self._files: list[str] = []
+
+    def write(self, entry, source) -> None:
+        self._staged.write(entry, source)
+
+    def close(self) -> None:
+        mplan = self.mplan
+        self._staged.close()
+        (self.staging / "config.json").write_text(jsontext.dumps(mplan.config, "config.json", indent=2,
+                                                                 sort_keys=True) + "\n")
+        _copy_aux_files(mplan.planning.checkpoint, self.staging)
+        quantized = f", {mplan.bits}-bit groups of {mplan.group_size}" if mplan.bits else ""
+        self.note(f"mlx: converting with mlx-lm's convert ({mplan.dtype}{quantized})")
+        kwargs: dict[str, Any] = {"dtype": mplan.dtype}
+        if mplan.bits:
+            kwargs.update(quantize=True, q_bits=mplan.bits, q_group_size=mplan.group_size)
+        _convert(self.staging, self.home, **kwargs)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        (self.home / "README.md").unlink(missing_ok=True)  # mlx-lm's card names the staging folder; ours is above
+        written = jsontext.loads((self.home / "config.json").read_text(), "mlx/config.json")
+        if written.get("rope_scaling") != mplan.scaling:  # what mlx-lm reads must be what was planned
+            raise UnsupportedError(f"mlx-lm's convert wrote rope_scaling {written.get('rope_scaling')!r}, not the "
+                                   f"planned {mplan.scaling!r}")
+        (self.home / MARKER).write_text(jsontext.dumps(marker(mplan), MARKER, indent=2, sort_keys=True) + "\n")
+        self._files = sorted(p.relative_to(self.out).as_posix() for p in self.home.rglob("*") if p.is_file())
+
+    def abort(self) -> None:
+        self._staged.abort()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+        self._files = []
+
+    def files(self) -> list[str]:
+        return list(self._files)
+
+    def sha256(self) -> dict[str, str]:
+        return {}  # mlx-lm wrote them: the manifest hashes them
+
+
+def _copy_aux_files(ckpt, home: Path) -> None:
+    """The tokenizer and generation files, as extend copies them beside every config.json."""
+    for name in ckpt.aux_files:
+        if name == tokenizer_files.CONFIG:
+            raw = (ckpt.path / name).read_bytes()
+            (home / name).write_bytes(tokenizer_files.portable_config(raw, "tokenizer.json" in ckpt.aux_files))
+        else:
+            shutil.copyfile(ckpt.path / name, home / name)
+
+
+def writer(mplan: MlxPlan, out: Path, note: Note) -> MlxOutputWriter:
+    return MlxOutputWriter(mplan, out, note)
+
+
+def marker(mplan: MlxPlan) -> dict[str, Any]:
+    return {"format": "mlx", **mplan.props, "dtype": mplan.dtype, "bits": mplan.bits,
+            "group_size": mplan.group_size if mplan.bits else None, "mlx_lm": mlx_lm_version(),
+            "rope_scaling": mplan.scaling}
+
+
+def record(mplan: MlxPlan, _plan) -> dict[str, Any]:
+    rec: dict[str, Any] = {"file": f"{DIR}/{MARKER}", "folder": DIR, "dtype": mplan.dtype, "bits": mplan.bits,
+                           "mlx_lm": mlx_lm_version(), "declaration": mplan.scaling}
+    if mplan.bits:
+        rec["group_size"] = mplan.group_size
+    return rec
+
+
+def read_marker(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        raise InputError(f"{folder}: no {MARKER} (not an mlx folder written by ropeconv)")
+    found = jsontext.loads(path.read_text(), str(path))
+    if not isinstance(found, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return found
+
+
+def recorded(folder: Path):
+    """(plan, base) as ropeconv-mlx.json records them."""
+    from ropeconv.positions import plan_from_json
+
+    found = read_marker(folder)
+    try:
+        plan_ = plan_from_json(jsontext.loads(found[PLAN_KEY], PLAN_KEY))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{folder}/{MARKER}: {PLAN_KEY} is damaged ({exc})") from None
+    return plan_, (Path(found[BASE_KEY]) if found.get(BASE_KEY) else None)
+
+
+def _needs_twin(found: dict[str, Any]) -> bool:
+    return bool(found.get("bits")) or found.get("dtype", "float32") != "float32"
+
+
+def twin(base: Path, position_plan, lora=None) -> Twin | None:
+    """The float32 mlx folder mlx-lm's convert makes from the base's own weights with the plan's config.json: what a
+    quantized or float16 folder is judged through strictly. None where it cannot be made so (LoRA merged, pickle
+    weights): quantized_twin then dequantizes the folder itself."""
+    base = Path(base)
+    if lora is not None or not any(base.glob("*.safetensors")):
+        return None
+
+    def write(dst: Path) -> Path:
+        from ropeconv import methods
+        from ropeconv.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(base)
+        hf_rope = methods.get(position_plan.method).hf_rope_parameters(position_plan)
+        config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, position_plan, hf_rope)
+        staging = dst.with_name(dst.name + ".staging")
+        staging.mkdir()
+        try:
+            for weights in [*base.glob("*.safetensors"), *base.glob("*.safetensors.index.json")]:
+                (staging / weights.name).symlink_to(weights.resolve())
+            (staging / "config.json").write_text(jsontext.dumps(config, "config.json", indent=2) + "\n")
+            _copy_aux_files(ckpt, staging)
+            _convert(staging, dst, dtype="float32")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dst
+
+    return write
+
+
+def quantized_twin(artifact: Path, given: Twin | None) -> Twin | None:
+    """A quantized (or float16/bfloat16) mlx folder is judged strictly through a float32 twin: converted by mlx-lm
+    from the base (given), else one mlx-lm's convert makes from the folder itself (dequantized, cast: the position
+    math alone); the folder also runs as itself against the quantized limits."""
+    found = read_marker(artifact)
+    if not _needs_twin(found):
+        return None
+    if given is not None:
+        return given
+
+    def write(dst: Path) -> Path:
+        _convert(Path(artifact), dst, dtype="float32", dequantize=bool(found.get("bits")))
+        shutil.copyfile(Path(artifact) / MARKER, dst / MARKER)
+        return dst
+
+    return write
+
+
+def twin_note(artifact: Path, given: Twin | None) -> str:
+    found = read_marker(artifact)
+    kind = f"{found['bits']}-bit" if found.get("bits") else str(found.get("dtype"))
+    how = "converted by mlx_lm.convert from the base in float32" if given is not None else \
+        ("dequantized and cast" if found.get("bits") else "cast") + " by mlx_lm.convert from the folder itself"
+    return (f"mlx-lm ran a float32 twin of {Path(artifact).name}/ ({how}) for the strict check, and the folder itself "
+            f"({kind}) for the q- rows")
+
+
+def card_declaration(rec: dict[str, Any], _plan) -> str:
+    from ropeconv.export.card import _fmt
+
+    scaling = rec.get("declaration")
+    keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in scaling.items()) if scaling else "none (the base's own rope)"
+    quant = f", {rec['bits']}-bit groups of {rec.get('group_size')}" if rec.get("bits") else ""
+    return (f"mlx-lm (`{rec.get('folder', DIR)}/config.json`, converted by mlx-lm {rec.get('mlx_lm')}, "
+            f"{rec.get('dtype')}{quant}): `rope_scaling` = {keys}, read by mlx-lm's initialize_rope.")
+
+
+def inspect(path: Path, as_json: bool) -> int:
+    import click
+
+    found = read_marker(path)
+    config = jsontext.loads((Path(path) / "config.json").read_text(), f"{path}/config.json")
+    try:
+        plan_, base = recorded(path)
+        ropeconv_info: dict[str, Any] | None = {"method": plan_.method, "original_ctx": plan_.original_ctx,
+                                                "target_ctx": plan_.target_ctx}
+    except InputError:
+        plan_, base, ropeconv_info = None, None, None
+    weights = sorted(Path(path).glob("*.safetensors"))
+    info = {
+        "path": str(path), "format": "mlx", "architecture": config.get("model_type"),
+        "rope_theta": config.get("rope_theta"), "rope_scaling": config.get("rope_scaling"),
+        "max_position_embeddings": config.get("max_position_embeddings"), "dtype": found.get("dtype"),
+        "quantization": config.get("quantization"), "bytes": sum(p.stat().st_size for p in weights),
+        "files": [p.name for p in weights], "mlx_lm": found.get("mlx_lm"),
+        "base": str(base) if base else None, "ropeconv": ropeconv_info,
+    }
+    if as_json:
+        click.echo(jsontext.dumps(info, "--json output", indent=2, sort_keys=True, default=str))
+        return 0
+    quant = config.get("quantization")
+    click.echo(str(path))
+    click.echo(f"  format           mlx (mlx-lm {found.get('mlx_lm')})")
+    click.echo(f"  architecture     {config.get('model_type')}")
+    click.echo(f"  rope_theta       {config.get('rope_theta')}")
+    click.echo(f"  rope_scaling     {config.get('rope_scaling')}")
+    click.echo(f"  context          {config.get('max_position_embeddings')}")
+    click.echo(f"  weights          {found.get('dtype')}"
+               + (f", {quant.get('bits')}-bit groups of {quant.get('group_size')}" if quant else "")
+               + f", {info['bytes']:,} bytes in {len(weights)} file(s)")
+    if plan_ is not None:
+        click.echo(f"  ropeconv         {plan_.method}, {plan_.original_ctx} → {plan_.target_ctx} tokens, base {base}")
+    return 0

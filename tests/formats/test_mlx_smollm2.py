@@ -1,0 +1,52 @@
+"""The real SmolLM2-135M (make demo's work/smollm2-135m) extended with YaRN ×4 and written --to mlx, proven in
+mlx-lm against transformers at positions up to 9,215 (original context 8192): ropeconv's 2,048-token probe placed at
+positions 7168–9215 (mlx-lm's rope shifted by 7168, as parity places every runtime's probe), prefilled through both
+KV caches, its last 8 tokens decoded one at a time; every next token is the same greedy token (top-1 100 %) and the
+log-probabilities agree within LOGPROB_TOLERANCE (bounded by twice the report's max |Δlogit|). A full 9,216-token prompt from position 0 was tried
+and stopped after 18 minutes on the shared 2-core CPU (mlx's CPU backend on Linux multiplied at ~2 GFLOP/s here, torch at ~60)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import read_json, run_cli
+from tests.test_smollm2 import WORK
+
+pytest.importorskip("mlx_lm")
+
+TOKENS = 2048  # positions 7168–9215: 1024 past the original 8192
+LOGPROB_TOLERANCE = 5e-3  # measured: 2 × 1.67e-3 (max |Δlogit| 1.67e-3 at positions 7168–9215)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    if not (WORK / "smollm2-135m" / "config.json").is_file():
+        pytest.skip(f"no SmolLM2 fixture at {WORK / 'smollm2-135m'} (`make demo` writes it)")
+    from ropeconv.fixtures import smollm2
+
+    return smollm2.materialize_hf(WORK / "smollm2-135m")
+
+
+@pytest.mark.slow
+def test_mlx_yarn_x4_up_to_position_9215_matches_transformers(smol, tmp_path, capsys):
+    out = tmp_path / "smol-yarn-mlx"
+    started = time.monotonic()
+    capsys.readouterr()
+    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "--to", "mlx", "-o", out,
+                   "--tokens", str(TOKENS), "-q", "--json") == 0
+    seconds = time.monotonic() - started
+    report = json.loads(capsys.readouterr().out)["parity"]
+    assert report["passed"] and report["runtime"] == "mlx-lm", report
+    assert report["tokens"] == TOKENS and report["first_position"] < 8192 <= report["last_position"]
+    assert report["top1"] == 1.0  # the greedy next token at every probe position is transformers'
+    assert read_json(out / "mlx" / "config.json")["rope_scaling"]["type"] == "yarn"
+    print(f"SmolLM2 YaRN×4 mlx-lm, {TOKENS} tokens at {report['first_position']}–{report['last_position']}: "
+          f"max|Δlogit| {report['max_abs_logit']:.3e}, top-1 "
+          f"{report['top1']:.2%}, {seconds:.0f} s (conversion + reference + mlx-lm)")
+
+    # log-probabilities: log_softmax moves each row by at most max|Δlogit|, so every log-probability differs by at
+    # most twice it
+    assert 2 * report["max_abs_logit"] <= LOGPROB_TOLERANCE, report["max_abs_logit"]
