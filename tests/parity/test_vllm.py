@@ -103,7 +103,7 @@ def test_each_claimed_cell_matches_transformers_in_vllm(llama_outputs, gpt2_abso
     print("vLLM max |Δ log p| per cell:", figures)
 
 
-@pytest.mark.skipif(not ALL_CELLS, reason="one more vLLM start (~40 s): ROPECONV_ALL_CELLS=1")
+@pytest.mark.long  # one more vLLM start (~40 s): `make test-long`
 def test_a_dropped_yarn_attention_factor_fails_in_vllm(llama_outputs, in_vllm, tmp_path):
     """The yarn output with attention_factor 1.0 written into its config (the temperature dropped): vLLM applies
     it (mscale 1.0), and the check finds the difference."""
