@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ropeconv.errors import InputError, ParityError
+from ropeconv.parity.side_env import side_python
 
 if TYPE_CHECKING:
     import torch
@@ -33,16 +34,7 @@ PROJECT = Path(__file__).resolve().parents[2]  # the source tree: its .venv-tf4,
 
 def python() -> Path | None:
     """The 4.x interpreter, or None when there is none (or it is turned off)."""
-    chosen = os.environ.get(ENV)
-    if chosen is not None:
-        if chosen.strip().lower() in ("", "off", "0", "no"):
-            return None
-        path = Path(chosen)
-        if not path.is_file():
-            raise InputError(f"{ENV}={chosen}: no such python executable (unset it, or `make tf4`)")
-        return path
-    beside = PROJECT / ".venv-tf4" / "bin" / "python"
-    return beside if beside.is_file() else None
+    return side_python(ENV, ".venv-tf4", "tf4")
 
 
 def missing_note() -> str:

