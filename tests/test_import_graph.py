@@ -32,14 +32,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # and base.py: a base given as a Hub id, fetched into huggingface_hub's cache; the exporters name a snapshot by it)
     ("checkpoint/gguf_io/provenance", ("ropeconv.checkpoint", "ropeconv.gguf_io", "ropeconv.provenance",
                                        "ropeconv.lora", "ropeconv.hashing", "ropeconv.hub")),
-    ("exporters", ("ropeconv.export", "ropeconv.gguf_export", "ropeconv.onnx_export", "ropeconv.mlx_export",
+    ("exporters", ("ropeconv.export", "ropeconv.gguf_export", "ropeconv.onnx_export", "ropeconv.mlx_export", "ropeconv.openvino_export",
                    "ropeconv.lora.gguf_base")),
     # device: where models run (the device, accelerate's placement under --max-memory, freeing memory), for
     # parity, eval, search, extend and the CLI alike
     ("device", ("ropeconv.device",)),
     ("parity", ("ropeconv.parity", "ropeconv.eval")),
     ("extend flows", ("ropeconv.extend",)),
-    ("verify/recipe", ("ropeconv.verify", "ropeconv.verify_mlx", "ropeconv.recipe", "ropeconv.search", "ropeconv.finetune",
+    ("verify/recipe", ("ropeconv.verify", "ropeconv.verify_mlx", "ropeconv.verify_openvino", "ropeconv.recipe", "ropeconv.search", "ropeconv.finetune",
                        "ropeconv.capabilities", "ropeconv.fixtures")),
     ("cli", ("ropeconv.cli",)),
 )

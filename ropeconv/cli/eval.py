@@ -66,7 +66,8 @@ def _device_option(f):
 def _common(f):
     for decorator in reversed([
         click.option("--runtime", type=RuntimeChoice(), default="auto", show_default=True,
-                     help="auto: from the path (.gguf → llama.cpp, .onnx or onnx/ → onnxruntime, else transformers)"),
+                     help="auto: from the path (.gguf → llama.cpp, .onnx or onnx/ → onnxruntime, else transformers); "
+                     "mlx and vllm (a safetensors folder served by vLLM, `make vllm`) are asked for by name"),
         _device_option,
         click.option("--max-memory", help="caps for the transformers runtime, e.g. cuda:0=20GiB,cpu=12GiB (layers over "
                      "every GPU, then the CPU, then disk; default: what the machine has)"),

@@ -133,6 +133,10 @@ def extend(base, method_name, factor, target_ctx, save_recipe, dry_run, as_json,
     --method and write it to --out."""
     values = {key: group_values(key, params) for key in GROUPS}
     format_values = {fmt: group_values(fmt, params) for fmt in format_groups()}
+    if quiet:
+        from ropeconv.hub.base import quiet_downloads
+
+        quiet_downloads()  # a Hub base's download bars too
     job = build_job(base, method_name, factor=factor, target_ctx=target_ctx,
                     method_options=method_options_for(method_name, params), values=values,
                     format_values=format_values)
@@ -158,7 +162,8 @@ def extend(base, method_name, factor, target_ctx, save_recipe, dry_run, as_json,
             "plan": result.plan.to_json(),
             "files": list(result.files),
             "parity": result.parity.to_json() if result.parity else None,
-            "reports": [r.to_json() for r in result.reports],  # one per format: safetensors, gguf, onnx order
+            # one per format (safetensors, gguf, onnx order), then one per --verify-in engine
+            "reports": [r.to_json() for r in (*result.reports, *result.engines)],
             "pushed": result.pushed.to_json() if result.pushed else None,
         }, published=result.out)
     else:

@@ -144,7 +144,7 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
     from ropeconv.checkpoint.gguf_scheme import read_gguf_scheme
     from ropeconv.errors import DamagedPlan, InputError
     from ropeconv.gguf_io.reader import read_gguf
-    from ropeconv.provenance.gguf import recorded_plan
+    from ropeconv.provenance.gguf import recorded_hub, recorded_plan
 
     src = read_gguf(path)
     s = read_gguf_scheme(src)
@@ -170,6 +170,7 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
         "types": dict(sorted(Counter(t.ggml_type.name for t in src.tensors).items())),
         "ropeconv": method,
         "ropeconv_plan": plan_state,
+        "base_hub": recorded_hub(src),
     }
     if as_json:
         emit_json(info)
@@ -186,4 +187,8 @@ def _inspect_gguf(path: Path, as_json: bool) -> int:
         click.echo(f"  ropeconv         {method}")
     elif problem:
         click.echo(f"  ropeconv         {problem}; verify cannot check this file")
+    hub = info["base_hub"]
+    if hub:
+        file = f":{hub['file']}" if hub.get("file") else ""
+        click.echo(f"  base (Hub)       {hub.get('repo_id')}@{hub.get('revision')}{file}, commit {hub.get('commit')}")
     return 0

@@ -43,6 +43,10 @@ def run(file: Path, sets: tuple[str, ...], force: bool, as_json: bool, quiet: bo
     from ropeconv.recipe.load import load_recipe
     from ropeconv.recipe.run import run_recipe
 
+    if quiet:
+        from ropeconv.hub.base import quiet_downloads
+
+        quiet_downloads()  # a Hub base's download bars, and a push's upload bars
     loaded = load_recipe(file, sets)
     outcome = run_recipe(loaded, force=force, progress=Progress(enabled=not quiet))
     result = outcome.result

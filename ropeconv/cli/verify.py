@@ -26,11 +26,15 @@ Examples:
   ROPECONV_TF4_PYTHON=/envs/tf4/bin/python ropeconv verify out/   # safetensors in transformers 5.x and 4.x
   ropeconv verify out/ --runtime vllm         # the safetensors output in vLLM (make vllm), not the own runtimes
   ropeconv verify out/ --runtime own --runtime vllm   # both
+  ropeconv verify out/ --runtime mlx          # the safetensors output loaded by mlx-lm as it is (pip install mlx-lm)
 
 A safetensors output runs in transformers 4.x as well (rows marked 4.x-) when a 4.x environment is there:
 $ROPECONV_TF4_PYTHON (off: never), else .venv-tf4 beside the project (`make tf4`). The report's "ran:" line
 says which versions ran.
 """
+
+# --runtime's choice for the mlx-lm engine proving a safetensors folder (the runtime, not the mlx format's folder)
+MLX_LM = "mlx"
 
 
 @click.command(epilog=EPILOG)
@@ -44,10 +48,10 @@ says which versions ran.
 @click.option("--min-top1", type=float, default=Tolerance.min_top1, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="accept pickle .bin weights in the base or the output "
               "(loaded with weights_only=True)")
-@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["own", "vllm"]),
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["own", "vllm", MLX_LM]),
               help="where to prove it (repeatable): own = each format's own runtimes (the default); vllm = a "
               "safetensors output in vLLM's offline engine (float32, CPU), from .venv-vllm (`make vllm`) or "
-              "$ROPECONV_VLLM_PYTHON")
+              "$ROPECONV_VLLM_PYTHON; mlx = a safetensors output loaded by mlx-lm as it is (mlx on the CPU)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, min_top1, allow_pickle, runtimes,
@@ -61,6 +65,11 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
         from ropeconv.parity.vllm import preflight
 
         preflight(out, base)
+    in_mlx = None
+    if MLX_LM in runtimes:  # likewise: a cell mlx-lm misreads, mlx-lm missing
+        from ropeconv.verify_mlx import resolve_checkpoint
+
+        in_mlx = resolve_checkpoint(out, base)
     try:
         reports = [] if "own" not in runtimes else verify_output(
             out,
@@ -83,6 +92,13 @@ def verify(out, base, device, tokens, full_length, max_memory, max_abs_logit, mi
         moved = next((r.changed for r in in_vllm if r.changed), None)
         if changed is None and moved:
             changed = ChangedFiles(moved, reports)
+    if in_mlx is not None:
+        from ropeconv.verify_mlx import verify_checkpoint
+
+        reports = reports + [verify_checkpoint(in_mlx, tokens=tokens, progress=Progress(enabled=not quiet).note,
+                                               tolerance=Tolerance(max_abs_logit=max_abs_logit, min_top1=min_top1))]
+        if changed is None and in_mlx.changed:
+            changed = ChangedFiles(in_mlx.changed, reports)
     if as_json:
         # one artifact: its report; several (e.g. safetensors and gguf): a list, in the manifest's order
         emit_json(reports[0].to_json() if len(reports) == 1 else [r.to_json() for r in reports])

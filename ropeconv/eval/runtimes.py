@@ -49,17 +49,28 @@ def spec(fmt: Format) -> EvalSpec:
     return fmt.eval
 
 
+def spec_of(kind: str) -> EvalSpec:
+    """The eval record of a --runtime choice: a format's (kinds()), or a serving engine's (eval.serving)."""
+    from ropeconv.eval.serving import SERVING
+
+    return SERVING[kind].spec if kind in SERVING else spec(kinds()[kind])
+
+
 def runtime_choices() -> tuple[str, ...]:
-    return ("auto", *kinds())
+    from ropeconv.eval.serving import SERVING
+
+    return ("auto", *kinds(), *SERVING)
 
 
 def runtime_name(kind: str) -> str:
-    """As reports name a runtime: "transformers", "llama.cpp", "onnxruntime" (formats.Format.runtime)."""
-    return kinds()[kind].runtime
+    """As reports name a runtime: "transformers", "llama.cpp", "onnxruntime" (formats.Format.runtime), "vLLM"."""
+    from ropeconv.eval.serving import SERVING
+
+    return SERVING[kind].runtime if kind in SERVING else kinds()[kind].runtime
 
 
 def engine(kind: str) -> Runtime:
-    """The runtime (ropeconv.parity.runtimes) a --runtime choice runs in; imports its engine's modules."""
+    """The runtime (ropeconv.parity.runtimes) a format's --runtime choice runs in; imports its engine's modules."""
     from ropeconv.parity.runtimes import runtime_of
 
     return runtime_of(kinds()[kind])
@@ -91,13 +102,21 @@ class ModelRef:
 
 def resolve(model: Path, runtime: str = "auto") -> ModelRef:
     """Pick the runtime from the path (or check the one asked for) without loading anything."""
+    from ropeconv.eval.serving import SERVING
+
     model = Path(model)
     found = kinds()
-    if runtime not in ("auto", *found):
+    if runtime not in runtime_choices():
         raise InputError(f"--runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}")
     if not model.exists():
         raise InputError(f"{model}: model not found")
-    if model.is_file():
+    if runtime in SERVING:  # a serving engine, asked for by name: the folder of the format it serves
+        served = SERVING[runtime].spec
+        path = served.find(model) if model.is_dir() else None
+        if path is None:
+            raise InputError(f"{model}: no model for --runtime {runtime} here (expected {served.wanted})")
+        ref = ModelRef(model, runtime, path)
+    elif model.is_file():
         fmt = format_of(model)
         if fmt is None or fmt.eval is None:
             raise InputError(f"{model}: not a model (expected a directory, "
@@ -123,7 +142,12 @@ def resolve(model: Path, runtime: str = "auto") -> ModelRef:
 
 def require_runtime(kind: str) -> None:
     """InputError (with the install hint) when the runtime's package is missing."""
-    engine(kind).require()
+    from ropeconv.eval.serving import SERVING
+
+    if kind in SERVING:
+        SERVING[kind].require()
+    else:
+        engine(kind).require()
 
 
 def model_hash(ref: ModelRef) -> str:
@@ -132,16 +156,17 @@ def model_hash(ref: ModelRef) -> str:
     from ropeconv.manifest import sha256_file
 
     h = hashlib.sha256(ref.runtime.encode())
-    # an output directory's manifest: the directory itself (transformers), beside a .gguf, or above onnx/
-    homes = (ref.path,) if ref.path.is_dir() else (ref.path.parent, ref.path.parent.parent)
+    # an output directory's manifest: the directory itself (transformers), above mlx/ or openvino/, beside a .gguf,
+    # or above onnx/
+    homes = (ref.path, ref.path.parent) if ref.path.is_dir() else (ref.path.parent, ref.path.parent.parent)
     for directory in homes:
         manifest = directory / "manifest.json"
-        if manifest.is_file():
+        if manifest.is_file() and (directory == ref.path or _lists(manifest, ref.path)):
             h.update(bytes.fromhex(sha256_file(manifest)))  # streamed: a manifest of any size costs no memory
             # the manifest covers every format of the output: say which file runs
             h.update(str(ref.path.resolve().relative_to(directory.resolve())).encode())
             return h.hexdigest()
-    if spec(kinds()[ref.runtime]).header_identifies:
+    if spec_of(ref.runtime).header_identifies:
         h.update(ref.path.name.encode() + str(ref.path.stat().st_size).encode())
         with open(ref.path, "rb") as f:
             h.update(f.read(1 << 20))
@@ -154,6 +179,15 @@ def model_hash(ref: ModelRef) -> str:
     for p in sorted(files):
         h.update(f"{p.name}:{p.stat().st_size}".encode())
     return h.hexdigest()
+
+
+def _lists(manifest: Path, artifact: Path) -> bool:
+    """The output's manifest lists the artifact (a file, or files under a folder such as mlx/): it covers it."""
+    from ropeconv.manifest import read_manifest
+
+    files = (read_manifest(manifest.parent) or {}).get("files") or []
+    rel = artifact.resolve().relative_to(manifest.parent.resolve()).as_posix()
+    return any(isinstance(f, str) and (f == rel or f.startswith(rel + "/")) for f in files)
 
 
 def log_softmax_rows(logits, ids_next: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -425,7 +459,7 @@ class GGUFRuntime(EvalRuntime):
 def open_runtime(ref: ModelRef, device: torch.device, placement=None) -> EvalRuntime:
     """The adapter the format's record names (formats.EvalSpec.adapter); placement
     (ropeconv.device.placement.Placement): --max-memory caps, for the transformers runtime."""
-    return spec(kinds()[ref.runtime]).adapter(ref, device, placement)
+    return spec_of(ref.runtime).adapter(ref, device, placement)
 
 
 def describe(ref: ModelRef) -> dict:

@@ -88,6 +88,7 @@ def model_card(base_name: str, arch: str, plan: PositionPlan, formats: dict[str,
         "\n\n".join(declared),
         *_alibi_runtime_note(plan),
         "",
+        *long_context_section(plan, formats, parity),
         "## Parity",
         "",
         "\n\n".join(_parity_text(f, (parity or {}).get(f)) for f in written),
@@ -208,6 +209,106 @@ def _lora_section(lora: list[dict[str, Any]] | None) -> list[str]:
     return ["## LoRA merged", "", "W' = W + Σ s·B·A in float32, cast back to each weight's dtype; merged before the "
             "method was applied.", "", "| adapter | r | alpha | rsLoRA | modules | sha256 |", "|---|---|---|---|---|---|",
             *rows, ""]
+
+
+OUT = "OUT"  # how the card's commands name the output folder (this folder, or the repository it was pushed to)
+
+
+def _proofs(formats: dict[str, Any], parity: dict[str, Any] | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(format, runtime, parity record) of every proof the manifest records for the formats written, in the
+    registry's order, then the other engines that proved the checkpoint folder (`extend --verify-in vllm`: a parity
+    key that names no format, the engine's own), by name."""
+    parity = parity or {}
+    found = [(name, fmt.runtime, parity[name]) for name, fmt in FORMATS.items() if name in formats and parity.get(name)]
+    checkpoint = next((name for name, fmt in FORMATS.items() if fmt.is_checkpoint and name in formats), None)
+    if checkpoint is not None:
+        found += [(checkpoint, str(parity[key].get("runtime") or key), parity[key])
+                  for key in sorted(parity) if key not in FORMATS and isinstance(parity[key], dict)]
+    return found
+
+
+def _short_text_caveat(plan) -> str:
+    """What the plan does to texts shorter than the original context, per length rule."""
+    orig = plan.original_ctx
+    if plan.kind == "absolute":
+        return (f"**Short texts:** the position table is resampled as a whole (every row interpolated, endpoints kept), "
+                f"so positions below {orig} change too and short-text quality may differ slightly from the base's.")
+    if plan.length_rule is LengthRule.PROPORTIONAL:
+        return (f"**Short texts:** unaffected: the slopes are the base's own while at most {orig} keys are in view, "
+                "and divided only beyond it.")
+    if plan.length_rule is LengthRule.DYNAMIC_NTK:
+        return (f"**Short texts:** unaffected: dynamic scaling recomputes the rope base from the running length only "
+                f"once it exceeds {orig} tokens; below that the model computes exactly as the base.")
+    if plan.length_rule is LengthRule.SWITCH:
+        short = ("the base's own frequencies" if all(d == 1.0 for d in plan.divisors)
+                 else "the short factors")
+        attention = ("" if plan.attention_factor == 1.0 else
+                     f" The attention factor {plan.attention_factor:.6g} applies at every length, short texts "
+                     "included.")
+        return (f"**Short texts:** a sequence of at most {orig} tokens runs with {short}, the long factors apply "
+                "only beyond it (transformers switches per forward pass by the sequence's length; llama.cpp once per "
+                f"context, so a llama.cpp context above {orig} uses the long factors for every sequence).{attention}")
+    if plan.kind == "alibi":
+        return (f"**Short texts:** static scaling: every slope is divided by {_fmt(plan.factor)} at every length, "
+                "short texts included, which may affect short-text quality.")
+    return ("**Short texts:** static scaling: the scaled frequencies"
+            + ("" if plan.attention_factor == 1.0 else f" and the attention factor {plan.attention_factor:.6g}")
+            + f" apply at every length, texts shorter than {orig} tokens included, which may affect short-text "
+              f"quality (the scaling is constant whatever the input's length). Where texts stay within {orig} tokens, "
+              f"the base model is the better choice; `--method dynamic` would leave texts up to {orig} tokens exactly "
+              "as the base computes them.")
+
+
+def _figure(rec: dict[str, Any]) -> str:
+    """The parity figure a record carries: |Δlogit| (own runtimes) or |Δ log-probability| (vLLM), with positions."""
+    if rec.get("max_abs_logprob") is not None:
+        figure = f"max |Δ log-probability| {rec['max_abs_logprob']:.2g}"
+    elif rec.get("max_abs_logit") is not None:
+        figure = f"max |Δlogit| {rec['max_abs_logit']:.2g}"
+    else:
+        figure = "within tolerance"
+    top1 = f", top-1 agreement {rec['top1']:.1%}" if rec.get("top1") is not None else ""
+    ran = f" in {' and '.join(rec['ran'])}" if rec.get("ran") else ""
+    if rec.get("quantized_mean_kl") is not None:  # the strict figures are the float32 twin's
+        figure = (f"the file itself: mean KL {rec['quantized_mean_kl']:.2g}, top-1 agreement "
+                  f"{rec['quantized_top1']:.1%}; its float32 twin: {figure}")
+    return (f"{figure}{top1} over positions {rec.get('first_position')}–{rec.get('last_position')} "
+            f"({rec.get('tokens')} probe tokens){ran}")
+
+
+def long_context_section(plan, formats: dict[str, Any], parity: dict[str, Any] | None) -> list[str]:
+    """The card's "Long context" section, in the form Qwen's cards give "Processing Long Texts": what was applied,
+    that it is baked in, each proven engine's command (from its format's serve hook) with its parity figure, and what
+    the plan does to short texts."""
+    if plan.target_ctx == plan.original_ctx and plan.method == "none":
+        return []
+    factor = f" ×{_fmt(plan.params.get('factor', plan.factor))}" if plan.params.get("factor", plan.factor) else ""
+    lines = ["## Long context", "",
+             f"The context was extended from {plan.original_ctx} to **{plan.target_ctx} tokens** with "
+             f"`{plan.method}`{factor} ({_RULES[plan.length_rule].split(':')[0]}). The scaling is baked in: every file "
+             "declares it in its own metadata (see *How it is declared*), so no runtime flag is needed and nothing "
+             "is to be added to `config.json` (unlike cards that ask to add `rope_scaling` to it, or to pass "
+             "`--rope-scaling` flags to the engine). Give the engine "
+             f"a context of up to {plan.target_ctx} tokens.", "",
+             _short_text_caveat(plan), ""]
+    commands = []
+    for name, runtime, rec in _proofs(formats, parity):
+        if not rec.get("passed"):
+            continue
+        serve = FORMATS[name].serve(OUT, formats[name], plan, runtime)
+        if serve is None:
+            continue
+        commands += [f"**{serve.engine}** ({name}; proven: {_figure(rec)})", "",
+                     f"```{serve.language}", serve.command, "```", ""]
+        if serve.note:
+            commands += [serve.note, ""]
+    if commands:
+        lines += [f"Proven commands (`{OUT}` is this folder, or the repository once downloaded): each engine below ran "
+                  "this output against the reference and passed (see *Parity*).", "", *commands]
+    else:
+        lines += ["No engine's parity check passed for this output when it was written, so no command is given; run "
+                  "`ropeconv verify` on it.", ""]
+    return lines
 
 
 def _parity_text(fmt: str, parity: dict[str, Any] | None) -> str:

@@ -5,13 +5,14 @@ other tensor is a byte copy."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ropeconv.export.card import _fmt
 from ropeconv.export.safetensors_writer import INDEX_NAME, SafetensorsWriter
 from ropeconv.export.table import changes_table, output_entry, resampled
-from ropeconv.formats.base import Note
+from ropeconv.formats.base import Note, Serve
 from ropeconv.formats.safetensors import SafetensorsPlan
 from ropeconv.manifest import read_manifest
 from ropeconv.positions import plan_from_json
@@ -77,3 +78,21 @@ def card_declaration(rec: dict[str, Any], plan) -> str | None:
                 f"{plan.target_ctx} positions.")
     keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rope.items() if k not in ("short_factor", "long_factor"))
     return f"transformers (`config.json`, both `rope_parameters` and the 4.x `rope_theta` + `rope_scaling`): {keys}."
+
+
+def serve(out: str, rec: Mapping[str, Any], plan) -> Serve | None:
+    """transformers loading the folder as it is: config.json declares the plan for 5.x and 4.x alike."""
+    if rec.get("declaration") is None:
+        return None
+    alibi = plan.kind == "alibi" and plan.factor != 1.0
+    lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f'model = AutoModelForCausalLM.from_pretrained("{out}", dtype="auto")',
+             f'tokenizer = AutoTokenizer.from_pretrained("{out}")']
+    if alibi:
+        lines = ["import ropeconv.runtime", *lines, "ropeconv.runtime.apply(model)  # the scaled ALiBi slopes"]
+    note = ("`config.json` carries the scaling (`rope_parameters` for transformers 5.x, `rope_theta` + `rope_scaling` "
+            f"for 4.x), so nothing is passed at load time; prompts of up to {plan.target_ctx} tokens.")
+    if alibi:
+        note = ("Vanilla transformers ignores `ropeconv_alibi_scaling`: `ropeconv.runtime.apply(model)` installs the "
+                f"scaled slopes; prompts of up to {plan.target_ctx} tokens.")
+    return Serve("transformers", "\n".join(lines), "python", note)

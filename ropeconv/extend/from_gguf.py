@@ -26,7 +26,7 @@ from ropeconv.lora.trained_with import checked_adapters
 from ropeconv.parity import ParityReport, check_parity
 from ropeconv.positions import AbsoluteScheme, AlibiScheme, PositionPlan, RopePlan
 from ropeconv.progress import Progress
-from ropeconv.provenance import LORA_KEY, provenance
+from ropeconv.provenance import HUB_KEY, LORA_KEY, provenance
 from ropeconv.provenance.gguf import gguf_fields
 
 if TYPE_CHECKING:  # numpy, gguf-py and the LoRA merge are imported when used: a dry run reads the header only
@@ -83,6 +83,8 @@ def prepare(job: ExtendJob) -> GgufPrepared:
     for key, (kind, value) in declaration.kv.items():
         set_fields[f"{a}.{key}"] = (VALUE_TYPES[kind], value)
     set_fields.update(gguf_fields(provenance(plan, Path(job.base))))
+    if job.hub is not None:  # a one-file output has no manifest: the Hub base it was fetched as is recorded here
+        set_fields[HUB_KEY] = (GGUFValueType.STRING, jsontext.dumps(job.hub.to_json(), HUB_KEY, sort_keys=True))
     if job.name:
         set_fields["general.name"] = (GGUFValueType.STRING, job.name)
     drop -= set_fields.keys()

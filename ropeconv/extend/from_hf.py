@@ -18,7 +18,7 @@ from typing import Any
 from ropeconv import jsontext, methods
 from ropeconv.checkpoint import Checkpoint, load_checkpoint
 from ropeconv.checkpoint.rope_config import describe_scaling
-from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.errors import InputError, ParityError, UnsupportedError
 from ropeconv.export import tokenizer_files
 from ropeconv.export.card import (
     base_card_metadata,
@@ -95,6 +95,10 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
     prepared = prepare(job)
     preflight(job)
     ckpt, plan = prepared.checkpoint, prepared.plan
+    if "vllm" in job.verify_in:  # a cell vLLM reads wrongly, no vLLM environment: refused before a byte is written
+        from ropeconv.parity import vllm
+
+        vllm.check_folder(plan, prepared.hf_config, job.tokens)
     with staged_dir(job.out, job.force, owner=owner(job)) as tmp:
         _import_aside("huggingface_hub.repocard")  # the model card's library (~0.3 s), loaded while tensors copy
         writers = open_writers(prepared.planned(), tmp, progress.note)
@@ -118,7 +122,9 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
             reports = dict(zip(artifacts, found))
             for report in reports.values():
                 gate(report, job.out, progress)
-        parity = {fmt: r.card_summary() for fmt, r in reports.items()} or None
+        engines = _prove_in_engines(job, prepared, tmp, progress)
+        parity = {**{fmt: r.card_summary() for fmt, r in reports.items()},
+                  **{name: r.card_summary() for name, r in engines.items()}} or None
         fields = dict(job.card or {})
         fields.setdefault("base_model", hub_id_from_path(ckpt.path))  # a base in huggingface_hub's cache names itself
         base_name, base_ref = base_names(ckpt.path)  # a Hub snapshot: the repo's name; its id at its commit
@@ -131,7 +137,30 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
             body["base"]["hub"] = job.hub.to_json()
         write_manifest(tmp, body, known_sha256)
     first = next(iter(reports.values()), None)
-    return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()))
+    return ExtendResult(job.out, plan, tuple(sorted(files)), first, tuple(reports.values()),
+                        engines=tuple(engines.values()))
+
+
+def _prove_in_engines(job: ExtendJob, prepared: Prepared, staged: Path, progress: Progress) -> dict[str, Any]:
+    """--verify-in: the staged checkpoint folder proven in each engine after the own runtimes' parity; a failure
+    publishes nothing (ParityError, exit 1). The reports by engine name, for the manifest's parity section."""
+    found: dict[str, Any] = {}
+    if "vllm" in job.verify_in:
+        from ropeconv.parity import vllm
+
+        ckpt = prepared.checkpoint
+        # the reference: the base's weights under the plan; merged LoRA: the output's own (byte copies, merged)
+        base, notes = (staged, ("reference built from this output's own weights (LoRA merged) under the plan",)) \
+            if ckpt.lora else (ckpt.path, ())
+        report = vllm.prove_folder(staged, prepared.plan, base, vocab_size(ckpt.config), tokens=job.tokens,
+                                   notes=notes, progress=progress.note)
+        progress.note(report.format())
+        if not report.passed:
+            raise ParityError(f"parity failed in {report.failed_in()} (max |Δ log-probability| "
+                              f"{report.max_abs_logprob:.3g}, tolerance {vllm.MAX_ABS_LOGPROB:g}, top-1 "
+                              f"{report.top1:.1%}); nothing written to {job.out}")
+        found[vllm.NAME] = report
+    return found
 
 
 def _import_aside(module: str) -> None:

@@ -24,6 +24,10 @@ from ropeconv.sizes import DEFAULT_MAX_SHARD_BYTES
 FORMATS = tuple(REGISTRY)  # the matrix's columns
 
 
+# the engines `extend --verify-in` proves the checkpoint output in after the own runtimes (verify's --runtime names)
+VERIFY_ENGINES = ("vllm",)
+
+
 @dataclass(frozen=True)
 class ExtendJob:
     base: Path
@@ -52,6 +56,7 @@ class ExtendJob:
     tolerance: Tolerance = field(default_factory=Tolerance)
     full_length: bool | None = None  # a probe from position 0 to the target (None: so on a GPU, up to 32k)
     max_memory: str | None = None  # --max-memory caps for the transformers reference and candidate
+    verify_in: tuple[str, ...] = ()  # engines the checkpoint output is also proven in before publishing (vllm)
 
     def options_for(self, fmt: str) -> Any:
         """The format's options group as the job sets it (its defaults when the job sets none)."""
@@ -70,6 +75,7 @@ class ExtendResult:
     parity: ParityReport | None
     reports: tuple[ParityReport, ...] = ()
     pushed: Any = None  # hub.push.Pushed, when the job pushed the output
+    engines: tuple[Any, ...] = ()  # the --verify-in engines' reports (parity.vllm.VllmReport), after the own ones
 
 
 def formats_for(base: Path) -> tuple[str, ...]:

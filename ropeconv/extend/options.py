@@ -20,8 +20,8 @@ from typing import Any
 from ropeconv import methods
 from ropeconv.device.placement import parse_max_memory
 from ropeconv.errors import InputError
-from ropeconv.extend.job import ExtendJob, parse_formats
-from ropeconv.formats import FORMATS, is_gguf
+from ropeconv.extend.job import VERIFY_ENGINES, ExtendJob, parse_formats
+from ropeconv.formats import FORMATS, checkpoint_format, is_gguf
 from ropeconv.hub.base import HubRef, fetch, hub_ref
 from ropeconv.methods.base import ExtendRequest
 from ropeconv.optionfields import OptionSpec, build, fields_of, given, option, spec_of
@@ -101,6 +101,11 @@ class ParityOptions:
     max_memory: str | None = option("caps for the transformers models, e.g. cuda:0=20GiB,cpu=12GiB (cuda:N, cuda, "
                                     "cpu, disk); layers go over every GPU, then the CPU, then disk beside the output "
                                     "(default: what the machine has)", flags=("--max-memory",), recipe=False)
+    verify_in: tuple[str, ...] = option("after the own runtimes' parity, also prove the safetensors output in this "
+                                        "engine before publishing (repeatable; the names verify's --runtime takes): "
+                                        "vllm = vLLM's offline engine (float32, CPU), from .venv-vllm (`make vllm`) "
+                                        "or $ROPECONV_VLLM_PYTHON", (), flags=("--verify-in",),
+                                        click={"multiple": True, "choices": VERIFY_ENGINES}, schema="list")
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ def build_job(base: Path | HubRef, method: str, *, factor: float | None = None, 
         raise InputError(f"{called('parity', 'max_abs_logit')} must be a positive number, got {parity.max_abs_logit}")
     chosen = parse_formats(output.formats, base)
     format_options = _format_options(base, chosen, format_values, name)
+    _check_verify_in(parity, chosen, called("parity", "verify_in"), called("parity", "verify"))
     if (lora.trained_with or lora.force_method) and not lora.paths:
         raise InputError("--lora-trained-with and --force-method apply with --lora")
     request = ExtendRequest(factor=factor, target_ctx=target_ctx, original_ctx=base_opts.original_ctx,
@@ -217,7 +223,26 @@ def build_job(base: Path | HubRef, method: str, *, factor: float | None = None, 
         tolerance=Tolerance(max_abs_logit=parity.max_abs_logit),
         full_length=parity.full_length,
         max_memory=parity.max_memory,
+        verify_in=tuple(dict.fromkeys(parity.verify_in)),
     )
+
+
+def _check_verify_in(parity: ParityOptions, chosen: tuple[str, ...], flag: str, verify_flag: str) -> None:
+    """--verify-in ENGINE: a known engine, with the proof on, and the output the engine loads among the formats."""
+    unknown = [e for e in parity.verify_in if e not in VERIFY_ENGINES]
+    if unknown:
+        raise InputError(f"{flag} {unknown[0]!r}: the engines an output is proven in before publishing are "
+                         f"{', '.join(VERIFY_ENGINES)}")
+    if not parity.verify_in:
+        return
+    if not parity.verify:
+        shown = "--no-verify" if verify_flag.startswith("--") else f"{verify_flag}: false"
+        raise InputError(f"{flag} {parity.verify_in[0]} proves the output before publishing; {shown} turns the "
+                         "proof off: give one")
+    checkpoint = checkpoint_format().name
+    if checkpoint not in chosen:
+        raise InputError(f"{flag} {parity.verify_in[0]}: the engine loads the {checkpoint} output, which is not "
+                         f"among the outputs ({', '.join(chosen)}); add it to the outputs")
 
 
 def _format_options(base: Path, chosen: tuple[str, ...], format_values: Mapping[str, Mapping[str, Any]],

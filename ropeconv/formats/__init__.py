@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ropeconv.formats import gguf, mlx, onnx, safetensors
-from ropeconv.formats.base import EvalSpec, Format, Planning, Ref, Writer
+from ropeconv.formats import gguf, mlx, onnx, openvino, safetensors
+from ropeconv.formats.base import EvalSpec, Format, Planning, Ref, Serve, Writer
 
 __all__ = ["FORMATS", "EvalSpec", "Format", "Planning", "Ref", "Writer", "artifact_format", "checkpoint_format", "format_of",
-           "is_gguf", "register", "unregister"]
+           "is_gguf", "register", "Serve", "unregister"]
 
 FORMATS: dict[str, Format] = {}
 
@@ -37,7 +37,7 @@ def unregister(name: str) -> None:
     FORMATS.pop(name, None)
 
 
-for _module in (safetensors, gguf, onnx, mlx):  # the capability matrix's column order
+for _module in (safetensors, gguf, onnx, mlx, openvino):  # the capability matrix's column order
     register(_module.FORMAT)
 
 

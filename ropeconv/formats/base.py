@@ -92,6 +92,17 @@ def _none(*_args: Any, **_kwargs: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Serve:
+    """How the model card tells a user to run an artifact in one engine (its "Long context" section): the command
+    exactly as proven, at the plan's target context. A format's `serve` hook returns it."""
+
+    engine: str  # the engine as the card names it: "llama.cpp", "vLLM", "transformers"
+    command: str  # what to run, one or more lines, naming the artifact under the output folder given
+    language: str = "shell"  # the code block's language: shell or python
+    note: str = ""  # one or two sentences under it: what the rope needs at run time (normally nothing)
+
+
+@dataclass(frozen=True)
 class Format:
     name: str  # --to, the manifest's and the parity report's key, the capability matrix's column
     suffix: str | None  # the artifact is one file with this suffix; None: a folder (config.json beside it)
@@ -135,6 +146,12 @@ class Format:
     verify_file: Callable[..., Any] | None = None
     # card_declaration(manifest record, PositionPlan) -> the model card's line on how the file declares the plan
     card_declaration: Callable[[dict[str, Any], PositionPlan], str | None] = _none
+    # serve(output folder as the card names it, manifest record, PositionPlan, runtime) -> Serve | None: the command
+    # that runs the artifact at the plan's target context in `runtime` — the format's own (Format.runtime), or, for the
+    # checkpoint format, another engine whose proof of the folder the manifest records under the engine's name
+    # (parity["vllm"], by `extend --verify-in vllm`). The card shows it only when that parity passed, with the record's
+    # figures; None (the default): no command for that runtime
+    serve: Callable[[str, Mapping[str, Any], PositionPlan, str], Serve | None] = _none
     # how `ropeconv eval` finds and runs the artifact; None: eval does not take this format
     eval: EvalSpec | None = None
     # the format's own options: a frozen dataclass of optionfields.option fields (GGUF's outtype and imatrix, ONNX's

@@ -5,11 +5,12 @@ Writer: export.safetensors_output; inspect view: cli.inspect's checkpoint view."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ropeconv.formats.base import EvalSpec, Format, Planning, Ref
+from ropeconv.formats.base import EvalSpec, Format, Planning, Ref, Serve
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,27 @@ WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 
 
 def eval_artifact(folder: Path) -> Path | None:
-    """A folder transformers loads: config.json beside weights."""
+    """A folder transformers loads: config.json beside weights, unless another format's record claims the folder (an
+    mlx or OpenVINO folder holds config.json and weights too, in its own engine's layout)."""
+    from ropeconv.formats import FORMATS
+
+    if any(f.claims(Path(folder)) for f in FORMATS.values() if f.name != FORMAT.name):
+        return None
     has_weights = any(p for g in WEIGHT_GLOBS for p in folder.glob(g))
     return folder if (folder / "config.json").is_file() and has_weights else None
+
+
+# the other engines that prove a safetensors folder (`ropeconv verify OUT --runtime …`), by runtime name: their card
+# command, (output folder, PositionPlan) -> Serve
+OTHER_ENGINES = {"vllm": Ref("ropeconv.parity.vllm_card:serve"), "mlx-lm": Ref("ropeconv.verify_mlx:serve")}
+
+
+def serve(out: str, rec: Mapping[str, Any], plan, runtime: str) -> Serve | None:
+    """transformers loading the folder (its own runtime), or another engine that proved it."""
+    if runtime == FORMAT.runtime:
+        return Ref("ropeconv.export.safetensors_output:serve")(out, rec, plan)
+    other = OTHER_ENGINES.get(runtime)
+    return other(out, plan) if other is not None else None
 
 
 FORMAT = Format(
@@ -45,7 +64,7 @@ FORMAT = Format(
     proof="transformers reloading this directory",
     plan=plan, writer=Ref("ropeconv.export.safetensors_output:writer"), home=home, record=record,
     runtime_module="ropeconv.parity.runtimes.hf", inspect=Ref("ropeconv.cli.inspect:_inspect_checkpoint"),
-    card_declaration=Ref("ropeconv.export.safetensors_output:card_declaration"),
+    card_declaration=Ref("ropeconv.export.safetensors_output:card_declaration"), serve=serve,
     recorded=Ref("ropeconv.export.safetensors_output:recorded"),
     matrix_note=Ref("ropeconv.export.safetensors_capability:matrix_note"),
     family_refusal=Ref("ropeconv.export.safetensors_capability:family_refusal"),

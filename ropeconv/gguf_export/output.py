@@ -5,12 +5,13 @@ quantizes to llama.cpp's own quantizer (the float conversion is staged beside th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ropeconv.export.card import _fmt
-from ropeconv.formats.base import Note, Planning, Twin
+from ropeconv.formats.base import Note, Planning, Serve, Twin
 from ropeconv.gguf_export.plan import GgufPlan, gguf_file_name, plan_gguf
 
 
@@ -107,3 +108,17 @@ def card_declaration(rec: dict[str, Any], _plan) -> str:
     keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in rec["declaration"].items())
     carriers = f"; carrier tensors {', '.join(rec['carriers'])}" if rec["carriers"] else ""
     return f"llama.cpp (`{rec['file']}`, {rec['outtype']}): {keys}{carriers}."
+
+
+def serve(out: str, rec: Mapping[str, Any], plan, runtime: str) -> Serve | None:
+    """llama.cpp's server on the file: its rope keys carry the plan, so only the context is given."""
+    from ropeconv.formats.gguf import FORMAT
+
+    if runtime != FORMAT.runtime:
+        return None
+    arch = rec.get("architecture")
+    carriers = f" and its `{', '.join(rec['carriers'])}` tensor" if rec.get("carriers") else ""
+    return Serve("llama.cpp", f"llama-server -m {out}/{rec['file']} -c {plan.target_ctx}", "shell",
+                 f"The rope comes from the file's own `{arch}.rope.*` metadata{carriers}: no `--rope-scaling`, "
+                 "`--rope-scale`, `--rope-freq-base` or `--yarn-*` flag is needed (one given would override the file). "
+                 f"`llama-cli` takes the same `-m` and `-c {plan.target_ctx}`.")

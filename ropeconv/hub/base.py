@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -159,6 +160,16 @@ def fetch(ref: HubRef, *, allow_pickle: bool = False) -> tuple[Path, HubBase]:
     snapshot = cache_snapshot(path)
     commit = snapshot.commit if snapshot is not None else revision
     return path, HubBase(ref.repo_id, revision, commit, ref.filename)
+
+
+def quiet_downloads() -> None:
+    """-q: huggingface_hub's download bars off, by its own switch (HF_HUB_DISABLE_PROGRESS_BARS, read when it is
+    imported; and its function, when it already is)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def first_files() -> tuple[str, ...]:

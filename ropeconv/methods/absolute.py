@@ -20,6 +20,7 @@ CELLS = {
     "gguf": Cell(Support.EXACT, "resampled position_embd + context_length (gpt2; llama.cpp has no OPT)"),
     "onnx": Cell(Support.EXACT, "resampled table as the position initializer"),
     "mlx": Cell(Support.REFUSED, "not proven in mlx-lm by ropeconv: mlx-lm has no OPT model, and its GPT-2 is untested; use --to safetensors, gguf or onnx"),
+    "openvino": Cell(Support.REFUSED, "not proven in OpenVINO by ropeconv (GPT-2/OPT with a resampled position table); use --to safetensors, gguf or onnx"),
 }
 
 

@@ -26,6 +26,7 @@ CELLS = {
                  "--method none for the unscaled model"),
     "onnx": Cell(Support.CARRIER, "float32 slope constants in the graph; --dynamic's length rule computed per call"),
     "mlx": Cell(Support.REFUSED, "mlx-lm has no BLOOM or MPT model and no ALiBi position scale; use --to onnx or safetensors"),
+    "openvino": Cell(Support.REFUSED, "not proven in OpenVINO: the scaled slopes travel in ropeconv_alibi_scaling, which only ropeconv's transformers patch reads, and optimum-intel traces the unpatched model; use --to onnx or safetensors"),
 }
 
 

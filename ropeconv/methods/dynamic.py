@@ -31,6 +31,7 @@ CELLS = {
     "onnx": Cell(Support.EXACT, "the base computed in the graph (float64) from max(position_ids) + 1 at every call, "
                  "as transformers does; --bake-at N gives a constant"),
     "mlx": Cell(Support.EXACT, "rope_scaling type dynamic: mlx-lm's DynamicNTKScalingRoPE computes the base per call from the cache offset + length, as transformers does"),
+    "openvino": Cell(Support.REFUSED, "optimum-intel traces the model at a short dummy length: transformers' dynamic update never runs and the IR holds the unscaled frequencies (13.3 in log-probability past the original context); use --method ntk or yarn for a static equivalent"),
 }
 
 

@@ -36,6 +36,7 @@ CELLS = {
     "gguf": Cell(Support.CARRIER, "rope_freqs tensor + attn_factor; llama only"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq and attention-factor constants in the graph"),
     "mlx": Cell(Support.REFUSED, "a longrope carrier: mlx-lm's SuScaledRoPE ignores attention_factor and computes its own scale; use --to safetensors, gguf or onnx"),
+    "openvino": Cell(Support.CARRIER, "a longrope carrier (short = long factors) traced by optimum-intel: float32 inv_freq and attention-factor constants in the IR"),
 }
 
 

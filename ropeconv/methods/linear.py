@@ -16,6 +16,7 @@ CELLS = {
     "gguf": Cell(Support.EXACT, "rope.scaling.type linear + factor"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq constant in the graph"),
     "mlx": Cell(Support.EXACT, "rope_scaling type linear: nn.RoPE at scale 1/factor"),
+    "openvino": Cell(Support.CARRIER, "rope_type linear traced by optimum-intel's exporter: float32 inv_freq constants in the IR"),
 }
 
 

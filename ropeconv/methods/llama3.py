@@ -35,6 +35,7 @@ CELLS = {
     "gguf": Cell(Support.EXACT, "rope_freqs tensor (as llama.cpp's converter writes it); llama only"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq constant in the graph"),
     "mlx": Cell(Support.EXACT, "rope_scaling type llama3: Llama3RoPE"),
+    "openvino": Cell(Support.CARRIER, "rope_type llama3 traced by optimum-intel's exporter: float32 inv_freq constants in the IR"),
 }
 
 

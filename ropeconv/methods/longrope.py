@@ -45,6 +45,7 @@ CELLS = {
     "onnx": Cell(Support.EXACT, "short and long inv_freq constants, chosen in the graph per call by "
                  "max(position_ids) + 1 > original (transformers' rule); attention-factor constant"),
     "mlx": Cell(Support.REFUSED, "mlx-lm's SuScaledRoPE builds the long factors only (wrong below the original length, where transformers uses the short ones) and ignores attention_factor; use --to safetensors, gguf or onnx"),
+    "openvino": Cell(Support.EXACT, "short and long factors in the IR, switched in the graph by optimum-intel's LongRoPE patch when the last position + 1 exceeds the original length (as transformers), attention factor honoured"),
 }
 
 

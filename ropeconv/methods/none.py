@@ -21,6 +21,7 @@ CELLS = {
     "gguf": Cell(Support.EXACT, "the base's own keys (every converted architecture, BLOOM and MPT included)"),
     "onnx": Cell(Support.EXACT, "the base's own math in the graph"),
     "mlx": Cell(Support.EXACT, "the base's own rope_theta, unscaled"),
+    "openvino": Cell(Support.EXACT, "the base's own rope, traced by optimum-intel into the IR"),
 }
 
 

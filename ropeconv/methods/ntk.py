@@ -18,6 +18,7 @@ CELLS = {
     "gguf": Cell(Support.EXACT, "rope.freq_base changed"),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq constant at the new base in the graph"),
     "mlx": Cell(Support.EXACT, "rope_theta changed, read from the top level"),
+    "openvino": Cell(Support.CARRIER, "the new rope_theta traced by optimum-intel's exporter: float32 inv_freq constants in the IR"),
 }
 
 

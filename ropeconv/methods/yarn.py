@@ -46,6 +46,7 @@ CELLS = {
     ),
     "onnx": Cell(Support.CARRIER, "float32 inv_freq and attention-factor constants in the graph"),
     "mlx": Cell(Support.EXACT, "rope_scaling type yarn: YarnRoPE reads factor, original length, betas and mscale; a non-default attention factor or truncate off is refused, as mlx-lm reads neither"),
+    "openvino": Cell(Support.CARRIER, "rope_type yarn traced by optimum-intel's exporter: float32 inv_freq and attention-factor constants in the IR (a non-default attention factor included)"),
 }
 
 BETA_FAST = 32.0

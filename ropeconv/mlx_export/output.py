@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ropeconv import jsontext
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.export import tokenizer_files
 from ropeconv.export.hf_config import extended_config
-from ropeconv.formats.base import Note, Planning, Twin
+from ropeconv.formats.base import Note, Planning, Serve, Twin
 from ropeconv.formats.mlx import DIR, MARKER
 from ropeconv.formats.safetensors import SafetensorsPlan
 from ropeconv.mlx_export.capability import family_reason, scaling_reason
@@ -266,6 +267,23 @@ def card_declaration(rec: dict[str, Any], _plan) -> str:
     quant = f", {rec['bits']}-bit groups of {rec.get('group_size')}" if rec.get("bits") else ""
     return (f"mlx-lm (`{rec.get('folder', DIR)}/config.json`, converted by mlx-lm {rec.get('mlx_lm')}, "
             f"{rec.get('dtype')}{quant}): `rope_scaling` = {keys}, read by mlx-lm's initialize_rope.")
+
+
+def serve(out: str, rec: Mapping[str, Any], plan, runtime: str) -> Serve | None:
+    """mlx-lm's generate on the folder: its config.json's rope_scaling carries the plan."""
+    from ropeconv.formats.mlx import FORMAT
+
+    if runtime != FORMAT.runtime:
+        return None
+    return mlx_serve(f"{out}/{rec.get('folder', DIR)}", plan)
+
+
+def mlx_serve(folder: str, plan) -> Serve:
+    """mlx-lm on a folder it loads (an mlx folder, or a transformers folder it converts on load)."""
+    return Serve("mlx-lm", f'mlx_lm.generate --model {folder} --prompt "$(cat long.txt)" --max-tokens 256',
+                 "shell", f"mlx-lm reads the scaling from `{folder}/config.json`'s `rope_scaling`: no flag is needed and "
+                 f"mlx-lm takes no context length (prompts of up to {plan.target_ctx} tokens). `mlx_lm.server --model "
+                 f"{folder}` serves it the same way.")
 
 
 def inspect(path: Path, as_json: bool) -> int:

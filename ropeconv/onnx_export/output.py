@@ -7,11 +7,12 @@ over the graph and writes genai_config.json."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ropeconv import jsontext
-from ropeconv.formats.base import Note, Planning, Twin
+from ropeconv.formats.base import Note, Planning, Serve, Twin
 from ropeconv.formats.onnx import DIR, MODEL_FILE
 from ropeconv.onnx_export import OPSET
 from ropeconv.onnx_export.metadata import read_plan
@@ -95,3 +96,20 @@ def card_declaration(rec: dict[str, Any], _plan) -> str:
     attention = f", attention by {rec['attention']}" if rec.get("attention") else ""
     return (f"onnxruntime (`{rec['file']}`, --dtype {rec['dtype']}, opset {rec['opset']}{attention}): the "
             f"position math is baked into the graph — {rec['position_math']}.")
+
+
+def serve(out: str, rec: Mapping[str, Any], plan, runtime: str) -> Serve | None:
+    """onnxruntime running the decoder as parity ran it: an InferenceSession fed optimum's input names."""
+    from ropeconv.formats.onnx import FORMAT
+
+    if runtime != FORMAT.runtime:
+        return None
+    command = "\n".join([
+        "import onnxruntime as ort", "",
+        f'session = ort.InferenceSession("{out}/{rec["file"]}")',
+        "# inputs: input_ids, attention_mask, position_ids, past_key_values.{i}.key/value (empty on the first call);",
+        "# outputs: logits, present.{i}.key/value, fed back as the next call's past",
+    ])
+    return Serve("onnxruntime", command, "python",
+                 "The position math is in the graph: nothing to configure; positions up to "
+                 f"{plan.target_ctx - 1} (a context of {plan.target_ctx}).")

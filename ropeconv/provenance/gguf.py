@@ -11,7 +11,7 @@ from ropeconv.errors import DamagedPlan, InputError
 from ropeconv.gguf_io.reader import GgufFile, read_gguf
 from ropeconv.gguf_io.types import GGUFValueType
 from ropeconv.positions import PositionPlan, plan_from_json
-from ropeconv.provenance import BASE_KEY, PLAN_KEY
+from ropeconv.provenance import BASE_KEY, HUB_KEY, PLAN_KEY
 
 MAX_PLAN_BYTES = 1 << 20  # a plan is a few kilobytes (LongRoPE: two factor lists)
 MAX_PATH_BYTES = 4096 + 8  # Linux's PATH_MAX, and the string's length prefix
@@ -36,6 +36,21 @@ def recorded_plan_json(src: GgufFile) -> dict[str, Any] | None:
     if not isinstance(plan, dict):
         raise DamagedPlan(f"{src.path}: {PLAN_KEY} is damaged (a {type(plan).__name__}, not a plan)")
     return plan
+
+
+def recorded_hub(src: GgufFile) -> dict[str, str] | None:
+    """The Hub base a GGUF extended from a Hub id records (repo_id, revision, commit, file); None when absent or
+    unreadable (it is shown by inspect, never needed to verify: the base path beside it is the snapshot's)."""
+    field = src.field(HUB_KEY)
+    if field is None or field.value_type != GGUFValueType.STRING or field.value_bytes > MAX_PATH_BYTES:
+        return None
+    try:
+        record = jsontext.loads(field.value, HUB_KEY)
+    except InputError:
+        return None
+    if not isinstance(record, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in record.items()):
+        return None
+    return record
 
 
 def recorded_plan(src: GgufFile) -> PositionPlan:

@@ -201,7 +201,7 @@ def job_for(loaded: Loaded, force: bool = False, fetch: bool = True):
                        "force": force, "max_shard_size": r.max_shard_size, "name": r.name, "push": r.push,
                        "private": r.private},
             "parity": {"verify": r.parity.verify, "max_abs_logit": r.parity.max_abs_logit, "tokens": r.parity.tokens,
-                       "device": r.parity.device},
+                       "device": r.parity.device, "verify_in": tuple(r.parity.verify_in)},
             "card": card,
         },
         format_values=format_values,

@@ -61,7 +61,8 @@ def recipe_of(job) -> dict[str, Any]:
         if not job.private:
             data["private"] = False
     data["parity"] = {"verify": job.verify, "max_abs_logit": job.tolerance.max_abs_logit,
-                      "device": job.device or "auto", **({"tokens": job.tokens} if job.tokens else {})}
+                      "device": job.device or "auto", **({"tokens": job.tokens} if job.tokens else {}),
+                      **({"verify_in": list(job.verify_in)} if job.verify_in else {})}
     return data
 
 

@@ -181,6 +181,35 @@ def test_damaged_plan_inspect_shows_it_verify_refuses(capsys, tiny_yarn_gguf, tm
     assert json.loads(capsys.readouterr().out)["ropeconv_plan"] == "recorded"
 
 
+HUBS = {"not-json": "\x00\xff", "list": "[1]", "numbers": '{"repo_id": 1}', "deep": deep(10_000),
+        "long": '{"repo_id": "' + "o/" * 5000 + '"}'}
+
+
+@pytest.mark.parametrize("damage", list(HUBS))
+def test_damaged_hub_record_is_not_shown(capsys, tiny_yarn_gguf, tmp_path, damage):
+    """ropeconv.base_hub (the Hub base of a GGUF extended from a Hub id) is shown by inspect when it reads as a
+    record of strings, and left out otherwise: inspect still describes the file (exit 0), nothing raises."""
+    from gguf import GGUFValueType
+
+    from ropeconv.gguf_io import read_gguf, rewrite_gguf
+
+    src = read_gguf(tiny_yarn_gguf)
+    good = tmp_path / "good.gguf"
+    rewrite_gguf(src, good, set_fields={"ropeconv.base_hub": (GGUFValueType.STRING, json.dumps(
+        {"repo_id": "o/n", "revision": "main", "commit": "c" * 40}))})
+    bad = tmp_path / "bad.gguf"
+    rewrite_gguf(src, bad, set_fields={"ropeconv.base_hub": (GGUFValueType.STRING, HUBS[damage])})
+    capsys.readouterr()
+    assert run_cli("inspect", good, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["base_hub"] == {"repo_id": "o/n", "revision": "main",
+                                                               "commit": "c" * 40}
+    assert run_cli("inspect", bad) == 0
+    shown = capsys.readouterr()
+    assert "base (Hub)" not in shown.out and shown.err == "" and "ropeconv         yarn" in shown.out, shown.out
+    assert run_cli("inspect", bad, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["base_hub"] is None
+
+
 GGUF_SEED, GGUF_CASES = 1414, 300
 
 

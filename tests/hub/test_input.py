@@ -16,7 +16,10 @@ import pytest
 from huggingface_hub import constants, errors
 from huggingface_hub.utils import filter_repo_objects
 
+from ropeconv.gguf_io.reader import read_gguf
 from ropeconv.hub.base import HubRef, first_files, parse_ref, refusal, weight_files
+from ropeconv.provenance import HUB_KEY
+from ropeconv.provenance.gguf import recorded_hub
 from tests.conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
 
 COMMIT = "a" * 40
@@ -204,7 +207,18 @@ def test_a_gguf_in_a_repo(hub, model, tmp_path, capsys):
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
     assert run_cli("extend", "org/tiny-gguf:tiny-F16.gguf", *EXTEND, "-o", a) == 0, capsys.readouterr().err
     assert run_cli("extend", snapshot / "tiny-F16.gguf", *EXTEND, "-o", b) == 0, capsys.readouterr().err
-    assert a.read_bytes() == b.read_bytes()
+    capsys.readouterr()
+    # one file has no manifest: the Hub base is recorded in the file, and is all that differs from the local run
+    ra, rb = read_gguf(a), read_gguf(b)
+    assert recorded_hub(ra) == {"repo_id": "org/tiny-gguf", "revision": "main", "commit": COMMIT,
+                                "file": "tiny-F16.gguf"}
+    assert recorded_hub(rb) is None
+    assert {f.key: f.value for f in ra.fields if f.key != HUB_KEY} == {f.key: f.value for f in rb.fields}
+    da, db = a.read_bytes(), b.read_bytes()
+    assert [(t.name, da[t.offset:t.offset + t.nbytes]) for t in ra.tensors] == \
+        [(t.name, db[t.offset:t.offset + t.nbytes]) for t in rb.tensors]
+    assert run_cli("inspect", a) == 0
+    assert f"base (Hub)       org/tiny-gguf@main:tiny-F16.gguf, commit {COMMIT}" in capsys.readouterr().out
 
 
 def test_a_recipe_names_a_hub_id(hub, sharded, tmp_path, capsys):
@@ -322,3 +336,19 @@ def test_extend_help_and_recipe_check_load_no_huggingface_hub(tmp_path):
             "assert 'huggingface_hub' not in sys.modules, 'huggingface_hub imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_turns_the_download_bars_off(hub, model, tmp_path, quiet):
+    """-q silences huggingface_hub's own bars (HF_HUB_DISABLE_PROGRESS_BARS, and its switch once imported); without
+    -q they stay as huggingface_hub has them. Run in a fresh interpreter: the switch is the process's."""
+    hub.add_folder("org/tiny", model, COMMIT)
+    args = ["extend", "org/tiny", *EXTEND[:-1], "-o", str(tmp_path / "out")] + (["-q"] if quiet else [])
+    code = ("import os, sys\nfrom ropeconv.cli.main import main\n"
+            f"assert main({args!r}) == 0\n"
+            "from huggingface_hub.utils import are_progress_bars_disabled\n"
+            "print(are_progress_bars_disabled(), os.environ.get('HF_HUB_DISABLE_PROGRESS_BARS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].split() == (["True", "1"] if quiet else ["False", "None"])

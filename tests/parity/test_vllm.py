@@ -5,7 +5,8 @@ that run it skip without it when run by hand, and fail under `make test` (ROPECO
 loads costs 20–60 s on 2 cores, so the proving cells run in one start of the environment (verify_in_vllm takes
 several outputs); the refusals run nothing. vLLM's CPU attention takes head_dim ≥ 32 (16, the tiny default, is
 refused), hence the wider tiny models here. ROPECONV_ALL_CELLS=1 adds the ntk and none cells to the llama batch,
-and a yarn output whose attention factor is dropped (it must fail).
+and every vLLM cell of mistral, qwen3, phi3 and gemma, each also stripped and yarn's attention factor dropped (they
+must fail), one vLLM process per family.
 """
 
 from __future__ import annotations
@@ -50,12 +51,25 @@ def extend(base: Path, out: Path, method: str, *extra) -> Path:
     return out
 
 
-def strip_scaling(out: Path, to: Path) -> Path:
-    """A copy of an output whose config.json no longer declares its rope scaling (the base's rope, unscaled)."""
+def strip_scaling(out: Path, to: Path, theta: float | None = None) -> Path:
+    """A copy of an output whose config.json no longer declares its rope scaling (the base's rope, unscaled; theta:
+    the base's rope_theta, which ntk's output replaces)."""
     shutil.copytree(out, to)
     config = read_json(to / "config.json")
     config.pop("rope_scaling", None)
-    config["rope_parameters"] = {"rope_type": "default", "rope_theta": config.get("rope_theta", 10000.0)}
+    theta = theta if theta is not None else config.get("rope_theta", 10000.0)
+    config["rope_theta"] = theta
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    (to / "config.json").write_text(json.dumps(config))
+    return to
+
+
+def drop_attention_factor(out: Path, to: Path) -> Path:
+    """A copy of a yarn output with attention_factor 1.0 written into its config (the temperature dropped)."""
+    shutil.copytree(out, to)
+    config = read_json(to / "config.json")
+    for key in ("rope_scaling", "rope_parameters"):
+        config[key]["attention_factor"] = 1.0
     (to / "config.json").write_text(json.dumps(config))
     return to
 
@@ -78,19 +92,39 @@ def gpt2_absolute(tmp_path_factory) -> Path:
     return extend(make_tiny(root, "gpt2", name="tiny-gpt2-hd32", n_embd=128, n_head=4), root / "out", "absolute")
 
 
-def test_each_claimed_cell_matches_transformers_in_vllm(llama_outputs, gpt2_absolute, in_vllm):
-    """The llama cells (yarn, linear, llama3) and gpt2's resampled table in one start of vLLM: within the tolerance
-    past the original context, every top-1 token the same, and what vLLM applied is the method's own rotary class
-    and factor. (qwen2 runs by itself, through the CLI, below: loaded after llama models in one vLLM 0.32 process
-    its engine stalled, twice, on this machine.)"""
-    cells = {**llama_outputs, "absolute": gpt2_absolute}
+@pytest.fixture(scope="module")
+def family_outputs(tmp_path_factory) -> dict[str, Path]:
+    """The default run's cells of more families: the first vLLM method of each of DEFAULT_FAMILIES, and the last of
+    them also with its scaling stripped (it must fail)."""
+    root = tmp_path_factory.mktemp("vllm-families")
+    outs: dict[str, Path] = {}
+    for family in DEFAULT_FAMILIES:
+        base = make_tiny(root, family, name=f"tiny-{family}-hd32", **HD32)
+        method = family_methods(family)[0]
+        outs[f"{family} {method}"] = extend(base, root / f"{family}-{method}", method)
+    theta = read_json(base / "config.json").get("rope_theta", 10000.0)
+    outs[f"{family} {method} stripped"] = strip_scaling(outs[f"{family} {method}"], root / "stripped", theta)
+    return outs
+
+
+def test_each_claimed_cell_matches_transformers_in_vllm(llama_outputs, gpt2_absolute, family_outputs, in_vllm):
+    """The llama cells (yarn, linear, llama3), gpt2's resampled table, and one cell of each of DEFAULT_FAMILIES (qwen3,
+    gemma: yarn; gemma's also stripped, which must fail) in one start of vLLM: within the tolerance past the original
+    context, every top-1 token the same, and what vLLM applied is the method's own rotary class and factor. (qwen2 runs by itself, through extend --verify-in, below. A "stall" seen once with several models in
+    one process was the runner blocked writing vLLM's stdout logs into a full pipe; vllm._run drains it now.)"""
+    cells = {**llama_outputs, "absolute": gpt2_absolute, **family_outputs}
     reports = vllm.verify_in_vllm(list(cells.values()))
     expected = {"yarn": "YaRNScalingRotaryEmbedding", "linear": "LinearScalingRotaryEmbedding",
                 "llama3": "Llama3RotaryEmbedding", "ntk": "RotaryEmbedding", "none": "RotaryEmbedding",
                 "absolute": None}
     figures = {}
-    for method, report in zip(cells, reports):
-        figures[method] = report.max_abs_logprob
+    for name, report in zip(cells, reports):
+        figures[name] = report.max_abs_logprob
+        if name.endswith(" stripped"):  # another family's cell, its scaling removed: the check fails
+            assert not report.passed and report.max_abs_logprob > 100 * vllm.MAX_ABS_LOGPROB, report.format()
+            assert report.applied["class"] == "RotaryEmbedding"
+            continue
+        method = name.split()[-1]
         assert report.passed, report.format()
         # none: the target is the original context, so the probe stays within it
         assert [b.name for b in report.bands] == (["within"] if method == "none" else ["within", "beyond"])
@@ -107,12 +141,7 @@ def test_each_claimed_cell_matches_transformers_in_vllm(llama_outputs, gpt2_abso
 def test_a_dropped_yarn_attention_factor_fails_in_vllm(llama_outputs, in_vllm, tmp_path):
     """The yarn output with attention_factor 1.0 written into its config (the temperature dropped): vLLM applies
     it (mscale 1.0), and the check finds the difference."""
-    dropped = tmp_path / "af-dropped"
-    shutil.copytree(llama_outputs["yarn"], dropped)
-    config = read_json(dropped / "config.json")
-    for key in ("rope_scaling", "rope_parameters"):
-        config[key]["attention_factor"] = 1.0
-    (dropped / "config.json").write_text(json.dumps(config))
+    dropped = drop_attention_factor(llama_outputs["yarn"], tmp_path / "af-dropped")
     [report] = vllm.verify_in_vllm([dropped])
     assert report.applied["mscale"] == 1.0 and not report.passed, report.format()
     assert report.max_abs_logprob > 100 * vllm.MAX_ABS_LOGPROB and report.changed
@@ -133,16 +162,62 @@ def test_stripped_scaling_fails_in_vllm(llama_outputs, in_vllm, tmp_path):
     print("stripped yarn: max |Δ log p|", report["max_abs_logprob"], "top-1", report["top1"])
 
 
-def test_qwen2_yarn_passes_through_the_cli(tmp_path, in_vllm):
-    """A second RoPE family (qwen2: q/k/v biases), through the command line: exit 0 and the report names what vLLM
-    applied."""
+def test_extend_verify_in_vllm_proves_qwen2_before_publishing(tmp_path, in_vllm):
+    """A second RoPE family (qwen2: q/k/v biases) through `extend --verify-in vllm`: after the own runtimes' parity
+    the staged folder runs in vLLM, the report is shown, and the manifest's parity section records it."""
     base = make_tiny(tmp_path, "qwen2", name="tiny-qwen2-hd32", **HD32)
-    out = extend(base, tmp_path / "out", "yarn")
-    rc, stdout, err = run_cli_capture("verify", out, "--runtime", "vllm", "-q")
+    rc, stdout, err = run_cli_capture("extend", base, "--method", "yarn", "--factor", "4", "--device", "cpu",
+                                      "-o", tmp_path / "out", "--verify-in", "vllm")
     assert rc == 0, err
-    assert stdout.startswith("parity PASSED: vLLM on cpu") and "ran: vLLM " in stdout, stdout
-    assert "YaRNScalingRotaryEmbedding scaling_factor=4" in stdout, stdout
-    print(stdout)
+    assert "parity PASSED: vLLM on cpu" in err and "YaRNScalingRotaryEmbedding scaling_factor=4" in err, err
+    parity = read_json(tmp_path / "out" / "manifest.json")["parity"]
+    assert parity["vllm"]["passed"] is True and parity["vllm"]["ran"][0].startswith("vLLM 0.32"), parity
+    assert parity["safetensors"]["passed"] is True
+    print([line for line in err.splitlines() if "beyond" in line or "applied" in line])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# more families: every method vLLM is claimed for and the family's safetensors column holds, past the original
+# context, each also failing with its scaling stripped (yarn: and with its attention factor dropped). One vLLM process
+# per family (a family's models share one start of the environment). The default run proves one method per family of
+# DEFAULT_FAMILIES, and that method stripped; ROPECONV_ALL_CELLS=1 runs every family and method.
+
+VLLM_FAMILIES = ("mistral", "qwen3", "phi3", "gemma")
+DEFAULT_FAMILIES = ("qwen3", "gemma")
+PROVEN = ("yarn", "linear", "llama3", "ntk")  # the RoPE methods CELLS claims, past the original context
+
+
+def family_methods(family: str) -> list[str]:
+    from ropeconv import capabilities
+
+    return [m for m in PROVEN if vllm.cell_for(m).support is Support.EXACT
+            and capabilities.family_cell(family, m, "safetensors").support is not Support.REFUSED]
+
+
+@pytest.mark.parametrize("family", VLLM_FAMILIES)
+def test_family_cells_match_transformers_and_fail_when_broken(family, tmp_path, in_vllm):
+    """Every vLLM cell of the family, each stripped, yarn's attention factor dropped (the default run proves one
+    cell of each of DEFAULT_FAMILIES in the batch above)."""
+    if not ALL_CELLS:
+        pytest.skip(f"ROPECONV_ALL_CELLS=1 runs every {family} cell (one more vLLM start)")
+    chosen = family_methods(family)
+    assert chosen, f"{family}: no vLLM cell claimed"
+    base = make_tiny(tmp_path, family, name=f"tiny-{family}-hd32", **HD32)
+    theta = read_json(base / "config.json").get("rope_theta", 10000.0)
+    good = {m: extend(base, tmp_path / m, m) for m in chosen}
+    bad = {f"{m} stripped": strip_scaling(good[m], tmp_path / f"{m}-stripped", theta) for m in chosen}
+    if "yarn" in good:
+        bad["yarn attention factor dropped"] = drop_attention_factor(good["yarn"], tmp_path / "yarn-af")
+    reports = vllm.verify_in_vllm([*good.values(), *bad.values()])
+    figures = {}
+    for name, report in zip([*good, *bad], reports):
+        figures[name] = (report.max_abs_logprob, report.applied.get("class"))
+        if name in good:
+            assert report.passed and report.top1 == 1.0, report.format()
+            assert [b.name for b in report.bands] == ["within", "beyond"] and report.bands[-1].first_position == 64
+        else:
+            assert not report.passed and report.max_abs_logprob > 100 * vllm.MAX_ABS_LOGPROB, (name, report.format())
+    print(f"vLLM {family}: max |Δ log p| (class) per cell:", figures)
 
 
 @pytest.mark.parametrize("method", ["dynamic", "longrope"])
@@ -160,6 +235,14 @@ def test_cells_vllm_reads_wrongly_are_refused_in_one_line(method, llama_base, tm
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"refused for vLLM: {method}: " in lines[0], err
     assert {"dynamic": "NaN", "longrope": "long factors"}[method] in lines[0]
+
+
+def test_an_unmeasured_family_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(vllm.ENV, "off")
+    out = extend(make_tiny(tmp_path, "olmo2", name="tiny-olmo2-hd32", **HD32), tmp_path / "out", "linear")
+    rc, stdout, err = run_cli_capture("verify", out, "--runtime", "vllm")
+    assert rc == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert "refused for vLLM: olmo2: a family not measured in vLLM" in err, err
 
 
 def test_small_head_dim_is_refused_with_the_sizes_vllm_takes(tmp_path, monkeypatch):
@@ -183,6 +266,9 @@ def test_cells_cover_every_method_and_the_docs_hold_the_table():
     assert {c.method for c in vllm.CELLS} == {m.NAME for m in methods.ordered()}
     assert {c.method for c in vllm.CELLS if c.support is Support.REFUSED} >= {"dynamic", "longrope", "alibi"}
     assert vllm.doc_table() in DOC.read_text(encoding="utf-8"), "regenerate the table: vllm.doc_table()"
+    assert vllm.doc_family_table() in DOC.read_text(encoding="utf-8"), "regenerate: vllm.doc_family_table()"
+    measured = {f.family for f in vllm.FAMILIES}
+    assert measured == {"llama", "qwen2", "gpt2", *VLLM_FAMILIES}, "a family in FAMILIES is one the tests prove"
 
 
 def test_a_wrong_figure_fails_the_judge():

@@ -1,0 +1,129 @@
+"""`ropeconv eval --runtime vllm`: a safetensors folder run as vLLM serves it — its offline engine in .venv-vllm
+(`make vllm`), float32 on the CPU, held open for the whole evaluation by one worker process (eval.vllm_worker,
+run there by path) that answers greedy generations and prompt log-probabilities over a pipe.
+
+The tokenizer is the folder's own through transformers (as the transformers adapter: vLLM takes token ids, so both
+runtimes score the very same prompts). The engine starts on first use with max_model_len = the larger of the
+folder's max_position_embeddings and the request; a longer request restarts it (evaluations go up in length).
+A cell vLLM reads wrongly (parity.vllm.refusal: dynamic NTK, LongRoPE, …) is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.eval.runtimes import EvalRuntime, ModelRef, _HFTokenizer
+
+WORKER = Path(__file__).with_name("vllm_worker.py")
+MARK = "ropeconv-vllm-answer "  # vllm_worker.MARK (that file imports nothing of ropeconv)
+ROUND_TOKENS = 1024  # max_model_len is rounded up to this, so nearby lengths share one engine start
+
+
+class VllmEvalRuntime(_HFTokenizer, EvalRuntime):
+    kind = "vllm"
+
+    def __init__(self, ref: ModelRef, device, placement=None):
+        from ropeconv.parity import vllm
+
+        self.ref, self.device, self.name = ref, device, "vLLM"
+        self.python = vllm.python()
+        if self.python is None:
+            raise InputError(f"{vllm.missing_note()}; --runtime vllm needs it")
+        self.config = _config(ref.path)
+        why = vllm.refusal(_plan(ref.path), self.config)
+        if why is not None:
+            raise UnsupportedError(f"{ref.given}: vLLM would not run this model as ropeconv means it ({why})")
+        self._load_tokenizer(ref.path)
+        self._proc: subprocess.Popen[str] | None = None
+        self._max_len = 0
+        self._stderr: deque[str] = deque(maxlen=40)
+
+    # the worker
+    def _start(self, need: int) -> None:
+        self.close()
+        text = self.config.get("text_config", self.config)
+        declared = int(text.get("max_position_embeddings") or text.get("n_positions") or 0)
+        self._max_len = max(declared, -(-need // ROUND_TOKENS) * ROUND_TOKENS)
+        device = "cuda" if getattr(self.device, "type", str(self.device)) == "cuda" else "cpu"
+        env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+        env.pop("PYTHONPATH", None)  # the vLLM environment's own packages only
+        self._proc = subprocess.Popen(
+            [str(self.python), "-B", str(WORKER), str(self.ref.path.resolve()), str(self._max_len), device],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            cwd=self.ref.path.resolve())
+        threading.Thread(target=self._drain, daemon=True).start()  # vLLM's stderr, kept for a failure's line
+        self._ready = self._answer()["ready"]
+
+    def _drain(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stderr is not None
+        for line in proc.stderr:
+            self._stderr.append(line.rstrip())
+
+    def _answer(self) -> dict[str, Any]:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        proc.wait()
+        last = next((line for line in reversed(self._stderr) if line.strip()), "no output")
+        raise InputError(f"{self.ref.given}: vLLM stopped (exit {proc.returncode}): {last[:300]}")
+
+    def _ask(self, request: dict[str, Any], need: int) -> dict[str, Any]:
+        if self._proc is None or self._proc.poll() is not None or need > self._max_len:
+            self._start(need)
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        return self._answer()
+
+    # model
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        got = self._ask({"op": "generate", "ids": ids, "max_new_tokens": max_new_tokens,
+                         "stop": sorted(self.eos_ids)}, len(ids) + max_new_tokens)
+        return [int(t) for t in got["tokens"]]
+
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        got = self._ask({"op": "logprobs", "ids": ids}, len(ids) + 1)
+        return np.array([np.nan if v is None else v for v in got["logprob"]], dtype=np.float64)
+
+    def close(self) -> None:
+        proc, self._proc = getattr(self, "_proc", None), None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the worker's loop ends, and vLLM shuts its engine down with it
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{folder}/config.json: cannot be read ({exc})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{folder}/config.json: not a JSON object")
+    return config
+
+
+def _plan(folder: Path):
+    """The plan the output's manifest records; a folder without one (a base) is judged as an unscaled model."""
+    from ropeconv.export.safetensors_output import recorded
+
+    plan, _ = recorded(folder)
+    return plan if plan is not None else SimpleNamespace(method="none", kind="rope")

@@ -1,0 +1,277 @@
+"""The openvino format's planning, writer (formats.Writer), manifest record, twin policy, provenance reader, inspect
+view and model-card line.
+
+The writer stages a transformers folder (the safetensors writer's shards, the extended config.json declaring the
+plan in rope_parameters and rope_scaling, the tokenizer) in <out>/.openvino-staging, and close() hands it to
+optimum-intel's own exporter in the OpenVINO environment (env.run_jobs → ov_runner.py: main_export, weights
+compressed by NNCF for int8/int4) writing <out>/openvino/; the staging folder is then removed. Nothing of optimum or
+openvino is imported in this environment."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ropeconv import jsontext
+from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.export.hf_config import extended_config
+from ropeconv.formats.base import Note, Planning, Serve, Twin
+from ropeconv.formats.openvino import DIR, MARKER
+from ropeconv.formats.safetensors import SafetensorsPlan
+from ropeconv.mlx_export.output import _copy_aux_files
+from ropeconv.openvino_export import env
+from ropeconv.openvino_export.capability import family_reason
+from ropeconv.provenance import BASE_KEY, PLAN_KEY, provenance
+
+STAGING = ".openvino-staging"
+DEFAULT_GROUP = 128
+
+
+@dataclass(frozen=True)
+class OvPlan:
+    planning: Planning
+    config: dict[str, Any]  # the staged transformers config.json (the plan declared for transformers to trace)
+    declaration: dict[str, Any] | None  # the rope parameters the exporter traced
+    weights: str
+    group_size: int
+    props: dict[str, str]  # provenance: plan, base, ropeconv version
+
+
+def plan(p: Planning) -> OvPlan:
+    ckpt, position_plan = p.checkpoint, p.plan
+    model_type = ckpt.arch.model_type
+    reason = family_reason(model_type, position_plan.method)
+    if reason is None and position_plan.kind != "rope":
+        reason = f"OpenVINO runs rope models only here ({position_plan.kind} positions)"
+    if reason is None and p.hf_rope is None:
+        reason = "transformers cannot declare this plan in config.json, which is what optimum-intel's exporter traces"
+    if reason is not None or p.hf_rope is None:
+        raise UnsupportedError(f"--to openvino: {model_type} with {position_plan.method}: {reason}")
+    config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, position_plan, p.hf_rope)
+    options = p.job.options_for("openvino")
+    if options.ov_weights != "int4" and options.ov_group_size != DEFAULT_GROUP:
+        raise InputError("--ov-group-size applies with --ov-weights int4")
+    if not p.dry_run:
+        env.require()
+    return OvPlan(p, config, p.hf_rope, options.ov_weights, options.ov_group_size,
+                  provenance(position_plan, ckpt.path))
+
+
+class OvOutputWriter:
+    def __init__(self, oplan: OvPlan, out: Path, note: Note) -> None:
+        from ropeconv.export.safetensors_output import SafetensorsOutput
+
+        self.oplan, self.note = oplan, note
+        self.out = Path(out)
+        self.staging, self.home = self.out / STAGING, self.out / DIR
+        self.staging.mkdir()
+        try:
+            self._staged = SafetensorsOutput(SafetensorsPlan(oplan.planning, oplan.planning.hf_rope), self.staging)
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+        self._files: list[str] = []
+
+    def write(self, entry, source) -> None:
+        self._staged.write(entry, source)
+
+    def close(self) -> None:
+        oplan = self.oplan
+        self._staged.close()
+        (self.staging / "config.json").write_text(jsontext.dumps(oplan.config, "config.json", indent=2,
+                                                                 sort_keys=True) + "\n")
+        _copy_aux_files(oplan.planning.checkpoint, self.staging)
+        group = f", groups of {oplan.group_size}" if oplan.weights == "int4" else ""
+        self.note(f"openvino: exporting with optimum-intel's exporter ({oplan.weights}{group})")
+        _, versions = env.run_jobs([export_job(self.staging, self.home, oplan.weights, oplan.group_size)],
+                                   self.note)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if not (self.home / "openvino_model.xml").is_file():
+            raise UnsupportedError(f"optimum-intel's exporter wrote no openvino_model.xml in {self.home}")
+        (self.home / MARKER).write_text(jsontext.dumps(marker(oplan, versions), MARKER, indent=2, sort_keys=True)
+                                        + "\n")
+        self._files = sorted(p.relative_to(self.out).as_posix() for p in self.home.rglob("*") if p.is_file())
+
+    def abort(self) -> None:
+        self._staged.abort()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+        self._files = []
+
+    def files(self) -> list[str]:
+        return list(self._files)
+
+    def sha256(self) -> dict[str, str]:
+        return {}  # optimum-intel wrote them: the manifest hashes them
+
+
+def export_job(src: Path, dst: Path, weights: str = "fp32", group_size: int = DEFAULT_GROUP) -> dict[str, Any]:
+    """One export job for ov_runner.py: the transformers folder src into the OpenVINO folder dst."""
+    return {"op": "export", "src": str(Path(src).resolve()), "dst": str(Path(dst).resolve()), "weights": weights,
+            "group_size": group_size}
+
+
+def writer(oplan: OvPlan, out: Path, note: Note) -> OvOutputWriter:
+    return OvOutputWriter(oplan, out, note)
+
+
+def marker(oplan: OvPlan, versions: dict[str, str]) -> dict[str, Any]:
+    return {"format": "openvino", **oplan.props, "weights": oplan.weights,
+            "group_size": oplan.group_size if oplan.weights == "int4" else None,
+            "openvino": versions.get("openvino"), "optimum_intel": versions.get("optimum-intel"),
+            "nncf": versions.get("nncf"), "transformers": versions.get("transformers"),
+            "rope_parameters": oplan.declaration}
+
+
+def record(oplan: OvPlan, _plan) -> dict[str, Any]:
+    rec: dict[str, Any] = {"file": f"{DIR}/{MARKER}", "folder": DIR, "weights": oplan.weights,
+                           "declaration": oplan.declaration}
+    if oplan.weights == "int4":
+        rec["group_size"] = oplan.group_size
+    return rec
+
+
+def read_marker(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        raise InputError(f"{folder}: no {MARKER} (not an OpenVINO folder written by ropeconv)")
+    found = jsontext.loads(path.read_text(), str(path))
+    if not isinstance(found, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return found
+
+
+def recorded(folder: Path):
+    """(plan, base) as ropeconv-openvino.json records them."""
+    from ropeconv.positions import plan_from_json
+
+    found = read_marker(folder)
+    try:
+        plan_ = plan_from_json(jsontext.loads(found[PLAN_KEY], PLAN_KEY))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{folder}/{MARKER}: {PLAN_KEY} is damaged ({exc})") from None
+    return plan_, (Path(found[BASE_KEY]) if found.get(BASE_KEY) else None)
+
+
+def stage_twin_source(base: Path, position_plan, staging: Path) -> Path:
+    """A transformers folder of the base's own weights (linked) with the plan's config.json: what a float32 twin is
+    exported from."""
+    from ropeconv import methods
+    from ropeconv.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(base)
+    hf_rope = methods.get(position_plan.method).hf_rope_parameters(position_plan)
+    config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, position_plan, hf_rope)
+    staging.mkdir()
+    for weights in [*base.glob("*.safetensors"), *base.glob("*.safetensors.index.json")]:
+        (staging / weights.name).symlink_to(weights.resolve())
+    (staging / "config.json").write_text(jsontext.dumps(config, "config.json", indent=2) + "\n")
+    _copy_aux_files(ckpt, staging)
+    return staging
+
+
+def twin(base: Path, position_plan, lora=None) -> Twin | None:
+    """The float32 OpenVINO folder optimum-intel exports from the base's own weights with the plan's config.json:
+    what an fp16, int8 or int4 folder is judged through strictly. None where it cannot be made so (LoRA merged,
+    pickle weights)."""
+    base = Path(base)
+    if lora is not None or not any(base.glob("*.safetensors")):
+        return None
+
+    def write(dst: Path) -> Path:
+        staging = dst.with_name(dst.name + ".staging")
+        try:
+            stage_twin_source(base, position_plan, staging)
+            env.run_jobs([export_job(staging, dst, "fp32")])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dst
+
+    return write
+
+
+def quantized_twin(artifact: Path, given: Twin | None) -> Twin | None:
+    """An fp16/int8/int4 folder is judged strictly through the float32 twin exported from the base, and runs as
+    itself against the quantized limits; an fp32 folder is judged as it is."""
+    found = read_marker(artifact)
+    if found.get("weights", "fp32") == "fp32":
+        return None
+    if given is None:
+        raise UnsupportedError(f"{artifact}: a {found.get('weights')} OpenVINO folder is judged through a float32 "
+                               "twin exported from the base's safetensors, which this run cannot make (LoRA merged, "
+                               "or no safetensors); write --ov-weights fp32")
+    return given
+
+
+def twin_note(artifact: Path, given: Twin | None) -> str:
+    found = read_marker(artifact)
+    return (f"OpenVINO ran a float32 twin of {Path(artifact).name}/ (exported by optimum-intel from the base) for the "
+            f"strict check, and the folder itself ({found.get('weights')}) for the q- rows")
+
+
+def card_declaration(rec: dict[str, Any], _plan) -> str:
+    from ropeconv.export.card import _fmt
+
+    declared = rec.get("declaration")
+    keys = ", ".join(f"`{k}`: {_fmt(v)}" for k, v in declared.items()) if declared else "none (the base's own rope)"
+    group = f", groups of {rec.get('group_size')}" if rec.get("weights") == "int4" else ""
+    return (f"OpenVINO IR (`{rec.get('folder', DIR)}/openvino_model.xml`, {rec.get('weights')}{group}, exported by "
+            f"optimum-intel from a config.json with `rope_parameters` = {keys}): the rope traced into the graph.")
+
+
+def serve(out: str, rec: Mapping[str, Any], plan, runtime: str) -> Serve | None:
+    """optimum-intel's OVModelForCausalLM on the folder: the rope is in the IR, nothing to pass."""
+    from ropeconv.formats.openvino import FORMAT
+
+    if runtime != FORMAT.runtime:
+        return None
+    folder = f"{out}/{rec.get('folder', DIR)}"
+    command = (f'from optimum.intel import OVModelForCausalLM\nfrom transformers import AutoTokenizer\n\n'
+               f'model = OVModelForCausalLM.from_pretrained("{folder}")\n'
+               f'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n'
+               f'inputs = tokenizer(open("long.txt").read(), return_tensors="pt")\n'
+               f'print(tokenizer.decode(model.generate(**inputs, max_new_tokens=256)[0]))')
+    return Serve("OpenVINO", command, "python",
+                 f"The rope is traced into `{folder}/openvino_model.xml`: no flag is needed (prompts of up to "
+                 f"{plan.target_ctx} tokens). Parity ran with `ov_config={{\"INFERENCE_PRECISION_HINT\": \"f32\", "
+                 f"\"KV_CACHE_PRECISION\": \"f32\"}}`; the CPU plugin's defaults (bf16/f16 compute where the CPU "
+                 "has it, a u8 KV cache) are faster and less exact.")
+
+
+def inspect(path: Path, as_json: bool) -> int:
+    import click
+
+    found = read_marker(path)
+    config = jsontext.loads((Path(path) / "config.json").read_text(), f"{path}/config.json")
+    try:
+        plan_, base = recorded(path)
+        ropeconv_info: dict[str, Any] | None = {"method": plan_.method, "original_ctx": plan_.original_ctx,
+                                                "target_ctx": plan_.target_ctx}
+    except InputError:
+        plan_, base, ropeconv_info = None, None, None
+    files = sorted(p for p in Path(path).glob("openvino_*") if p.is_file())
+    info = {
+        "path": str(path), "format": "openvino", "architecture": config.get("model_type"),
+        "rope_parameters": found.get("rope_parameters"), "weights": found.get("weights"),
+        "group_size": found.get("group_size"), "max_position_embeddings": config.get("max_position_embeddings"),
+        "bytes": sum(p.stat().st_size for p in files), "files": [p.name for p in files],
+        "openvino": found.get("openvino"), "optimum_intel": found.get("optimum_intel"),
+        "base": str(base) if base else None, "ropeconv": ropeconv_info,
+    }
+    if as_json:
+        click.echo(jsontext.dumps(info, "--json output", indent=2, sort_keys=True, default=str))
+        return 0
+    click.echo(str(path))
+    click.echo(f"  format           openvino (OpenVINO {found.get('openvino')}, optimum-intel "
+               f"{found.get('optimum_intel')})")
+    click.echo(f"  architecture     {config.get('model_type')}")
+    click.echo(f"  rope_parameters  {found.get('rope_parameters')}")
+    click.echo(f"  context          {config.get('max_position_embeddings')}")
+    group = f", groups of {found.get('group_size')}" if found.get("weights") == "int4" else ""
+    click.echo(f"  weights          {found.get('weights')}{group}, {info['bytes']:,} bytes in {len(files)} file(s)")
+    if plan_ is not None:
+        click.echo(f"  ropeconv         {plan_.method}, {plan_.original_ctx} → {plan_.target_ctx} tokens, base {base}")
+    return 0

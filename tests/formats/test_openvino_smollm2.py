@@ -1,0 +1,50 @@
+"""The real SmolLM2-135M (make demo's work/smollm2-135m) extended with YaRN ×4 and written --to openvino, proven in
+OpenVINO (optimum-intel's OVModelForCausalLM, f32) against transformers on a probe of 9,216 tokens that ends past the
+original context (8192): prefilled through both KV caches, its last 8 tokens decoded one at a time; every next token
+is the same greedy token and the log-probabilities agree within LOGPROB_TOLERANCE (bounded by twice the report's max
+|Δlogit|). Marked long: the export of a 135M model and a 9k-token reference are minutes on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from ropeconv.openvino_export import env
+from tests.conftest import read_json, run_cli
+from tests.test_smollm2 import WORK
+
+TOKENS = 9216  # up to position 9215: 1024 past the original 8192
+LOGPROB_TOLERANCE = 5e-3
+
+
+@pytest.fixture(scope="module")
+def smol():
+    if env.python() is None:
+        pytest.skip("no OpenVINO environment (make openvino, or ROPECONV_OPENVINO_PYTHON)")
+    if not (WORK / "smollm2-135m" / "config.json").is_file():
+        pytest.skip(f"no SmolLM2 fixture at {WORK / 'smollm2-135m'} (`make demo` writes it)")
+    from ropeconv.fixtures import smollm2
+
+    return smollm2.materialize_hf(WORK / "smollm2-135m")
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_openvino_yarn_x4_past_the_original_context_matches_transformers(smol, tmp_path, capsys):
+    out = tmp_path / "smol-yarn-openvino"
+    started = time.monotonic()
+    capsys.readouterr()
+    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "--to", "openvino", "-o", out,
+                   "--tokens", str(TOKENS), "-q", "--json") == 0
+    seconds = time.monotonic() - started
+    report = json.loads(capsys.readouterr().out)["parity"]
+    assert report["passed"] and report["runtime"] == "openvino", report
+    assert report["tokens"] == TOKENS and report["first_position"] < 8192 <= report["last_position"]
+    assert report["top1"] == 1.0  # the greedy next token at every probe position is transformers'
+    assert read_json(out / "openvino" / "ropeconv-openvino.json")["rope_parameters"]["rope_type"] == "yarn"
+    print(f"SmolLM2 YaRN×4 OpenVINO, {TOKENS} tokens at {report['first_position']}–{report['last_position']}: "
+          f"max|Δlogit| {report['max_abs_logit']:.3e}, top-1 {report['top1']:.2%}, {seconds:.0f} s (export + "
+          "reference + OpenVINO)")
+    assert 2 * report["max_abs_logit"] <= LOGPROB_TOLERANCE, report["max_abs_logit"]
