@@ -110,9 +110,16 @@ def resolve(model: Path, runtime: str = "auto") -> ModelRef:
         raise InputError(f"--runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}")
     if not model.exists():
         raise InputError(f"{model}: model not found")
+    # a folder a format's record claims (an mlx or OpenVINO folder: config.json and weights in its engine's layout)
+    # is that format's alone
+    claimed = format_of(model) if model.is_dir() else None
+
+    def find(fmt: Format | None, found_in: EvalSpec) -> Path | None:
+        return None if claimed is not None and claimed is not fmt else found_in.find(model)
+
     if runtime in SERVING:  # a serving engine, asked for by name: the folder of the format it serves
         served = SERVING[runtime].spec
-        path = served.find(model) if model.is_dir() else None
+        path = find(None, served) if model.is_dir() else None
         if path is None:
             raise InputError(f"{model}: no model for --runtime {runtime} here (expected {served.wanted})")
         ref = ModelRef(model, runtime, path)
@@ -127,7 +134,7 @@ def resolve(model: Path, runtime: str = "auto") -> ModelRef:
         ref = ModelRef(model, kind, model)
     else:
         asked = list(found.values()) if runtime == "auto" else [found[runtime]]  # in rank order
-        candidates = {spec(f).kind: spec(f).find(model) for f in asked}  # every one looked for: an ambiguity refuses
+        candidates = {spec(f).kind: find(f, spec(f)) for f in asked}  # every one looked for: an ambiguity refuses
         chosen = next((kind for kind, path in candidates.items() if path is not None), None)
         if chosen is None:
             wanted = (", ".join(spec(f).wanted for f in asked[:-1]) + f" or {spec(asked[-1]).wanted}"

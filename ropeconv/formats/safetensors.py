@@ -36,12 +36,7 @@ WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 
 
 def eval_artifact(folder: Path) -> Path | None:
-    """A folder transformers loads: config.json beside weights, unless another format's record claims the folder (an
-    mlx or OpenVINO folder holds config.json and weights too, in its own engine's layout)."""
-    from ropeconv.formats import FORMATS
-
-    if any(f.claims(Path(folder)) for f in FORMATS.values() if f.name != FORMAT.name):
-        return None
+    """A folder transformers loads: config.json beside weights."""
     has_weights = any(p for g in WEIGHT_GLOBS for p in folder.glob(g))
     return folder if (folder / "config.json").is_file() and has_weights else None
 
