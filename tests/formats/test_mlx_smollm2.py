@@ -23,8 +23,6 @@ LOGPROB_TOLERANCE = 5e-3  # measured: 2 × 1.67e-3 (max |Δlogit| 1.67e-3 at pos
 
 @pytest.fixture(scope="module")
 def smol():
-    if not (WORK / "smollm2-135m" / "config.json").is_file():
-        pytest.skip(f"no SmolLM2 fixture at {WORK / 'smollm2-135m'} (`make demo` writes it)")
     from ropeconv.fixtures import smollm2
 
     return smollm2.materialize_hf(WORK / "smollm2-135m")

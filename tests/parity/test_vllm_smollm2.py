@@ -22,8 +22,6 @@ TOKENS = 9216  # positions 0–9215: 1,024 past the original 8192
 
 @pytest.fixture(scope="module")
 def smol():
-    if not (WORK / "smollm2-135m" / "config.json").is_file():
-        pytest.skip(f"no SmolLM2 fixture at {WORK / 'smollm2-135m'} (`make demo` writes it)")
     from ropeconv.fixtures import smollm2
 
     return smollm2.materialize_hf(WORK / "smollm2-135m")
