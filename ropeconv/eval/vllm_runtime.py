@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import threading
-from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +20,7 @@ import numpy as np
 
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.eval.runtimes import EvalRuntime, ModelRef, _HFTokenizer
+from ropeconv.eval.side_worker import SideWorker
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
 MARK = "ropeconv-vllm-answer "  # vllm_worker.MARK (that file imports nothing of ropeconv)
@@ -44,49 +42,23 @@ class VllmEvalRuntime(_HFTokenizer, EvalRuntime):
         if why is not None:
             raise UnsupportedError(f"{ref.given}: vLLM would not run this model as ropeconv means it ({why})")
         self._load_tokenizer(ref.path)
-        self._proc: subprocess.Popen[str] | None = None
+        self._worker: SideWorker | None = None
         self._max_len = 0
-        self._stderr: deque[str] = deque(maxlen=40)
 
     # the worker
-    def _start(self, need: int) -> None:
-        self.close()
-        text = self.config.get("text_config", self.config)
-        declared = int(text.get("max_position_embeddings") or text.get("n_positions") or 0)
-        self._max_len = max(declared, -(-need // ROUND_TOKENS) * ROUND_TOKENS)
-        device = "cuda" if getattr(self.device, "type", str(self.device)) == "cuda" else "cpu"
-        env = {**os.environ, "PYTHONNOUSERSITE": "1"}
-        env.pop("PYTHONPATH", None)  # the vLLM environment's own packages only
-        self._proc = subprocess.Popen(
-            [str(self.python), "-B", str(WORKER), str(self.ref.path.resolve()), str(self._max_len), device],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            cwd=self.ref.path.resolve())
-        threading.Thread(target=self._drain, daemon=True).start()  # vLLM's stderr, kept for a failure's line
-        self._ready = self._answer()["ready"]
-
-    def _drain(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stderr is not None
-        for line in proc.stderr:
-            self._stderr.append(line.rstrip())
-
-    def _answer(self) -> dict[str, Any]:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-        proc.wait()
-        last = next((line for line in reversed(self._stderr) if line.strip()), "no output")
-        raise InputError(f"{self.ref.given}: vLLM stopped (exit {proc.returncode}): {last[:300]}")
-
     def _ask(self, request: dict[str, Any], need: int) -> dict[str, Any]:
-        if self._proc is None or self._proc.poll() is not None or need > self._max_len:
-            self._start(need)
-        assert self._proc is not None and self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(request) + "\n")
-        self._proc.stdin.flush()
-        return self._answer()
+        if self._worker is None or not self._worker.alive or need > self._max_len:
+            self.close()
+            text = self.config.get("text_config", self.config)
+            declared = int(text.get("max_position_embeddings") or text.get("n_positions") or 0)
+            self._max_len = max(declared, -(-need // ROUND_TOKENS) * ROUND_TOKENS)
+            device = "cuda" if getattr(self.device, "type", str(self.device)) == "cuda" else "cpu"
+            env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+            env.pop("PYTHONPATH", None)  # the vLLM environment's own packages only
+            folder = self.ref.path.resolve()
+            self._worker = SideWorker([str(self.python), "-B", str(WORKER), str(folder), str(self._max_len), device],
+                                      cwd=folder, env=env, mark=MARK, what=str(self.ref.given), engine="vLLM")
+        return self._worker.ask(request)
 
     # model
     def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
@@ -99,17 +71,9 @@ class VllmEvalRuntime(_HFTokenizer, EvalRuntime):
         return np.array([np.nan if v is None else v for v in got["logprob"]], dtype=np.float64)
 
     def close(self) -> None:
-        proc, self._proc = getattr(self, "_proc", None), None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()  # the worker's loop ends, and vLLM shuts its engine down with it
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
+        worker, self._worker = getattr(self, "_worker", None), None
+        if worker is not None:
+            worker.close(timeout_s=60)  # vLLM shuts its engine down when the worker's loop ends
 
 def _config(folder: Path) -> dict[str, Any]:
     try:
