@@ -297,3 +297,38 @@ def _verify_onnx(model: Path, base: Path | None, *, device, tokens, tolerance, p
     return check_parities([(model, fmt.twin(Path(base), plan, lora))], Path(base), plan,
                           vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
                           notes=notes, progress=progress.note, lora=lora, **probe)[0]
+
+
+def verify_engine_folder(folder: Path, base: Path | None, *, device, tokens, tolerance, progress, probe: dict,
+                         allow_pickle) -> ParityReport:
+    """`ropeconv verify OUT/mlx` or `OUT/openvino`: a folder an engine's converter wrote, re-proven on its own with
+    the plan and base its marker records (its format's `recorded`), a float32 twin converted from that base where
+    the format judges through one. The base may also be the output directory above it, whose safetensors are byte
+    copies of the base's (the formats' verify_file)."""
+    from ropeconv.checkpoint.hf import read_config
+    from ropeconv.extend.from_hf import vocab_size
+
+    folder = Path(folder)
+    fmt = format_of(folder)
+    assert fmt is not None  # verify_file is reached through the format that claims the folder
+    plan, recorded_base = fmt.recorded(folder)
+    beside = folder.parent
+    manifest = find_manifest(beside)
+    if manifest is not None and manifest.lora:
+        raise InputError(f"{folder}: LoRA adapters were merged into it; verify the output directory {beside}, whose "
+                         "manifest lists them")
+    notes: tuple[str, ...] = ()
+    if base is None:
+        if recorded_base is not None and (recorded_base / "config.json").is_file():
+            base = recorded_base
+        elif plan.kind != "absolute" and ((beside / "model.safetensors").is_file()
+                                          or (beside / "model.safetensors.index.json").is_file()):
+            base, notes = beside, (f"base {recorded_base} not found; reference built from {beside}'s weights",)
+        else:
+            raise InputError(f"{folder}: its base {recorded_base} is not there; pass --base BASE_DIR")
+    elif not (Path(base) / "config.json").is_file():
+        raise InputError(f"--base {base}: not a HuggingFace model directory")
+    refuse_pickle(Path(base), allow_pickle, "the base")
+    return check_parities([(folder, fmt.twin(Path(base), plan))], Path(base), plan,
+                          vocab_size(read_config(Path(base))), device=device, tokens=tokens, tolerance=tolerance,
+                          notes=notes, progress=progress.note, **probe)[0]

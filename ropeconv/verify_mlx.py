@@ -1,7 +1,6 @@
-"""`ropeconv verify OUT/mlx`: an mlx folder re-proven on its own, with the plan and base its ropeconv-mlx.json
-records (the mlx format's verify_file). The base may also be the output directory above it, whose safetensors are
-byte copies of the base's. Also `ropeconv verify OUT --runtime mlx`: a safetensors output folder loaded by mlx-lm
-as it is (mlx_lm.load reads a transformers folder), refused where the mlx format refuses the cell."""
+"""`ropeconv verify OUT --runtime mlx`: a safetensors output folder loaded by mlx-lm as it is (mlx_lm.load reads a
+transformers folder), refused where the mlx format refuses the cell. (An mlx folder, OUT/mlx, is re-proven on its
+own by verify.verify_engine_folder, the mlx format's verify_file.)"""
 
 from __future__ import annotations
 
@@ -10,41 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.manifest import find_manifest
 from ropeconv.parity import ParityReport, Tolerance, check_parities
-
-
-def verify_folder(folder: Path, base: Path | None, *, device, tokens, tolerance, progress, probe: dict,
-                  allow_pickle) -> ParityReport:
-    from ropeconv.checkpoint.hf import read_config
-    from ropeconv.extend.from_hf import vocab_size
-    from ropeconv.mlx_export.output import recorded
-    from ropeconv.verify import refuse_pickle
-
-    folder = Path(folder)
-    plan, recorded_base = recorded(folder)
-    beside = folder.parent
-    manifest = find_manifest(beside)
-    if manifest is not None and manifest.lora:
-        raise InputError(f"{folder}: LoRA adapters were merged into it; verify the output directory {beside}, whose "
-                         "manifest lists them")
-    notes: tuple[str, ...] = ()
-    if base is None:
-        if recorded_base is not None and (recorded_base / "config.json").is_file():
-            base = recorded_base
-        elif plan.kind != "absolute" and ((beside / "model.safetensors").is_file()
-                                          or (beside / "model.safetensors.index.json").is_file()):
-            base, notes = beside, (f"base {recorded_base} not found; reference built from {beside}'s weights",)
-        else:
-            raise InputError(f"{folder}: its base {recorded_base} is not there; pass --base BASE_DIR")
-    elif not (Path(base) / "config.json").is_file():
-        raise InputError(f"--base {base}: not a HuggingFace model directory")
-    refuse_pickle(Path(base), allow_pickle, "the base")
-    from ropeconv.mlx_export.output import twin
-
-    return check_parities([(folder, twin(Path(base), plan))], Path(base), plan, vocab_size(read_config(Path(base))), device=device,
-                          tokens=tokens, tolerance=tolerance, notes=notes, progress=progress.note, **probe)[0]
-
 
 # ------------------------------------------------------------- `ropeconv verify OUT --runtime mlx`: mlx-lm on the folder
 

@@ -20,6 +20,7 @@ ROOT = Path(ropeconv.__file__).parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("ropeconv", "ropeconv.errors", "ropeconv.jsontext", "ropeconv.files", "ropeconv.inputfile",
               "ropeconv.interrupts", "ropeconv.sizes", "ropeconv.progress", "ropeconv.llamacpp_log", "ropeconv.manifest",
+              "ropeconv.side_env",
               "ropeconv.optionfields", "ropeconv.formats")),
     ("positions", ("ropeconv.positions",)),
     # alibi_patch: the transformers-side ALiBi scaling a loaded model applies (positions only); runtime: its public
@@ -39,7 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("device", ("ropeconv.device",)),
     ("parity", ("ropeconv.parity", "ropeconv.eval")),
     ("extend flows", ("ropeconv.extend",)),
-    ("verify/recipe", ("ropeconv.verify", "ropeconv.verify_mlx", "ropeconv.verify_openvino", "ropeconv.recipe", "ropeconv.search", "ropeconv.finetune",
+    ("verify/recipe", ("ropeconv.verify", "ropeconv.verify_mlx", "ropeconv.recipe", "ropeconv.search", "ropeconv.finetune",
                        "ropeconv.capabilities", "ropeconv.fixtures")),
     ("cli", ("ropeconv.cli",)),
 )

@@ -34,3 +34,16 @@ def portable_config(raw: bytes, has_tokenizer_json: bool) -> bytes:
     if changed == config:
         return raw
     return (json.dumps(changed, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def copy_aux_files(ckpt, home) -> None:
+    """The checkpoint's tokenizer, chat template and generation files into the folder `home`, as they are except a
+    tokenizer_config.json that names a class only transformers 5 has (portable_config)."""
+    import shutil
+
+    for name in ckpt.aux_files:
+        if name == CONFIG:
+            raw = (ckpt.path / name).read_bytes()
+            (home / name).write_bytes(portable_config(raw, "tokenizer.json" in ckpt.aux_files))
+        else:
+            shutil.copyfile(ckpt.path / name, home / name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import shutil
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -110,7 +109,7 @@ def run(job: ExtendJob, progress: Progress) -> ExtendResult:
         # onnxruntime-genai look for beside it
         for home in filter(None, (fmt.home(fplan, tmp) for fmt, fplan in prepared.planned())):
             (home / "config.json").write_text(config_text)
-            _copy_aux_files(ckpt, home)
+            tokenizer_files.copy_aux_files(ckpt, home)
         reports: dict[str, ParityReport] = {}  # by format
         if job.verify:
             artifacts = {fmt.name: (fmt.artifact(tmp, formats[fmt.name]), fmt.twin(ckpt.path, plan, ckpt.lora))
@@ -174,17 +173,6 @@ def _import_aside(module: str) -> None:
             pass
 
     threading.Thread(target=load, name=f"import {module}").start()
-
-
-def _copy_aux_files(ckpt: Checkpoint, home: Path) -> None:
-    """Tokenizer, chat template and generation files, as they are except a tokenizer_config.json that names a
-    class only transformers 5 has."""
-    for name in ckpt.aux_files:
-        if name == tokenizer_files.CONFIG:
-            raw = (ckpt.path / name).read_bytes()
-            (home / name).write_bytes(tokenizer_files.portable_config(raw, "tokenizer.json" in ckpt.aux_files))
-        else:
-            shutil.copyfile(ckpt.path / name, home / name)
 
 
 def vocab_size(config: dict[str, Any]) -> int:

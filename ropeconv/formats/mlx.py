@@ -77,7 +77,7 @@ FORMAT = Format(
     quantized_twin=Ref("ropeconv.mlx_export.output:quantized_twin"), twin_note=Ref("ropeconv.mlx_export.output:twin_note"),
     runtime_module="ropeconv.parity.runtimes.mlx", recorded=Ref("ropeconv.mlx_export.output:recorded"),
     inspect=Ref("ropeconv.mlx_export.output:inspect"), summary=summary,
-    verify_file=Ref("ropeconv.verify_mlx:verify_folder"),
+    verify_file=Ref("ropeconv.verify:verify_engine_folder"),
     card_declaration=Ref("ropeconv.mlx_export.output:card_declaration"), serve=Ref("ropeconv.mlx_export.output:serve"),
     hub_quantized=hub_quantized,
     options_group=MlxOptions, matrix_note=Ref("ropeconv.mlx_export.capability:matrix_note"),

@@ -81,7 +81,7 @@ FORMAT = Format(
     twin_note=Ref("ropeconv.openvino_export.output:twin_note"),
     runtime_module="ropeconv.parity.runtimes.openvino", recorded=Ref("ropeconv.openvino_export.output:recorded"),
     inspect=Ref("ropeconv.openvino_export.output:inspect"), summary=summary,
-    verify_file=Ref("ropeconv.verify_openvino:verify_folder"),
+    verify_file=Ref("ropeconv.verify:verify_engine_folder"),
     card_declaration=Ref("ropeconv.openvino_export.output:card_declaration"),
     serve=Ref("ropeconv.openvino_export.output:serve"), hub_quantized=hub_quantized,
     options_group=OvOptions, matrix_note=Ref("ropeconv.openvino_export.capability:matrix_note"),

@@ -18,15 +18,15 @@ from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError, UnsupportedError
-from ropeconv.export import tokenizer_files
+from ropeconv.export import engine_folder
+from ropeconv.export.engine_folder import EngineFolder, EngineFolderWriter
 from ropeconv.export.hf_config import extended_config
 from ropeconv.formats.base import Note, Planning, Serve, Twin
 from ropeconv.formats.mlx import DIR, MARKER
-from ropeconv.formats.safetensors import SafetensorsPlan
 from ropeconv.mlx_export.capability import family_reason, scaling_reason
-from ropeconv.provenance import BASE_KEY, PLAN_KEY, provenance
+from ropeconv.provenance import provenance
 
-STAGING = ".mlx-staging"
+FOLDER = EngineFolder("mlx", DIR, ".mlx-staging", MARKER)
 INSTALL_HINT = "pip install 'ropeconv[mlx]' (mlx[cpu] and mlx-lm on Linux, mlx and mlx-lm on macOS)"
 
 
@@ -96,70 +96,28 @@ def mlx_lm_version() -> str:
         return "not installed"
 
 
-class MlxOutputWriter:
-    def __init__(self, mplan: MlxPlan, out: Path, note: Note) -> None:
-        from ropeconv.export.safetensors_output import SafetensorsOutput
+def _converted(mplan: MlxPlan, note: Note):
+    """The writer's converter: mlx-lm's convert of the staged folder, checked to declare what was planned."""
 
-        self.mplan, self.note = mplan, note
-        self.out = Path(out)
-        self.staging, self.home = self.out / STAGING, self.out / DIR
-        self.staging.mkdir()
-        try:
-            self._staged = SafetensorsOutput(SafetensorsPlan(mplan.planning, mplan.planning.hf_rope), self.staging)
-        except BaseException:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            raise
-        self._files: list[str] = []
-
-    def write(self, entry, source) -> None:
-        self._staged.write(entry, source)
-
-    def close(self) -> None:
-        mplan = self.mplan
-        self._staged.close()
-        (self.staging / "config.json").write_text(jsontext.dumps(mplan.config, "config.json", indent=2,
-                                                                 sort_keys=True) + "\n")
-        _copy_aux_files(mplan.planning.checkpoint, self.staging)
+    def convert(staging: Path, home: Path) -> dict[str, Any]:
         quantized = f", {mplan.bits}-bit groups of {mplan.group_size}" if mplan.bits else ""
-        self.note(f"mlx: converting with mlx-lm's convert ({mplan.dtype}{quantized})")
+        note(f"mlx: converting with mlx-lm's convert ({mplan.dtype}{quantized})")
         kwargs: dict[str, Any] = {"dtype": mplan.dtype}
         if mplan.bits:
             kwargs.update(quantize=True, q_bits=mplan.bits, q_group_size=mplan.group_size)
-        _convert(self.staging, self.home, **kwargs)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        (self.home / "README.md").unlink(missing_ok=True)  # mlx-lm's card names the staging folder; ours is above
-        written = jsontext.loads((self.home / "config.json").read_text(), "mlx/config.json")
+        _convert(staging, home, **kwargs)
+        (home / "README.md").unlink(missing_ok=True)  # mlx-lm's card names the staging folder; ours is above
+        written = jsontext.loads((home / "config.json").read_text(), "mlx/config.json")
         if written.get("rope_scaling") != mplan.scaling:  # what mlx-lm reads must be what was planned
             raise UnsupportedError(f"mlx-lm's convert wrote rope_scaling {written.get('rope_scaling')!r}, not the "
                                    f"planned {mplan.scaling!r}")
-        (self.home / MARKER).write_text(jsontext.dumps(marker(mplan), MARKER, indent=2, sort_keys=True) + "\n")
-        self._files = sorted(p.relative_to(self.out).as_posix() for p in self.home.rglob("*") if p.is_file())
+        return marker(mplan)
 
-    def abort(self) -> None:
-        self._staged.abort()
-        shutil.rmtree(self.staging, ignore_errors=True)
-        shutil.rmtree(self.home, ignore_errors=True)
-        self._files = []
-
-    def files(self) -> list[str]:
-        return list(self._files)
-
-    def sha256(self) -> dict[str, str]:
-        return {}  # mlx-lm wrote them: the manifest hashes them
+    return convert
 
 
-def _copy_aux_files(ckpt, home: Path) -> None:
-    """The tokenizer and generation files, as extend copies them beside every config.json."""
-    for name in ckpt.aux_files:
-        if name == tokenizer_files.CONFIG:
-            raw = (ckpt.path / name).read_bytes()
-            (home / name).write_bytes(tokenizer_files.portable_config(raw, "tokenizer.json" in ckpt.aux_files))
-        else:
-            shutil.copyfile(ckpt.path / name, home / name)
-
-
-def writer(mplan: MlxPlan, out: Path, note: Note) -> MlxOutputWriter:
-    return MlxOutputWriter(mplan, out, note)
+def writer(mplan: MlxPlan, out: Path, note: Note) -> EngineFolderWriter:
+    return EngineFolderWriter(FOLDER, mplan.planning, mplan.config, out, _converted(mplan, note))
 
 
 def marker(mplan: MlxPlan) -> dict[str, Any]:
@@ -177,25 +135,12 @@ def record(mplan: MlxPlan, _plan) -> dict[str, Any]:
 
 
 def read_marker(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / MARKER
-    if not path.is_file():
-        raise InputError(f"{folder}: no {MARKER} (not an mlx folder written by ropeconv)")
-    found = jsontext.loads(path.read_text(), str(path))
-    if not isinstance(found, dict):
-        raise InputError(f"{path}: not a JSON object")
-    return found
+    return engine_folder.read_marker(FOLDER, folder)
 
 
 def recorded(folder: Path):
     """(plan, base) as ropeconv-mlx.json records them."""
-    from ropeconv.positions import plan_from_json
-
-    found = read_marker(folder)
-    try:
-        plan_ = plan_from_json(jsontext.loads(found[PLAN_KEY], PLAN_KEY))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{folder}/{MARKER}: {PLAN_KEY} is damaged ({exc})") from None
-    return plan_, (Path(found[BASE_KEY]) if found.get(BASE_KEY) else None)
+    return engine_folder.recorded(FOLDER, folder)
 
 
 def _needs_twin(found: dict[str, Any]) -> bool:
@@ -206,30 +151,7 @@ def twin(base: Path, position_plan, lora=None) -> Twin | None:
     """The float32 mlx folder mlx-lm's convert makes from the base's own weights with the plan's config.json: what a
     quantized or float16 folder is judged through strictly. None where it cannot be made so (LoRA merged, pickle
     weights): quantized_twin then dequantizes the folder itself."""
-    base = Path(base)
-    if lora is not None or not any(base.glob("*.safetensors")):
-        return None
-
-    def write(dst: Path) -> Path:
-        from ropeconv import methods
-        from ropeconv.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(base)
-        hf_rope = methods.get(position_plan.method).hf_rope_parameters(position_plan)
-        config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, position_plan, hf_rope)
-        staging = dst.with_name(dst.name + ".staging")
-        staging.mkdir()
-        try:
-            for weights in [*base.glob("*.safetensors"), *base.glob("*.safetensors.index.json")]:
-                (staging / weights.name).symlink_to(weights.resolve())
-            (staging / "config.json").write_text(jsontext.dumps(config, "config.json", indent=2) + "\n")
-            _copy_aux_files(ckpt, staging)
-            _convert(staging, dst, dtype="float32")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return dst
-
-    return write
+    return engine_folder.twin_writer(base, position_plan, lora, lambda src, dst: _convert(src, dst, dtype="float32"))
 
 
 def quantized_twin(artifact: Path, given: Twin | None) -> Twin | None:
@@ -291,12 +213,7 @@ def inspect(path: Path, as_json: bool) -> int:
 
     found = read_marker(path)
     config = jsontext.loads((Path(path) / "config.json").read_text(), f"{path}/config.json")
-    try:
-        plan_, base = recorded(path)
-        ropeconv_info: dict[str, Any] | None = {"method": plan_.method, "original_ctx": plan_.original_ctx,
-                                                "target_ctx": plan_.target_ctx}
-    except InputError:
-        plan_, base, ropeconv_info = None, None, None
+    plan_, base, ropeconv_info = engine_folder.ropeconv_view(FOLDER, path)
     weights = sorted(Path(path).glob("*.safetensors"))
     info = {
         "path": str(path), "format": "mlx", "architecture": config.get("model_type"),
@@ -320,5 +237,5 @@ def inspect(path: Path, as_json: bool) -> int:
                + (f", {quant.get('bits')}-bit groups of {quant.get('group_size')}" if quant else "")
                + f", {info['bytes']:,} bytes in {len(weights)} file(s)")
     if plan_ is not None:
-        click.echo(f"  ropeconv         {plan_.method}, {plan_.original_ctx} → {plan_.target_ctx} tokens, base {base}")
+        click.echo(engine_folder.ropeconv_line(plan_, base))
     return 0

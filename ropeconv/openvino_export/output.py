@@ -9,7 +9,6 @@ openvino is imported in this environment."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,16 @@ from typing import Any
 
 from ropeconv import jsontext
 from ropeconv.errors import InputError, UnsupportedError
+from ropeconv.export import engine_folder
+from ropeconv.export.engine_folder import EngineFolder, EngineFolderWriter
 from ropeconv.export.hf_config import extended_config
 from ropeconv.formats.base import Note, Planning, Serve, Twin
 from ropeconv.formats.openvino import DIR, MARKER
-from ropeconv.formats.safetensors import SafetensorsPlan
-from ropeconv.mlx_export.output import _copy_aux_files
 from ropeconv.openvino_export import env
 from ropeconv.openvino_export.capability import family_reason
-from ropeconv.provenance import BASE_KEY, PLAN_KEY, provenance
+from ropeconv.provenance import provenance
 
-STAGING = ".openvino-staging"
+FOLDER = EngineFolder("OpenVINO", DIR, ".openvino-staging", MARKER)
 DEFAULT_GROUP = 128
 
 
@@ -60,52 +59,18 @@ def plan(p: Planning) -> OvPlan:
                   provenance(position_plan, ckpt.path))
 
 
-class OvOutputWriter:
-    def __init__(self, oplan: OvPlan, out: Path, note: Note) -> None:
-        from ropeconv.export.safetensors_output import SafetensorsOutput
+def _converted(oplan: OvPlan, note: Note):
+    """The writer's converter: optimum-intel's exporter in the OpenVINO environment on the staged folder."""
 
-        self.oplan, self.note = oplan, note
-        self.out = Path(out)
-        self.staging, self.home = self.out / STAGING, self.out / DIR
-        self.staging.mkdir()
-        try:
-            self._staged = SafetensorsOutput(SafetensorsPlan(oplan.planning, oplan.planning.hf_rope), self.staging)
-        except BaseException:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            raise
-        self._files: list[str] = []
-
-    def write(self, entry, source) -> None:
-        self._staged.write(entry, source)
-
-    def close(self) -> None:
-        oplan = self.oplan
-        self._staged.close()
-        (self.staging / "config.json").write_text(jsontext.dumps(oplan.config, "config.json", indent=2,
-                                                                 sort_keys=True) + "\n")
-        _copy_aux_files(oplan.planning.checkpoint, self.staging)
+    def convert(staging: Path, home: Path) -> dict[str, Any]:
         group = f", groups of {oplan.group_size}" if oplan.weights == "int4" else ""
-        self.note(f"openvino: exporting with optimum-intel's exporter ({oplan.weights}{group})")
-        _, versions = env.run_jobs([export_job(self.staging, self.home, oplan.weights, oplan.group_size)],
-                                   self.note)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        if not (self.home / "openvino_model.xml").is_file():
-            raise UnsupportedError(f"optimum-intel's exporter wrote no openvino_model.xml in {self.home}")
-        (self.home / MARKER).write_text(jsontext.dumps(marker(oplan, versions), MARKER, indent=2, sort_keys=True)
-                                        + "\n")
-        self._files = sorted(p.relative_to(self.out).as_posix() for p in self.home.rglob("*") if p.is_file())
+        note(f"openvino: exporting with optimum-intel's exporter ({oplan.weights}{group})")
+        _, versions = env.run_jobs([export_job(staging, home, oplan.weights, oplan.group_size)], note)
+        if not (home / "openvino_model.xml").is_file():
+            raise UnsupportedError(f"optimum-intel's exporter wrote no openvino_model.xml in {home}")
+        return marker(oplan, versions)
 
-    def abort(self) -> None:
-        self._staged.abort()
-        shutil.rmtree(self.staging, ignore_errors=True)
-        shutil.rmtree(self.home, ignore_errors=True)
-        self._files = []
-
-    def files(self) -> list[str]:
-        return list(self._files)
-
-    def sha256(self) -> dict[str, str]:
-        return {}  # optimum-intel wrote them: the manifest hashes them
+    return convert
 
 
 def export_job(src: Path, dst: Path, weights: str = "fp32", group_size: int = DEFAULT_GROUP) -> dict[str, Any]:
@@ -114,8 +79,8 @@ def export_job(src: Path, dst: Path, weights: str = "fp32", group_size: int = DE
             "group_size": group_size}
 
 
-def writer(oplan: OvPlan, out: Path, note: Note) -> OvOutputWriter:
-    return OvOutputWriter(oplan, out, note)
+def writer(oplan: OvPlan, out: Path, note: Note) -> EngineFolderWriter:
+    return EngineFolderWriter(FOLDER, oplan.planning, oplan.config, out, _converted(oplan, note))
 
 
 def marker(oplan: OvPlan, versions: dict[str, str]) -> dict[str, Any]:
@@ -135,62 +100,20 @@ def record(oplan: OvPlan, _plan) -> dict[str, Any]:
 
 
 def read_marker(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / MARKER
-    if not path.is_file():
-        raise InputError(f"{folder}: no {MARKER} (not an OpenVINO folder written by ropeconv)")
-    found = jsontext.loads(path.read_text(), str(path))
-    if not isinstance(found, dict):
-        raise InputError(f"{path}: not a JSON object")
-    return found
+    return engine_folder.read_marker(FOLDER, folder)
 
 
 def recorded(folder: Path):
     """(plan, base) as ropeconv-openvino.json records them."""
-    from ropeconv.positions import plan_from_json
-
-    found = read_marker(folder)
-    try:
-        plan_ = plan_from_json(jsontext.loads(found[PLAN_KEY], PLAN_KEY))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{folder}/{MARKER}: {PLAN_KEY} is damaged ({exc})") from None
-    return plan_, (Path(found[BASE_KEY]) if found.get(BASE_KEY) else None)
-
-
-def stage_twin_source(base: Path, position_plan, staging: Path) -> Path:
-    """A transformers folder of the base's own weights (linked) with the plan's config.json: what a float32 twin is
-    exported from."""
-    from ropeconv import methods
-    from ropeconv.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(base)
-    hf_rope = methods.get(position_plan.method).hf_rope_parameters(position_plan)
-    config = extended_config(ckpt.config, ckpt.arch, ckpt.scheme, position_plan, hf_rope)
-    staging.mkdir()
-    for weights in [*base.glob("*.safetensors"), *base.glob("*.safetensors.index.json")]:
-        (staging / weights.name).symlink_to(weights.resolve())
-    (staging / "config.json").write_text(jsontext.dumps(config, "config.json", indent=2) + "\n")
-    _copy_aux_files(ckpt, staging)
-    return staging
+    return engine_folder.recorded(FOLDER, folder)
 
 
 def twin(base: Path, position_plan, lora=None) -> Twin | None:
     """The float32 OpenVINO folder optimum-intel exports from the base's own weights with the plan's config.json:
     what an fp16, int8 or int4 folder is judged through strictly. None where it cannot be made so (LoRA merged,
     pickle weights)."""
-    base = Path(base)
-    if lora is not None or not any(base.glob("*.safetensors")):
-        return None
-
-    def write(dst: Path) -> Path:
-        staging = dst.with_name(dst.name + ".staging")
-        try:
-            stage_twin_source(base, position_plan, staging)
-            env.run_jobs([export_job(staging, dst, "fp32")])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return dst
-
-    return write
+    return engine_folder.twin_writer(base, position_plan, lora,
+                                     lambda src, dst: env.run_jobs([export_job(src, dst, "fp32")]))
 
 
 def quantized_twin(artifact: Path, given: Twin | None) -> Twin | None:
@@ -246,12 +169,7 @@ def inspect(path: Path, as_json: bool) -> int:
 
     found = read_marker(path)
     config = jsontext.loads((Path(path) / "config.json").read_text(), f"{path}/config.json")
-    try:
-        plan_, base = recorded(path)
-        ropeconv_info: dict[str, Any] | None = {"method": plan_.method, "original_ctx": plan_.original_ctx,
-                                                "target_ctx": plan_.target_ctx}
-    except InputError:
-        plan_, base, ropeconv_info = None, None, None
+    plan_, base, ropeconv_info = engine_folder.ropeconv_view(FOLDER, path)
     files = sorted(p for p in Path(path).glob("openvino_*") if p.is_file())
     info = {
         "path": str(path), "format": "openvino", "architecture": config.get("model_type"),
@@ -273,5 +191,5 @@ def inspect(path: Path, as_json: bool) -> int:
     group = f", groups of {found.get('group_size')}" if found.get("weights") == "int4" else ""
     click.echo(f"  weights          {found.get('weights')}{group}, {info['bytes']:,} bytes in {len(files)} file(s)")
     if plan_ is not None:
-        click.echo(f"  ropeconv         {plan_.method}, {plan_.original_ctx} → {plan_.target_ctx} tokens, base {base}")
+        click.echo(engine_folder.ropeconv_line(plan_, base))
     return 0

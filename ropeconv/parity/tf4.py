@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ropeconv.errors import InputError, ParityError
-from ropeconv.parity.side_env import side_python
+from ropeconv.side_env import START_FAILED, run_script, side_python
 
 if TYPE_CHECKING:
     import torch
@@ -95,27 +94,11 @@ def attention_for(model_dir: Path) -> str | None:
 
 
 def _run(interpreter: Path, request: Path, progress: Callable[[str], None]) -> tuple[str | None, list[str]]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([str(interpreter), str(RUNNER), str(request)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    errors = []
-    try:
-        assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:
-            line = line.rstrip()
-            if line.startswith("progress: "):
-                progress(f"  transformers 4.x: {line[len('progress: '):]}")
-            elif line.strip():
-                errors.append(line.strip())
-        out = proc.stdout.read()
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if rc == 3:
-        raise InputError(f"{ENV}={interpreter}: the 4.x environment cannot start ({errors[-1] if errors else rc}); "
+    ran = run_script(interpreter, RUNNER, request, engine="transformers 4.x", progress=progress)
+    errors = list(ran.errors)
+    if ran.returncode == START_FAILED:
+        raise InputError(f"{ENV}={interpreter}: the 4.x environment cannot start ({errors[-1] if errors else 3}); "
                          f"rebuild it with `make tf4` or set {ENV}=off")
-    if rc != 0:
+    if ran.returncode != 0:
         return None, errors
-    return json.loads(out.strip().splitlines()[-1])["transformers"], errors
+    return json.loads(ran.stdout.strip().splitlines()[-1])["transformers"], errors

@@ -19,11 +19,9 @@ target; the docs' tables are generated from CELLS and FAMILIES (tests/parity/tes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from typing import Any
 from ropeconv.errors import InputError, ParityError, UnsupportedError
 from ropeconv.methods.base import Support
 from ropeconv.parity.report import bound
-from ropeconv.parity.side_env import side_python
+from ropeconv.side_env import START_FAILED, last_error, run_script, side_python
 
 NAME = "vllm"
 ENV = "ROPECONV_VLLM_PYTHON"
@@ -191,16 +189,9 @@ def run_jobs(jobs: list[Job], interpreter: Path, progress: Callable[[str], None]
     return results, versions
 
 
-def _last_error(errors: list[str]) -> str:
-    """The line that says what went wrong: vLLM logs a lot on stderr, the exception comes last."""
-    for line in reversed(errors):
-        if line.startswith("timeout: "):
-            return line
-    for line in reversed(errors):
-        # vLLM's chat-template warm-up fails harmlessly without a tokenizer (the prompt is token ids)
-        if ("Error" in line or "error" in line) and "skip_tokenizer_init" not in line:
-            return line[-400:]
-    return errors[-1][-400:] if errors else "no output"
+def _last_error(errors) -> str:
+    # vLLM's chat-template warm-up fails harmlessly without a tokenizer (the prompt is token ids)
+    return last_error(errors, ignore=("skip_tokenizer_init",))
 
 
 # vLLM's start-up is 20–60 s per model on 2 busy cores; a run this much longer per model is stuck (seen once on a
@@ -213,60 +204,19 @@ TOKENS_PER_SECOND = 20
 
 def _run(interpreter: Path, request: Path, progress: Callable[[str], None], cwd: Path, n_models: int = 1,
          n_tokens: int = 0) -> tuple[dict[str, str] | None, list[str]]:
-    import signal
-    import threading
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
-               VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), TOKENIZERS_PARALLELISM="false",
-               # not pinned to one core (vLLM's default binds its worker's threads to core 0, reserving the rest):
-               # on a shared machine that core may be another process's
-               VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
-    env.pop("PYTHONPATH", None)  # the vLLM environment's own packages only
-    # a session of its own: the engine and worker processes vLLM spawns are ended with the runner
-    proc = subprocess.Popen([str(interpreter), str(RUNNER), str(request)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True)
-    errors: list[str] = []
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            line = line.rstrip()
-            if line.startswith("progress: "):
-                progress(f"  vLLM: {line[len('progress: '):]}")
-            elif line.strip():
-                errors.append(line.strip())
-
-    # vLLM logs to stdout as well: it is drained while the runner runs, or a full pipe (64 KiB: a few models' logs)
-    # blocks the runner in write() for good (what looked like an engine stalling on the second family in a process)
-    lines: list[str] = []
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        lines.extend(proc.stdout)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    drainer = threading.Thread(target=drain, daemon=True)
-    drainer.start()
-    timeout = 120 + SECONDS_PER_MODEL * n_models + n_tokens // TOKENS_PER_SECOND
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        errors.append(f"timeout: vLLM did not finish within {timeout} s ({n_models} model(s)); ended")
-        rc = -1
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left running (an engine core, a worker)
-        proc.wait()
-    reader.join(timeout=10)
-    drainer.join(timeout=10)
-    out = "".join(lines)
-    if rc == 3:
+    ran = run_script(interpreter, RUNNER, request, engine="vLLM", progress=progress, cwd=cwd,
+                     timeout_s=120 + SECONDS_PER_MODEL * n_models + n_tokens // TOKENS_PER_SECOND,
+                     env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                          # not pinned to one core (vLLM's default binds its worker's threads to core 0, reserving
+                          # the rest): on a shared machine that core may be another process's
+                          "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")})
+    errors = list(ran.errors)
+    if ran.returncode == START_FAILED:
         raise InputError(f"{ENV}={interpreter}: the vLLM environment cannot start ({_last_error(errors)}); rebuild "
                          "it with `make vllm`")
-    if rc != 0:
+    if ran.returncode != 0:
         return None, errors
-    versions = next((line for line in reversed(out.splitlines()) if line.startswith("{")), None)
+    versions = next((line for line in reversed(ran.stdout.splitlines()) if line.startswith("{")), None)
     if versions is None:
         return None, errors + ["the vLLM runner wrote no versions line"]
     return json.loads(versions), errors
