@@ -20,6 +20,26 @@ def smol() -> Path:
     return smollm2.materialize_hf(WORK / "smollm2-135m")
 
 
+def extend_yarn_x4_proven(smol: Path, out: Path, to: str, runtime: str, tokens: int, capsys) -> tuple[dict, float]:
+    """`extend SMOL --method yarn --factor 4 --to TO` with a probe of `tokens` that ends past the original 8192,
+    proven in `runtime`: its parity report (passed, the greedy next token transformers' at every probe position),
+    and the seconds the whole run took (conversion + reference + runtime)."""
+    import time
+
+    started = time.monotonic()
+    capsys.readouterr()
+    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "--to", to, "-o", out,
+                   "--tokens", str(tokens), "-q", "--json") == 0
+    seconds = time.monotonic() - started
+    report = json.loads(capsys.readouterr().out)["parity"]
+    assert report["passed"] and report["runtime"] == runtime, report
+    assert report["tokens"] == tokens and report["first_position"] < 8192 <= report["last_position"]
+    assert report["top1"] == 1.0  # the greedy next token at every probe position is transformers'
+    print(f"SmolLM2 YaRN×4 {runtime}, {tokens} tokens at {report['first_position']}–{report['last_position']}: "
+          f"max|Δlogit| {report['max_abs_logit']:.3e}, top-1 {report['top1']:.2%}, {seconds:.0f} s")
+    return report, seconds
+
+
 @pytest.mark.slow
 def test_yarn_x4_verifies_over_1024_tokens_and_generates(smol, tmp_path, capsys):
     out = tmp_path / "smol-yarn-32k"

@@ -7,13 +7,10 @@ and stopped after 18 minutes on the shared 2-core CPU (mlx's CPU backend on Linu
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 
-from tests.conftest import read_json, run_cli
-from tests.test_smollm2 import WORK
+from tests.conftest import read_json
+from tests.test_smollm2 import extend_yarn_x4_proven, smol  # noqa: F401  (the SmolLM2 fixture)
 
 pytest.importorskip("mlx_lm")
 
@@ -21,29 +18,11 @@ TOKENS = 2048  # positions 7168–9215: 1024 past the original 8192
 LOGPROB_TOLERANCE = 5e-3  # measured: 2 × 1.67e-3 (max |Δlogit| 1.67e-3 at positions 7168–9215)
 
 
-@pytest.fixture(scope="module")
-def smol():
-    from ropeconv.fixtures import smollm2
-
-    return smollm2.materialize_hf(WORK / "smollm2-135m")
-
-
 @pytest.mark.slow
 def test_mlx_yarn_x4_up_to_position_9215_matches_transformers(smol, tmp_path, capsys):
     out = tmp_path / "smol-yarn-mlx"
-    started = time.monotonic()
-    capsys.readouterr()
-    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "--to", "mlx", "-o", out,
-                   "--tokens", str(TOKENS), "-q", "--json") == 0
-    seconds = time.monotonic() - started
-    report = json.loads(capsys.readouterr().out)["parity"]
-    assert report["passed"] and report["runtime"] == "mlx-lm", report
-    assert report["tokens"] == TOKENS and report["first_position"] < 8192 <= report["last_position"]
-    assert report["top1"] == 1.0  # the greedy next token at every probe position is transformers'
+    report, _ = extend_yarn_x4_proven(smol, out, "mlx", "mlx-lm", TOKENS, capsys)
     assert read_json(out / "mlx" / "config.json")["rope_scaling"]["type"] == "yarn"
-    print(f"SmolLM2 YaRN×4 mlx-lm, {TOKENS} tokens at {report['first_position']}–{report['last_position']}: "
-          f"max|Δlogit| {report['max_abs_logit']:.3e}, top-1 "
-          f"{report['top1']:.2%}, {seconds:.0f} s (conversion + reference + mlx-lm)")
 
     # log-probabilities: log_softmax moves each row by at most max|Δlogit|, so every log-probability differs by at
     # most twice it

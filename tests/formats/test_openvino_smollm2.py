@@ -6,15 +6,13 @@ is the same greedy token and the log-probabilities agree within LOGPROB_TOLERANC
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import pytest
 
 from ropeconv.openvino_export import env
-from tests.conftest import read_json, run_cli
-from tests.test_smollm2 import WORK
+from tests.conftest import read_json
+from tests.test_smollm2 import WORK, extend_yarn_x4_proven
 
 TOKENS = 9216  # up to position 9215: 1024 past the original 8192
 LOGPROB_TOLERANCE = 5e-3
@@ -35,17 +33,6 @@ def smol():
 @pytest.mark.long
 def test_openvino_yarn_x4_past_the_original_context_matches_transformers(smol, tmp_path, capsys):
     out = tmp_path / "smol-yarn-openvino"
-    started = time.monotonic()
-    capsys.readouterr()
-    assert run_cli("extend", smol, "--method", "yarn", "--factor", "4", "--to", "openvino", "-o", out,
-                   "--tokens", str(TOKENS), "-q", "--json") == 0
-    seconds = time.monotonic() - started
-    report = json.loads(capsys.readouterr().out)["parity"]
-    assert report["passed"] and report["runtime"] == "openvino", report
-    assert report["tokens"] == TOKENS and report["first_position"] < 8192 <= report["last_position"]
-    assert report["top1"] == 1.0  # the greedy next token at every probe position is transformers'
+    report, _ = extend_yarn_x4_proven(smol, out, "openvino", "openvino", TOKENS, capsys)
     assert read_json(out / "openvino" / "ropeconv-openvino.json")["rope_parameters"]["rope_type"] == "yarn"
-    print(f"SmolLM2 YaRN×4 OpenVINO, {TOKENS} tokens at {report['first_position']}–{report['last_position']}: "
-          f"max|Δlogit| {report['max_abs_logit']:.3e}, top-1 {report['top1']:.2%}, {seconds:.0f} s (export + "
-          "reference + OpenVINO)")
     assert 2 * report["max_abs_logit"] <= LOGPROB_TOLERANCE, report["max_abs_logit"]
