@@ -1,23 +1,22 @@
 """ropeconv eval: passkey retrieval and perplexity, run in the model's own runtime (transformers, onnxruntime
-or llama.cpp), with results cached so that an interrupted sweep resumes."""
+or llama.cpp), with results cached so that an interrupted sweep resumes; RULER comes from cli.eval_ruler, on the
+same group (cli.eval_common), which this module loads so that `ropeconv eval` has every command."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
-from ropeconv.cli.options import emit_json
-from ropeconv.cli.report import echo_published
+from ropeconv.cli import eval_ruler  # noqa: F401  (registers `eval ruler` on the group)
+from ropeconv.cli.eval_common import cache_dir_for, common_options, eval_group, publish_results, start
 from ropeconv.errors import InputError
 from ropeconv.eval import cache as cache_mod
 from ropeconv.eval import passkey as pk
 from ropeconv.eval import plots
 from ropeconv.eval import ppl as ppl_mod
 from ropeconv.eval import runtimes as rt
-from ropeconv.progress import Progress
 
 PASSKEY_EPILOG = """\b
 Examples:
@@ -42,95 +41,6 @@ a sliding window scores only the tokens new to each window, and PPL = exp(mean o
 """
 
 
-class RuntimeChoice(click.Choice):
-    """--runtime's choices as the format registry stands when they are read (eval.runtimes.kinds): a format
-    registered at run time is a choice."""
-
-    def __init__(self) -> None:
-        super().__init__(list(rt.runtime_choices()))
-
-    @property
-    def choices(self):
-        return tuple(rt.runtime_choices())
-
-    @choices.setter
-    def choices(self, _value) -> None:
-        pass
-
-
-def _device_option(f):
-    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                        help="where transformers/onnxruntime/llama.cpp run")(f)
-
-
-def _common(f):
-    for decorator in reversed([
-        click.option("--runtime", type=RuntimeChoice(), default="auto", show_default=True,
-                     help="auto: from the path (.gguf → llama.cpp, .onnx or onnx/ → onnxruntime, else transformers); "
-                     "mlx and vllm (a safetensors folder served by vLLM, `make vllm`) are asked for by name"),
-        _device_option,
-        click.option("--max-memory", help="caps for the transformers runtime, e.g. cuda:0=20GiB,cpu=12GiB (layers over "
-                     "every GPU, then the CPU, then disk; default: what the machine has)"),
-        click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="directory for results and plot"),
-        click.option("--cache-dir", type=click.Path(path_type=Path),
-                     help="results cache (default OUT/cache, or ~/.cache/ropeconv/eval without -o)"),
-        click.option("--json", "as_json", is_flag=True, help="the results document on stdout"),
-        click.option("-q", "--quiet", is_flag=True, help="no progress on stderr"),
-    ]):
-        f = decorator(f)
-    return f
-
-
-@click.group(name="eval")
-def eval_group() -> None:
-    """Evaluate a model in its target runtime: passkey retrieval, RULER and perplexity."""
-
-
-def _pick_device(device: str):
-    from ropeconv.device.pick import pick_device  # imports torch: only when a command runs, never for --help
-
-    return pick_device(device)
-
-
-def _prepare_out(out: Path | None, name: str, models: Sequence[Path], text: Path | None = None) -> None:
-    """-o checked before any work: a folder (made when there is something to write), whose results may be placed,
-    neither a model evaluated, nor inside one or inside the ropeconv output holding it (its manifest would no longer
-    list every file, and `extend --force` would refuse to replace it), nor the --text."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {out}: exists and is not a directory")
-    from ropeconv.export.staging import overlap_refusal
-
-    inputs = [("model", Path(m)) for m in models] + ([("--text", Path(text))] if text is not None else [])
-    for m in models:  # OUT/x.gguf and OUT/onnx/model.onnx belong to the output folder OUT
-        holder = next((p for p in list(Path(m).absolute().parents)[:2] if (p / "manifest.json").is_file()), None)
-        if holder is not None:
-            inputs.append(("ropeconv output", holder))
-    reason = overlap_refusal(out, inputs)
-    if reason:
-        raise InputError(f"-o {reason}")
-    from ropeconv.eval.publish import check
-
-    check(out, name)
-
-
-def _cache_dir(out: Path | None, cache_dir: Path | None) -> Path:
-    return cache_dir if cache_dir is not None else (out / "cache" if out is not None else cache_mod.default_dir())
-
-
-def _placement(max_memory: str | None, dev, out: Path | None):
-    """--max-memory checked against the device before any work; disk offload beside -o when given (not in it:
-    -o is made only when there is something to put in it)."""
-    from ropeconv.device.placement import budget, parse_max_memory
-
-    placement = parse_max_memory(max_memory)
-    if out is not None:
-        placement = placement.beside(out)
-    budget(placement, dev)
-    return placement
-
-
 def _pct(x) -> str:
     return "—" if x is None else f"{x:.0%}"
 
@@ -145,7 +55,7 @@ def _pct(x) -> str:
 @click.option("--depths", default="random", show_default=True,
               help="'random' (uniform per trial) or a grid of fractions, e.g. 0,0.25,0.5,0.75,1")
 @click.option("--seed", type=int, default=0, show_default=True, help="keys and depths come from this seed")
-@_common
+@common_options
 def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, out, cache_dir, as_json, quiet) -> int:
     """Passkey retrieval (YaRN/LongLoRA template): a 1–50000 key hidden in filler at some depth, greedy
     answer, hit when the first integer of the answer is the key. Prints accuracy per length and depth."""
@@ -154,13 +64,8 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
     depth_grid = pk.parse_depths(depths)
     if trials < 1:
         raise InputError("--trials must be at least 1")
-    ref = rt.resolve(model, runtime)
-    _prepare_out(out, "passkey", [model])
-    if out is not None:
-        plots.require()
-    dev = _pick_device(device)
-    progress = Progress(enabled=not quiet)
-    placement = _placement(max_memory, dev, out)
+    run = start("passkey", [model], runtime, out, device, max_memory, quiet)
+    (ref,), dev, placement, progress = run.refs, run.device, run.placement, run.progress
     with rt.open_runtime(ref, dev, placement) as runtime_:
         template = len(runtime_.tokenize(pk.build_prompt(0, 0.5, pk.KEY_MAX).text))
         if template > length_list[0]:
@@ -169,7 +74,7 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
         key = {"kind": "passkey", "model_hash": rt.model_hash(ref), "runtime": ref.runtime, "device": dev.type,
                "seed": seed, "depths": depth_grid or "random", "template": pk.TEMPLATE,
                "max_new_tokens": pk.MAX_NEW_TOKENS}
-        cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "passkey", key,
+        cache = cache_mod.ResultCache(cache_dir_for(out, cache_dir), "passkey", key,
                                       check=lambda r: cache_mod.fields_problem(r, pk.RECORD_FIELDS))
         specs = pk.trial_specs(length_list, trials, depth_grid)
         done = cache.done()
@@ -193,7 +98,7 @@ def passkey(model, lengths, trials, depths, seed, runtime, device, max_memory, o
                         "length_tolerance": {str(L): pk.tolerance(L) for L in length_list},
                         "scorer": "first \\d+ of the greedy continuation == key (as integers)"},
            "summary": summary, "trials": records}
-    _publish(doc, out, "passkey", lambda png: plots.passkey_heatmap(
+    publish_results(doc, out, "passkey", lambda png: plots.passkey_heatmap(
         summary, length_list, f"passkey: {ref.given.name} ({ref.runtime_name})", png), _passkey_table, as_json)
     return 0
 
@@ -234,20 +139,15 @@ def _ppl_text(path: Path, longest: int, stride: int | None) -> str:
 @click.option("--text", "text_path", required=True, type=click.Path(path_type=Path), help="UTF-8 text to score")
 @click.option("--lengths", required=True, help="context lengths in tokens, e.g. 1k,2k,4k")
 @click.option("--stride", type=int, help="sliding-window stride (YaRN uses 256); default: one window per length")
-@_common
+@common_options
 def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, cache_dir, as_json, quiet) -> int:
     """Perplexity of each MODEL on --text at each length (§15); several MODELs share one plot."""
     length_list = pk.parse_lengths(lengths)
     if stride is not None and stride < 1:
         raise InputError("--stride must be positive")
     text = _ppl_text(text_path, length_list[-1], stride)
-    refs = [rt.resolve(m, runtime) for m in models]
-    _prepare_out(out, "ppl", models, text_path)
-    if out is not None:
-        plots.require()
-    dev = _pick_device(device)
-    placement = _placement(max_memory, dev, out)
-    progress = Progress(enabled=not quiet)
+    run = start("ppl", models, runtime, out, device, max_memory, quiet, text_path)
+    refs, dev, placement, progress = run.refs, run.device, run.placement, run.progress
     labels = _labels(refs)
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -265,7 +165,7 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
             ids = runtime_.tokenize_plain(text)
             key = {"kind": "ppl", "model_hash": rt.model_hash(ref), "runtime": ref.runtime, "device": dev.type,
                    "text_sha256": text_sha, "stride": stride, "protocol": "yarn-v1"}
-            cache = cache_mod.ResultCache(_cache_dir(out, cache_dir), "ppl", key,
+            cache = cache_mod.ResultCache(cache_dir_for(out, cache_dir), "ppl", key,
                                           check=lambda r: cache_mod.fields_problem(r, ppl_mod.RECORD_FIELDS))
             for L in length_list:
                 record = cache.get(str(L))
@@ -286,28 +186,9 @@ def ppl(models, text_path, lengths, stride, runtime, device, max_memory, out, ca
            "settings": {"lengths": length_list, "stride": stride, "mode": ppl_mod.mode_name(stride),
                         "ppl": "exp(mean over windows of the window's mean NLL) (nll_tokens: token-weighted)"},
            "results": results}
-    _publish(doc, out, "ppl", lambda png: plots.ppl_curves(
+    publish_results(doc, out, "ppl", lambda png: plots.ppl_curves(
         results, png, f"perplexity on {text_path.name} ({ppl_mod.mode_name(stride)})"), _ppl_table, as_json)
     return 0
-
-
-def _publish(doc: dict, out, name: str, plot, table, as_json: bool) -> None:
-    """OUT/<name>.json and OUT/<name>.png when -o is given (see ropeconv.eval.publish); the document or its table
-    on stdout."""
-    if out is None:
-        if as_json:
-            emit_json(doc)
-        else:
-            click.echo(table(doc))
-        return
-    from ropeconv.eval.publish import publish, results_paths
-
-    publish(out, name, doc, plot)
-    document, png = results_paths(out, name)
-    if as_json:
-        emit_json(doc, published=document)
-        return
-    echo_published(f"{table(doc)}\nwrote {document} and {png}", document)
 
 
 def _labels(refs) -> list[str]:

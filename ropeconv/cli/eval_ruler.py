@@ -1,8 +1,8 @@
 """ropeconv eval ruler: RULER's synthetic tasks (ropeconv.eval.ruler) in the model's own runtime, cached per trial
 like passkey; a task × length table, ruler.json and ruler.png, and with --into-card the table in an output's card.
 
-This module registers `ruler` on cli.eval's group and is what `ropeconv eval` loads (cli.main's COMMANDS): it
-imports cli.eval for the group and its shared options, so cli.eval cannot import it back (no import cycle).
+This module registers `ruler` on the eval group (cli.eval_common, with the options and checks every eval command
+shares); cli.eval loads it.
 """
 
 from __future__ import annotations
@@ -14,22 +14,13 @@ from pathlib import Path
 import click
 
 from ropeconv import jsontext
-from ropeconv.cli.eval import (
-    _cache_dir,
-    _common,
-    _pick_device,
-    _placement,
-    _prepare_out,
-    _publish,
-    eval_group,
-)
+from ropeconv.cli.eval_common import cache_dir_for, common_options, eval_group, publish_results, start
 from ropeconv.errors import InputError
 from ropeconv.eval import cache as cache_mod
 from ropeconv.eval import passkey as pk
 from ropeconv.eval import plots
 from ropeconv.eval import ruler as ruler_mod
 from ropeconv.eval import runtimes as rt
-from ropeconv.progress import Progress
 
 RULER_EPILOG = """\b
 Examples:
@@ -57,7 +48,7 @@ SECTION = "## RULER"
 @click.option("--seed", type=int, default=0, show_default=True, help="every prompt comes from this seed")
 @click.option("--into-card", "into_card", type=click.Path(path_type=Path),
               help="a ropeconv output folder: write the table into its README.md (## RULER) and its manifest")
-@_common
+@common_options
 def ruler(model, lengths, tasks, trials, seed, into_card, runtime, device, max_memory, out, cache_dir, as_json,
           quiet) -> int:
     """RULER's synthetic tasks (needle-in-a-haystack variants, variable tracking, common and frequent words),
@@ -66,21 +57,16 @@ def ruler(model, lengths, tasks, trials, seed, into_card, runtime, device, max_m
     task_list = ruler_mod.parse_tasks(tasks)
     if trials < 1:
         raise InputError("--trials must be at least 1")
-    ref = rt.resolve(model, runtime)
-    _prepare_out(out, "ruler", [model])
-    if out is not None:
-        plots.require()
     if into_card is not None:
         card_check(into_card, out)
-    dev = _pick_device(device)
-    progress = Progress(enabled=not quiet)
-    placement = _placement(max_memory, dev, out)
+    run = start("ruler", [model], runtime, out, device, max_memory, quiet)
+    (ref,), dev, placement, progress = run.refs, run.device, run.placement, run.progress
     model_hash = _model_hash(ref)
     with rt.open_runtime(ref, dev, placement) as runtime_:
         for task in task_list:  # every template fits the shortest length before any trial runs
             _template_fits(runtime_, task, length_list[0])
         caches = {task: cache_mod.ResultCache(
-            _cache_dir(out, cache_dir), "ruler",
+            cache_dir_for(out, cache_dir), "ruler",
             {"kind": "ruler", "task": task, "model_hash": model_hash, "runtime": ref.runtime, "device": dev.type,
              "seed": seed, "template": ruler_mod.TEMPLATE, "max_new_tokens": ruler_mod.MAX_NEW_TOKENS[task]},
             check=lambda r: cache_mod.fields_problem(r, ruler_mod.RECORD_FIELDS)) for task in task_list}
@@ -107,7 +93,7 @@ def ruler(model, lengths, tasks, trials, seed, into_card, runtime, device, max_m
                         "scorer": "string_match_all: the share of the answers found in the continuation "
                                   "(case-insensitive)"},
            "summary": summary, "trials": records}
-    _publish(doc, out, "ruler", lambda png: plots.ruler_heatmap(
+    publish_results(doc, out, "ruler", lambda png: plots.ruler_heatmap(
         summary, task_list, length_list, f"RULER: {ref.given.name} ({ref.runtime_name})", png), ruler_table, as_json)
     if into_card is not None:
         write_card(into_card, doc)

@@ -24,8 +24,8 @@ from ropeconv.interrupts import exit_code, handled, raise_if_interrupted
 # are the docstrings' first sentences, repeated here so `ropeconv --help` lists every command without importing any
 # (tests/cli/test_startup.py checks they still match).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    # cli.eval_ruler imports cli.eval (its group and options) and adds `eval ruler` to the group
-    "eval": ("ropeconv.cli.eval_ruler", "eval_group",
+    # cli.eval loads cli.eval_ruler, which adds `eval ruler` to the group (cli.eval_common)
+    "eval": ("ropeconv.cli.eval", "eval_group",
              "Evaluate a model in its target runtime: passkey retrieval, RULER and perplexity."),
     "extend": ("ropeconv.cli.extend", "command",
                "Extend BASE (a HuggingFace model directory, a GGUF file, or a Hub id ORG/NAME[@REVISION][:FILE.gguf]) "

@@ -30,6 +30,7 @@ from typing import Any
 
 from ropeconv.errors import InputError, ParityError, UnsupportedError
 from ropeconv.methods.base import Support
+from ropeconv.parity.engine_target import EngineTarget, resolve_output
 from ropeconv.parity.report import bound
 from ropeconv.side_env import START_FAILED, last_error, run_script, side_python
 
@@ -368,59 +369,13 @@ def refusal(plan, config: dict[str, Any]) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Target:
-    """One output to prove in vLLM, resolved from its manifest."""
-
-    out: Path
-    plan: Any
-    base: Path  # the reference's weights
-    vocab_size: int
-    notes: tuple[str, ...]
-    changed: str | None = None  # the files that are not those the manifest records
-
-
-def resolve(out: Path, base: Path | None = None) -> Target:
+def resolve(out: Path, base: Path | None = None) -> EngineTarget:
     """The output's plan and the reference's weights; refused (UnsupportedError, exit 2) where vLLM reads the
     cell wrongly."""
-    from ropeconv.formats import checkpoint_format
-    from ropeconv.manifest import changed_files, describe_changes, load_manifest
-    from ropeconv.positions import plan_from_json
-
-    out = Path(out)
-    if not out.is_dir():
-        raise InputError(f"{out}: --runtime vllm proves a safetensors output folder (vLLM loads the folder)")
-    manifest = load_manifest(out)
-    if manifest.plan is None or manifest.vocab_size is None:
-        raise InputError(f"{manifest.where}: damaged (its plan or vocab_size is missing)")
-    checkpoint = checkpoint_format().name  # vLLM loads what transformers loads: the checkpoint folder
-    if manifest.formats and checkpoint not in manifest.formats:
-        raise InputError(f"{out}: holds no {checkpoint} output ({', '.join(manifest.formats)}): vLLM loads a "
-                         f"{checkpoint} folder")
-    try:
-        plan = plan_from_json(manifest.plan)
-    except ValueError as exc:
-        raise InputError(f"{manifest.where}: plan: {exc}") from None
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    why = refusal(plan, config)
-    if why is not None:
-        raise UnsupportedError(f"{out}: refused for vLLM: {why}")
-    changed = changed_files(manifest)  # told after the proof, as verify tells it (exit 1)
-    notes: tuple[str, ...] = ()
-    if base is None:
-        recorded = Path(manifest.base_path) if manifest.base_path else None
-        if recorded is not None and (recorded / "config.json").is_file() and not manifest.lora:
-            base = recorded
-        else:
-            # the output's tensors are byte copies of the base's (LoRA merged): the position math is what is proven
-            base = out
-            notes = ("reference built from this output's own weights (byte copies of the base's, LoRA merged) "
-                     "under the recorded plan",)
-    return Target(out, plan, Path(base), manifest.vocab_size, notes,
-                  describe_changes(manifest.root, changed) if changed else None)
+    return resolve_output(out, base, engine="vLLM", flag="--runtime vllm", refusal=refusal)
 
 
-def preflight(out: Path, base: Path | None = None) -> Target:
+def preflight(out: Path, base: Path | None = None) -> EngineTarget:
     """What verify tells before anything runs: a refused cell, a missing environment (InputError, exit 2)."""
     target = resolve(out, base)
     if python() is None:
@@ -444,7 +399,7 @@ def probe_length(plan, tokens: int | None) -> int:
     return n
 
 
-def reference_logprobs(target: Target, ids: list[int], progress: Callable[[str], None] = lambda _: None):
+def reference_logprobs(target: EngineTarget, ids: list[int], progress: Callable[[str], None] = lambda _: None):
     """The transformers reference's float64 log-softmax [n, vocab] over ids at positions 0 … n − 1 (CPU)."""
     import torch
     from transformers.utils import logging
@@ -493,10 +448,10 @@ def prove_folder(folder: Path, plan, base: Path, vocab_size: int, *, tokens: int
     reference built from `base` under `plan`."""
     if python() is None:
         raise InputError(f"{missing_note()}; --verify-in vllm needs it")
-    return _prove([Target(Path(folder), plan, Path(base), vocab_size, notes)], tokens, progress)[0]
+    return _prove([EngineTarget(Path(folder), plan, Path(base), vocab_size, notes)], tokens, progress)[0]
 
 
-def _prove(targets: list[Target], tokens: int | None, progress: Callable[[str], None]) -> list[VllmReport]:
+def _prove(targets: list[EngineTarget], tokens: int | None, progress: Callable[[str], None]) -> list[VllmReport]:
     from ropeconv.parity.probe import probe_ids
 
     interpreter = python()

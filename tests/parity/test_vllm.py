@@ -259,6 +259,16 @@ def test_missing_environment_is_told_with_make_vllm(llama_base, tmp_path, monkey
     assert rc == 2 and "make vllm" in err, err
 
 
+def test_a_base_that_is_not_a_model_folder_is_told_before_anything_runs(llama_base, tmp_path, monkeypatch):
+    """--base is checked with the output (parity.engine_target, as --runtime mlx checks it), before the missing
+    environment is told."""
+    monkeypatch.setenv(vllm.ENV, "off")
+    out = extend(llama_base, tmp_path / "out", "yarn")
+    rc, stdout, err = run_cli_capture("verify", out, "--runtime", "vllm", "--base", tmp_path)
+    assert rc == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert f"--base {tmp_path}: not a HuggingFace model directory" in err, err
+
+
 def test_cells_cover_every_method_and_the_docs_hold_the_table():
     """One record per method ropeconv has; the docs' table is generated from those records."""
     from ropeconv import methods
