@@ -7,7 +7,6 @@ scores far off (the comparison can fail). Without .venv-ov the running tests ski
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 
@@ -26,22 +25,10 @@ from tests.conftest import (
     read_json,
     run_cli,
 )
+from tests.formats.test_openvino import OV, needs_ov
 
-REQUIRED = os.environ.get("ROPECONV_REQUIRE_OPENVINO") == "1"
 MAX_LOGPROB = 1e-3  # measured ~6e-6
 MIN_WRONG = 0.1
-
-
-def _python():
-    try:
-        return env.python()
-    except Exception:  # noqa: BLE001 - a bad $ROPECONV_OPENVINO_PYTHON is "no environment" here
-        return None
-
-
-OV = _python()
-needs_ov = pytest.mark.skipif(OV is None and not REQUIRED,
-                              reason="no OpenVINO environment (make openvino, or ROPECONV_OPENVINO_PYTHON)")
 
 
 @pytest.fixture(scope="module")
