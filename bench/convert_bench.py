@@ -70,7 +70,7 @@ def run_bench(src: Path, root: Path, llama_cpp: Path, runs: int) -> dict:
     for _, out in cmds.values():
         reset(out)
     median = {label: statistics.median(s for s, _ in runs_) for label, runs_ in samples.items()}
-    rows = [{
+    rows: list[dict] = [{
         "command": label, "median_s": round(median[label], 3), "runs_s": [round(s, 3) for s, _ in runs_],
         "ratio_to_cp": round(median[label] / median[CP], 3), "peak_rss_mb": round(max(m for _, m in runs_), 1),
     } for label, runs_ in samples.items()]  # fmt: skip

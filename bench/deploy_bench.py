@@ -202,7 +202,7 @@ def q4_k_m(base: Path, root: Path, runs: int) -> list[dict]:
                                    str(staged)])
                 quantize = measure([sys.executable, "-c", QUANTIZE, str(staged), str(theirs)])
                 samples[label].append((convert[0] + quantize[0], max(convert[1], quantize[1])))
-    rows = []
+    rows: list[dict] = []
     for label, got in samples.items():
         rows.append({"command": label, "median_s": round(statistics.median(s for s, _ in got), 2),
                      "runs_s": [round(s, 2) for s, _ in got], "peak_rss_mb": round(max(m for _, m in got))})

@@ -54,7 +54,7 @@ def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
     """Tensor names and shapes in the order LlamaForCausalLM's state dict lists them."""
     h, i, q = config["hidden_size"], config["intermediate_size"], config["num_attention_heads"] * config["head_dim"]
     kv = config["num_key_value_heads"] * config["head_dim"]
-    shapes = [("model.embed_tokens.weight", (config["vocab_size"], h))]
+    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (config["vocab_size"], h))]
     for n in range(config["num_hidden_layers"]):
         p = f"model.layers.{n}."
         shapes += [
@@ -73,7 +73,8 @@ def nbytes(shape: tuple[int, ...]) -> int:
 
 def shard_layout(shapes: list, max_bytes: int) -> dict[str, list]:
     """Greedy packing into shards named the way transformers names them."""
-    groups, size = [[]], 0
+    groups: list[list] = [[]]
+    size = 0
     for name, shape in shapes:
         if groups[-1] and size + nbytes(shape) > max_bytes:
             groups, size = groups + [[]], 0
@@ -84,7 +85,8 @@ def shard_layout(shapes: list, max_bytes: int) -> dict[str, list]:
 
 def safetensors_header(tensors: list, dtype: str = "bf16") -> bytes:
     """The 8-byte length + JSON header of a bf16 (or fp16) safetensors file, data area 8-byte aligned."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
     for name, shape in tensors:
         header[name] = {"dtype": DTYPES[dtype][0], "shape": list(shape), "data_offsets": [offset, offset + nbytes(shape)]}
         offset += nbytes(shape)
@@ -236,7 +238,7 @@ def rows_and_targets(samples: dict[str, list[tuple[float, float]]], cp_label: st
                      max_ratio: float, max_rss_mb: float) -> tuple[list[dict], list[dict]]:
     """Median rows (the second command against the first, cp) and PASS/MISS against the targets."""
     base = statistics.median(s for s, _ in samples[cp_label])
-    rows = []
+    rows: list[dict] = []
     for label, runs in samples.items():
         median = statistics.median(s for s, _ in runs)
         rows.append({

@@ -33,7 +33,7 @@ ORIGINAL, TARGET = 8192, 16384
 # idle cores (there a 10k-token forward of SmolLM2-135M takes ~1–2 min, a 16k one ~3–5 min); the population is
 # the four seeds, one generation adds a mutant and a crossover, and the short factors stay 1.0 (the base's own
 # frequencies, where a non-fine-tuned model is at home). GPU: the target itself is scored, and 32k is searched too.
-SIZES = {"cpu": dict(population=4, generations=1, eval_ctx=10240, short_generations=0, short_ctx=4096),
+SIZES: dict[str, dict] = {"cpu": dict(population=4, generations=1, eval_ctx=10240, short_generations=0, short_ctx=4096),
          "cuda": dict(population=16, generations=10, eval_ctx=None, short_generations=3, short_ctx=4096)}
 CALIBRATION, EVALUATION = "prideprejudice", "emma"
 EVAL_LENGTHS = (16384, 4096)

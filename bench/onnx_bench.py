@@ -52,7 +52,7 @@ def torch_model(base: Path, root: Path, device: str):
     if not (hf / "config.json").is_file():
         cli(["extend", str(base), "--method", "yarn", "--factor", "4", "--no-verify", "-q", "-o", str(hf), "--force"])
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32, attn_implementation="eager")
-    return model.to(device).eval()
+    return model.to(torch.device(device)).eval()  # type: ignore[arg-type]  # transformers types .to as a wrapped function
 
 
 def timed(fn, runs: int, sync=lambda: None) -> float:

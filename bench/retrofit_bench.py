@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from bench.extend_bench import MAX_RSS_MB, RUNS, alternate, bench_args, markdown, publish, reset, rows_and_targets
 from ropeconv.errors import RopeconvError
 from ropeconv.gguf_io.reader import DEFAULT_ALIGNMENT, align_up, read_gguf, tensor_nbytes
-from ropeconv.gguf_io.writer import GgufWriter, NewField, TensorInfo, build_header
+from ropeconv.gguf_io.types import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from ropeconv.gguf_io.writer import GgufWriter, KvEntry, NewField, TensorInfo, build_header
 
 MAX_RATIO = 1.2
 HIDDEN, INTERMEDIATE, HEADS, HEAD_DIM, VOCAB, CONTEXT = 2048, 5632, 16, 128, 32000, 4096
@@ -51,7 +52,7 @@ def layer_tensors(n: int) -> list[tuple[str, tuple[int, ...], GGMLQuantizationTy
 
 def plan_tensors(n_layers: int) -> list[TensorInfo]:
     """Everything a llama GGUF holds, in the converter's order; norms stay F32 as llama-quantize keeps them."""
-    specs = [("token_embd.weight", (HIDDEN, VOCAB), Q8_0)]
+    specs: list[tuple[str, tuple[int, ...], GGMLQuantizationType]] = [("token_embd.weight", (HIDDEN, VOCAB), Q8_0)]
     for n in range(n_layers):
         specs += layer_tensors(n)
     specs += [("output_norm.weight", (HIDDEN,), F32), ("output.weight", (HIDDEN, VOCAB), Q8_0)]
@@ -94,9 +95,9 @@ def random_tensor(info: TensorInfo, rng: np.random.Generator) -> np.ndarray:
     return blocks.reshape(-1)
 
 
-def expected_size(fields: list[NewField], tensors: list[TensorInfo]) -> int:
+def expected_size(fields: Sequence[KvEntry], tensors: list[TensorInfo]) -> int:
     """What GgufWriter writes: the header, then each tensor padded to the alignment (the last one too)."""
-    header, offsets = build_header(fields, tensors, DEFAULT_ALIGNMENT)
+    header, offsets = build_header(list(fields), tensors, DEFAULT_ALIGNMENT)
     return len(header) + (offsets[-1] + align_up(tensors[-1].nbytes, DEFAULT_ALIGNMENT) if tensors else 0)
 
 
@@ -130,7 +131,7 @@ def ensure_gguf(root: Path, size_gb: float) -> Path:
     print(f"bench: writing {out} ({n_layers} layers, {expected_size(fields, tensors) / 1e9:.2f} GB)", file=sys.stderr)
     rng = np.random.default_rng(0)
     try:
-        with GgufWriter(tmp, fields, tensors, DEFAULT_ALIGNMENT) as writer:
+        with GgufWriter(tmp, list[KvEntry](fields), tensors, DEFAULT_ALIGNMENT) as writer:
             for info in tensors:
                 writer.write_tensor(info.name, random_tensor(info, rng))
         os.replace(tmp, out)

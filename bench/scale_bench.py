@@ -86,7 +86,8 @@ def layers(device: str, tokens: int, names: list[str]) -> dict:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    rows, measured = [], {}
+    rows: list[dict] = []
+    measured: dict = {}
     for name in names:
         hidden, inter, heads, kv, n_layers = SHAPES[name]
         params = 2 * hidden * hidden + 2 * hidden * (hidden // heads * kv) + 3 * hidden * inter + 2 * hidden
