@@ -36,6 +36,23 @@ def side_python(env: str, venv: str, make_target: str) -> Path | None:
     return beside if beside.is_file() else None
 
 
+def environ(extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """The environment a side process runs in: this one with the engines' quiet defaults (offline Hub, no warnings,
+    transformers' and tokenizers' chatter off) and `extra` on top, and no PYTHONPATH (the side environment's own
+    packages only)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
+               TOKENIZERS_PARALLELISM="false", **extra)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """The process and whatever it spawned (started with start_new_session=True) killed, and reaped."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass(frozen=True)
 class ScriptRun:
     returncode: int  # -1: ended at the timeout
@@ -46,13 +63,9 @@ class ScriptRun:
 def run_script(interpreter: Path, script: Path, request: Path, *, engine: str,
                progress: Callable[[str], None] = lambda _: None, env: Mapping[str, str] = {},
                cwd: Path | None = None, timeout_s: float | None = None) -> ScriptRun:
-    """`interpreter script request` in a session of its own (whatever it spawns ends with it), with the engine's
-    quiet defaults and env on top, and no PYTHONPATH (the side environment's own packages only)."""
-    full_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
-                    TOKENIZERS_PARALLELISM="false", **env)
-    full_env.pop("PYTHONPATH", None)
+    """`interpreter script request` in a session of its own (whatever it spawns ends with it), in environ(env)."""
     proc = subprocess.Popen([str(interpreter), str(script), str(request)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=environ(env), cwd=cwd, start_new_session=True)
     errors: list[str] = []
     lines: list[str] = []
 
@@ -78,9 +91,7 @@ def run_script(interpreter: Path, script: Path, request: Path, *, engine: str,
         errors.append(f"timeout: {engine} did not finish within {timeout_s:.0f} s; ended")
         returncode = -1
     finally:  # also on Ctrl-C: nothing of the engine outlives the call
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        end_group(proc)
     for reader in readers:
         reader.join(timeout=10)
     return ScriptRun(returncode, "".join(lines), tuple(errors))

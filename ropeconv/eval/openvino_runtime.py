@@ -10,11 +10,11 @@ IR) through transformers' AutoTokenizer, as the transformers adapter: both runti
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
+from ropeconv import side_env
 from ropeconv.errors import InputError
 from ropeconv.eval.runtimes import EvalRuntime, ModelRef, _HFTokenizer
 from ropeconv.eval.side_worker import SideWorker
@@ -37,11 +37,9 @@ class OpenVinoEvalRuntime(_HFTokenizer, EvalRuntime):
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         if self._worker is None or not self._worker.alive:
             interpreter = ov_env.require("--runtime openvino")
-            env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore",
-                       TOKENIZERS_PARALLELISM="false", PYTHONNOUSERSITE="1")
-            env.pop("PYTHONPATH", None)  # the OpenVINO environment's own packages only
             folder = self.ref.path.resolve()
-            self._worker = SideWorker([str(interpreter), "-B", str(WORKER), str(folder)], cwd=folder, env=env,
+            self._worker = SideWorker([str(interpreter), "-B", str(WORKER), str(folder)], cwd=folder,
+                                      env=side_env.environ({"PYTHONNOUSERSITE": "1"}),
                                       mark=MARK, what=str(self.ref.given), engine="OpenVINO", on_exit=_no_import)
             self.versions = self._worker.ready
         return self._worker.ask(request)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import threading
 from collections import deque
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ropeconv.errors import InputError
+from ropeconv.side_env import end_group
 
 
 class SideWorker:
@@ -69,6 +68,4 @@ class SideWorker:
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            end_group(self.proc)

@@ -75,6 +75,7 @@ class VllmEvalRuntime(_HFTokenizer, EvalRuntime):
         if worker is not None:
             worker.close(timeout_s=60)  # vLLM shuts its engine down when the worker's loop ends
 
+
 def _config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -15,16 +15,9 @@ import pytest
 
 from ropeconv.parity import vllm
 from tests.conftest import read_json, run_cli
-from tests.test_smollm2 import WORK
+from tests.test_smollm2 import smol  # noqa: F401  (the SmolLM2 fixture)
 
 TOKENS = 9216  # positions 0–9215: 1,024 past the original 8192
-
-
-@pytest.fixture(scope="module")
-def smol():
-    from ropeconv.fixtures import smollm2
-
-    return smollm2.materialize_hf(WORK / "smollm2-135m")
 
 
 @pytest.fixture
