@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,6 +157,16 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def temp_sockets() -> set[str]:
+    """The sockets in the system temp folder (vLLM's engines make their IPC sockets there unless told otherwise)."""
+    found = set()
+    for entry in os.scandir(tempfile.gettempdir()):
+        with contextlib.suppress(OSError):  # gone between the listing and the look
+            if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                found.add(entry.name)
+    return found
+
+
 @pytest.fixture(scope="session")
 def tf4_python() -> Path:
     """The transformers 4.x interpreter. `make test` builds it and sets ROPECONV_REQUIRE_TF4, so there a missing one
@@ -164,6 +179,15 @@ def tf4_python() -> Path:
     return TF4_PYTHON
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder for one module's shared models, removed when the module is done (pyproject's retention policy removes
+    a passing test's tmp_path at once, but tmp_path_factory's folders only when the session ends)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("base"), "llama")
@@ -173,8 +197,6 @@ def tiny_llama(tmp_path_factory) -> Path:
 def tiny_yarn_gguf(tiny_llama, tmp_path_factory) -> Path:
     """A real ropeconv GGUF of the tiny llama (yarn ×2 plan, rope scaling keys, a byte-level vocabulary), ~300 KB;
     read only: tests that damage it write a copy."""
-    import shutil
-
     root = tmp_path_factory.mktemp("tiny-yarn-gguf")
     base = add_byte_level_tokenizer(Path(shutil.copytree(tiny_llama, root / "base")))
     assert run_cli("extend", base, "--method", "yarn", "--factor", "2", "--to", "gguf", "--no-verify", "-q",
@@ -185,8 +207,6 @@ def tiny_yarn_gguf(tiny_llama, tmp_path_factory) -> Path:
 @pytest.fixture
 def base(tiny_llama, tmp_path) -> Path:
     """A private, editable copy of the session's tiny llama (a module may define its own `base` instead)."""
-    import shutil
-
     return Path(shutil.copytree(tiny_llama, tmp_path / "base"))
 
 

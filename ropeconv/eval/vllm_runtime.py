@@ -11,13 +11,14 @@ A cell vLLM reads wrongly (parity.vllm.refusal: dynamic NTK, LongRoPE, …) is r
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from ropeconv import side_env
 from ropeconv.errors import InputError, UnsupportedError
 from ropeconv.eval.runtimes import EvalRuntime, ModelRef, _HFTokenizer
 from ropeconv.eval.side_worker import SideWorker
@@ -43,6 +44,7 @@ class VllmEvalRuntime(_HFTokenizer, EvalRuntime):
             raise UnsupportedError(f"{ref.given}: vLLM would not run this model as ropeconv means it ({why})")
         self._load_tokenizer(ref.path)
         self._worker: SideWorker | None = None
+        self._sockets: tempfile.TemporaryDirectory | None = None
         self._max_len = 0
 
     # the worker
@@ -53,9 +55,10 @@ class VllmEvalRuntime(_HFTokenizer, EvalRuntime):
             declared = int(text.get("max_position_embeddings") or text.get("n_positions") or 0)
             self._max_len = max(declared, -(-need // ROUND_TOKENS) * ROUND_TOKENS)
             device = "cuda" if getattr(self.device, "type", str(self.device)) == "cuda" else "cpu"
-            env = {**os.environ, "PYTHONNOUSERSITE": "1"}
-            env.pop("PYTHONPATH", None)  # the vLLM environment's own packages only
             folder = self.ref.path.resolve()
+            # the engine's IPC sockets in a folder of the worker's own, removed with it (vLLM leaves them behind)
+            self._sockets = tempfile.TemporaryDirectory(prefix="ropeconv-vllm-eval-")
+            env = side_env.environ({"PYTHONNOUSERSITE": "1", "VLLM_RPC_BASE_PATH": self._sockets.name})
             self._worker = SideWorker([str(self.python), "-B", str(WORKER), str(folder), str(self._max_len), device],
                                       cwd=folder, env=env, mark=MARK, what=str(self.ref.given), engine="vLLM")
         return self._worker.ask(request)
@@ -74,6 +77,9 @@ class VllmEvalRuntime(_HFTokenizer, EvalRuntime):
         worker, self._worker = getattr(self, "_worker", None), None
         if worker is not None:
             worker.close(timeout_s=60)  # vLLM shuts its engine down when the worker's loop ends
+        sockets, self._sockets = getattr(self, "_sockets", None), None
+        if sockets is not None:
+            sockets.cleanup()
 
 
 def _config(folder: Path) -> dict[str, Any]:

@@ -96,6 +96,8 @@ def attention_for(model_dir: Path) -> str | None:
 def _run(interpreter: Path, request: Path, progress: Callable[[str], None]) -> tuple[str | None, list[str]]:
     ran = run_script(interpreter, RUNNER, request, engine="transformers 4.x", progress=progress)
     errors = list(ran.errors)
+    # the runner prints only its own exception, whose last line says what differs (a state dict's mismatch names the
+    # shapes there), so its last line is the message, not side_env.last_error's pick among an engine's log lines
     if ran.returncode == START_FAILED:
         raise InputError(f"{ENV}={interpreter}: the 4.x environment cannot start ({errors[-1] if errors else 3}); "
                          f"rebuild it with `make tf4` or set {ENV}=off")

@@ -208,6 +208,9 @@ def _run(interpreter: Path, request: Path, progress: Callable[[str], None], cwd:
     ran = run_script(interpreter, RUNNER, request, engine="vLLM", progress=progress, cwd=cwd,
                      timeout_s=120 + SECONDS_PER_MODEL * n_models + n_tokens // TOKENS_PER_SECOND,
                      env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                          # the engines' IPC sockets in the run's own folder, removed with it (vLLM leaves one per
+                          # engine start in the system temp)
+                          "VLLM_RPC_BASE_PATH": str(cwd),
                           # not pinned to one core (vLLM's default binds its worker's threads to core 0, reserving
                           # the rest): on a shared machine that core may be another process's
                           "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")})

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 # run by path, this file's folder comes first on sys.path, and it holds ropeconv/parity/vllm.py: `import vllm` would
@@ -98,7 +97,8 @@ def run_job(job: dict, device: str, rotary_info) -> dict:
 
 def main(request_path: str) -> None:
     request = json.loads(open(request_path, encoding="utf-8").read())
-    helper_dir = tempfile.mkdtemp(prefix="ropeconv-vllm-helper-")
+    # the helper lies beside the request, in the caller's temporary folder, which goes with it
+    helper_dir = os.path.dirname(os.path.abspath(request_path))
     with open(os.path.join(helper_dir, "ropeconv_vllm_helper.py"), "w", encoding="utf-8") as fh:
         fh.write(HELPER)
     sys.path.insert(0, helper_dir)

@@ -16,7 +16,15 @@ import pytest
 from ropeconv.eval import ruler
 from ropeconv.eval import runtimes as rt
 from ropeconv.parity import vllm
-from tests.conftest import add_byte_level_tokenizer, assert_refused, listing, make_tiny, read_json, run_cli
+from tests.conftest import (
+    add_byte_level_tokenizer,
+    assert_refused,
+    listing,
+    make_tiny,
+    read_json,
+    run_cli,
+    temp_sockets,
+)
 
 HD32 = dict(hidden_size=128, head_dim=32, num_attention_heads=4, num_key_value_heads=2)
 
@@ -49,6 +57,7 @@ def test_vllm_scores_and_generates_what_transformers_does(outputs):
     import torch
 
     cpu = torch.device("cpu")
+    sockets = temp_sockets()
     ref = rt.resolve(outputs["yarn"], "vllm")
     assert (ref.runtime, ref.runtime_name, ref.path) == ("vllm", "vLLM", outputs["yarn"])
     original = read_json(outputs["yarn"] / "config.json")["rope_scaling"]["original_max_position_embeddings"]
@@ -68,6 +77,7 @@ def test_vllm_scores_and_generates_what_transformers_does(outputs):
         spec = ruler.TrialSpec("niah_single", 7 * original, 0)
         assert ruler.run_trial(served, spec, 0) == ruler.run_trial(hf, spec, 0)
         print(f"vLLM vs transformers, yarn ×8, {len(ids)} tokens: max |Δ log-prob| {gap:.2e}")
+    assert temp_sockets() <= sockets, "vLLM's IPC sockets were left in the system temp folder"
 
 
 @pytest.mark.parametrize("case, mentions", [

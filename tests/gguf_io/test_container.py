@@ -138,9 +138,9 @@ def smol_ref(smol) -> gguf.GGUFReader:
 
 
 @pytest.fixture(scope="module")
-def retrofitted(smol, tmp_path_factory) -> Path:
+def retrofitted(smol, module_tmp) -> Path:
     """The retrofit: context 32k, YaRN ×4 keys, and a rope_freqs.weight carrier appended."""
-    dst = tmp_path_factory.mktemp("gguf") / "smol-yarn.gguf"
+    dst = module_tmp / "smol-yarn.gguf"
     rewrite_gguf(read_gguf(smol), dst, set_fields=RETROFIT, add_tensors={"rope_freqs.weight": CARRIER})
     return dst
 

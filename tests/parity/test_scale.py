@@ -47,9 +47,9 @@ def _llama(root: Path, name: str, layers: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def extended(tmp_path_factory):
+def extended(module_tmp):
     """{small, big}: yarn ×4 outputs (written without parity) of a 1-layer and a BIG_LAYERS-layer model of one shape."""
-    root = tmp_path_factory.mktemp("scale")
+    root = module_tmp / "scale"
     outs = {}
     for name, layers in (("small", 1), ("big", BIG_LAYERS)):
         base = _llama(root, f"base-{name}", layers)

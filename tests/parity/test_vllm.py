@@ -20,7 +20,7 @@ import pytest
 
 from ropeconv.methods.base import Support
 from ropeconv.parity import vllm
-from tests.conftest import make_tiny, read_json, run_cli
+from tests.conftest import make_tiny, read_json, run_cli, temp_sockets
 
 VLLM_PYTHON = vllm.python()
 HD32 = dict(hidden_size=128, head_dim=32, num_attention_heads=4, num_key_value_heads=2)
@@ -113,7 +113,9 @@ def test_each_claimed_cell_matches_transformers_in_vllm(llama_outputs, gpt2_abso
     context, every top-1 token the same, and what vLLM applied is the method's own rotary class and factor. (qwen2 runs by itself, through extend --verify-in, below. A "stall" seen once with several models in
     one process was the runner blocked writing vLLM's stdout logs into a full pipe; vllm._run drains it now.)"""
     cells = {**llama_outputs, "absolute": gpt2_absolute, **family_outputs}
+    sockets = temp_sockets()
     reports = vllm.verify_in_vllm(list(cells.values()))
+    assert temp_sockets() <= sockets, "vLLM's IPC sockets were left in the system temp folder"
     expected = {"yarn": "YaRNScalingRotaryEmbedding", "linear": "LinearScalingRotaryEmbedding",
                 "llama3": "Llama3RotaryEmbedding", "ntk": "RotaryEmbedding", "none": "RotaryEmbedding",
                 "absolute": None}

@@ -87,8 +87,8 @@ def smol() -> Path:
 
 
 @pytest.fixture(scope="module")
-def twin(tmp_path_factory) -> Path:
-    return f32_twin(smollm2.gguf_path(), tmp_path_factory.mktemp("gguf") / "smol-f32-2l.gguf", n_layers=2)
+def twin(module_tmp) -> Path:
+    return f32_twin(smollm2.gguf_path(), module_tmp / "smol-f32-2l.gguf", n_layers=2)
 
 
 def plan_reference(smol: Path, plan, ids: torch.Tensor, pass_: Pass, n_layers: int | None = None) -> torch.Tensor:
