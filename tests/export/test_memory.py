@@ -144,10 +144,9 @@ def assert_byte_identical(base: Path, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("memory")
-    yield {"small": make_synthetic(root / "small", SMALL_N), "large": make_synthetic(root / "large", LARGE_N)}
-    shutil.rmtree(root, ignore_errors=True)  # ~420 MiB; pytest keeps the last three base temp dirs
+def checkpoints(module_tmp):
+    """~420 MiB, removed with the module's folder."""
+    return {name: make_synthetic(module_tmp / name, n_big) for name, n_big in (("small", SMALL_N), ("large", LARGE_N))}
 
 
 def convert(base: Path, out: Path, *extra: str) -> int:
